@@ -1,0 +1,5 @@
+"""kiln: a Kubernetes operator that owns the life of TensorRT-LLM engines."""
+
+__version__ = "0.1.0"
+GROUP = "kiln.dev"
+VERSION = "v1alpha1"

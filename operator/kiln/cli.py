@@ -1,0 +1,71 @@
+"""The ``kiln`` command: one entry point, subcommands imported only when used."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+
+def _crds(args: argparse.Namespace) -> int:
+    from kiln import crdgen
+
+    for path in crdgen.write_crds(Path(args.out)):
+        print(path)
+    return 0
+
+
+def _testbed_build(args: argparse.Namespace) -> int:
+    from kiln.testbed import binaries
+
+    print(binaries.ensure_built(verbose=True))
+    return 0
+
+
+def _cluster_up(args: argparse.Namespace) -> int:
+    from kiln.testbed import cluster
+
+    return cluster.serve_forever(Path(args.state_dir) if args.state_dir else None)
+
+
+def _cluster_down(args: argparse.Namespace) -> int:
+    from kiln.testbed import cluster
+
+    return cluster.stop_running(Path(args.state_dir) if args.state_dir else None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="kiln", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from kiln.api")
+    crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
+    crds.set_defaults(func=_crds)
+
+    dev = sub.add_parser("dev", help="the local test bed: a real control plane with fake GPU nodes")
+    dev_sub = dev.add_subparsers(dest="dev_command", required=True)
+    testbed = dev_sub.add_parser("testbed", help="the test bed's binaries")
+    testbed_sub = testbed.add_subparsers(dest="testbed_command", required=True)
+    build = testbed_sub.add_parser("build", help="build (or find cached) test-bed binaries")
+    build.set_defaults(func=_testbed_build)
+    cluster = dev_sub.add_parser("cluster", help="start or stop the local cluster")
+    cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)
+    for name, func, text in (
+        ("up", _cluster_up, "start the cluster and keep it running until Ctrl-C"),
+        ("down", _cluster_down, "stop a cluster started by 'up' in another terminal"),
+    ):
+        cmd = cluster_sub.add_parser(name, help=text)
+        cmd.add_argument("--state-dir", help="where the cluster keeps its files")
+        cmd.set_defaults(func=func)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    func: Callable[[argparse.Namespace], int] = args.func
+    return func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
