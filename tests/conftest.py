@@ -1,4 +1,4 @@
-"""Fixtures shared by the whole suite: a real S3 endpoint (moto's server)."""
+"""Fixtures shared by the whole suite: a real S3 endpoint (moto's server), the test bed."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ from typing import Any
 import boto3
 import pytest
 from moto.server import ThreadedMotoServer
+
+from kiln.testbed.cluster import Cluster, running
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +42,23 @@ def bucket(s3_client: Any, request: pytest.FixtureRequest) -> str:
     s3_client.create_bucket(Bucket=name)
     s3_client.put_bucket_versioning(Bucket=name, VersioningConfiguration={"Status": "Enabled"})
     return name
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """The test bed: real etcd, apiserver, controller-manager, scheduler and kwok GPU pools."""
+    with running(tmp_path_factory.mktemp("cluster")) as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def namespace(kube: Cluster, request: pytest.FixtureRequest) -> Iterator[str]:
+    """A fresh namespace for one test, deleted afterwards."""
+    from kubernetes import client
+
+    core = client.CoreV1Api(kube.api_client)
+    name = ("t-" + "".join(c if c.isalnum() else "-" for c in request.node.name.lower()))[:50]
+    name = name.strip("-") + "-" + os.urandom(2).hex()
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")

@@ -39,7 +39,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    crds = sub.add_parser("crds", help="write the CustomResourceDefinitions generated from kiln.api")
+    crds = sub.add_parser("crds", help="write the CRDs generated from kiln.api")
     crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
     crds.set_defaults(func=_crds)
 

@@ -1,0 +1,221 @@
+"""Run pods' containers as local processes, in place of a GPU node.
+
+kwok leaves pods labelled ``testbed.kiln.dev/local-process`` Running; the runner takes
+each such pod, runs its (single) container's command and args here with the pod's
+environment, and writes the exit code and termination message into the pod's status,
+as a kubelet would. emptyDir mounts become temp dirs (paths in env and args are mapped);
+``KILN_TERMINATION_LOG`` points at a temp file whose content becomes the message.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import logging
+import os
+import shutil
+import subprocess
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+LABEL = "testbed.kiln.dev/local-process"
+CLAIMED = "testbed.kiln.dev/claimed-by"
+TERMINATION_ENV = "KILN_TERMINATION_LOG"
+_MESSAGE_LIMIT = 4096
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Finished:
+    """What one run produced."""
+
+    namespace: str
+    name: str
+    exit_code: int
+    message: str
+    output: str
+
+
+@dataclass
+class LocalProcessRunner:
+    """Watches for labelled pods and runs them; ``finished`` lists completed runs."""
+
+    api_client: Any
+    extra_env: dict[str, str] = field(default_factory=dict)
+    timeout: float = 600
+    finished: list[Finished] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        from kubernetes import client
+
+        self._core = client.CoreV1Api(self.api_client)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="local-process", daemon=True)
+        self._identity = f"{os.getpid()}-{id(self)}"
+        self._workers: list[threading.Thread] = []
+
+    def start(self) -> LocalProcessRunner:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        for worker in self._workers:
+            worker.join(timeout=self.timeout)
+
+    def __enter__(self) -> LocalProcessRunner:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _loop(self) -> None:
+        from kubernetes import watch
+
+        while not self._stop.is_set():
+            try:
+                stream = watch.Watch().stream(
+                    self._core.list_pod_for_all_namespaces, label_selector=LABEL,
+                    timeout_seconds=2)
+                for event in stream:
+                    pod = event["object"]
+                    if event["type"] != "DELETED" and self._claimable(pod):
+                        self._claim_and_run(pod)
+                    if self._stop.is_set():
+                        break
+            except Exception as error:  # keep watching whatever one event did
+                log.warning("local-process watch failed: %s", error)
+                time.sleep(0.5)
+
+    @staticmethod
+    def _claimable(pod: Any) -> bool:
+        annotations = pod.metadata.annotations or {}
+        return bool(pod.status.phase == "Running" and CLAIMED not in annotations
+                    and pod.metadata.deletion_timestamp is None)
+
+    def _claim_and_run(self, pod: Any) -> None:
+        from kubernetes import client
+
+        body = {"metadata": {"annotations": {CLAIMED: self._identity},
+                             "resourceVersion": pod.metadata.resource_version}}
+        try:  # the resourceVersion makes the claim a compare-and-swap
+            self._core.patch_namespaced_pod(pod.metadata.name, pod.metadata.namespace, body)
+        except client.ApiException as error:
+            if error.status in (404, 409):
+                return
+            raise
+        worker = threading.Thread(target=self._run, args=(pod,), daemon=True)
+        self._workers.append(worker)
+        worker.start()
+
+    def _run(self, pod: Any) -> None:
+        namespace, name = pod.metadata.namespace, pod.metadata.name
+        container = pod.spec.containers[0]
+        with tempfile.TemporaryDirectory(prefix=f"pod-{name}-") as scratch:
+            root = Path(scratch)
+            mounts = self._mount_map(pod, container, root)
+            termination = root / "termination-log"
+            env = {**os.environ, **self.extra_env, **self._env(pod, container),
+                   TERMINATION_ENV: str(termination)}
+            env = {k: _map_paths(v, mounts) for k, v in env.items()}
+            argv = [_map_paths(a, mounts) for a in [*(container.command or []),
+                                                    *(container.args or [])]]
+            log.info("local-process: running pod %s/%s: %s", namespace, name, argv)
+            try:
+                done = subprocess.run(argv, env=env, capture_output=True, text=True,
+                                      timeout=self.timeout, cwd=root, check=False)
+                code, output = done.returncode, done.stdout + done.stderr
+            except (OSError, subprocess.TimeoutExpired) as error:
+                code, output = 127, str(error)
+            message = termination.read_text(errors="replace") if termination.exists() else ""
+            if not message and code != 0:
+                message = output[-_MESSAGE_LIMIT:]
+            message = message[:_MESSAGE_LIMIT]
+        self._report(pod, container, code, message)
+        self.finished.append(Finished(namespace, name, code, message, output))
+
+    def _report(self, pod: Any, container: Any, code: int, message: str) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        terminated = {"exitCode": code, "reason": "Completed" if code == 0 else "Error",
+                      "message": message, "startedAt": now, "finishedAt": now}
+        status = {
+            "phase": "Succeeded" if code == 0 else "Failed",
+            "containerStatuses": [{
+                "name": container.name, "image": container.image, "ready": False,
+                "restartCount": 0, "started": False, "state": {"terminated": terminated},
+            }],
+            "conditions": [
+                {"type": "Ready", "status": "False", "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": "False", "lastTransitionTime": now},
+            ],
+        }
+        with contextlib.suppress(Exception):
+            self._core.patch_namespaced_pod_status(
+                pod.metadata.name, pod.metadata.namespace, {"status": status})
+
+    @staticmethod
+    def _mount_map(pod: Any, container: Any, root: Path) -> dict[str, str]:
+        empty_dirs = {v.name for v in pod.spec.volumes or [] if v.empty_dir is not None}
+        mapping: dict[str, str] = {}
+        for mount in container.volume_mounts or []:
+            if mount.name in empty_dirs:
+                local = root / "volumes" / mount.name
+                local.mkdir(parents=True, exist_ok=True)
+                mapping[mount.mount_path.rstrip("/")] = str(local)
+        return mapping
+
+    def _env(self, pod: Any, container: Any) -> dict[str, str]:
+        env: dict[str, str] = {}
+        for var in container.env or []:
+            if var.value is not None:
+                env[var.name] = var.value
+            elif var.value_from is not None:
+                resolved = self._resolve(pod, var.value_from)
+                if resolved is not None:
+                    env[var.name] = resolved
+        return env
+
+    def _resolve(self, pod: Any, source: Any) -> str | None:
+        from kubernetes import client
+
+        namespace = pod.metadata.namespace
+        try:
+            if source.secret_key_ref is not None:
+                ref = source.secret_key_ref
+                secret = self._core.read_namespaced_secret(ref.name, namespace)
+                raw = (secret.data or {}).get(ref.key)
+                return base64.b64decode(raw).decode() if raw is not None else None
+            if source.config_map_key_ref is not None:
+                ref = source.config_map_key_ref
+                data = self._core.read_namespaced_config_map(ref.name, namespace).data or {}
+                value: str | None = data.get(ref.key)
+                return value
+        except client.ApiException:
+            return None
+        if source.field_ref is not None:
+            fields = {"metadata.name": pod.metadata.name, "metadata.namespace": namespace,
+                      "spec.nodeName": pod.spec.node_name or ""}
+            return fields.get(source.field_ref.field_path)
+        return None
+
+
+def _map_paths(value: str, mounts: dict[str, str]) -> str:
+    for mount_path, local in sorted(mounts.items(), key=lambda m: -len(m[0])):
+        if value == mount_path or value.startswith(mount_path + "/"):
+            return local + value[len(mount_path):]
+    return value
+
+
+def which(name: str) -> str:
+    """Absolute path of a command on PATH (for tests that build pod specs)."""
+    path = shutil.which(name)
+    if path is None:
+        raise FileNotFoundError(name)
+    return path
