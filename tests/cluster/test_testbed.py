@@ -164,8 +164,10 @@ def test_local_process_helper_reports_exit_code_and_message(
         pod = eventually(failed_pod, timeout=60)
     terminated = pod.status.container_statuses[0].state.terminated
     assert terminated.exit_code == 3
+    # The emptyDir mounted at /work became a local temp dir, and env values followed it.
     assert terminated.message.startswith("no config.json in /")
-    assert "/work/in" not in terminated.message, "emptyDir mount mapped to a local dir"
+    assert terminated.message.endswith("/volumes/work/in")
+    assert terminated.message != "no config.json in /work/in"
     assert pod.spec.node_name in nodes.A100.node_names()
     assert [f.exit_code for f in runner.finished] == [3]
 

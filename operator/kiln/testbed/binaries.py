@@ -5,6 +5,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -56,6 +57,17 @@ def inputs_hash(src: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+def _version_flags(go_mod: Path) -> str:
+    """Stamp the Kubernetes version a release build would carry (helm and kubectl read it)."""
+    match = re.search(r"^\s*k8s\.io/kubernetes (v(\d+)\.(\d+)\.\d+)", go_mod.read_text(), re.M)
+    if match is None:
+        return ""
+    package = "k8s.io/component-base/version"
+    version, major, minor = match.groups()
+    return (f" -X {package}.gitVersion={version} -X {package}.gitMajor={major}"
+            f" -X {package}.gitMinor={minor} -X {package}.gitTreeState=clean")
+
+
 def _go(args: list[str], cwd: Path, verbose: bool) -> None:
     env = {**os.environ, "CGO_ENABLED": "0", "GOFLAGS": "-trimpath -buildvcs=false"}
     started = time.monotonic()
@@ -86,7 +98,8 @@ def ensure_built(*, verbose: bool = False) -> Binaries:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir()
         ldflags = "-ldflags=-s -w"
-        _go(["build", ldflags, "-o", str(staging / MULTICALL), "."], src / "kube", verbose)
+        _go(["build", ldflags + _version_flags(src / "kube" / "go.mod"), "-o",
+             str(staging / MULTICALL), "."], src / "kube", verbose)
         for name in MULTICALL_NAMES:
             (staging / name).symlink_to(MULTICALL)
         for name, package in TOOLS.items():

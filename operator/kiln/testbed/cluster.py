@@ -119,8 +119,9 @@ class Cluster:
         self.etcd_port = free_port()
         self._start_etcd(timeout)
         self.start_apiserver(timeout)
-        kcm = self._component_kubeconfig("kube-controller-manager",
-                                         "system:kube-controller-manager")
+        # The controllers and the scheduler act as the admin: the test bed is about the
+        # operator's permissions, not theirs.
+        kcm = scheduler = self.kubeconfig
         self._spawn("kube-controller-manager", [
             "kube-controller-manager", f"--kubeconfig={kcm}",
             f"--authentication-kubeconfig={kcm}", f"--authorization-kubeconfig={kcm}",
@@ -129,12 +130,10 @@ class Cluster:
             f"--service-account-private-key-file={self.pki / 'sa.key'}",
             f"--root-ca-file={self.pki / 'ca.crt'}",
             f"--service-cluster-ip-range={SERVICE_CIDR}",
-            "--controllers=*,-nodeipam,-cloud-node-lifecycle,-service-lb-controller",
             "--kube-api-qps=200", "--kube-api-burst=400",
             "--concurrent-job-syncs=20", "--concurrent-deployment-syncs=20",
             "--node-monitor-grace-period=60s", "-v=1",
         ])
-        scheduler = self._component_kubeconfig("kube-scheduler", "system:kube-scheduler")
         self._spawn("kube-scheduler", [
             "kube-scheduler", f"--kubeconfig={scheduler}",
             f"--authentication-kubeconfig={scheduler}", f"--authorization-kubeconfig={scheduler}",
@@ -144,6 +143,10 @@ class Cluster:
         self._start_kwok()
         self.add_pools(self.pools)
         self.wait_nodes_ready(timeout=timeout)
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                tail = self.log_path(name).read_text(errors="replace")[-3000:]
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{tail}")
         return self
 
     def _start_etcd(self, timeout: float) -> None:
@@ -234,13 +237,6 @@ class Cluster:
         self._ca = ca
         self.kubeconfig.write_text(kubeconfig(self.server, ca.cert_path, {
             "client-certificate": str(admin.cert), "client-key": str(admin.key)}))
-
-    def _component_kubeconfig(self, name: str, user: str) -> Path:
-        pair = self._ca.issue(name, common_name=user)
-        path = self.state_dir / f"{name}.kubeconfig"
-        path.write_text(kubeconfig(self.server, self._ca.cert_path, {
-            "client-certificate": str(pair.cert), "client-key": str(pair.key)}))
-        return path
 
     def kubeconfig_for_service_account(self, namespace: str, name: str,
                                        *, create: bool = True) -> Path:
