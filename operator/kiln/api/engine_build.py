@@ -1,0 +1,404 @@
+"""``EngineBuild``: which weights to compile, for which GPUs, with which build limits."""
+
+from __future__ import annotations
+
+import re
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, ConfigDict, Field
+
+from kiln.api.common import (
+    API_VERSION,
+    CONDITIONS_EXTRA,
+    DNS_SUBDOMAIN,
+    DURATION_RULES,
+    LABEL_KEY_RULE,
+    Condition,
+    KilnModel,
+    LabelMap,
+    Name,
+    Resources,
+    SourceUri,
+    StoreUri,
+    cel,
+    q,
+    rules,
+)
+
+Backend = Literal["tensorrt", "pytorch"]
+QuantAlgo = Literal["none", "fp8", "int8_sq", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo",
+                    "nvfp4"]
+KvCacheQuant = Literal["none", "fp8", "int8"]
+Dtype = Literal["auto", "float16", "bfloat16", "float32"]
+EngineState = Literal["Cached", "Building", "Ready", "Failed"]
+BuildPhase = Literal["Pending", "Building", "Ready", "Failed"]
+
+NAME_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": 63}
+"""Schema of ``metadata.name``: kiln uses the name as a label value."""
+MAX_GPUS_PER_BUILD = 8
+"""A build runs in one pod, so tensor * pipeline is bounded by the GPUs of one node."""
+COMPUTE_CAPABILITY = r"^[1-9][0-9]?\.[0-9]$"
+MIN_COMPUTE_CAPABILITY = "8.0"
+
+EXTRA_ARGS_ALLOWED = (
+    "bert_attention_plugin", "bert_context_fmha_fp32_acc", "fast_build",
+    "gather_context_logits", "gather_generation_logits", "gemm_allreduce_plugin",
+    "gemm_swiglu_plugin", "log_level", "logits_dtype", "lora_plugin", "lora_target_modules",
+    "low_latency_gemm_plugin", "max_beam_width", "max_draft_len", "max_encoder_input_len",
+    "max_lora_rank", "max_prompt_embedding_table_size", "moe_plugin", "monitor_memory",
+    "nccl_plugin", "norm_quant_fusion", "pp_reduce_scatter", "profiling_verbosity",
+    "speculative_decoding_mode", "streamingllm", "strongly_typed", "tokens_per_block",
+    "use_fused_mlp", "user_buffer", "weight_sparsity", "weight_streaming",
+)
+"""``trtllm-build`` flags ``extraArgs`` may carry: none names a path or a field kiln sets."""
+EXTRA_ARG_FORM = r"^--[a-z][a-z0-9_]*(=[-A-Za-z0-9_.,:+]*)?$"
+EXTRA_ARG_ALLOWED = r"^--(" + "|".join(EXTRA_ARGS_ALLOWED) + r")(=|$)"
+
+
+def _check_extra_arg(arg: str) -> str:
+    if not re.search(EXTRA_ARG_FORM, arg):
+        raise ValueError(f"{arg!r} is not --flag or --flag=value")
+    if not re.search(EXTRA_ARG_ALLOWED, arg):
+        raise ValueError(f"{arg!r} is not an allowed trtllm-build flag")
+    return arg
+
+
+ExtraArg = Annotated[
+    str,
+    Field(max_length=128, json_schema_extra=rules(
+        cel(f"self.matches({q(EXTRA_ARG_FORM)})",
+            "must be --flag or --flag=value, the value made of letters, digits and "
+            "'-_.,:+' (no paths, no spaces)"),
+        cel(f"self.matches({q(EXTRA_ARG_ALLOWED)})",
+            "flag not allowed; allowed: " + ", ".join(f"--{a}" for a in EXTRA_ARGS_ALLOWED)),
+    )),
+    AfterValidator(_check_extra_arg),
+]
+
+
+class ModelSpec(KilnModel):
+    """The weights to build from."""
+
+    model_config = ConfigDict(json_schema_extra=rules(cel(
+        "!has(self.revision) || self.source.startsWith('pvc://')",
+        "revision pins a pvc:// source; for hf:// write the revision into the URI "
+        "(hf://org/name@revision), s3:// sources are identified by object versions",
+        ".revision")))
+
+    source: SourceUri
+    """Where the checkpoint is: ``s3://bucket/prefix/``, ``hf://org/name@revision`` (revision
+    optional: a branch is followed) or ``pvc://claim/path``."""
+    credentials_secret: Name | None = None
+    """Secret (same namespace) with credentials for the source: ``AWS_ACCESS_KEY_ID`` /
+    ``AWS_SECRET_ACCESS_KEY`` (and optionally ``AWS_ENDPOINT_URL``) for s3, ``HF_TOKEN`` for hf."""
+    revision: str | None = Field(default=None, min_length=1, max_length=128)
+    """For a pvc:// source only: a label you change whenever the files change (a PVC has no
+    versions kiln can read)."""
+
+
+class Target(KilnModel):
+    """A GPU to build for: a catalogue name, or a node selector with its compute capability."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        cel("!has(self.gpu) || (!has(self.nodeSelector) && !has(self.computeCapability))",
+            "set either gpu, or nodeSelector with computeCapability, not both"),
+        cel("has(self.gpu) || (has(self.nodeSelector) && has(self.computeCapability))",
+            "a target needs gpu, or nodeSelector together with computeCapability"),
+    ))
+
+    gpu: str | None = Field(default=None, max_length=32)
+    """A GPU from kiln's catalogue, e.g. ``H100-SXM``, ``A100-80GB``, ``L40S``."""
+    node_selector: LabelMap | None = Field(
+        default=None, min_length=1, max_length=16, json_schema_extra=rules(LABEL_KEY_RULE))
+    """Node labels selecting the build nodes, for GPUs not in the catalogue."""
+    compute_capability: str | None = Field(default=None, max_length=5, json_schema_extra=rules(
+        cel(f"self.matches({q(COMPUTE_CAPABILITY)})",
+            "must be major.minor, e.g. 8.0, 8.9 or 9.0"),
+        cel(f"!self.matches({q(COMPUTE_CAPABILITY)}) || "
+            f"double(self) >= {MIN_COMPUTE_CAPABILITY}",
+            f"TensorRT-LLM needs compute capability {MIN_COMPUTE_CAPABILITY} (Ampere) or newer"),
+    ))
+    """The compute capability of the selected nodes' GPUs, e.g. ``9.0``; required with
+    ``nodeSelector``."""
+
+
+class Quantization(KilnModel):
+    """How weights, activations and the KV cache are quantized."""
+
+    algo: QuantAlgo = "none"
+    """Weight/activation quantization: ``none``, ``fp8`` (8.9+), ``int8_sq`` (SmoothQuant),
+    ``int4_awq``, ``w4a8_awq`` (8.9+), ``int8_wo`` / ``int4_wo`` (weight-only) or ``nvfp4``
+    (10.0+). Whether a target GPU can run it is checked against kiln's catalogue."""
+    kv_cache: KvCacheQuant = "none"
+    """KV cache quantization: ``none``, ``fp8`` or ``int8``."""
+
+
+class Parallelism(KilnModel):
+    """How the model is split across GPUs; the build and each serving pod use tensor * pipeline
+    GPUs on one node."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        cel(f"self.tensor * self.pipeline <= {MAX_GPUS_PER_BUILD}",
+            f"tensor * pipeline must be at most {MAX_GPUS_PER_BUILD} (the GPUs of one node)"),
+    ))
+
+    tensor: int = Field(default=1, ge=1, le=MAX_GPUS_PER_BUILD, json_schema_extra=rules(
+        cel("self in [1, 2, 4, 8]", "must be a power of two: 1, 2, 4 or 8")))
+    """Tensor-parallel ranks (a power of two)."""
+    pipeline: int = Field(default=1, ge=1, le=MAX_GPUS_PER_BUILD)
+    """Pipeline-parallel stages."""
+
+
+class Plugins(KilnModel):
+    """TensorRT-LLM plugins and kernels (``tensorrt`` backend only)."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        cel("self.contextFmha || !self.pagedContextFmha",
+            "pagedContextFmha needs contextFmha", ".pagedContextFmha"),
+        cel("self.pagedKvCache || !self.pagedContextFmha",
+            "pagedContextFmha needs pagedKvCache", ".pagedContextFmha"),
+        cel("self.gptAttention != 'disable' || !self.pagedKvCache",
+            "pagedKvCache needs the GPT attention plugin (gptAttention other than disable)",
+            ".pagedKvCache"),
+    ))
+
+    gpt_attention: Literal["auto", "float16", "bfloat16", "float32", "disable"] = "auto"
+    """``--gpt_attention_plugin``."""
+    gemm: Literal["auto", "float16", "bfloat16", "float32", "fp8", "nvfp4", "disable"] = "auto"
+    """``--gemm_plugin``; ``fp8`` and ``nvfp4`` need the matching quantization."""
+    context_fmha: bool = True
+    """Fused multi-head attention in the context phase (``--context_fmha``)."""
+    paged_kv_cache: bool = True
+    """Paged KV cache (``--kv_cache_type paged``)."""
+    paged_context_fmha: bool = True
+    """Chunked/paged context attention (``--use_paged_context_fmha``)."""
+    fp8_context_fmha: bool = False
+    """FP8 context attention (``--use_fp8_context_fmha``); needs fp8 or nvfp4 quantization."""
+    remove_input_padding: bool = True
+    """Packed inputs without padding (``--remove_input_padding``)."""
+    multiple_profiles: bool = False
+    """Several TensorRT optimization profiles (``--multiple_profiles``): faster, slower build."""
+    reduce_fusion: bool = False
+    """Fuse all-reduce with the following norm (``--reduce_fusion``)."""
+
+
+class BuildSpec(KilnModel):
+    """What to build: backend, precision, parallelism and the engine's limits."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        cel("!has(self.maxSeqLen) || self.maxSeqLen >= self.maxInputLen",
+            "maxSeqLen must be at least maxInputLen", ".maxSeqLen"),
+        cel("self.backend != 'pytorch' || size(self.extraArgs) == 0",
+            "extraArgs are trtllm-build flags; backend pytorch takes none", ".extraArgs"),
+        cel("self.plugins.gemm != 'fp8' || self.quantization.algo == 'fp8'",
+            "plugins.gemm fp8 needs quantization.algo fp8", ".plugins.gemm"),
+        cel("self.plugins.gemm != 'nvfp4' || self.quantization.algo == 'nvfp4'",
+            "plugins.gemm nvfp4 needs quantization.algo nvfp4", ".plugins.gemm"),
+        cel("!self.plugins.fp8ContextFmha || self.quantization.algo in ['fp8', 'nvfp4']",
+            "plugins.fp8ContextFmha needs quantization.algo fp8 or nvfp4",
+            ".plugins.fp8ContextFmha"),
+    ))
+
+    backend: Backend = "tensorrt"
+    """``tensorrt``: compile engines with trtllm-build; ``pytorch``: prepare the checkpoint for
+    TensorRT-LLM's PyTorch backend (no compile)."""
+    dtype: Dtype = "auto"
+    """Activation/weight dtype of the unquantized parts; ``auto`` takes the checkpoint's."""
+    quantization: Quantization = Field(default_factory=Quantization)
+    """Quantization of weights, activations and KV cache."""
+    parallelism: Parallelism = Field(default_factory=Parallelism)
+    """Tensor and pipeline parallelism."""
+    max_batch_size: int = Field(default=2048, ge=1, le=65536)
+    """Most requests in one batch (``--max_batch_size``)."""
+    max_input_len: int = Field(default=1024, ge=1, le=1048576)
+    """Longest prompt in tokens (``--max_input_len``)."""
+    max_seq_len: int | None = Field(default=None, ge=1, le=1048576)
+    """Longest prompt plus output in tokens (``--max_seq_len``); unset: the model's context
+    length."""
+    max_num_tokens: int = Field(default=8192, ge=1, le=1048576)
+    """Most tokens in one batch after padding removal (``--max_num_tokens``)."""
+    plugins: Plugins = Field(default_factory=Plugins)
+    """Plugins and kernels (ignored by the pytorch backend)."""
+    extra_args: list[ExtraArg] = Field(default_factory=list, max_length=32)
+    """More trtllm-build flags, each ``--flag`` or ``--flag=value``, from an allow-list (no
+    flag that names a path or that a field above sets)."""
+
+
+class Toolchain(KilnModel):
+    """The builder image (TensorRT-LLM ≤ 1.2.x, which still has trtllm-build)."""
+
+    image: str | None = Field(default=None, min_length=1, max_length=512, pattern=(
+        r"^[a-z0-9]([-a-z0-9._]*[a-z0-9])?(:[0-9]+)?(/[a-z0-9]([-a-z0-9._]*[a-z0-9])?)*"
+        r"(:[A-Za-z0-9_][-A-Za-z0-9_.]{0,127})?(@sha256:[a-f0-9]{64})?$"))
+    """Builder image reference (pin a digest for reproducible keys); unset: the operator's
+    default. Part of the engine key."""
+
+
+class Output(KilnModel):
+    """Where engines are stored."""
+
+    store: StoreUri | None = None
+    """``s3://bucket/prefix/`` or ``pvc://claim/path``; engines go to ``<store>/engines/<key>/``.
+    Unset: the operator's default store."""
+
+
+class Rebuild(KilnModel):
+    """When to rebuild without a change to this object."""
+
+    on_weight_change: bool = True
+    """Rebuild when the weights change (new S3 object versions/ETags, a new HF commit)."""
+    poll_interval: str = Field(default="1h", max_length=32, json_schema_extra=DURATION_RULES)
+    """How often to re-read the weights' identity, e.g. ``30m`` or ``1h`` (at least ``1m``)."""
+
+
+class Toleration(KilnModel):
+    """A toleration for the build pod, as in a Pod spec."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        cel("self.operator != 'Exists' || !has(self.value) || self.value == ''",
+            "value must be empty when operator is Exists", ".value"),
+        cel("self.operator == 'Exists' || has(self.key)",
+            "an empty key needs operator Exists", ".key"),
+        cel("!has(self.tolerationSeconds) || (has(self.effect) && self.effect == 'NoExecute')",
+            "tolerationSeconds applies to effect NoExecute only", ".tolerationSeconds"),
+    ))
+
+    key: str | None = Field(default=None, min_length=1, max_length=317)
+    """The taint key; unset with operator Exists tolerates every taint."""
+    operator: Literal["Equal", "Exists"] = "Equal"
+    """``Equal`` or ``Exists``."""
+    value: str | None = Field(default=None, max_length=63)
+    """The taint value (operator Equal)."""
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = None
+    """The taint effect to tolerate; unset: all."""
+    toleration_seconds: int | None = None
+    """For NoExecute: how long the pod stays bound after the taint appears."""
+
+
+class JobSpec(KilnModel):
+    """Settings of the build Job."""
+
+    resources: Resources | None = None
+    """CPU and memory of the build container (GPUs come from parallelism); converting a 70B
+    model needs a few hundred GiB of host memory."""
+    active_deadline_seconds: int = Field(default=21600, ge=60, le=604800)
+    """Give up a build attempt after this many seconds."""
+    backoff_limit: int = Field(default=2, ge=0, le=10)
+    """Retries after transient failures (bad input fails at once)."""
+    priority_class_name: Name | None = None
+    """PriorityClass of the build pod."""
+    tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
+    """Tolerations besides the ``nvidia.com/gpu`` one kiln adds."""
+
+
+class EngineBuildSpec(KilnModel):
+    """The desired engines: weights, targets, build settings and builder image."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        cel("self.targets.all(t, !has(t.gpu) || "
+            "self.targets.filter(u, has(u.gpu) && u.gpu == t.gpu).size() == 1)",
+            "each gpu may be listed once", ".targets"),
+    ))
+
+    model: ModelSpec
+    """The weights."""
+    targets: list[Target] = Field(default_factory=list, max_length=16)
+    """GPUs to build for. Empty: those the EngineDeployments referencing this build serve on."""
+    build: BuildSpec = Field(default_factory=BuildSpec)
+    """Backend, quantization, parallelism and limits."""
+    toolchain: Toolchain = Field(default_factory=Toolchain)
+    """The builder image."""
+    output: Output = Field(default_factory=Output)
+    """Where engines are stored."""
+    rebuild: Rebuild = Field(default_factory=Rebuild)
+    """Automatic rebuilds."""
+    job: JobSpec = Field(default_factory=JobSpec)
+    """The build Job."""
+
+
+class Weights(KilnModel):
+    """The weights' identity, read without downloading them."""
+
+    identity: str | None = Field(default=None, max_length=1024)
+    """Digest of S3 versions/ETags and sizes, the HF commit, or PVC path and revision."""
+    checked_at: datetime | None = None
+    """When the identity was last read."""
+
+
+class EngineStatus(KilnModel):
+    """One engine: one target's build."""
+
+    target: str = Field(max_length=256)
+    """The target: a catalogue GPU name, or ``cc<major.minor>`` for a node selector target."""
+    gpu_product: str | None = Field(default=None, max_length=128)
+    """``nvidia.com/gpu.product`` of the build node."""
+    compute_capability: str | None = Field(default=None, max_length=5)
+    """Compute capability the engine is built for."""
+    key: str | None = Field(default=None, max_length=64)
+    """The engine key (sha256 hex)."""
+    uri: str | None = Field(default=None, max_length=2048)
+    """Where the engine is: ``<store>/engines/<key>/``."""
+    state: EngineState = "Building"
+    """``Cached`` (found in the store), ``Building``, ``Ready`` (built now) or ``Failed``."""
+    job: str | None = Field(default=None, max_length=253)
+    """The build Job, while there is one."""
+    build_seconds: float | None = Field(default=None, ge=0)
+    """How long the build took."""
+    size_bytes: int | None = Field(default=None, ge=0)
+    """Total size of the engine files."""
+    trtllm_version: str | None = Field(default=None, max_length=64)
+    """TensorRT-LLM version the builder ran."""
+    tensorrt_version: str | None = Field(default=None, max_length=64)
+    """TensorRT version the builder ran."""
+    message: str | None = Field(default=None, max_length=32768)
+    """What went wrong, for a Failed engine."""
+
+
+class EngineBuildStatus(KilnModel):
+    """What kiln observed and did; written by kiln only."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` this status describes."""
+    phase: BuildPhase | None = None
+    """``Pending``, ``Building``, ``Ready`` (every target has an engine) or ``Failed``."""
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, json_schema_extra=CONDITIONS_EXTRA)
+    """kstatus conditions: ``Ready``, ``Reconciling``, ``Stalled``."""
+    weights: Weights | None = None
+    """The weights' identity."""
+    auto_targets: list[Annotated[str, Field(max_length=128)]] = Field(
+        default_factory=list, max_length=32)
+    """GPU products added as targets because EngineDeployments with ``gpu: auto`` serve on
+    them (the spec is never edited)."""
+    engines: list[EngineStatus] = Field(default_factory=list, max_length=48)
+    """One entry per effective target."""
+    gpus: str | None = Field(default=None, max_length=512)
+    """The targets' GPUs, comma-separated (for ``kubectl get``)."""
+    engine_keys: str | None = Field(default=None, max_length=512)
+    """The first 12 characters of each engine key, comma-separated (for ``kubectl get``)."""
+
+
+class EngineBuild(KilnModel):
+    """Builds TensorRT-LLM engines of one model for a set of GPUs, stores them by content key,
+    and rebuilds them when the weights change."""
+
+    api_version: Literal["kiln.dev/v1alpha1"] = API_VERSION
+    """``kiln.dev/v1alpha1``."""
+    kind: Literal["EngineBuild"] = "EngineBuild"
+    """``EngineBuild``."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Standard object metadata."""
+    spec: EngineBuildSpec
+    """What to build."""
+    status: EngineBuildStatus | None = None
+    """What kiln observed."""
+
+
+__all__ = [
+    "COMPUTE_CAPABILITY", "DNS_SUBDOMAIN", "EXTRA_ARGS_ALLOWED", "MAX_GPUS_PER_BUILD",
+    "MIN_COMPUTE_CAPABILITY", "NAME_SCHEMA", "Backend", "BuildPhase", "BuildSpec", "Dtype",
+    "EngineBuild", "EngineBuildSpec", "EngineBuildStatus", "EngineState", "EngineStatus",
+    "JobSpec", "KvCacheQuant", "ModelSpec", "Output", "Parallelism", "Plugins", "QuantAlgo",
+    "Quantization", "Rebuild", "Target", "Toleration", "Toolchain", "Weights",
+]

@@ -1,0 +1,173 @@
+"""``EngineDeployment``: serve an EngineBuild's engines on a pool of GPU nodes."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import ConfigDict, Field
+
+from kiln.api.common import (
+    API_VERSION,
+    CONDITIONS_EXTRA,
+    LABEL_KEY_RULE,
+    Condition,
+    KilnModel,
+    LabelMap,
+    Name,
+    Resources,
+    cel,
+    q,
+    rules,
+)
+
+ServerKind = Literal["trtllm-serve", "triton"]
+Fallback = Literal["pytorch", "previous", "none"]
+ServingMode = Literal["engine", "fallback"]
+
+AUTO_GPU = "auto"
+MAX_NAME = 40
+"""kiln names a Service and per-GPU Deployments after an EngineDeployment."""
+DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
+NAME_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": MAX_NAME, "pattern": DNS_1035}
+"""Schema of ``metadata.name``: a DNS-1035 label short enough for the names kiln derives."""
+PERCENT = r"^(100|[1-9]?[0-9])%$"
+SERVER_ARGS_RESERVED = ("host", "port", "backend", "tp_size", "pp_size")
+_RESERVED = r"^--(" + "|".join(SERVER_ARGS_RESERVED) + r")(=|$)"
+
+IntOrPercent = Annotated[int, Field(ge=0)] | Annotated[str, Field(max_length=4, pattern=PERCENT)]
+
+
+class EngineBuildRef(KilnModel):
+    """An EngineBuild in the same namespace."""
+
+    name: Name
+    """The EngineBuild's name."""
+
+
+class Pool(KilnModel):
+    """The nodes that serve."""
+
+    node_selector: LabelMap | None = Field(
+        default=None, min_length=1, max_length=16, json_schema_extra=rules(LABEL_KEY_RULE))
+    """Labels the serving nodes carry (besides the GPU product kiln selects on); unset: every
+    GPU node."""
+
+
+class Server(KilnModel):
+    """The inference server."""
+
+    kind: ServerKind = "trtllm-serve"
+    """``trtllm-serve`` (OpenAI-compatible, health at ``/health``) or ``triton``."""
+    image: str | None = Field(default=None, min_length=1, max_length=512)
+    """Server image; unset: the operator's default (it must match the builder's TensorRT-LLM)."""
+    port: int = Field(default=8000, ge=1, le=65535)
+    """Port the server listens on and the Service exposes."""
+    args: list[Annotated[str, Field(max_length=256, json_schema_extra=rules(cel(
+        f"!self.matches({q(_RESERVED)})",
+        "kiln sets " + ", ".join(f"--{a}" for a in SERVER_ARGS_RESERVED)
+        + " itself; use server.port and the build's parallelism")))]] = Field(
+        default_factory=list, max_length=64)
+    """More server arguments, e.g. ``--max_batch_size=64``."""
+    resources: Resources | None = None
+    """CPU and memory of the server container (GPUs come from the build's parallelism)."""
+
+
+class Strategy(KilnModel):
+    """How pods move to a new engine."""
+
+    model_config = ConfigDict(json_schema_extra=rules(cel(
+        "!((self.maxSurge == 0 || self.maxSurge == '0%') && "
+        "(self.maxUnavailable == 0 || self.maxUnavailable == '0%'))",
+        "maxSurge and maxUnavailable cannot both be 0: the rollout could never progress")))
+
+    max_surge: IntOrPercent = 1
+    """Extra pods during a rollout (a number or a percentage)."""
+    max_unavailable: IntOrPercent = 0
+    """Pods that may be unavailable during a rollout; 0 never loses capacity."""
+
+
+class EngineDeploymentSpec(KilnModel):
+    """Where and how to serve an EngineBuild's engines."""
+
+    model_config = ConfigDict(json_schema_extra=rules(cel(
+        "self.fallback != 'pytorch' || self.server.kind == 'trtllm-serve'",
+        "fallback pytorch serves the checkpoint with trtllm-serve; server.kind triton cannot",
+        ".fallback")))
+
+    engine_build_ref: EngineBuildRef
+    """The EngineBuild whose engines to serve."""
+    replicas: int = Field(default=1, ge=0, le=1000)
+    """Serving pods per GPU product."""
+    gpu: str = Field(default=AUTO_GPU, max_length=32)
+    """A GPU from kiln's catalogue, or ``auto``: every GPU product present in the pool."""
+    pool: Pool = Field(default_factory=Pool)
+    """The serving nodes."""
+    server: Server = Field(default_factory=Server)
+    """The inference server."""
+    fallback: Fallback = "previous"
+    """While no engine is ready for a GPU product: ``pytorch`` serves the checkpoint with the
+    PyTorch backend, ``previous`` keeps the last engine, ``none`` serves nothing."""
+    strategy: Strategy = Field(default_factory=Strategy)
+    """Rolling update limits (default 1 / 0: never lose capacity)."""
+
+
+class ProductStatus(KilnModel):
+    """Serving on one GPU product."""
+
+    gpu_product: str = Field(max_length=128)
+    """``nvidia.com/gpu.product`` of these nodes."""
+    gpu: str | None = Field(default=None, max_length=32)
+    """The catalogue name of that product."""
+    engine_key: str | None = Field(default=None, max_length=64)
+    """The engine served (unset in fallback mode without an engine)."""
+    mode: ServingMode = "engine"
+    """``engine`` or ``fallback``."""
+    deployment: str | None = Field(default=None, max_length=253)
+    """The Deployment serving this product."""
+    ready_replicas: int | None = Field(default=None, ge=0)
+    """Ready pods of that Deployment."""
+
+
+class EngineDeploymentStatus(KilnModel):
+    """What kiln observed and did; written by kiln only."""
+
+    observed_generation: int | None = Field(default=None, ge=0)
+    """The ``metadata.generation`` this status describes."""
+    conditions: list[Condition] = Field(
+        default_factory=list, max_length=16, json_schema_extra=CONDITIONS_EXTRA)
+    """kstatus conditions: ``Ready``, ``Reconciling``, ``Stalled``."""
+    replicas: int | None = Field(default=None, ge=0)
+    """Serving pods over all GPU products."""
+    ready_replicas: int | None = Field(default=None, ge=0)
+    """Ready serving pods over all GPU products."""
+    products: list[ProductStatus] = Field(default_factory=list, max_length=32, json_schema_extra={
+        "x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["gpuProduct"]})
+    """One entry per GPU product served."""
+    gpus: str | None = Field(default=None, max_length=512)
+    """The GPUs served, comma-separated (for ``kubectl get``)."""
+    engine_keys: str | None = Field(default=None, max_length=512)
+    """The first 12 characters of each engine key served, comma-separated (for ``kubectl
+    get``)."""
+
+
+class EngineDeployment(KilnModel):
+    """Serves the engines of an EngineBuild: one Deployment per GPU product in the pool, one
+    Service over all of them, rolling onto new engines as they become ready."""
+
+    api_version: Literal["kiln.dev/v1alpha1"] = API_VERSION
+    """``kiln.dev/v1alpha1``."""
+    kind: Literal["EngineDeployment"] = "EngineDeployment"
+    """``EngineDeployment``."""
+    metadata: dict[str, Any] = Field(default_factory=dict)
+    """Standard object metadata."""
+    spec: EngineDeploymentSpec
+    """What to serve and where."""
+    status: EngineDeploymentStatus | None = None
+    """What kiln observed."""
+
+
+__all__ = [
+    "AUTO_GPU", "NAME_SCHEMA", "SERVER_ARGS_RESERVED", "EngineBuildRef", "EngineDeployment",
+    "EngineDeploymentSpec", "EngineDeploymentStatus", "Fallback", "Pool", "ProductStatus",
+    "Server", "ServerKind", "ServingMode", "Strategy",
+]
