@@ -1,0 +1,56 @@
+"""The operator's own settings, read once from the environment (the chart sets them)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+DEFAULT_BUILDER_IMAGE = "ghcr.io/kiln-dev/kiln-builder:0.1.0-trtllm1.2.1"
+
+
+def _json_map(text: str | None, name: str) -> dict[str, str]:
+    if not text:
+        return {}
+    value = json.loads(text)
+    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
+        raise ValueError(f"{name} must be a JSON object of strings, got {text!r}")
+    return {str(k): v for k, v in value.items()}
+
+
+@dataclass(frozen=True)
+class OperatorConfig:
+    """Defaults and knobs that apply to every EngineBuild and EngineDeployment."""
+
+    default_store: str | None = None
+    """Engine store when ``spec.output.store`` is unset (``KILN_DEFAULT_STORE``)."""
+    builder_image: str = DEFAULT_BUILDER_IMAGE
+    """Builder image when ``spec.toolchain.image`` is unset (``KILN_BUILDER_IMAGE``)."""
+    store_secret: str | None = None
+    """Secret (in each EngineBuild's namespace) with the store's credentials, passed to
+    build Jobs by reference (``KILN_STORE_SECRET``)."""
+    build_env: dict[str, str] = field(default_factory=dict)
+    """Extra plain environment for build pods, e.g. ``AWS_ENDPOINT_URL`` of an S3-compatible
+    store (``KILN_BUILD_ENV``, a JSON object)."""
+    build_pod_labels: dict[str, str] = field(default_factory=dict)
+    """Extra labels for build pods, e.g. for cost allocation (``KILN_BUILD_POD_LABELS``)."""
+    job_ttl_seconds: int = 3600
+    """``ttlSecondsAfterFinished`` of build Jobs (``KILN_JOB_TTL_SECONDS``)."""
+    weights_check_seconds: float = 30.0
+    """How often the weights timer wakes to see whether a ``pollInterval`` is due
+    (``KILN_WEIGHTS_CHECK_SECONDS``)."""
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
+        env = os.environ if env is None else env
+        return cls(
+            default_store=env.get("KILN_DEFAULT_STORE") or None,
+            builder_image=env.get("KILN_BUILDER_IMAGE") or DEFAULT_BUILDER_IMAGE,
+            store_secret=env.get("KILN_STORE_SECRET") or None,
+            build_env=_json_map(env.get("KILN_BUILD_ENV"), "KILN_BUILD_ENV"),
+            build_pod_labels=_json_map(env.get("KILN_BUILD_POD_LABELS"),
+                                       "KILN_BUILD_POD_LABELS"),
+            job_ttl_seconds=int(env.get("KILN_JOB_TTL_SECONDS", "3600")),
+            weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
+        )
