@@ -353,6 +353,11 @@ class EngineStatus(KilnModel):
     """TensorRT version the builder ran."""
     message: str | None = Field(default=None, max_length=32768)
     """What went wrong, for a Failed engine."""
+    previous_key: str | None = Field(default=None, max_length=64)
+    """While ``key`` is not ready yet: the engine this target had before, which serving
+    keeps using until the new one is ready."""
+    previous_uri: str | None = Field(default=None, max_length=2048)
+    """Where ``previousKey`` is stored."""
 
 
 class EngineBuildStatus(KilnModel):
