@@ -165,6 +165,16 @@ def by_product(product: str) -> GPU | None:
     return _BY_PRODUCT.get(product) or _BY_PRODUCT.get(base)
 
 
+def available(backend: Backend, algo: QuantAlgo, kv_cache: KvCacheQuant = "none") -> Support:
+    """Does ``backend`` offer this quantization at all (on some GPU)?"""
+    for req in REQUIREMENTS:
+        value = algo if req.part == "algo" else kv_cache
+        if req.backend == backend and value in req.values and not req.ranges:
+            return Support(False, f"quantization.{req.part} {value} with backend {backend} "
+                                  f"{req.why}")
+    return Support(True)
+
+
 def supports(where: GPU | str, backend: Backend, algo: QuantAlgo,
              kv_cache: KvCacheQuant = "none") -> Support:
     """Can ``backend`` run quantization ``algo`` with KV cache ``kv_cache`` on ``where``?

@@ -110,3 +110,14 @@ def test_capability_parses_and_orders() -> None:
     assert catalogue.capability("10.0") > catalogue.capability("9.0")
     with pytest.raises(ValueError, match="compute capability"):
         catalogue.capability("9")
+
+
+def test_available_is_about_the_backend_alone() -> None:
+    assert catalogue.available("tensorrt", "int8_sq", "int8").ok
+    assert catalogue.available("pytorch", "nvfp4", "fp8").ok
+    refused = catalogue.available("pytorch", "int4_wo")
+    assert not refused.ok
+    assert "use backend tensorrt" in refused.reason
+    assert not catalogue.available("pytorch", "none", "int8").ok
+    for gpu in catalogue.GPUS:  # never available means refused on every GPU
+        assert not supports(gpu, "pytorch", "int8_sq").ok
