@@ -16,6 +16,13 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run(args: argparse.Namespace) -> int:
+    from kiln import operator
+
+    return operator.run(namespaces=args.namespace or [], liveness=args.liveness,
+                        verbose=args.verbose)
+
+
 def _testbed_build(args: argparse.Namespace) -> int:
     from kiln.testbed import binaries
 
@@ -42,6 +49,15 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="write the CRDs generated from kiln.api")
     crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
     crds.set_defaults(func=_crds)
+
+    run = sub.add_parser("run", help="run the operator against the current kubeconfig "
+                         "(or in-cluster credentials)")
+    run.add_argument("-n", "--namespace", action="append",
+                     help="watch only this namespace (repeatable); default: all")
+    run.add_argument("--liveness", default=None,
+                     help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.set_defaults(func=_run)
 
     dev = sub.add_parser("dev", help="the local test bed: a real control plane with fake GPU nodes")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)

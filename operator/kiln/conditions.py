@@ -18,11 +18,11 @@ def set_conditions(old: list[Condition], *, generation: int, ready: bool, reconc
     for kind, value in wanted:
         status = "True" if value else "False"
         before = previous.get(kind)
-        changed = before is None or before.status != status
         text = message if value or kind == "Ready" else ""
         conditions.append(Condition(
             type=kind, status=status, reason=reason,
             message=text or None, observed_generation=generation,
-            last_transition_time=stamp if changed or before is None else before.last_transition_time,
+            last_transition_time=(stamp if before is None or before.status != status
+                                  else before.last_transition_time),
         ))
     return conditions

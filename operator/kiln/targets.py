@@ -42,7 +42,8 @@ def resolve(target: Target) -> ResolvedTarget:
     """A spec target → the nodes to build on; the compute capability is selected by label."""
     if target.gpu is not None:
         return _catalogue_target(catalogue.by_name(target.gpu))
-    assert target.node_selector is not None and target.compute_capability is not None
+    if target.node_selector is None or target.compute_capability is None:
+        raise ValueError("a target needs gpu, or nodeSelector with computeCapability")
     major, minor = target.compute_capability.split(".")
     selector = {**target.node_selector, CC_MAJOR_LABEL: major, CC_MINOR_LABEL: minor}
     return ResolvedTarget(

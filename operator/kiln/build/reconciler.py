@@ -1,0 +1,228 @@
+"""The EngineBuild reconciler: gathers facts (weights, store, Jobs), plans, acts.
+
+Level-based: every call recomputes from the object, the Jobs and the store, so running it
+twice, or after a crash, changes nothing. Called from Kopf's sync handlers (threads); one
+lock per object keeps two calls for the same object from interleaving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Protocol
+
+from kiln.api import EngineBuild, parse_duration
+from kiln.build import render
+from kiln.build.jobs import Failure, ObservedJob, failure_from_pod, job_name, observe
+from kiln.build.plan import Event, Plan, Want, plan
+from kiln.builder.exitcodes import pod_failure_policy
+from kiln.config import OperatorConfig
+from kiln.errors import KilnError
+from kiln.key import engine_key
+from kiln.kube import Kube
+from kiln.sources import open_source
+from kiln.store import EngineStore, open_store
+from kiln.store.manifest import Manifest
+from kiln.targets import effective
+from kiln.task import BuildTask
+
+log = logging.getLogger(__name__)
+PLURAL = "enginebuilds"
+EventSink = Callable[[dict[str, Any], Event], None]
+
+
+class JobLookup(Protocol):
+    """Build Jobs as the operator last saw them (Kopf's index)."""
+
+    def by_key(self, namespace: str, key: str) -> ObservedJob | None: ...
+
+    def owned_by(self, uid: str) -> list[ObservedJob]: ...
+
+
+@dataclass
+class _Identity:
+    fingerprint: tuple[str, ...]
+    identity: str
+    checked_at: datetime
+    checked_monotonic: float
+
+
+def _fingerprint(eb: EngineBuild) -> tuple[str, ...]:
+    model = eb.spec.model
+    return (model.source, model.revision or "", model.credentials_secret or "")
+
+
+class EngineBuildReconciler:
+    """Holds the caches that make reconciles cheap: weights identities, committed engines."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig, emit: EventSink) -> None:
+        self.kube = kube
+        self.config = config
+        self.emit = emit
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
+        self._locks_guard = threading.Lock()
+        self._identities: dict[tuple[str, str], _Identity] = {}
+        self._manifests: dict[tuple[str, str], Manifest] = {}
+        self._stores: dict[str, EngineStore] = {}
+        self._failures: dict[tuple[str, str], Failure | None] = {}
+
+    def _lock(self, ref: tuple[str, str]) -> threading.Lock:
+        with self._locks_guard:
+            return self._locks.setdefault(ref, threading.Lock())
+
+    def forget(self, namespace: str, name: str) -> None:
+        """Drop what is cached for a deleted object."""
+        self._identities.pop((namespace, name), None)
+        with self._locks_guard:
+            self._locks.pop((namespace, name), None)
+
+    # -- facts -----------------------------------------------------------------------------
+
+    def _credentials(self, namespace: str, eb: EngineBuild) -> dict[str, str] | None:
+        secret = eb.spec.model.credentials_secret
+        return self.kube.secret_data(namespace, secret) if secret else None
+
+    def identity(self, namespace: str, eb: EngineBuild, *, refresh: bool = False) -> _Identity:
+        """The weights identity; read again when the source changed or ``refresh``."""
+        ref = (namespace, str(eb.metadata["name"]))
+        cached = self._identities.get(ref)
+        if cached and cached.fingerprint == _fingerprint(eb) and not refresh:
+            return cached
+        source = open_source(eb.spec.model.source, credentials=self._credentials(namespace, eb),
+                             revision=eb.spec.model.revision)
+        identity = source.identity().digest
+        entry = _Identity(_fingerprint(eb), identity,
+                          datetime.now(UTC).replace(microsecond=0), time.monotonic())
+        if cached and cached.identity == identity:
+            entry.checked_at = cached.checked_at
+        self._identities[ref] = entry
+        return entry
+
+    def poll_due(self, namespace: str, eb: EngineBuild) -> bool:
+        """Whether ``spec.rebuild.pollInterval`` has passed since the identity was read."""
+        cached = self._identities.get((namespace, str(eb.metadata["name"])))
+        if cached is None or not eb.spec.rebuild.on_weight_change:
+            return cached is None
+        interval = parse_duration(eb.spec.rebuild.poll_interval).total_seconds()
+        return time.monotonic() - cached.checked_monotonic >= interval
+
+    def store_uri(self, eb: EngineBuild) -> str:
+        uri = eb.spec.output.store or self.config.default_store
+        if not uri:
+            raise KilnError("no engine store: set spec.output.store, or the operator's "
+                            "default store (KILN_DEFAULT_STORE)", reason="NoStore")
+        return uri if uri.endswith("/") else uri + "/"
+
+    def _store(self, uri: str) -> EngineStore:
+        if uri not in self._stores:
+            self._stores[uri] = open_store(uri)
+        return self._stores[uri]
+
+    def _manifest(self, uri: str, key: str) -> Manifest | None:
+        """A committed engine's manifest; found ones are cached (engines are immutable)."""
+        if (uri, key) in self._manifests:
+            return self._manifests[(uri, key)]
+        manifest = self._store(uri).read_manifest(key)
+        if manifest is not None:
+            self._manifests[(uri, key)] = manifest
+        return manifest
+
+    def _failure(self, namespace: str, job: ObservedJob) -> Failure | None:
+        ref = (namespace, job.name)
+        if ref not in self._failures:
+            pods = self.kube.job_pods(namespace, job.name)
+            found = [f for p in pods if (f := failure_from_pod(p))]
+            self._failures[ref] = found[-1] if found else None
+        return self._failures[ref]
+
+    # -- the loop --------------------------------------------------------------------------
+
+    def reconcile(self, body: Mapping[str, Any], jobs: JobLookup) -> Plan:
+        """Bring one EngineBuild's Jobs and status in line with what exists."""
+        meta = body["metadata"]
+        namespace, name = meta["namespace"], meta["name"]
+        with self._lock((namespace, name)):
+            eb = EngineBuild.model_validate(dict(body))
+            return self._reconcile(namespace, name, str(meta["uid"]), eb, dict(body), jobs)
+
+    def _reconcile(self, namespace: str, name: str, uid: str, eb: EngineBuild,
+                   body: dict[str, Any], jobs: JobLookup) -> Plan:
+        weights = self.identity(namespace, eb)
+        store = self.store_uri(eb)
+        image = eb.spec.toolchain.image or self.config.builder_image
+        auto = eb.status.auto_targets if eb.status else []
+        wants = []
+        for target in effective(eb.spec, auto):
+            key = engine_key(weights_identity=weights.identity, build=eb.spec.build,
+                             builder_image=image, gpu_product=target.gpu_product,
+                             compute_capability=target.compute_capability)
+            wants.append(Want(target, key, f"{store}engines/{key}/"))
+        manifests = {w.key: self._manifest(store, w.key) for w in wants}
+        observed = {w.key: j for w in wants if (j := jobs.by_key(namespace, w.key))}
+        owned = {j.key: j for j in jobs.owned_by(uid)}
+        failures = {k: f for k, j in observed.items()
+                    if j.state == "Failed" and (f := self._failure(namespace, j))}
+        result = plan(eb, wants, identity=weights.identity, checked_at=weights.checked_at,
+                      manifests=manifests, jobs={**owned, **observed}, failures=failures,
+                      uid=uid)
+        for want in result.create:
+            self._ensure_job(namespace, name, uid, eb, want, image, weights.identity, store)
+        for job in result.release:
+            self._release(namespace, job, uid)
+        status = result.status.to_dict()
+        if status != (body.get("status") or {}):
+            self.kube.patch_status(PLURAL, namespace, name, _with_removals(
+                status, body.get("status") or {}))
+        for event in result.events:
+            self.emit(body, event)
+        return result
+
+    def _ensure_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
+                    image: str, identity: str, store: str) -> None:
+        task = BuildTask.for_build(
+            key=want.key, weights_identity=identity, source=eb.spec.model.source,
+            revision=eb.spec.model.revision, build=eb.spec.build,
+            gpu_product=want.target.gpu_product,
+            compute_capability=want.target.compute_capability, store=store,
+            builder_image=image)
+        job = render.render_job(
+            namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
+            image=image, task_json=task.to_json(), pod_failure_policy=pod_failure_policy(),
+            config=self.config)
+        if self.kube.create_job(job):
+            log.info("created Job %s/%s for engine %s", namespace, job_name(want.key),
+                     want.key[:12])
+            return
+        existing = self.kube.read_job(namespace, job_name(want.key))
+        if existing is None:
+            return  # deleted meanwhile: the next reconcile creates it again
+        current = observe(existing)
+        if uid not in current.owner_uids:
+            owners = [*existing["metadata"].get("ownerReferences", []),
+                      render.owner_reference(name, uid)]
+            self.kube.set_job_owners(namespace, current.name, owners,
+                                     existing["metadata"]["resourceVersion"])
+
+    def _release(self, namespace: str, job: ObservedJob, uid: str) -> None:
+        """Stop owning a Job this object no longer wants; delete it when nobody owns it."""
+        existing = self.kube.read_job(namespace, job.name)
+        if existing is None:
+            return
+        owners = [r for r in existing["metadata"].get("ownerReferences", [])
+                  if r["uid"] != uid]
+        if owners:
+            self.kube.set_job_owners(namespace, job.name, owners,
+                                     existing["metadata"]["resourceVersion"])
+        else:
+            log.info("deleting Job %s/%s: no EngineBuild wants engine %s any more",
+                     namespace, job.name, job.key[:12])
+            self.kube.delete_job(namespace, job.name)
+
+
+def _with_removals(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
+    """A merge patch from ``old`` to ``new``: top-level keys gone from ``new`` become null."""
+    return {**{k: None for k in old if k not in new}, **new}

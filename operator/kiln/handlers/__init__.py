@@ -1,0 +1,8 @@
+"""Kopf handlers: thin glue from watch events to the reconcilers.
+
+Importing this package registers every handler; ``kiln.operator`` runs them.
+"""
+
+from kiln.handlers import engine_build, settings
+
+__all__ = ["engine_build", "settings"]

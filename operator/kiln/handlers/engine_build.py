@@ -1,0 +1,116 @@
+"""EngineBuild handlers: every change to an EngineBuild or to one of its Jobs reconciles it."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import kopf
+
+from kiln import GROUP, VERSION
+from kiln.api import EngineBuild
+from kiln.build.jobs import KEY_LABEL, ObservedJob, observe
+from kiln.build.plan import Event
+from kiln.conditions import set_conditions
+from kiln.errors import KilnError
+from kiln.handlers import context
+
+log = logging.getLogger(__name__)
+PLURAL = "enginebuilds"
+
+
+class _IndexLookup:
+    """``JobLookup`` over Kopf's ``build_jobs`` index."""
+
+    def __init__(self, index: kopf.Index[Any, ObservedJob]) -> None:
+        self.index = index
+
+    def by_key(self, namespace: str, key: str) -> ObservedJob | None:
+        found = list(self.index.get(("key", namespace, key), ()))
+        return found[-1] if found else None
+
+    def owned_by(self, uid: str) -> list[ObservedJob]:
+        return list(self.index.get(("owner", uid), ()))
+
+
+@kopf.index("batch", "v1", "jobs", labels={KEY_LABEL: kopf.PRESENT})
+def build_jobs(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, ObservedJob]:
+    """Build Jobs by (namespace, engine key) and by each owning EngineBuild's uid."""
+    job = observe(dict(body))
+    entries: dict[Any, ObservedJob] = {("key", namespace, job.key): job}
+    entries |= {("owner", uid): job for uid in job.owner_uids}
+    return entries
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def engine_builds(body: kopf.Body, namespace: str | None, name: str,
+                  **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """EngineBuilds by (namespace, name), for reconciling one when its Job changes."""
+    return {(namespace, name): dict(body)}
+
+
+def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> None:
+    try:
+        context.engine_builds().reconcile(body, _IndexLookup(index))
+    except KilnError as error:
+        if error.retryable:
+            raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=10) from error
+        _stall(body, error)
+
+
+def _stall(body: dict[str, Any], error: KilnError) -> None:
+    """A permanent problem before any Job (e.g. the weights cannot be read): say so."""
+    eb = EngineBuild.model_validate(body)
+    generation = int(body["metadata"].get("generation") or 0)
+    old = eb.status.conditions if eb.status else []
+    message = f"{error.reason}: {error.message}"
+    conditions = set_conditions(old, generation=generation, ready=False, reconciling=False,
+                                stalled=True, reason=error.reason, message=message)
+    status = {"observedGeneration": generation, "phase": "Failed",
+              "conditions": [c.to_dict() for c in conditions]}
+    current = body.get("status") or {}
+    if {k: current.get(k) for k in status} != status:
+        meta = body["metadata"]
+        context.kube().patch_status(PLURAL, meta["namespace"], meta["name"], status)
+        context.emit(body, Event("Warning", error.reason, error.message))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def engine_build_changed(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
+    """Any change of an EngineBuild (its spec, or status written by others) reconciles it."""
+    if event["type"] == "DELETED":
+        meta = body["metadata"]
+        context.engine_builds().forget(meta["namespace"], meta["name"])
+        return
+    if body["metadata"].get("deletionTimestamp"):
+        return
+    _reconcile(dict(body), kwargs["build_jobs"])
+
+
+@kopf.on.event("batch", "v1", "jobs", labels={KEY_LABEL: kopf.PRESENT})
+def build_job_changed(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
+    """A build Job moved: reconcile every EngineBuild that owns it."""
+    owners_index: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
+    for ref in body["metadata"].get("ownerReferences") or []:
+        if ref.get("kind") != "EngineBuild":
+            continue
+        for owner in owners_index.get((namespace, ref["name"]), ()):
+            if owner["metadata"]["uid"] == ref["uid"]:
+                _reconcile(owner, kwargs["build_jobs"])
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=context.config().weights_check_seconds,
+            initial_delay=context.config().weights_check_seconds)
+def weights_timer(body: kopf.Body, **kwargs: Any) -> None:
+    """Re-read the weights identity when ``pollInterval`` is due; a new one rebuilds."""
+    eb = EngineBuild.model_validate(dict(body))
+    namespace = body["metadata"]["namespace"]
+    reconciler = context.engine_builds()
+    if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
+        return
+    before = reconciler.identity(namespace, eb).identity
+    after = reconciler.identity(namespace, eb, refresh=True).identity
+    if after != before:
+        log.info("weights of %s/%s changed: %s -> %s", namespace, body["metadata"]["name"],
+                 before[:12], after[:12])
+        _reconcile(dict(body), kwargs["build_jobs"])

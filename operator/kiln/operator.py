@@ -1,0 +1,22 @@
+"""``kiln run``: the operator process (Kopf underneath)."""
+
+from __future__ import annotations
+
+import logging
+
+import kopf
+
+
+def run(*, namespaces: list[str], liveness: str | None, verbose: bool) -> int:
+    """Run every kiln handler until SIGTERM; watch ``namespaces`` or the whole cluster."""
+    import kiln.handlers  # noqa: F401 - importing registers the handlers
+
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
+    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    kopf.run(
+        standalone=True,
+        clusterwide=not namespaces,
+        namespaces=namespaces,
+        liveness_endpoint=liveness,
+    )
+    return 0

@@ -1,0 +1,73 @@
+"""The build Job renderer: pure, deterministic, no credentials copied."""
+
+from __future__ import annotations
+
+from kiln.api import EngineBuildSpec
+from kiln.build.plan import Want
+from kiln.build.render import render_job
+from kiln.config import OperatorConfig
+from kiln.targets import effective
+
+KEY = "ab" * 32
+
+
+def spec(**build: object) -> EngineBuildSpec:
+    return EngineBuildSpec.model_validate({
+        "model": {"source": "s3://models/llama/", "credentialsSecret": "model-creds"},
+        "targets": [{"gpu": "H100-SXM"}],
+        "build": {"parallelism": {"tensor": 2, "pipeline": 2}, **build},
+        "job": {"backoffLimit": 3, "priorityClassName": "gpu-batch",
+                "tolerations": [{"key": "dedicated", "operator": "Exists"}]},
+    })
+
+
+def render(config: OperatorConfig | None = None) -> dict:  # type: ignore[type-arg]
+    s = spec()
+    (target,) = effective(s, [])
+    return render_job(namespace="ns", owner_name="llama", owner_uid="u1", spec=s,
+                      want=Want(target, KEY, f"s3://e/engines/{KEY}/"), image="builder:1",
+                      task_json='{"key": "x"}', pod_failure_policy={"rules": []},
+                      config=config or OperatorConfig(store_secret="store-creds"))
+
+
+def test_job_is_named_after_the_key_and_pinned_to_the_gpu() -> None:
+    job = render()
+    assert job["metadata"]["name"] == f"kiln-build-{KEY[:24]}"
+    assert job["metadata"]["annotations"]["kiln.dev/engine-key"] == KEY
+    pod = job["spec"]["template"]["spec"]
+    assert pod["nodeSelector"] == {"nvidia.com/gpu.compute.major": "9",
+                                   "nvidia.com/gpu.compute.minor": "0"}
+    term = pod["affinity"]["nodeAffinity"]["requiredDuringSchedulingIgnoredDuringExecution"]
+    (expr,) = term["nodeSelectorTerms"][0]["matchExpressions"]
+    assert expr["key"] == "nvidia.com/gpu.product"
+    assert "NVIDIA-H100-80GB-HBM3" in expr["values"]
+    container = pod["containers"][0]
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == "4"
+    assert {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"} in \
+        pod["tolerations"]
+    assert {"key": "dedicated", "operator": "Exists"} in pod["tolerations"]
+    assert pod["priorityClassName"] == "gpu-batch"
+    assert pod["restartPolicy"] == "Never"
+    assert job["spec"]["backoffLimit"] == 3
+    assert job["spec"]["ttlSecondsAfterFinished"] == 3600
+    assert job["metadata"]["ownerReferences"][0]["uid"] == "u1"
+
+
+def test_credentials_are_referenced_never_copied() -> None:
+    env = render()["spec"]["template"]["spec"]["containers"][0]["env"]
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in env if "valueFrom" in e}
+    assert refs["AWS_SECRET_ACCESS_KEY"] == "model-creds"
+    assert refs["HF_TOKEN"] == "model-creds"
+    assert refs["KILN_STORE_AWS_SECRET_ACCESS_KEY"] == "store-creds"
+    assert all("value" not in e for e in env if "valueFrom" in e)
+
+
+def test_owner_labels_are_not_copied_to_the_job() -> None:
+    job = render(OperatorConfig(build_pod_labels={"team": "ml"}))
+    labels = job["metadata"]["labels"]
+    assert "app.kubernetes.io/instance" not in labels
+    assert job["spec"]["template"]["metadata"]["labels"]["team"] == "ml"
+
+
+def test_rendering_is_deterministic() -> None:
+    assert render() == render()
