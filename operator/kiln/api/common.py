@@ -12,7 +12,6 @@ from pydantic.alias_generators import to_camel
 API_VERSION: Final = "kiln.dev/v1alpha1"
 
 DNS_SUBDOMAIN = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"
-DNS_LABEL = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
 LABEL_KEY = (r"^([a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*/)?"
              r"[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 LABEL_VALUE = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"
@@ -58,18 +57,6 @@ def q(text: str) -> str:
 def rules(*entries: dict[str, str]) -> dict[str, Any]:
     """``json_schema_extra`` carrying CEL rules, for a ``Field`` or a model's config."""
     return {"x-kubernetes-validations": list(entries)}
-
-
-def matches(pattern: str, what: str) -> AfterValidator:
-    """A pydantic validator mirroring a CEL ``matches`` rule (same RE2-compatible pattern)."""
-    compiled = re.compile(pattern)
-
-    def check(value: str) -> str:
-        if not compiled.search(value):
-            raise ValueError(f"{value!r} is not {what}")
-        return value
-
-    return AfterValidator(check)
 
 
 def parse_duration(text: str) -> timedelta:
@@ -199,9 +186,22 @@ SourceUri = Annotated[str, uri_field("s3", "hf", "pvc"), uri_check("s3", "hf", "
 StoreUri = Annotated[str, uri_field("s3", "pvc"), uri_check("s3", "pvc")]
 """Where engines are kept: ``s3://bucket/prefix/`` or ``pvc://claim/path``."""
 
+MIN_DURATION = timedelta(minutes=1)
+
+
+def _check_duration(text: str) -> str:
+    if parse_duration(text) < MIN_DURATION:
+        raise ValueError(f"{text!r} is shorter than 1m")
+    return text
+
+
 DURATION_RULES = rules(
     cel(f"self.matches({q(DURATION)})",
         "must be a duration such as 30m or 1h30m (units h, m, s, ms)"),
     cel(f"!self.matches({q(DURATION)}) || duration(self) >= duration('1m')",
         "must be at least 1m"),
 )
+
+Duration = Annotated[str, Field(max_length=32, json_schema_extra=DURATION_RULES),
+                     AfterValidator(_check_duration)]
+"""A Go-style duration of at least a minute, e.g. ``30m`` or ``1h30m``."""

@@ -11,10 +11,9 @@ from pydantic import AfterValidator, ConfigDict, Field
 from kiln.api.common import (
     API_VERSION,
     CONDITIONS_EXTRA,
-    DNS_SUBDOMAIN,
-    DURATION_RULES,
     LABEL_KEY_RULE,
     Condition,
+    Duration,
     KilnModel,
     LabelMap,
     Name,
@@ -248,7 +247,7 @@ class Rebuild(KilnModel):
 
     on_weight_change: bool = True
     """Rebuild when the weights change (new S3 object versions/ETags, a new HF commit)."""
-    poll_interval: str = Field(default="1h", max_length=32, json_schema_extra=DURATION_RULES)
+    poll_interval: Duration = "1h"
     """How often to re-read the weights' identity, e.g. ``30m`` or ``1h`` (at least ``1m``)."""
 
 
@@ -401,7 +400,7 @@ class EngineBuild(KilnModel):
 
 
 __all__ = [
-    "COMPUTE_CAPABILITY", "DNS_SUBDOMAIN", "EXTRA_ARGS_ALLOWED", "MAX_GPUS_PER_BUILD",
+    "COMPUTE_CAPABILITY", "EXTRA_ARGS_ALLOWED", "MAX_GPUS_PER_BUILD",
     "MIN_COMPUTE_CAPABILITY", "NAME_SCHEMA", "Backend", "BuildPhase", "BuildSpec", "Dtype",
     "EngineBuild", "EngineBuildSpec", "EngineBuildStatus", "EngineState", "EngineStatus",
     "JobSpec", "KvCacheQuant", "ModelSpec", "Output", "Parallelism", "Plugins", "QuantAlgo",
