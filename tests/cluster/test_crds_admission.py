@@ -346,3 +346,10 @@ def test_get_shows_columns_and_answers_to_short_names(kube: Any, crd_namespace: 
         assert column in wide.split()
     both = kube.kubectl("get", "kiln", "-n", crd_namespace, "-o", "name").stdout.split()
     assert sorted(both) == [f"enginebuild.{GROUP}/base", f"enginedeployment.{GROUP}/base"]
+
+    status = {"phase": "Ready", "gpus": "H100-SXM", "engineKeys": "3f2a9c1b7d0e",
+              "conditions": [{"type": "Ready", "status": "True", "reason": "Built"}]}
+    client.CustomObjectsApi(kube.api_client).patch_namespaced_custom_object_status(
+        GROUP, VERSION, crd_namespace, "enginebuilds", "base", {"status": status})
+    row = kube.kubectl("get", "eb", "base", "-n", crd_namespace, "--no-headers").stdout.split()
+    assert row[:5] == ["base", "Ready", "H100-SXM", "3f2a9c1b7d0e", "True"]
