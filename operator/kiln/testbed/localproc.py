@@ -13,7 +13,6 @@ import base64
 import contextlib
 import logging
 import os
-import shutil
 import subprocess
 import tempfile
 import threading
@@ -59,6 +58,30 @@ class LocalProcessRunner:
         self._thread = threading.Thread(target=self._loop, name="local-process", daemon=True)
         self._identity = f"{os.getpid()}-{id(self)}"
         self._workers: list[threading.Thread] = []
+        self._running = threading.Event()
+        self._running.set()
+        self._kills = 0
+        self._kills_lock = threading.Lock()
+
+    def pause(self) -> None:
+        """Leave new pods alone (they stay Running) until ``resume``."""
+        self._running.clear()
+
+    def resume(self) -> None:
+        self._running.set()
+
+    def kill_next(self, count: int) -> None:
+        """SIGKILL the next ``count`` runs soon after they start (exit code 137), as when
+        a node or the OOM killer takes a pod."""
+        with self._kills_lock:
+            self._kills += count
+
+    def _take_kill(self) -> bool:
+        with self._kills_lock:
+            if self._kills > 0:
+                self._kills -= 1
+                return True
+            return False
 
     def start(self) -> LocalProcessRunner:
         self._thread.start()
@@ -80,12 +103,16 @@ class LocalProcessRunner:
         from kubernetes import watch
 
         while not self._stop.is_set():
+            if not self._running.wait(timeout=0.5):
+                continue
             try:
                 stream = watch.Watch().stream(
                     self._core.list_pod_for_all_namespaces, label_selector=LABEL,
                     timeout_seconds=2)
                 for event in stream:
                     pod = event["object"]
+                    if not self._running.is_set():
+                        break
                     if event["type"] != "DELETED" and self._claimable(pod):
                         self._claim_and_run(pod)
                     if self._stop.is_set():
@@ -128,18 +155,33 @@ class LocalProcessRunner:
             argv = [_map_paths(a, mounts) for a in [*(container.command or []),
                                                     *(container.args or [])]]
             log.info("local-process: running pod %s/%s: %s", namespace, name, argv)
-            try:
-                done = subprocess.run(argv, env=env, capture_output=True, text=True,
-                                      timeout=self.timeout, cwd=root, check=False)
-                code, output = done.returncode, done.stdout + done.stderr
-            except (OSError, subprocess.TimeoutExpired) as error:
-                code, output = 127, str(error)
+            code, output = self._execute(argv, env, root)
             message = termination.read_text(errors="replace") if termination.exists() else ""
             if not message and code != 0:
                 message = output[-_MESSAGE_LIMIT:]
             message = message[:_MESSAGE_LIMIT]
         self._report(pod, container, code, message)
         self.finished.append(Finished(namespace, name, code, message, output))
+
+    def _execute(self, argv: list[str], env: dict[str, str], cwd: Path) -> tuple[int, str]:
+        try:
+            process = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                       stderr=subprocess.STDOUT, text=True)
+        except OSError as error:
+            return 127, str(error)
+        if self._take_kill():
+            time.sleep(0.2)
+            process.kill()
+            out, _ = process.communicate()
+            return 137, out
+        try:
+            out, _ = process.communicate(timeout=self.timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            out, _ = process.communicate()
+            return 137, out + "\nkilled: timed out"
+        code = process.returncode
+        return (128 - code if code < 0 else code), out  # killed by signal N: 128 + N
 
     def _report(self, pod: Any, container: Any, code: int, message: str) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
@@ -211,11 +253,3 @@ def _map_paths(value: str, mounts: dict[str, str]) -> str:
         if value == mount_path or value.startswith(mount_path + "/"):
             return local + value[len(mount_path):]
     return value
-
-
-def which(name: str) -> str:
-    """Absolute path of a command on PATH (for tests that build pod specs)."""
-    path = shutil.which(name)
-    if path is None:
-        raise FileNotFoundError(name)
-    return path
