@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import sys
-import time
-from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -13,20 +11,9 @@ from kubernetes import client
 from kiln.testbed import nodes
 from kiln.testbed.cluster import Cluster
 from kiln.testbed.localproc import LABEL, LocalProcessRunner
+from waiting import eventually
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}
-
-
-def eventually(check: Callable[[], Any], timeout: float = 30, interval: float = 0.2) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with its last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not true after {timeout}s: last value {value!r}")
 
 
 def gpu_pod(name: str, selector: dict[str, str], gpus: int = 1) -> dict[str, Any]:

@@ -5,34 +5,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
 
-from kiln import GROUP, VERSION
+import checkpoints
+from e2e.support import ROOT, Operator
 from kiln.testbed.cluster import Cluster
 from kiln.testbed.localproc import LABEL, LocalProcessRunner
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def eventually(check: Callable[[], Any], timeout: float = 60, interval: float = 0.25) -> Any:
-    """Poll ``check`` until it returns something truthy; fail with its last value."""
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = check()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"not true after {timeout}s: last value {value!r}")
 
 
 @pytest.fixture(scope="session")
@@ -41,34 +23,6 @@ def crds(kube: Cluster) -> None:
     kube.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
     for name in ("enginebuilds.kiln.dev", "enginedeployments.kiln.dev"):
         kube.kubectl("wait", "--for=condition=Established", f"crd/{name}", "--timeout=60s")
-
-
-class Operator:
-    """``kiln run`` as a child process; ``kill`` and ``start`` for crash tests."""
-
-    def __init__(self, kube: Cluster, env: dict[str, str], log_path: Path) -> None:
-        self.kube = kube
-        self.env = env
-        self.log_path = log_path
-        self.process: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        log = self.log_path.open("ab")
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "kiln.cli", "run", "--verbose"], env=self.env,
-            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        assert self.process is not None
-        self.process.send_signal(sig)
-        self.process.wait(timeout=30)
-
-    def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.kill(signal.SIGTERM)
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
 
 
 @pytest.fixture(scope="session")
@@ -112,11 +66,19 @@ def builders(kube: Cluster, s3_endpoint: str) -> Iterator[LocalProcessRunner]:
         yield runner
 
 
-def custom(kube: Cluster) -> client.CustomObjectsApi:
-    return client.CustomObjectsApi(kube.api_client)
+@pytest.fixture(scope="session")
+def models_bucket(s3_endpoint: str) -> str:
+    import boto3
+
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    s3.create_bucket(Bucket="models")
+    s3.put_bucket_versioning(Bucket="models", VersioningConfiguration={"Status": "Enabled"})
+    return "models"
 
 
-def get_eb(kube: Cluster, namespace: str, name: str) -> dict[str, Any]:
-    obj: dict[str, Any] = custom(kube).get_namespaced_custom_object(
-        GROUP, VERSION, namespace, "enginebuilds", name)
-    return obj
+@pytest.fixture
+def weights(s3_client: Any, models_bucket: str, namespace: str,
+            tmp_path: Path) -> str:
+    """A tiny real checkpoint in moto's S3, under a prefix of its own; its ``s3://`` URI."""
+    return checkpoints.upload(s3_client, checkpoints.write(tmp_path / "ckpt"), models_bucket,
+                              f"{namespace}/llama/")

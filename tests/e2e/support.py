@@ -1,0 +1,54 @@
+"""Helpers for the end-to-end tests: the operator process, reading kiln's objects."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from kubernetes import client
+
+from kiln import GROUP, VERSION
+from kiln.testbed.cluster import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+class Operator:
+    """``kiln run`` as a child process; ``kill`` and ``start`` for crash tests."""
+
+    def __init__(self, kube: Cluster, env: dict[str, str], log_path: Path) -> None:
+        self.kube = kube
+        self.env = env
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        log = self.log_path.open("ab")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "kiln.cli", "run", "--verbose"], env=self.env,
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        self.process.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.kill(signal.SIGTERM)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+
+def custom(kube: Cluster) -> client.CustomObjectsApi:
+    return client.CustomObjectsApi(kube.api_client)
+
+
+def get_eb(kube: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = custom(kube).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "enginebuilds", name)
+    return obj
