@@ -16,6 +16,13 @@ def _crds(args: argparse.Namespace) -> int:
     return 0
 
 
+def _docs(args: argparse.Namespace) -> int:
+    from kiln import apidocs
+
+    print(apidocs.write_docs(Path(args.out)))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from kiln import operator
 
@@ -49,6 +56,11 @@ def build_parser() -> argparse.ArgumentParser:
     crds = sub.add_parser("crds", help="write the CRDs generated from kiln.api")
     crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
     crds.set_defaults(func=_crds)
+
+    docs = sub.add_parser("docs", help="write the API reference generated from kiln.api")
+    docs.add_argument("--out", default="docs/api.md",
+                      help="file to write (default: docs/api.md)")
+    docs.set_defaults(func=_docs)
 
     run = sub.add_parser("run", help="run the operator against the current kubeconfig "
                          "(or in-cluster credentials)")
