@@ -1,0 +1,145 @@
+"""The TensorRT-LLM commands of the engine path, rendered from the spec (pure, testable).
+
+Parallelism is fixed at conversion/quantization (``--tp_size``/``--pp_size``); trtllm-build
+takes the limits and plugins, builds ranks in parallel with ``--workers`` when the Job has
+several GPUs, and reads and writes the TensorRT timing cache.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from kiln.api import BuildSpec
+from kiln.builder.checkpoint import TENSORRT_FAMILIES
+from kiln.builder.failures import Unsupported
+
+DEFAULT_EXAMPLES = Path("/app/tensorrt_llm/examples")
+"""Where the TensorRT-LLM release image keeps its examples (``convert_checkpoint.py``,
+``quantization/quantize.py``)."""
+
+QUANTIZE_FORMATS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"})
+"""Algorithms that need ModelOpt calibration (``quantize.py --qformat``)."""
+WEIGHT_ONLY = {"int8_wo": "int8", "int4_wo": "int4"}
+"""Weight-only algorithms ``convert_checkpoint.py`` does without calibration."""
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Directories and files of one build, inside the work directory."""
+
+    weights: Path
+    """The downloaded Hugging Face checkpoint."""
+    checkpoint: Path
+    """The TensorRT-LLM checkpoint (``config.json`` + ``rank{N}.safetensors``)."""
+    engine: Path
+    """The engine directory that is uploaded."""
+    timing_cache: Path
+
+    @classmethod
+    def under(cls, workdir: Path) -> Paths:
+        return cls(weights=workdir / "weights", checkpoint=workdir / "checkpoint",
+                   engine=workdir / "engine", timing_cache=workdir / "timing.cache")
+
+
+def world_size(spec: BuildSpec) -> int:
+    return spec.parallelism.tensor * spec.parallelism.pipeline
+
+
+def needs_quantize(spec: BuildSpec) -> bool:
+    """Whether the checkpoint comes from ``quantize.py`` rather than ``convert_checkpoint.py``."""
+    return spec.quantization.algo in QUANTIZE_FORMATS or spec.quantization.kv_cache != "none"
+
+
+def _parallel(spec: BuildSpec) -> list[str]:
+    return ["--tp_size", str(spec.parallelism.tensor),
+            "--pp_size", str(spec.parallelism.pipeline)]
+
+
+def quantize_command(spec: BuildSpec, paths: Paths, *, examples: Path = DEFAULT_EXAMPLES,
+                     python: str = "python3", calib_dataset: str | None = None,
+                     export_format: str | None = None) -> list[str]:
+    """``quantize.py``: ModelOpt calibration into a TensorRT-LLM checkpoint (or, with
+    ``export_format="hf"``, a quantized Hugging Face checkpoint for the PyTorch backend)."""
+    algo = spec.quantization.algo
+    qformat = "full_prec" if algo == "none" else algo
+    cmd = [python, str(examples / "quantization" / "quantize.py"),
+           "--model_dir", str(paths.weights), "--output_dir", str(paths.checkpoint),
+           "--dtype", spec.dtype, "--qformat", qformat]
+    if spec.quantization.kv_cache != "none":
+        cmd += ["--kv_cache_dtype", spec.quantization.kv_cache]
+    if export_format is None:
+        cmd += _parallel(spec)
+    else:
+        cmd += ["--export_format", export_format]
+    if calib_dataset:
+        cmd += ["--calib_dataset", calib_dataset]
+    return cmd
+
+
+def convert_command(spec: BuildSpec, architecture: str, paths: Paths, *,
+                    examples: Path = DEFAULT_EXAMPLES, python: str = "python3") -> list[str]:
+    """``convert_checkpoint.py`` of the model family (no calibration)."""
+    family = TENSORRT_FAMILIES.get(architecture)
+    if family is None:
+        raise Unsupported(f"architecture {architecture} has no convert_checkpoint.py kiln "
+                          "knows; supported: " + ", ".join(sorted(TENSORRT_FAMILIES)),
+                          reason="UnsupportedArchitecture")
+    cmd = [python, str(examples / "models" / "core" / family / "convert_checkpoint.py"),
+           "--model_dir", str(paths.weights), "--output_dir", str(paths.checkpoint),
+           "--dtype", spec.dtype, *_parallel(spec)]
+    precision = WEIGHT_ONLY.get(spec.quantization.algo)
+    if precision:
+        cmd += ["--use_weight_only", "--weight_only_precision", precision]
+    return cmd
+
+
+def checkpoint_command(spec: BuildSpec, architecture: str, paths: Paths, *,
+                       examples: Path = DEFAULT_EXAMPLES, python: str = "python3",
+                       calib_dataset: str | None = None) -> list[str]:
+    """Hugging Face checkpoint → TensorRT-LLM checkpoint: quantization or plain conversion."""
+    if needs_quantize(spec):
+        return quantize_command(spec, paths, examples=examples, python=python,
+                                calib_dataset=calib_dataset)
+    return convert_command(spec, architecture, paths, examples=examples, python=python)
+
+
+def _switch(on: bool) -> str:
+    return "enable" if on else "disable"
+
+
+def build_command(spec: BuildSpec, paths: Paths, *, timing_cache_exists: bool,
+                  workers: int | None = None) -> list[str]:
+    """``trtllm-build`` for the checkpoint in ``paths.checkpoint``."""
+    p = spec.plugins
+    cmd = ["trtllm-build",
+           "--checkpoint_dir", str(paths.checkpoint), "--output_dir", str(paths.engine),
+           "--max_batch_size", str(spec.max_batch_size),
+           "--max_input_len", str(spec.max_input_len)]
+    if spec.max_seq_len is not None:
+        cmd += ["--max_seq_len", str(spec.max_seq_len)]
+    cmd += ["--max_num_tokens", str(spec.max_num_tokens),
+            "--gpt_attention_plugin", p.gpt_attention,
+            "--gemm_plugin", p.gemm,
+            "--context_fmha", _switch(p.context_fmha),
+            "--kv_cache_type", "paged" if p.paged_kv_cache else "continuous",
+            "--use_paged_context_fmha", _switch(p.paged_context_fmha),
+            "--use_fp8_context_fmha", _switch(p.fp8_context_fmha),
+            "--remove_input_padding", _switch(p.remove_input_padding),
+            "--multiple_profiles", _switch(p.multiple_profiles),
+            "--reduce_fusion", _switch(p.reduce_fusion)]
+    workers = world_size(spec) if workers is None else workers
+    if workers > 1:
+        cmd += ["--workers", str(workers)]
+    if timing_cache_exists:
+        cmd += ["--input_timing_cache", str(paths.timing_cache)]
+    cmd += ["--output_timing_cache", str(paths.timing_cache), *spec.extra_args]
+    return cmd
+
+
+def timing_cache_blob(gpu_product: str, tensorrt_version: str) -> str:
+    """Store blob name of the timing cache for one GPU product and TensorRT version."""
+    def slug(text: str) -> str:
+        return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unknown"
+    return f"timing-cache/{slug(gpu_product)}/tensorrt-{slug(tensorrt_version)}.cache"

@@ -1,0 +1,119 @@
+"""The engine path's commands, pinned as golden values for a matrix of specs."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.api import BuildSpec
+from kiln.builder import commands
+from kiln.builder.commands import Paths
+from kiln.builder.failures import Unsupported
+
+PATHS = Paths.under(Path("/work"))
+EX = "/app/tensorrt_llm/examples"
+PLUGINS = ("--gpt_attention_plugin auto --gemm_plugin auto --context_fmha enable "
+           "--kv_cache_type paged --use_paged_context_fmha enable --use_fp8_context_fmha disable "
+           "--remove_input_padding enable --multiple_profiles disable --reduce_fusion disable")
+
+MATRIX: dict[str, tuple[dict[str, Any], bool, str, str]] = {
+    "bf16": (
+        {"dtype": "bfloat16"}, False,
+        f"python3 {EX}/models/core/llama/convert_checkpoint.py --model_dir /work/weights "
+        "--output_dir /work/checkpoint --dtype bfloat16 --tp_size 1 --pp_size 1",
+        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
+        f"--max_batch_size 2048 --max_input_len 1024 --max_num_tokens 8192 {PLUGINS} "
+        "--output_timing_cache /work/timing.cache",
+    ),
+    "fp8-kv-fp8": (
+        {"dtype": "bfloat16", "quantization": {"algo": "fp8", "kvCache": "fp8"},
+         "maxBatchSize": 256, "maxInputLen": 8192, "maxSeqLen": 16384, "maxNumTokens": 16384,
+         "plugins": {"gemm": "fp8", "fp8ContextFmha": True}}, True,
+        f"python3 {EX}/quantization/quantize.py --model_dir /work/weights "
+        "--output_dir /work/checkpoint --dtype bfloat16 --qformat fp8 --kv_cache_dtype fp8 "
+        "--tp_size 1 --pp_size 1",
+        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
+        "--max_batch_size 256 --max_input_len 8192 --max_seq_len 16384 --max_num_tokens 16384 "
+        "--gpt_attention_plugin auto --gemm_plugin fp8 --context_fmha enable "
+        "--kv_cache_type paged --use_paged_context_fmha enable --use_fp8_context_fmha enable "
+        "--remove_input_padding enable --multiple_profiles disable --reduce_fusion disable "
+        "--input_timing_cache /work/timing.cache --output_timing_cache /work/timing.cache",
+    ),
+    "int4-awq": (
+        {"dtype": "float16", "quantization": {"algo": "int4_awq"}, "maxBatchSize": 64}, False,
+        f"python3 {EX}/quantization/quantize.py --model_dir /work/weights "
+        "--output_dir /work/checkpoint --dtype float16 --qformat int4_awq "
+        "--tp_size 1 --pp_size 1",
+        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
+        f"--max_batch_size 64 --max_input_len 1024 --max_num_tokens 8192 {PLUGINS} "
+        "--output_timing_cache /work/timing.cache",
+    ),
+    "tp2": (
+        {"dtype": "bfloat16", "parallelism": {"tensor": 2}}, True,
+        f"python3 {EX}/models/core/llama/convert_checkpoint.py --model_dir /work/weights "
+        "--output_dir /work/checkpoint --dtype bfloat16 --tp_size 2 --pp_size 1",
+        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
+        f"--max_batch_size 2048 --max_input_len 1024 --max_num_tokens 8192 {PLUGINS} "
+        "--workers 2 --input_timing_cache /work/timing.cache "
+        "--output_timing_cache /work/timing.cache",
+    ),
+    "tp2-pp2": (
+        {"dtype": "bfloat16", "parallelism": {"tensor": 2, "pipeline": 2},
+         "maxSeqLen": 4096, "plugins": {"multipleProfiles": True, "reduceFusion": True},
+         "extraArgs": ["--log_level=verbose", "--monitor_memory"]}, False,
+        f"python3 {EX}/models/core/llama/convert_checkpoint.py --model_dir /work/weights "
+        "--output_dir /work/checkpoint --dtype bfloat16 --tp_size 2 --pp_size 2",
+        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
+        "--max_batch_size 2048 --max_input_len 1024 --max_seq_len 4096 --max_num_tokens 8192 "
+        "--gpt_attention_plugin auto --gemm_plugin auto --context_fmha enable "
+        "--kv_cache_type paged --use_paged_context_fmha enable --use_fp8_context_fmha disable "
+        "--remove_input_padding enable --multiple_profiles enable --reduce_fusion enable "
+        "--workers 4 --output_timing_cache /work/timing.cache "
+        "--log_level=verbose --monitor_memory",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", MATRIX)
+def test_engine_path_commands_are_pinned(name: str) -> None:
+    raw, cache, checkpoint, build = MATRIX[name]
+    spec = BuildSpec.model_validate(raw)
+    assert shlex.join(commands.checkpoint_command(spec, "LlamaForCausalLM", PATHS)) == checkpoint
+    assert shlex.join(commands.build_command(spec, PATHS, timing_cache_exists=cache)) == build
+
+
+def test_weight_only_uses_convert_checkpoint_and_kv_only_uses_quantize() -> None:
+    wo = BuildSpec.model_validate({"quantization": {"algo": "int8_wo"}})
+    assert shlex.join(commands.checkpoint_command(wo, "Qwen2ForCausalLM", PATHS)) == (
+        f"python3 {EX}/models/core/qwen/convert_checkpoint.py --model_dir /work/weights "
+        "--output_dir /work/checkpoint --dtype auto --tp_size 1 --pp_size 1 "
+        "--use_weight_only --weight_only_precision int8")
+    kv = BuildSpec.model_validate({"quantization": {"kvCache": "int8"}})
+    cmd = commands.checkpoint_command(kv, "LlamaForCausalLM", PATHS, calib_dataset="/data/c")
+    assert cmd[cmd.index("--qformat") + 1] == "full_prec"
+    assert cmd[cmd.index("--kv_cache_dtype") + 1] == "int8"
+    assert cmd[-2:] == ["--calib_dataset", "/data/c"]
+
+
+def test_pytorch_quantization_exports_a_hugging_face_checkpoint() -> None:
+    spec = BuildSpec.model_validate({"backend": "pytorch", "quantization": {"algo": "fp8"}})
+    cmd = commands.quantize_command(spec, PATHS, export_format="hf")
+    assert "--export_format" in cmd
+    assert cmd[cmd.index("--export_format") + 1] == "hf"
+    assert "--tp_size" not in cmd, "the PyTorch backend shards at load time"
+
+
+def test_unknown_family_is_unsupported() -> None:
+    with pytest.raises(Unsupported) as e:
+        commands.convert_command(BuildSpec(), "GPTNeoXForCausalLM", PATHS)
+    assert e.value.reason == "UnsupportedArchitecture"
+
+
+def test_timing_cache_blob_is_per_product_and_tensorrt_version() -> None:
+    assert commands.timing_cache_blob("NVIDIA H100 80GB HBM3", "10.14.1.48") == (
+        "timing-cache/NVIDIA-H100-80GB-HBM3/tensorrt-10.14.1.48.cache")
+    assert (commands.timing_cache_blob("NVIDIA-A100-SXM4-80GB", "10.14.1")
+            != commands.timing_cache_blob("NVIDIA-A100-SXM4-80GB", "10.13.3"))
