@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import collections
+import contextlib
+import json
+import os
 import platform
 import shutil
 import subprocess
@@ -15,28 +18,48 @@ from pathlib import Path
 from kiln.builder.failures import GPUUnavailable, OutOfDisk, ToolFailed, Unsupported
 from kiln.builder.progress import say
 
+PYTHON_ENV = "KILN_TRTLLM_PYTHON"
+"""The Python that runs TensorRT-LLM's tools (kiln itself may run from a virtualenv)."""
+EXAMPLES_ENV = "KILN_TRTLLM_EXAMPLES"
 DISTRIBUTIONS = {
-    "kiln": ("kiln",),
     "tensorrt_llm": ("tensorrt_llm", "tensorrt-llm"),
     "tensorrt": ("tensorrt", "tensorrt_cu13", "tensorrt-cu13", "tensorrt_cu12", "tensorrt-cu12"),
     "torch": ("torch",),
     "modelopt": ("nvidia-modelopt", "nvidia_modelopt"),
-    "safetensors": ("safetensors",),
+    "transformers": ("transformers",),
 }
-"""Version key in the manifest → Python distributions that may carry it."""
+"""Version key in the manifest → Python distributions of the toolchain that may carry it."""
+_VERSIONS_SCRIPT = """
+import json, sys
+from importlib import metadata
+found = {}
+for key, names in json.loads(sys.argv[1]).items():
+    for name in names:
+        try:
+            found[key] = metadata.version(name)
+            break
+        except metadata.PackageNotFoundError:
+            pass
+print(json.dumps(found))
+"""
 TAIL_LINES = 30
 
 
+def tool_python() -> str:
+    return os.environ.get(PYTHON_ENV) or "python3"
+
+
 def versions() -> dict[str, str]:
-    """Versions of the toolchain this builder runs with (those installed)."""
+    """Versions of kiln and of the toolchain this build runs with (those installed)."""
     found = {"python": platform.python_version()}
-    for key, names in DISTRIBUTIONS.items():
-        for name in names:
-            try:
-                found[key] = metadata.version(name)
-                break
-            except metadata.PackageNotFoundError:
-                continue
+    with contextlib.suppress(metadata.PackageNotFoundError):
+        found["kiln"] = metadata.version("kiln")
+    try:
+        out = subprocess.run([tool_python(), "-c", _VERSIONS_SCRIPT, json.dumps(DISTRIBUTIONS)],
+                             capture_output=True, text=True, timeout=120, check=True)
+        found.update({str(k): str(v) for k, v in json.loads(out.stdout).items()})
+    except (OSError, subprocess.SubprocessError, ValueError) as e:
+        say(f"cannot read the toolchain's versions: {e}", phase="versions")
     driver = {g.driver for g in gpus()}
     if driver:
         found["nvidia_driver"] = ",".join(sorted(driver))
