@@ -188,7 +188,7 @@ class EngineBuildReconciler:
             revision=eb.spec.model.revision, build=eb.spec.build,
             gpu_product=want.target.gpu_product,
             compute_capability=want.target.compute_capability, store=store,
-            builder_image=image)
+            builder_image=image, credentials_from_env=bool(eb.spec.model.credentials_secret))
         job = render.render_job(
             namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
             image=image, task_json=task.to_json(), pod_failure_policy=pod_failure_policy(),
