@@ -85,7 +85,7 @@ def test_missing_config_bad_architecture_and_missing_tokenizer(tmp_path: Path) -
     (ckpt / "config.json").write_text(json.dumps({**config, "architectures": ["BertModel"]}))
     with pytest.raises(Unsupported, match="BertModel") as e:
         checkpoint.inspect(ckpt, supported=supported, backend="pytorch")
-    assert e.value.reason == "UnsupportedArchitecture"
+    assert e.value.reason == "Unsupported"
     (ckpt / "config.json").write_text(json.dumps({**config, "hidden_size": "16"}))
     with pytest.raises(InvalidInput, match="hidden_size"):
         checkpoint.inspect(ckpt, supported=supported, backend="pytorch")

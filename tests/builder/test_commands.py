@@ -109,7 +109,7 @@ def test_pytorch_quantization_exports_a_hugging_face_checkpoint() -> None:
 def test_unknown_family_is_unsupported() -> None:
     with pytest.raises(Unsupported) as e:
         commands.convert_command(BuildSpec(), "GPTNeoXForCausalLM", PATHS)
-    assert e.value.reason == "UnsupportedArchitecture"
+    assert e.value.reason == "Unsupported"
 
 
 def test_timing_cache_blob_is_per_product_and_tensorrt_version() -> None:

@@ -87,7 +87,7 @@ def architecture(config: dict[str, Any], supported: frozenset[str] | set[str] | 
     if name not in supported:
         raise Unsupported(
             f"architecture {name} is not supported by the {backend} backend; supported: "
-            + ", ".join(sorted(supported)), reason="UnsupportedArchitecture")
+            + ", ".join(sorted(supported)))
     for key in REQUIRED_CONFIG:
         value = config.get(key)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:

@@ -84,8 +84,7 @@ def convert_command(spec: BuildSpec, architecture: str, paths: Paths, *,
     family = TENSORRT_FAMILIES.get(architecture)
     if family is None:
         raise Unsupported(f"architecture {architecture} has no convert_checkpoint.py kiln "
-                          "knows; supported: " + ", ".join(sorted(TENSORRT_FAMILIES)),
-                          reason="UnsupportedArchitecture")
+                          "knows; supported: " + ", ".join(sorted(TENSORRT_FAMILIES)))
     cmd = [python, str(examples / "models" / "core" / family / "convert_checkpoint.py"),
            "--model_dir", str(paths.weights), "--output_dir", str(paths.checkpoint),
            "--dtype", spec.dtype, *_parallel(spec)]

@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from kiln.builder import commands, toolchain
+from kiln.builder import commands, toolchain, verify
 from kiln.builder.checkpoint import PYTORCH_ARCHITECTURES, Checkpoint, inspect
 from kiln.builder.commands import Paths
 from kiln.builder.progress import say
@@ -41,6 +41,7 @@ def prepare(task: BuildTask, paths: Paths, *, examples: Path,
     if not quantized(task):
         for path in source.files:
             link_or_copy(path, paths.engine / path.name)
+        verify.prepared(paths.engine, source, PYTORCH_ARCHITECTURES)
         return source
     toolchain.require_gpu(task.target.compute_capability,
                           f"quantization {task.build.quantization.algo} "
@@ -53,4 +54,5 @@ def prepare(task: BuildTask, paths: Paths, *, examples: Path,
     for name in [*source.tokenizer, "generation_config.json"]:
         if (paths.weights / name).is_file() and not (paths.engine / name).exists():
             link_or_copy(paths.weights / name, paths.engine / name)
+    inspect(paths.engine, supported=PYTORCH_ARCHITECTURES, backend="pytorch")
     return source

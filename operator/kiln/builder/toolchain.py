@@ -100,8 +100,7 @@ def require_gpu(compute_capability: str, why: str) -> list[GPU]:
     wrong = sorted({g.compute_capability for g in found} - {compute_capability})
     if wrong:
         raise GPUUnavailable(f"the target needs compute capability {compute_capability}, this "
-                             f"node's GPUs have {', '.join(wrong)} ({found[0].name})",
-                             reason="GPUMismatch")
+                             f"node's GPUs have {', '.join(wrong)} ({found[0].name})")
     return found
 
 
@@ -109,11 +108,10 @@ def require_engine_toolchain(examples: Path) -> None:
     """The image must still have the engine path (TensorRT-LLM ≤ 1.2.x)."""
     if shutil.which("trtllm-build") is None:
         raise Unsupported("this builder image has no trtllm-build: the engine path needs "
-                          "TensorRT-LLM 1.2.x or older (or use backend pytorch)",
-                          reason="ToolchainUnsupported")
+                          "TensorRT-LLM 1.2.x or older (or use backend pytorch)")
     if not examples.is_dir():
         raise Unsupported(f"this builder image has no TensorRT-LLM examples at {examples} "
-                          "(set KILN_TRTLLM_EXAMPLES)", reason="ToolchainUnsupported")
+                          "(set KILN_TRTLLM_EXAMPLES)")
 
 
 def run(cmd: list[str], *, phase: str, cwd: Path | None = None) -> float:
