@@ -1,9 +1,11 @@
-"""A real HTTP proxy in front of an S3 endpoint that goes down part way (a store outage)."""
+"""A real HTTP proxy in front of an S3 endpoint, to break things at a chosen moment: a store
+that goes down part way through an upload, weights replaced while they are downloaded."""
 
 from __future__ import annotations
 
 import http.client
 import threading
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import urlsplit
 
@@ -13,14 +15,18 @@ OUTAGE = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailabl
           b"<Message>store outage (test proxy)</Message></Error>")
 
 
-class OutageProxy:
-    """Forwards every request to ``upstream`` until ``puts_before_outage`` object PUTs went
-    through; from then on answers every request with 503, as an object store that is down."""
+def is_object(path: str) -> bool:
+    """Whether a path-style S3 request names an object (``/bucket/key``), not a bucket."""
+    return urlsplit(path).path.strip("/").count("/") >= 1
 
-    def __init__(self, upstream: str, puts_before_outage: int) -> None:
+
+class S3Proxy:
+    """Forwards requests to ``upstream``; ``refuse(method, path)`` is asked first, under a lock,
+    and a True answer gets a 503 as from an object store that is down."""
+
+    def __init__(self, upstream: str, refuse: Callable[[str, str], bool]) -> None:
         self.upstream = urlsplit(upstream)
-        self.allowed = puts_before_outage
-        self.puts = 0
+        self.refuse = refuse
         self.refused = 0
         self.lock = threading.Lock()
         proxy = self
@@ -76,11 +82,9 @@ class OutageProxy:
 
     def down(self, method: str, path: str) -> bool:
         with self.lock:
-            if self.puts >= self.allowed:
+            if self.refuse(method, path):
                 self.refused += 1
                 return True
-            if method == "PUT" and path.strip("/").count("/") >= 1:
-                self.puts += 1
             return False
 
     def forward(self, method: str, path: str, headers: dict[str, str],
@@ -96,10 +100,39 @@ class OutageProxy:
         finally:
             conn.close()
 
-    def __enter__(self) -> OutageProxy:
+    def __enter__(self) -> S3Proxy:
         self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+class Outage:
+    """Lets ``puts`` object PUTs through, then the store is down for good."""
+
+    def __init__(self, puts: int) -> None:
+        self.allowed = puts
+        self.puts = 0
+
+    def __call__(self, method: str, path: str) -> bool:
+        if self.puts >= self.allowed:
+            return True
+        if method == "PUT" and is_object(path):
+            self.puts += 1
+        return False
+
+
+class OnFirstDownload:
+    """Runs ``action`` once, when the first object is read; refuses nothing."""
+
+    def __init__(self, action: Callable[[], None]) -> None:
+        self.action = action
+        self.done = False
+
+    def __call__(self, method: str, path: str) -> bool:
+        if method == "GET" and is_object(path) and not self.done:
+            self.done = True
+            self.action()
+        return False
