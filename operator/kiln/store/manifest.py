@@ -1,0 +1,43 @@
+"""``manifest.json``: what an engine directory holds; written last, it commits the engine."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import Field
+
+from kiln.api import KilnModel
+
+MANIFEST = "manifest.json"
+MANIFEST_SCHEMA_VERSION = 1
+
+
+class FileEntry(KilnModel):
+    """One file of an engine."""
+
+    path: str
+    """Relative to the engine directory, ``/``-separated."""
+    size: int = Field(ge=0)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+
+
+class Manifest(KilnModel):
+    """The commit marker of an engine: its key, inputs, versions and files."""
+
+    schema_version: int = MANIFEST_SCHEMA_VERSION
+    key: str
+    inputs: dict[str, Any] = Field(default_factory=dict)
+    """The key's inputs (``kiln.key.key_inputs``)."""
+    versions: dict[str, str] = Field(default_factory=dict)
+    """What the builder ran: ``tensorrt_llm``, ``tensorrt``, ``kiln``, ..."""
+    upload: str = Field(default="", max_length=64)
+    """The upload (a directory under the engine's) whose files this manifest commits; two
+    writers of one key never mix their files."""
+    files: list[FileEntry] = Field(default_factory=list)
+    total_bytes: int = Field(default=0, ge=0)
+    build_seconds: float | None = None
+    created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+
+    def to_json(self) -> bytes:
+        return self.model_dump_json(by_alias=True, indent=2).encode()
