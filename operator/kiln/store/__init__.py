@@ -13,7 +13,7 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from kiln import s3
+from kiln import s3 as s3_util
 from kiln.errors import InvalidInput
 from kiln.store.base import EngineStore
 from kiln.store.fs import FileStore
@@ -36,8 +36,8 @@ def open_store(uri: str, *, credentials: Mapping[str, str] | None = None,
                endpoint_url: str | None = None) -> EngineStore:
     """The store at ``uri``."""
     if uri.startswith("s3://"):
-        bucket, prefix = s3.parse_uri(uri)
-        return S3Store(s3.client(credentials, endpoint_url), bucket, prefix)
+        bucket, prefix = s3_util.parse_uri(uri)
+        return S3Store(s3_util.client(credentials, endpoint_url), bucket, prefix)
     if uri.startswith("pvc://"):
         return FileStore(pvc_path(uri), uri if uri.endswith("/") else uri + "/")
     if uri.startswith("file:///"):

@@ -9,9 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from boto3.s3.transfer import TransferConfig
-from botocore.exceptions import ClientError
+from botocore.exceptions import BotoCoreError, ClientError
 
-from kiln.errors import KilnError
 from kiln.s3 import translate
 from kiln.store.base import CHUNK, EngineStore, HashingReader
 from kiln.store.manifest import MANIFEST, Manifest
@@ -36,9 +35,7 @@ class S3Store(EngineStore):
             return fn(**kwargs)
         except ClientError as error:
             raise translate(error, f"{what} in {self.uri}") from error
-        except KilnError:
-            raise
-        except Exception as error:  # connection errors and the like
+        except (BotoCoreError, OSError) as error:  # connection errors and the like
             raise translate(error, f"{what} in {self.uri}") from error
 
     def _put_file(self, key: str, upload: str, rel: str, path: Path,
@@ -82,7 +79,7 @@ class S3Store(EngineStore):
             if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
                 return None
             raise translate(error, f"read manifest of {key[:12]} in {self.uri}") from error
-        except Exception as error:
+        except (BotoCoreError, OSError) as error:
             raise translate(error, f"read manifest of {key[:12]} in {self.uri}") from error
         return Manifest.model_validate_json(obj["Body"].read())
 
