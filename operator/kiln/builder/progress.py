@@ -66,9 +66,6 @@ class Progress:
                 self.total = total
             self._maybe_print()
 
-    def __call__(self, n: int) -> None:
-        self.advance(n)
-
     def _maybe_print(self) -> None:
         now = self.clock()
         if now - self._last >= self.interval:

@@ -1,0 +1,166 @@
+"""One build, start to finish: weights in, a committed engine (or an error) out."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kiln.builder import disk, pytorch, tensorrt, toolchain
+from kiln.builder.checkpoint import Checkpoint
+from kiln.builder.commands import DEFAULT_EXAMPLES, Paths
+from kiln.builder.failures import InvalidTask
+from kiln.builder.progress import Progress, human, say
+from kiln.errors import WeightsChanged
+from kiln.key import canonical_json, key_inputs
+from kiln.sources import open_source
+from kiln.store import open_store
+from kiln.task import BuildTask
+
+STORE_ENV_PREFIX = "KILN_STORE_"
+"""The store's credentials and endpoint: ``KILN_STORE_AWS_ACCESS_KEY_ID`` etc."""
+CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
+                   "AWS_REGION", "HF_TOKEN")
+
+
+@dataclass(frozen=True)
+class Options:
+    """How this builder runs (from flags and the environment, not from the task)."""
+
+    workdir: Path
+    min_free_bytes: int = 1 << 30
+    """Free space kept beyond the estimate of what the build writes."""
+    examples: Path = DEFAULT_EXAMPLES
+    calib_dataset: str | None = None
+    smoke: bool = True
+    """Run a one-prompt generation when a GPU and TensorRT-LLM are present."""
+    progress_interval: float = 5.0
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+def _credentials(env: Mapping[str, str], prefix: str = "") -> dict[str, str] | None:
+    found = {k: env[prefix + k] for k in CREDENTIAL_KEYS if env.get(prefix + k)}
+    return found or None
+
+
+def _weights_bytes(details: Mapping[str, Any]) -> int | None:
+    """Total size of the weights, when the identity's details tell it (S3 does)."""
+    value = details.get("bytes")
+    return value if isinstance(value, int) and not isinstance(value, bool) else None
+
+
+def _fresh(paths: Paths) -> None:
+    for d in (paths.weights, paths.checkpoint, paths.engine):
+        shutil.rmtree(d, ignore_errors=True)
+    paths.timing_cache.unlink(missing_ok=True)
+
+
+def _dir_bytes(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.rglob("*") if p.is_file())
+
+
+def build(task: BuildTask, options: Options) -> dict[str, Any]:
+    """Build ``task`` and commit it to the store; returns the summary for the termination log."""
+    started = time.monotonic()
+    seconds: dict[str, float] = {}
+    env = options.env
+    spec = task.build
+    say(f"building engine {task.key[:12]} for {task.target.gpu_product} "
+        f"(compute capability {task.target.compute_capability})", phase="start",
+        backend=spec.backend, tp=spec.parallelism.tensor, pp=spec.parallelism.pipeline)
+    inputs = _inputs(task)
+    store = open_store(task.store, credentials=_credentials(env, STORE_ENV_PREFIX),
+                       endpoint_url=env.get(STORE_ENV_PREFIX + "AWS_ENDPOINT_URL")
+                       or env.get("AWS_ENDPOINT_URL"))
+    if store.has(task.key):
+        manifest = store.read_manifest(task.key)
+        say(f"engine {task.key[:12]} is already in the store; nothing to build", phase="done")
+        return _summary(task, manifest, seconds, cached=True)
+
+    source = open_source(task.source.uri, revision=task.source.revision,
+                         credentials=_credentials(env) if task.source.credentials_from_env
+                         else None, endpoint_url=env.get("AWS_ENDPOINT_URL"))
+    identity = source.identity()
+    if identity.digest != task.weights_identity:
+        raise WeightsChanged(f"the weights at {task.source.uri} are now {identity.digest[:19]}, "
+                             f"the task was made for {task.weights_identity[:19]}; the "
+                             "operator builds the new weights under a new key")
+    total = _weights_bytes(identity.details)
+    options.workdir.mkdir(parents=True, exist_ok=True)
+    paths = Paths.under(options.workdir)
+    _fresh(paths)
+    factor = 3 if spec.backend == "tensorrt" else 1
+    needed = (total or 0) * factor + options.min_free_bytes
+    free = disk.require(options.workdir, needed, what=f"{spec.backend} build of "
+                        f"{human(total) if total is not None else 'weights of unknown size'}")
+    say(f"{human(free)} free in {options.workdir}", phase="disk")
+
+    progress = Progress("download", total, interval=options.progress_interval)
+    after = source.download(paths.weights, progress=progress.update)
+    seconds["download"] = progress.finish()
+    if after.digest != task.weights_identity:
+        raise WeightsChanged(f"the weights at {task.source.uri} changed while they were "
+                             f"downloaded (now {after.digest[:19]}); the operator builds the "
+                             "new weights under a new key")
+
+    versions = toolchain.versions()
+    step = time.monotonic()
+    checkpoint: Checkpoint
+    if spec.backend == "tensorrt":
+        checkpoint = tensorrt.build(task, paths, store, versions, examples=options.examples,
+                                    calib_dataset=options.calib_dataset)
+    else:
+        checkpoint = pytorch.prepare(task, paths, examples=options.examples,
+                                     calib_dataset=options.calib_dataset)
+    seconds["build"] = time.monotonic() - step
+    say(f"{checkpoint.architecture}: result has {human(_dir_bytes(paths.engine))}",
+        phase="verify", step="done")
+    if options.smoke:
+        _smoke(task, paths, versions)
+
+    build_seconds = time.monotonic() - started
+    progress = Progress("upload", _dir_bytes(paths.engine), interval=options.progress_interval)
+    manifest = store.upload(task.key, paths.engine, inputs=inputs,
+                            versions=versions, build_seconds=build_seconds,
+                            progress=progress.update)
+    seconds["upload"] = progress.finish()
+    seconds["total"] = time.monotonic() - started
+    say(f"engine {task.key[:12]} committed", phase="done", seconds=f"{seconds['total']:.1f}")
+    return _summary(task, manifest, seconds, cached=False)
+
+
+def _smoke(task: BuildTask, paths: Paths, versions: dict[str, str]) -> None:
+    """A one-prompt generation from the result; GPU only."""
+    if "nvidia_driver" not in versions or "tensorrt_llm" not in versions:
+        say("skipped: needs a GPU and TensorRT-LLM", phase="smoke")
+        return
+    script = Path(__file__).with_name("smoke_script.py")
+    p = task.build.parallelism
+    toolchain.run([toolchain.tool_python(), str(script), task.build.backend, str(paths.engine),
+                   str(p.tensor), str(p.pipeline)], phase="smoke", cwd=paths.engine.parent)
+
+
+def _inputs(task: BuildTask) -> dict[str, Any]:
+    """The key's inputs, recorded in the manifest; they must hash to the task's key."""
+    inputs = key_inputs(weights_identity=task.weights_identity, build=task.build,
+                        builder_image=task.builder_image, gpu_product=task.target.gpu_product,
+                        compute_capability=task.target.compute_capability)
+    if hashlib.sha256(canonical_json(inputs)).hexdigest() != task.key:  # engine_key()
+        raise InvalidTask(f"the task's key {task.key[:12]} is not the key of its inputs: an "
+                          "operator and builder of different releases? align them")
+    return inputs
+
+
+def _summary(task: BuildTask, manifest: Any, seconds: dict[str, float],
+             cached: bool) -> dict[str, Any]:
+    files = [{"path": f.path, "size": f.size} for f in getattr(manifest, "files", [])]
+    return {"key": task.key, "uri": f"{task.store.rstrip('/')}/engines/{task.key}/",
+            "cached": cached, "sizeBytes": getattr(manifest, "total_bytes", None),
+            "buildSeconds": getattr(manifest, "build_seconds", None),
+            "seconds": {k: round(v, 3) for k, v in seconds.items()},
+            "versions": dict(getattr(manifest, "versions", {}) or {}), "files": files}

@@ -1,0 +1,148 @@
+"""``kiln-builder`` run as the console script, end to end on the CPU, against moto's S3."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+
+import pytest
+
+import checkpoints
+from builder.faults import OnFirstDownload, Outage, S3Proxy
+from builder.support import Bed, failed
+from kiln.builder import exitcodes
+
+
+def test_pytorch_build_lands_in_the_store_with_a_matching_manifest(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    task = bed.task(uri, dtype="bfloat16", parallelism={"tensor": 2})
+    run = bed.run(task)
+    assert run.code == 0, run.log
+    assert "kiln-builder: phase=download bytes=" in run.log
+    assert "phase=upload" in run.log
+
+    prefix = f"engines/{task.key}/"
+    stored = bed.keys(prefix)
+    manifest = json.loads(bed.s3.get_object(Bucket=bed.store_bucket,
+                                            Key=prefix + "manifest.json")["Body"].read())
+    files = {f["path"]: f for f in manifest["files"]}
+    expected = {"config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
+                "generation_config.json"}
+    assert set(files) == expected
+    upload = f"{prefix}{manifest['upload']}/"
+    assert sorted([prefix + "manifest.json", *(upload + p for p in files)]) == stored
+    for path, entry in files.items():
+        body = bed.s3.get_object(Bucket=bed.store_bucket, Key=upload + path)["Body"].read()
+        assert hashlib.sha256(body).hexdigest() == entry["sha256"], path
+        assert len(body) == entry["size"]
+    local = checkpoints.write(bed.tmp / "again")
+    assert files["model.safetensors"]["sha256"] == hashlib.sha256(
+        (local / "model.safetensors").read_bytes()).hexdigest()
+    assert manifest["key"] == task.key
+
+    summary = run.termination
+    assert summary["key"] == task.key
+    assert summary["uri"] == f"s3://{bed.store_bucket}/engines/{task.key}/"
+    assert summary["cached"] is False
+    assert summary["sizeBytes"] == sum(f["size"] for f in files.values())
+    assert summary["versions"]["kiln"]
+    assert set(summary["seconds"]) >= {"download", "build", "upload", "total"}
+
+    again = bed.run(task)
+    assert again.code == 0, again.log
+    assert again.termination["cached"] is True
+    assert bed.keys(prefix) == stored
+
+
+def test_unreadable_source(bed: Bed) -> None:
+    uri = "s3://no-such-bucket-kiln/llama/"
+    message = failed(bed.run(bed.task(uri, identity="sha256:" + "0" * 64)),
+                     "NotFound", exitcodes.NOT_FOUND)
+    assert "no-such-bucket-kiln" in message
+
+
+def test_no_config_json(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    bed.s3.delete_object(Bucket=bucket, Key="llama/config.json")
+    message = failed(bed.run(bed.task(uri)), "InvalidInput", exitcodes.INVALID_INPUT)
+    assert "config.json" in message
+
+
+def test_unsupported_architecture(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket, architectures=["GPT2LMHeadModel"])
+    message = failed(bed.run(bed.task(uri)), "Unsupported", exitcodes.UNSUPPORTED)
+    assert "GPT2LMHeadModel" in message
+    assert "LlamaForCausalLM" in message, "the message lists what is supported"
+
+
+def test_weights_changed_while_downloading(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    task = bed.task(uri)
+
+    def replace() -> None:
+        bed.s3.put_object(Bucket=bucket, Key="llama/tokenizer_config.json", Body=b"{}")
+
+    change = OnFirstDownload(replace)
+    with S3Proxy(bed.endpoint, change) as proxy:
+        run = bed.run(task, AWS_ENDPOINT_URL=proxy.url, KILN_STORE_AWS_ENDPOINT_URL=bed.endpoint)
+    assert change.done, "the builder read the weights through the proxy"
+    failed(run, "WeightsChanged", exitcodes.WEIGHTS_CHANGED)
+    assert bed.keys(f"engines/{task.key}/") == []
+
+
+def test_weights_changed_after_the_key_was_made(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    task = bed.task(uri)
+    bed.s3.put_object(Bucket=bucket, Key="llama/tokenizer_config.json", Body=b"{}")
+    failed(bed.run(task), "WeightsChanged", exitcodes.WEIGHTS_CHANGED)
+    assert bed.keys(f"engines/{task.key}/") == []
+
+
+def test_store_outage_mid_upload_leaves_no_manifest(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    task = bed.task(uri)
+    outage = Outage(puts=2)
+    with S3Proxy(bed.endpoint, outage) as proxy:
+        run = bed.run(task, KILN_STORE_AWS_ENDPOINT_URL=proxy.url)
+    failed(run, "Unavailable", exitcodes.UNAVAILABLE)
+    assert outage.puts == 2
+    assert proxy.refused > 0
+    stored = bed.keys(f"engines/{task.key}/")
+    assert stored, "the upload got part way"
+    assert f"engines/{task.key}/manifest.json" not in stored
+
+
+def test_out_of_disk(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    message = failed(bed.run(bed.task(uri), "--min-free-bytes", str(1 << 60)),
+                     "OutOfDisk", exitcodes.OUT_OF_DISK)
+    assert "free" in message
+    assert not (bed.tmp / "work" / "weights").exists(), "checked before downloading"
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU is here")
+def test_quantized_pytorch_build_needs_a_gpu(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    message = failed(bed.run(bed.task(uri, quantization={"algo": "fp8"})),
+                     "GPUUnavailable", exitcodes.GPU_UNAVAILABLE)
+    assert "fp8" in message
+
+
+def test_invalid_task(bed: Bed) -> None:
+    failed(bed.run('{"key": "nope"}'), "InvalidTask", exitcodes.INVALID_TASK)
+
+
+@pytest.mark.skipif(shutil.which("trtllm-build") is not None, reason="trtllm-build is here")
+def test_tensorrt_on_an_image_without_trtllm_build(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    message = failed(bed.run(bed.task(uri, backend="tensorrt")), "Unsupported",
+                     exitcodes.UNSUPPORTED)
+    assert "trtllm-build" in message
+
+
+def test_tensorrt_refuses_an_architecture_it_cannot_convert(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket, architectures=["Gemma3ForCausalLM"])
+    message = failed(bed.run(bed.task(uri, backend="tensorrt")), "Unsupported",
+                     exitcodes.UNSUPPORTED)
+    assert "Gemma3ForCausalLM" in message
