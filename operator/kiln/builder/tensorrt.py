@@ -24,7 +24,7 @@ class Blobs(Protocol):
     def put_blob(self, name: str, data: bytes) -> Any: ...
 
 
-def _load_cache(store: Blobs, blob: str | None, path: Path) -> bytes | None:
+def load_timing_cache(store: Blobs, blob: str | None, path: Path) -> bytes | None:
     if blob is None:
         return None
     try:
@@ -41,7 +41,7 @@ def _load_cache(store: Blobs, blob: str | None, path: Path) -> bytes | None:
     return None
 
 
-def _save_cache(store: Blobs, blob: str | None, path: Path, before: bytes | None) -> None:
+def save_timing_cache(store: Blobs, blob: str | None, path: Path, before: bytes | None) -> None:
     if blob is None or not path.is_file():
         return
     data = path.read_bytes()
@@ -70,12 +70,12 @@ def build(task: BuildTask, paths: Paths, store: Blobs, versions: dict[str, str],
                   phase=step, cwd=paths.weights.parent)
     trt = versions.get("tensorrt")
     blob = commands.timing_cache_blob(task.target.gpu_product, trt) if trt else None
-    before = _load_cache(store, blob, paths.timing_cache)
+    before = load_timing_cache(store, blob, paths.timing_cache)
     workers = min(commands.world_size(spec), len(gpus))
     toolchain.run(commands.build_command(spec, paths, timing_cache_exists=before is not None,
                                          workers=workers),
                   phase="trtllm-build", cwd=paths.weights.parent)
-    _save_cache(store, blob, paths.timing_cache, before)
+    save_timing_cache(store, blob, paths.timing_cache, before)
     verify.engine(paths.engine, spec)
     for name in [*source.tokenizer, "generation_config.json"]:
         if (paths.weights / name).is_file():
