@@ -54,14 +54,16 @@ class Bed:
     def identity(self, uri: str) -> str:
         return open_source(uri, endpoint_url=self.endpoint).identity().digest
 
-    def task(self, uri: str, identity: str | None = None, **build: Any) -> BuildTask:
+    def task(self, uri: str, identity: str | None = None, gpu: tuple[str, str] = GPU,
+             **build: Any) -> BuildTask:
+        """A task as the operator makes it: the key computed from its inputs."""
         spec = BuildSpec.model_validate({"backend": "pytorch", **build})
         identity = identity or self.identity(uri)
         key = engine_key(weights_identity=identity, build=spec, builder_image=IMAGE,
-                         gpu_product=GPU[0], compute_capability=GPU[1])
+                         gpu_product=gpu[0], compute_capability=gpu[1])
         return BuildTask.for_build(
             key=key, weights_identity=identity, source=uri, revision=None, build=spec,
-            gpu_product=GPU[0], compute_capability=GPU[1],
+            gpu_product=gpu[0], compute_capability=gpu[1],
             store=f"s3://{self.store_bucket}/", builder_image=IMAGE)
 
     def run(self, task: BuildTask | str, *args: str, **env: str) -> Run:

@@ -94,7 +94,9 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     options.workdir.mkdir(parents=True, exist_ok=True)
     paths = Paths.under(options.workdir)
     _fresh(paths)
-    factor = 3 if spec.backend == "tensorrt" else 1
+    # weights, then a checkpoint and an engine of about their size; a plain PyTorch-backend
+    # result is hard links to the weights, a quantized one a second copy
+    factor = 3 if spec.backend == "tensorrt" else 2 if pytorch.quantized(task) else 1
     needed = (total or 0) * factor + options.min_free_bytes
     free = disk.require(options.workdir, needed, what=f"{spec.backend} build of "
                         f"{human(total) if total is not None else 'weights of unknown size'}")
