@@ -10,9 +10,11 @@ import kopf
 def run(*, namespaces: list[str], liveness: str | None, verbose: bool) -> int:
     """Run every kiln handler until SIGTERM; watch ``namespaces`` or the whole cluster."""
     import kiln.handlers  # noqa: F401 - importing registers the handlers
+    from kiln import metrics
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
     logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    metrics.serve()  # KILN_METRICS_PORT (default 8081; 0: off)
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,
