@@ -12,8 +12,9 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool) -> int:
     import kiln.handlers  # noqa: F401 - importing registers the handlers
     from kiln import metrics
 
-    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.PLAIN)
-    logging.getLogger("kubernetes").setLevel(logging.WARNING)
+    kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
+    for noisy in ("kubernetes", "botocore", "boto3", "s3transfer", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     metrics.serve()  # KILN_METRICS_PORT (default 8081; 0: off)
     kopf.run(
         standalone=True,

@@ -79,6 +79,8 @@ def models_bucket(s3_endpoint: str) -> str:
 @pytest.fixture
 def weights(s3_client: Any, models_bucket: str, namespace: str,
             tmp_path: Path) -> str:
-    """A tiny real checkpoint in moto's S3, under a prefix of its own; its ``s3://`` URI."""
-    return checkpoints.upload(s3_client, checkpoints.write(tmp_path / "ckpt"), models_bucket,
-                              f"{namespace}/llama/")
+    """A tiny real checkpoint of its own (engines are content-addressed: equal weights
+    would share engines across tests) in moto's S3; its ``s3://`` URI."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    return checkpoints.upload(s3_client, checkpoints.write(tmp_path / "ckpt", seed=seed),
+                              models_bucket, f"{namespace}/llama/")

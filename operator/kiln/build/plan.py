@@ -55,15 +55,16 @@ def _from_manifest(entry: EngineStatus, manifest: Manifest) -> EngineStatus:
 
 def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
             job: ObservedJob | None, failure: Failure | None,
-            retry_failed: bool) -> tuple[EngineStatus, bool]:
+            retry_failed: bool, uid: str) -> tuple[EngineStatus, bool]:
     """The status entry of one target, and whether its Job must exist."""
     t = want.target
     entry = EngineStatus(target=t.name, gpu_product=t.gpu_product,
                          compute_capability=t.compute_capability, key=want.key, uri=want.uri)
     same_key = prior is not None and prior.key == want.key
     if manifest is not None:
-        built_here = (job is not None and job.state == "Succeeded") or (
-            same_key and prior is not None and prior.state in ("Ready", "Building"))
+        ours = job is not None and job.state == "Succeeded" and uid in job.owner_uids
+        built_here = ours or (same_key and prior is not None
+                              and prior.state in ("Ready", "Building"))
         state: EngineState = "Ready" if built_here else "Cached"
         entry = _from_manifest(entry, manifest).model_copy(update={
             "state": state, "job": job.name if job else None})
@@ -131,7 +132,7 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
     for want in wants:
         before = prior.get(want.target.name)
         entry, needs_job = _engine(want, before, manifests.get(want.key), jobs.get(want.key),
-                                   failures.get(want.key), retry_failed)
+                                   failures.get(want.key), retry_failed, uid)
         engines.append(_carry_previous(entry, before))
         if needs_job:
             result.create.append(want)
