@@ -191,7 +191,7 @@ def test_credential_errors_are_access_denied(code: str) -> None:
     """moto's server accepts any key, so the mapping is checked on botocore's own error."""
     from botocore.exceptions import ClientError
 
-    from kiln.s3 import translate
+    from kiln.store.s3client import translate
 
     error = ClientError({"Error": {"Code": code, "Message": "no"},
                          "ResponseMetadata": {"HTTPStatusCode": 403}}, "ListObjectsV2")

@@ -1,10 +1,20 @@
 """The engine store: engines by key, ``manifest.json`` written last as the commit marker.
 
-``open_store(uri)`` gives an ``EngineStore`` for ``s3://bucket/prefix/``, ``pvc://claim/path``
-(mounted under ``KILN_PVC_ROOT``, default ``/mnt/kiln/pvc``) or ``file:///abs/path``:
-``has``, ``read_manifest``, ``upload`` (parallel, hashed while read, manifest last),
-``download`` (every sha256 checked), ``list_keys``, ``delete``, ``collect_garbage``, and
-``get_blob``/``put_blob`` for small cached objects such as TensorRT timing caches.
+``open_store(uri, *, credentials=None, endpoint_url=None) -> EngineStore`` for
+``s3://bucket/prefix/``, ``pvc://claim/path`` (mounted at ``$KILN_PVC_ROOT/claim/path``,
+default root ``/mnt/kiln/pvc``) or ``file:///abs/path``. An ``EngineStore`` has:
+
+- ``has(key) -> bool`` and ``read_manifest(key) -> Manifest | None`` (committed engines only);
+- ``upload(key, src_dir, *, inputs, versions, build_seconds, progress) -> Manifest``: files
+  in parallel (multipart on S3), sha256 computed while reading, the manifest last; when the
+  key was committed by another writer, that writer's manifest is returned;
+- ``download(key, dest_dir, *, progress) -> Manifest``: every file's sha256 checked
+  (``kiln.errors.IntegrityError`` names the file and both digests);
+- ``list_keys()``, ``delete(key)``, ``collect_garbage(older_than_seconds) -> list[str]``;
+- ``get_blob(name)`` / ``put_blob(name, data)`` under ``<store>/cache/`` (timing caches).
+
+``progress`` is called with ``(bytes_done, bytes_total)``. Errors are kiln's taxonomy
+(``InvalidInput``, ``NotFound``, ``AccessDenied``, ``Unavailable``, ``IntegrityError``).
 """
 
 from __future__ import annotations
@@ -13,34 +23,38 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from kiln import s3 as s3_util
 from kiln.errors import InvalidInput
-from kiln.store.base import EngineStore
+from kiln.store import s3client
+from kiln.store.base import EngineStore, Progress
 from kiln.store.fs import FileStore
 from kiln.store.manifest import Manifest
 from kiln.store.s3 import S3Store
 
-__all__ = ["EngineStore", "FileStore", "Manifest", "S3Store", "open_store", "pvc_path"]
+__all__ = ["EngineStore", "FileStore", "Manifest", "Progress", "S3Store", "open_store",
+           "pvc_path"]
+
+PVC_ROOT = "/mnt/kiln/pvc"
 
 
 def pvc_path(uri: str) -> Path:
-    """Where ``pvc://claim/path`` is mounted in this process."""
+    """Where ``pvc://claim/path`` is mounted in this process (``$KILN_PVC_ROOT/claim/path``)."""
     rest = uri.removeprefix("pvc://").strip("/")
     claim, _, sub = rest.partition("/")
-    if not claim or ".." in rest.split("/"):
+    if not uri.startswith("pvc://") or not claim or any(
+            p in ("", ".", "..") for p in rest.split("/")):
         raise InvalidInput(f"{uri!r} is not a PVC URI such as pvc://claim/path")
-    return Path(os.environ.get("KILN_PVC_ROOT", "/mnt/kiln/pvc")) / claim / sub
+    return Path(os.environ.get("KILN_PVC_ROOT", PVC_ROOT)) / claim / sub
 
 
 def open_store(uri: str, *, credentials: Mapping[str, str] | None = None,
                endpoint_url: str | None = None) -> EngineStore:
-    """The store at ``uri``."""
+    """The store at ``uri``; ``credentials`` are AWS_* keys (a Secret's data) for S3."""
     if uri.startswith("s3://"):
-        bucket, prefix = s3_util.parse_uri(uri)
-        return S3Store(s3_util.client(credentials, endpoint_url), bucket, prefix)
+        bucket, prefix = s3client.parse_uri(uri)
+        return S3Store(s3client.client(credentials, endpoint_url), bucket, prefix)
     if uri.startswith("pvc://"):
         return FileStore(pvc_path(uri), uri if uri.endswith("/") else uri + "/")
     if uri.startswith("file:///"):
         return FileStore(Path(uri.removeprefix("file://")))
-    raise InvalidInput(f"{uri!r} is not a store URI: use s3://bucket/prefix/ or "
-                       "pvc://claim/path")
+    raise InvalidInput(f"{uri!r} is not a store URI: use s3://bucket/prefix/, "
+                       "pvc://claim/path or file:///abs/path")

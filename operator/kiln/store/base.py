@@ -1,26 +1,38 @@
-"""The engine store's contract, and the parts both backends share."""
+"""The engine store's contract, and the parts both backends share.
+
+Layout: ``<store>/engines/<key>/<upload>/<files>`` holds the files of one upload (a random
+id per writer, so two writers of a key never mix their files) and
+``<store>/engines/<key>/manifest.json`` commits one upload: it is written last, only if no
+manifest exists yet. No manifest, no engine; uploads no manifest names are garbage.
+"""
 
 from __future__ import annotations
 
 import hashlib
-import os
+import logging
+import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, BinaryIO
+from types import TracebackType
+from typing import Any
 
 from kiln.errors import IntegrityError, InvalidInput, NotFound
 from kiln.store.manifest import MANIFEST, FileEntry, Manifest
 
+log = logging.getLogger(__name__)
+
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes in all)."""
+Count = Callable[[int], None]
 CHUNK = 8 * 1024 * 1024
 KEY_CHARS = frozenset("0123456789abcdef")
 
 
 def check_key(key: str) -> str:
+    """``key`` if it is an engine key (64 lowercase hex), else ``InvalidInput``."""
     if len(key) != 64 or not set(key) <= KEY_CHARS:
         raise InvalidInput(f"{key!r} is not an engine key (64 lowercase hex characters)")
     return key
@@ -28,18 +40,26 @@ def check_key(key: str) -> str:
 
 def engine_files(src: Path) -> list[Path]:
     """Regular files under ``src`` (sorted); the manifest itself is never one of them."""
+    if not src.is_dir():
+        raise InvalidInput(f"{src} is not a directory of engine files")
     files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST)
     if not files:
         raise InvalidInput(f"{src} holds no files to store")
     return files
 
 
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while chunk := handle.read(CHUNK):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 class _Counter:
     """Thread-safe progress accumulation."""
 
     def __init__(self, total: int, progress: Progress | None) -> None:
-        import threading
-
         self.total, self.done, self.progress = total, 0, progress
         self._lock = threading.Lock()
 
@@ -51,46 +71,24 @@ class _Counter:
             self.progress(done, self.total)
 
 
-class HashingReader:
-    """A file object that hashes what is read through it (so uploads hash in one pass)."""
-
-    def __init__(self, raw: BinaryIO, count: Callable[[int], None] | None = None) -> None:
-        self.raw, self.count = raw, count
-        self.sha = hashlib.sha256()
-
-    def read(self, size: int = -1) -> bytes:
-        data = self.raw.read(size)
-        self.sha.update(data)
-        if self.count and data:
-            self.count(len(data))
-        return data
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while chunk := handle.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class EngineStore(ABC):
     """Engines by key under ``<root>/engines/<key>/``; ``manifest.json`` commits one."""
 
     uri: str
-    workers: int = 8
+    """The store's URI, ending in ``/``."""
+    workers: int = 4
+    """Files moved at once."""
 
     # -- what a backend provides -------------------------------------------------------------
 
     @abstractmethod
-    def _put_file(self, key: str, upload: str, rel: str, path: Path,
-                  count: Callable[[int], None]) -> str:
+    def _put_file(self, key: str, upload: str, rel: str, path: Path, count: Count) -> str:
         """Store one file of an upload, return its sha256 (computed while reading it)."""
 
     @abstractmethod
-    def _get_file(self, key: str, upload: str, rel: str, dest: Path,
-                  count: Callable[[int], None]) -> str:
-        """Fetch one file, return the sha256 of the bytes written."""
+    def _get_file(self, key: str, upload: str, entry: FileEntry, dest: Path,
+                  count: Count) -> str:
+        """Fetch one file into ``dest``, return the sha256 of the bytes written."""
 
     @abstractmethod
     def _commit(self, key: str, manifest: Manifest) -> bool:
@@ -110,40 +108,61 @@ class EngineStore(ABC):
 
     @abstractmethod
     def _remove(self, key: str, upload: str | None = None) -> None:
-        """Remove one upload, or the whole engine directory."""
+        """Remove one upload, or the whole engine (manifest first)."""
+
+    def _prune(self, key: str) -> None:  # noqa: B027 (a hook; most backends need none)
+        """Drop what is left of an engine directory with no manifest and no uploads."""
 
     @abstractmethod
     def get_blob(self, name: str) -> bytes | None:
-        """A small object under ``<root>/cache/`` (e.g. a TensorRT timing cache)."""
+        """A small object under ``<root>/cache/`` (e.g. a TensorRT timing cache), or None."""
 
     @abstractmethod
-    def put_blob(self, name: str, data: bytes) -> None: ...
+    def put_blob(self, name: str, data: bytes) -> None:
+        """Write (replace) a small object under ``<root>/cache/``."""
+
+    def close(self) -> None:  # noqa: B027 (a hook; most backends hold nothing)
+        """Release what the store holds (thread pools); it stays usable."""
+
+    def __enter__(self) -> EngineStore:
+        return self
+
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 trace: TracebackType | None) -> None:
+        self.close()
 
     # -- the contract --------------------------------------------------------------------------
 
     def engine_uri(self, key: str) -> str:
-        return f"{self.uri}engines/{key}/"
+        """Where engine ``key`` lives (its directory, ending in ``/``)."""
+        return f"{self.uri}engines/{check_key(key)}/"
 
     def has(self, key: str) -> bool:
+        """Whether engine ``key`` is committed."""
         return self.read_manifest(check_key(key)) is not None
 
-    def upload(self, key: str, src: Path, *, inputs: dict[str, Any] | None = None,
+    def upload(self, key: str, src_dir: Path, *, inputs: dict[str, Any] | None = None,
                versions: dict[str, str] | None = None, build_seconds: float | None = None,
                progress: Progress | None = None) -> Manifest:
-        """Store ``src`` as engine ``key``: files in parallel, the manifest last.
+        """Store ``src_dir`` as engine ``key``: files in parallel, hashed while read, the
+        manifest last.
 
-        When another writer committed the same key first, its manifest is returned: the
-        store keeps one whole engine.
+        When another writer committed the same key first (before or during this upload), its
+        manifest is returned and this upload's files are left to garbage collection: the store
+        keeps one whole engine.
         """
         check_key(key)
         existing = self.read_manifest(key)
         if existing is not None:
+            log.info("engine %s is already in %s", key[:12], self.uri)
             return existing
-        files = engine_files(src)
+        files = engine_files(src_dir)
         sizes = [p.stat().st_size for p in files]
         counter = _Counter(sum(sizes), progress)
-        rels = [p.relative_to(src).as_posix() for p in files]
+        rels = [p.relative_to(src_dir).as_posix() for p in files]
         upload = uuid.uuid4().hex[:16]
+        log.info("uploading engine %s (%d files, %d bytes) to %s as upload %s", key[:12],
+                 len(files), sum(sizes), self.uri, upload)
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             digests = list(pool.map(lambda a: self._put_file(key, upload, a[0], a[1], counter),
                                     zip(rels, files, strict=True)))
@@ -155,55 +174,69 @@ class EngineStore(ABC):
         if not self._commit(key, manifest):
             winner = self.read_manifest(key)
             if winner is not None:
+                log.info("engine %s was committed by another writer first (upload %s)",
+                         key[:12], winner.upload)
                 return winner
         return manifest
 
-    def download(self, key: str, dest: Path, *, progress: Progress | None = None) -> Manifest:
-        """Fetch engine ``key`` into ``dest``, checking every file's sha256."""
+    def download(self, key: str, dest_dir: Path, *, progress: Progress | None = None
+                 ) -> Manifest:
+        """Fetch engine ``key`` into ``dest_dir`` (with its ``manifest.json``), checking every
+        file's sha256; a mismatch raises ``IntegrityError`` naming the file and both digests."""
         manifest = self.read_manifest(check_key(key))
         if manifest is None:
             raise NotFound(f"engine {key} is not in {self.uri} (no manifest)")
         counter = _Counter(manifest.total_bytes, progress)
-        dest.mkdir(parents=True, exist_ok=True)
+        dest_dir.mkdir(parents=True, exist_ok=True)
 
         def fetch(entry: FileEntry) -> None:
-            target = dest / entry.path
+            target = dest_dir / entry.path
             target.parent.mkdir(parents=True, exist_ok=True)
-            actual = self._get_file(key, manifest.upload, entry.path, target, counter)
+            actual = self._get_file(key, manifest.upload, entry, target, counter)
             if actual != entry.sha256:
+                target.unlink(missing_ok=True)
                 raise IntegrityError(
-                    f"{entry.path} of engine {key[:12]} is corrupt: sha256 {actual}, "
-                    f"manifest says {entry.sha256}")
+                    f"{entry.path} of engine {key[:12]} in {self.uri} is corrupt: its sha256 "
+                    f"is {actual}, the manifest says {entry.sha256}")
 
         with ThreadPoolExecutor(max_workers=self.workers) as pool:
             list(pool.map(fetch, manifest.files))
-        (dest / MANIFEST).write_bytes(manifest.to_json())
+        (dest_dir / MANIFEST).write_bytes(manifest.to_json())
         return manifest
 
     def list_keys(self) -> list[str]:
-        """Committed engines only."""
+        """Keys of committed engines, sorted."""
         return sorted(k for k in self._keys() if self.read_manifest(k) is not None)
 
     def delete(self, key: str) -> None:
+        """Remove engine ``key``: its manifest first (readers stop seeing it), then its files."""
         self._remove(check_key(key))
 
     def collect_garbage(self, older_than_seconds: float) -> list[str]:
-        """Remove uploads no manifest commits, once older than the threshold (a younger
-        one may still be in flight); returns ``<key>/<upload>`` of each removed."""
+        """Remove uploads no manifest commits, once older than the threshold; returns
+        ``<key>/<upload>`` of each removed.
+
+        The age of an upload is that of its newest file, so the threshold must exceed the
+        longest a single file can take to store (hours, not seconds, outside tests).
+        """
         removed = []
         for key in list(self._keys()):
             manifest = self.read_manifest(key)
+            left = 0
             for upload, age in list(self._uploads(key)):
-                if (manifest is None or upload != manifest.upload) and \
-                        age >= older_than_seconds:
+                if manifest is not None and upload == manifest.upload:
+                    continue
+                if age >= older_than_seconds:
+                    if manifest is None:  # committed meanwhile? then this upload is the engine
+                        manifest = self.read_manifest(key)
+                        if manifest is not None and upload == manifest.upload:
+                            continue
                     self._remove(key, upload)
                     removed.append(f"{key}/{upload}")
+                else:
+                    left += 1
+            if manifest is None and not left:
+                self._prune(key)
+        if removed:
+            log.info("garbage collection removed %d uploads from %s", len(removed), self.uri)
         return removed
-
-
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -2,20 +2,33 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
-from kiln.errors import NotFound
-from kiln.store.base import CHUNK, EngineStore
-from kiln.store.manifest import MANIFEST, Manifest
+from kiln.errors import InvalidInput, NotFound
+from kiln.store.base import CHUNK, Count, EngineStore
+from kiln.store.manifest import MANIFEST, FileEntry, Manifest
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 class FileStore(EngineStore):
-    """``<root>/engines/<key>/<upload>/<files>`` and ``<root>/engines/<key>/manifest.json``."""
+    """``<root>/engines/<key>/<upload>/<files>`` and ``<root>/engines/<key>/manifest.json``.
+
+    The manifest is committed with ``os.link`` of a fully written (and fsynced) file: atomic,
+    and it fails when a manifest exists, so the first writer wins.
+    """
 
     def __init__(self, root: Path, uri: str | None = None) -> None:
         if not root.is_dir():
@@ -27,8 +40,7 @@ class FileStore(EngineStore):
     def _dir(self, key: str) -> Path:
         return self.root / "engines" / key
 
-    def _put_file(self, key: str, upload: str, rel: str, path: Path,
-                  count: Callable[[int], None]) -> str:
+    def _put_file(self, key: str, upload: str, rel: str, path: Path, count: Count) -> str:
         target = self._dir(key) / upload / rel
         target.parent.mkdir(parents=True, exist_ok=True)
         digest = hashlib.sha256()
@@ -41,10 +53,15 @@ class FileStore(EngineStore):
             os.fsync(dst.fileno())
         return digest.hexdigest()
 
-    def _get_file(self, key: str, upload: str, rel: str, dest: Path,
-                  count: Callable[[int], None]) -> str:
+    def _get_file(self, key: str, upload: str, entry: FileEntry, dest: Path,
+                  count: Count) -> str:
         digest = hashlib.sha256()
-        with (self._dir(key) / upload / rel).open("rb") as src, dest.open("wb") as dst:
+        try:
+            src = (self._dir(key) / upload / entry.path).open("rb")
+        except FileNotFoundError as error:
+            raise NotFound(f"{entry.path} of engine {key[:12]} is missing from {self.uri}"
+                           ) from error
+        with src, dest.open("wb") as dst:
             while chunk := src.read(CHUNK):
                 digest.update(chunk)
                 dst.write(chunk)
@@ -52,14 +69,21 @@ class FileStore(EngineStore):
         return digest.hexdigest()
 
     def _commit(self, key: str, manifest: Manifest) -> bool:
-        staged = self._dir(key) / f".{MANIFEST}.{manifest.upload}"
-        staged.write_bytes(manifest.to_json())
+        directory = self._dir(key)
+        for upload_dir in {p.parent for p in (directory / manifest.upload).rglob("*")}:
+            _fsync_dir(upload_dir)  # the files' names are durable before the commit is
+        staged = directory / f".{MANIFEST}.{manifest.upload}"
+        with staged.open("wb") as out:
+            out.write(manifest.to_json())
+            out.flush()
+            os.fsync(out.fileno())
         try:
-            os.link(staged, self._dir(key) / MANIFEST)  # atomic, fails if one exists
+            os.link(staged, directory / MANIFEST)  # atomic; fails if a manifest exists
         except FileExistsError:
             return False
         finally:
             staged.unlink(missing_ok=True)
+        _fsync_dir(directory)
         return True
 
     def read_manifest(self, key: str) -> Manifest | None:
@@ -78,17 +102,27 @@ class FileStore(EngineStore):
         now = time.time()
         for upload in self._dir(key).iterdir():
             if upload.is_dir():
-                times = [p.stat().st_mtime for p in upload.rglob("*")] or [
-                    upload.stat().st_mtime]
-                yield upload.name, now - max(times)
+                times = [p.stat().st_mtime for p in upload.rglob("*")]
+                yield upload.name, now - max([upload.stat().st_mtime, *times])
 
     def _remove(self, key: str, upload: str | None = None) -> None:
-        target = self._dir(key) if upload is None else self._dir(key) / upload
         if upload is None:
-            (target / MANIFEST).unlink(missing_ok=True)  # uncommit first
-        shutil.rmtree(target, ignore_errors=True)
+            (self._dir(key) / MANIFEST).unlink(missing_ok=True)  # uncommit first
+            shutil.rmtree(self._dir(key), ignore_errors=True)
+            return
+        (self._dir(key) / f".{MANIFEST}.{upload}").unlink(missing_ok=True)
+        shutil.rmtree(self._dir(key) / upload, ignore_errors=True)
+
+    def _prune(self, key: str) -> None:
+        for staged in self._dir(key).glob(f".{MANIFEST}.*"):
+            staged.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self._dir(key).rmdir()  # only if empty: a writer may be starting in it
 
     def _blob(self, name: str) -> Path:
+        parts = name.split("/")
+        if not name or any(p in ("", ".", "..") for p in parts):
+            raise InvalidInput(f"{name!r} is not a blob name (relative, no '..')")
         return self.root / "cache" / name
 
     def get_blob(self, name: str) -> bytes | None:
@@ -100,6 +134,6 @@ class FileStore(EngineStore):
     def put_blob(self, name: str, data: bytes) -> None:
         path = self._blob(name)
         path.parent.mkdir(parents=True, exist_ok=True)
-        staged = path.with_name(path.name + f".{os.getpid()}.tmp")
+        staged = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
         staged.write_bytes(data)
-        staged.replace(path)
+        staged.replace(path)  # atomic: readers see the old blob or the new one

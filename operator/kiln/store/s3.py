@@ -2,30 +2,56 @@
 
 from __future__ import annotations
 
-import hashlib
+import logging
+import threading
 from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from boto3.s3.transfer import TransferConfig
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kiln.s3 import translate
-from kiln.store.base import CHUNK, EngineStore, HashingReader
-from kiln.store.manifest import MANIFEST, Manifest
+from kiln.errors import InvalidInput
+from kiln.store.base import Count, EngineStore
+from kiln.store.manifest import MANIFEST, FileEntry, Manifest
+from kiln.store.s3client import error_code, translate
+from kiln.store.transfer import Transfers
 
-TRANSFER = TransferConfig(multipart_threshold=64 * 1024 * 1024,
-                          multipart_chunksize=64 * 1024 * 1024, max_concurrency=8,
-                          use_threads=True)
+log = logging.getLogger(__name__)
+
+_MISSING = ("NoSuchKey", "404")
+_CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "412")
 
 
 class S3Store(EngineStore):
-    """``s3://bucket/prefix/engines/<key>/<upload>/<files>`` and ``.../<key>/manifest.json``."""
+    """``s3://bucket/prefix/engines/<key>/<upload>/<files>`` and ``.../<key>/manifest.json``.
 
-    def __init__(self, client: Any, bucket: str, prefix: str) -> None:
+    The manifest is committed with a conditional put (``If-None-Match: *``): the first writer
+    wins. A server that ignores the condition lets the last writer win instead; as every
+    upload has its own directory, either way the manifest names one whole upload.
+    """
+
+    def __init__(self, client: Any, bucket: str, prefix: str, *, concurrency: int = 10
+                 ) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix
         self.uri = f"s3://{bucket}/{prefix}"
+        self.concurrency = concurrency
+        self._transfers: Transfers | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def transfers(self) -> Transfers:
+        """The part/range pool, made on first use."""
+        with self._lock:
+            if self._transfers is None:
+                self._transfers = Transfers(self.client, concurrency=self.concurrency)
+            return self._transfers
+
+    def close(self) -> None:
+        with self._lock:
+            if self._transfers is not None:
+                self._transfers.close()
+                self._transfers = None
 
     def _key_prefix(self, key: str) -> str:
         return f"{self.prefix}engines/{key}/"
@@ -33,81 +59,95 @@ class S3Store(EngineStore):
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         try:
             return fn(**kwargs)
+        except (ClientError, BotoCoreError, OSError) as error:
+            raise translate(error, f"{what} in {self.uri}") from error
+
+    def _get(self, name: str, what: str) -> bytes | None:
+        """A small object's bytes, or None when it does not exist."""
+        try:
+            obj = self.client.get_object(Bucket=self.bucket, Key=name)
+            data: bytes = obj["Body"].read()
         except ClientError as error:
+            if error_code(error) in _MISSING:
+                return None
             raise translate(error, f"{what} in {self.uri}") from error
-        except (BotoCoreError, OSError) as error:  # connection errors and the like
+        except (BotoCoreError, OSError) as error:
             raise translate(error, f"{what} in {self.uri}") from error
+        return data
 
-    def _put_file(self, key: str, upload: str, rel: str, path: Path,
-                  count: Callable[[int], None]) -> str:
-        with path.open("rb") as raw:
-            reader = HashingReader(raw, count)
-            self._call(f"upload {rel}", self.client.upload_fileobj, Fileobj=reader,
-                       Bucket=self.bucket, Key=f"{self._key_prefix(key)}{upload}/{rel}",
-                       Config=TRANSFER)
-        return reader.sha.hexdigest()
+    def _put_file(self, key: str, upload: str, rel: str, path: Path, count: Count) -> str:
+        return self.transfers.upload(path, self.bucket, f"{self._key_prefix(key)}{upload}/{rel}",
+                                     what=f"upload {rel} to {self.engine_uri(key)}",
+                                     count=count)
 
-    def _get_file(self, key: str, upload: str, rel: str, dest: Path,
-                  count: Callable[[int], None]) -> str:
-        digest = hashlib.sha256()
-        obj = self._call(f"download {rel}", self.client.get_object, Bucket=self.bucket,
-                         Key=f"{self._key_prefix(key)}{upload}/{rel}")
-        with dest.open("wb") as out:
-            for chunk in obj["Body"].iter_chunks(CHUNK):
-                digest.update(chunk)
-                out.write(chunk)
-                count(len(chunk))
-        return digest.hexdigest()
+    def _get_file(self, key: str, upload: str, entry: FileEntry, dest: Path,
+                  count: Count) -> str:
+        return self.transfers.download(
+            self.bucket, f"{self._key_prefix(key)}{upload}/{entry.path}", dest,
+            size=entry.size, what=f"download {entry.path} of {self.engine_uri(key)}",
+            count=count)
 
     def _commit(self, key: str, manifest: Manifest) -> bool:
+        name = self._key_prefix(key) + MANIFEST
         try:
-            self.client.put_object(Bucket=self.bucket, Key=self._key_prefix(key) + MANIFEST,
-                                   Body=manifest.to_json(), IfNoneMatch="*",
-                                   ContentType="application/json")
+            self.client.put_object(Bucket=self.bucket, Key=name, Body=manifest.to_json(),
+                                   IfNoneMatch="*", ContentType="application/json")
         except ClientError as error:
-            code = error.response.get("Error", {}).get("Code", "")
-            if code in ("PreconditionFailed", "ConditionalRequestConflict", "412"):
+            if error_code(error) in _CONFLICT:
                 return False
+            if error_code(error) != "NotImplemented":
+                raise translate(error, f"commit engine {key[:12]} in {self.uri}") from error
+            log.warning("%s does not support conditional writes; committing %s unguarded",
+                        self.uri, key[:12])
+            if self.read_manifest(key) is not None:
+                return False
+            self._call(f"commit engine {key[:12]}", self.client.put_object, Bucket=self.bucket,
+                       Key=name, Body=manifest.to_json(), ContentType="application/json")
+        except (BotoCoreError, OSError) as error:
             raise translate(error, f"commit engine {key[:12]} in {self.uri}") from error
         return True
 
     def read_manifest(self, key: str) -> Manifest | None:
-        try:
-            obj = self.client.get_object(Bucket=self.bucket,
-                                         Key=self._key_prefix(key) + MANIFEST)
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise translate(error, f"read manifest of {key[:12]} in {self.uri}") from error
-        except (BotoCoreError, OSError) as error:
-            raise translate(error, f"read manifest of {key[:12]} in {self.uri}") from error
-        return Manifest.model_validate_json(obj["Body"].read())
+        data = self._get(self._key_prefix(key) + MANIFEST, f"read the manifest of {key[:12]}")
+        return None if data is None else Manifest.model_validate_json(data)
 
-    def _list(self, prefix: str, delimiter: str = "") -> Iterator[dict[str, Any]]:
-        paginator = self.client.get_paginator("list_objects_v2")
-        kwargs = {"Bucket": self.bucket, "Prefix": prefix}
-        if delimiter:
-            kwargs["Delimiter"] = delimiter
+    def _pages(self, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
+        what = f"list {kwargs.get('Prefix', '')} in s3://{self.bucket}"
         try:
-            yield from paginator.paginate(**kwargs)
-        except ClientError as error:
-            raise translate(error, f"list {prefix} in s3://{self.bucket}") from error
+            yield from self.client.get_paginator(method).paginate(Bucket=self.bucket, **kwargs)
+        except (ClientError, BotoCoreError, OSError) as error:
+            raise translate(error, what) from error
+
+    def _multipart_uploads(self, prefix: str) -> Iterator[tuple[str, str, datetime]]:
+        """(object name, upload id, initiated) of unfinished multipart uploads."""
+        for page in self._pages("list_multipart_uploads", Prefix=prefix):
+            for mpu in page.get("Uploads", []):
+                yield mpu["Key"], mpu["UploadId"], mpu["Initiated"]
 
     def _keys(self) -> Iterator[str]:
-        for page in self._list(f"{self.prefix}engines/", "/"):
+        base = f"{self.prefix}engines/"
+        seen = set()
+        for page in self._pages("list_objects_v2", Prefix=base, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
-                yield common["Prefix"].rstrip("/").rsplit("/", 1)[-1]
+                seen.add(common["Prefix"][len(base):].strip("/"))
+        for name, _, _ in self._multipart_uploads(base):  # killed before any file completed
+            seen.add(name[len(base):].split("/", 1)[0])
+        yield from sorted(seen)
 
     def _uploads(self, key: str) -> Iterator[tuple[str, float]]:
         newest: dict[str, datetime] = {}
         base = self._key_prefix(key)
-        for page in self._list(base):
+
+        def saw(name: str, when: datetime) -> None:
+            upload, slash, _ = name[len(base):].partition("/")
+            if slash:
+                newest[upload] = max(newest.get(upload, when), when)
+
+        for page in self._pages("list_objects_v2", Prefix=base):
             for obj in page.get("Contents", []):
-                rest = obj["Key"][len(base):]
-                if "/" in rest:
-                    upload = rest.split("/", 1)[0]
-                    newest[upload] = max(newest.get(upload, obj["LastModified"]),
-                                         obj["LastModified"])
+                saw(obj["Key"], obj["LastModified"])
+        for name, _, initiated in self._multipart_uploads(base):
+            saw(name, initiated)
         now = datetime.now(UTC)
         for upload, when in newest.items():
             yield upload, (now - when).total_seconds()
@@ -115,25 +155,26 @@ class S3Store(EngineStore):
     def _remove(self, key: str, upload: str | None = None) -> None:
         base = self._key_prefix(key)
         if upload is None:  # uncommit first, so readers never see a half-deleted engine
-            self._call("delete manifest", self.client.delete_object, Bucket=self.bucket,
+            self._call("delete the manifest", self.client.delete_object, Bucket=self.bucket,
                        Key=base + MANIFEST)
         prefix = base if upload is None else f"{base}{upload}/"
-        for page in self._list(prefix):
+        for name, upload_id, _ in list(self._multipart_uploads(prefix)):
+            self._call("abort an upload", self.client.abort_multipart_upload,
+                       Bucket=self.bucket, Key=name, UploadId=upload_id)
+        for page in self._pages("list_objects_v2", Prefix=prefix):
             objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
             if objects:
                 self._call("delete", self.client.delete_objects, Bucket=self.bucket,
                            Delete={"Objects": objects, "Quiet": True})
 
+    def _blob_name(self, name: str) -> str:
+        if not name or any(p in ("", ".", "..") for p in name.split("/")):
+            raise InvalidInput(f"{name!r} is not a blob name (relative, no '..')")
+        return f"{self.prefix}cache/{name}"
+
     def get_blob(self, name: str) -> bytes | None:
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=f"{self.prefix}cache/{name}")
-        except ClientError as error:
-            if error.response.get("Error", {}).get("Code") in ("NoSuchKey", "404"):
-                return None
-            raise translate(error, f"read cache/{name} in {self.uri}") from error
-        data: bytes = obj["Body"].read()
-        return data
+        return self._get(self._blob_name(name), f"read cache/{name}")
 
     def put_blob(self, name: str, data: bytes) -> None:
         self._call(f"write cache/{name}", self.client.put_object, Bucket=self.bucket,
-                   Key=f"{self.prefix}cache/{name}", Body=data)
+                   Key=self._blob_name(name), Body=data)

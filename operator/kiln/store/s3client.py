@@ -19,8 +19,12 @@ from kiln.errors import AccessDenied, InvalidInput, KilnError, NotFound, Unavail
 
 _URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/((?:[^/\s]+/)*)$")
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
-           "InvalidToken", "403", "AllAccessDisabled"}
-_MISSING = {"NoSuchBucket", "NoSuchKey", "404", "NotFound"}
+           "InvalidToken", "TokenRefreshRequired", "403", "AllAccessDisabled",
+           "InvalidSecurity"}
+_MISSING = {"NoSuchBucket", "NoSuchKey", "NoSuchUpload", "404", "NotFound"}
+_BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
+POOL_CONNECTIONS = 32
+"""Enough for the store's part pool plus the files it reads at once."""
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -29,13 +33,19 @@ def parse_uri(uri: str) -> tuple[str, str]:
         uri += "/"
     match = _URI.match(uri)
     if match is None:
-        raise InvalidInput(f"{uri!r} is not an S3 URI such as s3://bucket/prefix/")
+        raise InvalidInput(f"{uri!r} is not an S3 URI such as s3://bucket/prefix/ (bucket: "
+                           "3-63 lowercase letters, digits, dots or dashes)")
     return match.group(1), match.group(2)
 
 
 def client(credentials: Mapping[str, str] | None = None,
            endpoint_url: str | None = None) -> Any:
-    """A boto3 S3 client; ``credentials`` may carry AWS_* keys (from a Secret)."""
+    """A boto3 S3 client; ``credentials`` may carry AWS_* keys (from a Secret).
+
+    Without them boto3's own chain applies (environment, web identity, instance profile);
+    the endpoint is ``endpoint_url``, else ``AWS_ENDPOINT_URL`` from ``credentials``, else
+    boto3's (which honours ``AWS_ENDPOINT_URL`` in the environment).
+    """
     creds = dict(credentials or {})
     session = boto3.session.Session(
         aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
@@ -44,9 +54,15 @@ def client(credentials: Mapping[str, str] | None = None,
         region_name=creds.get("AWS_REGION") or creds.get("AWS_DEFAULT_REGION"),
     )
     config = Config(retries={"max_attempts": 4, "mode": "standard"},
-                    max_pool_connections=32, connect_timeout=10, read_timeout=120)
+                    max_pool_connections=POOL_CONNECTIONS, connect_timeout=10,
+                    read_timeout=120)
     return session.client("s3", endpoint_url=endpoint_url or creds.get("AWS_ENDPOINT_URL"),
                           config=config)
+
+
+def error_code(error: ClientError) -> str:
+    """The S3 error code of a ``ClientError`` (``NoSuchKey``, ``PreconditionFailed``, ...)."""
+    return str(error.response.get("Error", {}).get("Code", ""))
 
 
 def translate(error: Exception, what: str) -> KilnError:
@@ -54,19 +70,20 @@ def translate(error: Exception, what: str) -> KilnError:
     if isinstance(error, KilnError):
         return error
     if isinstance(error, ClientError):
-        info = error.response.get("Error", {})
-        code = str(info.get("Code", ""))
+        code = error_code(error)
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        detail = info.get("Message") or code
+        detail = error.response.get("Error", {}).get("Message") or code
         if code in _MISSING:
             return NotFound(f"{what}: {detail} ({code})")
         if code in _DENIED:
-            return AccessDenied(f"{what}: {detail} ({code}); check the credentials")
-        if status >= 500 or code in ("SlowDown", "ServiceUnavailable", "InternalError"):
+            return AccessDenied(f"{what}: {detail} ({code}); check the credentials and the "
+                                "bucket policy")
+        if status >= 500 or code in _BUSY:
             return Unavailable(f"{what}: {detail} ({code})")
         return InvalidInput(f"{what}: {detail} ({code})")
     if isinstance(error, NoCredentialsError):
-        return AccessDenied(f"{what}: no S3 credentials found")
+        return AccessDenied(f"{what}: no S3 credentials found (set credentialsSecret, or "
+                            "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
     if isinstance(error, EndpointConnectionError | ReadTimeoutError | ConnectionError):
         return Unavailable(f"{what}: {error}")
     return Unavailable(f"{what}: {type(error).__name__}: {error}")

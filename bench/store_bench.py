@@ -1,0 +1,155 @@
+"""Benchmark: the S3 engine store against plain boto3, on moto's server over HTTP.
+
+Run: python bench/store_bench.py [--rank-mib 512] [--ranks 4] [--runs 2]. Makes a
+multi-file engine directory (rank files plus small configs, 2 GiB by default), then times,
+in the same run and against the same server: plain ``upload_file``/``download_file`` of
+every file (one after another, boto3's default transfer config) and ``S3Store.upload`` /
+``S3Store.download`` (parallel, sha256 of every file, manifest last). Prints the figures
+and writes ``bench/out/store_bench.json``. The ratio is plain seconds / store seconds
+(goal: at least 0.9). moto runs in its own process so it does not share our GIL; its
+objects are deleted after each phase to free its memory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from kiln.store import open_store
+from kiln.store.s3 import S3Store
+
+MIB = 1024 * 1024
+KEY = "b" * 64
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
+               "AWS_REGION": "us-east-1"}
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """moto's S3 server in a child process on a free loopback port."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = os.environ | CREDENTIALS
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1",
+                             "-p", str(port)], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError("moto's server did not start") from None
+                time.sleep(0.1)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def make_engine(root: Path, ranks: int, rank_mib: int) -> int:
+    """Rank files of random bytes plus small configs; returns the total size."""
+    root.mkdir(parents=True)
+    block = os.urandom(16 * MIB)
+    for rank in range(ranks):
+        with (root / f"rank{rank}.engine").open("wb") as out:
+            for i in range(rank_mib // 16):  # vary each block so no two parts are equal
+                out.write(rank.to_bytes(4, "little") + i.to_bytes(4, "little") + block[8:])
+    (root / "config.json").write_text(json.dumps({"tp": ranks, "pp": 1}))
+    (root / "tokenizer").mkdir()
+    (root / "tokenizer" / "tokenizer.json").write_bytes(os.urandom(2 * MIB))
+    (root / "tokenizer" / "tokenizer_config.json").write_text("{}")
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
+
+
+def empty_bucket(client: Any, bucket: str) -> None:
+    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
+        objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
+        if objects:
+            client.delete_objects(Bucket=bucket, Delete={"Objects": objects})
+
+
+def timed(fn: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    fn()
+    return time.perf_counter() - started
+
+
+def one_run(client: Any, endpoint: str, bucket: str, src: Path, work: Path) -> dict[str, float]:
+    files = sorted(p for p in src.rglob("*") if p.is_file())
+
+    def plain_up() -> None:
+        for path in files:
+            client.upload_file(str(path), bucket, f"plain/{path.relative_to(src)}")
+
+    def plain_down() -> None:
+        for path in files:
+            target = work / "plain" / path.relative_to(src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            client.download_file(bucket, f"plain/{path.relative_to(src)}", str(target))
+
+    store = open_store(f"s3://{bucket}/kiln/", credentials=CREDENTIALS, endpoint_url=endpoint)
+    assert isinstance(store, S3Store)
+    result = {"plain_upload_s": timed(plain_up), "plain_download_s": timed(plain_down)}
+    shutil.rmtree(work / "plain")
+    empty_bucket(client, bucket)
+    result["store_upload_s"] = timed(lambda: store.upload(KEY, src))
+    result["store_download_s"] = timed(lambda: store.download(KEY, work / "kiln"))
+    shutil.rmtree(work / "kiln")
+    store.delete(KEY)
+    empty_bucket(client, bucket)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--ranks", type=int, default=4)
+    parser.add_argument("--rank-mib", type=int, default=512)
+    parser.add_argument("--runs", type=int, default=2)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="kiln-store-bench-") as tmp, \
+            moto_server() as endpoint:
+        work = Path(tmp)
+        total = make_engine(work / "engine", args.ranks, args.rank_mib)
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client.create_bucket(Bucket="bench")
+        runs = [one_run(client, endpoint, "bench", work / "engine", work)
+                for _ in range(args.runs)]
+    median = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+    gib = total / (1024 * MIB)
+    result = {
+        "bytes": total, "files": args.ranks + 3, "runs": runs, "median": median,
+        "upload_ratio": median["plain_upload_s"] / median["store_upload_s"],
+        "download_ratio": median["plain_download_s"] / median["store_download_s"],
+        "goal_ratio": 0.9, "cpus": os.cpu_count(),
+    }
+    for op in ("upload", "download"):
+        plain, ours = median[f"plain_{op}_s"], median[f"store_{op}_s"]
+        print(f"{op:8s} {gib:.2f} GiB: plain boto3 {plain:6.2f}s ({gib / plain * 1024:6.0f} "
+              f"MiB/s), kiln store {ours:6.2f}s ({gib / ours * 1024:6.0f} MiB/s), "
+              f"ratio {result[f'{op}_ratio']:.2f} (goal >= 0.9)")
+    out = Path(__file__).parent / "out"
+    out.mkdir(exist_ok=True)
+    (out / "store_bench.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
