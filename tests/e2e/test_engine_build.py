@@ -197,3 +197,16 @@ def test_bad_input_stalls_with_the_builders_reason_and_is_not_retried(
 
 def test_examples_dir_exists() -> None:
     assert Path(ROOT / "examples" / "eb-h100-fp8.yaml").is_file()
+
+
+def test_a_transient_failure_is_retried(
+        kube: Cluster, namespace: str, weights: str, builders: LocalProcessRunner) -> None:
+    body = example("eb-h100-fp8.yaml", weights)
+    body["metadata"]["name"] = "flaky"
+    builders.kill_next(1)  # the first build pod dies as if its node went away (exit 137)
+    create(kube, namespace, body)
+    status = eventually(lambda: ready(kube, namespace, "flaky"), timeout=120)
+    assert [e["state"] for e in status["engines"]] == ["Ready"]
+    (job,) = build_jobs(kube, namespace)
+    assert job.status.failed == 1
+    assert job.status.succeeded == 1

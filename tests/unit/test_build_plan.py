@@ -5,11 +5,11 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from kiln.store.manifest import Manifest
 
 from kiln.api import EngineBuild, EngineBuildStatus
 from kiln.build.jobs import Failure, ObservedJob, failure_from_pod, job_name, observe
 from kiln.build.plan import Plan, Want, plan
+from kiln.store.manifest import Manifest
 from kiln.targets import effective
 
 UID = "uid-1"
@@ -175,3 +175,16 @@ def test_failure_from_pod_prefers_the_builders_structured_message() -> None:
 def test_status_round_trips_through_the_model() -> None:
     result = run(eb(), wants(eb()))
     assert EngineBuildStatus.model_validate(result.status.to_dict()) == result.status
+
+
+def test_a_failed_job_is_replaced_once_the_spec_changes() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    failed = job(w.key, "Failed")
+    first = run(obj, [w], jobs={w.key: failed})
+    assert first.replace == []
+    assert first.create == []
+    edited = run(eb(generation=2, status=first.status.to_dict()), [w], jobs={w.key: failed})
+    assert edited.replace == [failed]
+    assert [x.key for x in edited.create] == [w.key]
+    assert edited.status.engines[0].state == "Building"

@@ -40,6 +40,8 @@ class Plan:
     """Targets whose Job must exist (create it, or join it as an owner)."""
     release: list[ObservedJob] = field(default_factory=list)
     """Jobs this object owns whose key it no longer wants."""
+    replace: list[ObservedJob] = field(default_factory=list)
+    """Failed Jobs to delete before creating them again (the spec changed since)."""
     events: list[Event] = field(default_factory=list)
 
 
@@ -76,6 +78,8 @@ def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
             "state": "Failed", "job": job.name,
             "message": f"ManifestMissing: the build Job succeeded but {want.uri}manifest.json "
                        "is not in the store"}), False
+    if job is not None and job.state == "Failed" and retry_failed:
+        return entry.model_copy(update={"state": "Building", "job": job.name}), True
     if job is not None and job.state == "Failed":
         why = failure or job.failure or Failure("JobFailed", "the build Job failed")
         return entry.model_copy(update={
@@ -125,7 +129,8 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
     """The plan for one EngineBuild; ``jobs`` and ``manifests`` are keyed by engine key."""
     old = eb.status or EngineBuildStatus()
     generation = int(eb.metadata.get("generation") or 0)
-    retry_failed = old.observed_generation != generation
+    # A failed engine is built again only after the spec changed since it was reported.
+    retry_failed = old.observed_generation is not None and old.observed_generation != generation
     prior = {e.target: e for e in old.engines}
     result = Plan(status=EngineBuildStatus())
     engines = []
@@ -136,6 +141,9 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
         engines.append(_carry_previous(entry, before))
         if needs_job:
             result.create.append(want)
+            stale = jobs.get(want.key)
+            if stale is not None and stale.state == "Failed":
+                result.replace.append(stale)
     wanted = {w.key for w in wants}
     result.release = [j for j in jobs.values() if uid in j.owner_uids and j.key not in wanted]
 

@@ -69,6 +69,8 @@ class EngineBuildReconciler:
         self._manifests: dict[tuple[str, str], Manifest] = {}
         self._stores: dict[str, EngineStore] = {}
         self._failures: dict[tuple[str, str], Failure | None] = {}
+        self.retry: set[tuple[str, str]] = set()
+        """Objects whose last reconcile met a transient error: the timer tries again."""
 
     def _lock(self, ref: tuple[str, str]) -> threading.Lock:
         with self._locks_guard:
@@ -77,6 +79,7 @@ class EngineBuildReconciler:
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is cached for a deleted object."""
         self._identities.pop((namespace, name), None)
+        self.retry.discard((namespace, name))
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
 
@@ -169,6 +172,11 @@ class EngineBuildReconciler:
         result = plan(eb, wants, identity=weights.identity, checked_at=weights.checked_at,
                       manifests=manifests, jobs={**owned, **observed}, failures=failures,
                       uid=uid)
+        for job in result.replace:
+            log.info("deleting failed Job %s/%s to build engine %s again", namespace,
+                     job.name, job.key[:12])
+            self.kube.delete_job(namespace, job.name)
+            self._failures.pop((namespace, job.name), None)
         for want in result.create:
             self._ensure_job(namespace, name, uid, eb, want, image, weights.identity, store)
         for job in result.release:

@@ -50,12 +50,21 @@ def engine_builds(body: kopf.Body, namespace: str | None, name: str,
 
 
 def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> None:
+    """Reconcile; a transient error is retried by the timer (Kopf does not retry events)."""
+    reconciler = context.engine_builds()
+    ref = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
-        context.engine_builds().reconcile(body, _IndexLookup(index))
+        reconciler.reconcile(body, _IndexLookup(index))
     except KilnError as error:
-        if error.retryable:
-            raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=10) from error
-        _stall(body, error)
+        if not error.retryable:
+            reconciler.retry.discard(ref)
+            _stall(body, error)
+            return
+        reconciler.retry.add(ref)
+        log.warning("reconcile of %s/%s will be retried: %s: %s", *ref, error.reason,
+                    error.message)
+    else:
+        reconciler.retry.discard(ref)
 
 
 def _stall(body: dict[str, Any], error: KilnError) -> None:
@@ -102,10 +111,14 @@ def build_job_changed(body: kopf.Body, namespace: str | None, **kwargs: Any) -> 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=context.config().weights_check_seconds,
             initial_delay=context.config().weights_check_seconds)
 def weights_timer(body: kopf.Body, **kwargs: Any) -> None:
-    """Re-read the weights identity when ``pollInterval`` is due; a new one rebuilds."""
+    """Retry a reconcile that met a transient error; re-read the weights identity when
+    ``pollInterval`` is due (a new identity means new keys and builds)."""
     eb = EngineBuild.model_validate(dict(body))
     namespace = body["metadata"]["namespace"]
     reconciler = context.engine_builds()
+    if (namespace, body["metadata"]["name"]) in reconciler.retry:
+        _reconcile(dict(body), kwargs["build_jobs"])
+        return
     if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
         return
     before = reconciler.identity(namespace, eb).identity

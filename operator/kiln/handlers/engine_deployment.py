@@ -1,0 +1,188 @@
+"""EngineDeployment handlers: a change to an EngineDeployment, its EngineBuild, one of its
+Deployments, or the GPU nodes reconciles the EngineDeployments concerned."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from typing import Any
+
+import kopf
+
+from kiln import GROUP, VERSION
+from kiln.api import EngineDeployment
+from kiln.build.plan import Event
+from kiln.conditions import set_conditions
+from kiln.errors import KilnError
+from kiln.handlers import context
+from kiln.serve.deployments import ED_LABEL, ObservedDeployment, observe
+from kiln.serve.pool import GpuNode, gpu_node
+from kiln.serve.reconciler import PLURAL, EngineDeploymentReconciler
+
+log = logging.getLogger(__name__)
+BUILDS = "enginebuilds"
+TIMER_SECONDS = 60.0
+"""Every EngineDeployment is reconciled at least this often (events can be missed)."""
+
+
+@functools.cache
+def reconciler() -> EngineDeploymentReconciler:
+    return EngineDeploymentReconciler(context.kube(), context.config(), context.emit)
+
+
+def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
+    return list(index.get(key, ()))
+
+
+class _IndexWorld:
+    """``World`` over Kopf's indexes."""
+
+    def __init__(self, kwargs: dict[str, Any]) -> None:
+        self.builds: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
+        self.nodes: kopf.Index[str, GpuNode] = kwargs["gpu_nodes"]
+        self.serving: kopf.Index[Any, ObservedDeployment] = kwargs["serving_deployments"]
+        self.deployments_index: kopf.Index[Any, dict[str, Any]] = kwargs["engine_deployments"]
+
+    def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = _values(self.builds, (namespace, name))
+        return found[-1] if found else None
+
+    def gpu_nodes(self) -> list[GpuNode]:
+        return [node for product in list(self.nodes) for node in _values(self.nodes, product)]
+
+    def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
+        return _values(self.serving, (namespace, owner))
+
+    def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
+        return _values(self.deployments_index, ("ref", namespace, build))
+
+    def every(self) -> list[dict[str, Any]]:
+        return [body for key in list(self.deployments_index) if key[0] == "name"
+                for body in _values(self.deployments_index, key)]
+
+    def named(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = _values(self.deployments_index, ("name", namespace, name))
+        return found[-1] if found else None
+
+
+@kopf.index("v1", "nodes")
+def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, GpuNode]:
+    """GPU nodes by ``nvidia.com/gpu.product``."""
+    node = gpu_node(dict(body))
+    return {node.product: node} if node else {}
+
+
+@kopf.index(GROUP, VERSION, PLURAL)
+def engine_deployments(body: kopf.Body, namespace: str | None, name: str,
+                       **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
+    """EngineDeployments by name, and by the EngineBuild they reference."""
+    ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
+    return {("name", str(namespace), name): dict(body), ("ref", str(namespace), ref): dict(body)}
+
+
+@kopf.index("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
+def serving_deployments(body: kopf.Body, namespace: str | None,
+                        **_: Any) -> dict[tuple[str, str], ObservedDeployment]:
+    """Serving Deployments by (namespace, EngineDeployment name)."""
+    owner = body["metadata"]["labels"][ED_LABEL]
+    return {(str(namespace), owner): observe(dict(body))}
+
+
+def _reconcile(body: dict[str, Any], world: _IndexWorld) -> None:
+    try:
+        reconciler().reconcile(body, world)
+    except KilnError as error:
+        if error.retryable:
+            raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=10) from error
+        _stall(body, error)
+
+
+def _quietly(body: dict[str, Any], world: _IndexWorld) -> None:
+    """Reconcile for another object's event: failures are logged (the timer retries)."""
+    try:
+        _reconcile(body, world)
+    except kopf.TemporaryError as error:
+        log.warning("reconciling %s/%s: %s", body["metadata"]["namespace"],
+                    body["metadata"]["name"], error)
+
+
+def _stall(body: dict[str, Any], error: KilnError) -> None:
+    ed = EngineDeployment.model_validate(body)
+    generation = int(body["metadata"].get("generation") or 0)
+    old = ed.status.conditions if ed.status else []
+    message = f"{error.reason}: {error.message}"
+    conditions = set_conditions(old, generation=generation, ready=False, reconciling=False,
+                                stalled=True, reason=error.reason, message=message)
+    status = {"observedGeneration": generation,
+              "conditions": [c.to_dict() for c in conditions]}
+    current = body.get("status") or {}
+    if {k: current.get(k) for k in status} != status:
+        meta = body["metadata"]
+        context.kube().patch_status(PLURAL, meta["namespace"], meta["name"], status)
+        context.emit(body, Event("Warning", error.reason, error.message))
+
+
+@kopf.on.event(GROUP, VERSION, PLURAL)
+def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
+    """Any change of an EngineDeployment reconciles it; a deleted one gives up its auto
+    targets (its children go with it: they are owned)."""
+    meta = body["metadata"]
+    world = _IndexWorld(kwargs)
+    if event["type"] == "DELETED":
+        ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
+        reconciler().forget(meta["namespace"], meta["name"])
+        reconciler().sync_auto_targets(meta["namespace"], ref, world, gone=meta["uid"])
+        return
+    if meta.get("deletionTimestamp"):
+        return
+    _reconcile(dict(body), world)
+
+
+@kopf.on.event(GROUP, VERSION, BUILDS)
+def engine_build_for_serving(body: kopf.Body, namespace: str | None, name: str,
+                             **kwargs: Any) -> None:
+    """An EngineBuild changed (engines ready, new keys): reconcile what serves it."""
+    world = _IndexWorld(kwargs)
+    for ed in world.referencing(str(namespace), name):
+        _quietly(ed, world)
+
+
+@kopf.on.event("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
+def serving_deployment_changed(body: kopf.Body, namespace: str | None,
+                               **kwargs: Any) -> None:
+    """A serving Deployment moved (rollout progress, readiness): reconcile its owner."""
+    world = _IndexWorld(kwargs)
+    owner = world.named(str(namespace), body["metadata"]["labels"][ED_LABEL])
+    uids = {ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []}
+    if owner is not None and owner["metadata"]["uid"] in uids:
+        _quietly(owner, world)
+
+
+_nodes_seen: dict[str, GpuNode | None] = {}
+_nodes_lock = threading.Lock()
+
+
+@kopf.on.event("v1", "nodes")
+def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str, **kwargs: Any) -> None:
+    """A GPU node came, went or changed labels: reconcile every EngineDeployment (their pools
+    may have changed). Heartbeats and other status updates are ignored."""
+    node = None if event["type"] == "DELETED" else gpu_node(dict(body))
+    with _nodes_lock:
+        changed = _nodes_seen.get(name) != node
+        if node is None:
+            _nodes_seen.pop(name, None)
+        else:
+            _nodes_seen[name] = node
+    if event["type"] is None or not changed:
+        return  # the initial listing, or nothing a pool depends on
+    log.info("GPU node %s %s", name, "gone" if node is None else f"is {node.product}")
+    world = _IndexWorld(kwargs)
+    for ed in world.every():
+        _quietly(ed, world)
+
+
+@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
+def serving_timer(body: kopf.Body, **kwargs: Any) -> None:
+    """The safety net: reconcile every EngineDeployment now and then."""
+    _reconcile(dict(body), _IndexWorld(kwargs))
