@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from safetensors.numpy import save_file
 
-import checkpoints
 from kiln.builder import checkpoint
 from kiln.builder.failures import Unsupported
 from kiln.builder.safetensors_header import read_header
 from kiln.errors import InvalidInput
+from kiln.testbed import checkpoint as checkpoints
 
 
 def _raw(path: Path, header: dict[str, object], data: bytes) -> Path:

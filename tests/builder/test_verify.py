@@ -9,10 +9,10 @@ from typing import Any
 
 import pytest
 
-import checkpoints
 from kiln.api import BuildSpec
 from kiln.builder import checkpoint, verify
 from kiln.builder.failures import VerifyFailed
+from kiln.testbed import checkpoint as checkpoints
 
 
 def engine_dir(tmp_path: Path, tp: int, pp: int, ranks: int | None = None,

@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-import checkpoints
 from e2e.support import ROOT, Operator
+from kiln.testbed import checkpoint as checkpoints
 from kiln.testbed.cluster import Cluster
 from kiln.testbed.localproc import LABEL, LocalProcessRunner
 

@@ -1,4 +1,5 @@
-"""A tiny, real Hugging Face checkpoint (Llama architecture) for builder and e2e tests."""
+"""A tiny, real Hugging Face checkpoint (Llama architecture): weights for the test bed,
+the builder tests and the quickstart (no hub can be reached from them)."""
 
 from __future__ import annotations
 
