@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -49,6 +50,14 @@ def _cluster_down(args: argparse.Namespace) -> int:
     return cluster.stop_running(Path(args.state_dir) if args.state_dir else None)
 
 
+def _fetch_engine(args: argparse.Namespace) -> int:
+    from kiln import fetch
+
+    return fetch.run(store=args.store, key=args.key, source=args.source,
+                     revision=args.revision, dest=Path(args.dest),
+                     model_repo=Path(args.model_repo) if args.model_repo else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="kiln", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -70,6 +79,26 @@ def build_parser() -> argparse.ArgumentParser:
                      help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
     run.set_defaults(func=_run)
+
+    env = os.environ
+    fetch = sub.add_parser(
+        "fetch-engine", help="download an engine (every sha256 checked, after checking the "
+        "GPU's compute capability), or the checkpoint for the PyTorch fallback")
+    fetch.add_argument("--store", default=env.get("KILN_STORE"),
+                       help="the engine store, s3://bucket/prefix/ or pvc://claim/path "
+                       "($KILN_STORE)")
+    fetch.add_argument("--key", default=env.get("KILN_ENGINE_KEY"),
+                       help="the engine key ($KILN_ENGINE_KEY)")
+    fetch.add_argument("--source", default=env.get("KILN_SOURCE"),
+                       help="instead of an engine: the checkpoint's URI ($KILN_SOURCE)")
+    fetch.add_argument("--revision", default=env.get("KILN_SOURCE_REVISION"),
+                       help="a pvc:// source's revision ($KILN_SOURCE_REVISION)")
+    fetch.add_argument("--dest", default=env.get("KILN_ENGINE_DIR") or "/engine",
+                       help="directory to fill ($KILN_ENGINE_DIR, default /engine)")
+    fetch.add_argument("--model-repo", default=env.get("KILN_MODEL_REPO"),
+                       help="also write the Triton model repository from "
+                       "$KILN_MODEL_REPO_FILES here ($KILN_MODEL_REPO)")
+    fetch.set_defaults(func=_fetch_engine)
 
     dev = sub.add_parser("dev", help="the local test bed: a real control plane with fake GPU nodes")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)

@@ -8,6 +8,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/kiln-dev/kiln-builder:0.1.0-trtllm1.2.1"
+DEFAULT_SERVER_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
+DEFAULT_FETCH_IMAGE = "ghcr.io/kiln-dev/kiln:0.1.0"
+DEFAULT_TRITON_MODELS_DIR = "/app/all_models/inflight_batcher_llm"
 
 
 def _json_map(text: str | None, name: str) -> dict[str, str]:
@@ -40,6 +43,21 @@ class OperatorConfig:
     weights_check_seconds: float = 30.0
     """How often the weights timer wakes to see whether a ``pollInterval`` is due
     (``KILN_WEIGHTS_CHECK_SECONDS``)."""
+    server_image: str = DEFAULT_SERVER_IMAGE
+    """Serving image when ``spec.server.image`` is unset, for ``trtllm-serve``
+    (``KILN_SERVER_IMAGE``); it must have the builder's TensorRT-LLM."""
+    triton_image: str | None = None
+    """Serving image for ``server.kind: triton`` when ``spec.server.image`` is unset
+    (``KILN_TRITON_IMAGE``); unset: such EngineDeployments must name one."""
+    triton_models_dir: str = DEFAULT_TRITON_MODELS_DIR
+    """Where the Triton image keeps the inflight-batcher models whose ``model.py`` the
+    preprocessing and postprocessing models use (``KILN_TRITON_MODELS_DIR``)."""
+    fetch_image: str = DEFAULT_FETCH_IMAGE
+    """Image of the serving pods' ``kiln fetch-engine`` init container: kiln's own
+    (``KILN_FETCH_IMAGE``)."""
+    serve_env: dict[str, str] = field(default_factory=dict)
+    """Extra plain environment for that init container, e.g. ``AWS_ENDPOINT_URL``
+    (``KILN_SERVE_ENV``, a JSON object; unset: ``KILN_BUILD_ENV``'s)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -53,4 +71,10 @@ class OperatorConfig:
                                        "KILN_BUILD_POD_LABELS"),
             job_ttl_seconds=int(env.get("KILN_JOB_TTL_SECONDS", "3600")),
             weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
+            server_image=env.get("KILN_SERVER_IMAGE") or DEFAULT_SERVER_IMAGE,
+            triton_image=env.get("KILN_TRITON_IMAGE") or None,
+            triton_models_dir=env.get("KILN_TRITON_MODELS_DIR") or DEFAULT_TRITON_MODELS_DIR,
+            fetch_image=env.get("KILN_FETCH_IMAGE") or DEFAULT_FETCH_IMAGE,
+            serve_env=_json_map(env.get("KILN_SERVE_ENV") or env.get("KILN_BUILD_ENV"),
+                                "KILN_SERVE_ENV"),
         )

@@ -113,3 +113,51 @@ class Kube:
             if error.status == 404:
                 return
             raise translate(error, f"patch status of {plural} {namespace}/{name}") from error
+
+    # -- serving (EngineDeployment): server-side apply of children, EngineBuild reads ---------
+
+    def apply(self, obj: dict[str, Any], manager: str = "kiln") -> None:
+        """Server-side apply a Deployment, Service or PodDisruptionBudget (kiln's fields win)."""
+        meta = obj["metadata"]
+        namespace, name, kind = meta["namespace"], meta["name"], obj["kind"]
+        patch = {"Deployment": self.apps.patch_namespaced_deployment,
+                 "Service": self.core.patch_namespaced_service,
+                 "PodDisruptionBudget": self.policy.patch_namespaced_pod_disruption_budget}[kind]
+        try:
+            patch(name, namespace, obj, field_manager=manager, force=True,
+                  _content_type="application/apply-patch+yaml")
+        except client.ApiException as error:
+            raise translate(error, f"apply {kind} {namespace}/{name}") from error
+
+    def delete_deployment(self, namespace: str, name: str) -> None:
+        try:
+            self.apps.delete_namespaced_deployment(name, namespace,
+                                                   propagation_policy="Background")
+        except client.ApiException as error:
+            if error.status != 404:
+                raise translate(error, f"delete Deployment {namespace}/{name}") from error
+
+    def read_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A kiln object as it is now, or None."""
+        try:
+            obj: dict[str, Any] = self.custom.get_namespaced_custom_object(
+                GROUP, VERSION, namespace, plural, name)
+        except client.ApiException as error:
+            if error.status == 404:
+                return None
+            raise translate(error, f"read {plural} {namespace}/{name}") from error
+        return obj
+
+    def patch_status_at(self, plural: str, namespace: str, name: str, status: dict[str, Any],
+                        resource_version: str) -> bool:
+        """Merge-patch ``status`` if the object is still at ``resource_version``; False if it
+        changed meanwhile (or is gone)."""
+        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
+        try:
+            self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, namespace, plural, name, body)
+        except client.ApiException as error:
+            if error.status in (404, 409):
+                return False
+            raise translate(error, f"patch status of {plural} {namespace}/{name}") from error
+        return True

@@ -1,0 +1,1 @@
+"""Serving: EngineDeployment planning (pure), rendering (pure) and reconciling."""
