@@ -12,8 +12,10 @@ from pathlib import Path
 def _crds(args: argparse.Namespace) -> int:
     from kiln import crdgen
 
-    for path in crdgen.write_crds(Path(args.out)):
-        print(path)
+    for out in (args.out, args.chart):
+        if out:
+            for path in crdgen.write_crds(Path(out)):
+                print(path)
     return 0
 
 
@@ -64,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     crds = sub.add_parser("crds", help="write the CRDs generated from kiln.api")
     crds.add_argument("--out", default="crds", help="directory to write into (default: crds)")
+    crds.add_argument("--chart", default="charts/kiln/crds",
+                      help="also write the Helm chart's copy here (default: charts/kiln/crds; "
+                      "'' to skip)")
     crds.set_defaults(func=_crds)
 
     docs = sub.add_parser("docs", help="write the API reference generated from kiln.api")

@@ -1,0 +1,229 @@
+"""Helpers for the chart tests: the test bed's helm, rendering, the operator's permissions.
+
+``NEEDS`` is what kiln's operator does with the API (the brief of the chart, not the chart
+itself): the RBAC tests check the chart's ServiceAccount against it with
+``kubectl auth can-i``. ``install_rbac`` gives a kubeconfig that acts as that ServiceAccount
+(e.g. to run the operator with exactly the chart's permissions).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from kiln.testbed.binaries import Binaries, ensure_built
+from kiln.testbed.cluster import Cluster
+
+ROOT = Path(__file__).resolve().parents[2]
+CHART = ROOT / "charts" / "kiln"
+
+
+@functools.cache
+def binaries() -> Binaries:
+    return ensure_built()
+
+
+@functools.cache
+def kube_version() -> str:
+    """The Kubernetes version of the test bed (its kubectl's), for ``helm --kube-version``:
+    the test bed's helm is built without the version stamp a release carries."""
+    out = subprocess.run([str(binaries()["kubectl"]), "version", "--client", "-o", "json"],
+                         capture_output=True, text=True, check=True).stdout
+    version: str = json.loads(out)["clientVersion"]["gitVersion"]
+    return version.lstrip("v")
+
+
+def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+    result = subprocess.run([str(binaries()["helm"]), *args], capture_output=True, text=True,
+                            check=False, timeout=300)
+    if check and result.returncode:
+        raise AssertionError(f"helm {' '.join(args)}:\n{result.stdout}{result.stderr}")
+    return result
+
+
+def render_text(values: dict[str, Any] | None = None, *, release: str = "kiln",
+                namespace: str = "kiln-system", show_only: Sequence[str] = (),
+                include_crds: bool = False, check: bool = True,
+                ) -> subprocess.CompletedProcess[str]:
+    args = ["template", release, str(CHART), "--namespace", namespace,
+            "--kube-version", kube_version(), "--values", "-"]
+    for template in show_only:
+        args += ["--show-only", template]
+    if include_crds:
+        args.append("--include-crds")
+    return subprocess.run([str(binaries()["helm"]), *args], input=yaml.safe_dump(values or {}),
+                          capture_output=True, text=True, check=check, timeout=120)
+
+
+def render(values: dict[str, Any] | None = None, **kwargs: Any) -> list[dict[str, Any]]:
+    """``helm template`` of the chart with ``values``, as a list of objects."""
+    text = render_text(values, **kwargs).stdout
+    return [doc for doc in yaml.safe_load_all(text) if doc]
+
+
+def find(docs: Iterable[dict[str, Any]], kind: str, name: str | None = None) -> dict[str, Any]:
+    matches = [d for d in docs if d["kind"] == kind
+               and (name is None or d["metadata"]["name"] == name)]
+    assert len(matches) == 1, f"{len(matches)} {kind} {name or ''} in the rendered chart"
+    return matches[0]
+
+
+# -- permissions ---------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Need:
+    """One request the operator makes: ``verb`` on ``group``/``resource`` (``subresource``);
+    ``scope`` is ``namespace`` (in a watched namespace), ``all`` (across all namespaces,
+    for cluster-wide watches) or ``cluster`` (a cluster-scoped resource)."""
+
+    verb: str
+    group: str
+    resource: str
+    subresource: str = ""
+    scope: str = "namespace"
+
+    def __str__(self) -> str:
+        what = f"{self.resource}.{self.group}" if self.group else self.resource
+        if self.subresource:
+            what += f"/{self.subresource}"
+        return f"{self.verb} {what} ({self.scope})"
+
+    def can_i_args(self, namespace: str) -> list[str]:
+        what = f"{self.resource}.{self.group}" if self.group else self.resource
+        args = ["auth", "can-i", self.verb, what]
+        if self.subresource:
+            args.append(f"--subresource={self.subresource}")
+        if self.scope == "namespace":
+            args += ["--namespace", namespace]
+        elif self.scope == "all":
+            args.append("--all-namespaces")
+        return args
+
+
+def _needs(verbs: str, group: str, resources: str, subresource: str = "",
+           scopes: Sequence[str] = ("namespace",)) -> list[Need]:
+    return [Need(verb, group, resource, subresource, scope)
+            for resource in resources.split() for verb in verbs.split() for scope in scopes]
+
+
+WATCH = ("namespace", "all")
+"""list and watch are needed per namespace and, cluster-wide, across all namespaces."""
+
+NEEDS: tuple[Need, ...] = tuple([
+    # Kopf: Events about handled objects; CRD scanning.
+    *_needs("create patch", "", "events"),
+    *_needs("list watch", "apiextensions.k8s.io", "customresourcedefinitions",
+            scopes=("cluster",)),
+    # kiln: its own objects and their status.
+    *_needs("get patch", "kiln.dev", "enginebuilds enginedeployments"),
+    *_needs("list watch", "kiln.dev", "enginebuilds enginedeployments", scopes=WATCH),
+    *_needs("get patch update", "kiln.dev", "enginebuilds enginedeployments", "status"),
+    # Build Jobs and their pods.
+    *_needs("get create patch delete", "batch", "jobs"),
+    *_needs("list watch", "batch", "jobs", scopes=WATCH),
+    *_needs("get", "", "pods"),
+    *_needs("list watch", "", "pods", scopes=WATCH),
+    # Credentials: one named Secret at a time.
+    *_needs("get", "", "secrets"),
+    # GPU pool index.
+    *_needs("list watch", "", "nodes", scopes=("cluster",)),
+    # Serving.
+    *_needs("get create patch update delete", "apps", "deployments"),
+    *_needs("get create patch update delete", "", "services"),
+    *_needs("get create patch update delete", "policy", "poddisruptionbudgets"),
+    *_needs("list watch", "apps", "deployments", scopes=WATCH),
+    *_needs("list watch", "", "services", scopes=WATCH),
+    *_needs("list watch", "policy", "poddisruptionbudgets", scopes=WATCH),
+])
+
+DENIED: tuple[Need, ...] = tuple([
+    *_needs("list watch", "", "secrets", scopes=WATCH),
+    *_needs("create update patch delete", "", "secrets"),
+    Need("*", "*", "*", scope="cluster"),
+    Need("*", "*", "*"),
+    Need("*", "batch", "jobs"),
+    Need("*", "kiln.dev", "enginebuilds"),
+    *_needs("create update patch delete get", "apiextensions.k8s.io",
+            "customresourcedefinitions", scopes=("cluster",)),
+    *_needs("update delete create", "kiln.dev", "enginebuilds enginedeployments"),
+    *_needs("create delete", "", "pods"),
+    Need("create", "", "pods", "exec"),
+    *_needs("get patch update delete", "", "nodes", scopes=("cluster",)),
+    *_needs("get list", "", "configmaps"),
+    Need("create", "", "serviceaccounts", "token"),
+    *_needs("list watch", "kopf.dev", "clusterkopfpeerings", scopes=("cluster",)),
+    *_needs("bind escalate create", "rbac.authorization.k8s.io", "clusterroles",
+            scopes=("cluster",)),
+    Need("impersonate", "", "users", scope="cluster"),
+])
+
+
+def can_i(kube: Cluster, kubeconfig: Path, need: Need, namespace: str) -> bool:
+    result = kube.kubectl(*need.can_i_args(namespace), check=False, kubeconfig=kubeconfig)
+    answer = result.stdout.strip()
+    if answer not in ("yes", "no"):
+        raise AssertionError(f"kubectl auth can-i {need}: {result.stdout}{result.stderr}")
+    return answer == "yes"
+
+
+def granted(kube: Cluster, kubeconfig: Path, needs: Iterable[Need],
+            namespace: str) -> dict[Need, bool]:
+    """``kubectl auth can-i`` for each need, as the kubeconfig's user, in parallel."""
+    needs = list(needs)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        answers = pool.map(lambda n: can_i(kube, kubeconfig, n, namespace), needs)
+        return dict(zip(needs, answers, strict=True))
+
+
+def missing(kube: Cluster, kubeconfig: Path, namespace: str,
+            needs: Iterable[Need] = NEEDS) -> set[Need]:
+    return {n for n, ok in granted(kube, kubeconfig, needs, namespace).items() if not ok}
+
+
+def wait_for(check: Any, timeout: float = 20, what: str = "condition") -> Any:
+    """Poll ``check()`` until it returns something true (RBAC caches catch up in ~1 s)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value or time.monotonic() > deadline:
+            assert value, f"timed out waiting for {what}"
+            return value
+        time.sleep(0.3)
+
+
+def apply(kube: Cluster, docs: Iterable[dict[str, Any]]) -> None:
+    """Server-side apply, as the admin."""
+    kube.kubectl("apply", "--server-side", "--force-conflicts", "--field-manager=kiln-tests",
+                 "-f", "-", input=yaml.safe_dump_all(list(docs)))
+
+
+def install_rbac(kube: Cluster, namespace: str, release: str,
+                 values: dict[str, Any] | None = None) -> tuple[Path, list[dict[str, Any]]]:
+    """The chart's ServiceAccount, ClusterRole/Roles and bindings, in ``namespace`` under
+    ``release``; returns a kubeconfig acting as that ServiceAccount, and the objects."""
+    docs = render(values, release=release, namespace=namespace,
+                  show_only=["templates/serviceaccount.yaml", "templates/rbac.yaml"])
+    apply(kube, docs)
+    account = find(docs, "ServiceAccount")["metadata"]["name"]
+    return kube.kubeconfig_for_service_account(namespace, account, create=False), docs
+
+
+def delete(kube: Cluster, docs: Iterable[dict[str, Any]]) -> None:
+    kube.kubectl("delete", "--ignore-not-found", "--wait=false", "-f", "-",
+                 input=yaml.safe_dump_all(list(docs)), check=False)
+
+
+def covers(rule: dict[str, Any], need: Need) -> bool:
+    """Whether an RBAC rule grants ``need`` (no wildcards: the chart has none)."""
+    resource = f"{need.resource}/{need.subresource}" if need.subresource else need.resource
+    return bool(need.group in rule.get("apiGroups", [])
+                and resource in rule.get("resources", []) and need.verb in rule.get("verbs", []))

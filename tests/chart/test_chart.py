@@ -1,0 +1,248 @@
+"""The Helm chart without a cluster: lint, what it renders, what its schema refuses, and the
+CRD copies. Rendering uses the test bed's helm.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from chart.support import CHART, ROOT, find, helm, render, render_text
+from kiln import crdgen
+from kiln.cli import main as kiln_main
+from kiln.config import OperatorConfig
+
+VARIANTS: dict[str, dict[str, Any]] = {
+    "defaults": {},
+    "namespaced": {"watchNamespaces": ["team-a", "team-b"]},
+    "everything": {
+        "watchNamespaces": ["team-a"],
+        "store": {"uri": "s3://engines/prod/", "credentialsSecret": "engine-store",
+                  "pvcClaims": ["engines"]},
+        "builder": {"env": {"AWS_ENDPOINT_URL": "http://minio:9000"},
+                    "podLabels": {"team": "ml"}},
+        "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
+        "argocd": {"healthChecks": {"enabled": True}},
+        "image": {"digest": "sha256:" + "0" * 64},
+        "verbose": True,
+        "extraEnv": [{"name": "AWS_REGION", "value": "eu-west-1"}],
+    },
+}
+
+
+def container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    pod = find(docs, "Deployment")["spec"]["template"]["spec"]
+    (operator,) = pod["containers"]
+    return dict(operator)
+
+
+def env_of(docs: list[dict[str, Any]]) -> dict[str, str]:
+    return {e["name"]: e["value"] for e in container(docs)["env"] if "value" in e}
+
+
+def rules(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [r for d in docs if d["kind"] in ("ClusterRole", "Role") for r in d["rules"]]
+
+
+@pytest.mark.parametrize("values", VARIANTS.values(), ids=VARIANTS.keys())
+def test_helm_lint_is_clean(values: dict[str, Any], tmp_path: Path) -> None:
+    path = tmp_path / "values.yaml"
+    path.write_text(yaml.safe_dump(values))
+    result = helm("lint", "--strict", str(CHART), "--values", str(path), check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "[WARNING]" not in result.stdout and "[ERROR]" not in result.stdout, result.stdout
+
+
+def test_operator_deployment_defaults() -> None:
+    docs = render()
+    deployment = find(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1
+    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    pod = deployment["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["seccompProfile"] == {"type": "RuntimeDefault"}
+    operator = container(docs)
+    assert operator["image"] == "ghcr.io/kiln-dev/kiln:0.1.0"
+    assert operator["args"] == ["run", "--liveness=http://0.0.0.0:8080/healthz"]
+    probe = operator["livenessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz"
+    ports = {p["name"]: p["containerPort"] for p in operator["ports"]}
+    assert ports == {"health": 8080, "metrics": 8081}
+    assert probe["port"] == "health"
+    security = operator["securityContext"]
+    assert security["runAsNonRoot"] is True
+    assert security["readOnlyRootFilesystem"] is True
+    assert security["allowPrivilegeEscalation"] is False
+    assert security["capabilities"] == {"drop": ["ALL"]}
+    assert security["seccompProfile"] == {"type": "RuntimeDefault"}
+    assert operator["resources"]["requests"] and operator["resources"]["limits"]["memory"]
+    assert {"name": "tmp", "mountPath": "/tmp"} in operator["volumeMounts"]
+
+
+def test_selector_survives_upgrades() -> None:
+    """A Deployment's selector is immutable: no version or chart label in it."""
+    deployment = find(render(), "Deployment")
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert not {"helm.sh/chart", "app.kubernetes.io/version"} & set(selector)
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    service = find(render(), "Service")
+    assert service["spec"]["selector"] == selector
+    assert service["spec"]["ports"][0]["targetPort"] == "metrics"
+
+
+def test_values_reach_the_operator_config() -> None:
+    """Through the env the chart sets, OperatorConfig reads back what values said."""
+    docs = render(VARIANTS["everything"])
+    env = env_of(docs)
+    config = OperatorConfig.from_env(env)
+    assert config.default_store == "s3://engines/prod/"
+    assert config.store_secret == "engine-store"
+    assert config.builder_image == "ghcr.io/kiln-dev/kiln-builder:0.1.0-trtllm1.2.1"
+    assert config.build_env == {"AWS_ENDPOINT_URL": "http://minio:9000"}
+    assert config.build_pod_labels == {"team": "ml"}
+    assert config.job_ttl_seconds == 3600
+    assert config.weights_check_seconds == 30
+    assert env["KILN_SERVER_IMAGE"] == "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
+    assert env["KILN_METRICS_PORT"] == "8081"
+    assert env["AWS_REGION"] == "eu-west-1"
+    operator = container(docs)
+    assert operator["image"] == "ghcr.io/kiln-dev/kiln@sha256:" + "0" * 64
+    assert operator["args"] == ["run", "--liveness=http://0.0.0.0:8080/healthz",
+                                "--namespace=team-a", "--verbose"]
+    assert operator["envFrom"] == [{"secretRef": {"name": "engine-store", "optional": True}}]
+    assert {"name": "store-engines", "mountPath": "/mnt/kiln/pvc/engines",
+            "readOnly": True} in operator["volumeMounts"]
+
+
+def test_defaults_leave_optional_settings_unset() -> None:
+    env = env_of(render())
+    assert "KILN_DEFAULT_STORE" not in env
+    assert "KILN_STORE_SECRET" not in env
+    assert OperatorConfig.from_env(env) == OperatorConfig()
+
+
+def test_rbac_has_no_wildcards_and_secrets_are_read_only() -> None:
+    for name, values in VARIANTS.items():
+        for rule in rules(render(values)):
+            for field in ("apiGroups", "resources", "verbs"):
+                assert "*" not in rule[field], (name, rule)
+            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
+            if "secrets" in rule["resources"]:
+                assert rule["verbs"] == ["get"], rule
+            assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
+
+
+def test_rbac_rules_are_commented_in_sections() -> None:
+    text = (CHART / "templates" / "_helpers.tpl").read_text()
+    rendered = render_text(show_only=["templates/rbac.yaml"]).stdout
+    assert "--- Framework" in rendered and "--- Application" in rendered
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("- apiGroups:"):
+            above = lines[i - 1]
+            assert above.startswith(("#", "  verbs:")), f"rule without a comment: {lines[i:i+3]}"
+
+
+def test_cluster_wide_by_default() -> None:
+    docs = render()
+    assert {d["kind"] for d in docs if "rbac" in d["apiVersion"]} == {
+        "ClusterRole", "ClusterRoleBinding"}
+    resources = {r for rule in rules(docs) for r in rule["resources"]}
+    assert "namespaces" not in resources  # Kopf does not look at Namespaces cluster-wide
+
+
+def test_named_namespaces_get_roles_and_a_small_cluster_role() -> None:
+    docs = render(VARIANTS["namespaced"])
+    roles = [d for d in docs if d["kind"] == "Role"]
+    assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
+    for binding in bindings:
+        assert binding["subjects"][0]["namespace"] == "kiln-system"
+    cluster = find(docs, "ClusterRole")
+    assert {r for rule in cluster["rules"] for r in rule["resources"]} == {
+        "customresourcedefinitions", "namespaces", "nodes"}
+    assert container(docs)["args"][-2:] == ["--namespace=team-a", "--namespace=team-b"]
+
+
+def test_service_monitor_is_optional() -> None:
+    assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
+    docs = render(VARIANTS["everything"])
+    monitor = find(docs, "ServiceMonitor")
+    assert monitor["metadata"]["labels"]["release"] == "prom"
+    assert monitor["spec"]["endpoints"][0]["port"] == "metrics"
+    assert monitor["spec"]["selector"]["matchLabels"].items() <= find(
+        docs, "Service")["metadata"]["labels"].items()
+
+
+def test_metrics_port_zero_drops_the_service() -> None:
+    docs = render({"metrics": {"port": 0}})
+    assert not [d for d in docs if d["kind"] == "Service"]
+    assert env_of(docs)["KILN_METRICS_PORT"] == "0"
+    assert [p["name"] for p in container(docs)["ports"]] == ["health"]
+
+
+@pytest.mark.parametrize(("values", "complaint"), [
+    ({"securityContext": {"readOnlyRootFilesystem": False}}, "readOnlyRootFilesystem"),
+    ({"securityContext": {"capabilities": {"drop": []}}}, "drop"),
+    ({"securityContext": {"capabilities": {"add": ["NET_ADMIN"]}}}, "add"),
+    ({"podSecurityContext": {"runAsNonRoot": False}}, "runAsNonRoot"),
+    ({"watchNamespaces": ["team-*"]}, "watchNamespaces"),
+    ({"stroe": {"uri": "s3://x/"}}, "stroe"),
+    ({"store": {"uri": "http://engines/"}}, "uri"),
+    ({"metrics": {"port": 70000}}, "port"),
+    ({"builder": {"env": {"A": 1}}}, "env"),
+    ({"builder": {"podLabels": {"app.kubernetes.io/instance": "my-app"}}},
+     "app.kubernetes.io/instance"),
+], ids=["rw-root", "no-drop", "add-cap", "root", "glob", "typo", "store-uri", "port",
+        "env-not-string", "tracking-label"])
+def test_schema_refuses(values: dict[str, Any], complaint: str) -> None:
+    result = render_text(values, check=False)
+    assert result.returncode != 0
+    assert "schema" in result.stderr and complaint in result.stderr, result.stderr
+
+
+def test_argocd_config_map_carries_the_scripts() -> None:
+    assert not [d for d in render() if d["kind"] == "ConfigMap"]
+    docs = render({"argocd": {"healthChecks": {"enabled": True}}})
+    data = find(docs, "ConfigMap")["data"]
+    for kind, file in (("EngineBuild", "enginebuild-health.lua"),
+                       ("EngineDeployment", "enginedeployment-health.lua")):
+        script = (CHART / "argocd" / file).read_text()
+        assert data[f"resource.customizations.health.kiln.dev_{kind}"].strip() == script.strip()
+    assert len(data) == 2
+
+
+# -- CRDs ----------------------------------------------------------------------------------
+
+def test_chart_crds_are_the_generated_ones(tmp_path: Path) -> None:
+    """Drift: `kiln crds` writes crds/ and charts/kiln/crds/; both must be current."""
+    written = crdgen.write_crds(tmp_path)
+    chart_crds = sorted((CHART / "crds").glob("*.yaml"))
+    assert [p.name for p in chart_crds] == sorted(p.name for p in written)
+    for path in written:
+        assert (CHART / "crds" / path.name).read_text() == path.read_text(), (
+            f"charts/kiln/crds/{path.name} is stale: run `kiln crds`")
+        assert (ROOT / "crds" / path.name).read_text() == path.read_text()
+
+
+def test_kiln_crds_writes_both_copies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert kiln_main(["crds", "--out", str(tmp_path / "crds"),
+                      "--chart", str(tmp_path / "chart")]) == 0
+    names = sorted(p.name for p in (tmp_path / "crds").glob("*.yaml"))
+    assert names == sorted(p.name for p in (tmp_path / "chart").glob("*.yaml"))
+    assert len(names) == 2
+    assert kiln_main(["crds", "--out", str(tmp_path / "only"), "--chart", ""]) == 0
+    assert len(capsys.readouterr().out.split()) == 6
+
+
+def test_rendered_crds_are_the_chart_crds() -> None:
+    docs = render(include_crds=True)
+    crds = sorted((d for d in docs if d["kind"] == "CustomResourceDefinition"),
+                  key=lambda d: d["metadata"]["name"])
+    expected = sorted(crdgen.crd_manifests(), key=lambda d: d["metadata"]["name"])
+    assert crds == expected
