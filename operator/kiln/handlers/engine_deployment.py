@@ -22,7 +22,7 @@ from kiln.serve.reconciler import PLURAL, EngineDeploymentReconciler
 
 log = logging.getLogger(__name__)
 BUILDS = "enginebuilds"
-TIMER_SECONDS = 60.0
+TIMER_SECONDS = 30.0
 """Every EngineDeployment is reconciled at least this often (events can be missed)."""
 
 
@@ -90,21 +90,17 @@ def serving_deployments(body: kopf.Body, namespace: str | None,
 
 
 def _reconcile(body: dict[str, Any], world: _IndexWorld) -> None:
+    """Reconcile; a transient error is logged and retried by the timer (Kopf does not retry
+    events)."""
     try:
         reconciler().reconcile(body, world)
     except KilnError as error:
-        if error.retryable:
-            raise kopf.TemporaryError(f"{error.reason}: {error.message}", delay=10) from error
-        _stall(body, error)
-
-
-def _quietly(body: dict[str, Any], world: _IndexWorld) -> None:
-    """Reconcile for another object's event: failures are logged (the timer retries)."""
-    try:
-        _reconcile(body, world)
-    except kopf.TemporaryError as error:
-        log.warning("reconciling %s/%s: %s", body["metadata"]["namespace"],
-                    body["metadata"]["name"], error)
+        if not error.retryable:
+            _stall(body, error)
+            return
+        log.warning("reconcile of %s/%s will be retried: %s: %s",
+                    body["metadata"]["namespace"], body["metadata"]["name"], error.reason,
+                    error.message)
 
 
 def _stall(body: dict[str, Any], error: KilnError) -> None:
@@ -145,7 +141,7 @@ def engine_build_for_serving(body: kopf.Body, namespace: str | None, name: str,
     """An EngineBuild changed (engines ready, new keys): reconcile what serves it."""
     world = _IndexWorld(kwargs)
     for ed in world.referencing(str(namespace), name):
-        _quietly(ed, world)
+        _reconcile(ed, world)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
@@ -156,7 +152,7 @@ def serving_deployment_changed(body: kopf.Body, namespace: str | None,
     owner = world.named(str(namespace), body["metadata"]["labels"][ED_LABEL])
     uids = {ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []}
     if owner is not None and owner["metadata"]["uid"] in uids:
-        _quietly(owner, world)
+        _reconcile(owner, world)
 
 
 _nodes_seen: dict[str, GpuNode | None] = {}
@@ -179,7 +175,7 @@ def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str, **kwargs: Any
     log.info("GPU node %s %s", name, "gone" if node is None else f"is {node.product}")
     world = _IndexWorld(kwargs)
     for ed in world.every():
-        _quietly(ed, world)
+        _reconcile(ed, world)
 
 
 @kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
