@@ -188,3 +188,14 @@ def test_a_failed_job_is_replaced_once_the_spec_changes() -> None:
     assert edited.replace == [failed]
     assert [x.key for x in edited.create] == [w.key]
     assert edited.status.engines[0].state == "Building"
+
+
+def test_a_manifest_before_its_own_job_completes_is_ready_not_cached() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    result = run(obj, [w], manifests={w.key: manifest(w.key)},
+                 jobs={w.key: job(w.key, "Active")})
+    assert result.status.engines[0].state == "Ready"
+    other = run(obj, [w], manifests={w.key: manifest(w.key)},
+                jobs={w.key: job(w.key, "Active", owners=("someone-else",))})
+    assert other.status.engines[0].state == "Cached"

@@ -64,7 +64,9 @@ def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
                          compute_capability=t.compute_capability, key=want.key, uri=want.uri)
     same_key = prior is not None and prior.key == want.key
     if manifest is not None:
-        ours = job is not None and job.state == "Succeeded" and uid in job.owner_uids
+        # Built here when this object owns the key's Job, finished or not: the manifest can
+        # land before the Job is marked Complete (an operator restarted mid-build sees that).
+        ours = job is not None and uid in job.owner_uids
         built_here = ours or (same_key and prior is not None
                               and prior.state in ("Ready", "Building"))
         state: EngineState = "Ready" if built_here else "Cached"

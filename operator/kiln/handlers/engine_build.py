@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import kopf
+import urllib3
 
 from kiln import GROUP, VERSION
 from kiln.api import EngineBuild
@@ -63,6 +64,10 @@ def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> Non
         reconciler.retry.add(ref)
         log.warning("reconcile of %s/%s will be retried: %s: %s", *ref, error.reason,
                     error.message)
+    except (urllib3.exceptions.HTTPError, OSError) as error:
+        # The API server (or the store) unreachable: not an ApiException, still transient.
+        reconciler.retry.add(ref)
+        log.warning("reconcile of %s/%s will be retried: unreachable: %s", *ref, error)
     else:
         reconciler.retry.discard(ref)
 
