@@ -27,30 +27,10 @@ from kiln import GROUP, VERSION
 from kiln.testbed import checkpoint
 from kiln.testbed.cluster import Cluster, running
 from kiln.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.testbed.s3 import moto_server
 
 ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = ROOT / "examples" / "quickstart"
-
-
-@contextlib.contextmanager
-def _s3() -> Iterator[str]:
-    """moto's S3 server on a free loopback port."""
-    import logging
-
-    from moto.server import ThreadedMotoServer
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    for name, value in (("AWS_ACCESS_KEY_ID", "quickstart"),
-                        ("AWS_SECRET_ACCESS_KEY", "quickstart"),
-                        ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(name, value)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
 
 
 def _seed_weights(endpoint: str, scratch: Path) -> None:
@@ -145,7 +125,7 @@ def run(*, wait_only: bool = False, timeout: float = 600, state_dir: Path | None
         scratch = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="kiln-qs-")))
         print("kiln: starting the control plane with A100, H100 and L40S pools ...", flush=True)
         cluster = stack.enter_context(running(state_dir or scratch / "cluster"))
-        endpoint = stack.enter_context(_s3())
+        endpoint = stack.enter_context(moto_server())
         _seed_weights(endpoint, scratch)
         cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         cluster.kubectl("wait", "--for=condition=Established", "--timeout=60s",
