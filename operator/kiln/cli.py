@@ -33,6 +33,17 @@ def _run(args: argparse.Namespace) -> int:
                         verbose=args.verbose)
 
 
+def _quickstart(args: argparse.Namespace) -> int:
+    from kiln import quickstart
+
+    state = Path(args.state_dir) if args.state_dir else None
+    try:
+        return quickstart.run(wait_only=args.exit_when_ready, timeout=args.timeout,
+                              state_dir=state)
+    except KeyboardInterrupt:
+        return 130
+
+
 def _testbed_build(args: argparse.Namespace) -> int:
     from kiln.testbed import binaries
 
@@ -104,6 +115,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also write the Triton model repository from "
                        "$KILN_MODEL_REPO_FILES here ($KILN_MODEL_REPO)")
     fetch.set_defaults(func=_fetch_engine)
+
+    quick = sub.add_parser("quickstart", help="kiln's whole job on a local cluster with fake "
+                           "GPU pools, shown live (needs a source checkout)")
+    quick.add_argument("--exit-when-ready", action="store_true",
+                       help="stop everything once every object is Ready (for scripts, CI)")
+    quick.add_argument("--timeout", type=float, default=600,
+                       help="give up after this many seconds (default 600)")
+    quick.add_argument("--state-dir", help="where the cluster keeps its files (default: a "
+                       "temp dir, removed at the end)")
+    quick.set_defaults(func=_quickstart)
 
     dev = sub.add_parser("dev", help="the local test bed: a real control plane with fake GPU nodes")
     dev_sub = dev.add_subparsers(dest="dev_command", required=True)
