@@ -4,6 +4,7 @@ CRD copies. Rendering uses the test bed's helm.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +12,7 @@ import pytest
 import yaml
 
 from chart.support import CHART, ROOT, find, helm, render, render_text
-from kiln import crdgen
+from kiln import crdgen, metrics
 from kiln.cli import main as kiln_main
 from kiln.config import OperatorConfig
 
@@ -24,6 +25,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
                   "pvcClaims": ["engines"]},
         "builder": {"env": {"AWS_ENDPOINT_URL": "http://minio:9000"},
                     "podLabels": {"team": "ml"}},
+        "server": {"tritonImage": "nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3",
+                   "tritonModelsDir": "/opt/models", "env": {"AWS_REGION": "us-east-2"}},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
         "argocd": {"healthChecks": {"enabled": True}},
         "image": {"digest": "sha256:" + "0" * 64},
@@ -106,7 +109,11 @@ def test_values_reach_the_operator_config() -> None:
     assert config.build_pod_labels == {"team": "ml"}
     assert config.job_ttl_seconds == 3600
     assert config.weights_check_seconds == 30
-    assert env["KILN_SERVER_IMAGE"] == "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
+    assert config.server_image == "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
+    assert config.triton_image == "nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3"
+    assert config.triton_models_dir == "/opt/models"
+    assert config.serve_env == {"AWS_REGION": "us-east-2"}
+    assert config.fetch_image == "ghcr.io/kiln-dev/kiln@sha256:" + "0" * 64  # the operator's
     assert env["KILN_METRICS_PORT"] == "8081"
     assert env["AWS_REGION"] == "eu-west-1"
     operator = container(docs)
@@ -123,6 +130,16 @@ def test_defaults_leave_optional_settings_unset() -> None:
     assert "KILN_DEFAULT_STORE" not in env
     assert "KILN_STORE_SECRET" not in env
     assert OperatorConfig.from_env(env) == OperatorConfig()
+
+
+def test_every_setting_the_operator_reads_is_set_by_the_chart() -> None:
+    """Drift: a new ``KILN_*`` setting in kiln.config (or the metrics port) needs a value."""
+    sources = (ROOT / "operator" / "kiln" / "config.py").read_text()
+    names = set(re.findall(r"\"(KILN_[A-Z0-9_]+)\"", sources)) | {metrics.PORT_ENV}
+    assert len(names) >= 12
+    template = (CHART / "templates" / "deployment.yaml").read_text()
+    unset = sorted(n for n in names if f"name: {n}\n" not in template)
+    assert unset == [], f"charts/kiln/templates/deployment.yaml does not set {unset}"
 
 
 def test_rbac_has_no_wildcards_and_secrets_are_read_only() -> None:
