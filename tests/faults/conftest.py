@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,21 +19,10 @@ import pytest
 
 from builder.faults import S3Proxy
 from e2e.support import ROOT, Operator
-from faults.support import ENGINES, MODELS
+from faults.support import ENGINES, MODELS, Switch
 from kiln.testbed import checkpoint as checkpoints
 from kiln.testbed.cluster import Cluster, running
 from kiln.testbed.localproc import LABEL, LocalProcessRunner
-
-
-class Switch:
-    """What the store proxy refuses: nothing, until a test sets ``refuse``."""
-
-    def __init__(self) -> None:
-        self.refuse: Callable[[str, str], bool] = lambda method, path: False
-        self.lock = threading.Lock()
-
-    def __call__(self, method: str, path: str) -> bool:
-        return self.refuse(method, path)
 
 
 @pytest.fixture(scope="session")

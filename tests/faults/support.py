@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import collections
+import threading
+from collections.abc import Callable
 from typing import Any
 
 from kubernetes import client
@@ -11,6 +13,7 @@ from e2e.support import get_eb
 from kiln import GROUP, VERSION
 from kiln.build.jobs import KEY_ANNOTATION, KEY_LABEL, job_name
 from kiln.testbed.cluster import Cluster
+from waiting import eventually
 
 TARGETS = ("H100-SXM", "A100-80GB", "L40S")
 ENGINES = "fault-engines"
@@ -63,11 +66,17 @@ def all_ready(kube: Cluster, namespace: str, names: list[str]) -> list[str]:
     return [n for n in names if ready(kube, namespace, n) is None]
 
 
+def _all_succeeded(kube: Cluster, namespace: str) -> list[Any]:
+    jobs = build_jobs(kube, namespace)
+    return jobs if all(j.status.succeeded for j in jobs) else []
+
+
 def check_built_once_each(kube: Cluster, namespace: str, names: list[str],
                           s3_client: Any, bucket: str) -> dict[str, str]:
     """Every object Ready with a status that matches the one Job of its key; returns
     name -> key. Fails with what is wrong."""
-    jobs = build_jobs(kube, namespace)
+    # Ready comes with the manifest; the Job is marked Complete a moment later.
+    jobs = eventually(lambda: _all_succeeded(kube, namespace), timeout=60)
     per_key = collections.Counter(j.metadata.annotations[KEY_ANNOTATION] for j in jobs)
     duplicated = {k[:12]: n for k, n in per_key.items() if n != 1}
     assert not duplicated, f"more than one Job for a key: {duplicated}"
@@ -95,3 +104,14 @@ def check_built_once_each(kube: Cluster, namespace: str, names: list[str],
         keys[name] = key
     assert set(keys.values()) == set(by_key), "a Job nobody wants is left"
     return keys
+
+
+class Switch:
+    """What the store proxy refuses: nothing, until a test sets ``refuse``."""
+
+    def __init__(self) -> None:
+        self.refuse: Callable[[str, str], bool] = lambda method, path: False
+        self.lock = threading.Lock()
+
+    def __call__(self, method: str, path: str) -> bool:
+        return self.refuse(method, path)

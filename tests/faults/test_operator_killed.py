@@ -7,6 +7,7 @@ KILN_FAULT_KILLS, KILN_FAULT_SEED.
 
 from __future__ import annotations
 
+import itertools
 import os
 import random
 import time
@@ -37,13 +38,13 @@ def test_operator_sigkilled_during_builds(
     started = time.monotonic()
     # Kills land while objects are still being created, while Jobs are created, while
     # pods run and while statuses are written: a random pause before each.
-    moments = sorted(rng.uniform(0.0, 12.0) for _ in range(kills))
+    moments = list(itertools.accumulate(rng.uniform(1.0, 5.0) for _ in range(kills)))
     pending = list(moments)
     for i, name in enumerate(names):
         create(kube, namespace, engine_build(name, weights, gpu=TARGETS[i % len(TARGETS)],
                                              max_batch_size=8 + i))
         time.sleep(rng.uniform(0.0, 0.3))
-        while pending and time.monotonic() - started >= pending[0]:
+        if pending and time.monotonic() - started >= pending[0]:
             pending.pop(0)
             operator.kill()
             killed_at.append(round(time.monotonic() - started, 2))
@@ -60,7 +61,9 @@ def test_operator_sigkilled_during_builds(
     keys = check_built_once_each(kube, namespace, names, s3_client, ENGINES)
     assert len(set(keys.values())) == builds
     # Exactly one build per key: each Job ran one pod, and it succeeded.
-    runs = [f for f in builders.finished if f.namespace == namespace]
+    runs = eventually(lambda: [f for f in builders.finished if f.namespace == namespace]
+                      if sum(f.namespace == namespace for f in builders.finished) >= builds
+                      else [], timeout=30)
     per_job = {f.name.rsplit("-", 1)[0]: 0 for f in runs}
     for f in runs:
         per_job[f.name.rsplit("-", 1)[0]] += 1
