@@ -1,13 +1,14 @@
 """Benchmark: the S3 engine store against plain boto3, on moto's server over HTTP.
 
-Run: python bench/store_bench.py [--rank-mib 512] [--ranks 4] [--runs 2]. Makes a
+Run: python bench/store_bench.py [--rank-mib 512] [--ranks 4] [--runs 3]. Makes a
 multi-file engine directory (rank files plus small configs, 2 GiB by default), then times,
 in the same run and against the same server: plain ``upload_file``/``download_file`` of
 every file (one after another, boto3's default transfer config) and ``S3Store.upload`` /
-``S3Store.download`` (parallel, sha256 of every file, manifest last). Prints the figures
-and writes ``bench/out/store_bench.json``. The ratio is plain seconds / store seconds
-(goal: at least 0.9). moto runs in its own process so it does not share our GIL; its
-objects are deleted after each phase to free its memory.
+``S3Store.download`` (parallel, sha256 of every file, manifest last). Runs alternate which
+side goes first; the medians count. Prints the figures and writes
+``bench/out/store_bench.json``; the ratio is plain seconds / store seconds (goal: at least
+0.9). moto runs in its own process so it does not share our GIL; its objects are deleted
+after each side's turn to free its memory.
 """
 
 from __future__ import annotations
@@ -92,8 +93,12 @@ def timed(fn: Callable[[], Any]) -> float:
     return time.perf_counter() - started
 
 
-def one_run(client: Any, endpoint: str, bucket: str, src: Path, work: Path) -> dict[str, float]:
+def one_run(client: Any, endpoint: str, bucket: str, src: Path, work: Path,
+            *, store_first: bool) -> dict[str, float]:
+    """Each of the four transfers once; ``store_first`` alternates which side goes first."""
     files = sorted(p for p in src.rglob("*") if p.is_file())
+    store = open_store(f"s3://{bucket}/kiln/", credentials=CREDENTIALS, endpoint_url=endpoint)
+    assert isinstance(store, S3Store)
 
     def plain_up() -> None:
         for path in files:
@@ -105,16 +110,20 @@ def one_run(client: Any, endpoint: str, bucket: str, src: Path, work: Path) -> d
             target.parent.mkdir(parents=True, exist_ok=True)
             client.download_file(bucket, f"plain/{path.relative_to(src)}", str(target))
 
-    store = open_store(f"s3://{bucket}/kiln/", credentials=CREDENTIALS, endpoint_url=endpoint)
-    assert isinstance(store, S3Store)
-    result = {"plain_upload_s": timed(plain_up), "plain_download_s": timed(plain_down)}
-    shutil.rmtree(work / "plain")
-    empty_bucket(client, bucket)
-    result["store_upload_s"] = timed(lambda: store.upload(KEY, src))
-    result["store_download_s"] = timed(lambda: store.download(KEY, work / "kiln"))
-    shutil.rmtree(work / "kiln")
-    store.delete(KEY)
-    empty_bucket(client, bucket)
+    def store_up() -> None:
+        store.upload(KEY, src)
+
+    def store_down() -> None:
+        store.download(KEY, work / "kiln")
+
+    result: dict[str, float] = {}
+    sides = [("plain", plain_up, plain_down), ("store", store_up, store_down)]
+    for side, up, down in sides[::-1] if store_first else sides:
+        result[f"{side}_upload_s"] = timed(up)
+        result[f"{side}_download_s"] = timed(down)
+        shutil.rmtree(work / ("kiln" if side == "store" else "plain"))
+        empty_bucket(client, bucket)  # frees moto's memory before the other side runs
+    store.close()
     return result
 
 
@@ -122,7 +131,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--rank-mib", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=2)
+    parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="kiln-store-bench-") as tmp, \
             moto_server() as endpoint:
@@ -131,15 +140,19 @@ def main() -> None:
         client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
                               aws_access_key_id="bench", aws_secret_access_key="bench")
         client.create_bucket(Bucket="bench")
-        runs = [one_run(client, endpoint, "bench", work / "engine", work)
-                for _ in range(args.runs)]
+        runs = []
+        for number in range(args.runs):
+            runs.append(one_run(client, endpoint, "bench", work / "engine", work,
+                                store_first=number % 2 == 1))
+            print(f"run {number + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in
+                                                    runs[-1].items()), flush=True)
     median = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
     gib = total / (1024 * MIB)
     result = {
         "bytes": total, "files": args.ranks + 3, "runs": runs, "median": median,
         "upload_ratio": median["plain_upload_s"] / median["store_upload_s"],
         "download_ratio": median["plain_download_s"] / median["store_download_s"],
-        "goal_ratio": 0.9, "cpus": os.cpu_count(),
+        "goal_ratio": 0.9, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
     }
     for op in ("upload", "download"):
         plain, ours = median[f"plain_{op}_s"], median[f"store_{op}_s"]

@@ -1,4 +1,8 @@
-"""One contract, two stores: S3 (moto's server over HTTP) and a filesystem path."""
+"""One contract, two stores: S3 (moto's server over HTTP) and a filesystem path.
+
+The S3 store runs with small parts and ranges (5 MiB, 1 MiB) so that multipart uploads and
+ranged downloads happen on files of a few MiB.
+"""
 
 from __future__ import annotations
 
@@ -9,27 +13,52 @@ import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from kiln.errors import AccessDenied, IntegrityError, InvalidInput, NotFound, Unavailable
+from kiln.errors import IntegrityError, NotFound
 from kiln.store import EngineStore, open_store
+from kiln.store.fs import FileStore
 from kiln.store.manifest import MANIFEST
+from kiln.store.s3 import S3Store
+from kiln.store.transfer import MIB, Transfers
+from store.conftest import CuttingProxy
 
 KEY = "1" * 64
 OTHER = "2" * 64
+SMALL = {"part_bytes": 5 * MIB, "range_bytes": MIB}
+
+
+def small_transfers(store: EngineStore) -> EngineStore:
+    if isinstance(store, S3Store):
+        store._transfers = Transfers(store.client, concurrency=4, **SMALL)
+    return store
 
 
 @pytest.fixture(params=["s3", "fs"])
-def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[EngineStore]:
+def store_uri(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "s3":
-        bucket = request.getfixturevalue("bucket")
-        endpoint = request.getfixturevalue("s3_endpoint")
-        yield open_store(f"s3://{bucket}/team/", endpoint_url=endpoint)
+        yield f"s3://{request.getfixturevalue('bucket')}/team/"
     else:
         root = tmp_path / "store"
         root.mkdir()
-        yield open_store(f"file://{root}")
+        yield f"file://{root}"
+
+
+@pytest.fixture
+def open_it(store_uri: str, request: pytest.FixtureRequest) -> Any:
+    """Opens another client of the same store (as another process would)."""
+    def opener() -> EngineStore:
+        endpoint = request.getfixturevalue("s3_endpoint") if store_uri.startswith("s3") else None
+        return small_transfers(open_store(store_uri, endpoint_url=endpoint))
+    return opener
+
+
+@pytest.fixture
+def store(open_it: Any) -> Iterator[EngineStore]:
+    with open_it() as store:
+        yield store
 
 
 @pytest.fixture
@@ -37,61 +66,104 @@ def engine(tmp_path: Path) -> Path:
     src = tmp_path / "engine"
     (src / "sub").mkdir(parents=True)
     (src / "config.json").write_text('{"tp": 2}')
-    (src / "rank0.engine").write_bytes(os.urandom(3 * 1024 * 1024 + 7))
+    (src / "rank0.engine").write_bytes(os.urandom(3 * MIB + 7))  # ranged download
     (src / "rank1.engine").write_bytes(os.urandom(1024))
+    (src / "rank2.engine").write_bytes(os.urandom(11 * MIB + 3))  # multipart upload
     (src / "sub" / "tokenizer.json").write_text("{}")
+    (src / "empty").write_bytes(b"")
     return src
+
+
+def stored_files(store: EngineStore, key: str) -> list[str]:
+    """Every object/file under the engine's directory, as the backend sees it."""
+    if isinstance(store, S3Store):
+        listed = store.client.list_objects_v2(Bucket=store.bucket,
+                                              Prefix=f"{store.prefix}engines/{key}/")
+        return [o["Key"] for o in listed.get("Contents", [])]
+    assert isinstance(store, FileStore)
+    return [str(p) for p in (store.root / "engines" / key).rglob("*") if p.is_file()]
 
 
 def test_upload_then_download_round_trips_with_checksums(
         store: EngineStore, engine: Path, tmp_path: Path) -> None:
     seen: list[tuple[int, int]] = []
     assert not store.has(KEY)
+    assert store.read_manifest(KEY) is None
     manifest = store.upload(KEY, engine, inputs={"a": 1}, versions={"tensorrt_llm": "1.2.1"},
                             build_seconds=3.0, progress=lambda d, t: seen.append((d, t)))
     assert store.has(KEY)
     assert store.read_manifest(KEY) == manifest
+    assert manifest.key == KEY
+    assert manifest.inputs == {"a": 1}
+    assert manifest.versions == {"tensorrt_llm": "1.2.1"}
+    assert manifest.build_seconds == 3.0
     assert sorted(f.path for f in manifest.files) == [
-        "config.json", "rank0.engine", "rank1.engine", "sub/tokenizer.json"]
-    assert manifest.total_bytes == sum(p.stat().st_size for p in engine.rglob("*")
-                                       if p.is_file())
-    assert seen[-1] == (manifest.total_bytes, manifest.total_bytes)
+        "config.json", "empty", "rank0.engine", "rank1.engine", "rank2.engine",
+        "sub/tokenizer.json"]
+    total = sum(p.stat().st_size for p in engine.rglob("*") if p.is_file())
+    assert manifest.total_bytes == total
+    assert seen[-1] == (total, total)
+    assert [d for d, _ in seen] == sorted(d for d, _ in seen)
     out = tmp_path / "out"
-    store.download(KEY, out)
+    down: list[tuple[int, int]] = []
+    assert store.download(KEY, out, progress=lambda d, t: down.append((d, t))) == manifest
+    assert down[-1] == (total, total)
     for entry in manifest.files:
         assert (out / entry.path).read_bytes() == (engine / entry.path).read_bytes()
     assert (out / MANIFEST).is_file()
     assert store.list_keys() == [KEY]
-    assert store.engine_uri(KEY).endswith(f"engines/{KEY}/")
+    assert store.engine_uri(KEY) == f"{store.uri}engines/{KEY}/"
+
+
+def test_manifest_json_is_camel_case_and_complete(store: EngineStore, engine: Path,
+                                                  tmp_path: Path) -> None:
+    import json
+
+    store.upload(KEY, engine, inputs={"schema": 1}, versions={"tensorrt": "10.11"},
+                 build_seconds=1.5)
+    store.download(KEY, tmp_path / "out")
+    data = json.loads((tmp_path / "out" / MANIFEST).read_text())
+    assert {"schemaVersion", "key", "inputs", "versions", "files", "totalBytes",
+            "buildSeconds", "createdAt"} <= set(data)
+    assert data["schemaVersion"] == 1
+    assert set(data["files"][0]) == {"path", "size", "sha256"}
 
 
 def test_second_writer_of_a_key_gets_the_first_engine(
         store: EngineStore, engine: Path, tmp_path: Path) -> None:
     first = store.upload(KEY, engine)
-    (engine / "rank0.engine").write_bytes(b"different bytes")
+    (engine / "rank1.engine").write_bytes(b"different bytes")
     second = store.upload(KEY, engine)
     assert second == first
     store.download(KEY, tmp_path / "out")  # still whole and consistent
 
 
-def test_corrupt_file_fails_naming_file_and_both_digests(
-        store: EngineStore, engine: Path, tmp_path: Path) -> None:
-    manifest = store.upload(KEY, engine)
-    entry = next(f for f in manifest.files if f.path == "rank1.engine")
-    store_put_raw(store, KEY, manifest.upload, "rank1.engine", b"flipped")
-    with pytest.raises(IntegrityError) as caught:
-        store.download(KEY, tmp_path / "out")
-    message = str(caught.value)
-    assert "rank1.engine" in message
-    assert entry.sha256 in message
-    assert "sha256 " in message
+def test_writers_racing_for_a_key_leave_one_whole_engine(
+        store: EngineStore, open_it: Any, engine: Path, tmp_path: Path) -> None:
+    """Writer A is overtaken mid-upload by writer B: B's commit wins, A gets B's manifest,
+    the store holds B's files, and A's files are garbage."""
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "rank0.engine").write_bytes(b"B" * 5000)
+    b_manifest: list[Any] = []
+
+    def overtaken(done: int, total: int) -> None:
+        if not b_manifest:
+            with open_it() as b:
+                b_manifest.append(b.upload(KEY, other))
+
+    a = store.upload(KEY, engine, progress=overtaken)
+    assert a == b_manifest[0]
+    assert [f.path for f in a.files] == ["rank0.engine"]
+    assert store.collect_garbage(older_than_seconds=0) != []  # A's files
+    store.download(KEY, tmp_path / "out")
+    assert (tmp_path / "out" / "rank0.engine").read_bytes() == b"B" * 5000
+    assert store.collect_garbage(older_than_seconds=0) == []  # the engine is not garbage
+    assert store.has(KEY)
 
 
 def store_put_raw(store: EngineStore, key: str, upload: str, rel: str, data: bytes) -> None:
     """Overwrite one stored file behind the store's back."""
-    from kiln.store.fs import FileStore
-    from kiln.store.s3 import S3Store
-
     if isinstance(store, S3Store):
         store.client.put_object(Bucket=store.bucket,
                                 Key=f"{store.prefix}engines/{key}/{upload}/{rel}", Body=data)
@@ -100,13 +172,36 @@ def store_put_raw(store: EngineStore, key: str, upload: str, rel: str, data: byt
         (store.root / "engines" / key / upload / rel).write_bytes(data)
 
 
-def test_uncommitted_upload_is_invisible_and_collected(
+@pytest.mark.parametrize(("name", "change"), [
+    ("rank1.engine", lambda data: b"flipped" + data[7:]),  # one GET
+    ("rank0.engine", lambda data: data[:-1] + bytes([data[-1] ^ 1])),  # ranged, same size
+    ("rank2.engine", lambda data: data[: 2 * MIB]),  # ranged, shorter than the manifest says
+])
+def test_corrupt_file_fails_naming_file_and_both_digests(
+        store: EngineStore, engine: Path, tmp_path: Path, name: str, change: Any) -> None:
+    import hashlib
+
+    manifest = store.upload(KEY, engine)
+    entry = next(f for f in manifest.files if f.path == name)
+    corrupt = change((engine / name).read_bytes())
+    store_put_raw(store, KEY, manifest.upload, name, corrupt)
+    with pytest.raises(IntegrityError) as caught:
+        store.download(KEY, tmp_path / "out")
+    message = str(caught.value)
+    assert name in message
+    assert entry.sha256 in message
+    assert hashlib.sha256(corrupt).hexdigest() in message
+    assert not (tmp_path / "out" / name).exists()  # a corrupt file is not left behind
+    assert not (tmp_path / "out" / MANIFEST).exists()
+
+
+def test_upload_failing_half_way_is_invisible_and_collected(
         store: EngineStore, engine: Path) -> None:
     def fail_half_way(done: int, total: int) -> None:
         if done > total // 2:
             raise RuntimeError("killed")
 
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match="killed"):
         store.upload(KEY, engine, progress=fail_half_way)
     assert not store.has(KEY)
     assert store.read_manifest(KEY) is None
@@ -115,8 +210,44 @@ def test_uncommitted_upload_is_invisible_and_collected(
     removed = store.collect_garbage(older_than_seconds=0)
     assert removed
     assert all(r.startswith(KEY + "/") for r in removed)
+    assert stored_files(store, KEY) == []
     store.upload(KEY, engine)
     assert store.has(KEY)
+
+
+def test_upload_killed_by_sigkill_leaves_nothing_readable(
+        store: EngineStore, store_uri: str, s3_endpoint: str, engine: Path) -> None:
+    """A real process, killed mid-upload (S3: with a multipart upload in flight)."""
+    (engine / "rank3.engine").write_bytes(os.urandom(40 * MIB))
+    script = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from kiln.store import open_store
+        from kiln.store.s3 import S3Store
+        from kiln.store.transfer import Transfers
+        store = open_store({store_uri!r}, endpoint_url={s3_endpoint!r})
+        if isinstance(store, S3Store):
+            store._transfers = Transfers(store.client, concurrency=2, part_bytes=5 << 20)
+            store.workers = 1
+        def progress(done, total):
+            if done > total // 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+        store.upload({KEY!r}, Path({str(engine)!r}), progress=progress)
+    """)
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False,
+                          timeout=300)
+    assert done.returncode == -signal.SIGKILL, done.stderr.decode()[-2000:]
+    assert stored_files(store, KEY) or isinstance(store, S3Store)  # something was written
+    assert not store.has(KEY)
+    assert store.read_manifest(KEY) is None
+    assert store.list_keys() == []
+    if isinstance(store, S3Store):
+        pending = store.client.list_multipart_uploads(Bucket=store.bucket)
+        assert pending.get("Uploads"), "killed with a multipart upload in flight"
+    assert store.collect_garbage(older_than_seconds=0)
+    assert stored_files(store, KEY) == []
+    if isinstance(store, S3Store):
+        assert not store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads")
 
 
 def test_delete_and_blobs(store: EngineStore, engine: Path) -> None:
@@ -124,14 +255,15 @@ def test_delete_and_blobs(store: EngineStore, engine: Path) -> None:
     store.upload(OTHER, engine)
     store.delete(KEY)
     assert store.list_keys() == [OTHER]
+    assert not store.has(KEY)
+    assert stored_files(store, KEY) == []
+    store.delete(KEY)  # deleting what is gone is fine
     assert store.get_blob("timing/H100/10.11.cache") is None
     store.put_blob("timing/H100/10.11.cache", b"\x00cache")
     assert store.get_blob("timing/H100/10.11.cache") == b"\x00cache"
-
-
-def test_not_a_key_is_refused(store: EngineStore) -> None:
-    with pytest.raises(InvalidInput, match="not an engine key"):
-        store.has("../../etc")
+    store.put_blob("timing/H100/10.11.cache", b"v2")
+    assert store.get_blob("timing/H100/10.11.cache") == b"v2"
+    assert store.list_keys() == [OTHER]  # blobs are not engines
 
 
 def test_missing_engine_download_is_not_found(store: EngineStore, tmp_path: Path) -> None:
@@ -139,63 +271,40 @@ def test_missing_engine_download_is_not_found(store: EngineStore, tmp_path: Path
         store.download(KEY, tmp_path / "out")
 
 
-def test_upload_killed_by_sigkill_leaves_nothing_readable(
-        bucket: str, s3_endpoint: str, engine: Path, tmp_path: Path) -> None:
-    big = engine / "rank2.engine"
-    big.write_bytes(os.urandom(200 * 1024 * 1024))
-    script = textwrap.dedent(f"""
-        import os, signal, sys
-        from pathlib import Path
-        from kiln.store import open_store
-        store = open_store("s3://{bucket}/team/", endpoint_url="{s3_endpoint}")
-        def progress(done, total):
-            if done > total // 3:
-                os.kill(os.getpid(), signal.SIGKILL)
-        store.upload("{KEY}", Path("{engine}"), progress=progress)
-    """)
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, check=False)
-    assert done.returncode == -signal.SIGKILL
-    store = open_store(f"s3://{bucket}/team/", endpoint_url=s3_endpoint)
-    assert not store.has(KEY)
-    assert store.list_keys() == []
-    assert store.collect_garbage(older_than_seconds=0)
-
-
-def test_clear_typed_errors(s3_endpoint: str, bucket: str) -> None:
-    with pytest.raises(NotFound, match="NoSuchBucket"):
-        open_store("s3://no-such-bucket-here/", endpoint_url=s3_endpoint).list_keys()
-    with pytest.raises(InvalidInput, match="not an S3 URI"):
-        open_store("s3://B/", endpoint_url=s3_endpoint)
-    with pytest.raises(InvalidInput, match="not a store URI"):
-        open_store("gs://bucket/")
-    with pytest.raises(NotFound, match="does not exist"):
+def test_missing_store_directory_is_not_found() -> None:
+    with pytest.raises(NotFound, match="is the volume mounted"):
         open_store("file:///nonexistent/kiln/store")
 
 
-def test_store_outage_is_unavailable_and_retryable() -> None:
-    import socket
-
-    with socket.socket() as sock:  # a port nobody listens on
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    store = open_store("s3://engines/", endpoint_url=f"http://127.0.0.1:{port}")
-    with pytest.raises(Unavailable) as caught:
-        store.read_manifest(KEY)
-    assert caught.value.retryable
-    assert "s3://engines/" in str(caught.value)
+def test_pvc_store_lives_under_the_mount_root(tmp_path: Path, engine: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KILN_PVC_ROOT", str(tmp_path / "mnt"))
+    (tmp_path / "mnt" / "engines-pvc" / "team").mkdir(parents=True)
+    store = open_store("pvc://engines-pvc/team")
+    assert store.uri == "pvc://engines-pvc/team/"
+    store.upload(KEY, engine)
+    assert (tmp_path / "mnt" / "engines-pvc" / "team" / "engines" / KEY / MANIFEST).is_file()
 
 
-@pytest.mark.parametrize("code", ["AccessDenied", "InvalidAccessKeyId",
-                                  "SignatureDoesNotMatch"])
-def test_credential_errors_are_access_denied(code: str) -> None:
-    """moto's server accepts any key, so the mapping is checked on botocore's own error."""
-    from botocore.exceptions import ClientError
+def test_download_resumes_after_broken_connections(
+        bucket: str, s3_endpoint: str, engine: Path, tmp_path: Path) -> None:
+    with small_transfers(open_store(f"s3://{bucket}/team/", endpoint_url=s3_endpoint)) as s:
+        manifest = s.upload(KEY, engine)
+    broken: set[tuple[str, str | None]] = set()
 
-    from kiln.store.s3client import translate
+    def once_per_request(path: str, byte_range: str | None) -> bool:
+        """Break each first request (whole object, or a range at a MiB boundary) once; the
+        resumed ones (from wherever the break was) go through."""
+        start = int(byte_range.removeprefix("bytes=").split("-")[0]) if byte_range else 0
+        if (path, byte_range) in broken or start % MIB:
+            return False
+        broken.add((path, byte_range))
+        return True
 
-    error = ClientError({"Error": {"Code": code, "Message": "no"},
-                         "ResponseMetadata": {"HTTPStatusCode": 403}}, "ListObjectsV2")
-    translated = translate(error, "list s3://engines/")
-    assert isinstance(translated, AccessDenied)
-    assert "check the credentials" in str(translated)
-    assert not translated.retryable
+    with CuttingProxy(s3_endpoint, once_per_request) as proxy:
+        through = small_transfers(open_store(f"s3://{bucket}/team/", endpoint_url=proxy.url))
+        with through:
+            assert through.download(KEY, tmp_path / "out") == manifest
+    assert proxy.cuts >= 5  # every file, and every range of the ranged ones
+    for entry in manifest.files:
+        assert (tmp_path / "out" / entry.path).read_bytes() == (engine / entry.path).read_bytes()

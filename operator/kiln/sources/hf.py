@@ -1,20 +1,30 @@
-"""Weights on a Hugging Face hub: identified by the commit sha of a revision."""
+"""Weights on a Hugging Face hub: identified by the commit sha a revision points at."""
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from kiln.errors import AccessDenied, InvalidInput, NotFound, Unavailable
+from kiln.errors import AccessDenied, InvalidInput, KilnError, NotFound, Unavailable
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
+
+log = logging.getLogger(__name__)
 
 _URI = re.compile(r"^hf://([A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*)"
                   r"(?:@([A-Za-z0-9][-A-Za-z0-9_./]*))?$")
 
 
 class HuggingFaceSource:
+    """``hf://org/name@revision`` (revision: a branch, tag or commit; default ``main``).
+
+    The token is ``HF_TOKEN`` from the credentials (else the environment); the hub is
+    ``HF_ENDPOINT`` from the credentials, else the environment, else huggingface.co.
+    """
+
     def __init__(self, uri: str, *, credentials: Mapping[str, str] | None = None) -> None:
         match = _URI.match(uri)
         if match is None:
@@ -23,11 +33,10 @@ class HuggingFaceSource:
         self.uri = uri
         self.repo, self.revision = match.group(1), match.group(2) or "main"
         creds = dict(credentials or {})
-        self.token = creds.get("HF_TOKEN") or os.environ.get("HF_TOKEN")
-        self.endpoint = creds.get("HF_ENDPOINT") or os.environ.get("HF_ENDPOINT")
+        self.token = creds.get("HF_TOKEN") or os.environ.get("HF_TOKEN") or None
+        self.endpoint = creds.get("HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or None
 
-    def _sha(self) -> str:
-        from huggingface_hub import HfApi
+    def _hub_error(self, error: Exception, what: str) -> KilnError:
         from huggingface_hub.errors import (
             GatedRepoError,
             HfHubHTTPError,
@@ -35,38 +44,66 @@ class HuggingFaceSource:
             RevisionNotFoundError,
         )
 
-        api = HfApi(endpoint=self.endpoint, token=self.token)
+        if isinstance(error, RevisionNotFoundError):
+            return NotFound(f"{self.uri}: revision {self.revision!r} does not exist in "
+                            f"{self.repo}")
+        if isinstance(error, GatedRepoError):
+            return AccessDenied(f"{self.uri}: the repository is gated; put an HF_TOKEN with "
+                                "access in the credentials Secret")
+        if isinstance(error, RepositoryNotFoundError):
+            hint = "check the token" if self.token else "set HF_TOKEN if it is private"
+            return NotFound(f"{self.uri}: repository {self.repo} not found ({hint})")
+        status = getattr(getattr(error, "response", None), "status_code", 0) or 0
+        if isinstance(error, HfHubHTTPError) and status in (401, 403):
+            return AccessDenied(f"{self.uri}: the hub refused the token ({status}); check "
+                                "HF_TOKEN in the credentials Secret")
+        if isinstance(error, HfHubHTTPError) and 400 <= status < 500 and status != 429:
+            return InvalidInput(f"{self.uri}: {what}: {error}")
+        return Unavailable(f"{self.uri}: {what}: {type(error).__name__}: {error}")
+
+    def _sha(self) -> str:
+        from huggingface_hub import HfApi
+
+        api = HfApi(endpoint=self.endpoint, token=self.token or False)
         try:
             info = api.model_info(self.repo, revision=self.revision)
-        except RevisionNotFoundError as error:
-            raise NotFound(f"{self.uri}: revision {self.revision} not found") from error
-        except GatedRepoError as error:
-            raise AccessDenied(f"{self.uri}: gated; set HF_TOKEN in credentialsSecret "
-                               "with access") from error
-        except RepositoryNotFoundError as error:
-            raise NotFound(f"{self.uri}: repository not found (or private without a "
-                           "token)") from error
-        except HfHubHTTPError as error:
-            raise Unavailable(f"{self.uri}: {error}") from error
-        except OSError as error:
-            raise Unavailable(f"{self.uri}: {error}") from error
-        if not info.sha:
+        except Exception as error:  # the hub's errors, and httpx's for connections
+            raise self._hub_error(error, "reading the model info") from error
+        sha = getattr(info, "sha", None)
+        if not sha:
             raise Unavailable(f"{self.uri}: the hub returned no commit sha")
-        return str(info.sha)
+        return str(sha)
 
     def identity(self) -> WeightsIdentity:
+        """sha256 over (repo, commit sha); one model-info request, nothing downloaded."""
         sha = self._sha()
         return WeightsIdentity(digest_of("hf", [self.repo, sha]), "hf",
                                {"repo": self.repo, "revision": self.revision, "sha": sha})
 
-    def download(self, dest: Path, *, progress: Progress | None = None) -> WeightsIdentity:
+    def download(self, dest_dir: Path, *, progress: Progress | None = None) -> WeightsIdentity:
+        """Fetch the commit the revision points at now (by its sha, so a branch moving
+        meanwhile cannot mix two commits)."""
         from huggingface_hub import snapshot_download
 
         identity = self.identity()
         sha = identity.details["sha"]
         try:
-            snapshot_download(self.repo, revision=sha, local_dir=str(dest), token=self.token,
-                              endpoint=self.endpoint)
-        except OSError as error:
-            raise Unavailable(f"download {self.repo}@{sha}: {error}") from error
+            snapshot_download(self.repo, revision=sha, local_dir=str(dest_dir),
+                              token=self.token or False, endpoint=self.endpoint)
+        except Exception as error:
+            raise self._hub_error(error, f"downloading commit {sha}") from error
+        _drop_hub_metadata(dest_dir)
+        if progress:
+            size = sum(p.stat().st_size for p in dest_dir.rglob("*") if p.is_file())
+            progress(size, size)
         return identity
+
+
+def _drop_hub_metadata(dest_dir: Path) -> None:
+    """``snapshot_download(local_dir=...)`` leaves ``.cache/huggingface/`` behind; the weights
+    directory holds weights only."""
+    cache = dest_dir / ".cache"
+    shutil.rmtree(cache / "huggingface", ignore_errors=True)
+    if cache.is_dir() and not any(cache.iterdir()):
+        cache.rmdir()
+

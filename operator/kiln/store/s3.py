@@ -15,11 +15,10 @@ from kiln.errors import InvalidInput
 from kiln.store.base import Count, EngineStore
 from kiln.store.manifest import MANIFEST, FileEntry, Manifest
 from kiln.store.s3client import error_code, translate
-from kiln.store.transfer import Transfers
+from kiln.store.transfer import Transfers, read_object
 
 log = logging.getLogger(__name__)
 
-_MISSING = ("NoSuchKey", "404")
 _CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "412")
 
 
@@ -64,16 +63,7 @@ class S3Store(EngineStore):
 
     def _get(self, name: str, what: str) -> bytes | None:
         """A small object's bytes, or None when it does not exist."""
-        try:
-            obj = self.client.get_object(Bucket=self.bucket, Key=name)
-            data: bytes = obj["Body"].read()
-        except ClientError as error:
-            if error_code(error) in _MISSING:
-                return None
-            raise translate(error, f"{what} in {self.uri}") from error
-        except (BotoCoreError, OSError) as error:
-            raise translate(error, f"{what} in {self.uri}") from error
-        return data
+        return read_object(self.client, self.bucket, name, what=f"{what} in {self.uri}")
 
     def _put_file(self, key: str, upload: str, rel: str, path: Path, count: Count) -> str:
         return self.transfers.upload(path, self.bucket, f"{self._key_prefix(key)}{upload}/{rel}",
@@ -112,7 +102,7 @@ class S3Store(EngineStore):
         return None if data is None else Manifest.model_validate_json(data)
 
     def _pages(self, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
-        what = f"list {kwargs.get('Prefix', '')} in s3://{self.bucket}"
+        what = f"list s3://{self.bucket}/{kwargs.get('Prefix', '')}"
         try:
             yield from self.client.get_paginator(method).paginate(Bucket=self.bucket, **kwargs)
         except (ClientError, BotoCoreError, OSError) as error:

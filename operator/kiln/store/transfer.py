@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kiln.errors import Unavailable, WeightsChanged
+from kiln.errors import NotFound, Unavailable, WeightsChanged
 from kiln.store.s3client import error_code, translate
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ class Transfers:
                 out.write(data)
                 count(len(data))
 
-            self._stream(bucket, key, 0, None, None, sink, what, if_match)
+            stream(self.client, bucket, key, 0, None, None, sink, what, if_match)
         return digest.hexdigest()
 
     def _ranged(self, bucket: str, key: str, dest: Path, size: int, what: str, count: Count,
@@ -182,7 +182,7 @@ class Transfers:
                 os.pwrite(fd, data, offset)
                 count(len(data))
 
-            futures = [self.pool.submit(self._stream, bucket, key, start, end, size, sink,
+            futures = [self.pool.submit(stream, self.client, bucket, key, start, end, size, sink,
                                         f"{what} (bytes {start}-)", if_match)
                        for start, end in zip(starts, ends, strict=True)]
             try:
@@ -206,56 +206,71 @@ class Transfers:
             os.close(fd)
         return digest.hexdigest()
 
-    def _stream(self, bucket: str, key: str, start: int, end: int | None, size: int | None,
-                sink: Sink, what: str, if_match: str | None) -> None:
-        """Read bytes ``[start, end)`` (``end`` None: to the end) into ``sink(offset, data)``,
-        resuming where a broken connection stopped; ``size`` is checked when given."""
-        offset, breaks, etag = start, 0, if_match
-        while True:
-            request: dict[str, Any] = {"Bucket": bucket, "Key": key}
-            if offset or end is not None:
-                request["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
-            if etag:
-                request["IfMatch"] = etag
-            try:
-                response = self.client.get_object(**request)
-            except ClientError as error:
-                code = error_code(error)
-                if code in ("PreconditionFailed", "412"):
-                    raise WeightsChanged(f"{what}: the object changed while it was being read "
-                                         f"(ETag no longer {etag})") from error
-                if code == "InvalidRange" and offset > start:
-                    return  # the break came after the last byte
-                if code == "InvalidRange" and size is not None:
-                    raise _SizeDiffers from error
-                raise translate(error, what) from error
-            except (BotoCoreError, OSError) as error:
-                raise translate(error, what) from error
-            total = str(response.get("ContentRange", "")).rpartition("/")[2]
-            if size is not None and total.isdigit() and int(total) != size:
-                raise _SizeDiffers
-            etag = etag or response.get("ETag")  # a resumed read must see the same object
-            body = response["Body"]
-            while True:
-                try:
-                    data = body.read(STREAM_CHUNK)
-                except (BotoCoreError, OSError) as error:  # the connection broke
-                    breaks += 1
-                    if breaks >= READ_ATTEMPTS:
-                        raise Unavailable(f"{what}: the connection broke {breaks} times; "
-                                          f"last: {error}") from error
-                    log.warning("%s: connection broke at byte %d (%s); resuming", what,
-                                offset, error)
-                    time.sleep(min(0.25 * 2**breaks, 4.0))
-                    break
-                if not data:
-                    return
-                sink(offset, data)
-                offset += len(data)
-
     @staticmethod
     def _call(what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         try:
             return fn(**kwargs)
         except (ClientError, BotoCoreError, OSError) as error:
             raise translate(error, what) from error
+
+
+def stream(client: Any, bucket: str, key: str, start: int, end: int | None, size: int | None,
+            sink: Sink, what: str, if_match: str | None) -> None:
+    """Read bytes ``[start, end)`` (``end`` None: to the end) into ``sink(offset, data)``,
+    resuming where a broken connection stopped; ``size`` is checked when given."""
+    offset, breaks, etag = start, 0, if_match
+    while True:
+        request: dict[str, Any] = {"Bucket": bucket, "Key": key}
+        if offset or end is not None:
+            request["Range"] = f"bytes={offset}-{'' if end is None else end - 1}"
+        if etag:
+            request["IfMatch"] = etag
+        try:
+            response = client.get_object(**request)
+        except ClientError as error:
+            code = error_code(error)
+            if code in ("PreconditionFailed", "412"):
+                raise WeightsChanged(f"{what}: the object changed while it was being read "
+                                     f"(ETag no longer {etag})") from error
+            if code == "InvalidRange" and offset > start:
+                return  # the break came after the last byte
+            if code == "InvalidRange" and size is not None:
+                raise _SizeDiffers from error
+            raise translate(error, what) from error
+        except (BotoCoreError, OSError) as error:
+            raise translate(error, what) from error
+        total = str(response.get("ContentRange", "")).rpartition("/")[2]
+        if size is not None and total.isdigit() and int(total) != size:
+            raise _SizeDiffers
+        etag = etag or response.get("ETag")  # a resumed read must see the same object
+        body = response["Body"]
+        while True:
+            try:
+                data = body.read(STREAM_CHUNK)
+            except (BotoCoreError, OSError) as error:  # the connection broke
+                breaks += 1
+                if breaks >= READ_ATTEMPTS:
+                    raise Unavailable(f"{what}: the connection broke {breaks} times; "
+                                      f"last: {error}") from error
+                log.warning("%s: connection broke at byte %d (%s); resuming", what,
+                            offset, error)
+                time.sleep(min(0.25 * 2**breaks, 4.0))
+                break
+            if not data:
+                return
+            sink(offset, data)
+            offset += len(data)
+
+
+def read_object(client: Any, bucket: str, key: str, *, what: str) -> bytes | None:
+    """A small object's bytes (resuming a broken read), or None when it does not exist."""
+    parts: list[bytes] = []
+    try:
+        stream(client, bucket, key, 0, None, None, lambda _o, data: parts.append(data), what,
+               None)
+    except NotFound as error:
+        cause = error.__cause__
+        if isinstance(cause, ClientError) and error_code(cause) in ("NoSuchKey", "404"):
+            return None
+        raise
+    return b"".join(parts)
