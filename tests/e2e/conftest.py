@@ -10,10 +10,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes import client
 
+from chart.support import install_rbac
 from e2e.support import ROOT, Operator
 from kiln.testbed import checkpoint as checkpoints
-from kiln.testbed.cluster import Cluster
+from kiln.testbed.cluster import Cluster, free_port
 from kiln.testbed.localproc import LABEL, LocalProcessRunner
 
 
@@ -35,10 +37,21 @@ def engines_bucket(s3_endpoint: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def operator_env(kube: Cluster, s3_endpoint: str, engines_bucket: str) -> dict[str, str]:
+def operator_kubeconfig(kube: Cluster, crds: None) -> Path:
+    """The chart's ServiceAccount and RBAC, installed as the chart would: the operator in
+    these tests has exactly the rights a real install gives it, no more."""
+    client.CoreV1Api(kube.api_client).create_namespace({"metadata": {"name": "kiln-system"}})
+    config, _ = install_rbac(kube, "kiln-system", "kiln")
+    return config
+
+
+@pytest.fixture(scope="session")
+def operator_env(kube: Cluster, s3_endpoint: str, engines_bucket: str,
+                 operator_kubeconfig: Path) -> dict[str, str]:
     return {
         **os.environ,
-        "KUBECONFIG": str(kube.kubeconfig),
+        "KUBECONFIG": str(operator_kubeconfig),
+        "KILN_METRICS_PORT": str(free_port()),
         "AWS_ENDPOINT_URL": s3_endpoint,
         "KILN_DEFAULT_STORE": f"s3://{engines_bucket}/",
         "KILN_BUILDER_IMAGE": "kiln-builder:test",

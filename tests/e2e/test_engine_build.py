@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import threading
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 import yaml
 from kubernetes import client
 
+from chart import argocd
 from e2e.support import ROOT, Operator, get_eb
 from kiln import GROUP, VERSION
 from kiln.build.jobs import KEY_LABEL
@@ -46,6 +48,12 @@ def build_jobs(kube: Cluster, namespace: str) -> list[Any]:
         namespace, label_selector=KEY_LABEL).items
 
 
+def argo_health(kube: Cluster, namespace: str, name: str) -> str:
+    """What Argo CD's health check (the chart's Lua, in a real Lua runtime) makes of the
+    object the operator produced."""
+    return argocd.health(get_eb(kube, namespace, name))[0]
+
+
 def ready(kube: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
     eb = get_eb(kube, namespace, name)
     status = eb.get("status") or {}
@@ -64,6 +72,7 @@ def test_two_targets_build_on_their_pools_and_become_ready(
     status = eventually(lambda: ready(kube, namespace, name), timeout=120)
     engines = {e["target"]: e for e in status["engines"]}
     assert set(engines) == {"A100-80GB", "H100-SXM"}
+    assert argo_health(kube, namespace, name) == "Healthy"
     assert {e["state"] for e in engines.values()} == {"Ready"}
     assert engines["A100-80GB"]["key"] != engines["H100-SXM"]["key"]
     # Each build pod was bound by the real scheduler to a node of its own pool.
@@ -131,6 +140,7 @@ def test_operator_killed_mid_build_neither_duplicates_nor_loses_it(
     try:
         create(kube, namespace, body)
         eventually(lambda: build_jobs(kube, namespace), timeout=60)
+        assert eventually(lambda: argo_health(kube, namespace, "crash") == "Progressing")
         operator.kill()
         operator.start()
     finally:
@@ -186,6 +196,7 @@ def test_bad_input_stalls_with_the_builders_reason_and_is_not_retried(
 
     status = eventually(stalled, timeout=120)
     assert status["phase"] == "Failed"
+    assert argo_health(kube, namespace, "broken") == "Degraded"
     message = status["engines"][0]["message"]
     assert "config.json" in message
     (job,) = build_jobs(kube, namespace)
@@ -212,3 +223,32 @@ def test_a_transient_failure_is_retried(
     (job,) = eventually(lambda: [j for j in build_jobs(kube, namespace)
                                  if j.status.succeeded == 1], timeout=30)
     assert job.status.failed == 1
+
+
+def test_metrics_show_builds_and_cache_moving(operator: Operator, kube: Cluster,
+                                              namespace: str, weights: str) -> None:
+    url = f"http://127.0.0.1:{operator.env['KILN_METRICS_PORT']}/metrics"
+
+    def figure(name: str) -> float:
+        text = urllib.request.urlopen(url, timeout=5).read().decode()
+        return sum(float(line.split()[-1]) for line in text.splitlines()
+                   if line.startswith(name + " ") or line.startswith(name + "{"))
+
+    before = {n: figure(n) for n in ("kiln_builds_started_total", "kiln_builds_succeeded_total",
+                                     "kiln_engine_cache_hits_total",
+                                     "kiln_engine_cache_misses_total")}
+    body = example("eb-h100-fp8.yaml", weights)
+    body["metadata"]["name"] = "measured"
+    create(kube, namespace, body)
+    eventually(lambda: ready(kube, namespace, "measured"), timeout=120)
+    again = copy.deepcopy(body)
+    again["metadata"]["name"] = "measured-again"
+    create(kube, namespace, again)
+    eventually(lambda: ready(kube, namespace, "measured-again"), timeout=60)
+    after = eventually(lambda: {n: figure(n) for n in before}
+                       if figure("kiln_engine_cache_hits_total")
+                       > before["kiln_engine_cache_hits_total"] else None, timeout=30)
+    assert after["kiln_builds_started_total"] == before["kiln_builds_started_total"] + 1
+    assert after["kiln_builds_succeeded_total"] == before["kiln_builds_succeeded_total"] + 1
+    assert after["kiln_engine_cache_misses_total"] == before["kiln_engine_cache_misses_total"] + 1
+    assert after["kiln_engine_cache_hits_total"] == before["kiln_engine_cache_hits_total"] + 1

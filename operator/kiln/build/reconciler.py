@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+from kiln import metrics
 from kiln.api import EngineBuild, parse_duration
 from kiln.build import render
 from kiln.build.jobs import Failure, ObservedJob, failure_from_pod, job_name, observe
@@ -32,6 +33,7 @@ from kiln.task import BuildTask
 
 log = logging.getLogger(__name__)
 PLURAL = "enginebuilds"
+AUTO_TARGETS = "autoTargets"
 EventSink = Callable[[dict[str, Any], Event], None]
 
 
@@ -181,12 +183,15 @@ class EngineBuildReconciler:
             self._ensure_job(namespace, name, uid, eb, want, image, weights.identity, store)
         for job in result.release:
             self._release(namespace, job, uid)
-        status = result.status.to_dict()
-        if status != (body.get("status") or {}):
-            self.kube.patch_status(PLURAL, namespace, name, _with_removals(
-                status, body.get("status") or {}))
+        # autoTargets belong to the EngineDeployment controller: never written back from
+        # the (possibly stale) copy this reconcile read.
+        status = {k: v for k, v in result.status.to_dict().items() if k != AUTO_TARGETS}
+        current = {k: v for k, v in (body.get("status") or {}).items() if k != AUTO_TARGETS}
+        if status != current:
+            self.kube.patch_status(PLURAL, namespace, name, _with_removals(status, current))
         for event in result.events:
             self.emit(body, event)
+        _record(uid, result)
         return result
 
     def _ensure_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
@@ -202,6 +207,7 @@ class EngineBuildReconciler:
             image=image, task_json=task.to_json(), pod_failure_policy=pod_failure_policy(),
             config=self.config)
         if self.kube.create_job(job):
+            metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")
             log.info("created Job %s/%s for engine %s", namespace, job_name(want.key),
                      want.key[:12])
             return
@@ -229,6 +235,21 @@ class EngineBuildReconciler:
             log.info("deleting Job %s/%s: no EngineBuild wants engine %s any more",
                      namespace, job.name, job.key[:12])
             self.kube.delete_job(namespace, job.name)
+
+
+def _record(uid: str, result: Plan) -> None:
+    """Count what changed for the metrics (once per engine and object: reconciles repeat)."""
+    for entry in result.status.engines:
+        once = f"{uid}/{entry.key}"
+        if entry.state == "Cached":
+            metrics.record_cache(True, once=once)
+        elif entry.state == "Building":
+            metrics.record_cache(False, once=once)
+        elif entry.state == "Ready":
+            metrics.record_build_succeeded(entry.build_seconds, once=once)
+        elif entry.state == "Failed":
+            reason = (entry.message or "").split(":", 1)[0]
+            metrics.record_build_failed(reason, once=once)
 
 
 def _with_removals(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:

@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 import urllib3
 
-from kiln import GROUP, VERSION
+from kiln import GROUP, VERSION, metrics
 from kiln.api import EngineBuild
 from kiln.build.jobs import KEY_LABEL, ObservedJob, observe
 from kiln.build.plan import Event
@@ -59,14 +59,17 @@ def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> Non
     except KilnError as error:
         if not error.retryable:
             reconciler.retry.discard(ref)
+            metrics.record_reconcile_error("EngineBuild")
             _stall(body, error)
             return
         reconciler.retry.add(ref)
+        metrics.record_reconcile_error("EngineBuild")
         log.warning("reconcile of %s/%s will be retried: %s: %s", *ref, error.reason,
                     error.message)
     except (urllib3.exceptions.HTTPError, OSError) as error:
         # The API server (or the store) unreachable: not an ApiException, still transient.
         reconciler.retry.add(ref)
+        metrics.record_reconcile_error("EngineBuild")
         log.warning("reconcile of %s/%s will be retried: unreachable: %s", *ref, error)
     else:
         reconciler.retry.discard(ref)
