@@ -11,7 +11,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
@@ -33,6 +33,8 @@ from kiln.task import BuildTask
 
 log = logging.getLogger(__name__)
 PLURAL = "enginebuilds"
+CREATED_GRACE_SECONDS = 30.0
+"""How long a Job created (or joined) here counts as observed before the index shows it."""
 AUTO_TARGETS = "autoTargets"
 EventSink = Callable[[dict[str, Any], Event], None]
 
@@ -71,6 +73,8 @@ class EngineBuildReconciler:
         self._manifests: dict[tuple[str, str], Manifest] = {}
         self._stores: dict[str, EngineStore] = {}
         self._failures: dict[tuple[str, str], Failure | None] = {}
+        self._created: dict[tuple[str, str], tuple[ObservedJob, float]] = {}
+        """Jobs this process created or joined, until the index shows them."""
         self.retry: set[tuple[str, str]] = set()
         """Objects whose last reconcile met a transient error: the timer tries again."""
 
@@ -167,7 +171,7 @@ class EngineBuildReconciler:
                              compute_capability=target.compute_capability)
             wants.append(Want(target, key, f"{store}engines/{key}/"))
         manifests = {w.key: self._manifest(store, w.key) for w in wants}
-        observed = {w.key: j for w in wants if (j := jobs.by_key(namespace, w.key))}
+        observed = {w.key: j for w in wants if (j := self._job(jobs, namespace, w.key))}
         owned = {j.key: j for j in jobs.owned_by(uid)}
         failures = {k: f for k, j in observed.items()
                     if j.state == "Failed" and (f := self._failure(namespace, j))}
@@ -179,8 +183,13 @@ class EngineBuildReconciler:
                      job.name, job.key[:12])
             self.kube.delete_job(namespace, job.name)
             self._failures.pop((namespace, job.name), None)
+        replaced = {j.key for j in result.replace}
         for want in result.create:
-            self._ensure_job(namespace, name, uid, eb, want, image, weights.identity, store)
+            seen = observed.get(want.key)
+            if seen is not None and want.key not in replaced and uid in seen.owner_uids:
+                continue  # the Job exists and is ours: nothing to write
+            self._ensure_job(namespace, name, uid, eb, want, image, weights.identity, store,
+                             exists=seen is not None and want.key not in replaced)
         for job in result.release:
             self._release(namespace, job, uid)
         # autoTargets belong to the EngineDeployment controller: never written back from
@@ -194,8 +203,23 @@ class EngineBuildReconciler:
         _record(uid, result)
         return result
 
+    def _job(self, jobs: JobLookup, namespace: str, key: str) -> ObservedJob | None:
+        """The key's Job from the index, else one created here moments ago (for a while)."""
+        found = jobs.by_key(namespace, key)
+        if found is not None:
+            self._created.pop((namespace, key), None)
+            return found
+        recent = self._created.get((namespace, key))
+        if recent is None:
+            return None
+        if time.monotonic() - recent[1] > CREATED_GRACE_SECONDS:
+            self._created.pop((namespace, key), None)
+            return None
+        return recent[0]
+
     def _ensure_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
-                    image: str, identity: str, store: str) -> None:
+                    image: str, identity: str, store: str, *, exists: bool = False) -> None:
+        """Create the key's Job, or join it as an owner (``exists``: skip the create)."""
         task = BuildTask.for_build(
             key=want.key, weights_identity=identity, source=eb.spec.model.source,
             revision=eb.spec.model.revision, build=eb.spec.build,
@@ -206,10 +230,12 @@ class EngineBuildReconciler:
             namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
             image=image, task_json=task.to_json(), pod_failure_policy=pod_failure_policy(),
             config=self.config)
-        if self.kube.create_job(job):
+        if not exists and self.kube.create_job(job):
             metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")
             log.info("created Job %s/%s for engine %s", namespace, job_name(want.key),
                      want.key[:12])
+            self._created[(namespace, want.key)] = (
+                ObservedJob(job_name(want.key), want.key, "Active", (uid,)), time.monotonic())
             return
         existing = self.kube.read_job(namespace, job_name(want.key))
         if existing is None:
@@ -220,6 +246,8 @@ class EngineBuildReconciler:
                       render.owner_reference(name, uid)]
             self.kube.set_job_owners(namespace, current.name, owners,
                                      existing["metadata"]["resourceVersion"])
+        self._created[(namespace, want.key)] = (
+            replace(current, owner_uids=(*current.owner_uids, uid)), time.monotonic())
 
     def _release(self, namespace: str, job: ObservedJob, uid: str) -> None:
         """Stop owning a Job this object no longer wants; delete it when nobody owns it."""
