@@ -7,8 +7,8 @@ every file (one after another, boto3's default transfer config) and ``S3Store.up
 ``S3Store.download`` (parallel, sha256 of every file, manifest last). Runs alternate which
 side goes first; the medians count. Prints the figures and writes
 ``bench/out/store_bench.json``; the ratio is plain seconds / store seconds (goal: at least
-0.9). moto runs in its own process so it does not share our GIL; its objects are deleted
-after each side's turn to free its memory.
+0.9); CPU seconds of this process and of moto's are recorded too. Each side gets a fresh
+moto server in its own process (no shared GIL; its memory freed when it exits).
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -39,8 +40,19 @@ CREDENTIALS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench",
                "AWS_REGION": "us-east-1"}
 
 
+@dataclass
+class Moto:
+    endpoint: str
+    pid: int
+
+    def cpu_seconds(self) -> float:
+        """User + system CPU seconds the server process has used."""
+        fields = Path(f"/proc/{self.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @contextmanager
-def moto_server() -> Iterator[str]:
+def moto_server() -> Iterator[Moto]:
     """moto's S3 server in a child process on a free loopback port."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -59,7 +71,7 @@ def moto_server() -> Iterator[str]:
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError("moto's server did not start") from None
                 time.sleep(0.1)
-        yield f"http://127.0.0.1:{port}"
+        yield Moto(f"http://127.0.0.1:{port}", proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -80,72 +92,69 @@ def make_engine(root: Path, ranks: int, rank_mib: int) -> int:
     return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
 
 
-def empty_bucket(client: Any, bucket: str) -> None:
-    for page in client.get_paginator("list_objects_v2").paginate(Bucket=bucket):
-        objects = [{"Key": o["Key"]} for o in page.get("Contents", [])]
-        if objects:
-            client.delete_objects(Bucket=bucket, Delete={"Objects": objects})
-
-
-def timed(fn: Callable[[], Any]) -> float:
+def timed(fn: Callable[[], Any], moto: Moto) -> dict[str, float]:
+    """Wall seconds, and CPU seconds of this process and of moto's, for one call."""
+    cpu, server = time.process_time(), moto.cpu_seconds()
     started = time.perf_counter()
     fn()
-    return time.perf_counter() - started
+    return {"s": time.perf_counter() - started, "cpu_s": time.process_time() - cpu,
+            "moto_cpu_s": moto.cpu_seconds() - server}
 
 
-def one_run(client: Any, endpoint: str, bucket: str, src: Path, work: Path,
-            *, store_first: bool) -> dict[str, float]:
-    """Each of the four transfers once; ``store_first`` alternates which side goes first."""
+def one_side(side: str, src: Path, work: Path) -> dict[str, float]:
+    """Upload then download ``src`` with one side, against a fresh moto server."""
     files = sorted(p for p in src.rglob("*") if p.is_file())
-    store = open_store(f"s3://{bucket}/kiln/", credentials=CREDENTIALS, endpoint_url=endpoint)
-    assert isinstance(store, S3Store)
+    with moto_server() as moto:
+        client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1",
+                              aws_access_key_id="bench", aws_secret_access_key="bench")
+        client.create_bucket(Bucket="bench")
+        store = open_store("s3://bench/kiln/", credentials=CREDENTIALS,
+                           endpoint_url=moto.endpoint)
+        assert isinstance(store, S3Store)
 
-    def plain_up() -> None:
-        for path in files:
-            client.upload_file(str(path), bucket, f"plain/{path.relative_to(src)}")
+        def plain_up() -> None:
+            for path in files:
+                client.upload_file(str(path), "bench", f"plain/{path.relative_to(src)}")
 
-    def plain_down() -> None:
-        for path in files:
-            target = work / "plain" / path.relative_to(src)
-            target.parent.mkdir(parents=True, exist_ok=True)
-            client.download_file(bucket, f"plain/{path.relative_to(src)}", str(target))
+        def plain_down() -> None:
+            for path in files:
+                target = work / "out" / path.relative_to(src)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                client.download_file("bench", f"plain/{path.relative_to(src)}", str(target))
 
-    def store_up() -> None:
-        store.upload(KEY, src)
+        up, down = ((plain_up, plain_down) if side == "plain" else
+                    (lambda: store.upload(KEY, src), lambda: store.download(KEY, work / "out")))
+        result = {f"upload_{k}": v for k, v in timed(up, moto).items()}
+        result |= {f"download_{k}": v for k, v in timed(down, moto).items()}
+        store.close()
+    shutil.rmtree(work / "out")
+    return result
 
-    def store_down() -> None:
-        store.download(KEY, work / "kiln")
 
+def one_run(src: Path, work: Path, *, store_first: bool) -> dict[str, float]:
+    """Each side once; ``store_first`` alternates which side goes first."""
     result: dict[str, float] = {}
-    sides = [("plain", plain_up, plain_down), ("store", store_up, store_down)]
-    for side, up, down in sides[::-1] if store_first else sides:
-        result[f"{side}_upload_s"] = timed(up)
-        result[f"{side}_download_s"] = timed(down)
-        shutil.rmtree(work / ("kiln" if side == "store" else "plain"))
-        empty_bucket(client, bucket)  # frees moto's memory before the other side runs
-    store.close()
+    for side in ("store", "plain") if store_first else ("plain", "store"):
+        result |= {f"{side}_{k}": v for k, v in one_side(side, src, work).items()}
     return result
 
 
 def main() -> None:
+    """Run the benchmark and report."""
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--rank-mib", type=int, default=512)
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kiln-store-bench-") as tmp, \
-            moto_server() as endpoint:
+    with tempfile.TemporaryDirectory(prefix="kiln-store-bench-") as tmp:
         work = Path(tmp)
         total = make_engine(work / "engine", args.ranks, args.rank_mib)
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="bench", aws_secret_access_key="bench")
-        client.create_bucket(Bucket="bench")
         runs = []
         for number in range(args.runs):
-            runs.append(one_run(client, endpoint, "bench", work / "engine", work,
-                                store_first=number % 2 == 1))
+            runs.append(one_run(work / "engine", work, store_first=number % 2 == 1))
             print(f"run {number + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                    runs[-1].items()), flush=True)
+                                                    runs[-1].items() if k.endswith("_s")
+                                                    and "cpu" not in k), flush=True)
     median = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
     gib = total / (1024 * MIB)
     result = {
@@ -158,7 +167,9 @@ def main() -> None:
         plain, ours = median[f"plain_{op}_s"], median[f"store_{op}_s"]
         print(f"{op:8s} {gib:.2f} GiB: plain boto3 {plain:6.2f}s ({gib / plain * 1024:6.0f} "
               f"MiB/s), kiln store {ours:6.2f}s ({gib / ours * 1024:6.0f} MiB/s), "
-              f"ratio {result[f'{op}_ratio']:.2f} (goal >= 0.9)")
+              f"ratio {result[f'{op}_ratio']:.2f} (goal >= 0.9); CPU s client/moto: plain "
+              f"{median[f'plain_{op}_cpu_s']:.1f}/{median[f'plain_{op}_moto_cpu_s']:.1f}, "
+              f"store {median[f'store_{op}_cpu_s']:.1f}/{median[f'store_{op}_moto_cpu_s']:.1f}")
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "store_bench.json").write_text(json.dumps(result, indent=2))

@@ -1,18 +1,31 @@
 """The engine key: one sha256 over everything that shapes an engine.
 
 ``key = sha256(canonical JSON of {schema, weights, build, builderImage, gpuProduct,
-computeCapability})``. ``build`` is the validated BuildSpec with defaults filled, so equal
-intent gives an equal key; ``extraArgs`` keep their order (later flags win in trtllm-build).
-Bump ``KEY_SCHEMA_VERSION`` whenever the inputs or their normal form change.
+computeCapability})``, canonical JSON being ``json.dumps(sort_keys=True,
+separators=(",", ":"))``. Normal form of ``build``: the ``BuildSpec`` validated again with every
+default filled, dumped as JSON with camelCase names. So:
+
+- mapping order never matters (fields, ``quantization``, ``parallelism``, ``plugins``): keys are
+  sorted;
+- a default written out or left out is the same intent, and the same key;
+- ``extraArgs`` keep their order (trtllm-build lets a later flag override an earlier one), so
+  reordering them gives another key;
+- every other change of any input gives another key.
+
+The inputs are recorded in the engine's manifest. Bump ``KEY_SCHEMA_VERSION`` whenever the
+inputs or their normal form change (every stored engine is then rebuilt); the golden keys in
+``tests/unit/test_key.py`` fail until you do.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from kiln.api import BuildSpec
+from kiln.errors import InvalidInput
 
 KEY_SCHEMA_VERSION = 1
 
@@ -20,6 +33,11 @@ KEY_SCHEMA_VERSION = 1
 def key_inputs(*, weights_identity: str, build: BuildSpec, builder_image: str,
                gpu_product: str, compute_capability: str) -> dict[str, Any]:
     """The canonical inputs of a key (also recorded in the engine's manifest)."""
+    named = {"weights_identity": weights_identity, "builder_image": builder_image,
+             "gpu_product": gpu_product, "compute_capability": compute_capability}
+    empty = sorted(name for name, value in named.items() if not value)
+    if empty:
+        raise InvalidInput(f"an engine key needs every input; empty: {', '.join(empty)}")
     normalized = BuildSpec.model_validate(build.model_dump(by_alias=True))
     return {
         "schema": KEY_SCHEMA_VERSION,
@@ -32,18 +50,23 @@ def key_inputs(*, weights_identity: str, build: BuildSpec, builder_image: str,
 
 
 def canonical_json(value: Any) -> bytes:
+    """Sorted keys, no spaces, ASCII: one byte string per value."""
     return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+
+
+def key_of(inputs: Mapping[str, Any]) -> str:
+    """The key of ``key_inputs(...)`` (e.g. as read back from a manifest)."""
+    return hashlib.sha256(canonical_json(inputs)).hexdigest()
 
 
 def engine_key(*, weights_identity: str, build: BuildSpec, builder_image: str,
                gpu_product: str, compute_capability: str) -> str:
-    """The engine key (64 hex characters)."""
-    inputs = key_inputs(weights_identity=weights_identity, build=build,
-                        builder_image=builder_image, gpu_product=gpu_product,
-                        compute_capability=compute_capability)
-    return hashlib.sha256(canonical_json(inputs)).hexdigest()
+    """The engine key (64 lowercase hex characters)."""
+    return key_of(key_inputs(weights_identity=weights_identity, build=build,
+                             builder_image=builder_image, gpu_product=gpu_product,
+                             compute_capability=compute_capability))
 
 
 def short_key(key: str) -> str:
-    """The first 12 characters, for names and tables."""
+    """The first 12 characters, for names (Jobs are named after the key) and tables."""
     return key[:12]
