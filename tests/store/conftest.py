@@ -59,7 +59,7 @@ def auth_s3() -> Iterator[AuthS3]:
             except OSError:
                 assert time.monotonic() < deadline and proc.poll() is None, "moto did not start"
                 time.sleep(0.1)
-        setup = {"endpoint_url": endpoint, "region_name": "us-east-1",
+        setup: Any = {"endpoint_url": endpoint, "region_name": "us-east-1",
                  "aws_access_key_id": "setup", "aws_secret_access_key": "setup"}
         iam, s3 = boto3.client("iam", **setup), boto3.client("s3", **setup)
         keys = {}

@@ -4,6 +4,7 @@ missing bucket, malformed URIs, an endpoint that is down."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -126,8 +127,9 @@ def test_credential_error_codes_map_to_access_denied(code: str) -> None:
 
     from kiln.store.s3client import translate
 
-    error = ClientError({"Error": {"Code": code, "Message": "no"},
-                         "ResponseMetadata": {"HTTPStatusCode": 403}}, "ListObjectsV2")
+    response: Any = {"Error": {"Code": code, "Message": "no"},
+                     "ResponseMetadata": {"HTTPStatusCode": 403}}
+    error = ClientError(response, "ListObjectsV2")
     translated = translate(error, "list s3://engines/")
     assert isinstance(translated, AccessDenied)
     assert "check the credentials" in str(translated)
@@ -142,6 +144,7 @@ def test_other_error_codes(code: str, status: int, kind: type[KilnError]) -> Non
 
     from kiln.store.s3client import translate
 
-    error = ClientError({"Error": {"Code": code, "Message": "m"},
-                         "ResponseMetadata": {"HTTPStatusCode": status}}, "GetObject")
+    response: Any = {"Error": {"Code": code, "Message": "m"},
+                     "ResponseMetadata": {"HTTPStatusCode": status}}
+    error = ClientError(response, "GetObject")
     assert type(translate(error, "get")) is kind

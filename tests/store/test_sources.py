@@ -46,7 +46,7 @@ def test_s3_download_fetches_everything(weights: str, s3_endpoint: str,
 def test_s3_download_notices_weights_that_changed(
         weights: str, s3_client: Any, bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
     source = open_source(weights, endpoint_url=s3_endpoint)
-    seen = []
+    seen: list[int] = []
 
     def change_once(done: int, total: int) -> None:
         if not seen:

@@ -1,10 +1,20 @@
 """Weight sources: a weights identity read without downloading, and the download itself.
 
-``open_source(uri, credentials=..., revision=...)`` gives a ``WeightSource`` for
-``s3://bucket/prefix/`` (identity: keys, sizes and ETags of every object under the prefix),
-``hf://org/name@revision`` (identity: the revision's commit sha) or ``pvc://claim/path``
-(identity: path and ``spec.model.revision``). ``download(dest)`` fetches the weights and
-raises ``kiln.errors.WeightsChanged`` when they no longer match the identity.
+``open_source(uri, *, credentials=None, revision=None, endpoint_url=None) -> WeightSource``:
+
+- ``s3://bucket/prefix/``: identity = sha256 over (name, size, ETag) of every object under
+  the prefix (paginated listing); credentials ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+  ``AWS_SESSION_TOKEN``, ``AWS_REGION``, ``AWS_ENDPOINT_URL``;
+- ``hf://org/name@revision``: identity = the commit sha the revision points at (one
+  model-info call); credentials ``HF_TOKEN``, ``HF_ENDPOINT`` (else the environment's);
+- ``pvc://claim/path``: identity = path + ``revision`` (``spec.model.revision``); the builder
+  records ``content_digest(dir)``, the full sha256 digest of the files.
+
+A ``WeightSource`` has ``uri``, ``identity() -> WeightsIdentity`` (``digest``, ``kind``,
+``details``) and ``download(dest_dir, *, progress=None) -> WeightsIdentity``, which fetches
+exactly the identified weights (S3: every read pinned to the listed ETag; HF: by commit sha)
+and raises ``kiln.errors.WeightsChanged`` when they changed meanwhile. Other errors:
+``InvalidInput`` (malformed URI), ``NotFound``, ``AccessDenied``, ``Unavailable``.
 """
 
 from __future__ import annotations

@@ -1,5 +1,6 @@
-"""Weights on a PersistentVolumeClaim: identified by path and the spec's ``revision``
-(a PVC has no versions); the builder records the full content digest."""
+"""Weights on a PersistentVolumeClaim: identified by path and the spec's ``revision`` (a PVC has
+no versions to read, so the user changes ``revision`` when the files change); the builder
+records the full ``content_digest`` of what it read."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ from kiln.sources.base import Progress, WeightsIdentity, digest_of
 
 
 class PvcSource:
+    """``pvc://claim/path``, mounted at ``$KILN_PVC_ROOT/claim/path`` (see ``pvc_path``)."""
+
     def __init__(self, uri: str, *, revision: str | None = None) -> None:
         from kiln.store import pvc_path  # the same mount convention as the store
 
@@ -18,11 +21,16 @@ class PvcSource:
         self.path = pvc_path(uri)
 
     def identity(self) -> WeightsIdentity:
+        """sha256 over (path, revision); the volume need not be mounted."""
         return WeightsIdentity(digest_of("pvc", [self.uri.rstrip("/"), self.revision]), "pvc",
                                {"path": self.uri, "revision": self.revision})
 
-    def download(self, dest: Path, *, progress: Progress | None = None) -> WeightsIdentity:
+    def download(self, dest_dir: Path, *, progress: Progress | None = None) -> WeightsIdentity:
+        """Copy the files from the mounted volume."""
         if not self.path.is_dir():
-            raise NotFound(f"{self.uri} is not mounted at {self.path}")
-        shutil.copytree(self.path, dest, dirs_exist_ok=True)
+            raise NotFound(f"{self.uri} is not mounted at {self.path} (or is not a directory)")
+        shutil.copytree(self.path, dest_dir, dirs_exist_ok=True)
+        if progress:
+            size = sum(p.stat().st_size for p in dest_dir.rglob("*") if p.is_file())
+            progress(size, size)
         return self.identity()

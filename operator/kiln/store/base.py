@@ -39,10 +39,11 @@ def check_key(key: str) -> str:
 
 
 def engine_files(src: Path) -> list[Path]:
-    """Regular files under ``src`` (sorted); the manifest itself is never one of them."""
+    """Regular files under ``src`` (sorted); a top-level ``manifest.json`` is not one of them
+    (the store writes its own)."""
     if not src.is_dir():
         raise InvalidInput(f"{src} is not a directory of engine files")
-    files = sorted(p for p in src.rglob("*") if p.is_file() and p.name != MANIFEST)
+    files = sorted(p for p in src.rglob("*") if p.is_file() and p != src / MANIFEST)
     if not files:
         raise InvalidInput(f"{src} holds no files to store")
     return files
