@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -25,7 +26,7 @@ from kiln.config import OperatorConfig
 from kiln.errors import KilnError
 from kiln.key import engine_key
 from kiln.kube import Kube
-from kiln.sources import open_source
+from kiln.sources import WeightSource, open_source
 from kiln.store import EngineStore, open_store
 from kiln.store.manifest import Manifest
 from kiln.targets import effective
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 PLURAL = "enginebuilds"
 CREATED_GRACE_SECONDS = 30.0
 """How long a Job created (or joined) here counts as observed before the index shows it."""
+MAX_SOURCES = 256
 AUTO_TARGETS = "autoTargets"
 EventSink = Callable[[dict[str, Any], Event], None]
 
@@ -73,6 +75,7 @@ class EngineBuildReconciler:
         self._manifests: dict[tuple[str, str], Manifest] = {}
         self._stores: dict[str, EngineStore] = {}
         self._failures: dict[tuple[str, str], Failure | None] = {}
+        self._sources: OrderedDict[tuple[Any, ...], WeightSource] = OrderedDict()
         self._created: dict[tuple[str, str], tuple[ObservedJob, float]] = {}
         """Jobs this process created or joined, until the index shows them."""
         self.retry: set[tuple[str, str]] = set()
@@ -101,15 +104,31 @@ class EngineBuildReconciler:
         cached = self._identities.get(ref)
         if cached and cached.fingerprint == _fingerprint(eb) and not refresh:
             return cached
-        source = open_source(eb.spec.model.source, credentials=self._credentials(namespace, eb),
-                             revision=eb.spec.model.revision)
-        identity = source.identity().digest
+        identity = self._source(namespace, eb).identity().digest
         entry = _Identity(_fingerprint(eb), identity,
                           datetime.now(UTC).replace(microsecond=0), time.monotonic())
         if cached and cached.identity == identity:
             entry.checked_at = cached.checked_at
         self._identities[ref] = entry
         return entry
+
+    def _source(self, namespace: str, eb: EngineBuild) -> WeightSource:
+        """An open source per (URI, revision, credentials), reused: opening one builds an S3
+        client, which costs more CPU than the listing an identity read makes."""
+        model = eb.spec.model
+        credentials = self._credentials(namespace, eb)
+        ref = (model.source, model.revision or "", tuple(sorted((credentials or {}).items())))
+        with self._locks_guard:
+            found = self._sources.get(ref)
+            if found is not None:
+                self._sources.move_to_end(ref)
+                return found
+        source = open_source(model.source, credentials=credentials, revision=model.revision)
+        with self._locks_guard:
+            self._sources[ref] = source
+            while len(self._sources) > MAX_SOURCES:
+                self._sources.popitem(last=False)
+        return source
 
     def poll_due(self, namespace: str, eb: EngineBuild) -> bool:
         """Whether ``spec.rebuild.pollInterval`` has passed since the identity was read."""
