@@ -11,8 +11,6 @@ import urllib3
 from kiln import GROUP, VERSION, metrics
 from kiln.api import EngineBuild
 from kiln.build.jobs import KEY_LABEL, ObservedJob, observe
-from kiln.build.plan import Event
-from kiln.conditions import set_conditions
 from kiln.errors import KilnError
 from kiln.handlers import context
 
@@ -60,7 +58,7 @@ def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> Non
         if not error.retryable:
             reconciler.retry.discard(ref)
             metrics.record_reconcile_error("EngineBuild")
-            _stall(body, error)
+            context.stall(PLURAL, body, error, phase="Failed")
             return
         reconciler.retry.add(ref)
         metrics.record_reconcile_error("EngineBuild")
@@ -73,23 +71,6 @@ def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> Non
         log.warning("reconcile of %s/%s will be retried: unreachable: %s", *ref, error)
     else:
         reconciler.retry.discard(ref)
-
-
-def _stall(body: dict[str, Any], error: KilnError) -> None:
-    """A permanent problem before any Job (e.g. the weights cannot be read): say so."""
-    eb = EngineBuild.model_validate(body)
-    generation = int(body["metadata"].get("generation") or 0)
-    old = eb.status.conditions if eb.status else []
-    message = f"{error.reason}: {error.message}"
-    conditions = set_conditions(old, generation=generation, ready=False, reconciling=False,
-                                stalled=True, reason=error.reason, message=message)
-    status = {"observedGeneration": generation, "phase": "Failed",
-              "conditions": [c.to_dict() for c in conditions]}
-    current = body.get("status") or {}
-    if {k: current.get(k) for k in status} != status:
-        meta = body["metadata"]
-        context.kube().patch_status(PLURAL, meta["namespace"], meta["name"], status)
-        context.emit(body, Event("Warning", error.reason, error.message))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)

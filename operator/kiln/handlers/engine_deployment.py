@@ -11,9 +11,6 @@ from typing import Any
 import kopf
 
 from kiln import GROUP, VERSION
-from kiln.api import EngineDeployment
-from kiln.build.plan import Event
-from kiln.conditions import set_conditions
 from kiln.errors import KilnError
 from kiln.handlers import context
 from kiln.serve.deployments import ED_LABEL, ObservedDeployment, observe
@@ -96,27 +93,11 @@ def _reconcile(body: dict[str, Any], world: _IndexWorld) -> None:
         reconciler().reconcile(body, world)
     except KilnError as error:
         if not error.retryable:
-            _stall(body, error)
+            context.stall(PLURAL, body, error)
             return
         log.warning("reconcile of %s/%s will be retried: %s: %s",
                     body["metadata"]["namespace"], body["metadata"]["name"], error.reason,
                     error.message)
-
-
-def _stall(body: dict[str, Any], error: KilnError) -> None:
-    ed = EngineDeployment.model_validate(body)
-    generation = int(body["metadata"].get("generation") or 0)
-    old = ed.status.conditions if ed.status else []
-    message = f"{error.reason}: {error.message}"
-    conditions = set_conditions(old, generation=generation, ready=False, reconciling=False,
-                                stalled=True, reason=error.reason, message=message)
-    status = {"observedGeneration": generation,
-              "conditions": [c.to_dict() for c in conditions]}
-    current = body.get("status") or {}
-    if {k: current.get(k) for k in status} != status:
-        meta = body["metadata"]
-        context.kube().patch_status(PLURAL, meta["namespace"], meta["name"], status)
-        context.emit(body, Event("Warning", error.reason, error.message))
 
 
 @kopf.on.event(GROUP, VERSION, PLURAL)
