@@ -252,3 +252,23 @@ def test_metrics_show_builds_and_cache_moving(operator: Operator, kube: Cluster,
     assert after["kiln_builds_succeeded_total"] == before["kiln_builds_succeeded_total"] + 1
     assert after["kiln_engine_cache_misses_total"] == before["kiln_engine_cache_misses_total"] + 1
     assert after["kiln_engine_cache_hits_total"] == before["kiln_engine_cache_hits_total"] + 1
+
+
+def test_weights_that_cannot_be_read_stall_before_any_job(
+        kube: Cluster, namespace: str, models_bucket: str) -> None:
+    body = example("eb-h100-fp8.yaml", f"s3://{models_bucket}/{namespace}/nothing-here/")
+    body["metadata"]["name"] = "nowhere"
+    create(kube, namespace, body)
+
+    def stalled() -> dict[str, Any] | None:
+        status = get_eb(kube, namespace, "nowhere").get("status") or {}
+        conditions = {c["type"]: c for c in status.get("conditions", [])}
+        return conditions.get("Stalled") if conditions.get("Stalled", {}).get(
+            "status") == "True" else None
+
+    condition = eventually(stalled, timeout=60)
+    assert condition["reason"] == "NotFound"
+    assert "no weights under" in condition["message"]
+    assert get_eb(kube, namespace, "nowhere")["status"]["phase"] == "Failed"
+    assert build_jobs(kube, namespace) == []
+    assert argo_health(kube, namespace, "nowhere") == "Degraded"
