@@ -1,14 +1,15 @@
 """Benchmark: the S3 engine store against plain boto3, on moto's server over HTTP.
 
-Run: python bench/store_bench.py [--rank-mib 512] [--ranks 4] [--runs 3]. Makes a
-multi-file engine directory (rank files plus small configs, 2 GiB by default), then times,
-in the same run: plain ``upload_file``/``download_file`` of every file (one after another,
-boto3's default transfer config) and ``S3Store.upload``/``S3Store.download`` (parallel,
-sha256 of every file, manifest last). Each side gets a fresh moto server in its own process
-(no shared GIL; its memory is freed when it exits); runs alternate which side goes first.
-The ratio is plain seconds / store seconds per run; the median over runs is reported (goal:
-at least 0.9), with the lowest. CPU seconds of this process and of moto's are recorded too.
-Prints the figures and writes ``bench/out/store_bench.json``.
+Run: python bench/store_bench.py [--rank-mib 512] [--ranks 4] [--pairs 4]
+[--download-pairs 3]. Makes a multi-file engine directory (rank files plus small configs,
+2 GiB by default) and times, against one moto server in its own process (no shared GIL):
+plain ``upload_file``/``download_file`` of every file (one after another, boto3's default
+transfer config) and ``S3Store.upload``/``S3Store.download`` (parallel, sha256 of every file,
+manifest last). Timings come in pairs, one of each side back to back, alternating which goes
+first, so that a busy machine slows both alike; uploaded objects are deleted after each
+upload. The ratio is plain seconds / store seconds per pair; the median over pairs is
+reported (goal: at least 0.9), with the lowest. CPU seconds of this process and of moto's are
+recorded too. Prints the figures and writes ``bench/out/store_bench.json``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -26,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -101,42 +104,65 @@ def timed(fn: Callable[[], Any], moto: Moto) -> dict[str, float]:
             "moto_cpu_s": moto.cpu_seconds() - server}
 
 
-def one_side(side: str, src: Path, work: Path) -> dict[str, float]:
-    """Upload then download ``src`` with one side, against a fresh moto server."""
-    files = sorted(p for p in src.rglob("*") if p.is_file())
-    with moto_server() as moto:
-        client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1",
-                              aws_access_key_id="bench", aws_secret_access_key="bench")
-        client.create_bucket(Bucket="bench")
+class Sides:
+    """The two ways of moving the same files: plain boto3, and the engine store."""
+
+    def __init__(self, moto: Moto, src: Path, work: Path) -> None:
+        self.src, self.work = src, work
+        self.files = sorted(p for p in src.rglob("*") if p.is_file())
+        self.client = boto3.client("s3", endpoint_url=moto.endpoint, region_name="us-east-1",
+                                   aws_access_key_id="bench", aws_secret_access_key="bench")
+        self.client.create_bucket(Bucket="bench")
         store = open_store("s3://bench/kiln/", credentials=CREDENTIALS,
                            endpoint_url=moto.endpoint)
         assert isinstance(store, S3Store)
+        self.store = store
 
-        def plain_up() -> None:
-            for path in files:
-                client.upload_file(str(path), "bench", f"plain/{path.relative_to(src)}")
+    def upload(self, side: str) -> None:
+        if side == "store":
+            self.store.upload(KEY, self.src)
+            return
+        for path in self.files:
+            self.client.upload_file(str(path), "bench", f"plain/{path.relative_to(self.src)}")
 
-        def plain_down() -> None:
-            for path in files:
-                target = work / "out" / path.relative_to(src)
-                target.parent.mkdir(parents=True, exist_ok=True)
-                client.download_file("bench", f"plain/{path.relative_to(src)}", str(target))
+    def remove(self, side: str) -> None:
+        if side == "store":
+            self.store.delete(KEY)
+            return
+        self.client.delete_objects(Bucket="bench", Delete={"Objects": [
+            {"Key": f"plain/{p.relative_to(self.src)}"} for p in self.files]})
 
-        up, down = ((plain_up, plain_down) if side == "plain" else
-                    (lambda: store.upload(KEY, src), lambda: store.download(KEY, work / "out")))
-        result = {f"upload_{k}": v for k, v in timed(up, moto).items()}
-        result |= {f"download_{k}": v for k, v in timed(down, moto).items()}
-        store.close()
-    shutil.rmtree(work / "out")
+    def download(self, side: str) -> None:
+        out = self.work / "out"
+        if side == "store":
+            self.store.download(KEY, out)
+            return
+        for path in self.files:
+            target = out / path.relative_to(self.src)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self.client.download_file("bench", f"plain/{path.relative_to(self.src)}",
+                                      str(target))
+
+
+def pairs(moto: Moto, op: Callable[[str], None], after: Callable[[str], None], count: int,
+          label: str) -> list[dict[str, float]]:
+    """``count`` pairs of (plain, store) timings of ``op``, alternating which goes first."""
+    result = []
+    for number in range(count):
+        pair: dict[str, float] = {}
+        for side in ("store", "plain") if number % 2 else ("plain", "store"):
+            pair |= {f"{side}_{k}": v for k, v in timed(partial(op, side), moto).items()}
+            after(side)
+        pair["ratio"] = pair["plain_s"] / pair["store_s"]
+        print(f"{label} pair {number + 1}: plain {pair['plain_s']:.2f}s, store "
+              f"{pair['store_s']:.2f}s, ratio {pair['ratio']:.2f}", flush=True)
+        result.append(pair)
     return result
 
 
-def one_run(src: Path, work: Path, *, store_first: bool) -> dict[str, float]:
-    """Each side once; ``store_first`` alternates which side goes first."""
-    result: dict[str, float] = {}
-    for side in ("store", "plain") if store_first else ("plain", "store"):
-        result |= {f"{side}_{k}": v for k, v in one_side(side, src, work).items()}
-    return result
+def summary(runs: list[dict[str, float]]) -> dict[str, float]:
+    return {name: statistics.median(r[name] for r in runs) for name in runs[0]} | {
+        "ratio_min": min(r["ratio"] for r in runs)}
 
 
 def main() -> None:
@@ -144,34 +170,37 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--ranks", type=int, default=4)
     parser.add_argument("--rank-mib", type=int, default=512)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--pairs", type=int, default=4, help="upload pairs")
+    parser.add_argument("--download-pairs", type=int, default=3)
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory(prefix="kiln-store-bench-") as tmp:
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(1))  # clean up on kill
+    with tempfile.TemporaryDirectory(prefix="kiln-store-bench-") as tmp, \
+            moto_server() as moto:
         work = Path(tmp)
         total = make_engine(work / "engine", args.ranks, args.rank_mib)
-        runs = []
-        for number in range(args.runs):
-            runs.append(one_run(work / "engine", work, store_first=number % 2 == 1))
-            print(f"run {number + 1}: " + ", ".join(f"{k} {v:.2f}" for k, v in
-                                                    runs[-1].items() if k.endswith("_s")
-                                                    and "cpu" not in k), flush=True)
-    median = {name: statistics.median(r[name] for r in runs) for name in runs[0]}
+        sides = Sides(moto, work / "engine", work)
+        uploads = pairs(moto, sides.upload, sides.remove, args.pairs, "upload")
+        for side in ("plain", "store"):
+            sides.upload(side)
+        downloads = pairs(moto, sides.download,
+                          lambda _side: shutil.rmtree(work / "out"), args.download_pairs,
+                          "download")
+        sides.store.close()
     gib = total / (1024 * MIB)
-    result = {
-        "bytes": total, "files": args.ranks + 3, "runs": runs, "median": median,
-        **{f"{op}_ratio{suffix}": pick(r[f"plain_{op}_s"] / r[f"store_{op}_s"] for r in runs)
-           for op in ("upload", "download")
-           for suffix, pick in (("", statistics.median), ("_min", min))},
-        "goal_ratio": 0.9, "cpus": os.cpu_count(), "load_average": os.getloadavg(),
+    result: dict[str, Any] = {
+        "bytes": total, "files": args.ranks + 3, "goal_ratio": 0.9, "cpus": os.cpu_count(),
+        "load_average": os.getloadavg(),
+        "upload": {"pairs": uploads, "median": summary(uploads)},
+        "download": {"pairs": downloads, "median": summary(downloads)},
     }
     for op in ("upload", "download"):
-        plain, ours = median[f"plain_{op}_s"], median[f"store_{op}_s"]
-        print(f"{op:8s} {gib:.2f} GiB: plain boto3 {plain:6.2f}s ({gib / plain * 1024:6.0f} "
-              f"MiB/s), kiln store {ours:6.2f}s ({gib / ours * 1024:6.0f} MiB/s), "
-              f"ratio {result[f'{op}_ratio']:.2f} (lowest {result[f'{op}_ratio_min']:.2f}; goal "
-              f">= 0.9); CPU s client/moto: plain "
-              f"{median[f'plain_{op}_cpu_s']:.1f}/{median[f'plain_{op}_moto_cpu_s']:.1f}, "
-              f"store {median[f'store_{op}_cpu_s']:.1f}/{median[f'store_{op}_moto_cpu_s']:.1f}")
+        m = result[op]["median"]
+        print(f"{op:8s} {gib:.2f} GiB: plain boto3 {m['plain_s']:6.2f}s "
+              f"({gib / m['plain_s'] * 1024:4.0f} MiB/s), kiln store {m['store_s']:6.2f}s "
+              f"({gib / m['store_s'] * 1024:4.0f} MiB/s); ratio {m['ratio']:.2f} (median of "
+              f"pairs, lowest {m['ratio_min']:.2f}; goal >= 0.9); CPU s client/moto: plain "
+              f"{m['plain_cpu_s']:.1f}/{m['plain_moto_cpu_s']:.1f}, store "
+              f"{m['store_cpu_s']:.1f}/{m['store_moto_cpu_s']:.1f}")
     out = Path(__file__).parent / "out"
     out.mkdir(exist_ok=True)
     (out / "store_bench.json").write_text(json.dumps(result, indent=2))

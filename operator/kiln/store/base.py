@@ -14,10 +14,10 @@ import threading
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 from kiln.errors import IntegrityError, InvalidInput, NotFound
 from kiln.store.manifest import MANIFEST, FileEntry, Manifest
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 Progress = Callable[[int, int], None]
 """Called with (bytes done, bytes in all)."""
 Count = Callable[[int], None]
+_T = TypeVar("_T")
 CHUNK = 8 * 1024 * 1024
 KEY_CHARS = frozenset("0123456789abcdef")
 
@@ -57,19 +58,41 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+class _Stopped(Exception):
+    """Another file of the same transfer failed: this one stops too."""
+
+
 class _Counter:
-    """Thread-safe progress accumulation."""
+    """Thread-safe progress accumulation; once stopped, counting raises (so the other files
+    of a failed transfer stop at their next chunk)."""
 
     def __init__(self, total: int, progress: Progress | None) -> None:
         self.total, self.done, self.progress = total, 0, progress
+        self.stopped = False
         self._lock = threading.Lock()
 
     def __call__(self, amount: int) -> None:
+        if self.stopped:
+            raise _Stopped
         with self._lock:
             self.done += amount
             done = self.done
         if self.progress:
             self.progress(done, self.total)
+
+    def each(self, workers: int, fn: Callable[[Any], _T], items: list[Any]) -> list[_T]:
+        """``fn`` over ``items`` in a pool of ``workers``; the first failure stops the rest."""
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            futures = [pool.submit(fn, item) for item in items]
+            wait(futures, return_when=FIRST_EXCEPTION)
+            for future in futures:
+                error = future.exception() if future.done() and not future.cancelled() else None
+                if error is not None:
+                    self.stopped = True
+                    for other in futures:
+                        other.cancel()
+                    raise error
+            return [future.result() for future in futures]
 
 
 class EngineStore(ABC):
@@ -164,9 +187,9 @@ class EngineStore(ABC):
         upload = uuid.uuid4().hex[:16]
         log.info("uploading engine %s (%d files, %d bytes) to %s as upload %s", key[:12],
                  len(files), sum(sizes), self.uri, upload)
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            digests = list(pool.map(lambda a: self._put_file(key, upload, a[0], a[1], counter),
-                                    zip(rels, files, strict=True)))
+        digests = counter.each(self.workers,
+                               lambda a: self._put_file(key, upload, a[0], a[1], counter),
+                               list(zip(rels, files, strict=True)))
         manifest = Manifest(
             key=key, inputs=inputs or {}, versions=versions or {}, upload=upload,
             files=[FileEntry(path=r, size=s, sha256=d)
@@ -200,8 +223,7 @@ class EngineStore(ABC):
                     f"{entry.path} of engine {key[:12]} in {self.uri} is corrupt: its sha256 "
                     f"is {actual}, the manifest says {entry.sha256}")
 
-        with ThreadPoolExecutor(max_workers=self.workers) as pool:
-            list(pool.map(fetch, manifest.files))
+        counter.each(self.workers, fetch, manifest.files)
         (dest_dir / MANIFEST).write_bytes(manifest.to_json())
         return manifest
 

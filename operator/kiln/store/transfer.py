@@ -46,6 +46,10 @@ class _SizeDiffers(Exception):
     """The object is not the size the caller expected: read it whole instead."""
 
 
+class _Stopped(Exception):
+    """Another range of the same download failed: this one stops too."""
+
+
 def _round_up(value: int, unit: int) -> int:
     return -(-value // unit) * unit
 
@@ -96,8 +100,9 @@ class Transfers:
 
         def settled(future: Future[dict[str, Any]]) -> None:
             self.slots.release()
-            if not future.cancelled() and future.exception() is not None:
-                failed.append(future.exception())  # type: ignore[arg-type]
+            error = None if future.cancelled() else future.exception()
+            if error is not None:
+                failed.append(error)
 
         try:
             number = 0
@@ -176,9 +181,12 @@ class Transfers:
         starts = list(range(0, size, step))
         ends: list[int | None] = [*starts[1:], None]  # the last range reads to the end
         digest = hashlib.sha256()
+        stop = threading.Event()
         fd = os.open(dest, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
         try:
             def sink(offset: int, data: bytes) -> None:
+                if stop.is_set():
+                    raise _Stopped
                 os.pwrite(fd, data, offset)
                 count(len(data))
 
@@ -186,18 +194,18 @@ class Transfers:
                                         f"{what} (bytes {start}-)", if_match)
                        for start, end in zip(starts, ends, strict=True)]
             try:
-                for start, future in zip(starts, futures, strict=True):
+                for start, end, future in zip(starts, ends, futures, strict=True):
                     future.result()
                     position = start  # hash in order, trailing the ranges as they land
-                    while future is futures[-1] or position < start + step:
-                        limit = HASH_CHUNK if future is futures[-1] else min(
-                            HASH_CHUNK, start + step - position)
-                        data = os.pread(fd, limit, position)
+                    while end is None or position < end:
+                        wanted = HASH_CHUNK if end is None else min(HASH_CHUNK, end - position)
+                        data = os.pread(fd, wanted, position)
                         if not data:
                             break
                         digest.update(data)
                         position += len(data)
             except BaseException:
+                stop.set()
                 for pending in futures:
                     pending.cancel()
                 wait(futures)
