@@ -26,7 +26,6 @@ import argparse
 import collections
 import contextlib
 import json
-import logging
 import os
 import re
 import signal
@@ -38,19 +37,19 @@ import tempfile
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import boto3
 from kubernetes import client, watch
-from moto.server import ThreadedMotoServer
 
 from kiln import GROUP, VERSION
 from kiln.testbed import checkpoint
 from kiln.testbed.cluster import Cluster, running
 from kiln.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.testbed.s3 import moto_server
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"
@@ -351,21 +350,6 @@ class Bench:
         return latencies
 
 
-@contextlib.contextmanager
-def s3() -> Iterator[str]:
-    for key, value in (("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing"),
-                       ("AWS_DEFAULT_REGION", "us-east-1")):
-        os.environ.setdefault(key, value)
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    try:
-        yield f"http://{host}:{port}"
-    finally:
-        server.stop()
-
-
 def plot(result: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -412,7 +396,7 @@ def main() -> None:
 
     result: dict[str, Any] = {"params": vars(args), "cpus": os.cpu_count(),
                               "loadavg": os.getloadavg()}
-    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp, s3() as endpoint, \
+    with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp, moto_server() as endpoint, \
             running(Path(tmp) / "cluster") as kube:
         kube.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
         kube.kubectl("wait", "--for=condition=Established", "crd/enginebuilds.kiln.dev",

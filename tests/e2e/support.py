@@ -52,3 +52,14 @@ def get_eb(kube: Cluster, namespace: str, name: str) -> dict[str, Any]:
     obj: dict[str, Any] = custom(kube).get_namespaced_custom_object(
         GROUP, VERSION, namespace, "enginebuilds", name)
     return obj
+
+
+def ready(kube: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    """An EngineBuild's status once it is Ready for its current generation."""
+    eb = get_eb(kube, namespace, name)
+    status = eb.get("status") or {}
+    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
+    if (status.get("phase") == "Ready" and conditions.get("Ready") == "True"
+            and status.get("observedGeneration") == eb["metadata"]["generation"]):
+        return status
+    return None

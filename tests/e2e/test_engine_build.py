@@ -14,7 +14,7 @@ import yaml
 from kubernetes import client
 
 from chart import argocd
-from e2e.support import ROOT, Operator, get_eb
+from e2e.support import ROOT, Operator, get_eb, ready
 from kiln import GROUP, VERSION
 from kiln.build.jobs import KEY_LABEL
 from kiln.testbed import nodes
@@ -52,16 +52,6 @@ def argo_health(kube: Cluster, namespace: str, name: str) -> str:
     """What Argo CD's health check (the chart's Lua, in a real Lua runtime) makes of the
     object the operator produced."""
     return argocd.health(get_eb(kube, namespace, name))[0]
-
-
-def ready(kube: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
-    eb = get_eb(kube, namespace, name)
-    status = eb.get("status") or {}
-    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-    if (status.get("phase") == "Ready" and conditions.get("Ready") == "True"
-            and status.get("observedGeneration") == eb["metadata"]["generation"]):
-        return status
-    return None
 
 
 def test_two_targets_build_on_their_pools_and_become_ready(

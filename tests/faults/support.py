@@ -9,7 +9,7 @@ from typing import Any
 
 from kubernetes import client
 
-from e2e.support import get_eb
+from e2e.support import get_eb, ready
 from kiln import GROUP, VERSION
 from kiln.build.jobs import KEY_ANNOTATION, KEY_LABEL, job_name
 from kiln.testbed.cluster import Cluster
@@ -48,17 +48,6 @@ def build_jobs(kube: Cluster, namespace: str) -> list[Any]:
 def job_pods(kube: Cluster, namespace: str, job: str) -> list[Any]:
     return list(client.CoreV1Api(kube.api_client).list_namespaced_pod(
         namespace, label_selector=f"job-name={job}").items)
-
-
-def ready(kube: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
-    """The status once the object is Ready for its current generation."""
-    eb = get_eb(kube, namespace, name)
-    status = eb.get("status") or {}
-    conditions = {c["type"]: c["status"] for c in status.get("conditions", [])}
-    if (status.get("phase") == "Ready" and conditions.get("Ready") == "True"
-            and status.get("observedGeneration") == eb["metadata"]["generation"]):
-        return status
-    return None
 
 
 def all_ready(kube: Cluster, namespace: str, names: list[str]) -> list[str]:
