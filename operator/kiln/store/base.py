@@ -19,7 +19,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
-from kiln.errors import IntegrityError, InvalidInput, NotFound
+from kiln.errors import IntegrityError, InvalidInput, NotFound, Unavailable
 from kiln.store.manifest import MANIFEST, FileEntry, Manifest
 
 log = logging.getLogger(__name__)
@@ -195,13 +195,16 @@ class EngineStore(ABC):
             files=[FileEntry(path=r, size=s, sha256=d)
                    for r, s, d in zip(rels, sizes, digests, strict=True)],
             total_bytes=sum(sizes), build_seconds=build_seconds)
-        if not self._commit(key, manifest):
+        for _ in range(3):  # a manifest deleted between the two calls: commit again
+            if self._commit(key, manifest):
+                return manifest
             winner = self.read_manifest(key)
             if winner is not None:
                 log.info("engine %s was committed by another writer first (upload %s)",
                          key[:12], winner.upload)
                 return winner
-        return manifest
+        raise Unavailable(f"engine {key[:12]} could not be committed to {self.uri}: its "
+                          "manifest keeps appearing and disappearing")
 
     def download(self, key: str, dest_dir: Path, *, progress: Progress | None = None
                  ) -> Manifest:

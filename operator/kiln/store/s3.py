@@ -30,6 +30,10 @@ class S3Store(EngineStore):
     upload has its own directory, either way the manifest names one whole upload.
     """
 
+    workers = 2
+    """Files at once: the parts and ranges of all of them share one pool of ``concurrency``
+    requests; a second file overlaps the first one's completion."""
+
     def __init__(self, client: Any, bucket: str, prefix: str, *, concurrency: int = 10
                  ) -> None:
         self.client, self.bucket, self.prefix = client, bucket, prefix
