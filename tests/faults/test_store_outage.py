@@ -114,6 +114,7 @@ def test_store_down_during_upload_is_retried_and_never_half_visible(
         fault.up()
         stop.set()
         watcher.join(timeout=10)
+    look()  # the watcher may have stopped between Ready and its next look
     assert not violations, violations[:5]
     check_built_once_each(kube, namespace, ["outage"], s3_client, ENGINES)
     (job,) = build_jobs(kube, namespace)
