@@ -82,6 +82,11 @@ def test_two_targets_build_on_their_pools_and_become_ready(
         s3_client.head_object(Bucket="engines", Key=f"engines/{key}/manifest.json")
         assert entry["uri"] == f"s3://engines/engines/{key}/"
         assert entry["sizeBytes"] > 0
+    # kiln writes status only: no finalizer (nothing blocks a delete while it is away), no
+    # annotations of its own in the user's object.
+    meta = get_eb(kube, namespace, name)["metadata"]
+    assert not meta.get("finalizers"), meta
+    assert not [a for a in meta.get("annotations") or {} if a.startswith("kiln.dev/")], meta
 
 
 def test_same_intent_is_cached_and_twenty_at_once_share_one_job_per_key(

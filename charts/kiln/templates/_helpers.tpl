@@ -76,8 +76,8 @@ rules on cluster-scoped resources always go into a ClusterRole.
 {{- end }}
 
 {{- define "kiln.rules.kiln.namespaced" -}}
-# kiln's own objects: watched by Kopf; patched for Kopf's finalizer (timers) and annotations.
-# kiln never writes a user's spec.
+# kiln's own objects: watched by Kopf. patch only lets Kopf take off a finalizer an older kiln
+# (one timer per object) left; kiln never writes a user's spec or metadata.
 - apiGroups: [kiln.dev]
   resources: [enginebuilds, enginedeployments]
   verbs: [get, list, watch, patch]

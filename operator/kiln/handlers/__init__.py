@@ -3,6 +3,6 @@
 Importing this package registers every handler; ``kiln.operator`` runs them.
 """
 
-from kiln.handlers import engine_build, engine_deployment, settings
+from kiln.handlers import engine_build, engine_deployment, settings, sweep
 
-__all__ = ["engine_build", "engine_deployment", "settings"]
+__all__ = ["engine_build", "engine_deployment", "settings", "sweep"]

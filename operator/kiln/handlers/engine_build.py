@@ -97,22 +97,31 @@ def build_job_changed(body: kopf.Body, namespace: str | None, **kwargs: Any) -> 
                 _reconcile(owner, kwargs["build_jobs"])
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=context.config().weights_check_seconds,
-            initial_delay=context.config().weights_check_seconds)
-def weights_timer(body: kopf.Body, **kwargs: Any) -> None:
-    """Retry a reconcile that met a transient error; re-read the weights identity when
-    ``pollInterval`` is due (a new identity means new keys and builds)."""
-    eb = EngineBuild.model_validate(dict(body))
-    namespace = body["metadata"]["namespace"]
+def sweep(indices: dict[str, Any]) -> None:
+    """Run by the operator-wide sweep: retry each reconcile that met a transient error, and
+    re-read the weights identity where ``pollInterval`` is due (a new identity means new keys
+    and builds)."""
+    jobs: kopf.Index[Any, ObservedJob] = indices["build_jobs"]
+    builds: kopf.Index[Any, dict[str, Any]] = indices["engine_builds"]
     reconciler = context.engine_builds()
-    if (namespace, body["metadata"]["name"]) in reconciler.retry:
-        _reconcile(dict(body), kwargs["build_jobs"])
-        return
-    if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
-        return
-    before = reconciler.identity(namespace, eb).identity
-    after = reconciler.identity(namespace, eb, refresh=True).identity
-    if after != before:
-        log.info("weights of %s/%s changed: %s -> %s", namespace, body["metadata"]["name"],
-                 before[:12], after[:12])
-        _reconcile(dict(body), kwargs["build_jobs"])
+    for ref in list(builds):
+        for body in list(builds.get(ref, ())):
+            if body["metadata"].get("deletionTimestamp"):
+                continue
+            if ref in reconciler.retry:
+                _reconcile(body, jobs)
+                continue
+            eb = EngineBuild.model_validate(body)
+            namespace = str(ref[0])
+            if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
+                continue
+            try:
+                before = reconciler.identity(namespace, eb).identity
+                after = reconciler.identity(namespace, eb, refresh=True).identity
+            except (KilnError, urllib3.exceptions.HTTPError, OSError):
+                _reconcile(body, jobs)  # the reconcile reports (or schedules a retry)
+                continue
+            if after != before:
+                log.info("weights of %s/%s changed: %s -> %s", namespace, ref[1],
+                         before[:12], after[:12])
+                _reconcile(body, jobs)

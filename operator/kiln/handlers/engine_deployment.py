@@ -19,8 +19,6 @@ from kiln.serve.reconciler import PLURAL, EngineDeploymentReconciler
 
 log = logging.getLogger(__name__)
 BUILDS = "enginebuilds"
-TIMER_SECONDS = 30.0
-"""Every EngineDeployment is reconciled at least this often (events can be missed)."""
 
 
 @functools.cache
@@ -159,7 +157,9 @@ def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str, **kwargs: Any
         _reconcile(ed, world)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=TIMER_SECONDS, initial_delay=TIMER_SECONDS)
-def serving_timer(body: kopf.Body, **kwargs: Any) -> None:
-    """The safety net: reconcile every EngineDeployment now and then."""
-    _reconcile(dict(body), _IndexWorld(kwargs))
+def sweep(indices: dict[str, Any]) -> None:
+    """Run by the operator-wide sweep, the safety net: reconcile every EngineDeployment."""
+    world = _IndexWorld(indices)
+    for ed in world.every():
+        if not ed["metadata"].get("deletionTimestamp"):
+            _reconcile(ed, world)

@@ -1,4 +1,5 @@
-"""Kopf's settings: kiln's own finalizer and annotation names, quiet and bounded."""
+"""Kopf's settings: quiet and bounded; kiln's own names for the finalizer and annotations Kopf
+would write (no handler needs them today: kiln writes only ``status``)."""
 
 from __future__ import annotations
 
