@@ -12,12 +12,16 @@ Floors (measured before the operator starts, same apiserver):
 
 Figures:
 1. EngineBuild created -> its Job exists (p50/p99; one at a time, ``--n`` distinct keys
-   while ``--m`` other EngineBuilds exist; the others have no targets, so no Jobs or pods).
+   while ``--m`` other EngineBuilds and their Jobs exist).
 2. Burst: ``--burst`` EngineBuilds created at once until all have Jobs (per second).
 4. API requests per EngineBuild life (created, built by the real kiln-builder, Ready,
    idle, deleted) by verb and resource, from the apiserver's ``apiserver_request_total``;
    and requests while idle.
 5. Cache hit: an EngineBuild whose engine is in the store -> Ready (p50/p99).
+6. An engine Ready -> the serving Deployment's pod template names it (p50/p99): an
+   EngineDeployment serves an EngineBuild whose spec is switched between engines already in
+   the store; timed from the watch seeing the EngineBuild's engine Ready to the watch seeing
+   the Deployment's template annotated with its key.
 """
 
 from __future__ import annotations
@@ -46,6 +50,7 @@ import boto3
 from kubernetes import client, watch
 
 from kiln import GROUP, VERSION
+from kiln.serve.deployments import KEY_ANNOTATION
 from kiln.testbed import checkpoint
 from kiln.testbed.cluster import Cluster, running
 from kiln.testbed.localproc import LABEL, LocalProcessRunner
@@ -72,6 +77,8 @@ class Seen:
     def __init__(self, list_fn: Callable[..., Any], namespace: str,
                  ok: Callable[[dict[str, Any]], str | None], api: client.ApiClient) -> None:
         self.at: dict[str, float] = {}
+        self.history: list[tuple[float, str]] = []
+        """Every change of what ``ok`` returns (across all objects), in order."""
         self.cond = threading.Condition()
         self._stop = threading.Event()
         self._args = (list_fn, namespace, ok, api)
@@ -87,9 +94,11 @@ class Seen:
                     if not isinstance(obj, dict):
                         obj = api.sanitize_for_serialization(obj)
                     name = ok(obj)
-                    if name and name not in self.at:
+                    if name and (not self.history or self.history[-1][1] != name):
                         with self.cond:
-                            self.at[name] = time.monotonic()
+                            now = time.monotonic()
+                            self.at.setdefault(name, now)
+                            self.history.append((now, name))
                             self.cond.notify_all()
                     if self._stop.is_set():
                         return
@@ -98,6 +107,30 @@ class Seen:
         deadline = time.monotonic() + timeout
         with self.cond:
             while not names <= set(self.at):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.cond.wait(left)
+        return True
+
+    def first_after(self, name: str, after: float, timeout: float) -> float | None:
+        """When ``name`` was (next) seen at or after ``after``."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while True:
+                found = [t for t, n in self.history if n == name and t >= after]
+                if found:
+                    return found[0]
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.cond.wait(left)
+
+    def wait_any(self, timeout: float, after: float = 0.0) -> bool:
+        """Whether anything was seen at or after ``after`` (waiting up to ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        with self.cond:
+            while not any(t >= after for t, _ in self.history):
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -116,6 +149,19 @@ def job_owner(obj: dict[str, Any]) -> str | None:
 def eb_ready(obj: dict[str, Any]) -> str | None:
     status = obj.get("status") or {}
     return obj["metadata"]["name"] if status.get("phase") == "Ready" else None
+
+
+def ready_key(obj: dict[str, Any]) -> str | None:
+    """The key of the (one) engine once it is in the store."""
+    for engine in (obj.get("status") or {}).get("engines") or []:
+        if engine.get("state") in ("Ready", "Cached") and engine.get("key"):
+            return str(engine["key"])
+    return None
+
+
+def template_key(obj: dict[str, Any]) -> str | None:
+    notes = obj["spec"]["template"]["metadata"].get("annotations") or {}
+    return notes.get(KEY_ANNOTATION)
 
 
 def engine_build(name: str, source: str, batch: int, targets: bool = True) -> dict[str, Any]:
@@ -229,7 +275,7 @@ class Bench:
         ns = self.namespace("latency")
         with ThreadPoolExecutor(16) as pool:
             list(pool.map(lambda i: self.create_eb(
-                ns, engine_build(f"other-{i}", source, 5000 + i, targets=False)),
+                ns, engine_build(f"other-{i}", source, 5000 + i)),
                 range(others)))
         seen_others = Seen(lambda namespace, **kw: self.custom.list_namespaced_custom_object(
             GROUP, VERSION, namespace, EB, **kw), ns,
@@ -335,6 +381,39 @@ class Bench:
                 "note": "per_life includes the bench's own create/delete/watch of EngineBuilds "
                         "and every controller's requests (Job, pod, scheduler, kwok)"}
 
+    def serve_switches(self, count: int, source: str, batches: list[int]) -> list[float]:
+        """6. Engine Ready -> Deployment template updated, ``count`` times."""
+        ns = self.namespace("serve")
+        engines = Seen(lambda namespace, **kw: self.custom.list_namespaced_custom_object(
+            GROUP, VERSION, namespace, EB, **kw), ns, ready_key, self.api)
+        apps = client.AppsV1Api(self.api)
+        templates = Seen(apps.list_namespaced_deployment, ns, template_key, self.api)
+        time.sleep(1.0)
+        self.create_eb(ns, engine_build("s", source, batches[0]))
+        self.custom.create_namespaced_custom_object(GROUP, VERSION, ns, "enginedeployments", {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "EngineDeployment",
+            "metadata": {"name": "s"},
+            "spec": {"engineBuildRef": {"name": "s"}, "gpu": "H100-SXM", "replicas": 1}})
+        if not engines.wait_any(60):
+            raise RuntimeError("the first engine never became Ready")
+        if templates.first_after(engines.history[0][1], 0, 60) is None:
+            raise RuntimeError("the first engine was never served")
+        latencies: list[float] = []
+        for i in range(1, count + 1):
+            started = time.monotonic()
+            self.custom.patch_namespaced_custom_object(
+                GROUP, VERSION, ns, EB, "s",
+                {"spec": {"build": {"maxBatchSize": batches[i % len(batches)]}}})
+            if not engines.wait_any(30, after=started):
+                continue
+            ready_at, key = next((t, n) for t, n in engines.history if t >= started)
+            served_at = templates.first_after(key, ready_at, 30)
+            if served_at is not None:
+                latencies.append(served_at - ready_at)
+        engines.stop()
+        templates.stop()
+        return latencies
+
     def cache_hits(self, count: int, source: str, batches: list[int]) -> list[float]:
         ns = self.namespace("hits")
         seen = Seen(lambda namespace, **kw: self.custom.list_namespaced_custom_object(
@@ -362,7 +441,8 @@ def plot(result: dict[str, Any], path: Path) -> bool:
     series = {"EB -> Job": result["create_to_job"]["samples_ms"],
               "floor: watch->create": result["floor_watch_to_create"]["samples_ms"],
               "floor: create RTT": result["floor_create_rtt"]["samples_ms"],
-              "cache hit -> Ready": result["cache_hit_to_ready"]["samples_ms"]}
+              "cache hit -> Ready": result["cache_hit_to_ready"]["samples_ms"],
+              "engine Ready -> template": result["ready_to_template"]["samples_ms"]}
     for label, values in series.items():
         ordered = sorted(values)
         left.plot(ordered, [i / len(ordered) for i in range(1, len(ordered) + 1)], label=label)
@@ -430,7 +510,10 @@ def main() -> None:
                 result["life"] = bench.life(args.life, source, args.idle)
                 batches = [30000 + i for i in range(args.life)]
                 hits = bench.cache_hits(args.hits, source, batches)
+                switches = bench.serve_switches(args.hits, source, batches)
             result["cache_hit_to_ready"] = summary(hits) | {"samples_ms": [t * 1e3 for t in hits]}
+            result["ready_to_template"] = summary(switches) | {
+                "samples_ms": [t * 1e3 for t in switches]}
             # No runner from here on: build pods stay Running (kwok) or Pending, never run.
             latencies, settle = bench.latency(args.n, args.m, source)
             result["create_to_job"] = summary(latencies) | {
@@ -448,6 +531,7 @@ def main() -> None:
     floor_p50 = result["floor_watch_to_create"]["p50_ms"]
     floor_p99 = result["floor_watch_to_create"]["p99_ms"]
     cj, hit = result["create_to_job"], result["cache_hit_to_ready"]
+    sw = result["ready_to_template"]
     lines = [
         f"floor: create RTT p50 {result['floor_create_rtt']['p50_ms']:.1f} ms, "
         f"p99 {result['floor_create_rtt']['p99_ms']:.1f} ms; watch->create p50 "
@@ -468,6 +552,9 @@ def main() -> None:
         f"5. cache hit -> Ready ({hit['n']}): p50 {hit['p50_ms']:.1f} ms "
         f"(x{hit['p50_ms'] / floor_p50:.1f} floor), p99 {hit['p99_ms']:.1f} ms "
         f"(x{hit['p99_ms'] / floor_p99:.1f} floor); goal p99 < 1 s",
+        f"6. engine Ready -> Deployment template ({sw['n']}): p50 {sw['p50_ms']:.1f} ms "
+        f"(x{sw['p50_ms'] / floor_p50:.1f} floor), p99 {sw['p99_ms']:.1f} ms "
+        f"(x{sw['p99_ms'] / floor_p99:.1f} floor); goal p99 < 1 s",
         f"operator log errors: {result['operator_log_errors']}",
     ]
     print("\n".join(lines))

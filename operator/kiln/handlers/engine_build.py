@@ -45,7 +45,7 @@ def build_jobs(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, Ob
 def engine_builds(body: kopf.Body, namespace: str | None, name: str,
                   **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
     """EngineBuilds by (namespace, name), for reconciling one when its Job changes."""
-    return {(namespace, name): dict(body)}
+    return {(namespace, name): context.lean(body)}
 
 
 def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> None:

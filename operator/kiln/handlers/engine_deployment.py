@@ -73,7 +73,8 @@ def engine_deployments(body: kopf.Body, namespace: str | None, name: str,
                        **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
     """EngineDeployments by name, and by the EngineBuild they reference."""
     ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
-    return {("name", str(namespace), name): dict(body), ("ref", str(namespace), ref): dict(body)}
+    kept = context.lean(body)
+    return {("name", str(namespace), name): kept, ("ref", str(namespace), ref): kept}
 
 
 @kopf.index("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import re
+import threading
 from collections.abc import Mapping
 from typing import Any
 
@@ -44,23 +47,40 @@ def client(credentials: Mapping[str, str] | None = None,
 
     Without them boto3's own chain applies (environment, web identity, instance profile);
     the endpoint is ``endpoint_url``, else ``AWS_ENDPOINT_URL`` from ``credentials``, else
-    boto3's (which honours ``AWS_ENDPOINT_URL`` in the environment).
+    boto3's (which honours ``AWS_ENDPOINT_URL`` in the environment). Clients are shared (they
+    are thread-safe) and made from one session: a client of its own session costs ~13 MiB.
     """
     creds = dict(credentials or {})
-    session = boto3.session.Session(
-        aws_access_key_id=creds.get("AWS_ACCESS_KEY_ID"),
-        aws_secret_access_key=creds.get("AWS_SECRET_ACCESS_KEY"),
-        aws_session_token=creds.get("AWS_SESSION_TOKEN"),
-        region_name=creds.get("AWS_REGION") or creds.get("AWS_DEFAULT_REGION"),
-    )
+    return _client(tuple(sorted(creds.items())), endpoint_url or creds.get("AWS_ENDPOINT_URL"),
+                   os.environ.get("AWS_ENDPOINT_URL"))
+
+
+_session_lock = threading.Lock()
+
+
+@functools.cache
+def _session() -> boto3.session.Session:
+    return boto3.session.Session()
+
+
+@functools.lru_cache(maxsize=32)
+def _client(creds: tuple[tuple[str, str], ...], endpoint_url: str | None,
+            env_endpoint: str | None) -> Any:
+    """One client per credentials and endpoint (``env_endpoint`` only keys the cache)."""
+    given = dict(creds)
     # No SigV4 hash of request bodies (boto3 skips it over HTTPS already): every upload
     # carries a CRC32 checksum the server verifies, and engine files are sha256-checked end to
     # end; over plain HTTP (an in-cluster MinIO, moto) it saves one sha256 pass per byte.
     config = Config(retries={"max_attempts": 4, "mode": "standard"},
                     max_pool_connections=POOL_CONNECTIONS, connect_timeout=10,
                     read_timeout=120, s3={"payload_signing_enabled": False})
-    return session.client("s3", endpoint_url=endpoint_url or creds.get("AWS_ENDPOINT_URL"),
-                          config=config)
+    with _session_lock:  # a boto3 session is not thread-safe
+        return _session().client(
+            "s3", endpoint_url=endpoint_url, config=config,
+            aws_access_key_id=given.get("AWS_ACCESS_KEY_ID"),
+            aws_secret_access_key=given.get("AWS_SECRET_ACCESS_KEY"),
+            aws_session_token=given.get("AWS_SESSION_TOKEN"),
+            region_name=given.get("AWS_REGION") or given.get("AWS_DEFAULT_REGION"))
 
 
 def error_code(error: ClientError) -> str:
