@@ -37,6 +37,7 @@ PLURAL = "enginebuilds"
 CREATED_GRACE_SECONDS = 30.0
 """How long a Job created (or joined) here counts as observed before the index shows it."""
 MAX_SOURCES = 256
+MAX_ABSENT = 100_000
 AUTO_TARGETS = "autoTargets"
 EventSink = Callable[[dict[str, Any], Event], None]
 
@@ -73,6 +74,8 @@ class EngineBuildReconciler:
         self._locks_guard = threading.Lock()
         self._identities: dict[tuple[str, str], _Identity] = {}
         self._manifests: dict[tuple[str, str], Manifest] = {}
+        self._absent: dict[tuple[str, str, str], str] = {}
+        """(store, key, namespace) -> the Job that was building when no manifest was there."""
         self._stores: dict[str, EngineStore] = {}
         self._failures: dict[tuple[str, str], Failure | None] = {}
         self._sources: OrderedDict[tuple[Any, ...], WeightSource] = OrderedDict()
@@ -150,13 +153,27 @@ class EngineBuildReconciler:
             self._stores[uri] = open_store(uri)
         return self._stores[uri]
 
-    def _manifest(self, uri: str, key: str) -> Manifest | None:
-        """A committed engine's manifest; found ones are cached (engines are immutable)."""
+    def _manifest(self, uri: str, key: str, namespace: str,
+                  job: ObservedJob | None) -> Manifest | None:
+        """A committed engine's manifest; found ones are cached (engines are immutable).
+
+        While the key's Job is running, a manifest found missing is not looked for again
+        until the Job finishes (it is what writes the manifest): a Job's status changes cost
+        no store reads.
+        """
         if (uri, key) in self._manifests:
             return self._manifests[(uri, key)]
+        building = job.name if job is not None and job.state == "Active" else None
+        if building is not None and self._absent.get((uri, key, namespace)) == building:
+            return None
+        self._absent.pop((uri, key, namespace), None)
         manifest = self._store(uri).read_manifest(key)
         if manifest is not None:
             self._manifests[(uri, key)] = manifest
+        elif building is not None:
+            if len(self._absent) >= MAX_ABSENT:  # Jobs deleted mid-build leave entries
+                self._absent.clear()
+            self._absent[(uri, key, namespace)] = building
         return manifest
 
     def _failure(self, namespace: str, job: ObservedJob) -> Failure | None:
@@ -189,8 +206,9 @@ class EngineBuildReconciler:
                              builder_image=image, gpu_product=target.gpu_product,
                              compute_capability=target.compute_capability)
             wants.append(Want(target, key, f"{store}engines/{key}/"))
-        manifests = {w.key: self._manifest(store, w.key) for w in wants}
         observed = {w.key: j for w in wants if (j := self._job(jobs, namespace, w.key))}
+        manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key))
+                     for w in wants}
         owned = {j.key: j for j in jobs.owned_by(uid)}
         failures = {k: f for k, j in observed.items()
                     if j.state == "Failed" and (f := self._failure(namespace, j))}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import Any
 
@@ -85,16 +86,29 @@ def engine_build_changed(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -
     _reconcile(dict(body), kwargs["build_jobs"])
 
 
+_jobs_seen: dict[str, ObservedJob] = {}
+"""What each build Job (by uid) last told the planner: other changes reconcile nothing."""
+
+
 @kopf.on.event("batch", "v1", "jobs", labels={KEY_LABEL: kopf.PRESENT})
-def build_job_changed(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
-    """A build Job moved: reconcile every EngineBuild that owns it."""
+async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
+                            uid: str, **kwargs: Any) -> None:
+    """A build Job moved (its state, failure or owners): reconcile every EngineBuild that
+    owns it. Runs on the event loop; only a reconcile goes to a thread."""
+    observed = observe(dict(body))
+    if event["type"] == "DELETED":
+        _jobs_seen.pop(uid, None)
+    elif _jobs_seen.get(uid) == observed:
+        return  # pod counts, ready counts, timestamps: nothing the planner reads
+    else:
+        _jobs_seen[uid] = observed
     owners_index: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
     for ref in body["metadata"].get("ownerReferences") or []:
         if ref.get("kind") != "EngineBuild":
             continue
         for owner in owners_index.get((namespace, ref["name"]), ()):
             if owner["metadata"]["uid"] == ref["uid"]:
-                _reconcile(owner, kwargs["build_jobs"])
+                await asyncio.to_thread(_reconcile, owner, kwargs["build_jobs"])
 
 
 def sweep(indices: dict[str, Any]) -> None:

@@ -3,9 +3,9 @@ Deployments, or the GPU nodes reconciles the EngineDeployments concerned."""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
-import threading
 from typing import Any
 
 import kopf
@@ -116,12 +116,13 @@ def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body, **kwargs: A
 
 
 @kopf.on.event(GROUP, VERSION, BUILDS)
-def engine_build_for_serving(body: kopf.Body, namespace: str | None, name: str,
-                             **kwargs: Any) -> None:
-    """An EngineBuild changed (engines ready, new keys): reconcile what serves it."""
+async def engine_build_for_serving(body: kopf.Body, namespace: str | None, name: str,
+                                   **kwargs: Any) -> None:
+    """An EngineBuild changed (engines ready, new keys): reconcile what serves it. Runs on
+    the event loop (most EngineBuilds are served by nothing); a reconcile goes to a thread."""
     world = _IndexWorld(kwargs)
     for ed in world.referencing(str(namespace), name):
-        _reconcile(ed, world)
+        await asyncio.to_thread(_reconcile, ed, world)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
@@ -136,26 +137,25 @@ def serving_deployment_changed(body: kopf.Body, namespace: str | None,
 
 
 _nodes_seen: dict[str, GpuNode | None] = {}
-_nodes_lock = threading.Lock()
 
 
 @kopf.on.event("v1", "nodes")
-def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str, **kwargs: Any) -> None:
+async def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str,
+                       **kwargs: Any) -> None:
     """A GPU node came, went or changed labels: reconcile every EngineDeployment (their pools
-    may have changed). Heartbeats and other status updates are ignored."""
+    may have changed). Heartbeats and other status updates are ignored, on the event loop."""
     node = None if event["type"] == "DELETED" else gpu_node(dict(body))
-    with _nodes_lock:
-        changed = _nodes_seen.get(name) != node
-        if node is None:
-            _nodes_seen.pop(name, None)
-        else:
-            _nodes_seen[name] = node
+    changed = _nodes_seen.get(name) != node
+    if node is None:
+        _nodes_seen.pop(name, None)
+    else:
+        _nodes_seen[name] = node
     if event["type"] is None or not changed:
         return  # the initial listing, or nothing a pool depends on
     log.info("GPU node %s %s", name, "gone" if node is None else f"is {node.product}")
     world = _IndexWorld(kwargs)
     for ed in world.every():
-        _reconcile(ed, world)
+        await asyncio.to_thread(_reconcile, ed, world)
 
 
 def sweep(indices: dict[str, Any]) -> None:
