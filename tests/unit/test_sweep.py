@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from typing import Any
 
@@ -26,10 +27,8 @@ def test_sweeps_run_at_their_own_interval_and_survive_failures() -> None:
         task = asyncio.create_task(run_forever({"idx": 1}, [(fast, 0.02), (slow, 0.2)]))
         await asyncio.sleep(0.5)
         task.cancel()
-        try:
+        with contextlib.suppress(asyncio.CancelledError):
             await task
-        except asyncio.CancelledError:
-            pass
         assert task.cancelled()
 
     asyncio.run(main())

@@ -58,6 +58,15 @@ class _Identity:
     checked_monotonic: float
 
 
+@dataclass
+class _Read:
+    """The last identity read of one source, and when it started."""
+
+    lock: threading.Lock
+    started: float = float("-inf")
+    digest: str = ""
+
+
 def _fingerprint(eb: EngineBuild) -> tuple[str, ...]:
     model = eb.spec.model
     return (model.source, model.revision or "", model.credentials_secret or "")
@@ -79,6 +88,7 @@ class EngineBuildReconciler:
         self._stores: dict[str, EngineStore] = {}
         self._failures: dict[tuple[str, str], Failure | None] = {}
         self._sources: OrderedDict[tuple[Any, ...], WeightSource] = OrderedDict()
+        self._reads: dict[tuple[Any, ...], _Read] = {}
         self._created: dict[tuple[str, str], tuple[ObservedJob, float]] = {}
         """Jobs this process created or joined, until the index shows them."""
         self.retry: set[tuple[str, str]] = set()
@@ -107,7 +117,7 @@ class EngineBuildReconciler:
         cached = self._identities.get(ref)
         if cached and cached.fingerprint == _fingerprint(eb) and not refresh:
             return cached
-        identity = self._source(namespace, eb).identity().digest
+        identity = self._read_identity(namespace, eb)
         entry = _Identity(_fingerprint(eb), identity,
                           datetime.now(UTC).replace(microsecond=0), time.monotonic())
         if cached and cached.identity == identity:
@@ -115,7 +125,25 @@ class EngineBuildReconciler:
         self._identities[ref] = entry
         return entry
 
-    def _source(self, namespace: str, eb: EngineBuild) -> WeightSource:
+    def _read_identity(self, namespace: str, eb: EngineBuild) -> str:
+        """Read the weights identity, single flight: a read of the same source that started
+        after this call began is as fresh as one of its own, so callers arriving together
+        (a burst of EngineBuilds of one model) share it."""
+        arrived = time.monotonic()
+        ref, source = self._source(namespace, eb)
+        with self._locks_guard:
+            if ref not in self._reads and len(self._reads) >= MAX_SOURCES:
+                self._reads.clear()
+            read = self._reads.setdefault(ref, _Read(threading.Lock()))
+        with read.lock:
+            if read.started >= arrived:
+                return read.digest
+            started = time.monotonic()
+            digest = source.identity().digest
+            read.started, read.digest = started, digest
+            return digest
+
+    def _source(self, namespace: str, eb: EngineBuild) -> tuple[tuple[Any, ...], WeightSource]:
         """An open source per (URI, revision, credentials), reused: opening one builds an S3
         client, which costs more CPU than the listing an identity read makes."""
         model = eb.spec.model
@@ -125,13 +153,13 @@ class EngineBuildReconciler:
             found = self._sources.get(ref)
             if found is not None:
                 self._sources.move_to_end(ref)
-                return found
+                return ref, found
         source = open_source(model.source, credentials=credentials, revision=model.revision)
         with self._locks_guard:
             self._sources[ref] = source
             while len(self._sources) > MAX_SOURCES:
                 self._sources.popitem(last=False)
-        return source
+        return ref, source
 
     def poll_due(self, namespace: str, eb: EngineBuild) -> bool:
         """Whether ``spec.rebuild.pollInterval`` has passed since the identity was read."""
