@@ -7,6 +7,7 @@ lock per object keeps two calls for the same object from interleaving.
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
@@ -91,6 +92,8 @@ class EngineBuildReconciler:
         self._reads: dict[tuple[Any, ...], _Read] = {}
         self._created: dict[tuple[str, str], tuple[ObservedJob, float]] = {}
         """Jobs this process created or joined, until the index shows them."""
+        self._written: dict[tuple[str, str], tuple[str, str]] = {}
+        """(namespace, name) -> (uid, JSON of the status this process last wrote)."""
         self.retry: set[tuple[str, str]] = set()
         """Objects whose last reconcile met a transient error: the timer tries again."""
 
@@ -101,6 +104,7 @@ class EngineBuildReconciler:
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is cached for a deleted object."""
         self._identities.pop((namespace, name), None)
+        self._written.pop((namespace, name), None)
         self.retry.discard((namespace, name))
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
@@ -120,8 +124,9 @@ class EngineBuildReconciler:
         identity = self._read_identity(namespace, eb)
         entry = _Identity(_fingerprint(eb), identity,
                           datetime.now(UTC).replace(microsecond=0), time.monotonic())
-        if cached and cached.identity == identity:
-            entry.checked_at = cached.checked_at
+        latest = self._identities.get(ref) or cached  # a sweep may have read it meanwhile
+        if latest and latest.identity == identity:
+            entry.checked_at = latest.checked_at
         self._identities[ref] = entry
         return entry
 
@@ -219,8 +224,24 @@ class EngineBuildReconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         with self._lock((namespace, name)):
-            eb = EngineBuild.model_validate(dict(body))
-            return self._reconcile(namespace, name, str(meta["uid"]), eb, dict(body), jobs)
+            fresh = self._with_written_status(namespace, name, dict(body))
+            eb = EngineBuild.model_validate(fresh)
+            return self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, jobs)
+
+    def _with_written_status(self, namespace: str, name: str,
+                             body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with the status this process last wrote, if it has: a copy from an index
+        can predate that write (a Job event overtaking the EngineBuild's own), and planning
+        from it would write old transition times again and repeat Events. Only kiln writes
+        this status (``autoTargets`` aside, taken from ``body``)."""
+        written = self._written.get((namespace, name))
+        if written is None or written[0] != body["metadata"]["uid"]:
+            return body
+        status = json.loads(written[1])
+        auto = (body.get("status") or {}).get(AUTO_TARGETS)
+        if auto is not None:
+            status[AUTO_TARGETS] = auto
+        return {**body, "status": status}
 
     def _reconcile(self, namespace: str, name: str, uid: str, eb: EngineBuild,
                    body: dict[str, Any], jobs: JobLookup) -> Plan:
@@ -263,6 +284,7 @@ class EngineBuildReconciler:
         current = {k: v for k, v in (body.get("status") or {}).items() if k != AUTO_TARGETS}
         if status != current:
             self.kube.patch_status(PLURAL, namespace, name, _with_removals(status, current))
+            self._written[(namespace, name)] = (uid, json.dumps(status))
         for event in result.events:
             self.emit(body, event)
         _record(uid, result)
