@@ -541,9 +541,11 @@ def main() -> None:
         finally:
             bench.stop_operator()
             log = (Path(tmp) / "kiln.log").read_text(errors="replace")
-            errors = [line for line in log.splitlines() if "ERROR" in line or "Traceback" in line]
+            lines = log.splitlines()
+            errors = [i for i, line in enumerate(lines) if "[ERROR" in line]
             result["operator_log_errors"] = len(errors)
-            result["operator_log_error_lines"] = errors[:20]
+            result["operator_log_error_lines"] = [
+                "\n".join(lines[i:i + 30]) for i in errors[:5]]
 
     floor_p50 = result["floor_watch_to_create"]["p50_ms"]
     floor_p99 = result["floor_watch_to_create"]["p99_ms"]

@@ -41,8 +41,11 @@ class OperatorConfig:
     job_ttl_seconds: int = 3600
     """``ttlSecondsAfterFinished`` of build Jobs (``KILN_JOB_TTL_SECONDS``)."""
     weights_check_seconds: float = 30.0
-    """How often the weights timer wakes to see whether a ``pollInterval`` is due
-    (``KILN_WEIGHTS_CHECK_SECONDS``)."""
+    """How often the sweep retries transient failures and looks whether a ``pollInterval``
+    is due (``KILN_WEIGHTS_CHECK_SECONDS``)."""
+    resync_seconds: float = 30.0
+    """How often the sweep reconciles every EngineDeployment, in case an event was missed
+    (``KILN_RESYNC_SECONDS``)."""
     server_image: str = DEFAULT_SERVER_IMAGE
     """Serving image when ``spec.server.image`` is unset, for ``trtllm-serve``
     (``KILN_SERVER_IMAGE``); it must have the builder's TensorRT-LLM."""
@@ -71,6 +74,7 @@ class OperatorConfig:
                                        "KILN_BUILD_POD_LABELS"),
             job_ttl_seconds=int(env.get("KILN_JOB_TTL_SECONDS", "3600")),
             weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
+            resync_seconds=float(env.get("KILN_RESYNC_SECONDS", "30")),
             server_image=env.get("KILN_SERVER_IMAGE") or DEFAULT_SERVER_IMAGE,
             triton_image=env.get("KILN_TRITON_IMAGE") or None,
             triton_models_dir=env.get("KILN_TRITON_MODELS_DIR") or DEFAULT_TRITON_MODELS_DIR,

@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import base64
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
+import urllib3
 from kubernetes import client, config
 
 from kiln import GROUP, VERSION
@@ -136,6 +138,28 @@ class Kube:
         except client.ApiException as error:
             if error.status != 404:
                 raise translate(error, f"delete Deployment {namespace}/{name}") from error
+
+    def post_event(self, body: dict[str, Any], type_: str, reason: str, message: str,
+                   component: str = "kiln") -> None:
+        """A core/v1 Event about ``body`` (what Kopf posts, for callers outside its handlers);
+        best effort, as Kopf's are: a failure is logged, not raised."""
+        meta = body["metadata"]
+        now = datetime.now(UTC).isoformat().replace("+00:00", "Z")
+        event = {
+            "metadata": {"generateName": f"{meta['name']}.", "namespace": meta["namespace"]},
+            "involvedObject": {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+                               "name": meta["name"], "namespace": meta["namespace"],
+                               "uid": meta.get("uid"),
+                               "resourceVersion": meta.get("resourceVersion")},
+            "type": type_, "reason": reason, "message": message[:1024],
+            "source": {"component": component}, "reportingComponent": component,
+            "firstTimestamp": now, "lastTimestamp": now, "count": 1,
+        }
+        try:
+            self.core.create_namespaced_event(meta["namespace"], event)
+        except (client.ApiException, urllib3.exceptions.HTTPError) as error:
+            log.warning("could not post Event %s about %s/%s: %s", reason, meta["namespace"],
+                        meta["name"], error)
 
     def read_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
         """A kiln object as it is now, or None."""

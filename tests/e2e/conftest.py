@@ -58,17 +58,23 @@ def operator_env(kube: Cluster, s3_endpoint: str, engines_bucket: str,
         "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": s3_endpoint}),
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
+        "KILN_RESYNC_SECONDS": "2",
     }
 
 
 @pytest.fixture(scope="session")
 def operator(kube: Cluster, crds: None, operator_env: dict[str, str],
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
-    """The operator, running for the whole session."""
+    """The operator, running for the whole session; it must log no error in it (the
+    handlers' failures, the sweep's), bar Kopf's API requests it retries itself."""
     op = Operator(kube, operator_env, tmp_path_factory.mktemp("operator") / "kiln.log")
     op.start()
     yield op
     op.stop()
+    lines = op.log().splitlines()
+    errors = ["\n".join(lines[i:i + 20]) for i, line in enumerate(lines)
+              if "[ERROR" in line and "failed; will retry" not in line]
+    assert not errors, "\n\n".join(errors[:3])
 
 
 @pytest.fixture(scope="session")

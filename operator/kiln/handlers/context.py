@@ -51,9 +51,13 @@ def lean(body: kopf.Body) -> dict[str, Any]:
 
 
 def emit(body: dict[str, Any], event: Event) -> None:
-    """Post a Kubernetes Event about ``body`` (Kopf sends it from its event loop)."""
-    kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
-               message=event.message)
+    """Post a Kubernetes Event about ``body``: through Kopf's queue from its handlers, directly
+    from elsewhere (the sweep), where Kopf has no queue to give."""
+    try:
+        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
+                   message=event.message)
+    except LookupError:
+        kube().post_event(body, event.type, event.reason, event.message)
 
 
 @functools.cache

@@ -19,8 +19,6 @@ import kopf
 from kiln.handlers import context, engine_build, engine_deployment
 
 log = logging.getLogger(__name__)
-DEPLOYMENT_SECONDS = 30.0
-"""Every EngineDeployment is reconciled at least this often (events can be missed)."""
 
 Sweep = Callable[[dict[str, Any]], None]
 
@@ -28,7 +26,7 @@ Sweep = Callable[[dict[str, Any]], None]
 def schedule() -> list[tuple[Sweep, float]]:
     """What runs, and how often."""
     return [(engine_build.sweep, context.config().weights_check_seconds),
-            (engine_deployment.sweep, DEPLOYMENT_SECONDS)]
+            (engine_deployment.sweep, context.config().resync_seconds)]
 
 
 async def run_forever(indices: dict[str, Any], sweeps: list[tuple[Sweep, float]]) -> None:
