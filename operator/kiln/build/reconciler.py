@@ -95,7 +95,7 @@ class EngineBuildReconciler:
         self._written: dict[tuple[str, str], tuple[str, str]] = {}
         """(namespace, name) -> (uid, JSON of the status this process last wrote)."""
         self.retry: set[tuple[str, str]] = set()
-        """Objects whose last reconcile met a transient error: the timer tries again."""
+        """Objects whose last reconcile met a transient error: the sweep tries again."""
 
     def _lock(self, ref: tuple[str, str]) -> threading.Lock:
         with self._locks_guard:

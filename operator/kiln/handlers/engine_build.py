@@ -50,7 +50,7 @@ def engine_builds(body: kopf.Body, namespace: str | None, name: str,
 
 
 def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> None:
-    """Reconcile; a transient error is retried by the timer (Kopf does not retry events)."""
+    """Reconcile; a transient error is retried by the sweep (Kopf does not retry events)."""
     reconciler = context.engine_builds()
     ref = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:

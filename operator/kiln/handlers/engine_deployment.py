@@ -86,7 +86,7 @@ def serving_deployments(body: kopf.Body, namespace: str | None,
 
 
 def _reconcile(body: dict[str, Any], world: _IndexWorld) -> None:
-    """Reconcile; a transient error is logged and retried by the timer (Kopf does not retry
+    """Reconcile; a transient error is logged and retried by the sweep (Kopf does not retry
     events)."""
     try:
         reconciler().reconcile(body, world)
