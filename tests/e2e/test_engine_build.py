@@ -17,7 +17,7 @@ from chart import argocd
 from e2e.support import ROOT, Operator, get_eb, ready
 from kiln import GROUP, VERSION
 from kiln.build.jobs import KEY_LABEL
-from kiln.testbed import nodes
+from kiln.testbed import checkpoint, nodes
 from kiln.testbed.cluster import Cluster
 from kiln.testbed.localproc import LocalProcessRunner
 from waiting import eventually
@@ -250,7 +250,8 @@ def test_metrics_show_builds_and_cache_moving(operator: Operator, kube: Cluster,
 
 
 def test_weights_that_cannot_be_read_stall_before_any_job(
-        kube: Cluster, namespace: str, models_bucket: str) -> None:
+        kube: Cluster, namespace: str, models_bucket: str, s3_client: Any,
+        tmp_path: Path) -> None:
     body = example("eb-h100-fp8.yaml", f"s3://{models_bucket}/{namespace}/nothing-here/")
     body["metadata"]["name"] = "nowhere"
     create(kube, namespace, body)
@@ -267,3 +268,10 @@ def test_weights_that_cannot_be_read_stall_before_any_job(
     assert get_eb(kube, namespace, "nowhere")["status"]["phase"] == "Failed"
     assert build_jobs(kube, namespace) == []
     assert argo_health(kube, namespace, "nowhere") == "Degraded"
+    # The weights arrive (a GitOps sync can apply the manifest first): the sweep reads them
+    # and the build goes on, without an edit.
+    checkpoint.upload(s3_client, checkpoint.write(tmp_path / "ckpt", seed=11), models_bucket,
+                      f"{namespace}/nothing-here/")
+    status = eventually(lambda: ready(kube, namespace, "nowhere"), timeout=120)
+    assert [e["state"] for e in status["engines"]] == ["Ready"]
+    assert argo_health(kube, namespace, "nowhere") == "Healthy"

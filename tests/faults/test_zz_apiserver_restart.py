@@ -12,8 +12,16 @@ from typing import Any
 
 import pytest
 
-from e2e.support import Operator
-from faults.support import ENGINES, TARGETS, all_ready, check_built_once_each, create, engine_build
+from e2e.support import Operator, get_eb
+from faults.support import (
+    ENGINES,
+    TARGETS,
+    all_ready,
+    build_jobs,
+    check_built_once_each,
+    create,
+    engine_build,
+)
 from kiln.testbed.cluster import Cluster
 from kiln.testbed.localproc import LocalProcessRunner
 from waiting import eventually
@@ -40,7 +48,15 @@ def test_apiserver_restart_during_reconciliation(
     for i, name in enumerate(names[BEFORE:], start=BEFORE):
         create(kube, namespace, engine_build(name, weights, gpu=TARGETS[i % len(TARGETS)],
                                              max_batch_size=100 + i))
-    eventually(lambda: not all_ready(kube, namespace, names), timeout=60, interval=1)
+    try:
+        eventually(lambda: not all_ready(kube, namespace, names), timeout=60, interval=1)
+    except AssertionError:
+        left = {n: (get_eb(kube, namespace, n).get("status") or {}).get("engines")
+                for n in all_ready(kube, namespace, names)}
+        jobs = {j.metadata.name: (j.status.active, j.status.succeeded, j.status.failed)
+                for j in build_jobs(kube, namespace)}
+        raise AssertionError(f"not Ready a minute after the restart: {left}; "
+                             f"Jobs (active, succeeded, failed): {jobs}") from None
     print(f"all {len(names)} Ready {time.monotonic() - restarted:.1f}s after the restart")
     assert operator.process.poll() is None and operator.process.pid == pid, (
         "the operator restarted")

@@ -109,6 +109,10 @@ class EngineBuildReconciler:
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
 
+    def status_written_elsewhere(self, namespace: str, name: str) -> None:
+        """Someone else (a stall) wrote this object's status: plan from what is read."""
+        self._written.pop((namespace, name), None)
+
     # -- facts -----------------------------------------------------------------------------
 
     def _credentials(self, namespace: str, eb: EngineBuild) -> dict[str, str] | None:
@@ -166,6 +170,11 @@ class EngineBuildReconciler:
                 self._sources.popitem(last=False)
         return ref, source
 
+    def known_identity(self, namespace: str, name: str) -> str | None:
+        """The weights identity last read for the object, if one was."""
+        cached = self._identities.get((namespace, name))
+        return cached.identity if cached else None
+
     def poll_due(self, namespace: str, eb: EngineBuild) -> bool:
         """Whether ``spec.rebuild.pollInterval`` has passed since the identity was read."""
         cached = self._identities.get((namespace, str(eb.metadata["name"])))
@@ -186,18 +195,19 @@ class EngineBuildReconciler:
             self._stores[uri] = open_store(uri)
         return self._stores[uri]
 
-    def _manifest(self, uri: str, key: str, namespace: str,
-                  job: ObservedJob | None) -> Manifest | None:
+    def _manifest(self, uri: str, key: str, namespace: str, job: ObservedJob | None, *,
+                  trust_absent: bool = False) -> Manifest | None:
         """A committed engine's manifest; found ones are cached (engines are immutable).
 
-        While the key's Job is running, a manifest found missing is not looked for again
-        until the Job finishes (it is what writes the manifest): a Job's status changes cost
-        no store reads.
+        While the key's Job is running, a manifest found missing is, with ``trust_absent``,
+        not looked for again until the Job finishes (it is what writes the manifest): the
+        status changes of a running Job cost no store reads.
         """
         if (uri, key) in self._manifests:
             return self._manifests[(uri, key)]
         building = job.name if job is not None and job.state == "Active" else None
-        if building is not None and self._absent.get((uri, key, namespace)) == building:
+        if (trust_absent and building is not None
+                and self._absent.get((uri, key, namespace)) == building):
             return None
         self._absent.pop((uri, key, namespace), None)
         manifest = self._store(uri).read_manifest(key)
@@ -219,14 +229,18 @@ class EngineBuildReconciler:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def reconcile(self, body: Mapping[str, Any], jobs: JobLookup) -> Plan:
-        """Bring one EngineBuild's Jobs and status in line with what exists."""
+    def reconcile(self, body: Mapping[str, Any], jobs: JobLookup, *,
+                  job_moved: bool = False) -> Plan:
+        """Bring one EngineBuild's Jobs and status in line with what exists. ``job_moved``:
+        called for a change of one of its Jobs; an engine found missing while that Job runs
+        is then not looked for again before it finishes (every other call looks)."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         with self._lock((namespace, name)):
             fresh = self._with_written_status(namespace, name, dict(body))
             eb = EngineBuild.model_validate(fresh)
-            return self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, jobs)
+            return self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, jobs,
+                                   job_moved)
 
     def _with_written_status(self, namespace: str, name: str,
                              body: dict[str, Any]) -> dict[str, Any]:
@@ -244,7 +258,7 @@ class EngineBuildReconciler:
         return {**body, "status": status}
 
     def _reconcile(self, namespace: str, name: str, uid: str, eb: EngineBuild,
-                   body: dict[str, Any], jobs: JobLookup) -> Plan:
+                   body: dict[str, Any], jobs: JobLookup, job_moved: bool) -> Plan:
         weights = self.identity(namespace, eb)
         store = self.store_uri(eb)
         image = eb.spec.toolchain.image or self.config.builder_image
@@ -256,8 +270,8 @@ class EngineBuildReconciler:
                              compute_capability=target.compute_capability)
             wants.append(Want(target, key, f"{store}engines/{key}/"))
         observed = {w.key: j for w in wants if (j := self._job(jobs, namespace, w.key))}
-        manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key))
-                     for w in wants}
+        manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
+                                           trust_absent=job_moved) for w in wants}
         owned = {j.key: j for j in jobs.owned_by(uid)}
         failures = {k: f for k, j in observed.items()
                     if j.state == "Failed" and (f := self._failure(namespace, j))}

@@ -49,16 +49,18 @@ def engine_builds(body: kopf.Body, namespace: str | None, name: str,
     return {(namespace, name): context.lean(body)}
 
 
-def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob]) -> None:
+def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob], *,
+               job_moved: bool = False) -> None:
     """Reconcile; a transient error is retried by the sweep (Kopf does not retry events)."""
     reconciler = context.engine_builds()
     ref = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
-        reconciler.reconcile(body, _IndexLookup(index))
+        reconciler.reconcile(body, _IndexLookup(index), job_moved=job_moved)
     except KilnError as error:
         if not error.retryable:
             reconciler.retry.discard(ref)
             metrics.record_reconcile_error("EngineBuild")
+            reconciler.status_written_elsewhere(*ref)
             context.stall(PLURAL, body, error, phase="Failed")
             return
         reconciler.retry.add(ref)
@@ -106,9 +108,10 @@ async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
     for ref in body["metadata"].get("ownerReferences") or []:
         if ref.get("kind") != "EngineBuild":
             continue
-        for owner in owners_index.get((namespace, ref["name"]), ()):
+        for owner in list(owners_index.get((namespace, ref["name"]), ())):  # awaits below
             if owner["metadata"]["uid"] == ref["uid"]:
-                await asyncio.to_thread(_reconcile, owner, kwargs["build_jobs"])
+                await asyncio.to_thread(_reconcile, owner, kwargs["build_jobs"],
+                                        job_moved=True)
 
 
 def sweep(indices: dict[str, Any]) -> None:
@@ -129,10 +132,14 @@ def sweep(indices: dict[str, Any]) -> None:
             namespace = str(ref[0])
             if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
                 continue
+            before = reconciler.known_identity(namespace, ref[1])
+            if before is None:  # never read (unreadable so far): a pass reads it, or stalls
+                _reconcile(body, jobs)
+                continue
             try:
-                before = reconciler.identity(namespace, eb).identity
                 after = reconciler.identity(namespace, eb, refresh=True).identity
-            except (KilnError, urllib3.exceptions.HTTPError, OSError):
+            except (KilnError, urllib3.exceptions.HTTPError, OSError) as error:
+                log.debug("weights of %s/%s unreadable: %s", namespace, ref[1], error)
                 _reconcile(body, jobs)  # the reconcile reports (or schedules a retry)
                 continue
             if after != before:
