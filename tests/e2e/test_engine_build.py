@@ -48,6 +48,16 @@ def build_jobs(kube: Cluster, namespace: str) -> list[Any]:
         namespace, label_selector=KEY_LABEL).items
 
 
+def stalled_condition(status: dict[str, Any]) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == "Stalled"), {})
+
+
+def stalled(kube: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    """The EngineBuild's status, once its ``Stalled`` condition is True."""
+    status = get_eb(kube, namespace, name).get("status") or {}
+    return status if stalled_condition(status).get("status") == "True" else None
+
+
 def argo_health(kube: Cluster, namespace: str, name: str) -> str:
     """What Argo CD's health check (the chart's Lua, in a real Lua runtime) makes of the
     object the operator produced."""
@@ -182,14 +192,7 @@ def test_bad_input_stalls_with_the_builders_reason_and_is_not_retried(
     body = example("eb-h100-fp8.yaml", f"s3://{bucket}/{broken}")
     body["metadata"]["name"] = "broken"
     create(kube, namespace, body)
-
-    def stalled() -> dict[str, Any] | None:
-        status = get_eb(kube, namespace, "broken").get("status") or {}
-        conditions = {c["type"]: c for c in status.get("conditions", [])}
-        stalled = conditions.get("Stalled", {})
-        return status if stalled.get("status") == "True" else None
-
-    status = eventually(stalled, timeout=120)
+    status = eventually(lambda: stalled(kube, namespace, "broken"), timeout=120)
     assert status["phase"] == "Failed"
     assert argo_health(kube, namespace, "broken") == "Degraded"
     message = status["engines"][0]["message"]
@@ -255,17 +258,11 @@ def test_weights_that_cannot_be_read_stall_before_any_job(
     body = example("eb-h100-fp8.yaml", f"s3://{models_bucket}/{namespace}/nothing-here/")
     body["metadata"]["name"] = "nowhere"
     create(kube, namespace, body)
-
-    def stalled() -> dict[str, Any] | None:
-        status = get_eb(kube, namespace, "nowhere").get("status") or {}
-        conditions = {c["type"]: c for c in status.get("conditions", [])}
-        return conditions.get("Stalled") if conditions.get("Stalled", {}).get(
-            "status") == "True" else None
-
-    condition = eventually(stalled, timeout=60)
+    status = eventually(lambda: stalled(kube, namespace, "nowhere"), timeout=60)
+    condition = stalled_condition(status)
     assert condition["reason"] == "NotFound"
     assert "no weights under" in condition["message"]
-    assert get_eb(kube, namespace, "nowhere")["status"]["phase"] == "Failed"
+    assert status["phase"] == "Failed"
     assert build_jobs(kube, namespace) == []
     assert argo_health(kube, namespace, "nowhere") == "Degraded"
     # The weights arrive (a GitOps sync can apply the manifest first): the sweep reads them
