@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any
 
@@ -14,9 +15,12 @@ from kiln.api import EngineBuild
 from kiln.build.jobs import KEY_LABEL, ObservedJob, observe
 from kiln.errors import KilnError
 from kiln.handlers import context
+from kiln.handlers.workqueue import WorkQueue
 
 log = logging.getLogger(__name__)
 PLURAL = "enginebuilds"
+WORKERS = 8
+"""Reconciles at once: each mostly waits on the API server or the store."""
 
 
 class _IndexLookup:
@@ -76,16 +80,47 @@ def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob], *,
         reconciler.retry.discard(ref)
 
 
+Ref = tuple[str, str]
+_queue: WorkQueue[Ref] = WorkQueue(WORKERS)
+"""EngineBuilds due for a reconcile: the handlers below only mark them (see ``workqueue``)."""
+
+
+@kopf.on.startup()
+async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Start the reconcile workers; they read EngineBuilds and Jobs from Kopf's indexes."""
+    builds: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
+    jobs: kopf.Index[Any, ObservedJob] = kwargs["build_jobs"]
+
+    def work(ref: Ref, job_moved: bool) -> None:
+        found = list(builds.get(ref, ()))
+        if found and not found[-1]["metadata"].get("deletionTimestamp"):
+            _reconcile(found[-1], jobs, job_moved=job_moved)
+
+    memo["build_queue"] = asyncio.create_task(_queue.run(work), name="kiln reconcile workers")
+
+
+@kopf.on.cleanup()
+async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
+    task: asyncio.Task[None] | None = memo.get("build_queue")
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def _mark(namespace: str, name: str, job_moved: bool = False) -> None:
+    _queue.add((namespace, name), job_moved)
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def engine_build_changed(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
-    """Any change of an EngineBuild (its spec, or status written by others) reconciles it."""
+async def engine_build_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
+                               name: str, **_: Any) -> None:
+    """Any change of an EngineBuild (its spec, or status written by others) marks it due."""
     if event["type"] == "DELETED":
-        meta = body["metadata"]
-        context.engine_builds().forget(meta["namespace"], meta["name"])
+        context.engine_builds().forget(str(namespace), name)
         return
-    if body["metadata"].get("deletionTimestamp"):
-        return
-    _reconcile(dict(body), kwargs["build_jobs"])
+    if not body["metadata"].get("deletionTimestamp"):
+        _mark(str(namespace), name)
 
 
 _jobs_seen: dict[str, ObservedJob] = {}
@@ -95,8 +130,8 @@ _jobs_seen: dict[str, ObservedJob] = {}
 @kopf.on.event("batch", "v1", "jobs", labels={KEY_LABEL: kopf.PRESENT})
 async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                             uid: str, **kwargs: Any) -> None:
-    """A build Job moved (its state, failure or owners): reconcile every EngineBuild that
-    owns it. Runs on the event loop; only a reconcile goes to a thread."""
+    """A build Job moved (its state, failure or owners): mark every EngineBuild that owns
+    it due."""
     observed = observe(dict(body))
     if event["type"] == "DELETED":
         _jobs_seen.pop(uid, None)
@@ -104,29 +139,24 @@ async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
         return  # pod counts, ready counts, timestamps: nothing the planner reads
     else:
         _jobs_seen[uid] = observed
-    owners_index: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
     for ref in body["metadata"].get("ownerReferences") or []:
-        if ref.get("kind") != "EngineBuild":
-            continue
-        for owner in list(owners_index.get((namespace, ref["name"]), ())):  # awaits below
-            if owner["metadata"]["uid"] == ref["uid"]:
-                await asyncio.to_thread(_reconcile, owner, kwargs["build_jobs"],
-                                        job_moved=True)
+        if ref.get("kind") == "EngineBuild":
+            _mark(str(namespace), ref["name"], job_moved=True)
 
 
 def sweep(indices: dict[str, Any]) -> None:
     """Run by the operator-wide sweep: retry each reconcile that met a transient error, and
     re-read the weights identity where ``pollInterval`` is due (a new identity means new keys
     and builds)."""
-    jobs: kopf.Index[Any, ObservedJob] = indices["build_jobs"]
     builds: kopf.Index[Any, dict[str, Any]] = indices["engine_builds"]
     reconciler = context.engine_builds()
+    due = _queue.add_threadsafe
     for ref in list(builds):
         for body in list(builds.get(ref, ())):
             if body["metadata"].get("deletionTimestamp"):
                 continue
             if ref in reconciler.retry:
-                _reconcile(body, jobs)
+                due(ref)
                 continue
             eb = EngineBuild.model_validate(body)
             namespace = str(ref[0])
@@ -134,15 +164,15 @@ def sweep(indices: dict[str, Any]) -> None:
                 continue
             before = reconciler.known_identity(namespace, ref[1])
             if before is None:  # never read (unreadable so far): a pass reads it, or stalls
-                _reconcile(body, jobs)
+                due(ref)
                 continue
             try:
                 after = reconciler.identity(namespace, eb, refresh=True).identity
             except (KilnError, urllib3.exceptions.HTTPError, OSError) as error:
                 log.debug("weights of %s/%s unreadable: %s", namespace, ref[1], error)
-                _reconcile(body, jobs)  # the reconcile reports (or schedules a retry)
+                due(ref)  # the reconcile reports (or schedules a retry)
                 continue
             if after != before:
                 log.info("weights of %s/%s changed: %s -> %s", namespace, ref[1],
                          before[:12], after[:12])
-                _reconcile(body, jobs)
+                due(ref)

@@ -1,0 +1,75 @@
+"""A work queue: objects due for a reconcile, coalesced, run by a few worker threads.
+
+Kopf gives each object a task that feeds its events, one at a time, to the handlers. A handler
+that waits for a reconcile keeps every newer event of that object queued behind it, each a
+whole parsed body: under a burst of 2,000 EngineBuilds and their Jobs that backlog was most
+of the operator's memory. So the handlers only mark the object due and return; the workers
+reconcile each due object once, from the newest copy in Kopf's index, and never one object in
+two threads at once (marked again while it runs, it runs once more after).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+from collections.abc import Callable, Hashable
+from typing import Generic, TypeVar
+
+log = logging.getLogger(__name__)
+
+Ref = TypeVar("Ref", bound=Hashable)
+
+
+class WorkQueue(Generic[Ref]):
+    """``add(ref, moved)`` marks ``ref`` due; ``run(work)`` calls ``work(ref, moved)`` in a
+    thread for each due ref, ``moved`` being true if any mark since the last call said so."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._due: dict[Ref, bool] = {}
+        self._running: set[Ref] = set()
+        self._ready: asyncio.Queue[Ref] = asyncio.Queue()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def add(self, ref: Ref, moved: bool = False) -> None:
+        """Mark ``ref`` due (on the event loop's thread)."""
+        if ref in self._due:
+            self._due[ref] |= moved
+            return
+        self._due[ref] = moved
+        if ref not in self._running:
+            self._ready.put_nowait(ref)
+
+    def add_threadsafe(self, ref: Ref, moved: bool = False) -> None:
+        """Mark ``ref`` due from another thread (the sweep's); no-op before ``run()``."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self.add, ref, moved)
+
+    def __len__(self) -> int:
+        return len(self._due)
+
+    async def run(self, work: Callable[[Ref, bool], None]) -> None:
+        """Run the workers until cancelled."""
+        self._loop = asyncio.get_running_loop()
+        pool = concurrent.futures.ThreadPoolExecutor(self.workers, "kiln-reconcile")
+        try:
+            await asyncio.gather(*(self._worker(pool, work) for _ in range(self.workers)))
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _worker(self, pool: concurrent.futures.Executor,
+                      work: Callable[[Ref, bool], None]) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            ref = await self._ready.get()
+            moved = self._due.pop(ref)
+            self._running.add(ref)
+            try:
+                await loop.run_in_executor(pool, work, ref, moved)
+            except Exception:
+                log.exception("reconcile of %s failed", ref)
+            finally:
+                self._running.discard(ref)
+                if ref in self._due:
+                    self._ready.put_nowait(ref)

@@ -1,0 +1,109 @@
+"""The reconcile work queue: coalescing, one thread per object at a time, re-runs, failures."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import Awaitable, Callable
+
+from kiln.handlers.workqueue import WorkQueue
+
+
+def _run(queue: WorkQueue[str], work: Callable[[str, bool], None],
+         body: Callable[[], Awaitable[None]]) -> None:
+    async def main() -> None:
+        task = asyncio.create_task(queue.run(work))
+        try:
+            await body()
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    asyncio.run(main())
+
+
+async def _settle(queue: WorkQueue[str], calls: list[tuple[str, bool]], count: int) -> None:
+    for _ in range(500):
+        if len(calls) >= count and not len(queue):
+            await asyncio.sleep(0.05)  # and nothing more comes
+            return
+        await asyncio.sleep(0.01)
+
+
+def test_marks_before_a_turn_coalesce_and_merge_moved() -> None:
+    queue: WorkQueue[str] = WorkQueue(2)
+    calls: list[tuple[str, bool]] = []
+    for ref, moved in [("a", False), ("a", True), ("a", False), ("b", False), ("b", False)]:
+        queue.add(ref, moved)  # all before the workers start
+
+    async def body() -> None:
+        await _settle(queue, calls, 2)
+
+    _run(queue, lambda ref, moved: calls.append((ref, moved)), body)
+    assert sorted(calls) == [("a", True), ("b", False)]
+
+
+def test_one_object_never_runs_in_two_threads_and_runs_again_if_marked_meanwhile() -> None:
+    queue: WorkQueue[str] = WorkQueue(4)
+    calls: list[tuple[str, bool]] = []
+    running: set[str] = set()
+    overlap: list[str] = []
+    started = threading.Event()
+    threads: set[int] = set()
+
+    def work(ref: str, moved: bool) -> None:
+        if ref in running:
+            overlap.append(ref)
+        running.add(ref)
+        threads.add(threading.get_ident())
+        started.set()
+        time.sleep(0.1)
+        running.discard(ref)
+        calls.append((ref, moved))
+
+    async def body() -> None:
+        queue.add("a")
+        while not started.is_set():
+            await asyncio.sleep(0.005)
+        queue.add("a", True)  # while "a" runs: one more run after, not a parallel one
+        queue.add("a")
+        await _settle(queue, calls, 2)
+
+    _run(queue, work, body)
+    assert overlap == []
+    assert calls == [("a", False), ("a", True)]
+    assert threading.get_ident() not in threads
+
+
+def test_a_failing_reconcile_does_not_stop_its_worker() -> None:
+    queue: WorkQueue[str] = WorkQueue(1)
+    calls: list[tuple[str, bool]] = []
+
+    def work(ref: str, moved: bool) -> None:
+        calls.append((ref, moved))
+        if ref == "bad":
+            raise RuntimeError("boom")
+
+    async def body() -> None:
+        queue.add("bad")
+        queue.add("good")
+        await _settle(queue, calls, 2)
+
+    _run(queue, work, body)
+    assert calls == [("bad", False), ("good", False)]
+
+
+def test_marks_from_another_thread_reach_the_workers() -> None:
+    queue: WorkQueue[str] = WorkQueue(1)
+    calls: list[tuple[str, bool]] = []
+
+    async def body() -> None:
+        await asyncio.sleep(0.01)  # run() has started
+        await asyncio.to_thread(queue.add_threadsafe, "x", True)
+        await _settle(queue, calls, 1)
+
+    _run(queue, lambda ref, moved: calls.append((ref, moved)), body)
+    assert calls == [("x", True)]
