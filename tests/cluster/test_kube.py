@@ -1,14 +1,79 @@
-"""``Kube.post_event`` (Events from outside Kopf's handlers) against the real apiserver."""
+"""The Kubernetes adapter (``kiln.kube`` over ``kiln.kubeapi``) against the real apiserver:
+both kinds of credential, error mapping, owner replacement, server-side apply, Events."""
 
 from __future__ import annotations
 
 import pytest
 from kubernetes import client
 
+from kiln.errors import AccessDenied
 from kiln.kube import Kube
+from kiln.kubeapi import Client, from_kubeconfig
 from kiln.testbed.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
+
+
+def _admin(kube: Cluster) -> Kube:
+    return Kube(Client(from_kubeconfig(str(kube.kubeconfig))))
+
+
+def _job(namespace: str, name: str) -> dict[str, object]:
+    return {"apiVersion": "batch/v1", "kind": "Job",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"suspend": True, "template": {"spec": {
+                "restartPolicy": "Never", "containers": [{"name": "c", "image": "x"}]}}}}
+
+
+def _owner(name: str, uid: str) -> dict[str, object]:
+    return {"apiVersion": "v1", "kind": "ConfigMap", "name": name, "uid": uid}
+
+
+def test_jobs_created_read_reowned_and_deleted(kube: Cluster, namespace: str) -> None:
+    api = _admin(kube)
+    assert api.read_job(namespace, "j") is None
+    assert api.create_job(_job(namespace, "j")) is True
+    assert api.create_job(_job(namespace, "j")) is False  # exists: not an error
+    job = api.read_job(namespace, "j")
+    assert job is not None and job["metadata"]["name"] == "j"
+    two = [_owner("a", "00000000-0000-0000-0000-00000000000a"),
+           _owner("b", "00000000-0000-0000-0000-00000000000b")]
+    api.set_job_owners(namespace, "j", two, job["metadata"]["resourceVersion"])
+    job = api.read_job(namespace, "j")
+    assert job is not None
+    # One owner leaves: the list is replaced (a strategic merge would have kept both).
+    api.set_job_owners(namespace, "j", two[1:], job["metadata"]["resourceVersion"])
+    job = api.read_job(namespace, "j")
+    assert job is not None
+    assert [r["name"] for r in job["metadata"]["ownerReferences"]] == ["b"]
+    with pytest.raises(Exception, match="409"):  # compare-and-swap on a stale version
+        api.set_job_owners(namespace, "j", two, "1")
+    api.delete_job(namespace, "j")
+    api.delete_job(namespace, "j")  # gone already: fine
+    assert api.job_pods(namespace, "j") == []
+
+
+def test_service_account_token_and_access_denied(kube: Cluster, namespace: str) -> None:
+    path = kube.kubeconfig_for_service_account(namespace, "nobody")
+    api = Kube(Client(from_kubeconfig(str(path))))
+    with pytest.raises(AccessDenied, match="Forbidden"):
+        api.secret_data(namespace, "anything")
+
+
+def test_server_side_apply_keeps_others_fields(kube: Cluster, namespace: str) -> None:
+    api = _admin(kube)
+    def service(app: str) -> dict[str, object]:
+        return {"apiVersion": "v1", "kind": "Service",
+                "metadata": {"name": "s", "namespace": namespace},
+                "spec": {"selector": {"app": app}, "ports": [{"port": 80, "name": "http"}]}}
+
+    api.apply(service("a"))
+    core = client.CoreV1Api(kube.api_client)
+    core.patch_namespaced_service("s", namespace, {"metadata": {"labels": {"mine": "yes"}}})
+    api.apply(service("b"))
+    made = core.read_namespaced_service("s", namespace)
+    assert made.spec.selector == {"app": "b"} and made.metadata.labels == {"mine": "yes"}
+    assert any(f.manager == "kiln" for f in made.metadata.managed_fields)
 
 
 def test_an_event_names_its_object_and_says_why(kube: Cluster, namespace: str) -> None:
@@ -16,7 +81,7 @@ def test_an_event_names_its_object_and_says_why(kube: Cluster, namespace: str) -
     made = core.create_namespaced_config_map(namespace, {"metadata": {"name": "subject"}})
     body = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": kube.api_client.sanitize_for_serialization(made.metadata)}
-    Kube(kube.api_client).post_event(body, "Warning", "BuildFailed", "engine abc: x" * 200)
+    _admin(kube).post_event(body, "Warning", "BuildFailed", "engine abc: x" * 200)
     (event,) = core.list_namespaced_event(namespace).items
     assert (event.type, event.reason, event.reporting_component) == (
         "Warning", "BuildFailed", "kiln")
@@ -29,5 +94,5 @@ def test_an_event_that_cannot_be_posted_is_logged_not_raised(
         kube: Cluster, caplog: pytest.LogCaptureFixture) -> None:
     body = {"apiVersion": "v1", "kind": "ConfigMap",
             "metadata": {"name": "x", "namespace": "no-such-namespace", "uid": "u"}}
-    Kube(kube.api_client).post_event(body, "Normal", "EngineReady", "ready")
+    _admin(kube).post_event(body, "Normal", "EngineReady", "ready")
     assert "could not post Event EngineReady about no-such-namespace/x" in caplog.text
