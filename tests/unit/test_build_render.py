@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
+
 from kiln.api import EngineBuildSpec
 from kiln.build.plan import Want
 from kiln.build.render import render_job
 from kiln.config import OperatorConfig
+from kiln.pvc import pvc_path
 from kiln.targets import effective
 
 KEY = "ab" * 32
@@ -71,3 +74,43 @@ def test_owner_labels_are_not_copied_to_the_job() -> None:
 
 def test_rendering_is_deterministic() -> None:
     assert render() == render()
+
+
+def _pod_with(source: str, engine_uri: str) -> dict:  # type: ignore[type-arg]
+    s = EngineBuildSpec.model_validate({
+        "model": {"source": source}, "targets": [{"gpu": "H100-SXM"}]})
+    (target,) = effective(s, [])
+    job = render_job(namespace="ns", owner_name="llama", owner_uid="u1", spec=s,
+                     want=Want(target, KEY, engine_uri), image="builder:1", task_json="{}",
+                     pod_failure_policy={"rules": []}, config=OperatorConfig())
+    pod: dict = job["spec"]["template"]["spec"]  # type: ignore[type-arg]
+    return pod
+
+
+def test_pvc_weights_are_mounted_read_only_and_a_pvc_store_writable() -> None:
+    pod = _pod_with("pvc://models/llama", f"pvc://engines/kiln/engines/{KEY}/")
+    mounts = pod["containers"][0]["volumeMounts"]
+    assert mounts[1:] == [
+        {"name": "pvc-0", "mountPath": "/mnt/kiln/pvc/engines"},
+        {"name": "pvc-1", "mountPath": "/mnt/kiln/pvc/models", "readOnly": True}]
+    assert pod["volumes"][1:] == [
+        {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "engines"}},
+        {"name": "pvc-1", "persistentVolumeClaim": {"claimName": "models", "readOnly": True}}]
+
+
+def test_one_claim_for_weights_and_store_is_one_writable_volume() -> None:
+    pod = _pod_with("pvc://shared/models/llama", f"pvc://shared/engines/{KEY}/")
+    assert [m["name"] for m in pod["containers"][0]["volumeMounts"]] == ["work", "pvc-0"]
+    assert pod["volumes"][1]["persistentVolumeClaim"] == {"claimName": "shared"}
+
+
+def test_s3_and_hf_need_no_volume() -> None:
+    pod = _pod_with("hf://meta-llama/Llama-3.1-8B", f"s3://e/engines/{KEY}/")
+    assert pod["volumes"] == [{"name": "work", "emptyDir": {}}]
+
+
+def test_the_mount_is_where_the_builder_looks(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("KILN_PVC_ROOT", raising=False)
+    pod = _pod_with("pvc://models/llama", f"s3://e/engines/{KEY}/")
+    (mount,) = pod["containers"][0]["volumeMounts"][1:]
+    assert str(pvc_path("pvc://models/llama")).startswith(mount["mountPath"] + "/")

@@ -133,10 +133,10 @@ def test_pvc_store_is_mounted_read_only_where_the_store_looks() -> None:
     serve = Serve(**{**engine_serve().__dict__,
                      "engine_uri": f"pvc://engines/kiln/engines/{KEY}/"})
     pod = render_deployment(ed(), eb(), serve, CONFIG)["spec"]["template"]["spec"]
-    assert {"name": "pvc", "persistentVolumeClaim": {"claimName": "engines",
-                                                     "readOnly": True}} in pod["volumes"]
+    assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "engines",
+                                                       "readOnly": True}} in pod["volumes"]
     mounts = pod["initContainers"][0]["volumeMounts"]
-    assert {"name": "pvc", "mountPath": "/mnt/kiln/pvc/engines", "readOnly": True} in mounts
+    assert {"name": "pvc-0", "mountPath": "/mnt/kiln/pvc/engines", "readOnly": True} in mounts
     assert pod["initContainers"][0]["args"][:2] == ["--store", "pvc://engines/kiln/"]
 
 

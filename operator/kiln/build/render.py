@@ -16,6 +16,7 @@ from kiln.build.jobs import (
 )
 from kiln.build.plan import Want
 from kiln.config import OperatorConfig
+from kiln.pvc import pvc_mounts
 from kiln.targets import PRODUCT_LABEL
 
 GPU_RESOURCE = "nvidia.com/gpu"
@@ -29,7 +30,7 @@ STORE_ENV_PREFIX = "KILN_STORE_"
 """The store's credentials reach the builder as ``KILN_STORE_<KEY>``, apart from the source's."""
 
 
-def _secret_env(secret: str, keys: tuple[str, ...], prefix: str = "") -> list[dict[str, Any]]:
+def secret_env(secret: str, keys: tuple[str, ...], prefix: str = "") -> list[dict[str, Any]]:
     return [{"name": prefix + key,
              "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
             for key in keys]
@@ -59,9 +60,10 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
         *({"name": k, "value": v} for k, v in sorted(config.build_env.items())),
     ]
     if spec.model.credentials_secret:
-        env += _secret_env(spec.model.credentials_secret, SOURCE_CREDENTIAL_KEYS)
+        env += secret_env(spec.model.credentials_secret, SOURCE_CREDENTIAL_KEYS)
     if config.store_secret:
-        env += _secret_env(config.store_secret, STORE_CREDENTIAL_KEYS, STORE_ENV_PREFIX)
+        env += secret_env(config.store_secret, STORE_CREDENTIAL_KEYS, STORE_ENV_PREFIX)
+    claim_mounts, claim_volumes = pvc_mounts({spec.model.source: False, want.uri: True})
     tolerations = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
     tolerations += [t.to_dict() for t in spec.job.tolerations]
     pod_spec: dict[str, Any] = {
@@ -74,11 +76,11 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
             "command": ["kiln-builder"],
             "env": env,
             "resources": {"limits": limits, "requests": requests},
-            "volumeMounts": [{"name": "work", "mountPath": WORKDIR}],
+            "volumeMounts": [{"name": "work", "mountPath": WORKDIR}, *claim_mounts],
             "terminationMessagePolicy": "FallbackToLogsOnError",
             "securityContext": {"allowPrivilegeEscalation": False},
         }],
-        "volumes": [{"name": "work", "emptyDir": {}}],
+        "volumes": [{"name": "work", "emptyDir": {}}, *claim_volumes],
         "enableServiceLinks": False,
     }
     if affinity := _affinity(want.target.products):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import functools
 from typing import Any, cast
 
@@ -58,6 +60,15 @@ def emit(body: dict[str, Any], event: Event) -> None:
                    message=event.message)
     except LookupError:
         kube().post_event(body, event.type, event.reason, event.message)
+
+
+async def stop_task(memo: kopf.Memo, name: str) -> None:
+    """Cancel the background task a startup handler kept in ``memo[name]``, and wait for it."""
+    task: asyncio.Task[None] | None = memo.get(name)
+    if task is not None:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
 
 
 @functools.cache

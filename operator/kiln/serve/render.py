@@ -14,8 +14,14 @@ from typing import Any
 
 from kiln import GROUP, VERSION
 from kiln.api import EngineBuild, EngineDeployment
-from kiln.build.render import SOURCE_CREDENTIAL_KEYS, STORE_CREDENTIAL_KEYS, STORE_ENV_PREFIX
+from kiln.build.render import (
+    SOURCE_CREDENTIAL_KEYS,
+    STORE_CREDENTIAL_KEYS,
+    STORE_ENV_PREFIX,
+    secret_env,
+)
 from kiln.config import OperatorConfig
+from kiln.pvc import pvc_mounts
 from kiln.serve import triton
 from kiln.serve.deployments import (
     BACKEND_ANNOTATION,
@@ -33,7 +39,6 @@ from kiln.targets import PRODUCT_LABEL as GPU_PRODUCT_LABEL
 GPU_RESOURCE = "nvidia.com/gpu"
 ENGINE_DIR = "/engine"
 REPO_DIR = "/model-repo"
-PVC_ROOT = "/mnt/kiln/pvc"
 CC_ENV = "KILN_GPU_COMPUTE_CAPABILITY"
 REPO_FILES_ENV = "KILN_MODEL_REPO_FILES"
 HEALTH = {"trtllm-serve": ("/health", "/health"),
@@ -73,18 +78,6 @@ def store_of(engine_uri: str, key: str) -> str:
     return uri[:-len(suffix)]
 
 
-def _pvc_claim(uri: str) -> str | None:
-    if not uri.startswith("pvc://"):
-        return None
-    return uri.removeprefix("pvc://").split("/", 1)[0] or None
-
-
-def _secret_env(secret: str, keys: tuple[str, ...], prefix: str = "") -> list[dict[str, Any]]:
-    return [{"name": prefix + key,
-             "valueFrom": {"secretKeyRef": {"name": secret, "key": key, "optional": True}}}
-            for key in keys]
-
-
 def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
            config: OperatorConfig, repo: dict[str, str] | None) -> tuple[dict[str, Any], str]:
     """The init container, and the URI whose PVC (if any) it needs."""
@@ -95,21 +88,20 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
         uri = store_of(serve.engine_uri, serve.engine_key)
         args = ["--store", uri, "--key", serve.engine_key, "--dest", ENGINE_DIR]
         if config.store_secret:
-            env += _secret_env(config.store_secret, STORE_CREDENTIAL_KEYS, STORE_ENV_PREFIX)
+            env += secret_env(config.store_secret, STORE_CREDENTIAL_KEYS, STORE_ENV_PREFIX)
     else:
         uri = eb.spec.model.source
         args = ["--source", uri, "--dest", ENGINE_DIR]
         if eb.spec.model.revision:
             args += ["--revision", eb.spec.model.revision]
         if eb.spec.model.credentials_secret:
-            env += _secret_env(eb.spec.model.credentials_secret, SOURCE_CREDENTIAL_KEYS)
+            env += secret_env(eb.spec.model.credentials_secret, SOURCE_CREDENTIAL_KEYS)
     mounts: list[dict[str, Any]] = [{"name": "engine", "mountPath": ENGINE_DIR}]
     if repo is not None:
         args += ["--model-repo", REPO_DIR]
         env.append({"name": REPO_FILES_ENV, "value": json.dumps(repo, sort_keys=True)})
         mounts.append({"name": "model-repo", "mountPath": REPO_DIR})
-    if claim := _pvc_claim(uri):
-        mounts.append({"name": "pvc", "mountPath": f"{PVC_ROOT}/{claim}", "readOnly": True})
+    mounts += pvc_mounts({uri: False})[0]
     gpu = {GPU_RESOURCE: str(gpus)}
     return {
         "name": "fetch-engine",
@@ -196,9 +188,7 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
                                      {"name": "shm", "emptyDir": {"medium": "Memory"}}]
     if repo is not None:
         volumes.append({"name": "model-repo", "emptyDir": {}})
-    if claim := _pvc_claim(fetched_from):
-        volumes.append({"name": "pvc", "persistentVolumeClaim": {"claimName": claim,
-                                                                  "readOnly": True}})
+    volumes += pvc_mounts({fetched_from: False})[1]
     labels = selector(name, serve.product)
     notes: dict[str, str] = {MODE_ANNOTATION: serve.mode, BACKEND_ANNOTATION: serve.backend}
     if serve.engine_key and serve.engine_uri:

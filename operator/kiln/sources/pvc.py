@@ -8,6 +8,7 @@ import shutil
 from pathlib import Path
 
 from kiln.errors import NotFound
+from kiln.pvc import pvc_path
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
 
 
@@ -15,8 +16,6 @@ class PvcSource:
     """``pvc://claim/path``, mounted at ``$KILN_PVC_ROOT/claim/path`` (see ``pvc_path``)."""
 
     def __init__(self, uri: str, *, revision: str | None = None) -> None:
-        from kiln.store import pvc_path  # the same mount convention as the store
-
         self.uri, self.revision = uri, revision or ""
         self.path = pvc_path(uri)
 

@@ -19,11 +19,11 @@ default root ``/mnt/kiln/pvc``) or ``file:///abs/path``. An ``EngineStore`` has:
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
 from kiln.errors import InvalidInput
+from kiln.pvc import pvc_path
 from kiln.store import s3client
 from kiln.store.base import EngineStore, Progress
 from kiln.store.fs import FileStore
@@ -32,19 +32,6 @@ from kiln.store.s3 import S3Store
 
 __all__ = ["EngineStore", "FileStore", "Manifest", "Progress", "S3Store", "open_store",
            "pvc_path"]
-
-PVC_ROOT = "/mnt/kiln/pvc"
-
-
-def pvc_path(uri: str) -> Path:
-    """Where ``pvc://claim/path`` is mounted in this process (``$KILN_PVC_ROOT/claim/path``)."""
-    rest = uri.removeprefix("pvc://").strip("/")
-    claim, _, sub = rest.partition("/")
-    if not uri.startswith("pvc://") or not claim or any(
-            p in ("", ".", "..") for p in rest.split("/")):
-        raise InvalidInput(f"{uri!r} is not a PVC URI such as pvc://claim/path")
-    return Path(os.environ.get("KILN_PVC_ROOT", PVC_ROOT)) / claim / sub
-
 
 def open_store(uri: str, *, credentials: Mapping[str, str] | None = None,
                endpoint_url: str | None = None) -> EngineStore:

@@ -1,0 +1,43 @@
+"""Rendered build Jobs are accepted by the real apiserver as rendered (volumes and all)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiln.api import EngineBuildSpec
+from kiln.build.plan import Want
+from kiln.build.render import render_job
+from kiln.builder.exitcodes import pod_failure_policy
+from kiln.config import OperatorConfig
+from kiln.kubeapi import Client, from_kubeconfig
+from kiln.targets import effective
+from kiln.testbed.cluster import Cluster
+
+pytestmark = pytest.mark.cluster
+KEY = "cd" * 32
+
+
+@pytest.mark.parametrize(("source", "engine_uri"), [
+    ("pvc://models/llama", f"pvc://engines/kiln/engines/{KEY}/"),
+    ("pvc://shared/models/llama", f"pvc://shared/engines/{KEY}/"),
+    ("s3://models/llama/", f"s3://e/engines/{KEY}/"),
+])
+def test_the_apiserver_takes_the_job_as_rendered(kube: Cluster, namespace: str, source: str,
+                                                 engine_uri: str) -> None:
+    spec = EngineBuildSpec.model_validate({"model": {"source": source},
+                                           "targets": [{"gpu": "H100-SXM"}]})
+    (target,) = effective(spec, [])
+    job = render_job(namespace=namespace, owner_name="llama",
+                     owner_uid="00000000-0000-0000-0000-000000000001", spec=spec,
+                     want=Want(target, KEY, engine_uri), image="builder:1", task_json="{}",
+                     pod_failure_policy=pod_failure_policy(), config=OperatorConfig())
+    api = Client(from_kubeconfig(str(kube.kubeconfig)))
+    made: dict[str, Any] = api.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs",
+                                       job, query={"dryRun": "All"})
+    pod = made["spec"]["template"]["spec"]
+    assert [v["name"] for v in pod["volumes"]] == [v["name"] for v in
+                                                   job["spec"]["template"]["spec"]["volumes"]]
+    assert pod["containers"][0]["volumeMounts"] == \
+        job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
