@@ -3,10 +3,12 @@ both kinds of credential, error mapping, owner replacement, server-side apply, E
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from kubernetes import client
 
-from kiln.errors import AccessDenied
+from kiln.errors import AccessDenied, Unavailable
 from kiln.kube import Kube
 from kiln.kubeapi import Client, from_kubeconfig
 from kiln.testbed.cluster import Cluster
@@ -36,15 +38,30 @@ def test_jobs_created_read_reowned_and_deleted(kube: Cluster, namespace: str) ->
     assert api.create_job(_job(namespace, "j")) is False  # exists: not an error
     job = api.read_job(namespace, "j")
     assert job is not None and job["metadata"]["name"] == "j"
-    two = [_owner("a", "00000000-0000-0000-0000-00000000000a"),
-           _owner("b", "00000000-0000-0000-0000-00000000000b")]
-    api.set_job_owners(namespace, "j", two, job["metadata"]["resourceVersion"])
-    job = api.read_job(namespace, "j")
-    assert job is not None
+    core = client.CoreV1Api(kube.api_client)
+    # Real owners: the garbage collector deletes a Job whose owners do not exist.
+    two = [_owner(n, core.create_namespaced_config_map(
+        namespace, {"metadata": {"name": n}}).metadata.uid) for n in ("a", "b")]
+
+    def set_owners(owners: list[dict[str, object]]) -> dict[str, Any]:
+        """Read, then swap; again when the Job controller wrote in between (a 409)."""
+        for _ in range(20):
+            job = api.read_job(namespace, "j")
+            assert job is not None
+            try:
+                api.set_job_owners(namespace, "j", owners, job["metadata"]["resourceVersion"])
+            except Unavailable as error:
+                if "409" not in str(error):
+                    raise
+                continue
+            job = api.read_job(namespace, "j")
+            assert job is not None
+            return job
+        raise AssertionError("the Job never held still")
+
+    set_owners(two)
     # One owner leaves: the list is replaced (a strategic merge would have kept both).
-    api.set_job_owners(namespace, "j", two[1:], job["metadata"]["resourceVersion"])
-    job = api.read_job(namespace, "j")
-    assert job is not None
+    job = set_owners(two[1:])
     assert [r["name"] for r in job["metadata"]["ownerReferences"]] == ["b"]
     with pytest.raises(Exception, match="409"):  # compare-and-swap on a stale version
         api.set_job_owners(namespace, "j", two, "1")

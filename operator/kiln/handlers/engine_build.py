@@ -124,7 +124,7 @@ _jobs_seen: dict[str, ObservedJob] = {}
 
 @kopf.on.event("batch", "v1", "jobs", labels={KEY_LABEL: kopf.PRESENT})
 async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
-                            uid: str, **kwargs: Any) -> None:
+                            uid: str, **_: Any) -> None:
     """A build Job moved (its state, failure or owners): mark every EngineBuild that owns
     it due."""
     observed = observe(dict(body))
