@@ -1,11 +1,13 @@
 """EngineDeployment handlers: a change to an EngineDeployment, its EngineBuild, one of its
-Deployments, or the GPU nodes reconciles the EngineDeployments concerned."""
+Deployments, or the GPU nodes marks the EngineDeployments concerned due; a work queue
+reconciles them."""
 
 from __future__ import annotations
 
 import asyncio
 import functools
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import kopf
@@ -13,6 +15,7 @@ import kopf
 from kiln import GROUP, VERSION
 from kiln.errors import KilnError
 from kiln.handlers import context
+from kiln.handlers.workqueue import WorkQueue
 from kiln.serve.deployments import ED_LABEL, ObservedDeployment, observe
 from kiln.serve.pool import GpuNode, gpu_node
 from kiln.serve.reconciler import PLURAL, EngineDeploymentReconciler
@@ -99,41 +102,67 @@ def _reconcile(body: dict[str, Any], world: _IndexWorld) -> None:
                     error.message)
 
 
+WORKERS = 4
+_queue: WorkQueue[tuple[str, str]] = WorkQueue(WORKERS)
+"""EngineDeployments due for a reconcile (see ``workqueue``): a GPU node's change marks them
+all, and returns; each then runs once, however many events marked it."""
+
+
+@kopf.on.startup()
+async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Start the reconcile workers over Kopf's indexes."""
+    world = _IndexWorld(kwargs)
+
+    def work(ref: tuple[str, str], _: bool) -> None:
+        ed = world.named(*ref)
+        if ed is not None and not ed["metadata"].get("deletionTimestamp"):
+            _reconcile(ed, world)
+
+    memo["deployment_queue"] = asyncio.create_task(_queue.run(work),
+                                                   name="kiln serving reconcile workers")
+
+
+@kopf.on.cleanup()
+async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
+    await context.stop_task(memo, "deployment_queue")
+
+
+def _mark(ed: Mapping[str, Any]) -> None:
+    _queue.add((ed["metadata"]["namespace"], ed["metadata"]["name"]))
+
+
 @kopf.on.event(GROUP, VERSION, PLURAL)
-def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body, **kwargs: Any) -> None:
-    """Any change of an EngineDeployment reconciles it; a deleted one gives up its auto
+async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
+                                    **kwargs: Any) -> None:
+    """Any change of an EngineDeployment marks it due; a deleted one gives up its auto
     targets (its children go with it: they are owned)."""
     meta = body["metadata"]
-    world = _IndexWorld(kwargs)
     if event["type"] == "DELETED":
         ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
         reconciler().forget(meta["namespace"], meta["name"])
-        reconciler().sync_auto_targets(meta["namespace"], ref, world, gone=meta["uid"])
+        await asyncio.to_thread(reconciler().sync_auto_targets, meta["namespace"], ref,
+                                _IndexWorld(kwargs), gone=meta["uid"])
         return
-    if meta.get("deletionTimestamp"):
-        return
-    _reconcile(dict(body), world)
+    if not meta.get("deletionTimestamp"):
+        _mark(body)
 
 
 @kopf.on.event(GROUP, VERSION, BUILDS)
 async def engine_build_for_serving(body: kopf.Body, namespace: str | None, name: str,
                                    **kwargs: Any) -> None:
-    """An EngineBuild changed (engines ready, new keys): reconcile what serves it. Runs on
-    the event loop (most EngineBuilds are served by nothing); a reconcile goes to a thread."""
-    world = _IndexWorld(kwargs)
-    for ed in world.referencing(str(namespace), name):
-        await asyncio.to_thread(_reconcile, ed, world)
+    """An EngineBuild changed (engines ready, new keys): mark what serves it due."""
+    for ed in _IndexWorld(kwargs).referencing(str(namespace), name):
+        _mark(ed)
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
-def serving_deployment_changed(body: kopf.Body, namespace: str | None,
-                               **kwargs: Any) -> None:
-    """A serving Deployment moved (rollout progress, readiness): reconcile its owner."""
-    world = _IndexWorld(kwargs)
-    owner = world.named(str(namespace), body["metadata"]["labels"][ED_LABEL])
+async def serving_deployment_changed(body: kopf.Body, namespace: str | None,
+                                     **kwargs: Any) -> None:
+    """A serving Deployment moved (rollout progress, readiness): mark its owner due."""
+    owner = _IndexWorld(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
     uids = {ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []}
     if owner is not None and owner["metadata"]["uid"] in uids:
-        _reconcile(owner, world)
+        _mark(owner)
 
 
 _nodes_seen: dict[str, GpuNode | None] = {}
@@ -153,14 +182,11 @@ async def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str,
     if event["type"] is None or not changed:
         return  # the initial listing, or nothing a pool depends on
     log.info("GPU node %s %s", name, "gone" if node is None else f"is {node.product}")
-    world = _IndexWorld(kwargs)
-    for ed in world.every():
-        await asyncio.to_thread(_reconcile, ed, world)
+    for ed in _IndexWorld(kwargs).every():
+        _mark(ed)
 
 
 def sweep(indices: dict[str, Any]) -> None:
-    """Run by the operator-wide sweep, the safety net: reconcile every EngineDeployment."""
-    world = _IndexWorld(indices)
-    for ed in world.every():
-        if not ed["metadata"].get("deletionTimestamp"):
-            _reconcile(ed, world)
+    """Run by the operator-wide sweep, the safety net: mark every EngineDeployment due."""
+    for ed in _IndexWorld(indices).every():
+        _queue.add_threadsafe((ed["metadata"]["namespace"], ed["metadata"]["name"]))
