@@ -8,6 +8,7 @@ a token file or a client certificate (what Kopf's own login reads too).
 
 from __future__ import annotations
 
+import atexit
 import base64
 import json
 import os
@@ -112,10 +113,12 @@ def _named(doc: dict[str, Any], section: str, name: Any, field: str) -> dict[str
 
 
 def _private_file(content: str) -> str:
-    """urllib3 takes client certificates and keys from files only."""
+    """urllib3 takes client certificates and keys from files only: a private copy, removed
+    when the process exits."""
     fd, path = tempfile.mkstemp(prefix="kiln-kube-")
     with os.fdopen(fd, "w") as out:
         out.write(content)
+    atexit.register(Path(path).unlink, missing_ok=True)
     return path
 
 

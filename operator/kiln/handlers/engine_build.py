@@ -1,4 +1,5 @@
-"""EngineBuild handlers: every change to an EngineBuild or to one of its Jobs reconciles it."""
+"""EngineBuild handlers: every change to an EngineBuild or to one of its Jobs marks it due;
+a work queue reconciles it."""
 
 from __future__ import annotations
 
