@@ -50,11 +50,11 @@ import boto3
 from kubernetes import client, watch
 
 from kiln import GROUP, VERSION
-from kiln.serve.deployments import KEY_ANNOTATION
-from kiln.testbed import checkpoint
-from kiln.testbed.cluster import Cluster, running
-from kiln.testbed.localproc import LABEL, LocalProcessRunner
-from kiln.testbed.s3 import moto_server
+from kiln.dev.testbed import checkpoint
+from kiln.dev.testbed.cluster import Cluster, running
+from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.dev.testbed.s3 import moto_server
+from kiln.labels import KEY_ANNOTATION
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"

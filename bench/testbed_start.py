@@ -14,8 +14,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from kiln.testbed.binaries import ensure_built
-from kiln.testbed.cluster import Cluster
+from kiln.dev.testbed.binaries import ensure_built
+from kiln.dev.testbed.cluster import Cluster
 
 
 def one_run() -> dict[str, float]:

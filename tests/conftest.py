@@ -9,8 +9,8 @@ from typing import Any
 import boto3
 import pytest
 
-from kiln.testbed.cluster import Cluster, running
-from kiln.testbed.s3 import moto_server
+from kiln.dev.testbed.cluster import Cluster, running
+from kiln.dev.testbed.s3 import moto_server
 
 
 @pytest.fixture(scope="session")

@@ -3,3 +3,5 @@
 __version__ = "0.1.0"
 GROUP = "kiln.dev"
 VERSION = "v1alpha1"
+EB_PLURAL = "enginebuilds"
+ED_PLURAL = "enginedeployments"

@@ -34,7 +34,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _quickstart(args: argparse.Namespace) -> int:
-    from kiln import quickstart
+    from kiln.dev import quickstart
 
     state = Path(args.state_dir) if args.state_dir else None
     try:
@@ -45,28 +45,28 @@ def _quickstart(args: argparse.Namespace) -> int:
 
 
 def _testbed_build(args: argparse.Namespace) -> int:
-    from kiln.testbed import binaries
+    from kiln.dev.testbed import binaries
 
     print(binaries.ensure_built(verbose=True))
     return 0
 
 
 def _cluster_up(args: argparse.Namespace) -> int:
-    from kiln.testbed import cluster
+    from kiln.dev.testbed import cluster
 
     return cluster.serve_forever(Path(args.state_dir) if args.state_dir else None)
 
 
 def _cluster_down(args: argparse.Namespace) -> int:
-    from kiln.testbed import cluster
+    from kiln.dev.testbed import cluster
 
     return cluster.stop_running(Path(args.state_dir) if args.state_dir else None)
 
 
 def _fetch_engine(args: argparse.Namespace) -> int:
-    from kiln import fetch
+    from kiln.fetcher import main as fetcher
 
-    return fetch.run(store=args.store, key=args.key, source=args.source,
+    return fetcher.run(store=args.store, key=args.key, source=args.source,
                      revision=args.revision, dest=Path(args.dest),
                      model_repo=Path(args.model_repo) if args.model_repo else None)
 
@@ -97,23 +97,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.set_defaults(func=_run)
 
     env = os.environ
+    from kiln.contract import env as names
+
     fetch = sub.add_parser(
         "fetch-engine", help="download an engine (every sha256 checked, after checking the "
         "GPU's compute capability), or the checkpoint for the PyTorch fallback")
-    fetch.add_argument("--store", default=env.get("KILN_STORE"),
-                       help="the engine store, s3://bucket/prefix/ or pvc://claim/path "
-                       "($KILN_STORE)")
-    fetch.add_argument("--key", default=env.get("KILN_ENGINE_KEY"),
-                       help="the engine key ($KILN_ENGINE_KEY)")
-    fetch.add_argument("--source", default=env.get("KILN_SOURCE"),
-                       help="instead of an engine: the checkpoint's URI ($KILN_SOURCE)")
-    fetch.add_argument("--revision", default=env.get("KILN_SOURCE_REVISION"),
-                       help="a pvc:// source's revision ($KILN_SOURCE_REVISION)")
-    fetch.add_argument("--dest", default=env.get("KILN_ENGINE_DIR") or "/engine",
-                       help="directory to fill ($KILN_ENGINE_DIR, default /engine)")
-    fetch.add_argument("--model-repo", default=env.get("KILN_MODEL_REPO"),
-                       help="also write the Triton model repository from "
-                       "$KILN_MODEL_REPO_FILES here ($KILN_MODEL_REPO)")
+    for flag, name, default, text in (
+        ("--store", names.FETCH_STORE, None,
+         "the engine store, s3://bucket/prefix/ or pvc://claim/path"),
+        ("--key", names.FETCH_KEY, None, "the engine key"),
+        ("--source", names.FETCH_SOURCE, None, "instead of an engine: the checkpoint's URI"),
+        ("--revision", names.FETCH_REVISION, None, "a pvc:// source's revision"),
+        ("--dest", names.FETCH_DEST, "/engine", "directory to fill"),
+        ("--model-repo", names.FETCH_MODEL_REPO, None, "also write the Triton model "
+         f"repository from ${names.MODEL_REPO_FILES} here"),
+    ):
+        fetch.add_argument(flag, default=env.get(name) or default,
+                           help=f"{text} (${name}" + (f", default {default})" if default
+                                                     else ")"))
     fetch.set_defaults(func=_fetch_engine)
 
     quick = sub.add_parser("quickstart", help="kiln's whole job on a local cluster with fake "

@@ -1,12 +1,13 @@
-"""The small error taxonomy every adapter raises.
+"""The small error taxonomy every part of kiln raises, the builder and the fetcher included.
 
-Each error carries a ``reason`` (a CamelCase word for conditions, Events and the
-builder's termination message) and whether retrying can help. Handlers map
-``retryable`` errors onto ``kopf.TemporaryError`` and the rest onto
-``kopf.PermanentError``; nothing below the handlers imports kopf.
+Each error carries a ``reason`` (a CamelCase word for conditions, Events and termination
+messages; the class name unless given) and whether retrying the same thing can help. The
+exit code of each, for the programs in kiln's pods, is in :mod:`kiln.contract.exitcodes`.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class KilnError(Exception):
@@ -14,6 +15,11 @@ class KilnError(Exception):
 
     reason = "Error"
     retryable = False
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if "reason" not in cls.__dict__:
+            cls.reason = cls.__name__
 
     def __init__(self, message: str, *, reason: str | None = None) -> None:
         super().__init__(message)
@@ -25,36 +31,62 @@ class KilnError(Exception):
 class InvalidInput(KilnError):
     """The request cannot succeed as written: a malformed URI, a bad checkpoint."""
 
-    reason = "InvalidInput"
-
 
 class NotFound(KilnError):
     """A named thing (bucket, object, repository, revision, engine) does not exist."""
-
-    reason = "NotFound"
 
 
 class AccessDenied(KilnError):
     """Credentials are missing, wrong, or lack a permission."""
 
-    reason = "AccessDenied"
-
 
 class Unavailable(KilnError):
     """A dependency (object store, hub, API server) failed in a way a retry may fix."""
 
-    reason = "Unavailable"
     retryable = True
 
 
 class IntegrityError(KilnError):
     """Bytes read do not match the digest recorded for them."""
 
-    reason = "IntegrityError"
-
 
 class WeightsChanged(KilnError):
     """The weights changed between resolving their identity and reading them."""
 
-    reason = "WeightsChanged"
+    retryable = True
+
+
+class InvalidTask(KilnError):
+    """The build task (``KILN_TASK`` / ``--task-file``) or a command line is malformed."""
+
+
+class Unsupported(KilnError):
+    """Well-formed input kiln cannot build: an architecture, a quantization, a toolchain."""
+
+
+class GPUMismatch(KilnError):
+    """The engine was built for another compute capability than this node's GPU has."""
+
+
+class OutOfDisk(KilnError):
+    """The work directory has too little free space for the weights and the result."""
+
+    retryable = True
+
+
+class GPUUnavailable(KilnError):
+    """This step needs a GPU and none (or not the target's) is visible."""
+
+    retryable = True
+
+
+class ToolFailed(KilnError):
+    """A TensorRT-LLM tool (conversion, quantization, trtllm-build) exited non-zero."""
+
+    retryable = True
+
+
+class VerifyFailed(KilnError):
+    """The built result is incomplete or inconsistent with the task."""
+
     retryable = True

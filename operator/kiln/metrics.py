@@ -65,10 +65,6 @@ CACHE_MISSES = Counter(
 RECONCILE_ERRORS = Counter(
     "kiln_reconcile_errors", "Reconciles that ended in an error, by object kind.",
     ["kind"], registry=REGISTRY)
-ROLLOUT_SECONDS = Histogram(
-    "kiln_rollout_seconds", "Time from a new engine key to its Deployment being fully ready.",
-    buckets=(5, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200),
-    registry=REGISTRY)
 ENGINES_SERVED = Gauge(
     "kiln_engines_served", "Serving Deployments, by mode (engine, or fallback while no "
     "engine is ready).", ["mode"], registry=REGISTRY)
@@ -152,12 +148,6 @@ def record_cache(hit: bool, *, once: str | None = None) -> None:
 def record_reconcile_error(kind: str) -> None:
     """A reconcile of ``kind`` (``EngineBuild`` or ``EngineDeployment``) raised."""
     RECONCILE_ERRORS.labels(kind=kind if kind in _KINDS else "Other").inc()
-
-
-def record_rollout(seconds: float, *, once: str | None = None) -> None:
-    """A rollout onto a new engine key finished after ``seconds``."""
-    if seconds >= 0 and _once.first("rollout", once):
-        ROLLOUT_SECONDS.observe(seconds)
 
 
 def set_engines_served(owner: str, modes: Mapping[str, int]) -> None:

@@ -6,10 +6,7 @@ from dataclasses import dataclass
 
 from kiln import catalogue
 from kiln.api import EngineBuildSpec, Target
-
-PRODUCT_LABEL = "nvidia.com/gpu.product"
-CC_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
-CC_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
+from kiln.labels import CC_MAJOR_LABEL, CC_MINOR_LABEL, GPU_PRODUCT_LABEL
 
 
 @dataclass(frozen=True)
@@ -48,7 +45,7 @@ def resolve(target: Target) -> ResolvedTarget:
     selector = {**target.node_selector, CC_MAJOR_LABEL: major, CC_MINOR_LABEL: minor}
     return ResolvedTarget(
         name=f"cc{target.compute_capability}",
-        gpu_product=target.node_selector.get(PRODUCT_LABEL, f"cc{target.compute_capability}"),
+        gpu_product=target.node_selector.get(GPU_PRODUCT_LABEL, f"cc{target.compute_capability}"),
         compute_capability=target.compute_capability,
         node_selector=selector,
     )
@@ -62,7 +59,7 @@ def for_product(product: str, compute_capability: str) -> ResolvedTarget:
         name=gpu.name if gpu else product,
         gpu_product=product,
         compute_capability=compute_capability,
-        node_selector={PRODUCT_LABEL: product, CC_MAJOR_LABEL: major, CC_MINOR_LABEL: minor},
+        node_selector={GPU_PRODUCT_LABEL: product, CC_MAJOR_LABEL: major, CC_MINOR_LABEL: minor},
     )
 
 

@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 from kiln.api import BuildSpec
-from kiln.builder import exitcodes
+from kiln.contract import exitcodes
+from kiln.contract.task import BuildTask
+from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.key import engine_key
 from kiln.sources import open_source
-from kiln.task import BuildTask
-from kiln.testbed import checkpoint as checkpoints
 
 GPU = ("NVIDIA-H100-80GB-HBM3", "9.0")
 IMAGE = "kiln-builder:test"

@@ -11,10 +11,9 @@ import pytest
 from safetensors.numpy import save_file
 
 from kiln.builder import checkpoint
-from kiln.builder.failures import Unsupported
 from kiln.builder.safetensors_header import read_header
-from kiln.errors import InvalidInput
-from kiln.testbed import checkpoint as checkpoints
+from kiln.dev.testbed import checkpoint as checkpoints
+from kiln.errors import InvalidInput, Unsupported
 
 
 def _raw(path: Path, header: dict[str, object], data: bytes) -> Path:

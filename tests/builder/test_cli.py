@@ -10,8 +10,8 @@ import pytest
 
 from builder.faults import OnFirstDownload, Outage, S3Proxy
 from builder.support import Bed, failed
-from kiln.builder import exitcodes
-from kiln.testbed import checkpoint as checkpoints
+from kiln.contract import exitcodes
+from kiln.dev.testbed import checkpoint as checkpoints
 
 
 def test_pytorch_build_lands_in_the_store_with_a_matching_manifest(bed: Bed, bucket: str) -> None:

@@ -11,7 +11,7 @@ import pytest
 from kiln.api import BuildSpec
 from kiln.builder import commands
 from kiln.builder.commands import Paths
-from kiln.builder.failures import Unsupported
+from kiln.errors import Unsupported
 
 PATHS = Paths.under(Path("/work"))
 EX = "/app/tensorrt_llm/examples"

@@ -9,7 +9,8 @@ import pytest
 from pydantic import ValidationError
 
 from kiln.api import BuildSpec
-from kiln.task import TASK_ENV, BuildTask
+from kiln.contract.env import TASK
+from kiln.contract.task import BuildTask
 
 KEY = "ab" * 32
 
@@ -27,15 +28,14 @@ def task(**changes: object) -> BuildTask:
 
 def test_round_trip_through_env_and_file(tmp_path: Path) -> None:
     original = task(credentials_from_env=True)
-    env = original.to_env()
-    assert list(env) == [TASK_ENV]
-    data = json.loads(env[TASK_ENV])
+    env = {TASK: original.to_json()}
+    data = json.loads(env[TASK])
     assert data["build"]["parallelism"] == {"tensor": 2, "pipeline": 1}
     assert data["target"] == {"gpuProduct": "NVIDIA-H100-80GB-HBM3", "computeCapability": "9.0"}
     assert data["source"]["credentialsFromEnv"] is True
     assert BuildTask.load(env=env) == original
     path = tmp_path / "task.json"
-    path.write_text(original.to_env_json())
+    path.write_text(original.to_json())
     assert BuildTask.load(path, env={}) == original
 
 

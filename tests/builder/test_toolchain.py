@@ -8,7 +8,8 @@ from pathlib import Path
 import pytest
 
 from kiln.builder import disk, toolchain
-from kiln.builder.failures import GPUUnavailable, OutOfDisk, ToolFailed
+from kiln.contract.env import TRTLLM_PYTHON
+from kiln.errors import GPUUnavailable, OutOfDisk, ToolFailed
 
 
 def test_run_passes_output_through_and_reports_failures(
@@ -34,7 +35,7 @@ def test_tool_name_names_the_script() -> None:
 
 
 def test_versions_come_from_the_toolchain_python(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(toolchain.PYTHON_ENV, sys.executable)
+    monkeypatch.setenv(TRTLLM_PYTHON, sys.executable)
     found = toolchain.versions()
     assert found["kiln"] == "0.1.0"
     assert "python" in found

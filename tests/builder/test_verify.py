@@ -11,8 +11,8 @@ import pytest
 
 from kiln.api import BuildSpec
 from kiln.builder import checkpoint, verify
-from kiln.builder.failures import VerifyFailed
-from kiln.testbed import checkpoint as checkpoints
+from kiln.dev.testbed import checkpoint as checkpoints
+from kiln.errors import VerifyFailed
 
 
 def engine_dir(tmp_path: Path, tp: int, pp: int, ranks: int | None = None,

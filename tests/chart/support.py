@@ -20,8 +20,8 @@ from typing import Any
 
 import yaml
 
-from kiln.testbed.binaries import Binaries, ensure_built
-from kiln.testbed.cluster import Cluster
+from kiln.dev.testbed.binaries import Binaries, ensure_built
+from kiln.dev.testbed.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kiln"

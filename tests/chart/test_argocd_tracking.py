@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from kiln.api import EngineBuild
-from kiln.build import render
-from kiln.build.jobs import KEY_LABEL, MANAGED_BY
-from kiln.build.plan import Want
 from kiln.config import OperatorConfig
+from kiln.engine_build import render
+from kiln.engine_build.plan import Want
+from kiln.labels import KEY_LABEL, managed_by
 from kiln.targets import effective
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,7 +52,7 @@ def rendered_job(config: OperatorConfig) -> dict[str, Any]:
 
 def test_the_job_has_only_kilns_labels_and_annotations() -> None:
     job = rendered_job(OperatorConfig())
-    own = {**MANAGED_BY, KEY_LABEL: KEY[:63]}
+    own = {**managed_by("build"), KEY_LABEL: KEY[:63]}
     assert job["metadata"]["labels"] == own
     assert job["spec"]["template"]["metadata"]["labels"] == own
     assert all(k.startswith("kiln.dev/") for k in job["metadata"]["annotations"])
@@ -63,7 +63,7 @@ def test_only_the_operators_configured_pod_labels_are_added() -> None:
     job = rendered_job(OperatorConfig(build_pod_labels={"cost-center": "42"}))
     pod_labels = job["spec"]["template"]["metadata"]["labels"]
     assert pod_labels["cost-center"] == "42"
-    assert not set(TRACKED) & set(pod_labels) - set(MANAGED_BY)
+    assert not set(TRACKED) & set(pod_labels) - set(managed_by("build"))
     assert "app.kubernetes.io/instance" not in job["metadata"]["labels"]
 
 

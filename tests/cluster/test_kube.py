@@ -8,10 +8,10 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from kiln.dev.testbed.cluster import Cluster
 from kiln.errors import AccessDenied, Unavailable
 from kiln.kube import Kube
 from kiln.kubeapi import Client, from_kubeconfig
-from kiln.testbed.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 

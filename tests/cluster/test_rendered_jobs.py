@@ -7,13 +7,13 @@ from typing import Any
 import pytest
 
 from kiln.api import EngineBuildSpec
-from kiln.build.plan import Want
-from kiln.build.render import render_job
-from kiln.builder.exitcodes import pod_failure_policy
 from kiln.config import OperatorConfig
+from kiln.contract.exitcodes import pod_failure_policy
+from kiln.dev.testbed.cluster import Cluster
+from kiln.engine_build.plan import Want
+from kiln.engine_build.render import render_job
 from kiln.kubeapi import Client, from_kubeconfig
 from kiln.targets import effective
-from kiln.testbed.cluster import Cluster
 
 pytestmark = pytest.mark.cluster
 KEY = "cd" * 32

@@ -8,9 +8,9 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from kiln.testbed import nodes
-from kiln.testbed.cluster import Cluster
-from kiln.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.dev.testbed import nodes
+from kiln.dev.testbed.cluster import Cluster
+from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
 from waiting import eventually
 
 GPU_TOLERATION = {"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"}

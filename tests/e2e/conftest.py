@@ -14,9 +14,9 @@ from kubernetes import client
 
 from chart.support import install_rbac
 from e2e.support import ROOT, Operator
-from kiln.testbed import checkpoint as checkpoints
-from kiln.testbed.cluster import Cluster, free_port
-from kiln.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.dev.testbed import checkpoint as checkpoints
+from kiln.dev.testbed.cluster import Cluster, free_port
+from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from typing import Any
 from kubernetes import client
 
 from kiln import GROUP, VERSION
-from kiln.testbed.cluster import Cluster
+from kiln.dev.testbed.cluster import Cluster
 
 ROOT = Path(__file__).resolve().parents[2]
 

@@ -16,10 +16,10 @@ from kubernetes import client
 from chart import argocd
 from e2e.support import ROOT, Operator, get_eb, ready
 from kiln import GROUP, VERSION
-from kiln.build.jobs import KEY_LABEL
-from kiln.testbed import checkpoint, nodes
-from kiln.testbed.cluster import Cluster
-from kiln.testbed.localproc import LocalProcessRunner
+from kiln.dev.testbed import checkpoint, nodes
+from kiln.dev.testbed.cluster import Cluster
+from kiln.dev.testbed.localproc import LocalProcessRunner
+from kiln.labels import KEY_LABEL
 from waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("operator", "builders")

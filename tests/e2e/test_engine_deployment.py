@@ -6,19 +6,19 @@ from __future__ import annotations
 
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from e2e.support import custom, get_eb
+from e2e.support import Operator, custom, get_eb
 from kiln import GROUP, VERSION
-from kiln.build.jobs import KEY_LABEL
-from kiln.serve.deployments import ED_LABEL, KEY_ANNOTATION, MODE_ANNOTATION
-from kiln.testbed import nodes
-from kiln.testbed.cluster import Cluster
-from kiln.testbed.localproc import LocalProcessRunner
+from kiln.dev.testbed import nodes
+from kiln.dev.testbed.cluster import Cluster
+from kiln.dev.testbed.localproc import LocalProcessRunner
+from kiln.labels import ED_LABEL, KEY_ANNOTATION, KEY_LABEL, MODE_ANNOTATION
 from waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("operator", "builders")
@@ -97,8 +97,17 @@ def serving(kube: Cluster, namespace: str, owner: str, key: str,
     return None
 
 
+def served(operator: Operator) -> dict[str, float]:
+    """``kiln_engines_served`` by mode, read from the operator's ``/metrics``."""
+    url = f"http://127.0.0.1:{operator.env['KILN_METRICS_PORT']}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    return {line.split('mode="')[1].split('"')[0]: float(line.split()[-1])
+            for line in text.splitlines() if line.startswith("kiln_engines_served{")}
+
+
 def test_h100_deployment_lands_on_h100_nodes_and_serves_the_engine(
-        kube: Cluster, namespace: str, weights: str) -> None:
+        kube: Cluster, namespace: str, weights: str, operator: Operator) -> None:
+    before = served(operator)
     create(kube, namespace, engine_build("llama", weights),
            engine_deployment("chat", "llama", gpu="H100-SXM"))
     status = eventually(lambda: ed_ready(kube, namespace, "chat"), timeout=180)
@@ -125,6 +134,13 @@ def test_h100_deployment_lands_on_h100_nodes_and_serves_the_engine(
     pdb = client.PolicyV1Api(kube.api_client).read_namespaced_pod_disruption_budget(
         "chat", namespace)
     assert pdb.spec.max_unavailable == 1
+    # The rollout is counted: one more Deployment serving an engine; deleted, one fewer.
+    assert eventually(lambda: served(operator)["engine"] == before["engine"] + 1 or None,
+                      timeout=30)
+    custom(kube).delete_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                 "enginedeployments", "chat")
+    assert eventually(lambda: served(operator)["engine"] == before["engine"] or None,
+                      timeout=30)
 
 
 class Sampler:

@@ -20,9 +20,9 @@ import pytest
 from builder.faults import S3Proxy
 from e2e.support import ROOT, Operator
 from faults.support import ENGINES, MODELS, Switch
-from kiln.testbed import checkpoint as checkpoints
-from kiln.testbed.cluster import Cluster, running
-from kiln.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.dev.testbed import checkpoint as checkpoints
+from kiln.dev.testbed.cluster import Cluster, running
+from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
 
 
 @pytest.fixture(scope="session")

@@ -11,8 +11,9 @@ from kubernetes import client
 
 from e2e.support import get_eb, ready
 from kiln import GROUP, VERSION
-from kiln.build.jobs import KEY_ANNOTATION, KEY_LABEL, job_name
-from kiln.testbed.cluster import Cluster
+from kiln.dev.testbed.cluster import Cluster
+from kiln.engine_build.jobs import job_name
+from kiln.labels import KEY_ANNOTATION, KEY_LABEL
 from waiting import eventually
 
 TARGETS = ("H100-SXM", "A100-80GB", "L40S")

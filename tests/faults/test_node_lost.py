@@ -19,9 +19,9 @@ from faults.support import (
     job_pods,
     ready,
 )
-from kiln.testbed import nodes
-from kiln.testbed.cluster import Cluster
-from kiln.testbed.localproc import LocalProcessRunner
+from kiln.dev.testbed import nodes
+from kiln.dev.testbed.cluster import Cluster
+from kiln.dev.testbed.localproc import LocalProcessRunner
 from waiting import eventually
 
 

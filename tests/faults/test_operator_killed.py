@@ -17,8 +17,8 @@ import pytest
 
 from e2e.support import Operator
 from faults.support import ENGINES, TARGETS, all_ready, check_built_once_each, create, engine_build
-from kiln.testbed.cluster import Cluster
-from kiln.testbed.localproc import LocalProcessRunner
+from kiln.dev.testbed.cluster import Cluster
+from kiln.dev.testbed.localproc import LocalProcessRunner
 from waiting import eventually
 
 BUILDS = int(os.environ.get("KILN_FAULT_BUILDS", "100"))

@@ -21,8 +21,8 @@ from faults.support import (
     engine_build,
     ready,
 )
+from kiln.dev.testbed.cluster import Cluster
 from kiln.store import open_store
-from kiln.testbed.cluster import Cluster
 from waiting import eventually
 
 

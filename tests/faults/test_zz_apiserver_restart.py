@@ -22,8 +22,8 @@ from faults.support import (
     create,
     engine_build,
 )
-from kiln.testbed.cluster import Cluster
-from kiln.testbed.localproc import LocalProcessRunner
+from kiln.dev.testbed.cluster import Cluster
+from kiln.dev.testbed.localproc import LocalProcessRunner
 from waiting import eventually
 
 BEFORE, AFTER = 6, 3

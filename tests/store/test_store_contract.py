@@ -17,10 +17,10 @@ from typing import Any
 
 import pytest
 
+from kiln.contract.manifest import MANIFEST
 from kiln.errors import IntegrityError, NotFound
 from kiln.store import EngineStore, open_store
 from kiln.store.fs import FileStore
-from kiln.store.manifest import MANIFEST
 from kiln.store.s3 import S3Store
 from kiln.store.transfer import MIB, Transfers
 from store.conftest import CuttingProxy

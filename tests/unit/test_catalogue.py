@@ -7,7 +7,7 @@ import pytest
 from kiln import catalogue
 from kiln.api import Backend, KvCacheQuant, QuantAlgo
 from kiln.catalogue import by_name, by_product, supports
-from kiln.testbed import nodes
+from kiln.dev.testbed import nodes
 
 
 def test_names_and_products_are_unique() -> None:

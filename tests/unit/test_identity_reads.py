@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from kiln.api import EngineBuild
-from kiln.build.reconciler import EngineBuildReconciler
 from kiln.config import OperatorConfig
+from kiln.engine_build.reconciler import EngineBuildReconciler
 
 
 class SlowSource:

@@ -52,8 +52,7 @@ def test_every_documented_metric_is_exposed() -> None:
     names = {name for name, _ in scrape()}
     for expected in ("kiln_builds_started_total", "kiln_builds_succeeded_total",
                      "kiln_build_seconds_count", "kiln_build_seconds_bucket",
-                     "kiln_engine_cache_hits_total", "kiln_engine_cache_misses_total",
-                     "kiln_rollout_seconds_count"):
+                     "kiln_engine_cache_hits_total", "kiln_engine_cache_misses_total"):
         assert expected in names, expected
     assert ("kiln_engines_served", (("mode", "engine"),)) in scrape()
     assert ("kiln_engines_served", (("mode", "fallback"),)) in scrape()
@@ -138,18 +137,6 @@ def test_reconcile_errors_by_kind_with_a_bounded_label() -> None:
                  "kiln_reconcile_errors_total", kind="EngineBuild") == 1
     assert moved(lambda: metrics.record_reconcile_error("Something/else"),
                  "kiln_reconcile_errors_total", kind="Other") == 1
-
-
-def test_rollout_seconds() -> None:
-    rollout = ident()
-
-    def finished() -> None:
-        metrics.record_rollout(42.0, once=rollout)
-        metrics.record_rollout(42.0, once=rollout)
-
-    assert moved(finished, "kiln_rollout_seconds_count") == 1
-    assert value("kiln_rollout_seconds_bucket", le="30.0") < value(
-        "kiln_rollout_seconds_bucket", le="60.0")
 
 
 def test_engines_served_is_the_sum_over_deployments() -> None:

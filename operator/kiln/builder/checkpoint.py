@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.builder.failures import Unsupported
 from kiln.builder.safetensors_header import Header, read_header
-from kiln.errors import InvalidInput
+from kiln.errors import InvalidInput, Unsupported
 
 TENSORRT_FAMILIES = {
     "LlamaForCausalLM": "llama",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from kiln.api import BuildSpec
 from kiln.builder.checkpoint import TENSORRT_FAMILIES
-from kiln.builder.failures import Unsupported
+from kiln.errors import Unsupported
 
 DEFAULT_EXAMPLES = Path("/app/tensorrt_llm/examples")
 """Where the TensorRT-LLM release image keeps its examples (``convert_checkpoint.py``,

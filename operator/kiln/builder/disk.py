@@ -5,8 +5,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from kiln.builder.failures import OutOfDisk
 from kiln.builder.progress import human
+from kiln.errors import OutOfDisk
 
 
 def free_bytes(path: Path) -> int:

@@ -15,7 +15,7 @@ from kiln.builder import commands, toolchain, verify
 from kiln.builder.checkpoint import PYTORCH_ARCHITECTURES, Checkpoint, inspect
 from kiln.builder.commands import Paths
 from kiln.builder.progress import say
-from kiln.task import BuildTask
+from kiln.contract.task import BuildTask
 
 
 def link_or_copy(src: Path, dst: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import time
@@ -14,18 +13,13 @@ from typing import Any
 from kiln.builder import disk, pytorch, tensorrt, toolchain
 from kiln.builder.checkpoint import Checkpoint
 from kiln.builder.commands import DEFAULT_EXAMPLES, Paths
-from kiln.builder.failures import InvalidTask
 from kiln.builder.progress import Progress, human, say
-from kiln.errors import WeightsChanged
-from kiln.key import canonical_json, key_inputs
+from kiln.contract import env as names
+from kiln.contract.task import BuildTask
+from kiln.errors import InvalidTask, WeightsChanged
+from kiln.key import key_inputs, key_of, short_key
 from kiln.sources import open_source
 from kiln.store import open_store
-from kiln.task import BuildTask
-
-STORE_ENV_PREFIX = "KILN_STORE_"
-"""The store's credentials and endpoint: ``KILN_STORE_AWS_ACCESS_KEY_ID`` etc."""
-CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
-                   "AWS_REGION", "HF_TOKEN")
 
 
 @dataclass(frozen=True)
@@ -41,11 +35,6 @@ class Options:
     """Run a one-prompt generation when a GPU and TensorRT-LLM are present."""
     progress_interval: float = 5.0
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
-
-
-def _credentials(env: Mapping[str, str], prefix: str = "") -> dict[str, str] | None:
-    found = {k: env[prefix + k] for k in CREDENTIAL_KEYS if env.get(prefix + k)}
-    return found or None
 
 
 def _weights_bytes(details: Mapping[str, Any]) -> int | None:
@@ -70,21 +59,20 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     seconds: dict[str, float] = {}
     env = options.env
     spec = task.build
-    say(f"building engine {task.key[:12]} for {task.target.gpu_product} "
+    say(f"building engine {short_key(task.key)} for {task.target.gpu_product} "
         f"(compute capability {task.target.compute_capability})", phase="start",
         backend=spec.backend, tp=spec.parallelism.tensor, pp=spec.parallelism.pipeline)
     inputs = _inputs(task)
-    store = open_store(task.store, credentials=_credentials(env, STORE_ENV_PREFIX),
-                       endpoint_url=env.get(STORE_ENV_PREFIX + "AWS_ENDPOINT_URL")
-                       or env.get("AWS_ENDPOINT_URL"))
+    store = open_store(task.store, credentials=names.store_credentials(env),
+                       endpoint_url=names.store_endpoint(env))
     if store.has(task.key):
         manifest = store.read_manifest(task.key)
-        say(f"engine {task.key[:12]} is already in the store; nothing to build", phase="done")
+        say(f"engine {short_key(task.key)} is already in the store; nothing to build", phase="done")
         return _summary(task, manifest, seconds, cached=True)
 
     source = open_source(task.source.uri, revision=task.source.revision,
-                         credentials=_credentials(env) if task.source.credentials_from_env
-                         else None, endpoint_url=env.get("AWS_ENDPOINT_URL"))
+                         credentials=names.credentials(env) if task.source.credentials_from_env
+                         else None, endpoint_url=env.get(names.ENDPOINT))
     identity = source.identity()
     if identity.digest != task.weights_identity:
         raise WeightsChanged(f"the weights at {task.source.uri} are now {identity.digest[:19]}, "
@@ -132,7 +120,7 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
                             progress=progress.update)
     seconds["upload"] = progress.finish()
     seconds["total"] = time.monotonic() - started
-    say(f"engine {task.key[:12]} committed", phase="done", seconds=f"{seconds['total']:.1f}")
+    say(f"engine {short_key(task.key)} committed", phase="done", seconds=f"{seconds['total']:.1f}")
     return _summary(task, manifest, seconds, cached=False)
 
 
@@ -152,8 +140,8 @@ def _inputs(task: BuildTask) -> dict[str, Any]:
     inputs = key_inputs(weights_identity=task.weights_identity, build=task.build,
                         builder_image=task.builder_image, gpu_product=task.target.gpu_product,
                         compute_capability=task.target.compute_capability)
-    if hashlib.sha256(canonical_json(inputs)).hexdigest() != task.key:  # engine_key()
-        raise InvalidTask(f"the task's key {task.key[:12]} is not the key of its inputs: an "
+    if key_of(inputs) != task.key:
+        raise InvalidTask(f"the task's key {short_key(task.key)} is not the key of its inputs: an "
                           "operator and builder of different releases? align them")
     return inputs
 

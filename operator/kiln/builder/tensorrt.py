@@ -14,8 +14,8 @@ from kiln.builder.checkpoint import TENSORRT_FAMILIES, Checkpoint, inspect
 from kiln.builder.commands import Paths
 from kiln.builder.progress import human, say
 from kiln.builder.pytorch import link_or_copy
+from kiln.contract.task import BuildTask
 from kiln.errors import KilnError
-from kiln.task import BuildTask
 
 
 class Blobs(Protocol):

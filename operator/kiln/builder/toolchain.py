@@ -15,12 +15,10 @@ from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 
-from kiln.builder.failures import GPUUnavailable, OutOfDisk, ToolFailed, Unsupported
 from kiln.builder.progress import say
+from kiln.contract.env import TRTLLM_EXAMPLES, TRTLLM_PYTHON
+from kiln.errors import GPUUnavailable, OutOfDisk, ToolFailed, Unsupported
 
-PYTHON_ENV = "KILN_TRTLLM_PYTHON"
-"""The Python that runs TensorRT-LLM's tools (kiln itself may run from a virtualenv)."""
-EXAMPLES_ENV = "KILN_TRTLLM_EXAMPLES"
 DISTRIBUTIONS = {
     "tensorrt_llm": ("tensorrt_llm", "tensorrt-llm"),
     "tensorrt": ("tensorrt", "tensorrt_cu13", "tensorrt-cu13", "tensorrt_cu12", "tensorrt-cu12"),
@@ -46,7 +44,7 @@ TAIL_LINES = 30
 
 
 def tool_python() -> str:
-    return os.environ.get(PYTHON_ENV) or "python3"
+    return os.environ.get(TRTLLM_PYTHON) or "python3"
 
 
 def versions() -> dict[str, str]:
@@ -111,7 +109,7 @@ def require_engine_toolchain(examples: Path) -> None:
                           "TensorRT-LLM 1.2.x or older (or use backend pytorch)")
     if not examples.is_dir():
         raise Unsupported(f"this builder image has no TensorRT-LLM examples at {examples} "
-                          "(set KILN_TRTLLM_EXAMPLES)")
+                          f"(set {TRTLLM_EXAMPLES})")
 
 
 def run(cmd: list[str], *, phase: str, cwd: Path | None = None) -> float:

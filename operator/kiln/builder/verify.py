@@ -9,7 +9,7 @@ from typing import Any
 
 from kiln.api import BuildSpec
 from kiln.builder.checkpoint import Checkpoint, inspect
-from kiln.builder.failures import VerifyFailed
+from kiln.errors import VerifyFailed
 
 QUANT_ALGOS = {"fp8": "FP8", "int4_awq": "W4A16_AWQ", "w4a8_awq": "W4A8_AWQ",
                "int8_wo": "W8A16", "int4_wo": "W4A16", "nvfp4": "NVFP4"}

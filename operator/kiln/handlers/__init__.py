@@ -3,6 +3,6 @@
 Importing this package registers every handler; ``kiln.operator`` runs them.
 """
 
-from kiln.handlers import engine_build, engine_deployment, settings, sweep
+from kiln.handlers import engine_build, engine_deployment, indexes, settings, sweep
 
-__all__ = ["engine_build", "engine_deployment", "settings", "sweep"]
+__all__ = ["engine_build", "engine_deployment", "indexes", "settings", "sweep"]

@@ -10,12 +10,11 @@ from typing import Any, cast
 import kopf
 
 from kiln.api import Condition
-from kiln.build.plan import Event
-from kiln.build.reconciler import EngineBuildReconciler
-from kiln.conditions import set_conditions
 from kiln.config import OperatorConfig
+from kiln.engine_build.reconciler import EngineBuildReconciler
 from kiln.errors import KilnError
 from kiln.kube import Kube, load_config
+from kiln.status import Event, set_conditions
 
 
 @functools.cache
@@ -43,13 +42,6 @@ def stall(plural: str, body: dict[str, Any], error: KilnError, **extra: Any) -> 
         meta = body["metadata"]
         kube().patch_status(plural, meta["namespace"], meta["name"], status)
         emit(body, Event("Warning", error.reason, error.message))
-
-
-def lean(body: kopf.Body) -> dict[str, Any]:
-    """An object as the indexes keep it: without ``metadata.managedFields`` (often half its
-    size, and never read)."""
-    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
-    return {**body, "metadata": meta}
 
 
 def emit(body: dict[str, Any], event: Event) -> None:

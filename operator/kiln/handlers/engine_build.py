@@ -10,62 +10,33 @@ from typing import Any
 import kopf
 import urllib3
 
-from kiln import GROUP, VERSION, metrics
+from kiln import EB_PLURAL, GROUP, VERSION, metrics
 from kiln.api import EngineBuild
-from kiln.build.jobs import KEY_LABEL, ObservedJob, observe
+from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.errors import KilnError
 from kiln.handlers import context
+from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
+from kiln.key import short_key
+from kiln.labels import KEY_LABEL
 
 log = logging.getLogger(__name__)
-PLURAL = "enginebuilds"
 WORKERS = 8
 """Reconciles at once: each mostly waits on the API server or the store."""
 
 
-class _IndexLookup:
-    """``JobLookup`` over Kopf's ``build_jobs`` index."""
-
-    def __init__(self, index: kopf.Index[Any, ObservedJob]) -> None:
-        self.index = index
-
-    def by_key(self, namespace: str, key: str) -> ObservedJob | None:
-        found = list(self.index.get(("key", namespace, key), ()))
-        return found[-1] if found else None
-
-    def owned_by(self, uid: str) -> list[ObservedJob]:
-        return list(self.index.get(("owner", uid), ()))
-
-
-@kopf.index("batch", "v1", "jobs", labels={KEY_LABEL: kopf.PRESENT})
-def build_jobs(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, ObservedJob]:
-    """Build Jobs by (namespace, engine key) and by each owning EngineBuild's uid."""
-    job = observe(dict(body))
-    entries: dict[Any, ObservedJob] = {("key", namespace, job.key): job}
-    entries |= {("owner", uid): job for uid in job.owner_uids}
-    return entries
-
-
-@kopf.index(GROUP, VERSION, PLURAL)
-def engine_builds(body: kopf.Body, namespace: str | None, name: str,
-                  **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
-    """EngineBuilds by (namespace, name), for reconciling one when its Job changes."""
-    return {(namespace, name): context.lean(body)}
-
-
-def _reconcile(body: dict[str, Any], index: kopf.Index[Any, ObservedJob], *,
-               job_moved: bool = False) -> None:
+def _reconcile(body: dict[str, Any], indexes: Indexes, *, job_moved: bool = False) -> None:
     """Reconcile; a transient error is retried by the sweep (Kopf does not retry events)."""
     reconciler = context.engine_builds()
     ref = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
-        reconciler.reconcile(body, _IndexLookup(index), job_moved=job_moved)
+        reconciler.reconcile(body, indexes, job_moved=job_moved)
     except KilnError as error:
         if not error.retryable:
             reconciler.retry.discard(ref)
             metrics.record_reconcile_error("EngineBuild")
             reconciler.status_written_elsewhere(*ref)
-            context.stall(PLURAL, body, error, phase="Failed")
+            context.stall(EB_PLURAL, body, error, phase="Failed")
             return
         reconciler.retry.add(ref)
         metrics.record_reconcile_error("EngineBuild")
@@ -88,13 +59,12 @@ _queue: WorkQueue[Ref] = WorkQueue(WORKERS)
 @kopf.on.startup()
 async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
     """Start the reconcile workers; they read EngineBuilds and Jobs from Kopf's indexes."""
-    builds: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
-    jobs: kopf.Index[Any, ObservedJob] = kwargs["build_jobs"]
+    indexes = Indexes(kwargs)
 
     def work(ref: Ref, job_moved: bool) -> None:
-        found = list(builds.get(ref, ()))
-        if found and not found[-1]["metadata"].get("deletionTimestamp"):
-            _reconcile(found[-1], jobs, job_moved=job_moved)
+        body = indexes.engine_build(*ref)
+        if body is not None and not body["metadata"].get("deletionTimestamp"):
+            _reconcile(body, indexes, job_moved=job_moved)
 
     memo["build_queue"] = asyncio.create_task(_queue.run(work), name="kiln reconcile workers")
 
@@ -108,7 +78,7 @@ def _mark(namespace: str, name: str, job_moved: bool = False) -> None:
     _queue.add((namespace, name), job_moved)
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, EB_PLURAL)
 async def engine_build_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                                name: str, **_: Any) -> None:
     """Any change of an EngineBuild (its spec, or status written by others) marks it due."""
@@ -144,31 +114,29 @@ def sweep(indices: dict[str, Any]) -> None:
     """Run by the operator-wide sweep: retry each reconcile that met a transient error, and
     re-read the weights identity where ``pollInterval`` is due (a new identity means new keys
     and builds)."""
-    builds: kopf.Index[Any, dict[str, Any]] = indices["engine_builds"]
     reconciler = context.engine_builds()
     due = _queue.add_threadsafe
-    for ref in list(builds):
-        for body in list(builds.get(ref, ())):
-            if body["metadata"].get("deletionTimestamp"):
-                continue
-            if ref in reconciler.retry:
-                due(ref)
-                continue
-            eb = EngineBuild.model_validate(body)
-            namespace = str(ref[0])
-            if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
-                continue
-            before = reconciler.known_identity(namespace, ref[1])
-            if before is None:  # never read (unreadable so far): a pass reads it, or stalls
-                due(ref)
-                continue
-            try:
-                after = reconciler.identity(namespace, eb, refresh=True).identity
-            except (KilnError, urllib3.exceptions.HTTPError, OSError) as error:
-                log.debug("weights of %s/%s unreadable: %s", namespace, ref[1], error)
-                due(ref)  # the reconcile reports (or schedules a retry)
-                continue
-            if after != before:
-                log.info("weights of %s/%s changed: %s -> %s", namespace, ref[1],
-                         before[:12], after[:12])
-                due(ref)
+    for ref, body in Indexes(indices).every_engine_build():
+        if body["metadata"].get("deletionTimestamp"):
+            continue
+        if ref in reconciler.retry:
+            due(ref)
+            continue
+        eb = EngineBuild.model_validate(body)
+        namespace = str(ref[0])
+        if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
+            continue
+        before = reconciler.known_identity(namespace, ref[1])
+        if before is None:  # never read (unreadable so far): a pass reads it, or stalls
+            due(ref)
+            continue
+        try:
+            after = reconciler.identity(namespace, eb, refresh=True).identity
+        except (KilnError, urllib3.exceptions.HTTPError, OSError) as error:
+            log.debug("weights of %s/%s unreadable: %s", namespace, ref[1], error)
+            due(ref)  # the reconcile reports (or schedules a retry)
+            continue
+        if after != before:
+            log.info("weights of %s/%s changed: %s -> %s", namespace, ref[1],
+                     short_key(before), short_key(after))
+            due(ref)

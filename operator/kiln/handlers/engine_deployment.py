@@ -12,16 +12,16 @@ from typing import Any
 
 import kopf
 
-from kiln import GROUP, VERSION
+from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
+from kiln.engine_deployment.pool import GpuNode, gpu_node
+from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
 from kiln.handlers import context
+from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
-from kiln.serve.deployments import ED_LABEL, ObservedDeployment, observe
-from kiln.serve.pool import GpuNode, gpu_node
-from kiln.serve.reconciler import PLURAL, EngineDeploymentReconciler
+from kiln.labels import ED_LABEL
 
 log = logging.getLogger(__name__)
-BUILDS = "enginebuilds"
 
 
 @functools.cache
@@ -29,73 +29,14 @@ def reconciler() -> EngineDeploymentReconciler:
     return EngineDeploymentReconciler(context.kube(), context.config(), context.emit)
 
 
-def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
-    return list(index.get(key, ()))
-
-
-class _IndexWorld:
-    """``World`` over Kopf's indexes."""
-
-    def __init__(self, kwargs: dict[str, Any]) -> None:
-        self.builds: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
-        self.nodes: kopf.Index[str, GpuNode] = kwargs["gpu_nodes"]
-        self.serving: kopf.Index[Any, ObservedDeployment] = kwargs["serving_deployments"]
-        self.deployments_index: kopf.Index[Any, dict[str, Any]] = kwargs["engine_deployments"]
-
-    def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
-        found = _values(self.builds, (namespace, name))
-        return found[-1] if found else None
-
-    def gpu_nodes(self) -> list[GpuNode]:
-        return [node for product in list(self.nodes) for node in _values(self.nodes, product)]
-
-    def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
-        return _values(self.serving, (namespace, owner))
-
-    def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
-        return _values(self.deployments_index, ("ref", namespace, build))
-
-    def every(self) -> list[dict[str, Any]]:
-        return [body for key in list(self.deployments_index) if key[0] == "name"
-                for body in _values(self.deployments_index, key)]
-
-    def named(self, namespace: str, name: str) -> dict[str, Any] | None:
-        found = _values(self.deployments_index, ("name", namespace, name))
-        return found[-1] if found else None
-
-
-@kopf.index("v1", "nodes")
-def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, GpuNode]:
-    """GPU nodes by ``nvidia.com/gpu.product``."""
-    node = gpu_node(dict(body))
-    return {node.product: node} if node else {}
-
-
-@kopf.index(GROUP, VERSION, PLURAL)
-def engine_deployments(body: kopf.Body, namespace: str | None, name: str,
-                       **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
-    """EngineDeployments by name, and by the EngineBuild they reference."""
-    ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
-    kept = context.lean(body)
-    return {("name", str(namespace), name): kept, ("ref", str(namespace), ref): kept}
-
-
-@kopf.index("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
-def serving_deployments(body: kopf.Body, namespace: str | None,
-                        **_: Any) -> dict[tuple[str, str], ObservedDeployment]:
-    """Serving Deployments by (namespace, EngineDeployment name)."""
-    owner = body["metadata"]["labels"][ED_LABEL]
-    return {(str(namespace), owner): observe(dict(body))}
-
-
-def _reconcile(body: dict[str, Any], world: _IndexWorld) -> None:
+def _reconcile(body: dict[str, Any], world: Indexes) -> None:
     """Reconcile; a transient error is logged and retried by the sweep (Kopf does not retry
     events)."""
     try:
         reconciler().reconcile(body, world)
     except KilnError as error:
         if not error.retryable:
-            context.stall(PLURAL, body, error)
+            context.stall(ED_PLURAL, body, error)
             return
         log.warning("reconcile of %s/%s will be retried: %s: %s",
                     body["metadata"]["namespace"], body["metadata"]["name"], error.reason,
@@ -111,7 +52,7 @@ all, and returns; each then runs once, however many events marked it."""
 @kopf.on.startup()
 async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
     """Start the reconcile workers over Kopf's indexes."""
-    world = _IndexWorld(kwargs)
+    world = Indexes(kwargs)
 
     def work(ref: tuple[str, str], _: bool) -> None:
         ed = world.named(*ref)
@@ -131,7 +72,7 @@ def _mark(ed: Mapping[str, Any]) -> None:
     _queue.add((ed["metadata"]["namespace"], ed["metadata"]["name"]))
 
 
-@kopf.on.event(GROUP, VERSION, PLURAL)
+@kopf.on.event(GROUP, VERSION, ED_PLURAL)
 async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
                                     **kwargs: Any) -> None:
     """Any change of an EngineDeployment marks it due; a deleted one gives up its auto
@@ -141,17 +82,17 @@ async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
         ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
         reconciler().forget(meta["namespace"], meta["name"])
         await asyncio.to_thread(reconciler().sync_auto_targets, meta["namespace"], ref,
-                                _IndexWorld(kwargs), gone=meta["uid"])
+                                Indexes(kwargs), gone=meta["uid"])
         return
     if not meta.get("deletionTimestamp"):
         _mark(body)
 
 
-@kopf.on.event(GROUP, VERSION, BUILDS)
+@kopf.on.event(GROUP, VERSION, EB_PLURAL)
 async def engine_build_for_serving(body: kopf.Body, namespace: str | None, name: str,
                                    **kwargs: Any) -> None:
     """An EngineBuild changed (engines ready, new keys): mark what serves it due."""
-    for ed in _IndexWorld(kwargs).referencing(str(namespace), name):
+    for ed in Indexes(kwargs).referencing(str(namespace), name):
         _mark(ed)
 
 
@@ -159,7 +100,7 @@ async def engine_build_for_serving(body: kopf.Body, namespace: str | None, name:
 async def serving_deployment_changed(body: kopf.Body, namespace: str | None,
                                      **kwargs: Any) -> None:
     """A serving Deployment moved (rollout progress, readiness): mark its owner due."""
-    owner = _IndexWorld(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
+    owner = Indexes(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
     uids = {ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []}
     if owner is not None and owner["metadata"]["uid"] in uids:
         _mark(owner)
@@ -182,11 +123,11 @@ async def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str,
     if event["type"] is None or not changed:
         return  # the initial listing, or nothing a pool depends on
     log.info("GPU node %s %s", name, "gone" if node is None else f"is {node.product}")
-    for ed in _IndexWorld(kwargs).every():
+    for ed in Indexes(kwargs).every():
         _mark(ed)
 
 
 def sweep(indices: dict[str, Any]) -> None:
     """Run by the operator-wide sweep, the safety net: mark every EngineDeployment due."""
-    for ed in _IndexWorld(indices).every():
+    for ed in Indexes(indices).every():
         _queue.add_threadsafe((ed["metadata"]["namespace"], ed["metadata"]["name"]))

@@ -1,5 +1,6 @@
-"""Kopf's settings: quiet and bounded; kiln's own names for the finalizer and annotations Kopf
-would write (no handler needs them today: kiln writes only ``status``)."""
+"""Kopf's settings: quiet and bounded. Every kiln handler is an event handler that marks work
+due, so Kopf writes no finalizer and no annotations of its own; the names below are kiln's in
+case a later handler makes it write them."""
 
 from __future__ import annotations
 
@@ -17,7 +18,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
     settings.posting.reporting_component = "kiln"
-    settings.posting.level = 20  # INFO and above become Events only when posted explicitly
-    settings.execution.max_workers = 16
+    # Kopf posts its per-object log lines of INFO and above as Events; kiln's handlers log
+    # through module loggers, so only the Events kiln posts itself reach the API server.
+    settings.posting.level = 20
+    settings.execution.max_workers = 16  # the index functions are sync: Kopf's thread pool
     settings.watching.server_timeout = 600
     settings.networking.request_timeout = 60

@@ -22,12 +22,12 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+from kiln.contract.manifest import Manifest
 from kiln.errors import InvalidInput
 from kiln.pvc import pvc_path
 from kiln.store import s3client
 from kiln.store.base import EngineStore, Progress
 from kiln.store.fs import FileStore
-from kiln.store.manifest import Manifest
 from kiln.store.s3 import S3Store
 
 __all__ = ["EngineStore", "FileStore", "Manifest", "Progress", "S3Store", "open_store",

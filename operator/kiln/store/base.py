@@ -19,8 +19,9 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
 from kiln.errors import IntegrityError, InvalidInput, NotFound, Unavailable
-from kiln.store.manifest import MANIFEST, FileEntry, Manifest
+from kiln.key import short_key
 
 log = logging.getLogger(__name__)
 
@@ -178,14 +179,14 @@ class EngineStore(ABC):
         check_key(key)
         existing = self.read_manifest(key)
         if existing is not None:
-            log.info("engine %s is already in %s", key[:12], self.uri)
+            log.info("engine %s is already in %s", short_key(key), self.uri)
             return existing
         files = engine_files(src_dir)
         sizes = [p.stat().st_size for p in files]
         counter = _Counter(sum(sizes), progress)
         rels = [p.relative_to(src_dir).as_posix() for p in files]
         upload = uuid.uuid4().hex[:16]
-        log.info("uploading engine %s (%d files, %d bytes) to %s as upload %s", key[:12],
+        log.info("uploading engine %s (%d files, %d bytes) to %s as upload %s", short_key(key),
                  len(files), sum(sizes), self.uri, upload)
         digests = counter.each(self.workers,
                                lambda a: self._put_file(key, upload, a[0], a[1], counter),
@@ -201,9 +202,9 @@ class EngineStore(ABC):
             winner = self.read_manifest(key)
             if winner is not None:
                 log.info("engine %s was committed by another writer first (upload %s)",
-                         key[:12], winner.upload)
+                         short_key(key), winner.upload)
                 return winner
-        raise Unavailable(f"engine {key[:12]} could not be committed to {self.uri}: its "
+        raise Unavailable(f"engine {short_key(key)} could not be committed to {self.uri}: its "
                           "manifest keeps appearing and disappearing")
 
     def download(self, key: str, dest_dir: Path, *, progress: Progress | None = None
@@ -223,7 +224,7 @@ class EngineStore(ABC):
             if actual != entry.sha256:
                 target.unlink(missing_ok=True)
                 raise IntegrityError(
-                    f"{entry.path} of engine {key[:12]} in {self.uri} is corrupt: its sha256 "
+                    f"{entry.path} of engine {short_key(key)} in {self.uri} is corrupt: its sha256 "
                     f"is {actual}, the manifest says {entry.sha256}")
 
         counter.each(self.workers, fetch, manifest.files)

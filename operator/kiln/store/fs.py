@@ -10,9 +10,10 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
 from kiln.errors import InvalidInput, NotFound
+from kiln.key import short_key
 from kiln.store.base import CHUNK, Count, EngineStore
-from kiln.store.manifest import MANIFEST, FileEntry, Manifest
 
 
 def _fsync_dir(path: Path) -> None:
@@ -59,7 +60,7 @@ class FileStore(EngineStore):
         try:
             src = (self._dir(key) / upload / entry.path).open("rb")
         except FileNotFoundError as error:
-            raise NotFound(f"{entry.path} of engine {key[:12]} is missing from {self.uri}"
+            raise NotFound(f"{entry.path} of engine {short_key(key)} is missing from {self.uri}"
                            ) from error
         with src, dest.open("wb") as dst:
             while chunk := src.read(CHUNK):

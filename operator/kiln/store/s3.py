@@ -11,9 +11,10 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
 from kiln.errors import InvalidInput
+from kiln.key import short_key
 from kiln.store.base import Count, EngineStore
-from kiln.store.manifest import MANIFEST, FileEntry, Manifest
 from kiln.store.s3client import error_code, translate
 from kiln.store.transfer import Transfers, read_object
 
@@ -90,19 +91,20 @@ class S3Store(EngineStore):
             if error_code(error) in _CONFLICT:
                 return False
             if error_code(error) != "NotImplemented":
-                raise translate(error, f"commit engine {key[:12]} in {self.uri}") from error
+                raise translate(error, f"commit engine {short_key(key)} in {self.uri}") from error
             log.warning("%s does not support conditional writes; committing %s unguarded",
-                        self.uri, key[:12])
+                        self.uri, short_key(key))
             if self.read_manifest(key) is not None:
                 return False
-            self._call(f"commit engine {key[:12]}", self.client.put_object, Bucket=self.bucket,
+            self._call(f"commit engine {short_key(key)}", self.client.put_object,
+                       Bucket=self.bucket,
                        Key=name, Body=manifest.to_json(), ContentType="application/json")
         except (BotoCoreError, OSError) as error:
-            raise translate(error, f"commit engine {key[:12]} in {self.uri}") from error
+            raise translate(error, f"commit engine {short_key(key)} in {self.uri}") from error
         return True
 
     def read_manifest(self, key: str) -> Manifest | None:
-        data = self._get(self._key_prefix(key) + MANIFEST, f"read the manifest of {key[:12]}")
+        data = self._get(self._key_prefix(key) + MANIFEST, f"read the manifest of {short_key(key)}")
         return None if data is None else Manifest.model_validate_json(data)
 
     def _pages(self, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:

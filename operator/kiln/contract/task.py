@@ -1,0 +1,90 @@
+"""The build task: what one build Job must build, rendered by the operator, read by the builder.
+
+The operator puts it into the Job as JSON in the ``KILN_TASK`` environment variable; the
+builder reads it from there or from ``--task-file``. Field names are camelCase, like the API.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+
+from kiln.api import BuildSpec, KilnModel
+from kiln.contract.env import TASK
+
+
+class TaskSource(KilnModel):
+    """Where the weights are."""
+
+    uri: str = Field(min_length=1, max_length=1024)
+    """``s3://bucket/prefix/``, ``hf://org/name@revision`` or ``pvc://claim/path``."""
+    revision: str | None = Field(default=None, max_length=128)
+    """For a pvc:// source: the revision label that pins its identity."""
+    credentials_from_env: bool = False
+    """Whether the source's credentials are in the environment (``AWS_*``, ``HF_TOKEN``, from
+    ``spec.model.credentialsSecret``) rather than ambient (node role, workload identity)."""
+
+
+class TaskTarget(KilnModel):
+    """The GPU the engine is for."""
+
+    gpu_product: str = Field(min_length=1, max_length=128)
+    """``nvidia.com/gpu.product`` of the build nodes, e.g. ``NVIDIA-H100-80GB-HBM3``."""
+    compute_capability: str = Field(pattern=r"^[0-9]{1,2}\.[0-9]$")
+    """e.g. ``9.0``."""
+
+
+class BuildTask(KilnModel):
+    """One engine to build: the resolved inputs of its key, and where to put it."""
+
+    schema_version: Literal[1] = 1
+    """Version of this format."""
+    key: str = Field(pattern=r"^[0-9a-f]{64}$")
+    """The engine key (sha256 hex); the engine goes to ``<store>/engines/<key>/``."""
+    weights_identity: str = Field(min_length=1, max_length=1024)
+    """The weights' identity digest the key was computed from; the builder refuses others."""
+    source: TaskSource
+    build: BuildSpec
+    target: TaskTarget
+    store: str = Field(min_length=1, max_length=1024)
+    """``s3://bucket/prefix/`` or ``pvc://claim/path``."""
+    builder_image: str = Field(min_length=1, max_length=512)
+    """The image reference the key was computed with (recorded in the manifest)."""
+
+    @classmethod
+    def for_build(cls, *, key: str, weights_identity: str, source: str, revision: str | None,
+                  build: BuildSpec, gpu_product: str, compute_capability: str, store: str,
+                  builder_image: str, credentials_from_env: bool = False) -> BuildTask:
+        """The task for one target of an EngineBuild."""
+        return cls(
+            key=key, weights_identity=weights_identity,
+            source=TaskSource(uri=source, revision=revision,
+                              credentials_from_env=credentials_from_env),
+            build=build,
+            target=TaskTarget(gpu_product=gpu_product, compute_capability=compute_capability),
+            store=store, builder_image=builder_image)
+
+    def to_json(self) -> str:
+        """Compact JSON (camelCase), for the ``KILN_TASK`` environment variable."""
+        return self.model_dump_json(by_alias=True, exclude_none=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> BuildTask:
+        """Parse a task; raises ``pydantic.ValidationError`` when it is not one."""
+        return cls.model_validate_json(text)
+
+    @classmethod
+    def load(cls, task_file: str | Path | None = None,
+             env: Mapping[str, str] | None = None) -> BuildTask:
+        """The task from ``task_file`` if given, else from ``KILN_TASK`` in ``env``."""
+        if task_file is not None:
+            return cls.from_json(Path(task_file).read_bytes())
+        env = os.environ if env is None else env
+        text = env.get(TASK)
+        if not text:
+            raise ValueError(f"no task: pass --task-file or set {TASK}")
+        return cls.from_json(text)

@@ -1,0 +1,72 @@
+"""What a build Job tells: its state, and the builder's verdict when it failed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Literal
+
+from kiln.contract.termination import Failure, parse_failure
+from kiln.labels import KEY_ANNOTATION
+
+JobState = Literal["Active", "Succeeded", "Failed"]
+BUILDER = "builder"
+"""The build pod's container (the ``podFailurePolicy`` names it)."""
+
+
+def job_name(key: str) -> str:
+    """Build Jobs are named after the key: the same key is the same Job, across restarts."""
+    return f"kiln-build-{key[:24]}"
+
+
+@dataclass(frozen=True)
+class ObservedJob:
+    """The parts of a build Job the planner reads."""
+
+    name: str
+    key: str
+    state: JobState
+    owner_uids: tuple[str, ...]
+    seconds: float | None = None
+    failure: Failure | None = None
+
+
+def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
+    for cond in (job.get("status") or {}).get("conditions") or []:
+        if cond.get("type") == kind and cond.get("status") == "True":
+            return dict(cond)
+    return None
+
+
+def _seconds(status: dict[str, Any]) -> float | None:
+    start, end = status.get("startTime"), status.get("completionTime")
+    if not start or not end:
+        return None
+    parse = datetime.fromisoformat
+    return (parse(end.replace("Z", "+00:00")) - parse(start.replace("Z", "+00:00"))).total_seconds()
+
+
+def observe(job: dict[str, Any]) -> ObservedJob:
+    """Summarize a Job (as a dict, camelCase); ``failure`` comes from the Job's condition."""
+    meta = job.get("metadata") or {}
+    status = job.get("status") or {}
+    key = (meta.get("annotations") or {}).get(KEY_ANNOTATION, "")
+    owners = tuple(ref["uid"] for ref in meta.get("ownerReferences") or [])
+    if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
+        return ObservedJob(meta["name"], key, "Succeeded", owners, _seconds(status))
+    failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
+    if failed:
+        failure = Failure(failed.get("reason") or "JobFailed",
+                          failed.get("message") or "the build Job failed")
+        return ObservedJob(meta["name"], key, "Failed", owners, None, failure)
+    return ObservedJob(meta["name"], key, "Active", owners)
+
+
+def failure_from_pod(pod: dict[str, Any]) -> Failure | None:
+    """The builder's failure from a failed pod's termination message, if it has one."""
+    for status in (pod.get("status") or {}).get("containerStatuses") or []:
+        terminated = (status.get("state") or {}).get("terminated") or {}
+        code = terminated.get("exitCode", 0)
+        if code != 0:
+            return parse_failure(terminated.get("message") or "", code, "builder")
+    return None

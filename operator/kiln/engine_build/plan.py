@@ -1,0 +1,178 @@
+"""Plan an EngineBuild from what exists: keys, engines in the store, build Jobs.
+
+Pure: given the object, its resolved targets and keys, the manifests found and the Jobs
+observed, it says which Jobs must exist, which the object no longer wants, the status,
+and the Events for what changed. Running it twice on the same facts gives the same plan.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+
+from kiln.api import EngineBuild, EngineBuildStatus, EngineState, EngineStatus, Weights
+from kiln.contract.manifest import Manifest
+from kiln.contract.termination import Failure
+from kiln.engine_build.jobs import ObservedJob, job_name
+from kiln.key import short_key
+from kiln.status import Event, set_conditions
+from kiln.targets import ResolvedTarget
+
+
+@dataclass(frozen=True)
+class Want:
+    """One effective target and its engine key."""
+
+    target: ResolvedTarget
+    key: str
+    uri: str
+
+
+@dataclass
+class Plan:
+    status: EngineBuildStatus
+    create: list[Want] = field(default_factory=list)
+    """Targets whose Job must exist (create it, or join it as an owner)."""
+    release: list[ObservedJob] = field(default_factory=list)
+    """Jobs this object owns whose key it no longer wants."""
+    replace: list[ObservedJob] = field(default_factory=list)
+    """Failed Jobs to delete before creating them again (the spec changed since)."""
+    events: list[Event] = field(default_factory=list)
+
+
+def _from_manifest(entry: EngineStatus, manifest: Manifest) -> EngineStatus:
+    versions = manifest.versions
+    return entry.model_copy(update={
+        "build_seconds": manifest.build_seconds,
+        "size_bytes": manifest.total_bytes,
+        "trtllm_version": versions.get("tensorrt_llm") or versions.get("trtllm"),
+        "tensorrt_version": versions.get("tensorrt"),
+    })
+
+
+def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
+            job: ObservedJob | None, failure: Failure | None,
+            retry_failed: bool, uid: str) -> tuple[EngineStatus, bool]:
+    """The status entry of one target, and whether its Job must exist."""
+    t = want.target
+    entry = EngineStatus(target=t.name, gpu_product=t.gpu_product,
+                         compute_capability=t.compute_capability, key=want.key, uri=want.uri)
+    same_key = prior is not None and prior.key == want.key
+    if manifest is not None:
+        # Built here when this object owns the key's Job, finished or not: the manifest can
+        # land before the Job is marked Complete (an operator restarted mid-build sees that).
+        ours = job is not None and uid in job.owner_uids
+        built_here = ours or (same_key and prior is not None
+                              and prior.state in ("Ready", "Building"))
+        state: EngineState = "Ready" if built_here else "Cached"
+        entry = _from_manifest(entry, manifest).model_copy(update={
+            "state": state, "job": job.name if job else None})
+        return entry, False
+    if job is not None and job.state == "Active":
+        return entry.model_copy(update={"state": "Building", "job": job.name}), True
+    if job is not None and job.state == "Succeeded":
+        return entry.model_copy(update={
+            "state": "Failed", "job": job.name,
+            "message": f"ManifestMissing: the build Job succeeded but {want.uri}manifest.json "
+                       "is not in the store"}), False
+    if job is not None and job.state == "Failed" and retry_failed:
+        return entry.model_copy(update={"state": "Building", "job": job.name}), True
+    if job is not None and job.state == "Failed":
+        why = failure or job.failure or Failure("JobFailed", "the build Job failed")
+        return entry.model_copy(update={
+            "state": "Failed", "job": job.name, "message": f"{why.reason}: {why.message}"}), False
+    if same_key and prior is not None and prior.state == "Failed" and not retry_failed:
+        return entry.model_copy(update={"state": "Failed", "message": prior.message}), False
+    return entry.model_copy(update={"state": "Building", "job": job_name(want.key)}), True
+
+
+def _carry_previous(entry: EngineStatus, prior: EngineStatus | None) -> EngineStatus:
+    """Keep naming the engine served before while a new key builds."""
+    if entry.state in ("Ready", "Cached") or prior is None:
+        return entry
+    if prior.key != entry.key and prior.state in ("Ready", "Cached"):
+        return entry.model_copy(update={"previous_key": prior.key, "previous_uri": prior.uri})
+    if prior.previous_key:
+        return entry.model_copy(update={"previous_key": prior.previous_key,
+                                        "previous_uri": prior.previous_uri})
+    return entry
+
+
+def _events(engines: list[EngineStatus], prior: dict[str, EngineStatus]) -> list[Event]:
+    events = []
+    for e in engines:
+        before = prior.get(e.target)
+        if before is not None and (before.key, before.state) == (e.key, e.state):
+            continue
+        short = short_key(e.key or "")
+        if e.state == "Building":
+            events.append(Event("Normal", "BuildStarted",
+                                f"building engine {short} for {e.target} in Job {e.job}"))
+        elif e.state == "Ready":
+            events.append(Event("Normal", "EngineReady", f"engine {short} for {e.target} "
+                                f"is ready at {e.uri}"))
+        elif e.state == "Cached":
+            events.append(Event("Normal", "EngineCached",
+                                f"engine {short} for {e.target} found in the store at {e.uri}"))
+        else:
+            events.append(Event("Warning", "BuildFailed",
+                                f"engine {short} for {e.target}: {e.message}"))
+    return events
+
+
+def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datetime | None,
+         manifests: dict[str, Manifest | None], jobs: dict[str, ObservedJob],
+         failures: dict[str, Failure], uid: str) -> Plan:
+    """The plan for one EngineBuild; ``jobs`` and ``manifests`` are keyed by engine key."""
+    old = eb.status or EngineBuildStatus()
+    generation = int(eb.metadata.get("generation") or 0)
+    # A failed engine is built again only after the spec changed since it was reported.
+    retry_failed = old.observed_generation is not None and old.observed_generation != generation
+    prior = {e.target: e for e in old.engines}
+    result = Plan(status=EngineBuildStatus())
+    engines = []
+    for want in wants:
+        before = prior.get(want.target.name)
+        entry, needs_job = _engine(want, before, manifests.get(want.key), jobs.get(want.key),
+                                   failures.get(want.key), retry_failed, uid)
+        engines.append(_carry_previous(entry, before))
+        if needs_job:
+            result.create.append(want)
+            stale = jobs.get(want.key)
+            if stale is not None and stale.state == "Failed":
+                result.replace.append(stale)
+    wanted = {w.key for w in wants}
+    result.release = [j for j in jobs.values() if uid in j.owner_uids and j.key not in wanted]
+
+    states = {e.state for e in engines}
+    if not engines:
+        phase, ready, reason, message = ("Pending", False, "NoTargets",
+                                         "no targets: list spec.targets, or reference this "
+                                         "build from an EngineDeployment")
+    elif "Failed" in states:
+        failed = [e for e in engines if e.state == "Failed"]
+        phase, ready, reason = "Failed", False, "BuildFailed"
+        message = "; ".join(f"{e.target}: {e.message}" for e in failed)
+    elif states <= {"Ready", "Cached"}:
+        phase, ready, reason = "Ready", True, "EnginesReady"
+        message = f"{len(engines)} engine(s) ready"
+    else:
+        building = [e.target for e in engines if e.state == "Building"]
+        phase, ready, reason = "Building", False, "Building"
+        message = f"building for {', '.join(building)}"
+    conditions = set_conditions(old.conditions, generation=generation, ready=ready,
+                                reconciling=phase in ("Pending", "Building") and bool(engines),
+                                stalled=phase == "Failed", reason=reason, message=message)
+    result.status = EngineBuildStatus(
+        observed_generation=generation, phase=phase, conditions=conditions,
+        weights=Weights(identity=identity, checked_at=checked_at),
+        auto_targets=old.auto_targets, engines=engines,
+        gpus=",".join(e.target for e in engines) or None,
+        engine_keys=",".join(short_key(e.key or "") for e in engines) or None,
+    )
+    if old.weights and old.weights.identity and old.weights.identity != identity:
+        result.events.append(Event(
+            "Normal", "WeightsChanged",
+            f"weights changed ({short_key(identity)}): building new engines"))
+    result.events += _events(engines, prior)
+    return result

@@ -1,0 +1,99 @@
+"""Render the build Job for one engine key (pure: spec + resolved facts in, a dict out)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from kiln.api import EngineBuildSpec
+from kiln.config import OperatorConfig
+from kiln.contract import env as names
+from kiln.contract.exitcodes import pod_failure_policy
+from kiln.engine_build.jobs import BUILDER, job_name
+from kiln.engine_build.plan import Want
+from kiln.labels import (
+    GPU_PRODUCT_LABEL,
+    KEY_ANNOTATION,
+    KEY_LABEL,
+    TARGET_ANNOTATION,
+    key_label,
+    managed_by,
+)
+from kiln.podspec import gpu_resources, gpu_tolerations, owner_reference, secret_env
+from kiln.pvc import pvc_mounts
+
+WORKDIR = "/work"
+
+
+def _affinity(products: tuple[str, ...]) -> dict[str, Any] | None:
+    if not products:
+        return None
+    term = {"matchExpressions": [{"key": GPU_PRODUCT_LABEL, "operator": "In",
+                                  "values": list(products)}]}
+    return {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [term]}}}
+
+
+def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineBuildSpec,
+               want: Want, image: str, task_json: str,
+               config: OperatorConfig) -> dict[str, Any]:
+    """The Job that builds ``want.key``; its name is derived from the key alone."""
+    gpus = spec.build.parallelism.tensor * spec.build.parallelism.pipeline
+    labels = {**managed_by("build"), KEY_LABEL: key_label(want.key)}
+    env: list[dict[str, Any]] = [
+        {"name": names.TASK, "value": task_json},
+        {"name": names.WORKDIR, "value": WORKDIR},
+        *({"name": k, "value": v} for k, v in sorted(config.build_env.items())),
+    ]
+    if spec.model.credentials_secret:
+        env += secret_env(spec.model.credentials_secret, names.CREDENTIAL_KEYS)
+    if config.store_secret:
+        env += secret_env(config.store_secret, names.STORE_KEYS, names.STORE_PREFIX)
+    claim_mounts, claim_volumes = pvc_mounts({spec.model.source: False, want.uri: True})
+    pod_spec: dict[str, Any] = {
+        "restartPolicy": "Never",
+        "nodeSelector": dict(want.target.node_selector),
+        "tolerations": gpu_tolerations(t.to_dict() for t in spec.job.tolerations),
+        "containers": [{
+            "name": BUILDER,
+            "image": image,
+            "command": ["kiln-builder"],
+            "env": env,
+            "resources": gpu_resources(
+                spec.job.resources.to_dict() if spec.job.resources else None, gpus),
+            "volumeMounts": [{"name": "work", "mountPath": WORKDIR}, *claim_mounts],
+            "terminationMessagePolicy": "FallbackToLogsOnError",
+            "securityContext": {"allowPrivilegeEscalation": False},
+        }],
+        "volumes": [{"name": "work", "emptyDir": {}}, *claim_volumes],
+        "enableServiceLinks": False,
+    }
+    if affinity := _affinity(want.target.products):
+        pod_spec["affinity"] = affinity
+    if spec.job.priority_class_name:
+        pod_spec["priorityClassName"] = spec.job.priority_class_name
+    return {
+        "apiVersion": "batch/v1",
+        "kind": "Job",
+        "metadata": {
+            "name": job_name(want.key),
+            "namespace": namespace,
+            "labels": labels,
+            "annotations": {KEY_ANNOTATION: want.key, TARGET_ANNOTATION: want.target.name},
+            "ownerReferences": [build_owner(owner_name, owner_uid)],
+        },
+        "spec": {
+            "backoffLimit": spec.job.backoff_limit,
+            "activeDeadlineSeconds": spec.job.active_deadline_seconds,
+            "ttlSecondsAfterFinished": config.job_ttl_seconds,
+            "podFailurePolicy": pod_failure_policy(BUILDER),
+            "template": {
+                "metadata": {"labels": {**labels, **config.build_pod_labels}},
+                "spec": pod_spec,
+            },
+        },
+    }
+
+
+def build_owner(name: str, uid: str) -> dict[str, Any]:
+    """An EngineBuild as an owner of a build Job (several may share one Job)."""
+    return owner_reference("EngineBuild", name, uid, controller=False)

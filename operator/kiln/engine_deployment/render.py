@@ -1,0 +1,231 @@
+"""Render an EngineDeployment's children (pure: objects and decisions in, dicts out).
+
+Per GPU product a Deployment pinned to that product, with a ``kiln fetch-engine`` init
+container and ``trtllm-serve`` or Triton; one Service over all of them; a
+PodDisruptionBudget. Children carry kiln's own labels only (never the owner's: Argo CD
+tracks by label) and an owner reference.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from typing import Any
+
+from kiln.api import EngineBuild, EngineDeployment
+from kiln.config import OperatorConfig
+from kiln.contract import env as names
+from kiln.engine_deployment import triton
+from kiln.engine_deployment.plan import Serve
+from kiln.labels import (
+    BACKEND_ANNOTATION,
+    ED_LABEL,
+    GPU_PRODUCT_LABEL,
+    HASH_ANNOTATION,
+    KEY_ANNOTATION,
+    MODE_ANNOTATION,
+    SERVING_PRODUCT_LABEL,
+    URI_ANNOTATION,
+    managed_by,
+)
+from kiln.podspec import gpu_resources, gpu_tolerations, owner_reference, secret_env
+from kiln.pvc import pvc_mounts
+
+ENGINE_DIR = "/engine"
+REPO_DIR = "/model-repo"
+HEALTH = {"trtllm-serve": ("/health", "/health"),
+          "triton": ("/v2/health/ready", "/v2/health/live")}
+"""Readiness and liveness paths per server kind."""
+MANAGED_BY = managed_by("server")
+
+
+def selector(name: str, product: str | None = None) -> dict[str, str]:
+    """Pods of an EngineDeployment, or of one of its products."""
+    return {ED_LABEL: name, **({SERVING_PRODUCT_LABEL: product} if product else {})}
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    """A digest of a rendered object (without the hash annotation itself)."""
+    body = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(body).hexdigest()[:20]
+
+
+def _meta(ed: EngineDeployment, name: str, labels: dict[str, str]) -> dict[str, Any]:
+    return {"name": name, "namespace": ed.metadata["namespace"],
+            "labels": {**MANAGED_BY, **labels},
+            "ownerReferences": [owner_reference("EngineDeployment", ed.metadata["name"],
+                                                ed.metadata["uid"], controller=True)]}
+
+
+def store_of(engine_uri: str, key: str) -> str:
+    """``<store>engines/<key>/`` → ``<store>``."""
+    suffix = f"engines/{key}/"
+    uri = engine_uri if engine_uri.endswith("/") else engine_uri + "/"
+    if not uri.endswith(suffix):
+        raise ValueError(f"{engine_uri!r} is not an engine URI ending in {suffix}")
+    return uri[:-len(suffix)]
+
+
+def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
+           config: OperatorConfig, repo: dict[str, str] | None) -> tuple[dict[str, Any], str]:
+    """The init container, and the URI whose PVC (if any) it needs."""
+    env: list[dict[str, Any]] = [{"name": names.GPU_COMPUTE_CAPABILITY,
+                                  "value": serve.compute_capability},
+                                 *({"name": k, "value": v}
+                                   for k, v in sorted(config.serve_env.items()))]
+    if serve.engine_key and serve.engine_uri:
+        uri = store_of(serve.engine_uri, serve.engine_key)
+        args = ["--store", uri, "--key", serve.engine_key, "--dest", ENGINE_DIR]
+        if config.store_secret:
+            env += secret_env(config.store_secret, names.STORE_KEYS, names.STORE_PREFIX)
+    else:
+        uri = eb.spec.model.source
+        args = ["--source", uri, "--dest", ENGINE_DIR]
+        if eb.spec.model.revision:
+            args += ["--revision", eb.spec.model.revision]
+        if eb.spec.model.credentials_secret:
+            env += secret_env(eb.spec.model.credentials_secret, names.CREDENTIAL_KEYS)
+    mounts: list[dict[str, Any]] = [{"name": "engine", "mountPath": ENGINE_DIR}]
+    if repo is not None:
+        args += ["--model-repo", REPO_DIR]
+        env.append({"name": names.MODEL_REPO_FILES, "value": json.dumps(repo, sort_keys=True)})
+        mounts.append({"name": "model-repo", "mountPath": REPO_DIR})
+    mounts += pvc_mounts({uri: False})[0]
+    return {
+        "name": "fetch-engine",
+        "image": config.fetch_image,
+        "command": ["kiln", "fetch-engine"],
+        "args": args,
+        "env": env,
+        # The GPUs, so that nvidia-smi sees them; the server container reuses them.
+        "resources": gpu_resources(None, gpus),
+        "volumeMounts": mounts,
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": {"allowPrivilegeEscalation": False},
+    }, uri
+
+
+def _probes(path: str, live: str) -> dict[str, Any]:
+    def get(p: str) -> dict[str, Any]:
+        return {"path": p, "port": "http"}
+
+    return {
+        "startupProbe": {"httpGet": get(path), "periodSeconds": 10, "failureThreshold": 180},
+        "readinessProbe": {"httpGet": get(path), "periodSeconds": 10, "failureThreshold": 3},
+        "livenessProbe": {"httpGet": get(live), "periodSeconds": 30, "failureThreshold": 5,
+                          "timeoutSeconds": 10},
+    }
+
+
+def _trtllm_serve(ed: EngineDeployment, eb: EngineBuild, serve: Serve) -> dict[str, Any]:
+    p = eb.spec.build.parallelism
+    return {
+        "command": ["trtllm-serve"],
+        "args": [ENGINE_DIR, "--host", "0.0.0.0", "--port", str(ed.spec.server.port),
+                 "--backend", serve.backend, "--tp_size", str(p.tensor),
+                 "--pp_size", str(p.pipeline), *ed.spec.server.args],
+        "ports": [{"name": "http", "containerPort": ed.spec.server.port}],
+    }
+
+
+def _triton(ed: EngineDeployment, eb: EngineBuild, config: OperatorConfig) -> dict[str, Any]:
+    port = ed.spec.server.port
+    p = eb.spec.build.parallelism
+    launch = triton.launch_command(repo=REPO_DIR, world_size=p.tensor * p.pipeline,
+                                   http_port=port, grpc_port=port + 1, metrics_port=port + 2)
+    copy = " && ".join(f'cp "$KILN_TRITON_MODELS/{m}/1/model.py" {REPO_DIR}/{m}/1/'
+                       for m in triton.PYTHON_MODELS)
+    return {
+        "command": ["/bin/sh", "-c", f'set -e; {copy}; exec "$@"', "--"],
+        "args": [*launch, *ed.spec.server.args],
+        "env": [{"name": "KILN_TRITON_MODELS", "value": config.triton_models_dir}],
+        "ports": [{"name": "http", "containerPort": port},
+                  {"name": "grpc", "containerPort": port + 1},
+                  {"name": "metrics", "containerPort": port + 2}],
+    }
+
+
+def triton_repository(eb: EngineBuild) -> dict[str, str]:
+    return triton.model_repository(engine_dir=ENGINE_DIR, tokenizer_dir=ENGINE_DIR,
+                                   max_batch_size=eb.spec.build.max_batch_size)
+
+
+def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
+                      config: OperatorConfig) -> dict[str, Any]:
+    """The Deployment serving ``serve`` on its GPU product; annotated with its spec hash."""
+    name = str(ed.metadata["name"])
+    spec, p = ed.spec, eb.spec.build.parallelism
+    gpus = p.tensor * p.pipeline
+    is_triton = spec.server.kind == "triton"
+    repo = triton_repository(eb) if is_triton else None
+    fetch, fetched_from = _fetch(ed, eb, serve, gpus, config, repo)
+    server: dict[str, Any] = {
+        "name": "server",
+        "image": spec.server.image or (config.triton_image if is_triton
+                                       else config.server_image),
+        **(_triton(ed, eb, config) if is_triton else _trtllm_serve(ed, eb, serve)),
+        **_probes(*HEALTH[spec.server.kind]),
+        "resources": gpu_resources(spec.server.resources.to_dict()
+                                   if spec.server.resources else None, gpus),
+        "volumeMounts": [{"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True},
+                         {"name": "shm", "mountPath": "/dev/shm"},
+                         *([{"name": "model-repo", "mountPath": REPO_DIR}] if repo else [])],
+    }
+    volumes: list[dict[str, Any]] = [{"name": "engine", "emptyDir": {}},
+                                     {"name": "shm", "emptyDir": {"medium": "Memory"}}]
+    if repo is not None:
+        volumes.append({"name": "model-repo", "emptyDir": {}})
+    volumes += pvc_mounts({fetched_from: False})[1]
+    labels = selector(name, serve.product)
+    notes: dict[str, str] = {MODE_ANNOTATION: serve.mode, BACKEND_ANNOTATION: serve.backend}
+    if serve.engine_key and serve.engine_uri:
+        notes |= {KEY_ANNOTATION: serve.engine_key, URI_ANNOTATION: serve.engine_uri}
+    strategy = spec.strategy
+    deployment: dict[str, Any] = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": _meta(ed, serve.deployment, labels),
+        "spec": {
+            "replicas": spec.replicas,
+            "selector": {"matchLabels": labels},
+            "strategy": {"type": "RollingUpdate", "rollingUpdate": {
+                "maxSurge": strategy.max_surge, "maxUnavailable": strategy.max_unavailable}},
+            "revisionHistoryLimit": 3,
+            "progressDeadlineSeconds": 3600,
+            "template": {
+                "metadata": {"labels": {**MANAGED_BY, **labels}, "annotations": notes},
+                "spec": {
+                    "nodeSelector": {**(spec.pool.node_selector or {}),
+                                     GPU_PRODUCT_LABEL: serve.product},
+                    "tolerations": gpu_tolerations(),
+                    "initContainers": [fetch],
+                    "containers": [server],
+                    "volumes": volumes,
+                    "terminationGracePeriodSeconds": 60,
+                    "enableServiceLinks": False,
+                },
+            },
+        },
+    }
+    deployment["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(deployment)}
+    return deployment
+
+
+def render_service(ed: EngineDeployment) -> dict[str, Any]:
+    """One Service over every product's pods."""
+    name = str(ed.metadata["name"])
+    port = ed.spec.server.port
+    ports = [{"name": "http", "port": port, "targetPort": "http"}]
+    if ed.spec.server.kind == "triton":
+        ports += [{"name": "grpc", "port": port + 1, "targetPort": "grpc"},
+                  {"name": "metrics", "port": port + 2, "targetPort": "metrics"}]
+    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(ed, name, selector(name)),
+            "spec": {"type": "ClusterIP", "selector": selector(name), "ports": ports}}
+
+
+def render_pdb(ed: EngineDeployment) -> dict[str, Any]:
+    """Voluntary disruptions (drains) take one serving pod at a time."""
+    name = str(ed.metadata["name"])
+    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+            "metadata": _meta(ed, name, selector(name)),
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}}

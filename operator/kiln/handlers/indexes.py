@@ -1,0 +1,122 @@
+"""Every Kopf index kiln keeps, and typed views over them for the reconcilers.
+
+Kopf passes its indexes to handlers as keyword arguments; :class:`Indexes` is the one place
+that names them, so the controllers read EngineBuilds, Jobs, EngineDeployments, serving
+Deployments and GPU nodes through one object, never through Kopf's kwargs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
+from kiln.engine_build.jobs import ObservedJob, observe
+from kiln.engine_deployment.deployments import ObservedDeployment
+from kiln.engine_deployment.deployments import observe as observe_deployment
+from kiln.engine_deployment.pool import GpuNode, gpu_node
+from kiln.labels import ED_LABEL, KEY_LABEL
+
+
+def lean(body: kopf.Body) -> dict[str, Any]:
+    """An object as the indexes keep it: without ``metadata.managedFields`` (often half its
+    size, and never read)."""
+    meta = {k: v for k, v in body["metadata"].items() if k != "managedFields"}
+    return {**body, "metadata": meta}
+
+
+@kopf.index("batch", "v1", "jobs", labels={KEY_LABEL: kopf.PRESENT})
+def build_jobs(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, ObservedJob]:
+    """Build Jobs by (namespace, engine key) and by each owning EngineBuild's uid."""
+    job = observe(dict(body))
+    entries: dict[Any, ObservedJob] = {("key", namespace, job.key): job}
+    entries |= {("owner", uid): job for uid in job.owner_uids}
+    return entries
+
+
+@kopf.index(GROUP, VERSION, EB_PLURAL)
+def engine_builds(body: kopf.Body, namespace: str | None, name: str,
+                  **_: Any) -> dict[tuple[str | None, str], dict[str, Any]]:
+    """EngineBuilds by (namespace, name)."""
+    return {(namespace, name): lean(body)}
+
+
+@kopf.index(GROUP, VERSION, ED_PLURAL)
+def engine_deployments(body: kopf.Body, namespace: str | None, name: str,
+                       **_: Any) -> dict[tuple[str, ...], dict[str, Any]]:
+    """EngineDeployments by name, and by the EngineBuild they reference."""
+    ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
+    kept = lean(body)
+    return {("name", str(namespace), name): kept, ("ref", str(namespace), ref): kept}
+
+
+@kopf.index("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
+def serving_deployments(body: kopf.Body, namespace: str | None,
+                        **_: Any) -> dict[tuple[str, str], ObservedDeployment]:
+    """Serving Deployments by (namespace, EngineDeployment name)."""
+    owner = body["metadata"]["labels"][ED_LABEL]
+    return {(str(namespace), owner): observe_deployment(dict(body))}
+
+
+@kopf.index("v1", "nodes")
+def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, GpuNode]:
+    """GPU nodes by ``nvidia.com/gpu.product``."""
+    node = gpu_node(dict(body))
+    return {node.product: node} if node else {}
+
+
+def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
+    return list(index.get(key, ()))
+
+
+def _last(index: kopf.Index[Any, Any], key: Any) -> Any:
+    found = _values(index, key)
+    return found[-1] if found else None
+
+
+class Indexes:
+    """The indexes, from the keyword arguments Kopf gives a startup handler (which keep
+    filling while the operator runs). Implements ``JobLookup`` and ``World``."""
+
+    def __init__(self, kwargs: Mapping[str, Any]) -> None:
+        self._jobs: kopf.Index[Any, ObservedJob] = kwargs["build_jobs"]
+        self._builds: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
+        self._deployments: kopf.Index[Any, dict[str, Any]] = kwargs["engine_deployments"]
+        self._serving: kopf.Index[Any, ObservedDeployment] = kwargs["serving_deployments"]
+        self._nodes: kopf.Index[str, GpuNode] = kwargs["gpu_nodes"]
+
+    # -- build Jobs (JobLookup) ----------------------------------------------------------------
+    def by_key(self, namespace: str, key: str) -> ObservedJob | None:
+        found: ObservedJob | None = _last(self._jobs, ("key", namespace, key))
+        return found
+
+    def owned_by(self, uid: str) -> list[ObservedJob]:
+        return _values(self._jobs, ("owner", uid))
+
+    # -- EngineBuilds ----------------------------------------------------------------------------
+    def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = _last(self._builds, (namespace, name))
+        return found
+
+    def every_engine_build(self) -> list[tuple[tuple[str, str], dict[str, Any]]]:
+        return [(ref, body) for ref in list(self._builds) for body in _values(self._builds, ref)]
+
+    # -- EngineDeployments and what they serve on (World) ------------------------------------
+    def gpu_nodes(self) -> list[GpuNode]:
+        return [node for product in list(self._nodes) for node in _values(self._nodes, product)]
+
+    def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
+        return _values(self._serving, (namespace, owner))
+
+    def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
+        return _values(self._deployments, ("ref", namespace, build))
+
+    def every(self) -> list[dict[str, Any]]:
+        return [body for key in list(self._deployments) if key[0] == "name"
+                for body in _values(self._deployments, key)]
+
+    def named(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found: dict[str, Any] | None = _last(self._deployments, ("name", namespace, name))
+        return found

@@ -1,0 +1,141 @@
+"""``kiln fetch-engine`` as the init container runs it, against moto's S3 over HTTP."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from kiln.contract import exitcodes
+from kiln.contract.termination import parse_failure
+from kiln.fetcher import main as fetch
+from kiln.store import open_store
+
+KEY = "7" * 64
+
+
+@pytest.fixture
+def stored(bucket: str, s3_endpoint: str, tmp_path: Path) -> str:
+    """An engine for compute capability 9.0 in a fresh store; the store's URI."""
+    src = tmp_path / "engine"
+    (src / "tokenizer").mkdir(parents=True)
+    (src / "config.json").write_text('{"pretrained_config": {"mapping": {"tp_size": 1}}}')
+    (src / "rank0.engine").write_bytes(os.urandom(256 * 1024 + 3))
+    (src / "tokenizer" / "tokenizer.json").write_text("{}")
+    store = open_store(f"s3://{bucket}/kiln/", endpoint_url=s3_endpoint)
+    store.upload(KEY, src, inputs={"computeCapability": "9.0",
+                                   "gpuProduct": "NVIDIA-H100-80GB-HBM3"})
+    return f"s3://{bucket}/kiln/"
+
+
+def run(store: str, dest: Path, s3_endpoint: str, cc: str | None, tmp_path: Path,
+        *extra: str, **env: str) -> tuple[int, str, str]:
+    """The real command in a child process; (exit code, stderr, termination message)."""
+    termination = tmp_path / f"termination-{os.urandom(3).hex()}"
+    child_env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint,
+                 "KILN_NVIDIA_SMI": str(tmp_path / "no-nvidia-smi"),
+                 "KILN_TERMINATION_LOG": str(termination), **env}
+    child_env.pop("KILN_GPU_COMPUTE_CAPABILITY", None)
+    if cc is not None:
+        child_env["KILN_GPU_COMPUTE_CAPABILITY"] = cc
+    done = subprocess.run(
+        [sys.executable, "-m", "kiln.cli", "fetch-engine", "--store", store, "--key", KEY,
+         "--dest", str(dest), *extra], env=child_env, capture_output=True, text=True,
+        timeout=120, check=False)
+    text = termination.read_text() if termination.exists() else ""
+    if done.returncode == exitcodes.OK:
+        return done.returncode, done.stderr, json.loads(text)["message"]
+    failure = parse_failure(text, done.returncode, "fetcher")
+    return done.returncode, done.stderr, f"{failure.reason}: {failure.message}"
+
+
+def test_a_good_engine_is_fetched_and_every_file_checked(
+        stored: str, s3_endpoint: str, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    code, err, message = run(stored, dest, s3_endpoint, "9.0", tmp_path)
+    assert code == exitcodes.OK, err
+    assert (dest / "rank0.engine").stat().st_size == 256 * 1024 + 3
+    assert (dest / "tokenizer" / "tokenizer.json").read_text() == "{}"
+    assert json.loads((dest / "manifest.json").read_text())["key"] == KEY
+    assert "every sha256 checked" in message
+    # A restarted init container finds it in place and downloads nothing again.
+    code, err, message = run(stored, dest, s3_endpoint, "9.0", tmp_path)
+    assert code == exitcodes.OK, err
+    assert "already in" in message
+
+
+def test_a_flipped_byte_fails_with_its_own_code_and_message(
+        stored: str, s3_endpoint: str, s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    manifest = json.loads(s3_client.get_object(
+        Bucket=bucket, Key=f"kiln/engines/{KEY}/manifest.json")["Body"].read())
+    key = f"kiln/engines/{KEY}/{manifest['upload']}/rank0.engine"
+    data = bytearray(s3_client.get_object(Bucket=bucket, Key=key)["Body"].read())
+    data[1000] ^= 0x01
+    s3_client.put_object(Bucket=bucket, Key=key, Body=bytes(data))
+
+    code, err, message = run(stored, tmp_path / "dest", s3_endpoint, "9.0", tmp_path)
+    assert code == exitcodes.INTEGRITY
+    assert message.startswith("IntegrityError: ")
+    assert KEY in message
+    assert "rank0.engine" in message
+    assert "corrupt" in message
+    assert "damaged" in err
+
+
+def test_a_compute_capability_mismatch_is_refused_before_downloading(
+        stored: str, s3_endpoint: str, tmp_path: Path) -> None:
+    dest = tmp_path / "dest"
+    code, _, message = run(stored, dest, s3_endpoint, "8.0", tmp_path)
+    assert code == exitcodes.GPU_MISMATCH
+    assert message.startswith("GPUMismatch: ")
+    assert f"engine {KEY} was built for compute capability 9.0" in message
+    assert "this node's GPU has compute capability 8.0" in message
+    assert "KILN_GPU_COMPUTE_CAPABILITY" in message
+    assert not (dest / "rank0.engine").exists()
+    assert code not in (exitcodes.INTEGRITY, exitcodes.NOT_FOUND)
+
+
+def test_nvidia_smi_wins_over_the_rendered_capability(
+        stored: str, s3_endpoint: str, tmp_path: Path) -> None:
+    smi = tmp_path / "nvidia-smi"
+    smi.write_text("#!/bin/sh\necho 8.9\necho 8.9\n")
+    smi.chmod(0o755)
+    code, _, message = run(stored, tmp_path / "dest", s3_endpoint, "9.0", tmp_path,
+                           KILN_NVIDIA_SMI=str(smi))
+    assert code == exitcodes.GPU_MISMATCH
+    assert "compute capability 8.9 (from nvidia-smi)" in message
+
+
+def test_a_missing_engine_and_a_missing_argument_have_their_codes(
+        stored: str, s3_endpoint: str, tmp_path: Path) -> None:
+    code, _, message = run(stored.replace("/kiln/", "/other/"), tmp_path / "d", s3_endpoint,
+                           "9.0", tmp_path)
+    assert code == exitcodes.NOT_FOUND
+    assert KEY in message
+    assert fetch.run(store=None, key=None, source=None, revision=None, dest=tmp_path,
+                     model_repo=None, env={}) == exitcodes.INVALID_TASK
+
+
+def test_checkpoint_and_model_repository(
+        s3_client: Any, bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
+    s3_client.put_object(Bucket=bucket, Key="llama/config.json", Body=b"{}")
+    s3_client.put_object(Bucket=bucket, Key="llama/model.safetensors", Body=b"weights")
+    files = {"tensorrt_llm/config.pbtxt": 'name: "tensorrt_llm"\n', "ensemble/1/.keep": ""}
+    env = {"AWS_ENDPOINT_URL": s3_endpoint, "KILN_MODEL_REPO_FILES": json.dumps(files),
+           "KILN_TERMINATION_LOG": str(tmp_path / "t")}
+    code = fetch.run(store=None, key=None, source=f"s3://{bucket}/llama/", revision=None,
+                     dest=tmp_path / "ckpt", model_repo=tmp_path / "repo", env=env)
+    assert code == exitcodes.OK
+    assert (tmp_path / "ckpt" / "model.safetensors").read_bytes() == b"weights"
+    assert (tmp_path / "repo" / "tensorrt_llm" / "config.pbtxt").read_text() == files[
+        "tensorrt_llm/config.pbtxt"]
+    assert (tmp_path / "repo" / "ensemble" / "1").is_dir()
+    bad = {**env, "KILN_MODEL_REPO_FILES": json.dumps({"../x": ""})}
+    assert fetch.run(store=None, key=None, source=f"s3://{bucket}/llama/", revision=None,
+                     dest=tmp_path / "ckpt2", model_repo=tmp_path / "repo2",
+                     env=bad) == exitcodes.INVALID_INPUT

@@ -1,0 +1,201 @@
+"""EngineBuild planning: pure decisions from facts, run twice they agree."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiln.api import EngineBuild, EngineBuildStatus
+from kiln.contract.manifest import Manifest
+from kiln.engine_build.jobs import Failure, ObservedJob, failure_from_pod, job_name, observe
+from kiln.engine_build.plan import Plan, Want, plan
+from kiln.targets import effective
+
+UID = "uid-1"
+
+
+def eb(generation: int = 1, status: dict[str, Any] | None = None,
+       targets: list[dict[str, Any]] | None = None) -> EngineBuild:
+    return EngineBuild.model_validate({
+        "metadata": {"name": "llama", "namespace": "ns", "uid": UID, "generation": generation},
+        "spec": {"model": {"source": "s3://models/llama/"},
+                 "targets": targets if targets is not None else [{"gpu": "H100-SXM"},
+                                                                 {"gpu": "A100-80GB"}]},
+        **({"status": status} if status else {}),
+    })
+
+
+def wants(obj: EngineBuild, prefix: str = "k") -> list[Want]:
+    return [Want(t, f"{prefix}{i}" * 8, f"s3://engines/engines/{prefix}{i}/")
+            for i, t in enumerate(effective(obj.spec, []))]
+
+
+def manifest(key: str) -> Manifest:
+    return Manifest.model_validate({
+        "key": key, "inputs": {}, "versions": {"tensorrt_llm": "1.2.1", "tensorrt": "10.11"},
+        "files": [], "totalBytes": 123, "buildSeconds": 4.5})
+
+
+def run(obj: EngineBuild, ws: list[Want], **facts: Any) -> Plan:
+    args: dict[str, Any] = {"identity": "w1", "checked_at": None, "manifests": {}, "jobs": {},
+                            "failures": {}, "uid": UID}
+    return plan(obj, ws, **(args | facts))
+
+
+def job(key: str, state: str, owners: tuple[str, ...] = (UID,)) -> ObservedJob:
+    return ObservedJob(job_name(key), key, state, owners)  # type: ignore[arg-type]
+
+
+def test_nothing_built_yet_asks_for_one_job_per_target() -> None:
+    obj = eb()
+    ws = wants(obj)
+    result = run(obj, ws)
+    assert [w.target.name for w in result.create] == ["H100-SXM", "A100-80GB"]
+    assert result.status.phase == "Building"
+    assert {e.state for e in result.status.engines} == {"Building"}
+    assert [e.job for e in result.status.engines] == [job_name(w.key) for w in ws]
+    conditions = {c.type: c.status for c in result.status.conditions}
+    assert conditions == {"Ready": "False", "Reconciling": "True", "Stalled": "False"}
+    assert [e.reason for e in result.events] == ["BuildStarted", "BuildStarted"]
+
+
+def test_engines_in_the_store_are_cached_and_need_no_job() -> None:
+    obj = eb()
+    ws = wants(obj)
+    result = run(obj, ws, manifests={w.key: manifest(w.key) for w in ws})
+    assert result.create == []
+    assert result.status.phase == "Ready"
+    assert [e.state for e in result.status.engines] == ["Cached", "Cached"]
+    assert result.status.engines[0].size_bytes == 123
+    assert result.status.engines[0].trtllm_version == "1.2.1"
+    assert {c.type: c.status for c in result.status.conditions}["Ready"] == "True"
+
+
+def test_a_finished_job_with_its_manifest_is_ready() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    result = run(obj, [w], manifests={w.key: manifest(w.key)},
+                 jobs={w.key: job(w.key, "Succeeded")})
+    assert result.status.engines[0].state == "Ready"
+    assert result.status.engines[0].job == job_name(w.key)
+
+
+def test_the_plan_is_a_fixed_point() -> None:
+    obj = eb()
+    ws = wants(obj)
+    first = run(obj, ws, jobs={ws[0].key: job(ws[0].key, "Active")})
+    again = run(eb(status=first.status.to_dict()), ws,
+                jobs={ws[0].key: job(ws[0].key, "Active")})
+    assert again.status == first.status
+    assert again.events == []
+    assert [w.key for w in again.create] == [w.key for w in first.create]
+
+
+def test_failed_build_stalls_with_the_builders_reason_and_is_not_recreated() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    failure = Failure("NoConfig", "no config.json under s3://models/llama/")
+    result = run(obj, [w], jobs={w.key: job(w.key, "Failed")}, failures={w.key: failure})
+    assert result.create == []
+    assert result.status.phase == "Failed"
+    assert result.status.engines[0].message == "NoConfig: no config.json under s3://models/llama/"
+    stalled = {c.type: c for c in result.status.conditions}["Stalled"]
+    assert stalled.status == "True"
+    assert "NoConfig" in (stalled.message or "")
+    assert [e.reason for e in result.events] == ["BuildFailed"]
+    # The Job is gone (TTL); the same generation keeps the verdict instead of rebuilding.
+    later = run(eb(status=result.status.to_dict()), [w])
+    assert later.create == []
+    assert later.status.engines[0].state == "Failed"
+    # A new generation tries again.
+    retried = run(eb(generation=2, status=result.status.to_dict()), [w])
+    assert [x.key for x in retried.create] == [w.key]
+
+
+def test_new_weights_keep_naming_the_engine_served_before() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (old,) = wants(obj, "a")
+    ready = run(obj, [old], manifests={old.key: manifest(old.key)})
+    (new,) = wants(obj, "b")
+    building = run(eb(status=ready.status.to_dict()), [new], identity="w2")
+    entry = building.status.engines[0]
+    assert (entry.key, entry.state) == (new.key, "Building")
+    assert (entry.previous_key, entry.previous_uri) == (old.key, old.uri)
+    assert "WeightsChanged" in [e.reason for e in building.events]
+    done = run(eb(status=building.status.to_dict()), [new], identity="w2",
+               manifests={new.key: manifest(new.key)}, jobs={new.key: job(new.key, "Succeeded")})
+    assert done.status.engines[0].state == "Ready"
+    assert done.status.engines[0].previous_key is None
+
+
+def test_jobs_of_keys_no_longer_wanted_are_released() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    stale = job("f" * 64, "Active")
+    foreign = job("e" * 64, "Active", owners=("someone-else",))
+    result = run(obj, [w], jobs={stale.key: stale, foreign.key: foreign})
+    assert result.release == [stale]
+
+
+def test_no_targets_is_pending_not_stalled() -> None:
+    result = run(eb(targets=[]), [])
+    assert result.status.phase == "Pending"
+    conditions = {c.type: c for c in result.status.conditions}
+    assert conditions["Ready"].reason == "NoTargets"
+    assert conditions["Stalled"].status == "False"
+
+
+@pytest.mark.parametrize(("conditions", "state"), [
+    ([{"type": "Complete", "status": "True"}], "Succeeded"),
+    ([{"type": "Failed", "status": "True", "reason": "PodFailurePolicy"}], "Failed"),
+    ([], "Active"),
+])
+def test_observe_reads_job_conditions(conditions: list[dict[str, str]], state: str) -> None:
+    body = {"metadata": {"name": "j", "annotations": {"kiln.dev/engine-key": "abc"},
+                         "ownerReferences": [{"uid": "u1"}, {"uid": "u2"}]},
+            "status": {"conditions": conditions}}
+    observed = observe(body)
+    assert (observed.state, observed.key, observed.owner_uids) == (state, "abc", ("u1", "u2"))
+
+
+def test_failure_from_pod_prefers_the_builders_structured_message() -> None:
+    def pod(message: str) -> dict[str, Any]:
+        return {"status": {"containerStatuses": [{"state": {"terminated": {
+            "exitCode": 2, "message": message}}}]}}
+
+    structured = failure_from_pod(pod('{"reason": "NoConfig", "message": "m", "retryable": false}'))
+    assert structured == Failure("NoConfig", "m", False)
+    plain = failure_from_pod(pod("Traceback ... boom"))
+    assert plain is not None
+    assert plain.reason == "BuilderFailed"
+    assert "boom" in plain.message
+
+
+def test_status_round_trips_through_the_model() -> None:
+    result = run(eb(), wants(eb()))
+    assert EngineBuildStatus.model_validate(result.status.to_dict()) == result.status
+
+
+def test_a_failed_job_is_replaced_once_the_spec_changes() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    failed = job(w.key, "Failed")
+    first = run(obj, [w], jobs={w.key: failed})
+    assert first.replace == []
+    assert first.create == []
+    edited = run(eb(generation=2, status=first.status.to_dict()), [w], jobs={w.key: failed})
+    assert edited.replace == [failed]
+    assert [x.key for x in edited.create] == [w.key]
+    assert edited.status.engines[0].state == "Building"
+
+
+def test_a_manifest_before_its_own_job_completes_is_ready_not_cached() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    result = run(obj, [w], manifests={w.key: manifest(w.key)},
+                 jobs={w.key: job(w.key, "Active")})
+    assert result.status.engines[0].state == "Ready"
+    other = run(obj, [w], manifests={w.key: manifest(w.key)},
+                jobs={w.key: job(w.key, "Active", owners=("someone-else",))})
+    assert other.status.engines[0].state == "Cached"

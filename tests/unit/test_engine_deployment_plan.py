@@ -1,0 +1,252 @@
+"""EngineDeployment planning: pure decisions from the pool, the build's engines and the
+Deployments kiln owns."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from kiln.api import EngineBuild, EngineDeployment
+from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name, observe
+from kiln.engine_deployment.plan import (
+    Decision,
+    auto_targets,
+    decide,
+    engine_for,
+    served_products,
+    summarize,
+)
+from kiln.engine_deployment.pool import GpuNode, gpu_node, pool_products
+
+UID = "ed-uid"
+H100, A100, L40S, H200 = ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB", "NVIDIA-L40S",
+                          "NVIDIA-H200")
+KEY_H, KEY_H2, KEY_A = "a" * 64, "b" * 64, "c" * 64
+POOL = {A100: "8.0", H100: "9.0", L40S: "8.9"}
+
+
+def ed(gpu: str = "auto", fallback: str = "previous", status: dict[str, Any] | None = None,
+       **spec: Any) -> EngineDeployment:
+    return EngineDeployment.model_validate({
+        "metadata": {"name": "llama", "namespace": "ns", "uid": UID, "generation": 3},
+        "spec": {"engineBuildRef": {"name": "llama-eb"}, "gpu": gpu, "fallback": fallback,
+                 "replicas": 2, **spec},
+        **({"status": status} if status else {}),
+    })
+
+
+def engine(target: str, product: str, key: str, state: str = "Ready",
+           **extra: Any) -> dict[str, Any]:
+    return {"target": target, "gpuProduct": product, "key": key, "state": state,
+            "uri": f"s3://engines/engines/{key}/", **extra}
+
+
+def eb(*engines: dict[str, Any], backend: str = "tensorrt",
+       targets: list[dict[str, Any]] | None = None) -> EngineBuild:
+    return EngineBuild.model_validate({
+        "metadata": {"name": "llama-eb", "namespace": "ns", "uid": "eb-uid", "generation": 1},
+        "spec": {"model": {"source": "s3://models/llama/"}, "targets": targets or [],
+                 "build": {"backend": backend}},
+        "status": {"engines": list(engines)},
+    })
+
+
+def deployed(product: str, key: str | None, mode: str = "engine", ready: int = 2,
+             spec_hash: str = "h", backend: str = "tensorrt") -> ObservedDeployment:
+    return ObservedDeployment(
+        name=deployment_name("llama", product), product=product, owner_uids=(UID,),
+        engine_key=key, engine_uri=f"s3://engines/engines/{key}/" if key else None, mode=mode,
+        backend=backend, spec_hash=spec_hash, replicas=2, generation=2, observed_generation=2,
+        status_replicas=2, updated_replicas=2, ready_replicas=ready, available_replicas=ready)
+
+
+def test_pool_is_read_from_gfd_labels_and_filtered_by_the_pool_selector() -> None:
+    def node(name: str, product: str | None, **labels: str) -> dict[str, Any]:
+        gfd = {"nvidia.com/gpu.product": product, "nvidia.com/gpu.compute.major": "9",
+               "nvidia.com/gpu.compute.minor": "0"} if product else {}
+        return {"metadata": {"name": name, "labels": {**gfd, **labels}}}
+
+    nodes = [gpu_node(node("h1", H100, team="a")), gpu_node(node("h2", H200, team="b")),
+             gpu_node(node("cpu", None))]
+    assert nodes[2] is None
+    gpus = [n for n in nodes if isinstance(n, GpuNode)]
+    assert pool_products(gpus, None) == {H100: "9.0", H200: "9.0"}
+    assert pool_products(gpus, {"team": "b"}) == {H200: "9.0"}
+    # Without compute labels, the catalogue knows a product's capability.
+    bare = gpu_node({"metadata": {"name": "l", "labels": {"nvidia.com/gpu.product": L40S}}})
+    assert bare is not None
+    assert bare.compute_capability == "8.9"
+
+
+def test_products_auto_is_the_pool_and_a_name_is_its_products_present() -> None:
+    assert served_products(ed(), POOL) == POOL
+    assert served_products(ed("H100-SXM"), POOL) == {H100: "9.0"}
+    # No such node yet: the catalogue's product (the Deployment waits for nodes).
+    assert served_products(ed("H200"), POOL) == {"NVIDIA-H200": "9.0"}
+    with pytest.raises(KeyError, match="unknown GPU"):
+        served_products(ed("Z9000"), POOL)
+
+
+def test_auto_targets_skip_products_spec_targets_cover_and_dedupe_by_gpu() -> None:
+    spec = eb(targets=[{"gpu": "H100-SXM"}]).spec
+    pool = {**POOL, "NVIDIA-A100-80GB-PCIe": "8.0", H200: "9.0"}
+    assert auto_targets(spec, pool) == [f"{A100}@8.0", f"{H200}@9.0", f"{L40S}@8.9"]
+    assert auto_targets(eb().spec, {}) == []
+
+
+def test_engine_for_matches_the_product_then_the_catalogue_gpu() -> None:
+    status = eb(engine("A100-80GB", A100, KEY_A), engine("H100-SXM", H100, KEY_H)).status
+    assert engine_for(status, H100).key == KEY_H  # type: ignore[union-attr]
+    assert engine_for(status, "NVIDIA-A100-80GB-PCIe").key == KEY_A  # type: ignore[union-attr]
+    assert engine_for(status, L40S) is None
+
+
+def test_ready_engines_are_served_per_product_in_deployments_of_their_own() -> None:
+    build = eb(engine("H100-SXM", H100, KEY_H), engine("A100-80GB", A100, KEY_A, "Cached"))
+    decision = decide(ed(), build, {A100: "8.0", H100: "9.0"}, [])
+    assert [(s.product, s.mode, s.engine_key, s.backend) for s in decision.serves] == [
+        (A100, "engine", KEY_A, "tensorrt"), (H100, "engine", KEY_H, "tensorrt")]
+    assert decision.serves[1].deployment == "llama-h100-80gb-hbm3"
+    assert decision.serves[1].gpu == "H100-SXM"
+    assert not decision.waiting
+    assert not decision.delete
+
+
+def test_fallback_pytorch_serves_the_checkpoint_until_the_engine_is_ready() -> None:
+    building = eb(engine("H100-SXM", H100, KEY_H, "Building"))
+    (serve,) = decide(ed(fallback="pytorch"), building, {H100: "9.0"}, []).serves
+    assert (serve.mode, serve.backend, serve.engine_key) == ("fallback", "pytorch", None)
+    ready = eb(engine("H100-SXM", H100, KEY_H))
+    (serve,) = decide(ed(fallback="pytorch"), ready, {H100: "9.0"},
+                      [deployed(H100, None, "fallback")]).serves
+    assert (serve.mode, serve.backend, serve.engine_key) == ("engine", "tensorrt", KEY_H)
+
+
+def test_fallback_previous_keeps_the_last_engine_while_a_new_key_builds() -> None:
+    rebuilding = eb(engine("H100-SXM", H100, KEY_H2, "Building", previousKey=KEY_H,
+                           previousUri=f"s3://engines/engines/{KEY_H}/"))
+    (serve,) = decide(ed(), rebuilding, {H100: "9.0"}, [deployed(H100, KEY_H)]).serves
+    assert (serve.mode, serve.engine_key) == ("fallback", KEY_H)
+    # Without previousKey in the build's status, the Deployment's own engine is the last one.
+    lost = eb(engine("H100-SXM", H100, KEY_H2, "Building"))
+    (serve,) = decide(ed(), lost, {H100: "9.0"},
+                      [deployed(H100, KEY_H, backend="pytorch")]).serves
+    assert (serve.engine_key, serve.backend) == (KEY_H, "pytorch")
+    # Nothing served before: nothing to keep.
+    decision = decide(ed(), lost, {H100: "9.0"}, [])
+    assert decision.serves == []
+    assert decision.waiting == [H100]
+
+
+def test_fallback_none_has_no_deployment_until_the_engine_is_ready() -> None:
+    building = eb(engine("H100-SXM", H100, KEY_H2, "Building", previousKey=KEY_H,
+                         previousUri="s3://engines/engines/x/"))
+    decision = decide(ed(fallback="none"), building, {H100: "9.0"}, [deployed(H100, KEY_H)])
+    assert decision.serves == []
+    assert decision.waiting == [H100]
+    assert decision.delete == [deployment_name("llama", H100)]
+
+
+def test_a_product_that_left_the_pool_loses_its_deployment() -> None:
+    build = eb(engine("H100-SXM", H100, KEY_H), engine("A100-80GB", A100, KEY_A))
+    owned = [deployed(H100, KEY_H), deployed(A100, KEY_A)]
+    decision = decide(ed(), build, {H100: "9.0"}, owned)
+    assert [s.product for s in decision.serves] == [H100]
+    assert decision.delete == ["llama-a100-sxm4-80gb"]
+
+
+def test_missing_build_leaves_deployments_alone_and_triton_needs_engines() -> None:
+    decision = decide(ed(), None, POOL, [deployed(H100, KEY_H)])
+    assert decision.pending
+    assert decision.pending[0] == "EngineBuildNotFound"
+    assert decision.serves == []
+    assert decision.delete == []
+    triton = ed(server={"kind": "triton"})
+    stalled = decide(triton, eb(backend="pytorch"), POOL, [])
+    assert stalled.stalled
+    assert stalled.stalled[0] == "ServerMismatch"
+
+
+def hashes(decision: Decision, value: str = "h") -> dict[str, str]:
+    return {s.deployment: value for s in decision.serves}
+
+
+def test_status_is_ready_only_when_every_product_serves_its_engine_rolled_out() -> None:
+    build = eb(engine("H100-SXM", H100, KEY_H))
+    obj = ed()
+    decision = decide(obj, build, {H100: "9.0"}, [])
+    status, events = summarize(obj, decision, [], hashes(decision))
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Ready"] == ("False", "RollingOut")
+    assert conditions["Reconciling"][0] == "True"
+    assert [e.reason for e in events] == ["ServingEngine"]
+    (product,) = status.products
+    assert (product.gpu, product.engine_key, product.mode, product.deployment) == (
+        "H100-SXM", KEY_H, "engine", "llama-h100-80gb-hbm3")
+
+    rolled = [deployed(H100, KEY_H)]
+    later = ed(status=status.to_dict())
+    status, events = summarize(later, decide(later, build, {H100: "9.0"}, rolled), rolled,
+                               hashes(decision))
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions == {"Ready": ("True", "Serving"), "Reconciling": ("False", "Serving"),
+                          "Stalled": ("False", "Serving")}
+    assert (status.replicas, status.ready_replicas, status.observed_generation) == (2, 2, 3)
+    assert (status.gpus, status.engine_keys) == ("H100-SXM", KEY_H[:12])
+    assert events == []  # nothing changed
+
+
+def test_status_in_fallback_reconciles_and_a_failed_build_stalls() -> None:
+    obj = ed(fallback="pytorch")
+    building = eb(engine("H100-SXM", H100, KEY_H, "Building"))
+    decision = decide(obj, building, {H100: "9.0"}, [])
+    status, events = summarize(obj, decision, [], hashes(decision))
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Reconciling"] == ("True", "WaitingForEngine")
+    assert status.products[0].mode == "fallback"
+    assert [e.reason for e in events] == ["ServingFallback"]
+    failed = eb(engine("H100-SXM", H100, KEY_H, "Failed", message="ToolFailed: boom"))
+    decision = decide(obj, failed, {H100: "9.0"}, [])
+    status, events = summarize(obj, decision, [], hashes(decision))
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Stalled"] == ("True", "BuildFailed")
+    assert "ToolFailed: boom" in (status.conditions[0].message or "")
+    assert ("Warning", "BuildFailed") in [(e.type, e.reason) for e in events]
+
+
+def test_status_names_removed_products_and_an_empty_pool() -> None:
+    before = ed(status={"products": [{"gpuProduct": A100, "engineKey": KEY_A, "mode": "engine",
+                                      "deployment": "llama-a100-sxm4-80gb"}]})
+    decision = decide(before, eb(), {}, [deployed(A100, KEY_A)])
+    status, events = summarize(before, decision, [deployed(A100, KEY_A)], {})
+    assert [e.reason for e in events] == ["ProductRemoved"]
+    assert status.products == []
+    assert status.replicas == 0
+    assert {c.type: c.reason for c in status.conditions}["Ready"] == "NoGPUs"
+
+
+def test_deployment_names_fit_in_a_label_and_stay_apart() -> None:
+    long_owner = "x" * 40
+    a = deployment_name(long_owner, "NVIDIA-RTX-PRO-6000-Blackwell-Server-Edition")
+    b = deployment_name(long_owner, "NVIDIA-RTX-PRO-6000-Blackwell-Server-Edition-MIG-1g")
+    assert len(a) <= 63
+    assert len(b) <= 63
+    assert a != b
+    assert deployment_name("llama", H200) == "llama-h200"
+
+
+def test_observe_reads_what_kiln_wrote() -> None:
+    seen = observe({
+        "metadata": {"name": "llama-h100", "generation": 4,
+                     "labels": {"kiln.dev/gpu-product": H100},
+                     "annotations": {"kiln.dev/spec-hash": "abc"},
+                     "ownerReferences": [{"uid": UID}]},
+        "spec": {"replicas": 2, "template": {"metadata": {"annotations": {
+            "kiln.dev/engine-key": KEY_H, "kiln.dev/serving-mode": "engine"}}}},
+        "status": {"observedGeneration": 4, "replicas": 3, "updatedReplicas": 1,
+                   "readyReplicas": 3, "availableReplicas": 3},
+    })
+    assert (seen.product, seen.engine_key, seen.spec_hash, seen.owner_uids) == (
+        H100, KEY_H, "abc", (UID,))
+    assert not seen.rolled_out  # one pod of three is new

@@ -1,0 +1,195 @@
+"""Rendering an EngineDeployment's children: pinned Deployments, the Service, the budget, and
+the Triton model repository."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from kiln.api import EngineBuild, EngineDeployment
+from kiln.config import OperatorConfig
+from kiln.engine_deployment import triton
+from kiln.engine_deployment.deployments import observe
+from kiln.engine_deployment.plan import Serve
+from kiln.engine_deployment.render import (
+    render_deployment,
+    render_pdb,
+    render_service,
+    spec_hash,
+    store_of,
+)
+
+KEY = "d" * 64
+H100 = "NVIDIA-H100-80GB-HBM3"
+CONFIG = OperatorConfig(store_secret="engines-s3", serve_env={"AWS_ENDPOINT_URL": "http://s3"},
+                        fetch_image="kiln:test", server_image="trtllm:1.2.1")
+
+
+def ed(**spec: Any) -> EngineDeployment:
+    return EngineDeployment.model_validate({
+        "metadata": {"name": "llama", "namespace": "ns", "uid": "ed-uid", "generation": 1,
+                     "labels": {"app.kubernetes.io/instance": "argo-app", "team": "x"}},
+        "spec": {"engineBuildRef": {"name": "llama-eb"}, "gpu": "H100-SXM", "replicas": 3,
+                 "pool": {"nodeSelector": {"pool": "serving"}}, **spec},
+    })
+
+
+def eb(tp: int = 2, pp: int = 1, **model: Any) -> EngineBuild:
+    return EngineBuild.model_validate({
+        "metadata": {"name": "llama-eb", "namespace": "ns", "uid": "eb-uid"},
+        "spec": {"model": {"source": "s3://models/llama/", **model},
+                 "build": {"parallelism": {"tensor": tp, "pipeline": pp},
+                           "maxBatchSize": 64}},
+    })
+
+
+def engine_serve(mode: str = "engine") -> Serve:
+    return Serve(product=H100, gpu="H100-SXM", compute_capability="9.0",
+                 deployment="llama-h100-80gb-hbm3", mode=mode,  # type: ignore[arg-type]
+                 backend="tensorrt", engine_key=KEY,
+                 engine_uri=f"s3://engines/team/engines/{KEY}/")
+
+
+def checkpoint_serve() -> Serve:
+    return Serve(product=H100, gpu="H100-SXM", compute_capability="9.0",
+                 deployment="llama-h100-80gb-hbm3", mode="fallback", backend="pytorch")
+
+
+def env_of(container: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container.get("env", [])}
+
+
+def test_engine_deployment_is_pinned_annotated_and_fetches_the_engine() -> None:
+    dep = render_deployment(ed(), eb(), engine_serve(), CONFIG)
+    meta, spec = dep["metadata"], dep["spec"]
+    assert meta["name"] == "llama-h100-80gb-hbm3"
+    assert meta["namespace"] == "ns"
+    # kiln's labels only: never the owner's (Argo CD tracks by label).
+    assert "app.kubernetes.io/instance" not in meta["labels"]
+    assert "team" not in meta["labels"]
+    assert meta["ownerReferences"][0]["uid"] == "ed-uid"
+    assert meta["ownerReferences"][0]["controller"] is True
+    assert spec["replicas"] == 3
+    assert spec["strategy"]["rollingUpdate"] == {"maxSurge": 1, "maxUnavailable": 0}
+    pod = spec["template"]["spec"]
+    assert pod["nodeSelector"] == {"pool": "serving", "nvidia.com/gpu.product": H100}
+    assert {"key": "nvidia.com/gpu", "operator": "Exists",
+            "effect": "NoSchedule"} in pod["tolerations"]
+    assert spec["template"]["metadata"]["annotations"]["kiln.dev/engine-key"] == KEY
+    labels = spec["template"]["metadata"]["labels"]
+    assert spec["selector"]["matchLabels"].items() <= labels.items()
+
+    (fetch,) = pod["initContainers"]
+    assert fetch["image"] == "kiln:test"
+    assert fetch["command"] == ["kiln", "fetch-engine"]
+    assert fetch["args"] == ["--store", "s3://engines/team/", "--key", KEY, "--dest", "/engine"]
+    env = env_of(fetch)
+    assert env["KILN_GPU_COMPUTE_CAPABILITY"] == "9.0"
+    assert env["AWS_ENDPOINT_URL"] == "http://s3"
+    assert env["KILN_STORE_AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "engines-s3"
+
+    (server,) = pod["containers"]
+    assert server["image"] == "trtllm:1.2.1"
+    assert server["command"] == ["trtllm-serve"]
+    assert server["args"] == ["/engine", "--host", "0.0.0.0", "--port", "8000", "--backend",
+                              "tensorrt", "--tp_size", "2", "--pp_size", "1"]
+    assert server["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
+    assert server["resources"]["limits"]["nvidia.com/gpu"] == "2"
+    assert fetch["resources"]["limits"]["nvidia.com/gpu"] == "2"
+
+
+def test_a_new_key_changes_only_the_template_and_the_hash() -> None:
+    one = render_deployment(ed(), eb(), engine_serve(), CONFIG)
+    other = Serve(**{**engine_serve().__dict__, "engine_key": "e" * 64,
+                     "engine_uri": f"s3://engines/team/engines/{'e' * 64}/"})
+    two = render_deployment(ed(), eb(), other, CONFIG)
+    assert one["spec"]["selector"] == two["spec"]["selector"]
+    assert one["metadata"]["annotations"] != two["metadata"]["annotations"]
+    assert render_deployment(ed(), eb(), engine_serve(), CONFIG) == one  # deterministic
+    assert observe(one).spec_hash == one["metadata"]["annotations"]["kiln.dev/spec-hash"]
+
+
+def test_checkpoint_fallback_downloads_the_source_and_runs_pytorch() -> None:
+    build = eb(credentialsSecret="models-s3")
+    dep = render_deployment(ed(server={"args": ["--max_batch_size=8"]}), build,
+                            checkpoint_serve(), CONFIG)
+    pod = dep["spec"]["template"]["spec"]
+    (fetch,) = pod["initContainers"]
+    assert fetch["args"] == ["--source", "s3://models/llama/", "--dest", "/engine"]
+    env = env_of(fetch)
+    assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "models-s3"
+    assert "KILN_STORE_AWS_ACCESS_KEY_ID" not in env
+    args = pod["containers"][0]["args"]
+    assert args[args.index("--backend") + 1] == "pytorch"
+    assert args[-1] == "--max_batch_size=8"
+    notes = dep["spec"]["template"]["metadata"]["annotations"]
+    assert notes["kiln.dev/serving-mode"] == "fallback"
+    assert "kiln.dev/engine-key" not in notes
+
+
+def test_pvc_store_is_mounted_read_only_where_the_store_looks() -> None:
+    serve = Serve(**{**engine_serve().__dict__,
+                     "engine_uri": f"pvc://engines/kiln/engines/{KEY}/"})
+    pod = render_deployment(ed(), eb(), serve, CONFIG)["spec"]["template"]["spec"]
+    assert {"name": "pvc-0", "persistentVolumeClaim": {"claimName": "engines",
+                                                       "readOnly": True}} in pod["volumes"]
+    mounts = pod["initContainers"][0]["volumeMounts"]
+    assert {"name": "pvc-0", "mountPath": "/mnt/kiln/pvc/engines", "readOnly": True} in mounts
+    assert pod["initContainers"][0]["args"][:2] == ["--store", "pvc://engines/kiln/"]
+
+
+def test_triton_gets_a_model_repository_and_its_ports() -> None:
+    obj = ed(server={"kind": "triton", "image": "tritonserver:trtllm"})
+    dep = render_deployment(obj, eb(tp=2), engine_serve(), CONFIG)
+    pod = dep["spec"]["template"]["spec"]
+    fetch, server = pod["initContainers"][0], pod["containers"][0]
+    assert fetch["args"][-2:] == ["--model-repo", "/model-repo"]
+    files = json.loads(env_of(fetch)["KILN_MODEL_REPO_FILES"])
+    assert set(files) >= {"ensemble/config.pbtxt", "preprocessing/config.pbtxt",
+                          "tensorrt_llm/config.pbtxt", "postprocessing/config.pbtxt",
+                          "tensorrt_llm/1/.keep"}
+    trtllm = files["tensorrt_llm/config.pbtxt"]
+    assert 'backend: "tensorrtllm"' in trtllm
+    assert "max_batch_size: 64" in trtllm
+    assert 'key: "gpt_model_path" value: { string_value: "/engine" }' in trtllm
+    assert 'key: "tokenizer_dir" value: { string_value: "/engine" }' in \
+        files["preprocessing/config.pbtxt"]
+    assert server["image"] == "tritonserver:trtllm"
+    assert server["args"][:2] == ["mpirun", "--allow-run-as-root"]
+    assert server["args"].count("tritonserver") == 2
+    assert server["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert [p["containerPort"] for p in server["ports"]] == [8000, 8001, 8002]
+    service = render_service(obj)
+    assert [p["name"] for p in service["spec"]["ports"]] == ["http", "grpc", "metrics"]
+
+
+def test_triton_ensemble_wires_every_step_to_a_declared_tensor() -> None:
+    files = triton.model_repository(engine_dir="/e", tokenizer_dir="/e", max_batch_size=8)
+    ensemble = files["ensemble/config.pbtxt"]
+    for model in ("preprocessing", "tensorrt_llm", "postprocessing"):
+        config = files[f"{model}/config.pbtxt"]
+        step = ensemble.split(f'model_name: "{model}"')[1].split("}\n  }")[0]
+        for key in [line.split('key: "')[1].split('"')[0] for line in step.splitlines()
+                    if "_map" in line]:
+            assert f'name: "{key}"' in config, (model, key)
+    assert triton.launch_command(repo="/r", world_size=1, http_port=1, grpc_port=2,
+                                 metrics_port=3)[0] == "tritonserver"
+
+
+def test_service_and_budget_select_every_product() -> None:
+    service, pdb = render_service(ed()), render_pdb(ed())
+    assert service["metadata"]["name"] == "llama"
+    assert service["spec"]["selector"] == {"kiln.dev/engine-deployment": "llama"}
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
+    assert pdb["spec"] == {"maxUnavailable": 1,
+                           "selector": {"matchLabels": {"kiln.dev/engine-deployment": "llama"}}}
+    assert "team" not in service["metadata"]["labels"]
+    assert spec_hash(service) == spec_hash(render_service(ed()))
+
+
+def test_store_of_strips_the_engine_path() -> None:
+    assert store_of(f"s3://b/p/engines/{KEY}/", KEY) == "s3://b/p/"
+    with pytest.raises(ValueError, match="not an engine URI"):
+        store_of("s3://b/p/elsewhere/", KEY)
