@@ -261,7 +261,9 @@ class Bench:
                "KILN_BUILDER_IMAGE": "kiln-builder:bench",
                "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": self.s3_endpoint}),
                "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
-               "KILN_METRICS_PORT": "0"}
+               "KILN_METRICS_PORT": "0",
+               # the bench's checkpoint is uploaded whole just before: no upload to wait out
+               "KILN_REBUILD_SETTLE": "0s"}
         self.operator = subprocess.Popen(
             [sys.executable, "-m", "kiln.cli", "run"], env=env, stdout=log.open("ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -22,6 +22,16 @@ def _json_map(text: str | None, name: str) -> dict[str, str]:
     return {str(k): v for k, v in value.items()}
 
 
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _own_namespace() -> str | None:
+    try:
+        return open(SERVICE_ACCOUNT_NAMESPACE).read().strip() or None
+    except OSError:
+        return None
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     """Defaults and knobs that apply to every EngineBuild and EngineDeployment."""
@@ -44,8 +54,14 @@ class OperatorConfig:
     """How often the sweep retries transient failures and looks whether a ``pollInterval``
     is due (``KILN_WEIGHTS_CHECK_SECONDS``)."""
     resync_seconds: float = 30.0
-    """How often the sweep reconciles every EngineDeployment, in case an event was missed
-    (``KILN_RESYNC_SECONDS``)."""
+    """How often the sweep reconciles every EngineBuild and EngineDeployment from the indexes,
+    in case an event was missed (``KILN_RESYNC_SECONDS``)."""
+    rebuild_settle: str = "1m"
+    """How long weights must hold still before they are built, where an EngineBuild's
+    ``spec.rebuild.settle`` is unset (``KILN_REBUILD_SETTLE``)."""
+    namespace: str | None = None
+    """The operator's own namespace (``KILN_NAMESPACE``, else the in-cluster ServiceAccount's):
+    where the claims of ``pvc://`` stores it reads are mounted."""
     server_image: str = DEFAULT_SERVER_IMAGE
     """Serving image when ``spec.server.image`` is unset, for ``trtllm-serve``
     (``KILN_SERVER_IMAGE``); it must have the builder's TensorRT-LLM."""
@@ -75,6 +91,8 @@ class OperatorConfig:
             job_ttl_seconds=int(env.get("KILN_JOB_TTL_SECONDS", "3600")),
             weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
             resync_seconds=float(env.get("KILN_RESYNC_SECONDS", "30")),
+            rebuild_settle=env.get("KILN_REBUILD_SETTLE") or "1m",
+            namespace=env.get("KILN_NAMESPACE") or _own_namespace(),
             server_image=env.get("KILN_SERVER_IMAGE") or DEFAULT_SERVER_IMAGE,
             triton_image=env.get("KILN_TRITON_IMAGE") or None,
             triton_models_dir=env.get("KILN_TRITON_MODELS_DIR") or DEFAULT_TRITON_MODELS_DIR,

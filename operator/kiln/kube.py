@@ -40,6 +40,13 @@ def _jobs(namespace: str) -> str:
     return f"/apis/batch/v1/namespaces/{namespace}/jobs"
 
 
+def _child(kind: str, namespace: str, name: str) -> str:
+    base, plural = {"Deployment": ("/apis/apps/v1", "deployments"),
+                    "Service": ("/api/v1", "services"),
+                    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets")}[kind]
+    return f"{base}/namespaces/{namespace}/{plural}/{name}"
+
+
 def _custom(plural: str, namespace: str, name: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}"
 
@@ -71,20 +78,35 @@ class Kube:
         return job
 
     def set_job_owners(self, namespace: str, name: str, owners: list[dict[str, Any]],
-                       resource_version: str) -> None:
-        """Replace the Job's owners (compare-and-swap on ``resource_version``)."""
+                       resource_version: str) -> bool:
+        """Replace the Job's owners (compare-and-swap on ``resource_version``); False if the
+        Job changed meanwhile or is gone."""
         body = {"metadata": {"ownerReferences": owners, "resourceVersion": resource_version}}
         try:
             self.api.request("PATCH", f"{_jobs(namespace)}/{name}", body, content_type=MERGE)
         except ApiError as error:
+            if error.status in (404, 409):
+                return False
             raise translate(error, f"update owners of Job {namespace}/{name}") from error
+        return True
 
-    def delete_job(self, namespace: str, name: str) -> None:
+    def delete_job(self, namespace: str, name: str, *, uid: str | None = None,
+                   resource_version: str | None = None) -> bool:
+        """Delete the Job (its pods in the background); with ``uid`` and
+        ``resource_version``, only if it is still that Job as it was read: False if it
+        changed meanwhile. A Job already gone counts as deleted."""
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version))
+                         if v is not None}
+        body = {"kind": "DeleteOptions", "apiVersion": "v1",
+                "propagationPolicy": "Background", "preconditions": preconditions}
         try:
-            self.api.request("DELETE", f"{_jobs(namespace)}/{name}", query=BACKGROUND)
+            self.api.request("DELETE", f"{_jobs(namespace)}/{name}", body)
         except ApiError as error:
+            if error.status == 409:
+                return False
             if error.status != 404:
                 raise translate(error, f"delete Job {namespace}/{name}") from error
+        return True
 
     def job_pods(self, namespace: str, job: str) -> list[dict[str, Any]]:
         try:
@@ -118,16 +140,22 @@ class Kube:
         """Server-side apply a Deployment, Service or PodDisruptionBudget (kiln's fields win)."""
         meta = obj["metadata"]
         namespace, name, kind = meta["namespace"], meta["name"], obj["kind"]
-        base = {"Deployment": "/apis/apps/v1", "Service": "/api/v1",
-                "PodDisruptionBudget": "/apis/policy/v1"}[kind]
-        plural = {"Deployment": "deployments", "Service": "services",
-                  "PodDisruptionBudget": "poddisruptionbudgets"}[kind]
         try:
-            self.api.request("PATCH", f"{base}/namespaces/{namespace}/{plural}/{name}", obj,
+            self.api.request("PATCH", _child(kind, namespace, name), obj,
                              query={"fieldManager": manager, "force": "true"},
                              content_type=APPLY)
         except ApiError as error:
             raise translate(error, f"apply {kind} {namespace}/{name}") from error
+
+    def read_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Deployment, Service or PodDisruptionBudget as it is now, or None."""
+        try:
+            obj: dict[str, Any] = self.api.request("GET", _child(kind, namespace, name))
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise translate(error, f"read {kind} {namespace}/{name}") from error
+        return obj
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         try:

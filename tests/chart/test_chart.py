@@ -109,6 +109,9 @@ def test_values_reach_the_operator_config() -> None:
     assert config.build_pod_labels == {"team": "ml"}
     assert config.job_ttl_seconds == 3600
     assert config.weights_check_seconds == 30
+    assert config.rebuild_settle == "1m"
+    assert {"name": "KILN_NAMESPACE", "valueFrom": {"fieldRef": {
+        "fieldPath": "metadata.namespace"}}} in container(docs)["env"]
     assert config.server_image == "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
     assert config.triton_image == "nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3"
     assert config.triton_models_dir == "/opt/models"

@@ -59,6 +59,7 @@ def operator_env(kube: Cluster, s3_endpoint: str, engines_bucket: str,
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_RESYNC_SECONDS": "2",
+        "KILN_REBUILD_SETTLE": "0s",  # the tests' weights are uploaded just before
     }
 
 

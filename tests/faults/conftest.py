@@ -69,6 +69,7 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None, store_proxy: S3Prox
         "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": store_proxy.url}),
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
+        "KILN_REBUILD_SETTLE": "0s",  # the tests' weights are uploaded just before
         "KILN_METRICS_PORT": "0",
     }
     op = Operator(kube, env, tmp_path_factory.mktemp("faults-operator") / "kiln.log")

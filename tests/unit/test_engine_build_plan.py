@@ -38,7 +38,8 @@ def manifest(key: str) -> Manifest:
 
 
 def run(obj: EngineBuild, ws: list[Want], **facts: Any) -> Plan:
-    args: dict[str, Any] = {"identity": "w1", "checked_at": None, "manifests": {}, "jobs": {},
+    args: dict[str, Any] = {"identity": "w1", "checked_at": None, "source": "s3://m/",
+                            "auto_targets": [], "manifests": {}, "jobs": {},
                             "failures": {}, "uid": UID}
     return plan(obj, ws, **(args | facts))
 

@@ -3,23 +3,20 @@ Deployments kiln owns."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 
 from kiln.api import EngineBuild, EngineDeployment
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name, observe
-from kiln.engine_deployment.plan import (
-    Decision,
-    auto_targets,
-    decide,
-    engine_for,
-    served_products,
-    summarize,
-)
-from kiln.engine_deployment.pool import GpuNode, gpu_node, pool_products
+from kiln.engine_deployment.plan import Decision, engine_for, summarize
+from kiln.engine_deployment.plan import decide as decide_at
+from kiln.pool import GpuNode, auto_targets, gpu_node, pool_products, served_products
 
 UID = "ed-uid"
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 H100, A100, L40S, H200 = ("NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB", "NVIDIA-L40S",
                           "NVIDIA-H200")
 KEY_H, KEY_H2, KEY_A = "a" * 64, "b" * 64, "c" * 64
@@ -59,6 +56,11 @@ def deployed(product: str, key: str | None, mode: str = "engine", ready: int = 2
         engine_key=key, engine_uri=f"s3://engines/engines/{key}/" if key else None, mode=mode,
         backend=backend, spec_hash=spec_hash, replicas=2, generation=2, observed_generation=2,
         status_replicas=2, updated_replicas=2, ready_replicas=ready, available_replicas=ready)
+
+
+def decide(obj: EngineDeployment, build: EngineBuild | None, pool: dict[str, str],
+           owned: list[ObservedDeployment], now: datetime = NOW) -> Decision:
+    return decide_at(obj, build, pool, owned, now)
 
 
 def test_pool_is_read_from_gfd_labels_and_filtered_by_the_pool_selector() -> None:
@@ -148,10 +150,12 @@ def test_fallback_none_has_no_deployment_until_the_engine_is_ready() -> None:
     assert decision.delete == [deployment_name("llama", H100)]
 
 
-def test_a_product_that_left_the_pool_loses_its_deployment() -> None:
+def test_a_product_no_longer_in_the_spec_loses_its_deployment() -> None:
+    """The user switched gpu from A100-80GB to H100-SXM: the A100 Deployment goes (a choice,
+    not a pool change)."""
     build = eb(engine("H100-SXM", H100, KEY_H), engine("A100-80GB", A100, KEY_A))
     owned = [deployed(H100, KEY_H), deployed(A100, KEY_A)]
-    decision = decide(ed(), build, {H100: "9.0"}, owned)
+    decision = decide(ed("H100-SXM"), build, {H100: "9.0", A100: "8.0"}, owned)
     assert [s.product for s in decision.serves] == [H100]
     assert decision.delete == ["llama-a100-sxm4-80gb"]
 
@@ -250,3 +254,79 @@ def test_observe_reads_what_kiln_wrote() -> None:
     assert (seen.product, seen.engine_key, seen.spec_hash, seen.owner_uids) == (
         H100, KEY_H, "abc", (UID,))
     assert not seen.rolled_out  # one pod of three is new
+
+
+def test_a_product_that_leaves_the_pool_drains_instead_of_being_dropped() -> None:
+    build = eb(engine("H100-SXM", H100, KEY_H), engine("L40S", L40S, KEY_A))
+    owned = [deployed(H100, KEY_H), deployed(L40S, KEY_A)]
+    serving = ed(status={"products": [
+        {"gpuProduct": p, "engineKey": k, "mode": "engine", "deployment": deployment_name(
+            "llama", p), "computeCapability": cc} for p, k, cc in
+        ((H100, KEY_H, "9.0"), (L40S, KEY_A, "8.9"))]}, pool={"drainAfter": "10m"})
+    # The L40S label is lost: its Deployment stays, reported, with a Warning once.
+    decision = decide(serving, build, {H100: "9.0"}, owned)
+    assert decision.delete == []
+    assert [m.product for m in decision.missing] == [L40S]
+    status, events = summarize(serving, decision, owned, hashes(decision))
+    (missing,) = [p for p in status.products if p.gpu_product == L40S]
+    assert missing.missing_since == NOW and missing.deployment == deployment_name("llama", L40S)
+    assert "nvidia.com/gpu.product=NVIDIA-L40S" in (missing.message or "")
+    conditions = {c.type: (c.status, c.reason) for c in status.conditions}
+    assert conditions["Ready"] == ("False", "ProductMissing")
+    assert conditions["Reconciling"] == ("True", "ProductMissing")
+    assert [e.reason for e in events] == ["ProductMissing"]
+    # Later passes remember since when (status is the memory), and say nothing new.
+    later = ed(status=status.to_dict(), pool={"drainAfter": "10m"})
+    decision = decide(later, build, {H100: "9.0"}, owned, NOW + timedelta(minutes=5))
+    assert decision.delete == [] and decision.missing[0].since == NOW
+    assert summarize(later, decision, owned, hashes(decision))[1] == []
+    # The label comes back within the grace: nothing was deleted, it serves on.
+    decision = decide(later, build, {H100: "9.0", L40S: "8.9"}, owned)
+    status, events = summarize(later, decision, owned, hashes(decision))
+    assert decision.delete == [] and not decision.missing
+    assert [e.reason for e in events] == ["ProductReturned"]
+    assert all(p.missing_since is None for p in status.products)
+
+
+def test_a_drained_product_goes_only_once_the_others_are_ready() -> None:
+    build = eb(engine("H100-SXM", H100, KEY_H), engine("L40S", L40S, KEY_A))
+    memory = {"products": [{"gpuProduct": L40S, "engineKey": KEY_A, "mode": "engine",
+                            "deployment": deployment_name("llama", L40S),
+                            "computeCapability": "8.9", "missingSince": NOW.isoformat()}]}
+    obj = ed(status=memory, pool={"drainAfter": "1m"})
+    after = NOW + timedelta(minutes=2)
+    # Past the grace, but the other product is still rolling out: kept.
+    rolling = [replace(deployed(H100, KEY_H), updated_replicas=1), deployed(L40S, KEY_A)]
+    decision = decide(obj, build, {H100: "9.0"}, rolling, after)
+    assert decision.delete == []
+    assert "until every other product is Ready" in decision.missing[0].message
+    # Nothing else has ready pods: kept, it is what serves.
+    alone = [deployed(H100, KEY_H, ready=0), deployed(L40S, KEY_A)]
+    decision = decide(obj, build, {H100: "9.0"}, alone, after)
+    assert decision.delete == [] and "no other product" in decision.missing[0].message
+    # The others Ready: it goes.
+    decision = decide(obj, build, {H100: "9.0"}, [deployed(H100, KEY_H), deployed(L40S, KEY_A)],
+                      after)
+    assert decision.delete == [deployment_name("llama", L40S)]
+
+
+def test_a_named_gpu_keeps_its_deployment_name_when_its_product_leaves() -> None:
+    """A100-80GB served on its PCIe product; those nodes lose their label: the Deployment
+    keeps its name (no fallback to the catalogue's first product, which is another name)."""
+    pcie = "NVIDIA-A100-80GB-PCIe"
+    build = eb(engine("A100-80GB", pcie, KEY_A))
+    obj = ed("A100-80GB", status={"products": [
+        {"gpuProduct": pcie, "engineKey": KEY_A, "mode": "engine",
+         "deployment": deployment_name("llama", pcie), "computeCapability": "8.0"}]})
+    decision = decide(obj, build, {H100: "9.0"}, [deployed(pcie, KEY_A)])
+    assert decision.serves == [] and decision.delete == []
+    assert [m.deployment for m in decision.missing] == [deployment_name("llama", pcie)]
+
+
+def test_a_product_whose_engine_status_lags_keeps_what_it_serves() -> None:
+    """The EngineBuild has no engine entry for a product yet (it is catching up): whatever
+    the fallback, the Deployment is neither deleted nor rolled."""
+    for fallback in ("none", "pytorch", "previous"):
+        decision = decide(ed(fallback=fallback), eb(), {H100: "9.0"}, [deployed(H100, KEY_H)])
+        assert decision.delete == [] and decision.serves == [], fallback
+        assert decision.kept == [deployment_name("llama", H100)]

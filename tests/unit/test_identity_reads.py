@@ -11,6 +11,7 @@ from typing import Any
 from kiln.api import EngineBuild
 from kiln.config import OperatorConfig
 from kiln.engine_build.reconciler import EngineBuildReconciler
+from kiln.sources import WeightsIdentity
 
 
 class SlowSource:
@@ -25,7 +26,7 @@ class SlowSource:
             self.reads += 1
             n = self.reads
         time.sleep(0.2)
-        return type("Identity", (), {"digest": f"read-{n}"})()
+        return WeightsIdentity(f"read-{n}", "s3")
 
 
 def eb(name: str) -> EngineBuild:
@@ -40,11 +41,11 @@ def test_a_burst_shares_reads_and_a_later_caller_reads_again() -> None:
     source = SlowSource()
     reconciler._source = lambda namespace, build: (("s3://models/llama/",), source)  # type: ignore[method-assign]
     with ThreadPoolExecutor(20) as pool:
-        digests = list(pool.map(lambda i: reconciler._read_identity("ns", eb(f"b{i}")),
+        digests = list(pool.map(lambda i: reconciler._read_identity("ns", eb(f"b{i}")).digest,
                                 range(20)))
     # The first caller reads; the 19 that arrived meanwhile share at most one more read.
     assert source.reads <= 2, source.reads
     assert set(digests) <= {"read-1", "read-2"}
     # One arriving after those reads ended is given a read of its own.
-    assert reconciler._read_identity("ns", eb("late")) == f"read-{source.reads}"
+    assert reconciler._read_identity("ns", eb("late")).digest == f"read-{source.reads}"
     assert source.reads <= 3 and digests.count(f"read-{source.reads}") == 0

@@ -205,3 +205,14 @@ DURATION_RULES = rules(
 Duration = Annotated[str, Field(max_length=32, json_schema_extra=DURATION_RULES),
                      AfterValidator(_check_duration)]
 """A Go-style duration of at least a minute, e.g. ``30m`` or ``1h30m``."""
+
+
+def _check_grace(text: str) -> str:
+    parse_duration(text)
+    return text
+
+
+Grace = Annotated[str, Field(max_length=32, json_schema_extra=rules(cel(
+    f"self.matches({q(DURATION)})", "must be a duration such as 0s, 90s or 10m (units h, m, s, "
+    "ms)"))), AfterValidator(_check_grace)]
+"""A Go-style duration, zero allowed: how long kiln waits before acting, e.g. ``10m``."""

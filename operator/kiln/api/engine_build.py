@@ -14,6 +14,7 @@ from kiln.api.common import (
     LABEL_KEY_RULE,
     Condition,
     Duration,
+    Grace,
     KilnModel,
     LabelMap,
     Name,
@@ -249,6 +250,10 @@ class Rebuild(KilnModel):
     """Rebuild when the weights change (new S3 object versions/ETags, a new HF commit)."""
     poll_interval: Duration = "1h"
     """How often to re-read the weights' identity, e.g. ``30m`` or ``1h`` (at least ``1m``)."""
+    settle: Grace | None = None
+    """Weights must have held still this long before they are built: an S3 prefix whose
+    newest object is younger, or with a multipart upload in progress, is ``WeightsSettling``
+    (an upload in progress). Unset: the operator's ``KILN_REBUILD_SETTLE`` (default 1m)."""
 
 
 class Toleration(KilnModel):
@@ -323,6 +328,10 @@ class Weights(KilnModel):
     """Digest of S3 versions/ETags and sizes, the HF commit, or PVC path and revision."""
     checked_at: datetime | None = None
     """When the identity was last read."""
+    source: str | None = Field(default=None, max_length=1024)
+    """The source (and ``@revision``, if any) the identity was read from: while it is the
+    spec's, the identity is kept across operator restarts (with ``onWeightChange: false`` it is
+    the pin)."""
 
 
 class EngineStatus(KilnModel):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated, Any, Literal
 
 from pydantic import ConfigDict, Field
@@ -11,6 +12,7 @@ from kiln.api.common import (
     CONDITIONS_EXTRA,
     LABEL_KEY_RULE,
     Condition,
+    Grace,
     KilnModel,
     LabelMap,
     Name,
@@ -51,6 +53,10 @@ class Pool(KilnModel):
         default=None, min_length=1, max_length=16, json_schema_extra=rules(LABEL_KEY_RULE))
     """Labels the serving nodes carry (besides the GPU product kiln selects on); unset: every
     GPU node."""
+    drain_after: Grace = "10m"
+    """How long a GPU product that left the pool (its label lost, its nodes gone) keeps its
+    Deployment; after that it is removed once every other product served is Ready, and never
+    while it is the only product with ready pods."""
 
 
 class Server(KilnModel):
@@ -126,6 +132,12 @@ class ProductStatus(KilnModel):
     """The Deployment serving this product."""
     ready_replicas: int | None = Field(default=None, ge=0)
     """Ready pods of that Deployment."""
+    compute_capability: str | None = Field(default=None, max_length=5)
+    """The compute capability of these nodes."""
+    missing_since: datetime | None = None
+    """When this product left the pool (``ProductMissing``); unset while it is in the pool."""
+    message: str | None = Field(default=None, max_length=1024)
+    """Why this product is not (or no longer) served as it should be."""
 
 
 class EngineDeploymentStatus(KilnModel):

@@ -47,6 +47,8 @@ def _seed_weights(endpoint: str, scratch: Path) -> None:
 def _operator(cluster: Cluster, endpoint: str, log: Path) -> Iterator[subprocess.Popen[bytes]]:
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "AWS_ENDPOINT_URL": endpoint,
            "KILN_DEFAULT_STORE": "s3://engines/", "KILN_METRICS_PORT": "0",
+           # the quickstart uploaded the checkpoint itself, whole, a moment ago
+           "KILN_REBUILD_SETTLE": "0s",
            "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": endpoint}),
            "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"})}
     with log.open("ab") as out:

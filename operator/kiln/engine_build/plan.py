@@ -121,9 +121,10 @@ def _events(engines: list[EngineStatus], prior: dict[str, EngineStatus]) -> list
 
 
 def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datetime | None,
-         manifests: dict[str, Manifest | None], jobs: dict[str, ObservedJob],
-         failures: dict[str, Failure], uid: str) -> Plan:
-    """The plan for one EngineBuild; ``jobs`` and ``manifests`` are keyed by engine key."""
+         source: str, auto_targets: list[str], manifests: dict[str, Manifest | None],
+         jobs: dict[str, ObservedJob], failures: dict[str, Failure], uid: str) -> Plan:
+    """The plan for one EngineBuild; ``jobs`` and ``manifests`` are keyed by engine key,
+    ``auto_targets`` are what its EngineDeployments need now."""
     old = eb.status or EngineBuildStatus()
     generation = int(eb.metadata.get("generation") or 0)
     # A failed engine is built again only after the spec changed since it was reported.
@@ -165,8 +166,8 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
                                 stalled=phase == "Failed", reason=reason, message=message)
     result.status = EngineBuildStatus(
         observed_generation=generation, phase=phase, conditions=conditions,
-        weights=Weights(identity=identity, checked_at=checked_at),
-        auto_targets=old.auto_targets, engines=engines,
+        weights=Weights(identity=identity, checked_at=checked_at, source=source),
+        auto_targets=auto_targets, engines=engines,
         gpus=",".join(e.target for e in engines) or None,
         engine_keys=",".join(short_key(e.key or "") for e in engines) or None,
     )
@@ -174,5 +175,30 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
         result.events.append(Event(
             "Normal", "WeightsChanged",
             f"weights changed ({short_key(identity)}): building new engines"))
+    if auto_targets != old.auto_targets:
+        result.events.append(Event("Normal", "AutoTargets", "GPU products served by "
+                                   "EngineDeployments: " + (", ".join(auto_targets) or "none")))
     result.events += _events(engines, prior)
     return result
+
+
+def stalled(eb: EngineBuild, reason: str, message: str, *, settling: bool = False,
+            auto_targets: list[str] | None = None) -> tuple[EngineBuildStatus, list[Event]]:
+    """The status of an EngineBuild whose work cannot start: ``Stalled`` with the error
+    (``Failed``), or, ``settling``, ``Reconciling`` while its weights still move (``Pending``);
+    the rest of its status as it was. A Warning Event when the reason is new."""
+    old = eb.status or EngineBuildStatus()
+    generation = int(eb.metadata.get("generation") or 0)
+    conditions = set_conditions(old.conditions, generation=generation, ready=False,
+                                reconciling=settling, stalled=not settling, reason=reason,
+                                message=f"{reason}: {message}")
+    status = old.model_copy(update={
+        "observed_generation": generation, "conditions": conditions,
+        "phase": "Pending" if settling else "Failed",
+        "auto_targets": old.auto_targets if auto_targets is None else auto_targets})
+    was = next((c for c in old.conditions
+                if c.type == ("Reconciling" if settling else "Stalled")), None)
+    events = []
+    if was is None or was.status != "True" or was.reason != reason:
+        events.append(Event("Normal" if settling else "Warning", reason, message))
+    return status, events

@@ -1,9 +1,13 @@
-"""The EngineBuild reconciler: gathers facts (weights, store, Jobs), plans, acts.
+"""The EngineBuild reconciler: gathers facts (weights, store, Jobs, the EngineDeployments that
+reference it), plans, acts.
 
-Level-based: every call recomputes from the object, the Jobs and the store, so running it
-twice, or after a crash, changes nothing. Called from the work queue's threads
+Level-based: every call recomputes from the object, the Jobs, the store and the
+EngineDeployments, so running it twice, or after a crash, changes nothing. What must survive
+a restart is read back from the status kiln wrote: the weights identity (the pin with
+``onWeightChange: false``), engine states and failures. Called from the work queue's threads
 (``kiln.handlers.workqueue``), which never run one object in two threads at once; a lock per
-object also keeps other callers (tests, the sweep's identity reads) from interleaving.
+object also keeps other callers from interleaving. It is the only writer of EngineBuild status
+(``autoTargets`` and a stall included).
 """
 
 from __future__ import annotations
@@ -19,18 +23,19 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kiln import EB_PLURAL, metrics
-from kiln.api import EngineBuild, parse_duration
+from kiln.api import EngineBuild, EngineDeployment, parse_duration
 from kiln.config import OperatorConfig
 from kiln.contract.manifest import Manifest
 from kiln.contract.task import BuildTask
 from kiln.contract.termination import Failure
 from kiln.engine_build import render
 from kiln.engine_build.jobs import ObservedJob, failure_from_pod, job_name, observe
-from kiln.engine_build.plan import Plan, Want, plan
-from kiln.errors import KilnError
+from kiln.engine_build.plan import Plan, Want, plan, stalled
+from kiln.errors import KilnError, Unavailable
 from kiln.key import engine_key, short_key
 from kiln.kube import Kube
-from kiln.sources import WeightSource, open_source
+from kiln.pool import GpuNode, auto_targets, needed_products
+from kiln.sources import WeightsIdentity, WeightSource, open_source
 from kiln.status import Event, merge_patch
 from kiln.store import EngineStore, open_store
 from kiln.targets import effective
@@ -40,16 +45,22 @@ CREATED_GRACE_SECONDS = 30.0
 """How long a Job created (or joined) here counts as observed before the index shows it."""
 MAX_SOURCES = 256
 MAX_ABSENT = 100_000
-AUTO_TARGETS = "autoTargets"
+SWAPS = 3
+"""Compare-and-swap attempts on a shared Job's owners before the next pass tries again."""
 EventSink = Callable[[dict[str, Any], Event], None]
 
 
-class JobLookup(Protocol):
-    """Build Jobs as the operator last saw them (Kopf's index)."""
+class BuildWorld(Protocol):
+    """What the operator last saw (Kopf's indexes): build Jobs, the EngineDeployments that
+    reference an EngineBuild, the GPU nodes."""
 
     def by_key(self, namespace: str, key: str) -> ObservedJob | None: ...
 
     def owned_by(self, uid: str) -> list[ObservedJob]: ...
+
+    def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]: ...
+
+    def gpu_nodes(self) -> list[GpuNode]: ...
 
 
 @dataclass
@@ -57,7 +68,10 @@ class _Identity:
     fingerprint: tuple[str, ...]
     identity: str
     checked_at: datetime
-    checked_monotonic: float
+    newest: float | None = None
+    """When the newest object under the source was written (epoch seconds), if known."""
+    uploading: int = 0
+    """Uploads in progress under the source."""
 
 
 @dataclass
@@ -66,7 +80,7 @@ class _Read:
 
     lock: threading.Lock
     started: float = float("-inf")
-    digest: str = ""
+    found: WeightsIdentity | None = None
 
 
 def _fingerprint(eb: EngineBuild) -> tuple[str, ...]:
@@ -74,13 +88,27 @@ def _fingerprint(eb: EngineBuild) -> tuple[str, ...]:
     return (model.source, model.revision or "", model.credentials_secret or "")
 
 
-class EngineBuildReconciler:
-    """Holds the caches that make reconciles cheap: weights identities, committed engines."""
+def source_label(eb: EngineBuild) -> str:
+    """``status.weights.source``: the source and its revision, what the identity is of."""
+    model = eb.spec.model
+    return f"{model.source}@{model.revision}" if model.revision else model.source
 
-    def __init__(self, kube: Kube, config: OperatorConfig, emit: EventSink) -> None:
+
+def _now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+class EngineBuildReconciler:
+    """Holds the caches that make reconciles cheap (weights identities, committed engines,
+    open sources and stores) and the status this process last wrote. None of them decides an
+    outcome a restart would decide differently: each is read back from status or re-read."""
+
+    def __init__(self, kube: Kube, config: OperatorConfig, emit: EventSink,
+                 clock: Callable[[], datetime] = _now) -> None:
         self.kube = kube
         self.config = config
         self.emit = emit
+        self.clock = clock
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._identities: dict[tuple[str, str], _Identity] = {}
@@ -95,8 +123,8 @@ class EngineBuildReconciler:
         """Jobs this process created or joined, until the index shows them."""
         self._written: dict[tuple[str, str], tuple[str, str]] = {}
         """(namespace, name) -> (uid, JSON of the status this process last wrote)."""
-        self.retry: set[tuple[str, str]] = set()
-        """Objects whose last reconcile met a transient error: the sweep tries again."""
+        self._reread_for: set[tuple[str, str]] = set()
+        """Failed Jobs (namespace, name) whose ``WeightsChanged`` made a re-read already."""
 
     def _lock(self, ref: tuple[str, str]) -> threading.Lock:
         with self._locks_guard:
@@ -106,36 +134,43 @@ class EngineBuildReconciler:
         """Drop what is cached for a deleted object."""
         self._identities.pop((namespace, name), None)
         self._written.pop((namespace, name), None)
-        self.retry.discard((namespace, name))
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
 
-    def status_written_elsewhere(self, namespace: str, name: str) -> None:
-        """Someone else (a stall) wrote this object's status: plan from what is read."""
-        self._written.pop((namespace, name), None)
-
-    # -- facts -----------------------------------------------------------------------------
+    # -- the weights -----------------------------------------------------------------------
 
     def _credentials(self, namespace: str, eb: EngineBuild) -> dict[str, str] | None:
         secret = eb.spec.model.credentials_secret
         return self.kube.secret_data(namespace, secret) if secret else None
 
     def identity(self, namespace: str, eb: EngineBuild, *, refresh: bool = False) -> _Identity:
-        """The weights identity; read again when the source changed or ``refresh``."""
+        """The weights identity: cached; else the one in status, if it was read from this
+        source (a restart re-reads nothing); else read. ``refresh`` reads it again."""
         ref = (namespace, str(eb.metadata["name"]))
         cached = self._identities.get(ref)
-        if cached and cached.fingerprint == _fingerprint(eb) and not refresh:
+        fingerprint = _fingerprint(eb)
+        if cached and cached.fingerprint == fingerprint and not refresh:
             return cached
-        identity = self._read_identity(namespace, eb)
-        entry = _Identity(_fingerprint(eb), identity,
-                          datetime.now(UTC).replace(microsecond=0), time.monotonic())
-        latest = self._identities.get(ref) or cached  # a sweep may have read it meanwhile
-        if latest and latest.identity == identity:
+        weights = eb.status.weights if eb.status else None
+        if (not refresh and weights and weights.identity and weights.checked_at
+                and weights.source == source_label(eb)):
+            entry = _Identity(fingerprint, weights.identity, weights.checked_at)
+            self._identities[ref] = entry
+            return entry
+        found = self._read_identity(namespace, eb)
+        newest = found.details.get("newest")
+        entry = _Identity(fingerprint, found.digest, self.clock(),
+                          float(newest) if isinstance(newest, int | float) else None,
+                          int(found.details.get("uploading") or 0))
+        latest = self._identities.get(ref) or cached  # a parallel pass may have read it
+        if latest and latest.identity == entry.identity:
             entry.checked_at = latest.checked_at
+        elif weights and weights.identity == entry.identity and weights.checked_at:
+            entry.checked_at = weights.checked_at
         self._identities[ref] = entry
         return entry
 
-    def _read_identity(self, namespace: str, eb: EngineBuild) -> str:
+    def _read_identity(self, namespace: str, eb: EngineBuild) -> WeightsIdentity:
         """Read the weights identity, single flight: a read of the same source that started
         after this call began is as fresh as one of its own, so callers arriving together
         (a burst of EngineBuilds of one model) share it."""
@@ -146,12 +181,12 @@ class EngineBuildReconciler:
                 self._reads.clear()
             read = self._reads.setdefault(ref, _Read(threading.Lock()))
         with read.lock:
-            if read.started >= arrived:
-                return read.digest
+            if read.started >= arrived and read.found is not None:
+                return read.found
             started = time.monotonic()
-            digest = source.identity().digest
-            read.started, read.digest = started, digest
-            return digest
+            found = source.identity()
+            read.started, read.found = started, found
+            return found
 
     def _source(self, namespace: str, eb: EngineBuild) -> tuple[tuple[Any, ...], WeightSource]:
         """An open source per (URI, revision, credentials), reused: opening one builds an S3
@@ -171,24 +206,43 @@ class EngineBuildReconciler:
                 self._sources.popitem(last=False)
         return ref, source
 
-    def known_identity(self, namespace: str, name: str) -> str | None:
-        """The weights identity last read for the object, if one was."""
-        cached = self._identities.get((namespace, name))
-        return cached.identity if cached else None
-
-    def poll_due(self, namespace: str, eb: EngineBuild) -> bool:
-        """Whether ``spec.rebuild.pollInterval`` has passed since the identity was read."""
-        cached = self._identities.get((namespace, str(eb.metadata["name"])))
+    def _poll_due(self, eb: EngineBuild, cached: _Identity | None) -> bool:
+        """Whether ``spec.rebuild.pollInterval`` has passed since the identity was read (by
+        the wall clock: the time read is in status)."""
         if cached is None or not eb.spec.rebuild.on_weight_change:
-            return cached is None
-        interval = parse_duration(eb.spec.rebuild.poll_interval).total_seconds()
-        return time.monotonic() - cached.checked_monotonic >= interval
+            return False
+        interval = parse_duration(eb.spec.rebuild.poll_interval)
+        return self.clock() - cached.checked_at >= interval
 
-    def store_uri(self, eb: EngineBuild) -> str:
+    def _settling(self, eb: EngineBuild, weights: _Identity) -> str | None:
+        """Why the weights do not hold still yet (an upload in progress), or None."""
+        if weights.uploading:
+            return f"{weights.uploading} upload(s) in progress under {eb.spec.model.source}"
+        if weights.newest is None:
+            return None
+        settle = parse_duration(eb.spec.rebuild.settle or self.config.rebuild_settle)
+        age = self.clock().timestamp() - weights.newest
+        if age >= settle.total_seconds():
+            return None
+        return (f"an object under {eb.spec.model.source} was written {max(age, 0):.0f}s ago; "
+                f"kiln builds once the weights have held still for "
+                f"{eb.spec.rebuild.settle or self.config.rebuild_settle}")
+
+    # -- the store -------------------------------------------------------------------------
+
+    def store_uri(self, namespace: str, eb: EngineBuild) -> str:
         uri = eb.spec.output.store or self.config.default_store
         if not uri:
             raise KilnError("no engine store: set spec.output.store, or the operator's "
                             "default store (KILN_DEFAULT_STORE)", reason="NoStore")
+        if uri.startswith("pvc://") and namespace != self.config.namespace:
+            own = self.config.namespace or "unknown: set KILN_NAMESPACE"
+            raise KilnError(
+                f"the pvc:// store {uri} would be written through the claim of that name in "
+                f"namespace {namespace}, but kiln reads pvc:// stores through the claims "
+                f"mounted in its own namespace ({own}): a different volume. Use an s3:// "
+                "store here, or create EngineBuilds with pvc:// stores in the operator's "
+                "namespace", reason="PvcStoreNamespace")
         return uri if uri.endswith("/") else uri + "/"
 
     def _store(self, uri: str) -> EngineStore:
@@ -230,55 +284,105 @@ class EngineBuildReconciler:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def reconcile(self, body: Mapping[str, Any], jobs: JobLookup, *,
-                  job_moved: bool = False) -> Plan:
+    def reconcile(self, body: Mapping[str, Any], world: BuildWorld, *,
+                  job_moved: bool = False) -> Plan | None:
         """Bring one EngineBuild's Jobs and status in line with what exists. ``job_moved``:
         called for a change of one of its Jobs; an engine found missing while that Job runs
-        is then not looked for again before it finishes (every other call looks)."""
+        is then not looked for again before it finishes. A permanent error is written as
+        ``Stalled`` (returns None); a transient one is raised for a retry."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         with self._lock((namespace, name)):
             fresh = self._with_written_status(namespace, name, dict(body))
             eb = EngineBuild.model_validate(fresh)
-            return self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, jobs,
-                                   job_moved)
+            try:
+                return self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, world,
+                                       job_moved)
+            except KilnError as error:
+                if error.retryable:
+                    raise
+                metrics.record_reconcile_error("EngineBuild")
+                status, events = stalled(eb, error.reason, error.message)
+                self._write_status(fresh, status.to_dict())
+                for event in events:
+                    self.emit(fresh, event)
+                return None
 
     def _with_written_status(self, namespace: str, name: str,
                              body: dict[str, Any]) -> dict[str, Any]:
         """``body`` with the status this process last wrote, if it has: a copy from an index
         can predate that write (a Job event overtaking the EngineBuild's own), and planning
         from it would write old transition times again and repeat Events. Only kiln writes
-        this status (``autoTargets`` aside, taken from ``body``)."""
+        this status."""
         written = self._written.get((namespace, name))
         if written is None or written[0] != body["metadata"]["uid"]:
             return body
-        status = json.loads(written[1])
-        auto = (body.get("status") or {}).get(AUTO_TARGETS)
-        if auto is not None:
-            status[AUTO_TARGETS] = auto
-        return {**body, "status": status}
+        return {**body, "status": json.loads(written[1])}
 
-    def _reconcile(self, namespace: str, name: str, uid: str, eb: EngineBuild,
-                   body: dict[str, Any], jobs: JobLookup, job_moved: bool) -> Plan:
-        weights = self.identity(namespace, eb)
-        store = self.store_uri(eb)
-        image = eb.spec.toolchain.image or self.config.builder_image
-        auto = eb.status.auto_targets if eb.status else []
+    def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        current = body.get("status") or {}
+        if status != current:
+            self.kube.patch_status(EB_PLURAL, meta["namespace"], meta["name"],
+                                   merge_patch(status, current))
+            self._written[(meta["namespace"], meta["name"])] = (str(meta["uid"]),
+                                                                json.dumps(status))
+
+    def _auto_targets(self, namespace: str, name: str, eb: EngineBuild,
+                      world: BuildWorld) -> list[str]:
+        """The GPU products the EngineDeployments that reference this build now serve on."""
+        serving = [EngineDeployment.model_validate(b) for b in world.referencing(namespace, name)
+                   if not b["metadata"].get("deletionTimestamp")]
+        serving = [ed for ed in serving if ed.spec.engine_build_ref.name == name]
+        return auto_targets(eb.spec, needed_products(serving, world.gpu_nodes()))
+
+    def _wants(self, eb: EngineBuild, auto: list[str], identity: str, store: str,
+               image: str) -> list[Want]:
         wants = []
         for target in effective(eb.spec, auto):
-            key = engine_key(weights_identity=weights.identity, build=eb.spec.build,
+            key = engine_key(weights_identity=identity, build=eb.spec.build,
                              builder_image=image, gpu_product=target.gpu_product,
                              compute_capability=target.compute_capability)
             wants.append(Want(target, key, f"{store}engines/{key}/"))
-        observed = {w.key: j for w in wants if (j := self._job(jobs, namespace, w.key))}
-        manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
-                                           trust_absent=job_moved) for w in wants}
-        owned = {j.key: j for j in jobs.owned_by(uid)}
+        return wants
+
+    def _reconcile(self, namespace: str, name: str, uid: str, eb: EngineBuild,
+                   body: dict[str, Any], world: BuildWorld, job_moved: bool) -> Plan:
+        store = self.store_uri(namespace, eb)
+        image = eb.spec.toolchain.image or self.config.builder_image
+        auto = self._auto_targets(namespace, name, eb, world)
+        cached = self._identities.get((namespace, name))
+        weights = self.identity(namespace, eb, refresh=self._poll_due(eb, cached)
+                                or (cached is not None and self._settling(eb, cached)
+                                    is not None))
+        settling = self._settling(eb, weights)
+        accepted = weights
+        if settling is not None:
+            before = eb.status.weights if eb.status else None
+            if before is None or not before.identity or before.source != source_label(eb):
+                return self._settle(body, eb, auto, settling)
+            log.info("weights of %s/%s are settling (%s): keeping %s", namespace, name,
+                     settling, short_key(before.identity))
+            accepted = _Identity(weights.fingerprint, before.identity,
+                                 before.checked_at or weights.checked_at)
+        wants = self._wants(eb, auto, accepted.identity, store, image)
+        observed = {w.key: j for w in wants if (j := self._job(world, namespace, w.key))}
         failures = {k: f for k, j in observed.items()
                     if j.state == "Failed" and (f := self._failure(namespace, j))}
-        result = plan(eb, wants, identity=weights.identity, checked_at=weights.checked_at,
-                      manifests=manifests, jobs={**owned, **observed}, failures=failures,
-                      uid=uid)
+        if self._weights_moved(namespace, eb, observed, failures):
+            accepted = self.identity(namespace, eb, refresh=True)
+            if self._settling(eb, accepted) is None:
+                wants = self._wants(eb, auto, accepted.identity, store, image)
+                observed = {w.key: j for w in wants
+                            if (j := self._job(world, namespace, w.key))}
+                failures = {k: f for k, j in observed.items()
+                            if j.state == "Failed" and (f := self._failure(namespace, j))}
+        manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
+                                           trust_absent=job_moved) for w in wants}
+        owned = {j.key: j for j in world.owned_by(uid)}
+        result = plan(eb, wants, identity=accepted.identity, checked_at=accepted.checked_at,
+                      source=source_label(eb), auto_targets=auto, manifests=manifests,
+                      jobs={**owned, **observed}, failures=failures, uid=uid)
         for job in result.replace:
             log.info("deleting failed Job %s/%s to build engine %s again", namespace,
                      job.name, short_key(job.key))
@@ -289,23 +393,42 @@ class EngineBuildReconciler:
             seen = observed.get(want.key)
             if seen is not None and want.key not in replaced and uid in seen.owner_uids:
                 continue  # the Job exists and is ours: nothing to write
-            self._ensure_job(namespace, name, uid, eb, want, image, weights.identity, store,
+            self._ensure_job(namespace, name, uid, eb, want, image, accepted.identity, store,
                              exists=seen is not None and want.key not in replaced)
         for job in result.release:
             self._release(namespace, job, uid)
-        # autoTargets belong to the EngineDeployment controller: never written back from
-        # the (possibly stale) copy this reconcile read.
-        status = {k: v for k, v in result.status.to_dict().items() if k != AUTO_TARGETS}
-        current = {k: v for k, v in (body.get("status") or {}).items() if k != AUTO_TARGETS}
-        if status != current:
-            self.kube.patch_status(EB_PLURAL, namespace, name, merge_patch(status, current))
-            self._written[(namespace, name)] = (uid, json.dumps(status))
+        self._write_status(body, result.status.to_dict())
         for event in result.events:
             self.emit(body, event)
         _record(uid, result)
         return result
 
-    def _job(self, jobs: JobLookup, namespace: str, key: str) -> ObservedJob | None:
+    def _settle(self, body: dict[str, Any], eb: EngineBuild, auto: list[str],
+                why: str) -> Plan:
+        """No identity accepted yet and the weights still move: say so, build nothing."""
+        status, events = stalled(eb, "WeightsSettling", why, settling=True,
+                                 auto_targets=auto)
+        self._write_status(body, status.to_dict())
+        for event in events:
+            self.emit(body, event)
+        return Plan(status=status)
+
+    def _weights_moved(self, namespace: str, eb: EngineBuild, observed: dict[str, ObservedJob],
+                       failures: dict[str, Failure]) -> bool:
+        """A build of this object's current keys failed with ``WeightsChanged``, and the
+        identity was not read again since: the weights moved, read them now (no wait for
+        ``pollInterval``). Pinned weights (``onWeightChange: false``) are never re-read."""
+        if not eb.spec.rebuild.on_weight_change:
+            return False
+        moved = [observed[k].name for k, f in failures.items() if f.reason == "WeightsChanged"]
+        fresh = [n for n in moved if (namespace, n) not in self._reread_for]
+        self._reread_for |= {(namespace, n) for n in fresh}
+        if fresh:
+            log.info("build Job %s/%s saw the weights change: reading them again", namespace,
+                     fresh[0])
+        return bool(fresh)
+
+    def _job(self, jobs: BuildWorld, namespace: str, key: str) -> ObservedJob | None:
         """The key's Job from the index, else one created here moments ago (for a while)."""
         found = jobs.by_key(namespace, key)
         if found is not None:
@@ -321,7 +444,8 @@ class EngineBuildReconciler:
 
     def _ensure_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
                     image: str, identity: str, store: str, *, exists: bool = False) -> None:
-        """Create the key's Job, or join it as an owner (``exists``: skip the create)."""
+        """Create the key's Job, or join it as an owner (``exists``: skip the create). Joining
+        swaps the owners on the Job's resourceVersion; a Job deleted meanwhile is created."""
         task = BuildTask.for_build(
             key=want.key, weights_identity=identity, source=eb.spec.model.source,
             revision=eb.spec.model.revision, build=eb.spec.build,
@@ -330,41 +454,58 @@ class EngineBuildReconciler:
             builder_image=image, credentials_from_env=bool(eb.spec.model.credentials_secret))
         job = render.render_job(
             namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
-            image=image, task_json=task.to_json(),
-            config=self.config)
-        if not exists and self.kube.create_job(job):
-            metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")
-            log.info("created Job %s/%s for engine %s", namespace, job_name(want.key),
-                     short_key(want.key))
+            image=image, task_json=task.to_json(), config=self.config)
+        for _ in range(SWAPS):
+            if not exists and self.kube.create_job(job):
+                metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")
+                log.info("created Job %s/%s for engine %s", namespace, job_name(want.key),
+                         short_key(want.key))
+                self._created[(namespace, want.key)] = (
+                    ObservedJob(job_name(want.key), want.key, "Active", (uid,)),
+                    time.monotonic())
+                return
+            existing = self.kube.read_job(namespace, job_name(want.key))
+            if existing is None:
+                exists = False  # deleted meanwhile (released by its last owner): create it
+                continue
+            current = observe(existing)
+            if uid not in current.owner_uids:
+                owners = [*existing["metadata"].get("ownerReferences", []),
+                          render.build_owner(name, uid)]
+                if not self.kube.set_job_owners(namespace, current.name, owners,
+                                                existing["metadata"]["resourceVersion"]):
+                    exists = True
+                    continue  # the Job moved meanwhile: read it again
             self._created[(namespace, want.key)] = (
-                ObservedJob(job_name(want.key), want.key, "Active", (uid,)), time.monotonic())
+                replace(current, owner_uids=(*current.owner_uids, uid)), time.monotonic())
             return
-        existing = self.kube.read_job(namespace, job_name(want.key))
-        if existing is None:
-            return  # deleted meanwhile: the next reconcile creates it again
-        current = observe(existing)
-        if uid not in current.owner_uids:
-            owners = [*existing["metadata"].get("ownerReferences", []),
-                      render.build_owner(name, uid)]
-            self.kube.set_job_owners(namespace, current.name, owners,
-                                     existing["metadata"]["resourceVersion"])
-        self._created[(namespace, want.key)] = (
-            replace(current, owner_uids=(*current.owner_uids, uid)), time.monotonic())
+        raise Unavailable(f"the Job of engine {short_key(want.key)} kept changing while "
+                          "joining it; trying again", reason="Conflict")
 
     def _release(self, namespace: str, job: ObservedJob, uid: str) -> None:
-        """Stop owning a Job this object no longer wants; delete it when nobody owns it."""
-        existing = self.kube.read_job(namespace, job.name)
-        if existing is None:
-            return
-        owners = [r for r in existing["metadata"].get("ownerReferences", [])
-                  if r["uid"] != uid]
-        if owners:
-            self.kube.set_job_owners(namespace, job.name, owners,
-                                     existing["metadata"]["resourceVersion"])
-        else:
-            log.info("deleting Job %s/%s: no EngineBuild wants engine %s any more",
-                     namespace, job.name, short_key(job.key))
-            self.kube.delete_job(namespace, job.name)
+        """Stop owning a Job this object no longer wants; delete it when nobody owns it. Both
+        are preconditioned on the Job as read (uid, resourceVersion), so a Job another
+        EngineBuild has just joined is never deleted."""
+        for _ in range(SWAPS):
+            existing = self.kube.read_job(namespace, job.name)
+            if existing is None:
+                return
+            meta = existing["metadata"]
+            refs = meta.get("ownerReferences", [])
+            owners = [r for r in refs if r["uid"] != uid]
+            if len(owners) == len(refs):
+                return  # not ours (any more)
+            if owners:
+                if self.kube.set_job_owners(namespace, job.name, owners,
+                                            meta["resourceVersion"]):
+                    return
+            elif self.kube.delete_job(namespace, job.name, uid=meta["uid"],
+                                    resource_version=meta["resourceVersion"]):
+                log.info("deleted Job %s/%s: no EngineBuild wants engine %s any more",
+                         namespace, job.name, short_key(job.key))
+                return
+        raise Unavailable(f"Job {job.name} kept changing while releasing it; trying again",
+                          reason="Conflict")
 
 
 def _record(uid: str, result: Plan) -> None:

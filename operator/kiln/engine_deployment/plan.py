@@ -2,32 +2,35 @@
 the Deployments kiln owns.
 
 Pure. ``decide`` says what each GPU product serves (an engine, or a fallback), which
-Deployments go, and which auto targets the EngineBuild needs; ``summarize`` turns that and
-the observed Deployments into the status and the Events for what changed.
+Deployments stay as they are (a product that left the pool drains: kept for
+``spec.pool.drainAfter``, then removed only once every other product is Ready) and which go;
+``summarize`` turns that and the observed Deployments into the status and the Events for what
+changed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import get_args
 
 from kiln import catalogue
 from kiln.api import (
-    AUTO_GPU,
     Backend,
     EngineBuild,
-    EngineBuildSpec,
     EngineBuildStatus,
     EngineDeployment,
     EngineDeploymentStatus,
     EngineStatus,
     ProductStatus,
     ServingMode,
+    parse_duration,
 )
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name
 from kiln.key import short_key
 from kiln.labels import GPU_PRODUCT_LABEL
+from kiln.pool import served_products
 from kiln.status import Event, set_conditions
 
 READY_STATES = ("Ready", "Cached")
@@ -55,6 +58,17 @@ class Serve:
         return self.gpu or self.product
 
 
+@dataclass(frozen=True)
+class Missing:
+    """A product that left the pool while kiln served it: its Deployment drains."""
+
+    product: str
+    compute_capability: str | None
+    deployment: str
+    since: datetime
+    message: str
+
+
 @dataclass
 class Decision:
     """What the EngineDeployment should have now."""
@@ -62,6 +76,11 @@ class Decision:
     serves: list[Serve] = field(default_factory=list)
     waiting: list[str] = field(default_factory=list)
     """Products with nothing to serve yet (fallback ``none``, or no previous engine)."""
+    kept: list[str] = field(default_factory=list)
+    """Owned Deployments left exactly as they are (a product in the pool whose engine is not
+    known yet, or one that drains)."""
+    missing: list[Missing] = field(default_factory=list)
+    """Products that left the pool and still have their Deployment."""
     delete: list[str] = field(default_factory=list)
     """Owned Deployments no product wants any more."""
     failed: list[str] = field(default_factory=list)
@@ -71,47 +90,6 @@ class Decision:
     pending: tuple[str, str] | None = None
     """(reason, message): waiting for something outside (the EngineBuild); Deployments are
     left as they are."""
-
-
-def served_products(ed: EngineDeployment, pool: Mapping[str, str]) -> dict[str, str]:
-    """The GPU products to serve on (product → compute capability).
-
-    ``auto``: every product in the pool. A catalogue name: its products present in the pool,
-    or its first product when none is (the Deployment then waits for such nodes). Raises
-    KeyError for a name the catalogue does not know.
-    """
-    if ed.spec.gpu == AUTO_GPU:
-        return dict(pool)
-    gpu = catalogue.by_name(ed.spec.gpu)
-    present = {p: cc for p, cc in pool.items() if catalogue.by_product(p) is gpu}
-    return present or {gpu.products[0]: gpu.compute_capability}
-
-
-def _covered(spec: EngineBuildSpec, product: str) -> bool:
-    gpu = catalogue.by_product(product)
-    for target in spec.targets:
-        if gpu is not None and target.gpu == gpu.name:
-            return True
-        if target.gpu is None and (target.node_selector or {}).get(GPU_PRODUCT_LABEL) == product:
-            return True
-    return False
-
-
-def _rank(product: str) -> tuple[int, str]:
-    """The catalogue's first product of a GPU comes first."""
-    gpu = catalogue.by_product(product)
-    products = gpu.products if gpu else ()
-    return (products.index(product) if product in products else len(products), product)
-
-
-def auto_targets(spec: EngineBuildSpec, products: Mapping[str, str]) -> list[str]:
-    """``product@cc`` for each product no spec target covers, one per catalogue GPU."""
-    chosen: dict[str, str] = {}  # catalogue name (or the product itself) → product
-    for product in sorted(products, key=_rank):
-        gpu = catalogue.by_product(product)
-        if not _covered(spec, product):
-            chosen.setdefault(gpu.name if gpu else product, product)
-    return sorted(f"{product}@{products[product]}" for product in chosen.values())
 
 
 def engine_for(status: EngineBuildStatus | None, product: str) -> EngineStatus | None:
@@ -164,9 +142,11 @@ def _with(base: Serve, mode: ServingMode, backend: Backend, key: str | None,
                  backend, key, uri)
 
 
-def decide(ed: EngineDeployment, eb: EngineBuild | None, products: Mapping[str, str],
-           observed: Iterable[ObservedDeployment]) -> Decision:
-    """What each product serves; ``observed`` are the Deployments this object owns."""
+def decide(ed: EngineDeployment, eb: EngineBuild | None, pool: Mapping[str, str],
+           observed: Iterable[ObservedDeployment], now: datetime) -> Decision:
+    """What each product serves; ``pool`` are the GPU products present (product → compute
+    capability), ``observed`` the Deployments this object owns. Raises KeyError for a GPU name
+    the catalogue does not know."""
     owned = list(observed)
     ref = ed.spec.engine_build_ref.name
     if eb is None:
@@ -176,21 +156,59 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, products: Mapping[str, 
         return Decision(stalled=(
             "ServerMismatch", f"server.kind triton serves TensorRT engines, but EngineBuild "
             f"{ref} uses backend pytorch: use server.kind trtllm-serve"))
+    products = served_products(ed, pool)
     current = {d.product: d for d in owned}
     result = Decision()
-    status = eb.status
     for product, cc in products.items():
-        entry = engine_for(status, product)
+        if product not in pool and product in current:
+            continue  # it left the pool: it drains, below
+        entry = engine_for(eb.status, product)
+        if entry is None and product in current:
+            # The EngineBuild's status has no engine for it (yet): it is catching up with the
+            # pool. What serves stays as it is: nothing dropped or rolled for want of a status.
+            result.kept.append(current[product].name)
+            continue
         if entry is not None and entry.state == "Failed":
             result.failed.append(f"{entry.target}: {entry.message or 'build failed'}")
         serve = _serve_one(ed, eb, product, cc, entry, current.get(product))
-        if serve is None:
-            result.waiting.append(product)
-        else:
+        if serve is not None:
             result.serves.append(serve)
-    wanted = {s.deployment for s in result.serves}
+        else:
+            result.waiting.append(product)
+    _drain(ed, products, pool, owned, result, now)
+    wanted = {s.deployment for s in result.serves} | set(result.kept)
     result.delete = sorted(d.name for d in owned if d.name not in wanted)
     return result
+
+
+def _drain(ed: EngineDeployment, products: Mapping[str, str], pool: Mapping[str, str],
+           owned: list[ObservedDeployment], result: Decision, now: datetime) -> None:
+    """Keep the Deployment of each product that left the pool for ``drainAfter``; after that
+    remove it only once every other product is Ready, and never while it is the only one with
+    ready pods."""
+    before = {p.gpu_product: p for p in (ed.status.products if ed.status else [])}
+    grace = parse_duration(ed.spec.pool.drain_after)
+    serving = [d for d in owned if d.product in pool and d.ready_replicas > 0]
+    others_ready = all(d.rolled_out for d in owned if d.product in pool) and bool(serving)
+    for d in owned:
+        if d.product in pool or d.product not in products:
+            continue  # in the pool, or no longer wanted by the spec (deleted below)
+        prior = before.get(d.product)
+        since = prior.missing_since if prior and prior.missing_since else now
+        label = f"{GPU_PRODUCT_LABEL}={d.product}"
+        why = f"no node in the pool has {label} since {since.isoformat()}"
+        if now - since < grace:
+            until = (since + grace).isoformat()
+            message = f"{why}: Deployment {d.name} keeps serving until {until} at least"
+        elif not serving:
+            message = f"{why}: Deployment {d.name} is kept, no other product has ready pods"
+        elif not others_ready:
+            message = f"{why}: Deployment {d.name} is kept until every other product is Ready"
+        else:
+            continue  # drained: deleted below
+        result.kept.append(d.name)
+        cc = prior.compute_capability if prior else products.get(d.product)
+        result.missing.append(Missing(d.product, cc, d.name, since, message))
 
 
 def _conditions(ed: EngineDeployment, decision: Decision, products: list[ProductStatus],
@@ -205,6 +223,9 @@ def _conditions(ed: EngineDeployment, decision: Decision, products: list[Product
                  else "the cluster")
         return False, True, False, "NoGPUs", f"no GPU nodes in {where}"
     served = ", ".join(f"{p.gpu or p.gpu_product}: {_what(p)}" for p in products)
+    if decision.missing:
+        return False, True, False, "ProductMissing", "; ".join(
+            f"{m.product}: {m.message}" for m in decision.missing)
     if decision.failed:
         return False, False, True, "BuildFailed", "; ".join(decision.failed) + \
             f" (serving {served})"
@@ -230,10 +251,15 @@ def _events(old: list[ProductStatus], new: list[ProductStatus],
     events = []
     for p in new:
         prior = before.pop(p.gpu_product, None)
+        label = p.gpu or p.gpu_product
+        if p.missing_since and not (prior and prior.missing_since):
+            events.append(Event("Warning", "ProductMissing", f"{label}: {p.message}"))
+        elif prior is not None and prior.missing_since and not p.missing_since:
+            events.append(Event("Normal", "ProductReturned", f"{label} is in the pool again: "
+                                f"Deployment {p.deployment} serves on"))
         if prior is not None and (prior.engine_key, prior.mode, prior.deployment) == (
                 p.engine_key, p.mode, p.deployment):
             continue
-        label = p.gpu or p.gpu_product
         if p.deployment is None:
             events.append(Event("Normal", "WaitingForEngine",
                                 f"{label}: no engine ready yet; nothing is served there until "
@@ -248,9 +274,17 @@ def _events(old: list[ProductStatus], new: list[ProductStatus],
                                 f"serving {_what(p)} in Deployment {p.deployment}"))
     for product, prior in before.items():
         if prior.deployment:
-            events.append(Event("Normal", "ProductRemoved", f"{product} is no longer in the "
-                                f"pool: Deployment {prior.deployment} removed"))
+            events.append(Event("Normal", "ProductRemoved", f"{product} is no longer served: "
+                                f"Deployment {prior.deployment} removed"))
     return events
+
+
+def _memory(prior: ProductStatus | None) -> dict[str, object]:
+    """What a product's status entry remembers across passes that cannot recompute it."""
+    if prior is None:
+        return {}
+    return {"compute_capability": prior.compute_capability,
+            "missing_since": prior.missing_since, "message": prior.message}
 
 
 def summarize(ed: EngineDeployment, decision: Decision,
@@ -263,17 +297,39 @@ def summarize(ed: EngineDeployment, decision: Decision,
     products: list[ProductStatus] = []
     rolling = []
     if decision.pending:  # leave what exists as it is, and say so
+        earlier = {p.gpu_product: p for p in old.products}
         products = [ProductStatus(gpu_product=d.product, engine_key=d.engine_key,
                                   mode="engine" if d.mode == "engine" else "fallback",
-                                  deployment=d.name, ready_replicas=d.ready_replicas)
+                                  deployment=d.name, ready_replicas=d.ready_replicas,
+                                  ).model_copy(update=_memory(earlier.get(d.product)))
                     for d in by_name.values()]
     for s in decision.serves:
         seen = by_name.get(s.deployment)
         products.append(ProductStatus(
             gpu_product=s.product, gpu=s.gpu, engine_key=s.engine_key, mode=s.mode,
-            deployment=s.deployment, ready_replicas=seen.ready_replicas if seen else 0))
+            deployment=s.deployment, ready_replicas=seen.ready_replicas if seen else 0,
+            compute_capability=s.compute_capability))
         if seen is None or seen.spec_hash != hashes.get(s.deployment) or not seen.rolled_out:
             rolling.append(s.deployment)
+    missing = {m.deployment: m for m in decision.missing}
+    for name in decision.kept:
+        d = by_name.get(name)
+        if d is None:
+            continue
+        gone = missing.get(name)
+        gpu = catalogue.by_product(d.product)
+        prior = next((p for p in old.products if p.gpu_product == d.product), None)
+        products.append(ProductStatus(
+            gpu_product=d.product, gpu=gpu.name if gpu else None, engine_key=d.engine_key,
+            mode="engine" if d.mode == "engine" else "fallback", deployment=d.name,
+            ready_replicas=d.ready_replicas,
+            compute_capability=gone.compute_capability if gone else (
+                prior.compute_capability if prior else None),
+            missing_since=gone.since if gone else None,
+            message=gone.message if gone else "waiting for the EngineBuild's engine for this "
+            "product; the Deployment serves as it is meanwhile"))
+        if not gone and not d.rolled_out:
+            rolling.append(d.name)
     for product in decision.waiting:
         gpu = catalogue.by_product(product)
         products.append(ProductStatus(gpu_product=product, gpu=gpu.name if gpu else None,

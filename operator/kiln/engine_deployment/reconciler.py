@@ -4,28 +4,32 @@ acts.
 Level-based: every call recomputes from the object, the GPU nodes, the EngineBuild's status
 and the owned Deployments, so running it twice, or after a crash, changes nothing. Called
 from the work queue's threads (``kiln.handlers.workqueue``), which never run one object in
-two threads at once; a lock per object also keeps other callers from interleaving.
+two threads at once; a lock per object also keeps other callers from interleaving. It is the
+only writer of EngineDeployment status (a stall included) and writes nothing else's.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kiln import EB_PLURAL, ED_PLURAL, metrics
+from kiln import ED_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment
 from kiln.config import OperatorConfig
 from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
-from kiln.engine_deployment.plan import Decision, auto_targets, decide, served_products, summarize
-from kiln.engine_deployment.pool import GpuNode, pool_products
+from kiln.engine_deployment.plan import Decision, decide, summarize
+from kiln.errors import KilnError
 from kiln.key import short_key
 from kiln.kube import Kube
 from kiln.labels import HASH_ANNOTATION
-from kiln.status import Event
+from kiln.pool import GpuNode, pool_products
+from kiln.status import Event, merge_patch, set_conditions
 
 log = logging.getLogger(__name__)
 REAPPLY_SECONDS = 600.0
@@ -42,44 +46,31 @@ class World(Protocol):
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]: ...
 
-    def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
-        """EngineDeployments whose ``engineBuildRef`` names ``build``."""
-        ...
-
-
-def needed_products(bodies: list[Mapping[str, Any]], build: str,
-                    nodes: list[GpuNode]) -> dict[str, str]:
-    """GPU products the EngineDeployments referencing ``build`` serve on."""
-    products: dict[str, str] = {}
-    for body in bodies:
-        ed = EngineDeployment.model_validate(dict(body))
-        if ed.spec.engine_build_ref.name != build:
-            continue
-        try:
-            products |= served_products(ed, pool_products(nodes, ed.spec.pool.node_selector))
-        except KeyError:
-            continue  # an unknown GPU name: that object is stalled, it needs nothing
-    return products
-
 
 class EngineDeploymentReconciler:
-    """Holds per-object locks and what was last applied of Services and budgets."""
+    """Holds per-object locks, what was last applied of Services and budgets, and the status
+    this process last wrote."""
 
-    def __init__(self, kube: Kube, config: OperatorConfig, emit: EventSink) -> None:
+    def __init__(self, kube: Kube, config: OperatorConfig, emit: EventSink,
+                 clock: Callable[[], datetime] | None = None) -> None:
         self.kube = kube
         self.config = config
         self.emit = emit
-        self._locks: dict[tuple[str, str, str], threading.Lock] = {}
+        self.clock = clock or (lambda: datetime.now(UTC).replace(microsecond=0))
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._applied: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self._written: dict[tuple[str, str], tuple[str, str]] = {}
+        """(namespace, name) -> (uid, JSON of the status this process last wrote)."""
 
-    def _lock(self, *ref: str) -> threading.Lock:
+    def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
-            return self._locks.setdefault((ref[0], ref[1], ref[2]), threading.Lock())
+            return self._locks.setdefault((namespace, name), threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
         with self._guard:
-            self._locks.pop((ED_PLURAL, namespace, name), None)
+            self._locks.pop((namespace, name), None)
+        self._written.pop((namespace, name), None)
         for kind in ("Service", "PodDisruptionBudget"):
             self._applied.pop((kind, namespace, name), None)
         metrics.forget_engines_served(f"{namespace}/{name}")
@@ -87,11 +78,51 @@ class EngineDeploymentReconciler:
     # -- the loop --------------------------------------------------------------------------
 
     def reconcile(self, body: Mapping[str, Any], world: World) -> Decision:
-        """Bring one EngineDeployment's children, its build's auto targets and its status in
-        line with what exists."""
+        """Bring one EngineDeployment's children and its status in line with what exists; a
+        permanent error is written as ``Stalled`` (a transient one is raised for a retry)."""
         meta = body["metadata"]
-        with self._lock(ED_PLURAL, meta["namespace"], meta["name"]):
-            return self._reconcile(dict(body), world)
+        namespace, name = meta["namespace"], meta["name"]
+        with self._lock(namespace, name):
+            fresh = self._with_written_status(namespace, name, dict(body))
+            try:
+                return self._reconcile(fresh, world)
+            except KilnError as error:
+                if error.retryable:
+                    raise
+                self._stall(fresh, error)
+                return Decision(stalled=(error.reason, error.message))
+
+    def _with_written_status(self, namespace: str, name: str,
+                             body: dict[str, Any]) -> dict[str, Any]:
+        """``body`` with the status this process last wrote: an index copy can predate that
+        write, and planning from it would repeat Events and move transition times."""
+        written = self._written.get((namespace, name))
+        if written is None or written[0] != body["metadata"]["uid"]:
+            return body
+        return {**body, "status": json.loads(written[1])}
+
+    def _write_status(self, body: dict[str, Any], new: dict[str, Any]) -> None:
+        meta = body["metadata"]
+        old = body.get("status") or {}
+        if new != old:
+            self.kube.patch_status(ED_PLURAL, meta["namespace"], meta["name"],
+                                   merge_patch(new, old))
+            self._written[(meta["namespace"], meta["name"])] = (str(meta["uid"]),
+                                                                json.dumps(new))
+
+    def _stall(self, body: dict[str, Any], error: KilnError) -> None:
+        ed = EngineDeployment.model_validate(body)
+        generation = int(body["metadata"].get("generation") or 0)
+        old = ed.status.conditions if ed.status else []
+        message = f"{error.reason}: {error.message}"
+        conditions = set_conditions(old, generation=generation, ready=False, reconciling=False,
+                                    stalled=True, reason=error.reason, message=message)
+        current = body.get("status") or {}
+        new = {**current, "observedGeneration": generation,
+               "conditions": [c.to_dict() for c in conditions]}
+        if new != current:
+            self._write_status(body, new)
+            self.emit(body, Event("Warning", error.reason, error.message))
 
     def _reconcile(self, body: dict[str, Any], world: World) -> Decision:
         ed = EngineDeployment.model_validate(body)
@@ -100,14 +131,12 @@ class EngineDeploymentReconciler:
         ref = ed.spec.engine_build_ref.name
         eb_body = world.engine_build(namespace, ref)
         eb = EngineBuild.model_validate(eb_body) if eb_body else None
-        nodes = world.gpu_nodes()
         owned = [d for d in world.deployments(namespace, name) if uid in d.owner_uids]
+        pool = pool_products(world.gpu_nodes(), ed.spec.pool.node_selector)
         try:
-            products = served_products(ed, pool_products(nodes, ed.spec.pool.node_selector))
+            decision = decide(ed, eb, pool, owned, self.clock())
         except KeyError as error:
             decision = Decision(stalled=("UnknownGPU", str(error.args[0])))
-        else:
-            decision = decide(ed, eb, products, owned)
         if (ed.spec.server.kind == "triton" and not ed.spec.server.image
                 and not self.config.triton_image and not decision.stalled):
             decision = Decision(stalled=(
@@ -117,15 +146,9 @@ class EngineDeploymentReconciler:
         hashes: dict[str, str] = {}
         if eb is not None and not decision.stalled and not decision.pending:
             hashes = self._apply(ed, eb, decision, owned)
-        if eb_body is not None:
-            self.sync_auto_targets(namespace, ref, world, current=body, seen=eb_body)
         _count_served(namespace, name, decision, owned, applied=bool(hashes))
         status, events = summarize(ed, decision, owned, hashes)
-        new = status.to_dict()
-        old = body.get("status") or {}
-        if new != old:
-            self.kube.patch_status(ED_PLURAL, namespace, name,
-                                   {**{k: None for k in old if k not in new}, **new})
+        self._write_status(body, status.to_dict())
         for event in events:
             self.emit(body, event)
         return decision
@@ -154,51 +177,22 @@ class EngineDeploymentReconciler:
         return hashes
 
     def _apply_cached(self, obj: dict[str, Any]) -> None:
+        """Apply a Service or budget when it changed, or now and then (someone may have edited
+        it); what this process has not applied yet is read first, and left alone when it
+        already is what kiln renders (a restarted operator writes nothing)."""
         ref = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        digest = render.spec_hash(obj)
+        digest = obj["metadata"]["annotations"][HASH_ANNOTATION]
         before = self._applied.get(ref)
         if before and before[0] == digest and time.monotonic() - before[1] < REAPPLY_SECONDS:
             return
+        if before is None:
+            found = self.kube.read_child(*ref)
+            notes = ((found or {}).get("metadata") or {}).get("annotations") or {}
+            if notes.get(HASH_ANNOTATION) == digest:
+                self._applied[ref] = (digest, time.monotonic())
+                return
         self.kube.apply(obj)
         self._applied[ref] = (digest, time.monotonic())
-
-    # -- the EngineBuild's auto targets ----------------------------------------------------------
-
-    def sync_auto_targets(self, namespace: str, build: str, world: World, *,
-                          current: Mapping[str, Any] | None = None, gone: str | None = None,
-                          seen: Mapping[str, Any] | None = None) -> list[str] | None:
-        """Make the EngineBuild's ``status.autoTargets`` what its EngineDeployments need.
-
-        ``current`` is a fresher copy of one referencing object than the index has; ``gone``
-        the uid of one just deleted; ``seen`` the EngineBuild as the index has it (compared
-        first, so that nothing is read when nothing changes). Returns the new list, if
-        written.
-        """
-        with self._lock(EB_PLURAL, namespace, build):
-            peers = {str(b["metadata"]["uid"]): dict(b)
-                     for b in world.referencing(namespace, build)}
-            if current is not None:
-                peers[str(current["metadata"]["uid"])] = dict(current)
-            peers.pop(gone or "", None)
-            products = needed_products(list(peers.values()), build, world.gpu_nodes())
-            if seen is not None and _differs(seen, products) is None:
-                return None
-            for _ in range(4):  # compare-and-swap on the fresh object
-                body = self.kube.read_custom(EB_PLURAL, namespace, build)
-                if body is None:
-                    return None
-                wanted = _differs(body, products)
-                if wanted is None:
-                    return None
-                version = str(body["metadata"]["resourceVersion"])
-                if self.kube.patch_status_at(EB_PLURAL, namespace, build,
-                                             {"autoTargets": wanted}, version):
-                    log.info("EngineBuild %s/%s autoTargets: %s", namespace, build, wanted)
-                    self.emit(body, Event("Normal", "AutoTargets",
-                                          "GPU products served by EngineDeployments: "
-                                          + (", ".join(wanted) or "none")))
-                    return wanted
-        return None
 
 
 def _count_served(namespace: str, name: str, decision: Decision,
@@ -213,10 +207,3 @@ def _count_served(namespace: str, name: str, decision: Decision,
         if mode in counts:
             counts[mode] += 1
     metrics.set_engines_served(f"{namespace}/{name}", counts)
-
-
-def _differs(body: Mapping[str, Any], products: Mapping[str, str]) -> list[str] | None:
-    """The auto targets ``products`` need, if the EngineBuild has others; else None."""
-    eb = EngineBuild.model_validate(dict(body))
-    wanted = auto_targets(eb.spec, products)
-    return None if wanted == (eb.status.auto_targets if eb.status else []) else wanted

@@ -207,8 +207,7 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
             },
         },
     }
-    deployment["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(deployment)}
-    return deployment
+    return _hashed(deployment)
 
 
 def render_service(ed: EngineDeployment) -> dict[str, Any]:
@@ -219,13 +218,20 @@ def render_service(ed: EngineDeployment) -> dict[str, Any]:
     if ed.spec.server.kind == "triton":
         ports += [{"name": "grpc", "port": port + 1, "targetPort": "grpc"},
                   {"name": "metrics", "port": port + 2, "targetPort": "metrics"}]
-    return {"apiVersion": "v1", "kind": "Service", "metadata": _meta(ed, name, selector(name)),
-            "spec": {"type": "ClusterIP", "selector": selector(name), "ports": ports}}
+    return _hashed({"apiVersion": "v1", "kind": "Service",
+                    "metadata": _meta(ed, name, selector(name)),
+                    "spec": {"type": "ClusterIP", "selector": selector(name), "ports": ports}})
 
 
 def render_pdb(ed: EngineDeployment) -> dict[str, Any]:
     """Voluntary disruptions (drains) take one serving pod at a time."""
     name = str(ed.metadata["name"])
-    return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
-            "metadata": _meta(ed, name, selector(name)),
-            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}}
+    return _hashed({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
+                    "metadata": _meta(ed, name, selector(name)),
+                    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}})
+
+
+def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
+    """``obj`` annotated with the digest of what kiln rendered (read back to skip writes)."""
+    obj["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(obj)}
+    return obj

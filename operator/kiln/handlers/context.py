@@ -9,12 +9,10 @@ from typing import Any, cast
 
 import kopf
 
-from kiln.api import Condition
 from kiln.config import OperatorConfig
 from kiln.engine_build.reconciler import EngineBuildReconciler
-from kiln.errors import KilnError
 from kiln.kube import Kube, load_config
-from kiln.status import Event, set_conditions
+from kiln.status import Event
 
 
 @functools.cache
@@ -25,23 +23,6 @@ def config() -> OperatorConfig:
 @functools.cache
 def kube() -> Kube:
     return Kube(load_config())
-
-
-def stall(plural: str, body: dict[str, Any], error: KilnError, **extra: Any) -> None:
-    """A permanent problem before the object's own work could start: ``Stalled`` in its
-    status (plus ``extra`` status fields) and a Warning Event; nothing written if unchanged."""
-    generation = int(body["metadata"].get("generation") or 0)
-    current = body.get("status") or {}
-    old = [Condition.model_validate(c) for c in current.get("conditions") or []]
-    message = f"{error.reason}: {error.message}"
-    conditions = set_conditions(old, generation=generation, ready=False, reconciling=False,
-                                stalled=True, reason=error.reason, message=message)
-    status = {"observedGeneration": generation, **extra,
-              "conditions": [c.to_dict() for c in conditions]}
-    if {k: current.get(k) for k in status} != status:
-        meta = body["metadata"]
-        kube().patch_status(plural, meta["namespace"], meta["name"], status)
-        emit(body, Event("Warning", error.reason, error.message))
 
 
 def emit(body: dict[str, Any], event: Event) -> None:

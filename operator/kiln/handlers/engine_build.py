@@ -11,13 +11,11 @@ import kopf
 import urllib3
 
 from kiln import EB_PLURAL, GROUP, VERSION, metrics
-from kiln.api import EngineBuild
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.errors import KilnError
 from kiln.handlers import context
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
-from kiln.key import short_key
 from kiln.labels import KEY_LABEL
 
 log = logging.getLogger(__name__)
@@ -26,29 +24,19 @@ WORKERS = 8
 
 
 def _reconcile(body: dict[str, Any], indexes: Indexes, *, job_moved: bool = False) -> None:
-    """Reconcile; a transient error is retried by the sweep (Kopf does not retry events)."""
-    reconciler = context.engine_builds()
+    """Reconcile (a permanent error is written as Stalled by the reconciler); a transient
+    error is logged and tried again by the next sweep (Kopf does not retry events)."""
     ref = (body["metadata"]["namespace"], body["metadata"]["name"])
     try:
-        reconciler.reconcile(body, indexes, job_moved=job_moved)
+        context.engine_builds().reconcile(body, indexes, job_moved=job_moved)
     except KilnError as error:
-        if not error.retryable:
-            reconciler.retry.discard(ref)
-            metrics.record_reconcile_error("EngineBuild")
-            reconciler.status_written_elsewhere(*ref)
-            context.stall(EB_PLURAL, body, error, phase="Failed")
-            return
-        reconciler.retry.add(ref)
         metrics.record_reconcile_error("EngineBuild")
         log.warning("reconcile of %s/%s will be retried: %s: %s", *ref, error.reason,
                     error.message)
     except (urllib3.exceptions.HTTPError, OSError) as error:
         # The API server (or the store) unreachable: not an ApiException, still transient.
-        reconciler.retry.add(ref)
         metrics.record_reconcile_error("EngineBuild")
         log.warning("reconcile of %s/%s will be retried: unreachable: %s", *ref, error)
-    else:
-        reconciler.retry.discard(ref)
 
 
 Ref = tuple[str, str]
@@ -76,6 +64,12 @@ async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
 
 def _mark(namespace: str, name: str, job_moved: bool = False) -> None:
     _queue.add((namespace, name), job_moved)
+
+
+def mark(namespace: str, name: str) -> None:
+    """Mark an EngineBuild due (on the event loop): its EngineDeployments or pool changed."""
+    if name:
+        _mark(namespace, name)
 
 
 @kopf.on.event(GROUP, VERSION, EB_PLURAL)
@@ -111,32 +105,10 @@ async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
 
 
 def sweep(indices: dict[str, Any]) -> None:
-    """Run by the operator-wide sweep: retry each reconcile that met a transient error, and
-    re-read the weights identity where ``pollInterval`` is due (a new identity means new keys
-    and builds)."""
-    reconciler = context.engine_builds()
-    due = _queue.add_threadsafe
+    """Run by the operator-wide sweep: mark every EngineBuild due, level-based (a Job deleted
+    behind kiln's back or an event lost in a re-list is repaired within one round; a pass
+    over an object whose facts did not change makes no request). Where ``pollInterval`` is
+    due the pass re-reads the weights identity itself."""
     for ref, body in Indexes(indices).every_engine_build():
-        if body["metadata"].get("deletionTimestamp"):
-            continue
-        if ref in reconciler.retry:
-            due(ref)
-            continue
-        eb = EngineBuild.model_validate(body)
-        namespace = str(ref[0])
-        if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
-            continue
-        before = reconciler.known_identity(namespace, ref[1])
-        if before is None:  # never read (unreadable so far): a pass reads it, or stalls
-            due(ref)
-            continue
-        try:
-            after = reconciler.identity(namespace, eb, refresh=True).identity
-        except (KilnError, urllib3.exceptions.HTTPError, OSError) as error:
-            log.debug("weights of %s/%s unreadable: %s", namespace, ref[1], error)
-            due(ref)  # the reconcile reports (or schedules a retry)
-            continue
-        if after != before:
-            log.info("weights of %s/%s changed: %s -> %s", namespace, ref[1],
-                     short_key(before), short_key(after))
-            due(ref)
+        if not body["metadata"].get("deletionTimestamp"):
+            _queue.add_threadsafe((str(ref[0]), ref[1]))

@@ -1,6 +1,6 @@
 """EngineDeployment handlers: a change to an EngineDeployment, its EngineBuild, one of its
-Deployments, or the GPU nodes marks the EngineDeployments concerned due; a work queue
-reconciles them."""
+Deployments, or the GPU nodes marks the EngineDeployments concerned due (and the EngineBuilds
+whose auto targets they decide); a work queue reconciles them."""
 
 from __future__ import annotations
 
@@ -13,13 +13,13 @@ from typing import Any
 import kopf
 
 from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
-from kiln.engine_deployment.pool import GpuNode, gpu_node
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
-from kiln.handlers import context
+from kiln.handlers import context, engine_build
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import ED_LABEL
+from kiln.pool import GpuNode, gpu_node
 
 log = logging.getLogger(__name__)
 
@@ -30,14 +30,11 @@ def reconciler() -> EngineDeploymentReconciler:
 
 
 def _reconcile(body: dict[str, Any], world: Indexes) -> None:
-    """Reconcile; a transient error is logged and retried by the sweep (Kopf does not retry
-    events)."""
+    """Reconcile (a permanent error is written as Stalled by the reconciler); a transient
+    error is logged and retried by the sweep (Kopf does not retry events)."""
     try:
         reconciler().reconcile(body, world)
     except KilnError as error:
-        if not error.retryable:
-            context.stall(ED_PLURAL, body, error)
-            return
         log.warning("reconcile of %s/%s will be retried: %s: %s",
                     body["metadata"]["namespace"], body["metadata"]["name"], error.reason,
                     error.message)
@@ -72,18 +69,31 @@ def _mark(ed: Mapping[str, Any]) -> None:
     _queue.add((ed["metadata"]["namespace"], ed["metadata"]["name"]))
 
 
+def _build_of(ed: Mapping[str, Any]) -> str:
+    return str((ed.get("spec") or {}).get("engineBuildRef", {}).get("name", ""))
+
+
+_refs: dict[str, tuple[str, str]] = {}
+"""The EngineBuild each EngineDeployment (by uid) referenced when last seen, so that a changed
+reference also marks the EngineBuild it left (the sweep would find it within a resync)."""
+
+
 @kopf.on.event(GROUP, VERSION, ED_PLURAL)
 async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
-                                    **kwargs: Any) -> None:
-    """Any change of an EngineDeployment marks it due; a deleted one gives up its auto
-    targets (its children go with it: they are owned)."""
+                                    **_: Any) -> None:
+    """Any change of an EngineDeployment marks it due, and the EngineBuilds it references and
+    referenced (their auto targets follow what EngineDeployments need); a deleted one is
+    forgotten (its children go with it: they are owned)."""
     meta = body["metadata"]
+    namespace, ref = str(meta["namespace"]), _build_of(body)
+    before = _refs.pop(meta["uid"], None)
+    if before is not None and before != (namespace, ref):
+        engine_build.mark(*before)
+    engine_build.mark(namespace, ref)
     if event["type"] == "DELETED":
-        ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
-        reconciler().forget(meta["namespace"], meta["name"])
-        await asyncio.to_thread(reconciler().sync_auto_targets, meta["namespace"], ref,
-                                Indexes(kwargs), gone=meta["uid"])
+        reconciler().forget(namespace, meta["name"])
         return
+    _refs[meta["uid"]] = (namespace, ref)
     if not meta.get("deletionTimestamp"):
         _mark(body)
 
@@ -125,6 +135,7 @@ async def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str,
     log.info("GPU node %s %s", name, "gone" if node is None else f"is {node.product}")
     for ed in Indexes(kwargs).every():
         _mark(ed)
+        engine_build.mark(str(ed["metadata"]["namespace"]), _build_of(ed))
 
 
 def sweep(indices: dict[str, Any]) -> None:

@@ -16,8 +16,8 @@ from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
-from kiln.engine_deployment.pool import GpuNode, gpu_node
 from kiln.labels import ED_LABEL, KEY_LABEL
+from kiln.pool import GpuNode, gpu_node
 
 
 def lean(body: kopf.Body) -> dict[str, Any]:

@@ -24,8 +24,9 @@ Sweep = Callable[[dict[str, Any]], None]
 
 def schedule() -> list[tuple[Sweep, float]]:
     """What runs, and how often."""
-    return [(engine_build.sweep, context.config().weights_check_seconds),
-            (engine_deployment.sweep, context.config().resync_seconds)]
+    config = context.config()
+    return [(engine_build.sweep, min(config.weights_check_seconds, config.resync_seconds)),
+            (engine_deployment.sweep, config.resync_seconds)]
 
 
 async def run_forever(indices: dict[str, Any], sweeps: list[tuple[Sweep, float]]) -> None:

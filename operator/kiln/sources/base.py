@@ -22,8 +22,9 @@ class WeightsIdentity:
     kind: str
     """``s3``, ``hf`` or ``pvc``."""
     details: dict[str, Any] = field(default_factory=dict)
-    """For people and logs: s3 ``objects``/``bytes``; hf ``repo``/``revision``/``sha``; pvc
-    ``path``/``revision``."""
+    """For people and logs: s3 ``objects``/``bytes``, ``newest`` (when the newest object was
+    written, epoch seconds) and ``uploading`` (multipart uploads in progress); hf
+    ``repo``/``revision``/``sha``; pvc ``path``/``revision``."""
 
 
 def digest_of(kind: str, listing: Any) -> str:

@@ -29,25 +29,42 @@ class S3Source:
         self.bucket, self.prefix = s3client.parse_uri(self.uri)
         self.client = s3client.client(credentials, endpoint_url)
 
-    def _listing(self) -> list[dict[str, Any]]:
+    def _listing(self, modified: list[float] | None = None) -> list[dict[str, Any]]:
+        """(name, size, ETag) of every object; their write times go to ``modified``."""
         objects = []
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=self.prefix):
-                objects += [{"key": o["Key"][len(self.prefix):], "size": o["Size"],
-                             "etag": o["ETag"].strip('"')} for o in page.get("Contents", [])
-                            if not o["Key"].endswith("/")]
+                for o in page.get("Contents", []):
+                    if o["Key"].endswith("/"):
+                        continue
+                    objects.append({"key": o["Key"][len(self.prefix):], "size": o["Size"],
+                                    "etag": o["ETag"].strip('"')})
+                    if modified is not None:
+                        modified.append(o["LastModified"].timestamp())
         except Exception as error:
             raise s3client.translate(error, f"list the weights under {self.uri}") from error
         if not objects:
             raise NotFound(f"no weights under {self.uri} (the prefix holds no objects)")
         return sorted(objects, key=lambda o: o["key"])
 
+    def _uploading(self) -> int:
+        """Multipart uploads in progress under the prefix (a large file still arriving)."""
+        try:
+            found = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
+        except Exception as error:
+            raise s3client.translate(error, f"list the uploads under {self.uri}") from error
+        return len(found.get("Uploads") or [])
+
     def identity(self) -> WeightsIdentity:
-        """sha256 over the sorted (name, size, ETag) listing; nothing is downloaded."""
-        listing = self._listing()
+        """sha256 over the sorted (name, size, ETag) listing; nothing is downloaded. The
+        details say when the newest object was written and how many uploads are in progress
+        (whether the weights hold still)."""
+        modified: list[float] = []
+        listing = self._listing(modified)
         return WeightsIdentity(digest_of("s3", listing), "s3", {
-            "objects": len(listing), "bytes": sum(o["size"] for o in listing)})
+            "objects": len(listing), "bytes": sum(o["size"] for o in listing),
+            "newest": max(modified), "uploading": self._uploading()})
 
     def download(self, dest_dir: Path, *, progress: Progress | None = None) -> WeightsIdentity:
         """Fetch every object; an object replaced meanwhile (its ETag no longer matches) or a

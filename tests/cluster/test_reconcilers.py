@@ -1,0 +1,257 @@
+"""Both reconcilers called directly, without Kopf, against the test bed's apiserver and moto's
+S3 (the kubebuilder practice): a pass makes what exists match; a second pass changes nothing
+and writes nothing; a fresh reconciler (an operator restarted) changes nothing either, even
+after the weights moved behind a pin."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from cluster.test_crds_admission import install_crds
+from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
+from kiln.config import OperatorConfig
+from kiln.dev.testbed import checkpoint
+from kiln.dev.testbed.cluster import Cluster
+from kiln.engine_build.jobs import ObservedJob, observe
+from kiln.engine_build.reconciler import EngineBuildReconciler
+from kiln.engine_deployment.deployments import ObservedDeployment
+from kiln.engine_deployment.deployments import observe as observe_deployment
+from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
+from kiln.kube import Kube, load_config
+from kiln.labels import ED_LABEL, KEY_LABEL
+from kiln.pool import GpuNode, gpu_node
+from kiln.status import Event
+from waiting import eventually
+
+pytestmark = pytest.mark.cluster
+WRITES = ("create_job", "set_job_owners", "delete_job", "patch_status", "apply",
+          "delete_deployment", "post_event")
+
+
+class Recording(Kube):
+    """The real adapter, counting the calls that write."""
+
+    def __init__(self) -> None:
+        super().__init__(load_config())
+        self.writes: list[str] = []
+        self._lock = threading.Lock()
+
+    def __getattribute__(self, name: str) -> Any:
+        attr = super().__getattribute__(name)
+        if name in WRITES:
+            def counted(*args: Any, **kwargs: Any) -> Any:
+                with self._lock:
+                    self.writes.append(name)
+                return attr(*args, **kwargs)
+            return counted
+        return attr
+
+
+class ApiWorld:
+    """What the indexes would hold, read from the apiserver now."""
+
+    def __init__(self, kube: Cluster) -> None:
+        self.batch = client.BatchV1Api(kube.api_client)
+        self.apps = client.AppsV1Api(kube.api_client)
+        self.core = client.CoreV1Api(kube.api_client)
+        self.custom = client.CustomObjectsApi(kube.api_client)
+        self.api = kube.api_client
+
+    def _jobs(self) -> list[ObservedJob]:
+        items = self.batch.list_job_for_all_namespaces(label_selector=KEY_LABEL).items
+        return [observe(self.api.sanitize_for_serialization(j)) for j in items]
+
+    def by_key(self, namespace: str, key: str) -> ObservedJob | None:
+        items = self.batch.list_namespaced_job(namespace, label_selector=KEY_LABEL).items
+        found = [observe(self.api.sanitize_for_serialization(j)) for j in items]
+        return next((j for j in found if j.key == key), None)
+
+    def owned_by(self, uid: str) -> list[ObservedJob]:
+        return [j for j in self._jobs() if uid in j.owner_uids]
+
+    def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
+        items = self.custom.list_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                          ED_PLURAL)["items"]
+        return [i for i in items if i["spec"]["engineBuildRef"]["name"] == build]
+
+    def gpu_nodes(self) -> list[GpuNode]:
+        nodes = [gpu_node(self.api.sanitize_for_serialization(n))
+                 for n in self.core.list_node().items]
+        return [n for n in nodes if n is not None]
+
+    def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
+        return get(self.custom, namespace, EB_PLURAL, name)
+
+    def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
+        items = self.apps.list_namespaced_deployment(
+            namespace, label_selector=f"{ED_LABEL}={owner}").items
+        return [observe_deployment(self.api.sanitize_for_serialization(d)) for d in items]
+
+
+def get(custom: Any, namespace: str, plural: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = custom.get_namespaced_custom_object(GROUP, VERSION, namespace,
+                                                              plural, name)
+    return obj
+
+
+@pytest.fixture
+def adapter(kube: Cluster, monkeypatch: pytest.MonkeyPatch) -> Recording:
+    monkeypatch.setenv("KUBECONFIG", str(kube.kubeconfig))
+    install_crds(kube)
+    return Recording()
+
+
+@pytest.fixture
+def weights(s3_client: Any, bucket: str, tmp_path: Path) -> str:
+    return checkpoint.upload(s3_client, checkpoint.write(tmp_path / "ckpt"), bucket, "llama/")
+
+
+def config(s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> OperatorConfig:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    return OperatorConfig(default_store="s3://engines-reconcilers/", rebuild_settle="0s")
+
+
+def emitted() -> tuple[list[Event], Any]:
+    events: list[Event] = []
+    return events, lambda body, event: events.append(event)
+
+
+def test_engine_build_reconciler_is_a_fixed_point_across_a_restart(
+        kube: Cluster, namespace: str, adapter: Recording, weights: str, s3_client: Any,
+        bucket: str, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3_client.create_bucket(Bucket="engines-reconcilers")
+    world = ApiWorld(kube)
+    world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, EB_PLURAL, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EngineBuild",
+        "metadata": {"name": "llama"},
+        # No node matches: the Job's pod stays Pending, the facts hold still between passes.
+        "spec": {"model": {"source": weights},
+                 "targets": [{"nodeSelector": {"testbed.kiln.dev/pool": "nowhere"},
+                              "computeCapability": "9.0"}],
+                 "build": {"backend": "pytorch"}, "rebuild": {"onWeightChange": False}}})
+    events, emit = emitted()
+    first = EngineBuildReconciler(adapter, config(s3_endpoint, monkeypatch), emit)
+
+    plan = first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
+    assert plan is not None and len(plan.create) == 1
+    assert adapter.writes.count("create_job") == 1 and "patch_status" in adapter.writes
+    key = plan.status.engines[0].key
+    assert world.by_key(namespace, key or "") is not None
+    assert [e.reason for e in events] == ["BuildStarted"]
+
+    adapter.writes.clear()
+    first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
+    assert adapter.writes == [], "a second pass over the same facts writes nothing"
+
+    # The weights move behind the pin; the operator restarts (a fresh reconciler).
+    s3_client.put_object(Bucket=bucket, Key="llama/tokenizer_config.json", Body=b"{}")
+    restarted = EngineBuildReconciler(adapter, config(s3_endpoint, monkeypatch), emit)
+    plan = restarted.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
+    assert plan is not None and plan.status.engines[0].key == key, "the pin held"
+    assert adapter.writes == [], "a restarted operator rewrites nothing"
+    assert len(events) == 1
+
+
+def test_engine_deployment_reconciler_is_a_fixed_point_across_a_restart(
+        kube: Cluster, namespace: str, adapter: Recording) -> None:
+    world = ApiWorld(kube)
+    key = "d" * 64
+    world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, EB_PLURAL, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EngineBuild",
+        "metadata": {"name": "llama"},
+        "spec": {"model": {"source": "s3://models/llama/"}, "targets": [{"gpu": "H100-SXM"}]}})
+    world.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, EB_PLURAL,
+                                                       "llama", {"status": {"engines": [{
+        "target": "H100-SXM", "gpuProduct": "NVIDIA-H100-80GB-HBM3",
+        "computeCapability": "9.0", "key": key, "state": "Ready",
+        "uri": f"s3://engines/engines/{key}/"}]}})
+    world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, ED_PLURAL, {
+        "apiVersion": f"{GROUP}/{VERSION}", "kind": "EngineDeployment",
+        "metadata": {"name": "chat"},
+        "spec": {"engineBuildRef": {"name": "llama"}, "gpu": "H100-SXM", "replicas": 1}})
+    events, emit = emitted()
+    first = EngineDeploymentReconciler(adapter, OperatorConfig(), emit)
+
+    first.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
+    assert adapter.writes.count("apply") == 3  # the Deployment, the Service, the budget
+    (deployment,) = world.deployments(namespace, "chat")
+    assert deployment.engine_key == key
+    # The Deployment controller and kwok move it along; a pass then reports that.
+    eventually(lambda: all(d.rolled_out for d in world.deployments(namespace, "chat")) or None,
+               timeout=60)
+    first.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
+    status = get(world.custom, namespace, ED_PLURAL, "chat")["status"]
+    assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
+
+    adapter.writes.clear()
+    first.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
+    assert adapter.writes == [], "a second pass over the same facts writes nothing"
+
+    restarted = EngineDeploymentReconciler(adapter, OperatorConfig(), emit)
+    restarted.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
+    assert adapter.writes == [], "a restarted operator rewrites nothing"
+    assert [e.reason for e in events] == ["ServingEngine"]
+
+
+class Interleaved(Recording):
+    """Runs ``meanwhile`` once, between this reconciler's read of a Job and what it does next:
+    another EngineBuild acting on the same Job at the worst moment."""
+
+    def __init__(self, job: str, meanwhile: Any) -> None:
+        super().__init__()
+        self.job, self.meanwhile = job, meanwhile
+
+    def read_job(self, namespace: str, name: str) -> dict[str, Any] | None:
+        found = super().read_job(namespace, name)
+        if name == self.job and self.meanwhile is not None:
+            run, self.meanwhile = self.meanwhile, None
+            run()
+        return found
+
+
+def test_a_job_released_while_another_build_joins_it_is_kept_for_the_joiner(
+        kube: Cluster, namespace: str, adapter: Recording, weights: str, s3_client: Any,
+        s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    s3_client.create_bucket(Bucket="engines-reconcilers")
+    world = ApiWorld(kube)
+
+    def build(name: str, batch: int) -> dict[str, Any]:
+        return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "EngineBuild",
+                "metadata": {"name": name},
+                "spec": {"model": {"source": weights},
+                         "targets": [{"nodeSelector": {"testbed.kiln.dev/pool": "nowhere"},
+                                      "computeCapability": "9.0"}],
+                         "build": {"backend": "pytorch", "maxBatchSize": batch}}}
+
+    conf = config(s3_endpoint, monkeypatch)
+    _, emit = emitted()
+    world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, EB_PLURAL,
+                                                 build("a", 8))
+    plan = EngineBuildReconciler(adapter, conf, emit).reconcile(
+        get(world.custom, namespace, EB_PLURAL, "a"), world)
+    assert plan is not None
+    key = plan.status.engines[0].key or ""
+    job = world.by_key(namespace, key)
+    assert job is not None
+    # A moves to another key (it releases the Job) just as B, which wants the key, joins.
+    world.custom.patch_namespaced_custom_object(GROUP, VERSION, namespace, EB_PLURAL, "a",
+                                                {"spec": {"build": {"maxBatchSize": 16}}})
+    world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, EB_PLURAL,
+                                                 build("b", 8))
+
+    def join() -> None:
+        EngineBuildReconciler(adapter, conf, emit).reconcile(
+            get(world.custom, namespace, EB_PLURAL, "b"), world)
+
+    releasing = Interleaved(job.name, join)
+    EngineBuildReconciler(releasing, conf, emit).reconcile(
+        get(world.custom, namespace, EB_PLURAL, "a"), world)
+    kept = world.by_key(namespace, key)
+    b_uid = get(world.custom, namespace, EB_PLURAL, "b")["metadata"]["uid"]
+    assert kept is not None, "the Job B joined was deleted under it"
+    assert kept.owner_uids == (b_uid,)

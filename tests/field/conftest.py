@@ -1,0 +1,89 @@
+"""Field tests: the cluster doing what production clusters do every day (labels lost for a
+moment, Jobs deleted by hand, operators killed, weights replaced or still uploading), against
+a control plane of their own (they relabel its nodes and kill its operator), the operator as a
+real process with the chart's RBAC, builders run locally (the real ``kiln-builder``)."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import boto3
+import pytest
+from kubernetes import client
+
+from chart.support import install_rbac
+from e2e.support import ROOT, Operator
+from kiln.dev.testbed import checkpoint as checkpoints
+from kiln.dev.testbed.cluster import Cluster, free_port, running
+from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
+
+ENGINES, MODELS = "field-engines", "field-models"
+RESYNC_SECONDS = 2
+BASELINE_ENV = "KILN_FIELD_OPERATOR_PATH"
+"""Set to another tree's ``operator/`` to run these tests against that operator: how a field
+test is watched failing before the fix it proves."""
+
+
+@pytest.fixture(scope="session")
+def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
+    """Overrides the suite's cluster: these tests relabel its nodes and kill its operator."""
+    with running(tmp_path_factory.mktemp("field-cluster")) as cluster:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        for name in ("enginebuilds.kiln.dev", "enginedeployments.kiln.dev"):
+            cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}",
+                            "--timeout=60s")
+        yield cluster
+
+
+@pytest.fixture(scope="session")
+def buckets(s3_endpoint: str) -> None:
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for name in (ENGINES, MODELS):
+        s3.create_bucket(Bucket=name)
+    s3.put_bucket_versioning(Bucket=MODELS, VersioningConfiguration={"Status": "Enabled"})
+
+
+@pytest.fixture(scope="session")
+def operator(kube: Cluster, s3_endpoint: str, buckets: None,
+             tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
+    """``kiln run`` with exactly the rights the chart gives it, resyncing every 2 s."""
+    client.CoreV1Api(kube.api_client).create_namespace({"metadata": {"name": "kiln-system"}})
+    kubeconfig, _ = install_rbac(kube, "kiln-system", "kiln")
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(kubeconfig),
+        "AWS_ENDPOINT_URL": s3_endpoint,
+        "KILN_DEFAULT_STORE": f"s3://{ENGINES}/",
+        "KILN_BUILDER_IMAGE": "kiln-builder:field",
+        "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": s3_endpoint}),
+        "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
+        "KILN_WEIGHTS_CHECK_SECONDS": str(RESYNC_SECONDS),
+        "KILN_RESYNC_SECONDS": str(RESYNC_SECONDS),
+        "KILN_REBUILD_SETTLE": "0s",
+        "KILN_METRICS_PORT": str(free_port()),
+    }
+    if os.environ.get(BASELINE_ENV):
+        env["PYTHONPATH"] = os.environ[BASELINE_ENV]
+    op = Operator(kube, env, tmp_path_factory.mktemp("field-operator") / "kiln.log")
+    op.start()
+    yield op
+    op.stop()
+
+
+@pytest.fixture(scope="session")
+def builders(kube: Cluster, s3_endpoint: str) -> Iterator[LocalProcessRunner]:
+    runner = LocalProcessRunner(kube.api_client, extra_env={"AWS_ENDPOINT_URL": s3_endpoint})
+    with runner:
+        yield runner
+
+
+@pytest.fixture
+def weights(s3_client: Any, buckets: None, namespace: str, tmp_path: Path) -> str:
+    """A tiny real checkpoint of the test's own (engines are content-addressed)."""
+    seed = int.from_bytes(os.urandom(4), "big")
+    return checkpoints.upload(s3_client, checkpoints.write(tmp_path / "ckpt", seed=seed),
+                              MODELS, f"{namespace}/llama/")
