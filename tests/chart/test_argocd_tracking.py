@@ -47,7 +47,7 @@ def rendered_job(config: OperatorConfig) -> dict[str, Any]:
     return render.render_job(
         namespace=meta["namespace"], owner_name=meta["name"], owner_uid=meta["uid"],
         spec=eb.spec, want=Want(target, KEY, f"s3://e/engines/{KEY}/"), image="builder:1",
-        task_json="{}", pod_failure_policy={"rules": []}, config=config)
+        task_json="{}", config=config)
 
 
 def test_the_job_has_only_kilns_labels_and_annotations() -> None:

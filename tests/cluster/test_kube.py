@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 
 from kiln.dev.testbed.cluster import Cluster
-from kiln.errors import AccessDenied, Unavailable
+from kiln.errors import AccessDenied
 from kiln.kube import Kube
 from kiln.kubeapi import Client, from_kubeconfig
 
@@ -48,11 +48,8 @@ def test_jobs_created_read_reowned_and_deleted(kube: Cluster, namespace: str) ->
         for _ in range(20):
             job = api.read_job(namespace, "j")
             assert job is not None
-            try:
-                api.set_job_owners(namespace, "j", owners, job["metadata"]["resourceVersion"])
-            except Unavailable as error:
-                if "409" not in str(error):
-                    raise
+            if not api.set_job_owners(namespace, "j", owners,
+                                      job["metadata"]["resourceVersion"]):
                 continue
             job = api.read_job(namespace, "j")
             assert job is not None
@@ -63,10 +60,16 @@ def test_jobs_created_read_reowned_and_deleted(kube: Cluster, namespace: str) ->
     # One owner leaves: the list is replaced (a strategic merge would have kept both).
     job = set_owners(two[1:])
     assert [r["name"] for r in job["metadata"]["ownerReferences"]] == ["b"]
-    with pytest.raises(Exception, match="409"):  # compare-and-swap on a stale version
-        api.set_job_owners(namespace, "j", two, "1")
-    api.delete_job(namespace, "j")
-    api.delete_job(namespace, "j")  # gone already: fine
+    assert api.set_job_owners(namespace, "j", two, "1") is False  # a stale version: refused
+    stale = api.read_job(namespace, "j")
+    assert stale is not None
+    meta = stale["metadata"]
+    # A delete preconditioned on a uid and version that moved on is refused, not done.
+    assert api.delete_job(namespace, "j", uid=meta["uid"], resource_version="1") is False
+    assert api.read_job(namespace, "j") is not None
+    assert api.delete_job(namespace, "j", uid=meta["uid"],
+                          resource_version=meta["resourceVersion"]) is True
+    assert api.delete_job(namespace, "j") is True  # gone already: fine
     assert api.job_pods(namespace, "j") == []
 
 

@@ -8,7 +8,6 @@ import pytest
 
 from kiln.api import EngineBuildSpec
 from kiln.config import OperatorConfig
-from kiln.contract.exitcodes import pod_failure_policy
 from kiln.dev.testbed.cluster import Cluster
 from kiln.engine_build.plan import Want
 from kiln.engine_build.render import render_job
@@ -32,7 +31,7 @@ def test_the_apiserver_takes_the_job_as_rendered(kube: Cluster, namespace: str, 
     job = render_job(namespace=namespace, owner_name="llama",
                      owner_uid="00000000-0000-0000-0000-000000000001", spec=spec,
                      want=Want(target, KEY, engine_uri), image="builder:1", task_json="{}",
-                     pod_failure_policy=pod_failure_policy(), config=OperatorConfig())
+                     config=OperatorConfig())
     api = Client(from_kubeconfig(str(kube.kubeconfig)))
     made: dict[str, Any] = api.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs",
                                        job, query={"dryRun": "All"})

@@ -265,7 +265,8 @@ def restore_pools(kube: Cluster) -> Iterator[None]:
 def test_hardware_change_builds_for_a_new_pool_and_drops_a_removed_one(
         kube: Cluster, namespace: str, weights: str) -> None:
     create(kube, namespace, engine_build("llama", weights),
-           engine_deployment("chat", "llama", gpu="auto", replicas=1))
+           engine_deployment("chat", "llama", gpu="auto", replicas=1,
+                             pool={"drainAfter": "5s"}))
 
     def serving_products(*wanted: str) -> dict[str, Any] | None:
         status = ed_ready(kube, namespace, "chat")
@@ -303,4 +304,5 @@ def test_hardware_change_builds_for_a_new_pool_and_drops_a_removed_one(
     assert not any(t.startswith(A100) for t in auto)
     events = core.list_namespaced_event(
         namespace, field_selector="involvedObject.name=chat").items
+    assert any(e.reason == "ProductMissing" and "A100" in e.message for e in events)
     assert any(e.reason == "ProductRemoved" and A100 in e.message for e in events)
