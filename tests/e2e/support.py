@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import boto3
 from kubernetes import client
 
 from kiln import GROUP, VERSION
-from kiln.dev.testbed.cluster import Cluster
+from kiln.dev.testbed.cluster import Cluster, running
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -42,6 +45,25 @@ class Operator:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+
+@contextlib.contextmanager
+def cluster_of_its_own(state: Path) -> Iterator[Cluster]:
+    """A test bed with kiln's CRDs Established, for tests that break their cluster."""
+    with running(state) as cluster:
+        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
+        for name in ("enginebuilds.kiln.dev", "enginedeployments.kiln.dev"):
+            cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}",
+                            "--timeout=60s")
+        yield cluster
+
+
+def create_buckets(s3_endpoint: str, engines: str, models: str) -> None:
+    """An engine store bucket, and a versioned bucket for weights."""
+    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
+    for name in (engines, models):
+        s3.create_bucket(Bucket=name)
+    s3.put_bucket_versioning(Bucket=models, VersioningConfiguration={"Status": "Enabled"})
 
 
 def custom(kube: Cluster) -> client.CustomObjectsApi:

@@ -14,34 +14,26 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import boto3
 import pytest
 
 from builder.faults import S3Proxy
-from e2e.support import ROOT, Operator
+from e2e.support import Operator, cluster_of_its_own, create_buckets
 from faults.support import ENGINES, MODELS, Switch
 from kiln.dev.testbed import checkpoint as checkpoints
-from kiln.dev.testbed.cluster import Cluster, running
+from kiln.dev.testbed.cluster import Cluster
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
 
 
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Overrides the suite's cluster: the fault tests break theirs."""
-    with running(tmp_path_factory.mktemp("faults-cluster")) as cluster:
-        cluster.kubectl("apply", "--server-side", "-f", str(ROOT / "crds"))
-        for name in ("enginebuilds.kiln.dev", "enginedeployments.kiln.dev"):
-            cluster.kubectl("wait", "--for=condition=Established", f"crd/{name}",
-                            "--timeout=60s")
+    with cluster_of_its_own(tmp_path_factory.mktemp("faults-cluster")) as cluster:
         yield cluster
 
 
 @pytest.fixture(scope="session")
 def buckets(s3_endpoint: str) -> None:
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, region_name="us-east-1")
-    for name in (ENGINES, MODELS):
-        s3.create_bucket(Bucket=name)
-    s3.put_bucket_versioning(Bucket=MODELS, VersioningConfiguration={"Status": "Enabled"})
+    create_buckets(s3_endpoint, ENGINES, MODELS)
 
 
 @pytest.fixture(scope="session")

@@ -12,7 +12,6 @@ object also keeps other callers from interleaving. It is the only writer of Engi
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -36,7 +35,7 @@ from kiln.key import engine_key, short_key
 from kiln.kube import Kube
 from kiln.pool import GpuNode, auto_targets, needed_products
 from kiln.sources import WeightsIdentity, WeightSource, open_source
-from kiln.status import Event, merge_patch
+from kiln.status import Event, WrittenStatus
 from kiln.store import EngineStore, open_store
 from kiln.targets import effective
 
@@ -121,8 +120,8 @@ class EngineBuildReconciler:
         self._reads: dict[tuple[Any, ...], _Read] = {}
         self._created: dict[tuple[str, str], tuple[ObservedJob, float]] = {}
         """Jobs this process created or joined, until the index shows them."""
-        self._written: dict[tuple[str, str], tuple[str, str]] = {}
-        """(namespace, name) -> (uid, JSON of the status this process last wrote)."""
+        self.written = WrittenStatus(
+            lambda namespace, name, patch: kube.patch_status(EB_PLURAL, namespace, name, patch))
         self._reread_for: set[tuple[str, str]] = set()
         """Failed Jobs (namespace, name) whose ``WeightsChanged`` made a re-read already."""
 
@@ -133,7 +132,7 @@ class EngineBuildReconciler:
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is cached for a deleted object."""
         self._identities.pop((namespace, name), None)
-        self._written.pop((namespace, name), None)
+        self.written.forget(namespace, name)
         with self._locks_guard:
             self._locks.pop((namespace, name), None)
 
@@ -293,7 +292,7 @@ class EngineBuildReconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         with self._lock((namespace, name)):
-            fresh = self._with_written_status(namespace, name, dict(body))
+            fresh = self.written.overlay(dict(body))
             eb = EngineBuild.model_validate(fresh)
             try:
                 return self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, world,
@@ -303,30 +302,10 @@ class EngineBuildReconciler:
                     raise
                 metrics.record_reconcile_error("EngineBuild")
                 status, events = stalled(eb, error.reason, error.message)
-                self._write_status(fresh, status.to_dict())
+                self.written.write(fresh, status.to_dict())
                 for event in events:
                     self.emit(fresh, event)
                 return None
-
-    def _with_written_status(self, namespace: str, name: str,
-                             body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` with the status this process last wrote, if it has: a copy from an index
-        can predate that write (a Job event overtaking the EngineBuild's own), and planning
-        from it would write old transition times again and repeat Events. Only kiln writes
-        this status."""
-        written = self._written.get((namespace, name))
-        if written is None or written[0] != body["metadata"]["uid"]:
-            return body
-        return {**body, "status": json.loads(written[1])}
-
-    def _write_status(self, body: dict[str, Any], status: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        current = body.get("status") or {}
-        if status != current:
-            self.kube.patch_status(EB_PLURAL, meta["namespace"], meta["name"],
-                                   merge_patch(status, current))
-            self._written[(meta["namespace"], meta["name"])] = (str(meta["uid"]),
-                                                                json.dumps(status))
 
     def _auto_targets(self, namespace: str, name: str, eb: EngineBuild,
                       world: BuildWorld) -> list[str]:
@@ -397,7 +376,7 @@ class EngineBuildReconciler:
                              exists=seen is not None and want.key not in replaced)
         for job in result.release:
             self._release(namespace, job, uid)
-        self._write_status(body, result.status.to_dict())
+        self.written.write(body, result.status.to_dict())
         for event in result.events:
             self.emit(body, event)
         _record(uid, result)
@@ -408,7 +387,7 @@ class EngineBuildReconciler:
         """No identity accepted yet and the weights still move: say so, build nothing."""
         status, events = stalled(eb, "WeightsSettling", why, settling=True,
                                  auto_targets=auto)
-        self._write_status(body, status.to_dict())
+        self.written.write(body, status.to_dict())
         for event in events:
             self.emit(body, event)
         return Plan(status=status)

@@ -10,7 +10,6 @@ only writer of EngineDeployment status (a stall included) and writes nothing els
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -29,7 +28,7 @@ from kiln.key import short_key
 from kiln.kube import Kube
 from kiln.labels import HASH_ANNOTATION
 from kiln.pool import GpuNode, pool_products
-from kiln.status import Event, merge_patch, set_conditions
+from kiln.status import Event, WrittenStatus, set_conditions
 
 log = logging.getLogger(__name__)
 REAPPLY_SECONDS = 600.0
@@ -60,8 +59,8 @@ class EngineDeploymentReconciler:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._applied: dict[tuple[str, str, str], tuple[str, float]] = {}
-        self._written: dict[tuple[str, str], tuple[str, str]] = {}
-        """(namespace, name) -> (uid, JSON of the status this process last wrote)."""
+        self.written = WrittenStatus(
+            lambda namespace, name, patch: kube.patch_status(ED_PLURAL, namespace, name, patch))
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -70,7 +69,7 @@ class EngineDeploymentReconciler:
     def forget(self, namespace: str, name: str) -> None:
         with self._guard:
             self._locks.pop((namespace, name), None)
-        self._written.pop((namespace, name), None)
+        self.written.forget(namespace, name)
         for kind in ("Service", "PodDisruptionBudget"):
             self._applied.pop((kind, namespace, name), None)
         metrics.forget_engines_served(f"{namespace}/{name}")
@@ -83,7 +82,7 @@ class EngineDeploymentReconciler:
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         with self._lock(namespace, name):
-            fresh = self._with_written_status(namespace, name, dict(body))
+            fresh = self.written.overlay(dict(body))
             try:
                 return self._reconcile(fresh, world)
             except KilnError as error:
@@ -91,24 +90,6 @@ class EngineDeploymentReconciler:
                     raise
                 self._stall(fresh, error)
                 return Decision(stalled=(error.reason, error.message))
-
-    def _with_written_status(self, namespace: str, name: str,
-                             body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` with the status this process last wrote: an index copy can predate that
-        write, and planning from it would repeat Events and move transition times."""
-        written = self._written.get((namespace, name))
-        if written is None or written[0] != body["metadata"]["uid"]:
-            return body
-        return {**body, "status": json.loads(written[1])}
-
-    def _write_status(self, body: dict[str, Any], new: dict[str, Any]) -> None:
-        meta = body["metadata"]
-        old = body.get("status") or {}
-        if new != old:
-            self.kube.patch_status(ED_PLURAL, meta["namespace"], meta["name"],
-                                   merge_patch(new, old))
-            self._written[(meta["namespace"], meta["name"])] = (str(meta["uid"]),
-                                                                json.dumps(new))
 
     def _stall(self, body: dict[str, Any], error: KilnError) -> None:
         ed = EngineDeployment.model_validate(body)
@@ -120,8 +101,7 @@ class EngineDeploymentReconciler:
         current = body.get("status") or {}
         new = {**current, "observedGeneration": generation,
                "conditions": [c.to_dict() for c in conditions]}
-        if new != current:
-            self._write_status(body, new)
+        if self.written.write(body, new):
             self.emit(body, Event("Warning", error.reason, error.message))
 
     def _reconcile(self, body: dict[str, Any], world: World) -> Decision:
@@ -148,7 +128,7 @@ class EngineDeploymentReconciler:
             hashes = self._apply(ed, eb, decision, owned)
         _count_served(namespace, name, decision, owned, applied=bool(hashes))
         status, events = summarize(ed, decision, owned, hashes)
-        self._write_status(body, status.to_dict())
+        self.written.write(body, status.to_dict())
         for event in events:
             self.emit(body, event)
         return decision
