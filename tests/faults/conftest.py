@@ -20,6 +20,7 @@ import pytest
 from builder.faults import S3Proxy
 from e2e.support import ROOT, Operator
 from faults.support import ENGINES, MODELS, Switch
+from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
@@ -70,6 +71,8 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None, store_proxy: S3Prox
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_METRICS_PORT": "0",
+        "KILN_SIGNING_KEY_FILE": str(signing.write_key(
+            tmp_path_factory.mktemp("signing") / "key.pem")),
     }
     op = Operator(kube, env, tmp_path_factory.mktemp("faults-operator") / "kiln.log")
     op.start()

@@ -107,6 +107,39 @@ class Resources(KilnModel):
     """What the scheduler reserves, e.g. ``{memory: 160Gi, cpu: 8}``."""
 
 
+class Capabilities(KilnModel):
+    """Linux capabilities of a container."""
+
+    add: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=32)
+    """Capabilities to add (kiln drops ``ALL`` by default)."""
+    drop: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list,
+                                                             max_length=32)
+    """Capabilities to drop; empty: ``ALL``."""
+
+
+class SeccompProfile(KilnModel):
+    """The seccomp profile of a container."""
+
+    type: Literal["RuntimeDefault", "Localhost", "Unconfined"] = "RuntimeDefault"
+    localhost_profile: str | None = Field(default=None, max_length=256)
+
+
+class SecurityContext(KilnModel):
+    """Overrides of the restricted security context kiln gives its pods (non-root UID 10001,
+    ``RuntimeDefault`` seccomp, no capabilities, no privilege escalation), for images that need
+    more. Each field set here wins over kiln's; see docs/security.md."""
+
+    run_as_user: int | None = Field(default=None, ge=0, le=2147483647)
+    run_as_group: int | None = Field(default=None, ge=0, le=2147483647)
+    run_as_non_root: bool | None = None
+    fs_group: int | None = Field(default=None, ge=0, le=2147483647)
+    """The pod's ``fsGroup`` (owner group of its volumes)."""
+    allow_privilege_escalation: bool | None = None
+    read_only_root_filesystem: bool | None = None
+    capabilities: Capabilities | None = None
+    seccomp_profile: SeccompProfile | None = None
+
+
 class Condition(KilnModel):
     """A kstatus condition: ``Ready``, ``Reconciling`` or ``Stalled``."""
 

@@ -27,6 +27,7 @@ from kiln import GROUP, VERSION
 from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.dev import signing
 from kiln.dev.testbed.s3 import moto_server
 from kiln.key import short_key
 
@@ -48,7 +49,8 @@ def _operator(cluster: Cluster, endpoint: str, log: Path) -> Iterator[subprocess
     env = {**os.environ, "KUBECONFIG": str(cluster.kubeconfig), "AWS_ENDPOINT_URL": endpoint,
            "KILN_DEFAULT_STORE": "s3://engines/", "KILN_METRICS_PORT": "0",
            "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": endpoint}),
-           "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"})}
+           "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
+           "KILN_SIGNING_KEY_FILE": str(signing.write_key(log.parent / "signing-key.pem"))}
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "kiln.cli", "run"], env=env,
                                    stdout=out, stderr=subprocess.STDOUT,

@@ -21,19 +21,21 @@ from typing import Any, Protocol
 from kiln import EB_PLURAL, metrics
 from kiln.api import EngineBuild, parse_duration
 from kiln.config import OperatorConfig
+from kiln.contract import provenance
 from kiln.contract.manifest import Manifest
 from kiln.contract.task import BuildTask
 from kiln.contract.termination import Failure
-from kiln.engine_build import render
+from kiln.engine_build import render, signing
 from kiln.engine_build.jobs import ObservedJob, failure_from_pod, job_name, observe
 from kiln.engine_build.plan import Plan, Want, plan
-from kiln.errors import KilnError
+from kiln.errors import ImageNotAllowed, KilnError, Untrusted
 from kiln.key import engine_key, short_key
 from kiln.kube import Kube
 from kiln.sources import WeightSource, open_source
 from kiln.status import Event, merge_patch
 from kiln.store import EngineStore, open_store
 from kiln.targets import effective
+from kiln.trust import Trust
 
 log = logging.getLogger(__name__)
 CREATED_GRACE_SECONDS = 30.0
@@ -85,6 +87,9 @@ class EngineBuildReconciler:
         self._locks_guard = threading.Lock()
         self._identities: dict[tuple[str, str], _Identity] = {}
         self._manifests: dict[tuple[str, str], Manifest] = {}
+        """Verified (signed) manifests; verified again after ``config.verify_seconds``."""
+        self._verified_at: dict[tuple[str, str], float] = {}
+        self.trust = Trust.from_config(config)
         self._absent: dict[tuple[str, str, str], str] = {}
         """(store, key, namespace) -> the Job that was building when no manifest was there."""
         self._stores: dict[str, EngineStore] = {}
@@ -204,21 +209,89 @@ class EngineBuildReconciler:
         not looked for again until the Job finishes (it is what writes the manifest): the
         status changes of a running Job cost no store reads.
         """
-        if (uri, key) in self._manifests:
+        if (uri, key) in self._manifests and not self.verify_due(uri, key):
             return self._manifests[(uri, key)]
+        self._manifests.pop((uri, key), None)
         building = job.name if job is not None and job.state == "Active" else None
         if (trust_absent and building is not None
                 and self._absent.get((uri, key, namespace)) == building):
             return None
         self._absent.pop((uri, key, namespace), None)
-        manifest = self._store(uri).read_manifest(key)
+        manifest = self._trusted(uri, key)
         if manifest is not None:
             self._manifests[(uri, key)] = manifest
+            self._verified_at[(uri, key)] = time.monotonic()
         elif building is not None:
             if len(self._absent) >= MAX_ABSENT:  # Jobs deleted mid-build leave entries
                 self._absent.clear()
             self._absent[(uri, key, namespace)] = building
         return manifest
+
+    def verify_due(self, uri: str, key: str) -> bool:
+        """Whether a verified engine's signature is to be read again (it may be replaced)."""
+        at = self._verified_at.get((uri, key))
+        return at is None or time.monotonic() - at >= self.config.verify_seconds
+
+    def verification_due(self, eb: EngineBuild) -> bool:
+        """Whether an engine the object reports Ready or Cached is due to be verified again."""
+        for entry in eb.status.engines if eb.status else []:
+            suffix = f"engines/{entry.key}/"
+            if (entry.state in ("Ready", "Cached") and entry.uri and entry.key
+                    and entry.uri.endswith(suffix)
+                    and self.verify_due(entry.uri[:-len(suffix)], entry.key)):
+                return True
+        return False
+
+    def _trusted(self, uri: str, key: str) -> Manifest | None:
+        """The stored manifest if a trusted key signed exactly it (an unsigned or foreign one
+        counts as absent); signed again with the current key when only an older one did."""
+        store = self._store(uri)
+        manifest_bytes = store.read_manifest_bytes(key)
+        if manifest_bytes is None:
+            return None
+        envelope = store.read_envelope(key)
+        try:
+            verified = self.trust.verify(key, manifest_bytes, envelope)
+        except Untrusted as why:
+            log.info("engine %s in %s does not count: %s", short_key(key), uri, why.message)
+            return None
+        signer = self.trust.signer
+        if signer is not None and envelope is not None and self.trust.keyid not in verified.keyids:
+            store.write_envelope(key, provenance.add_signature(envelope, signer))
+            log.info("engine %s re-signed with the current key %s", short_key(key),
+                     signer.public_key.keyid[:12])
+        return verified.manifest
+
+    def _sign_built(self, uri: str, want: Want, job: ObservedJob, namespace: str,
+                    image: str) -> tuple[Manifest | None, bool]:
+        """Sign the engine the key's own Job (succeeded) wrote; (manifest, foreign): foreign
+        when the store holds a manifest that Job did not write (build again)."""
+        body = self.kube.read_job(namespace, job.name)
+        if body is None:
+            return None, False
+        problem = signing.kiln_job_problem(body, want.key, image)
+        if problem is not None:
+            log.warning("not signing engine %s: Job %s/%s is not kiln's: %s",
+                        short_key(want.key), namespace, job.name, problem)
+            return None, True
+        report = signing.built(body, self.kube.job_pods(namespace, job.name))
+        store = self._store(uri)
+        manifest_bytes = store.read_manifest_bytes(want.key)
+        if report is None:  # found the engine, or said nothing: it wrote no manifest of its own
+            return None, manifest_bytes is not None
+        found = signing.signable(want.key, manifest_bytes, report)
+        if isinstance(found, str):
+            log.warning("not signing engine %s: %s", short_key(want.key), found)
+            return None, manifest_bytes is not None
+        signer = self.trust.signer
+        if signer is None or manifest_bytes is None:
+            return None, False
+        store.write_envelope(want.key, provenance.sign(manifest_bytes, found, report.job, signer))
+        log.info("signed engine %s built by Job %s/%s (uid %s) with key %s", short_key(want.key),
+                 namespace, job.name, report.job.uid, signer.public_key.keyid[:12])
+        self._manifests[(uri, want.key)] = found
+        self._verified_at[(uri, want.key)] = time.monotonic()
+        return found, False
 
     def _failure(self, namespace: str, job: ObservedJob) -> Failure | None:
         ref = (namespace, job.name)
@@ -260,9 +333,10 @@ class EngineBuildReconciler:
 
     def _reconcile(self, namespace: str, name: str, uid: str, eb: EngineBuild,
                    body: dict[str, Any], jobs: JobLookup, job_moved: bool) -> Plan:
+        image = eb.spec.toolchain.image or self.config.builder_image
+        _check_image(self.config, image)
         weights = self.identity(namespace, eb)
         store = self.store_uri(eb)
-        image = eb.spec.toolchain.image or self.config.builder_image
         auto = eb.status.auto_targets if eb.status else []
         wants = []
         for target in effective(eb.spec, auto):
@@ -273,12 +347,19 @@ class EngineBuildReconciler:
         observed = {w.key: j for w in wants if (j := self._job(jobs, namespace, w.key))}
         manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
                                            trust_absent=job_moved) for w in wants}
+        foreign = set()
+        for want in wants:
+            job = observed.get(want.key)
+            if manifests[want.key] is None and job is not None and job.state == "Succeeded":
+                manifests[want.key], stray = self._sign_built(store, want, job, namespace, image)
+                if stray:
+                    foreign.add(want.key)
         owned = {j.key: j for j in jobs.owned_by(uid)}
         failures = {k: f for k, j in observed.items()
                     if j.state == "Failed" and (f := self._failure(namespace, j))}
         result = plan(eb, wants, identity=weights.identity, checked_at=weights.checked_at,
                       manifests=manifests, jobs={**owned, **observed}, failures=failures,
-                      uid=uid)
+                      uid=uid, foreign=frozenset(foreign))
         for job in result.replace:
             log.info("deleting failed Job %s/%s to build engine %s again", namespace,
                      job.name, short_key(job.key))
@@ -331,7 +412,7 @@ class EngineBuildReconciler:
         job = render.render_job(
             namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
             image=image, task_json=task.to_json(),
-            config=self.config)
+            config=self.config, trusted_keys=self.trust.bundle)
         if not exists and self.kube.create_job(job):
             metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")
             log.info("created Job %s/%s for engine %s", namespace, job_name(want.key),
@@ -365,6 +446,15 @@ class EngineBuildReconciler:
             log.info("deleting Job %s/%s: no EngineBuild wants engine %s any more",
                      namespace, job.name, short_key(job.key))
             self.kube.delete_job(namespace, job.name)
+
+
+def _check_image(config: OperatorConfig, image: str) -> None:
+    """``ImageNotAllowed`` (the EngineBuild stalls, no Job is created) for a builder image
+    outside the operator's allowed list."""
+    if not config.image_allowed(image):
+        raise ImageNotAllowed(
+            f"builder image {image} is not allowed: the operator's allowed builder images "
+            f"(KILN_ALLOWED_BUILDER_IMAGES) are {', '.join(config.allowed_builder_images)}")
 
 
 def _record(uid: str, result: Plan) -> None:

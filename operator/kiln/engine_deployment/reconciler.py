@@ -26,6 +26,7 @@ from kiln.key import short_key
 from kiln.kube import Kube
 from kiln.labels import HASH_ANNOTATION
 from kiln.status import Event
+from kiln.trust import Trust
 
 log = logging.getLogger(__name__)
 REAPPLY_SECONDS = 600.0
@@ -72,6 +73,7 @@ class EngineDeploymentReconciler:
         self._locks: dict[tuple[str, str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._applied: dict[tuple[str, str, str], tuple[str, float]] = {}
+        self.trust = Trust.from_config(config)
 
     def _lock(self, *ref: str) -> threading.Lock:
         with self._guard:
@@ -82,6 +84,7 @@ class EngineDeploymentReconciler:
             self._locks.pop((ED_PLURAL, namespace, name), None)
         for kind in ("Service", "PodDisruptionBudget"):
             self._applied.pop((kind, namespace, name), None)
+        self._applied.pop(("ConfigMap", namespace, f"{name}-kiln-trust"), None)
         metrics.forget_engines_served(f"{namespace}/{name}")
 
     # -- the loop --------------------------------------------------------------------------
@@ -136,6 +139,7 @@ class EngineDeploymentReconciler:
         namespace = str(ed.metadata["namespace"])
         current = {d.name: d for d in owned}
         hashes = {}
+        self._apply_cached(render.render_trust(ed, self.trust.bundle))
         for serve in decision.serves:
             deployment = render.render_deployment(ed, eb, serve, self.config)
             digest = deployment["metadata"]["annotations"][HASH_ANNOTATION]

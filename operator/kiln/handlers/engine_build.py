@@ -124,6 +124,9 @@ def sweep(indices: dict[str, Any]) -> None:
             continue
         eb = EngineBuild.model_validate(body)
         namespace = str(ref[0])
+        if reconciler.verification_due(eb):  # an engine's signature is read again
+            due(ref)
+            continue
         if not eb.spec.rebuild.on_weight_change or not reconciler.poll_due(namespace, eb):
             continue
         before = reconciler.known_identity(namespace, ref[1])
