@@ -73,6 +73,9 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None, store_proxy: S3Prox
         "KILN_METRICS_PORT": "0",
         "KILN_SIGNING_KEY_FILE": str(signing.write_key(
             tmp_path_factory.mktemp("signing") / "key.pem")),
+        "KILN_VERIFY_SECONDS": "10",
+        "KILN_RESYNC_SECONDS": "5",
+        "KILN_ALLOWED_BUILDER_IMAGES": json.dumps(["kiln-builder", "registry.test/kiln/"]),
     }
     op = Operator(kube, env, tmp_path_factory.mktemp("faults-operator") / "kiln.log")
     op.start()
