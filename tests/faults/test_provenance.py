@@ -195,8 +195,8 @@ def test_a_rotated_key_keeps_old_engines_serving_until_re_signed(
         # Rotation, step 1: sign with the new key, the old public key still listed.
         _restart(operator, KILN_SIGNING_KEY_FILE=str(new_file),
                  KILN_TRUSTED_KEYS_FILE=str(tmp_path / "old.pem"))
-        eventually(lambda: old_pem.strip() in _trust(kube, namespace, "chat")
-                   and len(provenance.public_keys(_trust(kube, namespace, "chat"))) == 2
+        eventually(lambda: (old_pem.strip() in _trust(kube, namespace, "chat")
+                   and len(provenance.public_keys(_trust(kube, namespace, "chat"))) == 2)
                    or None, timeout=60)
         done = fetch(kube, deployment, tmp_path / "during")
         assert done.code == exitcodes.OK, done.log
@@ -208,8 +208,8 @@ def test_a_rotated_key_keeps_old_engines_serving_until_re_signed(
 
         # Step 2: the old public key removed. The re-signed engine serves as it is.
         _restart(operator, KILN_TRUSTED_KEYS_FILE=None)
-        eventually(lambda: len(provenance.public_keys(_trust(kube, namespace, "chat"))) == 1
-                   and old_pem.strip() not in _trust(kube, namespace, "chat") or None,
+        eventually(lambda: (len(provenance.public_keys(_trust(kube, namespace, "chat"))) == 1
+                   and old_pem.strip() not in _trust(kube, namespace, "chat")) or None,
                    timeout=60)
         done = fetch(kube, deployment, tmp_path / "after")
         assert done.code == exitcodes.OK, done.log

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from securesystemslib.signer import CryptoSigner
 
 from kiln.contract import exitcodes, provenance
