@@ -83,6 +83,10 @@ def test_a_users_deployment_of_kilns_name_is_left_alone(
         "spec": {"replicas": 0, "selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels},
                               "spec": {"containers": [{"name": "app", "image": "busybox"}]}}}})
+    # Once the Deployment controller has written its status, nothing else writes it.
+    eventually(lambda: apps.read_namespaced_deployment(name, namespace).status.observed_generation
+               or None, timeout=30)
+    time.sleep(2)
     before = apps.read_namespaced_deployment(name, namespace)
     create(kube, namespace, engine_build("llama", weights))
     create_ed(kube, namespace, engine_deployment("chat", "llama"))
@@ -100,6 +104,7 @@ def test_a_users_deployment_of_kilns_name_is_left_alone(
     after = apps.read_namespaced_deployment(name, namespace)
     assert after.metadata.resource_version == before.metadata.resource_version
     assert after.metadata.owner_references is None
+    assert "kiln" not in {f.manager for f in after.metadata.managed_fields or []}
     assert after.spec.template.spec.containers[0].image == "busybox"
     assert stalled() is not None
 

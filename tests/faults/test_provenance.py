@@ -26,6 +26,7 @@ from kiln.dev import signing
 from kiln.dev.testbed.cluster import Cluster
 from kiln.dev.testbed.localproc import LocalProcessRunner
 from kiln.key import key_inputs, key_of
+from kiln.labels import KEY_ANNOTATION
 from kiln.sources import open_source
 from kiln.store import EngineStore, open_store
 from kiln.targets import effective
@@ -218,6 +219,16 @@ def test_a_rotated_key_keeps_old_engines_serving_until_re_signed(
         with pytest.raises(provenance.Untrusted):
             provenance.verify(key_b, store.read_manifest_bytes(key_b), store.read_envelope(key_b),
                               [new_key])
+        # (Its Job gone too: a kiln Job that built the key, still there, would let the operator
+        # sign the same manifest again instead of building it.)
+        batch = client.BatchV1Api(kube.api_client)
+        for job in batch.list_namespaced_job(namespace).items:
+            if job.metadata.annotations.get(KEY_ANNOTATION) == key_b:
+                batch.delete_namespaced_job(job.metadata.name, namespace,
+                                            propagation_policy="Background")
+        eventually(lambda: not [j for j in batch.list_namespaced_job(namespace).items
+                                if j.metadata.annotations.get(KEY_ANNOTATION) == key_b],
+                   timeout=30)
         create(kube, namespace, engine_build("b", weights, max_batch_size=9))
         rebuilt = eventually(lambda: engine(kube, namespace, "b"), timeout=120)
         assert (rebuilt["key"], rebuilt["state"]) == (key_b, "Ready")  # built, not Cached
