@@ -50,6 +50,7 @@ import boto3
 from kubernetes import client, watch
 
 from kiln import GROUP, VERSION
+from kiln.dev import signing
 from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
@@ -263,7 +264,8 @@ class Bench:
                "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
                "KILN_METRICS_PORT": "0",
                # the bench's checkpoint is uploaded whole just before: no upload to wait out
-               "KILN_REBUILD_SETTLE": "0s"}
+               "KILN_REBUILD_SETTLE": "0s",
+               "KILN_SIGNING_KEY_FILE": str(signing.write_key(log.parent / "signing-key.pem"))}
         self.operator = subprocess.Popen(
             [sys.executable, "-m", "kiln.cli", "run"], env=env, stdout=log.open("ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)

@@ -78,6 +78,27 @@ class OperatorConfig:
     """Extra plain environment for that init container, e.g. ``AWS_ENDPOINT_URL``
     (``KILN_SERVE_ENV``, a JSON object; unset: ``KILN_BUILD_ENV``'s)."""
 
+    signing_key_file: str | None = None
+    """PEM private key the operator signs engines' provenance with, from a Secret the chart
+    creates or the user provides (``KILN_SIGNING_KEY_FILE``); unset: nothing is signed, so no
+    engine is served."""
+    trusted_keys_file: str | None = None
+    """PEM public keys trusted besides the signing key's own, e.g. the previous key during a
+    rotation (``KILN_TRUSTED_KEYS_FILE``)."""
+    verify_seconds: float = 600.0
+    """How long a verified engine counts before its manifest and signature are read again
+    (``KILN_VERIFY_SECONDS``)."""
+    allowed_builder_images: tuple[str, ...] = ()
+    """Image prefixes (ending in ``/``, ``:`` or ``@``, or a whole repository) or digests
+    (``sha256:...``) EngineBuilds may use; empty: any (``KILN_ALLOWED_BUILDER_IMAGES``, a JSON
+    list or comma-separated)."""
+
+    def image_allowed(self, image: str) -> bool:
+        """Whether ``image`` matches ``allowed_builder_images`` (always, when that is empty)."""
+        if not self.allowed_builder_images:
+            return True
+        return any(_image_matches(image, entry) for entry in self.allowed_builder_images)
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
@@ -99,4 +120,30 @@ class OperatorConfig:
             fetch_image=env.get("KILN_FETCH_IMAGE") or DEFAULT_FETCH_IMAGE,
             serve_env=_json_map(env.get("KILN_SERVE_ENV") or env.get("KILN_BUILD_ENV"),
                                 "KILN_SERVE_ENV"),
+            signing_key_file=env.get("KILN_SIGNING_KEY_FILE") or None,
+            trusted_keys_file=env.get("KILN_TRUSTED_KEYS_FILE") or None,
+            verify_seconds=float(env.get("KILN_VERIFY_SECONDS", "600")),
+            allowed_builder_images=_list(env.get("KILN_ALLOWED_BUILDER_IMAGES")),
         )
+
+
+def _list(text: str | None) -> tuple[str, ...]:
+    """A JSON list of strings, or comma-separated words."""
+    text = (text or "").strip()
+    if text.startswith("["):
+        value = json.loads(text)
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ValueError(f"expected a JSON list of strings, got {text!r}")
+        return tuple(v.strip() for v in value if v.strip())
+    return tuple(v.strip() for v in text.split(",") if v.strip())
+
+
+def _image_matches(image: str, entry: str) -> bool:
+    """A digest entry matches an image pinned to it; a prefix entry matches images under it
+    (an entry not ending in ``/``, ``:`` or ``@`` is a whole repository: ``repo``, ``repo:tag``
+    and ``repo@digest`` match it, ``repo-other`` does not)."""
+    if entry.startswith("sha256:"):
+        return image.endswith("@" + entry)
+    if entry.endswith(("/", ":", "@")):
+        return image.startswith(entry)
+    return image == entry or (image.startswith(entry) and image[len(entry)] in ":@")

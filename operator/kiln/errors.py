@@ -90,3 +90,15 @@ class VerifyFailed(KilnError):
     """The built result is incomplete or inconsistent with the task."""
 
     retryable = True
+
+
+class Untrusted(KilnError):
+    """An engine's manifest is unsigned, signed by no trusted key, or not what was signed."""
+
+
+class NameTaken(KilnError):
+    """An object kiln would create exists and is not kiln's: kiln leaves it alone."""
+
+
+class ImageNotAllowed(KilnError):
+    """A builder image outside the operator's allowed list."""

@@ -13,13 +13,17 @@ from typing import Any
 import urllib3
 
 from kiln import GROUP, VERSION
-from kiln.errors import AccessDenied, KilnError, NotFound, Unavailable
+from kiln.errors import AccessDenied, KilnError, NameTaken, NotFound, Unavailable
 from kiln.kubeapi import ApiError, Client, load
 
 log = logging.getLogger(__name__)
 MERGE = "application/merge-patch+json"
 APPLY = "application/apply-patch+yaml"  # JSON is YAML
 BACKGROUND = {"propagationPolicy": "Background"}
+_BASES = {"Deployment": "/apis/apps/v1", "Service": "/api/v1",
+          "PodDisruptionBudget": "/apis/policy/v1", "ConfigMap": "/api/v1"}
+_PLURALS = {"Deployment": "deployments", "Service": "services",
+            "PodDisruptionBudget": "poddisruptionbudgets", "ConfigMap": "configmaps"}
 
 
 def load_config() -> Client:
@@ -38,13 +42,6 @@ def translate(error: ApiError, what: str) -> KilnError:
 
 def _jobs(namespace: str) -> str:
     return f"/apis/batch/v1/namespaces/{namespace}/jobs"
-
-
-def _child(kind: str, namespace: str, name: str) -> str:
-    base, plural = {"Deployment": ("/apis/apps/v1", "deployments"),
-                    "Service": ("/api/v1", "services"),
-                    "PodDisruptionBudget": ("/apis/policy/v1", "poddisruptionbudgets")}[kind]
-    return f"{base}/namespaces/{namespace}/{plural}/{name}"
 
 
 def _custom(plural: str, namespace: str, name: str) -> str:
@@ -137,25 +134,55 @@ class Kube:
     # -- serving (EngineDeployment): server-side apply of children, EngineBuild reads ---------
 
     def apply(self, obj: dict[str, Any], manager: str = "kiln") -> None:
-        """Server-side apply a Deployment, Service or PodDisruptionBudget (kiln's fields win)."""
+        """Create a Deployment, Service, PodDisruptionBudget or ConfigMap, or server-side apply
+        it (kiln's fields win) when it carries ``obj``'s owner reference already. Never adopts:
+        an object of that name without it is someone else's, left as it is (``NameTaken``)."""
         meta = obj["metadata"]
         namespace, name, kind = meta["namespace"], meta["name"], obj["kind"]
-        try:
-            self.api.request("PATCH", _child(kind, namespace, name), obj,
-                             query={"fieldManager": manager, "force": "true"},
-                             content_type=APPLY)
-        except ApiError as error:
-            raise translate(error, f"apply {kind} {namespace}/{name}") from error
+        path = f"{_BASES[kind]}/namespaces/{namespace}/{_PLURALS[kind]}"
+        owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")),
+                     None)
+        for _ in range(2):  # created by someone else between the read and the create: again
+            existing = self._read(f"{path}/{name}", f"read {kind} {namespace}/{name}")
+            if existing is None:
+                try:
+                    self.api.request("POST", path, obj, query={"fieldManager": manager})
+                    return
+                except ApiError as error:
+                    if error.status == 409:
+                        continue
+                    raise translate(error, f"create {kind} {namespace}/{name}") from error
+            uids = {r.get("uid") for r in existing["metadata"].get("ownerReferences") or []}
+            if owner is None or owner["uid"] not in uids:
+                whose = f"{owner['kind']} {owner['name']}" if owner else "kiln"
+                raise NameTaken(
+                    f"{kind} {namespace}/{name} exists and is not {whose}'s (no owner reference "
+                    f"to it): kiln changes nothing of it; delete or rename it, or rename the "
+                    f"{owner['kind'] if owner else 'object'}")
+            body = {**obj, "metadata": {**meta,
+                                        "resourceVersion": existing["metadata"]["resourceVersion"]}}
+            try:
+                self.api.request("PATCH", f"{path}/{name}", body,
+                                 query={"fieldManager": manager, "force": "true"},
+                                 content_type=APPLY)
+            except ApiError as error:
+                raise translate(error, f"apply {kind} {namespace}/{name}") from error
+            return
+        raise Unavailable(f"{kind} {namespace}/{name} keeps appearing and disappearing")
 
-    def read_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """A Deployment, Service or PodDisruptionBudget as it is now, or None."""
+    def _read(self, path: str, what: str) -> dict[str, Any] | None:
         try:
-            obj: dict[str, Any] = self.api.request("GET", _child(kind, namespace, name))
+            found: dict[str, Any] = self.api.request("GET", path)
         except ApiError as error:
             if error.status == 404:
                 return None
-            raise translate(error, f"read {kind} {namespace}/{name}") from error
-        return obj
+            raise translate(error, what) from error
+        return found
+
+    def read_child(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+        """A Deployment, Service, PodDisruptionBudget or ConfigMap as it is now, or None."""
+        return self._read(f"{_BASES[kind]}/namespaces/{namespace}/{_PLURALS[kind]}/{name}",
+                          f"read {kind} {namespace}/{name}")
 
     def delete_deployment(self, namespace: str, name: str) -> None:
         try:

@@ -7,11 +7,14 @@ import json
 import shutil
 
 import pytest
+from securesystemslib.signer import CryptoSigner
 
 from builder.faults import OnFirstDownload, Outage, S3Proxy
 from builder.support import Bed, failed
-from kiln.contract import exitcodes
+from kiln.contract import exitcodes, provenance
+from kiln.contract.manifest import Manifest
 from kiln.dev.testbed import checkpoint as checkpoints
+from kiln.store import open_store
 
 
 def test_pytorch_build_lands_in_the_store_with_a_matching_manifest(bed: Bed, bucket: str) -> None:
@@ -49,10 +52,27 @@ def test_pytorch_build_lands_in_the_store_with_a_matching_manifest(bed: Bed, buc
     assert summary["versions"]["kiln"]
     assert set(summary["seconds"]) >= {"download", "build", "upload", "total"}
 
+    assert summary["upload"] == manifest["upload"]
+    assert summary["manifestSha256"] == hashlib.sha256(
+        bed.s3.get_object(Bucket=bed.store_bucket, Key=prefix + "manifest.json")["Body"]
+        .read()).hexdigest()
+
+    # Unsigned, the engine does not count: a second run builds it again, and replaces it.
     again = bed.run(task)
     assert again.code == 0, again.log
-    assert again.termination["cached"] is True
-    assert bed.keys(prefix) == stored
+    assert again.termination["cached"] is False
+    assert "does not count: engine" in again.log
+    # Signed by the operator (with a key the builder trusts), it is found and not rebuilt.
+    store = open_store(f"s3://{bed.store_bucket}/", endpoint_url=bed.endpoint)
+    data = store.read_manifest_bytes(task.key)
+    assert data is not None
+    signer = CryptoSigner.generate_ecdsa()
+    store.write_envelope(task.key, provenance.sign(
+        data, Manifest.model_validate_json(data), provenance.JobRef("ns", "job", "uid"), signer))
+    cached = bed.run(task, KILN_TRUSTED_KEYS=provenance.public_pem(signer))
+    assert cached.code == 0, cached.log
+    assert cached.termination["cached"] is True
+    assert "manifestSha256" not in cached.termination
 
 
 def test_unreadable_source(bed: Bed) -> None:

@@ -30,7 +30,7 @@ REACHED: dict[str, set[str]] = {
                 "WeightsChanged", "Unavailable", "OutOfDisk", "GPUUnavailable", "ToolFailed",
                 "VerifyFailed"},
     "fetcher": {"InvalidTask", "InvalidInput", "NotFound", "AccessDenied", "GPUMismatch",
-                "Unavailable", "IntegrityError"},
+                "Unavailable", "IntegrityError", "Untrusted"},
 }
 """The failure classes the tests below drive each program into (some in test_cli.py and
 tests/fetcher/test_fetch_engine.py)."""

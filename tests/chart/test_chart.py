@@ -132,7 +132,11 @@ def test_defaults_leave_optional_settings_unset() -> None:
     env = env_of(render())
     assert "KILN_DEFAULT_STORE" not in env
     assert "KILN_STORE_SECRET" not in env
-    assert OperatorConfig.from_env(env) == OperatorConfig()
+    # Two defaults on purpose (docs/security.md): a signing key from the chart's Secret, and
+    # only the default builder repository allowed.
+    assert OperatorConfig.from_env(env) == OperatorConfig(
+        signing_key_file="/etc/kiln/signing/key.pem",
+        allowed_builder_images=("ghcr.io/kiln-dev/kiln-builder",))
 
 
 def test_every_setting_the_operator_reads_is_set_by_the_chart() -> None:

@@ -9,7 +9,7 @@ import pytest
 from kubernetes import client
 
 from kiln.dev.testbed.cluster import Cluster
-from kiln.errors import AccessDenied
+from kiln.errors import AccessDenied, NameTaken
 from kiln.kube import Kube
 from kiln.kubeapi import Client, from_kubeconfig
 
@@ -82,18 +82,39 @@ def test_service_account_token_and_access_denied(kube: Cluster, namespace: str) 
 
 def test_server_side_apply_keeps_others_fields(kube: Cluster, namespace: str) -> None:
     api = _admin(kube)
+    core = client.CoreV1Api(kube.api_client)
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+           "uid": owner.metadata.uid, "controller": True}
+
     def service(app: str) -> dict[str, object]:
         return {"apiVersion": "v1", "kind": "Service",
-                "metadata": {"name": "s", "namespace": namespace},
+                "metadata": {"name": "s", "namespace": namespace, "ownerReferences": [ref]},
                 "spec": {"selector": {"app": app}, "ports": [{"port": 80, "name": "http"}]}}
 
     api.apply(service("a"))
-    core = client.CoreV1Api(kube.api_client)
     core.patch_namespaced_service("s", namespace, {"metadata": {"labels": {"mine": "yes"}}})
     api.apply(service("b"))
     made = core.read_namespaced_service("s", namespace)
     assert made.spec.selector == {"app": "b"} and made.metadata.labels == {"mine": "yes"}
     assert any(f.manager == "kiln" for f in made.metadata.managed_fields)
+
+
+def test_apply_never_adopts_someone_elses_object(kube: Cluster, namespace: str) -> None:
+    core = client.CoreV1Api(kube.api_client)
+    owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})
+    theirs = core.create_namespaced_service(namespace, {
+        "metadata": {"name": "s"}, "spec": {"selector": {"app": "theirs"},
+                                             "ports": [{"port": 80}]}})
+    ours = {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "s", "namespace": namespace, "ownerReferences": [{
+                "apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+                "uid": owner.metadata.uid, "controller": True}]},
+            "spec": {"selector": {"app": "ours"}, "ports": [{"port": 80}]}}
+    with pytest.raises(NameTaken, match=f"Service {namespace}/s exists and is not ConfigMap"):
+        _admin(kube).apply(ours)
+    after = core.read_namespaced_service("s", namespace)
+    assert after.metadata.resource_version == theirs.metadata.resource_version
 
 
 def test_an_event_names_its_object_and_says_why(kube: Cluster, namespace: str) -> None:

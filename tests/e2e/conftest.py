@@ -14,6 +14,7 @@ from kubernetes import client
 
 from chart.support import install_rbac
 from e2e.support import ROOT, Operator
+from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.dev.testbed.cluster import Cluster, free_port
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
@@ -47,7 +48,9 @@ def operator_kubeconfig(kube: Cluster, crds: None) -> Path:
 
 @pytest.fixture(scope="session")
 def operator_env(kube: Cluster, s3_endpoint: str, engines_bucket: str,
-                 operator_kubeconfig: Path) -> dict[str, str]:
+                 operator_kubeconfig: Path,
+                 tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    key = signing.write_key(tmp_path_factory.mktemp("signing") / "key.pem")
     return {
         **os.environ,
         "KUBECONFIG": str(operator_kubeconfig),
@@ -60,6 +63,8 @@ def operator_env(kube: Cluster, s3_endpoint: str, engines_bucket: str,
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_RESYNC_SECONDS": "2",
         "KILN_REBUILD_SETTLE": "0s",  # the tests' weights are uploaded just before
+        "KILN_SIGNING_KEY_FILE": str(key),
+        "KILN_VERIFY_SECONDS": "2",
     }
 
 

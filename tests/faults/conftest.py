@@ -19,6 +19,7 @@ import pytest
 from builder.faults import S3Proxy
 from e2e.support import Operator, cluster_of_its_own, create_buckets
 from faults.support import ENGINES, MODELS, Switch
+from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.dev.testbed.cluster import Cluster
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
@@ -63,6 +64,11 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None, store_proxy: S3Prox
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_REBUILD_SETTLE": "0s",  # the tests' weights are uploaded just before
         "KILN_METRICS_PORT": "0",
+        "KILN_SIGNING_KEY_FILE": str(signing.write_key(
+            tmp_path_factory.mktemp("signing") / "key.pem")),
+        "KILN_VERIFY_SECONDS": "10",
+        "KILN_RESYNC_SECONDS": "5",
+        "KILN_ALLOWED_BUILDER_IMAGES": json.dumps(["kiln-builder", "registry.test/kiln/"]),
     }
     op = Operator(kube, env, tmp_path_factory.mktemp("faults-operator") / "kiln.log")
     op.start()

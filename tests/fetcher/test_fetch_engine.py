@@ -10,26 +10,41 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from securesystemslib.signer import CryptoSigner
 
-from kiln.contract import exitcodes
+from kiln.contract import exitcodes, provenance
+from kiln.contract.manifest import Manifest
 from kiln.contract.termination import parse_failure
 from kiln.fetcher import main as fetch
-from kiln.store import open_store
+from kiln.key import key_of
+from kiln.store import EngineStore, open_store
 
-KEY = "7" * 64
+INPUTS = {"computeCapability": "9.0", "gpuProduct": "NVIDIA-H100-80GB-HBM3"}
+KEY = key_of(INPUTS)
+SIGNER = CryptoSigner.generate_ecdsa()
+TRUSTED = provenance.public_pem(SIGNER)
+JOB = provenance.JobRef("ns", "kiln-build-x", "uid-1")
+
+
+def sign(store: EngineStore, key: str = KEY, signer: CryptoSigner = SIGNER) -> None:
+    """What the operator does after the key's own Job succeeded."""
+    data = store.read_manifest_bytes(key)
+    assert data is not None
+    manifest = Manifest.model_validate_json(data)
+    store.write_envelope(key, provenance.sign(data, manifest, JOB, signer))
 
 
 @pytest.fixture
 def stored(bucket: str, s3_endpoint: str, tmp_path: Path) -> str:
-    """An engine for compute capability 9.0 in a fresh store; the store's URI."""
+    """A signed engine for compute capability 9.0 in a fresh store; the store's URI."""
     src = tmp_path / "engine"
     (src / "tokenizer").mkdir(parents=True)
     (src / "config.json").write_text('{"pretrained_config": {"mapping": {"tp_size": 1}}}')
     (src / "rank0.engine").write_bytes(os.urandom(256 * 1024 + 3))
     (src / "tokenizer" / "tokenizer.json").write_text("{}")
     store = open_store(f"s3://{bucket}/kiln/", endpoint_url=s3_endpoint)
-    store.upload(KEY, src, inputs={"computeCapability": "9.0",
-                                   "gpuProduct": "NVIDIA-H100-80GB-HBM3"})
+    store.upload(KEY, src, inputs=INPUTS)
+    sign(store)
     return f"s3://{bucket}/kiln/"
 
 
@@ -39,7 +54,8 @@ def run(store: str, dest: Path, s3_endpoint: str, cc: str | None, tmp_path: Path
     termination = tmp_path / f"termination-{os.urandom(3).hex()}"
     child_env = {**os.environ, "AWS_ENDPOINT_URL": s3_endpoint,
                  "KILN_NVIDIA_SMI": str(tmp_path / "no-nvidia-smi"),
-                 "KILN_TERMINATION_LOG": str(termination), **env}
+                 "KILN_TERMINATION_LOG": str(termination), "KILN_TRUSTED_KEYS": TRUSTED,
+                 **env}
     child_env.pop("KILN_GPU_COMPUTE_CAPABILITY", None)
     if cc is not None:
         child_env["KILN_GPU_COMPUTE_CAPABILITY"] = cc
@@ -139,3 +155,51 @@ def test_checkpoint_and_model_repository(
     assert fetch.run(store=None, key=None, source=f"s3://{bucket}/llama/", revision=None,
                      dest=tmp_path / "ckpt2", model_repo=tmp_path / "repo2",
                      env=bad) == exitcodes.INVALID_INPUT
+
+
+def test_an_unsigned_engine_is_refused_before_anything_is_downloaded(
+        stored: str, s3_endpoint: str, s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    s3_client.delete_object(Bucket=bucket, Key=f"kiln/engines/{KEY}/{provenance.ENVELOPE}")
+    dest = tmp_path / "dest"
+    code, _, message = run(stored, dest, s3_endpoint, "9.0", tmp_path)
+    assert code == exitcodes.UNTRUSTED
+    assert message.startswith("Untrusted: ") and "unsigned" in message
+    assert not (dest / "rank0.engine").exists()
+
+
+def test_an_engine_signed_by_an_untrusted_key_is_refused(
+        stored: str, s3_endpoint: str, tmp_path: Path) -> None:
+    other = provenance.public_pem(CryptoSigner.generate_ecdsa())
+    code, _, message = run(stored, tmp_path / "dest", s3_endpoint, "9.0", tmp_path,
+                           KILN_TRUSTED_KEYS=other)
+    assert code == exitcodes.UNTRUSTED
+    assert "signed by no trusted key" in message
+    code, _, message = run(stored, tmp_path / "dest", s3_endpoint, "9.0", tmp_path,
+                           KILN_TRUSTED_KEYS="")
+    assert (code, "no trusted public keys" in message) == (exitcodes.UNTRUSTED, True)
+
+
+def test_a_manifest_replaced_after_signing_is_refused(
+        stored: str, s3_endpoint: str, s3_client: Any, bucket: str, tmp_path: Path) -> None:
+    """A writer with the store's credentials swaps in its own manifest (its own files, their
+    true digests) under a signed key: the signature no longer covers it."""
+    name = f"kiln/engines/{KEY}/manifest.json"
+    manifest = json.loads(s3_client.get_object(Bucket=bucket, Key=name)["Body"].read())
+    manifest["files"] = [f for f in manifest["files"] if f["path"] != "tokenizer/tokenizer.json"]
+    s3_client.put_object(Bucket=bucket, Key=name, Body=json.dumps(manifest).encode())
+    code, _, message = run(stored, tmp_path / "dest", s3_endpoint, "9.0", tmp_path)
+    assert code == exitcodes.UNTRUSTED
+    assert "not the one that was signed" in message
+
+
+def test_a_previous_key_counts_while_listed(
+        stored: str, s3_endpoint: str, tmp_path: Path) -> None:
+    """Rotation: the engine signed with the old key serves while the old public key is in the
+    trusted list beside the new one, and not once it is removed."""
+    new = provenance.public_pem(CryptoSigner.generate_ecdsa())
+    code, err, _ = run(stored, tmp_path / "a", s3_endpoint, "9.0", tmp_path,
+                       KILN_TRUSTED_KEYS=new + TRUSTED)
+    assert code == exitcodes.OK, err
+    code, _, _ = run(stored, tmp_path / "b", s3_endpoint, "9.0", tmp_path,
+                     KILN_TRUSTED_KEYS=new)
+    assert code == exitcodes.UNTRUSTED

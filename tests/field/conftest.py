@@ -16,6 +16,7 @@ from kubernetes import client
 
 from chart.support import install_rbac
 from e2e.support import Operator, cluster_of_its_own, create_buckets
+from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.dev.testbed.cluster import Cluster, free_port
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
@@ -57,6 +58,9 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None,
         "KILN_RESYNC_SECONDS": str(RESYNC_SECONDS),
         "KILN_REBUILD_SETTLE": "0s",
         "KILN_METRICS_PORT": str(free_port()),
+        "KILN_SIGNING_KEY_FILE": str(signing.write_key(
+            tmp_path_factory.mktemp("field-signing") / "key.pem")),
+        "KILN_VERIFY_SECONDS": "2",
     }
     if os.environ.get(BASELINE_ENV):
         env["PYTHONPATH"] = os.environ[BASELINE_ENV]

@@ -108,6 +108,11 @@ rules on cluster-scoped resources always go into a ClusterRole.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, update, delete]
+# The public keys serving pods verify engines with: one ConfigMap per EngineDeployment, owned by
+# it (created, then applied only while it carries that owner reference).
+- apiGroups: [""]
+  resources: [configmaps]
+  verbs: [get, create, patch]
 {{- end }}
 
 {{- define "kiln.rules.kiln.cluster" -}}

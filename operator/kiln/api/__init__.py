@@ -12,6 +12,7 @@ from kiln.api.common import (
     ConditionStatus,
     KilnModel,
     Resources,
+    SecurityContext,
     parse_duration,
 )
 from kiln.api.engine_build import (
@@ -61,7 +62,8 @@ __all__ = [
     "EngineBuildRef", "EngineBuildSpec", "EngineBuildStatus", "EngineDeployment",
     "EngineDeploymentSpec", "EngineDeploymentStatus", "EngineState", "EngineStatus", "Fallback",
     "JobSpec", "KilnModel", "KvCacheQuant", "ModelSpec", "Output", "Parallelism", "Plugins",
-    "Pool", "ProductStatus", "QuantAlgo", "Quantization", "Rebuild", "Resources", "Server",
-    "ServerKind", "ServingMode", "Strategy", "Target", "Toleration", "Toolchain", "Weights",
+    "Pool", "ProductStatus", "QuantAlgo", "Quantization", "Rebuild", "Resources",
+    "SecurityContext", "Server", "ServerKind", "ServingMode", "Strategy", "Target", "Toleration",
+    "Toolchain", "Weights",
     "parse_duration",
 ]

@@ -107,6 +107,48 @@ class Resources(KilnModel):
     """What the scheduler reserves, e.g. ``{memory: 160Gi, cpu: 8}``."""
 
 
+class Capabilities(KilnModel):
+    """Linux capabilities of a container."""
+
+    add: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list, max_length=32)
+    """Capabilities to add (kiln drops ``ALL`` by default)."""
+    drop: list[Annotated[str, Field(max_length=64)]] = Field(default_factory=list,
+                                                             max_length=32)
+    """Capabilities to drop; empty: ``ALL``."""
+
+
+class SeccompProfile(KilnModel):
+    """The seccomp profile of a container."""
+
+    type: Literal["RuntimeDefault", "Localhost", "Unconfined"] = "RuntimeDefault"
+    """The kind of profile."""
+    localhost_profile: str | None = Field(default=None, max_length=256)
+    """The node's profile file, for ``Localhost``."""
+
+
+class SecurityContext(KilnModel):
+    """Overrides of the restricted security context kiln gives its pods (non-root UID 10001,
+    ``RuntimeDefault`` seccomp, no capabilities, no privilege escalation), for images that need
+    more. Each field set here wins over kiln's; see docs/security.md."""
+
+    run_as_user: int | None = Field(default=None, ge=0, le=2147483647)
+    """UID of the containers (kiln: 10001)."""
+    run_as_group: int | None = Field(default=None, ge=0, le=2147483647)
+    """GID of the containers (kiln: 10001)."""
+    run_as_non_root: bool | None = None
+    """Whether the kubelet refuses to start a container as root (kiln: true)."""
+    fs_group: int | None = Field(default=None, ge=0, le=2147483647)
+    """The pod's ``fsGroup`` (owner group of its volumes; kiln: 10001)."""
+    allow_privilege_escalation: bool | None = None
+    """Whether a process may gain more privileges than its parent (kiln: false)."""
+    read_only_root_filesystem: bool | None = None
+    """Whether the container's root filesystem is read-only (kiln: unset)."""
+    capabilities: Capabilities | None = None
+    """Capabilities to add or drop (kiln: drop ALL)."""
+    seccomp_profile: SeccompProfile | None = None
+    """The seccomp profile (kiln: RuntimeDefault)."""
+
+
 class Condition(KilnModel):
     """A kstatus condition: ``Ready``, ``Reconciling`` or ``Stalled``."""
 

@@ -19,6 +19,7 @@ from kiln.api.common import (
     LabelMap,
     Name,
     Resources,
+    SecurityContext,
     SourceUri,
     StoreUri,
     cel,
@@ -294,6 +295,9 @@ class JobSpec(KilnModel):
     """PriorityClass of the build pod."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
     """Tolerations besides the ``nvidia.com/gpu`` one kiln adds."""
+    security_context: SecurityContext | None = None
+    """Overrides of the build pod's restricted security context, for builder images that
+    need more (docs/security.md)."""
 
 
 class EngineBuildSpec(KilnModel):

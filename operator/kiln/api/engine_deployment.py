@@ -17,6 +17,7 @@ from kiln.api.common import (
     LabelMap,
     Name,
     Resources,
+    SecurityContext,
     cel,
     q,
     rules,
@@ -76,6 +77,9 @@ class Server(KilnModel):
     """More server arguments, e.g. ``--max_batch_size=64``."""
     resources: Resources | None = None
     """CPU and memory of the server container (GPUs come from the build's parallelism)."""
+    security_context: SecurityContext | None = None
+    """Overrides of the serving pod's restricted security context, for server images that
+    need more, e.g. to run as root (docs/security.md)."""
 
 
 class Strategy(KilnModel):

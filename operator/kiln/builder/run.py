@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -15,6 +16,7 @@ from kiln.builder.checkpoint import Checkpoint
 from kiln.builder.commands import DEFAULT_EXAMPLES, Paths
 from kiln.builder.progress import Progress, human, say
 from kiln.contract import env as names
+from kiln.contract import provenance
 from kiln.contract.task import BuildTask
 from kiln.errors import InvalidTask, WeightsChanged
 from kiln.key import key_inputs, key_of, short_key
@@ -65,7 +67,19 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     inputs = _inputs(task)
     store = open_store(task.store, credentials=names.store_credentials(env),
                        endpoint_url=names.store_endpoint(env))
-    if store.has(task.key):
+    trusted = provenance.public_keys(env.get(names.TRUSTED_KEYS) or "")
+
+    def signed(key: str) -> bool:
+        """Whether the stored engine is kiln's (signed): only then does it count."""
+        try:
+            provenance.verify(key, store.read_manifest_bytes(key), store.read_envelope(key),
+                              trusted)
+        except provenance.Untrusted as why:
+            say(f"a manifest is in the store but does not count: {why.message}", phase="store")
+            return False
+        return True
+
+    if store.has(task.key) and signed(task.key):
         manifest = store.read_manifest(task.key)
         say(f"engine {short_key(task.key)} is already in the store; nothing to build", phase="done")
         return _summary(task, manifest, seconds, cached=True)
@@ -115,13 +129,19 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
 
     build_seconds = time.monotonic() - started
     progress = Progress("upload", _dir_bytes(paths.engine), interval=options.progress_interval)
+    upload = uuid.uuid4().hex[:16]
     manifest = store.upload(task.key, paths.engine, inputs=inputs,
                             versions=versions, build_seconds=build_seconds,
-                            progress=progress.update)
+                            progress=progress.update, keep=signed, upload_id=upload)
     seconds["upload"] = progress.finish()
     seconds["total"] = time.monotonic() - started
+    if manifest.upload != upload:  # a signed engine was committed meanwhile: that one counts
+        return _summary(task, manifest, seconds, cached=True)
     say(f"engine {short_key(task.key)} committed", phase="done", seconds=f"{seconds['total']:.1f}")
-    return _summary(task, manifest, seconds, cached=False)
+    summary = _summary(task, manifest, seconds, cached=False)
+    # What the operator checks before it signs: the manifest this pod wrote, by digest.
+    summary |= {"upload": upload, "manifestSha256": provenance.sha256(manifest.to_json())}
+    return summary
 
 
 def _smoke(task: BuildTask, paths: Paths, versions: dict[str, str]) -> None:

@@ -29,6 +29,7 @@ GPU_UNAVAILABLE = 12
 TOOL_FAILED = 13
 VERIFY_FAILED = 14
 INTEGRITY = 15
+UNTRUSTED = 16
 
 Action = Literal["FailJob", "Count", "Ignore"]
 
@@ -71,6 +72,8 @@ CODES: tuple[Code, ...] = (
     Code(TOOL_FAILED, errors.ToolFailed, "Count", "a TensorRT-LLM tool exited non-zero"),
     Code(VERIFY_FAILED, errors.VerifyFailed, "Count", "the result is incomplete or inconsistent"),
     Code(INTEGRITY, errors.IntegrityError, "Count", "bytes read do not match their digest"),
+    Code(UNTRUSTED, errors.Untrusted, "FailJob",
+         "the engine is unsigned, signed by no trusted key, or not what was signed"),
 )
 BY_CODE = {c.code: c for c in CODES}
 BY_REASON = {c.reason: c for c in CODES}

@@ -81,7 +81,8 @@ def summary_message(summary: dict[str, Any]) -> bytes:
     body = _dump(slim)
     if len(body) <= LIMIT:
         return body
-    return _dump({k: slim[k] for k in ("key", "uri", "sizeBytes", "buildSeconds") if k in slim})
+    return _dump({k: slim[k] for k in ("key", "uri", "cached", "sizeBytes", "buildSeconds",
+                                        "upload", "manifestSha256") if k in slim})
 
 
 def write(path: Path, payload: bytes) -> None:

@@ -24,6 +24,7 @@ from typing import Any
 from kubernetes import client
 
 from kiln import GROUP, VERSION
+from kiln.dev import signing
 from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
@@ -50,7 +51,8 @@ def _operator(cluster: Cluster, endpoint: str, log: Path) -> Iterator[subprocess
            # the quickstart uploaded the checkpoint itself, whole, a moment ago
            "KILN_REBUILD_SETTLE": "0s",
            "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": endpoint}),
-           "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"})}
+           "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
+           "KILN_SIGNING_KEY_FILE": str(signing.write_key(log.parent / "signing-key.pem"))}
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "kiln.cli", "run"], env=env,
                                    stdout=out, stderr=subprocess.STDOUT,

@@ -52,7 +52,7 @@ def _from_manifest(entry: EngineStatus, manifest: Manifest) -> EngineStatus:
 
 def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
             job: ObservedJob | None, failure: Failure | None,
-            retry_failed: bool, uid: str) -> tuple[EngineStatus, bool]:
+            retry_failed: bool, uid: str, foreign: bool = False) -> tuple[EngineStatus, bool]:
     """The status entry of one target, and whether its Job must exist."""
     t = want.target
     entry = EngineStatus(target=t.name, gpu_product=t.gpu_product,
@@ -69,6 +69,9 @@ def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
             "state": state, "job": job.name if job else None})
         return entry, False
     if job is not None and job.state == "Active":
+        return entry.model_copy(update={"state": "Building", "job": job.name}), True
+    if job is not None and job.state == "Succeeded" and foreign:
+        # The store holds a manifest this Job did not write (unsigned): build again.
         return entry.model_copy(update={"state": "Building", "job": job.name}), True
     if job is not None and job.state == "Succeeded":
         return entry.model_copy(update={
@@ -122,9 +125,11 @@ def _events(engines: list[EngineStatus], prior: dict[str, EngineStatus]) -> list
 
 def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datetime | None,
          source: str, auto_targets: list[str], manifests: dict[str, Manifest | None],
-         jobs: dict[str, ObservedJob], failures: dict[str, Failure], uid: str) -> Plan:
-    """The plan for one EngineBuild; ``jobs`` and ``manifests`` are keyed by engine key,
-    ``auto_targets`` are what its EngineDeployments need now."""
+         jobs: dict[str, ObservedJob], failures: dict[str, Failure], uid: str,
+         foreign: frozenset[str] = frozenset()) -> Plan:
+    """The plan for one EngineBuild; ``jobs`` and ``manifests`` (signed ones only) are keyed
+    by engine key; ``auto_targets`` are what its EngineDeployments need now; ``foreign``:
+    keys whose succeeded Job's manifest was replaced by another writer's (built again)."""
     old = eb.status or EngineBuildStatus()
     generation = int(eb.metadata.get("generation") or 0)
     # A failed engine is built again only after the spec changed since it was reported.
@@ -135,12 +140,13 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
     for want in wants:
         before = prior.get(want.target.name)
         entry, needs_job = _engine(want, before, manifests.get(want.key), jobs.get(want.key),
-                                   failures.get(want.key), retry_failed, uid)
+                                   failures.get(want.key), retry_failed, uid,
+                                   want.key in foreign)
         engines.append(_carry_previous(entry, before))
         if needs_job:
             result.create.append(want)
             stale = jobs.get(want.key)
-            if stale is not None and stale.state == "Failed":
+            if stale is not None and (stale.state == "Failed" or want.key in foreign):
                 result.replace.append(stale)
     wanted = {w.key for w in wants}
     result.release = [j for j in jobs.values() if uid in j.owner_uids and j.key not in wanted]

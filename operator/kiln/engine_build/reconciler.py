@@ -24,13 +24,14 @@ from typing import Any, Protocol
 from kiln import EB_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, parse_duration
 from kiln.config import OperatorConfig
+from kiln.contract import provenance
 from kiln.contract.manifest import Manifest
 from kiln.contract.task import BuildTask
 from kiln.contract.termination import Failure
-from kiln.engine_build import render
+from kiln.engine_build import render, signing
 from kiln.engine_build.jobs import ObservedJob, failure_from_pod, job_name, observe
 from kiln.engine_build.plan import Plan, Want, plan, stalled
-from kiln.errors import KilnError, Unavailable
+from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted
 from kiln.key import engine_key, short_key
 from kiln.kube import Kube
 from kiln.pool import GpuNode, auto_targets, needed_products
@@ -38,6 +39,7 @@ from kiln.sources import WeightsIdentity, WeightSource, open_source
 from kiln.status import Event, WrittenStatus
 from kiln.store import EngineStore, open_store
 from kiln.targets import effective
+from kiln.trust import Trust
 
 log = logging.getLogger(__name__)
 CREATED_GRACE_SECONDS = 30.0
@@ -112,6 +114,9 @@ class EngineBuildReconciler:
         self._locks_guard = threading.Lock()
         self._identities: dict[tuple[str, str], _Identity] = {}
         self._manifests: dict[tuple[str, str], Manifest] = {}
+        """Verified (signed) manifests; verified again after ``config.verify_seconds``."""
+        self._verified_at: dict[tuple[str, str], float] = {}
+        self.trust = Trust.from_config(config)
         self._absent: dict[tuple[str, str, str], str] = {}
         """(store, key, namespace) -> the Job that was building when no manifest was there."""
         self._stores: dict[str, EngineStore] = {}
@@ -257,21 +262,79 @@ class EngineBuildReconciler:
         not looked for again until the Job finishes (it is what writes the manifest): the
         status changes of a running Job cost no store reads.
         """
-        if (uri, key) in self._manifests:
+        if (uri, key) in self._manifests and not self.verify_due(uri, key):
             return self._manifests[(uri, key)]
+        self._manifests.pop((uri, key), None)
         building = job.name if job is not None and job.state == "Active" else None
         if (trust_absent and building is not None
                 and self._absent.get((uri, key, namespace)) == building):
             return None
         self._absent.pop((uri, key, namespace), None)
-        manifest = self._store(uri).read_manifest(key)
+        manifest = self._trusted(uri, key)
         if manifest is not None:
             self._manifests[(uri, key)] = manifest
+            self._verified_at[(uri, key)] = time.monotonic()
         elif building is not None:
             if len(self._absent) >= MAX_ABSENT:  # Jobs deleted mid-build leave entries
                 self._absent.clear()
             self._absent[(uri, key, namespace)] = building
         return manifest
+
+    def verify_due(self, uri: str, key: str) -> bool:
+        """Whether a verified engine's signature is to be read again (it may be replaced)."""
+        at = self._verified_at.get((uri, key))
+        return at is None or time.monotonic() - at >= self.config.verify_seconds
+
+    def _trusted(self, uri: str, key: str) -> Manifest | None:
+        """The stored manifest if a trusted key signed exactly it (an unsigned or foreign one
+        counts as absent); signed again with the current key when only an older one did."""
+        store = self._store(uri)
+        manifest_bytes = store.read_manifest_bytes(key)
+        if manifest_bytes is None:
+            return None
+        envelope = store.read_envelope(key)
+        try:
+            verified = self.trust.verify(key, manifest_bytes, envelope)
+        except Untrusted as why:
+            log.info("engine %s in %s does not count: %s", short_key(key), uri, why.message)
+            return None
+        signer = self.trust.signer
+        if signer is not None and envelope is not None and self.trust.keyid not in verified.keyids:
+            store.write_envelope(key, provenance.add_signature(envelope, signer))
+            log.info("engine %s re-signed with the current key %s", short_key(key),
+                     signer.public_key.keyid[:12])
+        return verified.manifest
+
+    def _sign_built(self, uri: str, want: Want, job: ObservedJob, namespace: str,
+                    image: str) -> tuple[Manifest | None, bool]:
+        """Sign the engine the key's own Job (succeeded) wrote; (manifest, foreign): foreign
+        when the store holds a manifest that Job did not write (build again)."""
+        body = self.kube.read_job(namespace, job.name)
+        if body is None:
+            return None, False
+        problem = signing.kiln_job_problem(body, want.key, image)
+        if problem is not None:
+            log.warning("not signing engine %s: Job %s/%s is not kiln's: %s",
+                        short_key(want.key), namespace, job.name, problem)
+            return None, True
+        report = signing.built(body, self.kube.job_pods(namespace, job.name))
+        store = self._store(uri)
+        manifest_bytes = store.read_manifest_bytes(want.key)
+        if report is None:  # found the engine, or said nothing: it wrote no manifest of its own
+            return None, manifest_bytes is not None
+        found = signing.signable(want.key, manifest_bytes, report)
+        if isinstance(found, str):
+            log.warning("not signing engine %s: %s", short_key(want.key), found)
+            return None, manifest_bytes is not None
+        signer = self.trust.signer
+        if signer is None or manifest_bytes is None:
+            return None, False
+        store.write_envelope(want.key, provenance.sign(manifest_bytes, found, report.job, signer))
+        log.info("signed engine %s built by Job %s/%s (uid %s) with key %s", short_key(want.key),
+                 namespace, job.name, report.job.uid, signer.public_key.keyid[:12])
+        self._manifests[(uri, want.key)] = found
+        self._verified_at[(uri, want.key)] = time.monotonic()
+        return found, False
 
     def _failure(self, namespace: str, job: ObservedJob) -> Failure | None:
         ref = (namespace, job.name)
@@ -329,6 +392,7 @@ class EngineBuildReconciler:
                    body: dict[str, Any], world: BuildWorld, job_moved: bool) -> Plan:
         store = self.store_uri(namespace, eb)
         image = eb.spec.toolchain.image or self.config.builder_image
+        _check_image(self.config, image)
         auto = self._auto_targets(namespace, name, eb, world)
         cached = self._identities.get((namespace, name))
         weights = self.identity(namespace, eb, refresh=self._poll_due(eb, cached)
@@ -358,10 +422,18 @@ class EngineBuildReconciler:
                             if j.state == "Failed" and (f := self._failure(namespace, j))}
         manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
                                            trust_absent=job_moved) for w in wants}
+        foreign = set()
+        for want in wants:
+            job = observed.get(want.key)
+            if manifests[want.key] is None and job is not None and job.state == "Succeeded":
+                manifests[want.key], stray = self._sign_built(store, want, job, namespace, image)
+                if stray:
+                    foreign.add(want.key)
         owned = {j.key: j for j in world.owned_by(uid)}
         result = plan(eb, wants, identity=accepted.identity, checked_at=accepted.checked_at,
                       source=source_label(eb), auto_targets=auto, manifests=manifests,
-                      jobs={**owned, **observed}, failures=failures, uid=uid)
+                      jobs={**owned, **observed}, failures=failures, uid=uid,
+                      foreign=frozenset(foreign))
         for job in result.replace:
             log.info("deleting failed Job %s/%s to build engine %s again", namespace,
                      job.name, short_key(job.key))
@@ -433,7 +505,8 @@ class EngineBuildReconciler:
             builder_image=image, credentials_from_env=bool(eb.spec.model.credentials_secret))
         job = render.render_job(
             namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
-            image=image, task_json=task.to_json(), config=self.config)
+            image=image, task_json=task.to_json(), config=self.config,
+            trusted_keys=self.trust.bundle)
         for _ in range(SWAPS):
             if not exists and self.kube.create_job(job):
                 metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")
@@ -485,6 +558,15 @@ class EngineBuildReconciler:
                 return
         raise Unavailable(f"Job {job.name} kept changing while releasing it; trying again",
                           reason="Conflict")
+
+
+def _check_image(config: OperatorConfig, image: str) -> None:
+    """``ImageNotAllowed`` (the EngineBuild stalls, no Job is created) for a builder image
+    outside the operator's allowed list."""
+    if not config.image_allowed(image):
+        raise ImageNotAllowed(
+            f"builder image {image} is not allowed: the operator's allowed builder images "
+            f"(KILN_ALLOWED_BUILDER_IMAGES) are {', '.join(config.allowed_builder_images)}")
 
 
 def _record(uid: str, result: Plan) -> None:

@@ -18,7 +18,14 @@ from kiln.labels import (
     key_label,
     managed_by,
 )
-from kiln.podspec import gpu_resources, gpu_tolerations, owner_reference, secret_env
+from kiln.podspec import (
+    container_security,
+    gpu_resources,
+    gpu_tolerations,
+    owner_reference,
+    pod_security,
+    secret_env,
+)
 from kiln.pvc import pvc_mounts
 
 WORKDIR = "/work"
@@ -35,8 +42,9 @@ def _affinity(products: tuple[str, ...]) -> dict[str, Any] | None:
 
 def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineBuildSpec,
                want: Want, image: str, task_json: str,
-               config: OperatorConfig) -> dict[str, Any]:
-    """The Job that builds ``want.key``; its name is derived from the key alone."""
+               config: OperatorConfig, trusted_keys: str = "") -> dict[str, Any]:
+    """The Job that builds ``want.key``; its name is derived from the key alone.
+    ``trusted_keys``: the public keys (PEM) whose signature makes a stored engine count."""
     gpus = spec.build.parallelism.tensor * spec.build.parallelism.pipeline
     labels = {**managed_by("build"), KEY_LABEL: key_label(want.key)}
     env: list[dict[str, Any]] = [
@@ -44,10 +52,13 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
         {"name": names.WORKDIR, "value": WORKDIR},
         *({"name": k, "value": v} for k, v in sorted(config.build_env.items())),
     ]
+    if trusted_keys:
+        env.append({"name": names.TRUSTED_KEYS, "value": trusted_keys})
     if spec.model.credentials_secret:
         env += secret_env(spec.model.credentials_secret, names.CREDENTIAL_KEYS)
     if config.store_secret:
         env += secret_env(config.store_secret, names.STORE_KEYS, names.STORE_PREFIX)
+    overrides = spec.job.security_context.to_dict() if spec.job.security_context else None
     claim_mounts, claim_volumes = pvc_mounts({spec.model.source: False, want.uri: True})
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
@@ -62,10 +73,12 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
                 spec.job.resources.to_dict() if spec.job.resources else None, gpus),
             "volumeMounts": [{"name": "work", "mountPath": WORKDIR}, *claim_mounts],
             "terminationMessagePolicy": "FallbackToLogsOnError",
-            "securityContext": {"allowPrivilegeEscalation": False},
+            "securityContext": container_security(overrides),
         }],
         "volumes": [{"name": "work", "emptyDir": {}}, *claim_volumes],
         "enableServiceLinks": False,
+        "automountServiceAccountToken": False,
+        "securityContext": pod_security(overrides),
     }
     if affinity := _affinity(want.target.products):
         pod_spec["affinity"] = affinity

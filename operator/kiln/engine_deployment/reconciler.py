@@ -29,6 +29,7 @@ from kiln.kube import Kube
 from kiln.labels import HASH_ANNOTATION
 from kiln.pool import GpuNode, pool_products
 from kiln.status import Event, WrittenStatus, set_conditions
+from kiln.trust import Trust
 
 log = logging.getLogger(__name__)
 REAPPLY_SECONDS = 600.0
@@ -61,6 +62,7 @@ class EngineDeploymentReconciler:
         self._applied: dict[tuple[str, str, str], tuple[str, float]] = {}
         self.written = WrittenStatus(
             lambda namespace, name, patch: kube.patch_status(ED_PLURAL, namespace, name, patch))
+        self.trust = Trust.from_config(config)
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -72,6 +74,7 @@ class EngineDeploymentReconciler:
         self.written.forget(namespace, name)
         for kind in ("Service", "PodDisruptionBudget"):
             self._applied.pop((kind, namespace, name), None)
+        self._applied.pop(("ConfigMap", namespace, f"{name}-kiln-trust"), None)
         metrics.forget_engines_served(f"{namespace}/{name}")
 
     # -- the loop --------------------------------------------------------------------------
@@ -139,6 +142,7 @@ class EngineDeploymentReconciler:
         namespace = str(ed.metadata["namespace"])
         current = {d.name: d for d in owned}
         hashes = {}
+        self._apply_cached(render.render_trust(ed, self.trust.bundle))
         for serve in decision.serves:
             deployment = render.render_deployment(ed, eb, serve, self.config)
             digest = deployment["metadata"]["annotations"][HASH_ANNOTATION]
@@ -166,9 +170,10 @@ class EngineDeploymentReconciler:
         if before and before[0] == digest and time.monotonic() - before[1] < REAPPLY_SECONDS:
             return
         if before is None:
-            found = self.kube.read_child(*ref)
-            notes = ((found or {}).get("metadata") or {}).get("annotations") or {}
-            if notes.get(HASH_ANNOTATION) == digest:
+            found = (self.kube.read_child(*ref) or {}).get("metadata") or {}
+            ours = {r["uid"] for r in obj["metadata"]["ownerReferences"]}
+            theirs = {r.get("uid") for r in found.get("ownerReferences") or []}
+            if (found.get("annotations") or {}).get(HASH_ANNOTATION) == digest and ours & theirs:
                 self._applied[ref] = (digest, time.monotonic())
                 return
         self.kube.apply(obj)

@@ -28,7 +28,14 @@ from kiln.labels import (
     URI_ANNOTATION,
     managed_by,
 )
-from kiln.podspec import gpu_resources, gpu_tolerations, owner_reference, secret_env
+from kiln.podspec import (
+    container_security,
+    gpu_resources,
+    gpu_tolerations,
+    owner_reference,
+    pod_security,
+    secret_env,
+)
 from kiln.pvc import pvc_mounts
 
 ENGINE_DIR = "/engine"
@@ -37,6 +44,8 @@ HEALTH = {"trtllm-serve": ("/health", "/health"),
           "triton": ("/v2/health/ready", "/v2/health/live")}
 """Readiness and liveness paths per server kind."""
 MANAGED_BY = managed_by("server")
+TRUSTED_KEYS_FILE = "trusted-keys.pem"
+"""The trust ConfigMap's key: the public keys (PEM) fetch-engine verifies engines with."""
 
 
 def selector(name: str, product: str | None = None) -> dict[str, str]:
@@ -76,6 +85,8 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
     if serve.engine_key and serve.engine_uri:
         uri = store_of(serve.engine_uri, serve.engine_key)
         args = ["--store", uri, "--key", serve.engine_key, "--dest", ENGINE_DIR]
+        env.append({"name": names.TRUSTED_KEYS, "valueFrom": {"configMapKeyRef": {
+            "name": trust_name(ed), "key": TRUSTED_KEYS_FILE, "optional": True}}})
         if config.store_secret:
             env += secret_env(config.store_secret, names.STORE_KEYS, names.STORE_PREFIX)
     else:
@@ -101,7 +112,7 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
         "resources": gpu_resources(None, gpus),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": {"allowPrivilegeEscalation": False},
+        "securityContext": container_security(),
     }, uri
 
 
@@ -159,6 +170,8 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
     is_triton = spec.server.kind == "triton"
     repo = triton_repository(eb) if is_triton else None
     fetch, fetched_from = _fetch(ed, eb, serve, gpus, config, repo)
+    overrides = (spec.server.security_context.to_dict() if spec.server.security_context
+                 else None)
     server: dict[str, Any] = {
         "name": "server",
         "image": spec.server.image or (config.triton_image if is_triton
@@ -167,6 +180,7 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
         **_probes(*HEALTH[spec.server.kind]),
         "resources": gpu_resources(spec.server.resources.to_dict()
                                    if spec.server.resources else None, gpus),
+        "securityContext": container_security(overrides),
         "volumeMounts": [{"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True},
                          {"name": "shm", "mountPath": "/dev/shm"},
                          *([{"name": "model-repo", "mountPath": REPO_DIR}] if repo else [])],
@@ -203,6 +217,8 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": 60,
                     "enableServiceLinks": False,
+                    "automountServiceAccountToken": False,
+                    "securityContext": pod_security(overrides),
                 },
             },
         },
@@ -235,3 +251,15 @@ def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
     """``obj`` annotated with the digest of what kiln rendered (read back to skip writes)."""
     obj["metadata"]["annotations"] = {HASH_ANNOTATION: spec_hash(obj)}
     return obj
+
+
+def trust_name(ed: EngineDeployment) -> str:
+    """The ConfigMap of public keys the serving pods verify engines with."""
+    return f"{ed.metadata['name']}-kiln-trust"
+
+
+def render_trust(ed: EngineDeployment, bundle: str) -> dict[str, Any]:
+    """That ConfigMap: the operator's trusted public keys (a PEM bundle)."""
+    return _hashed({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": _meta(ed, trust_name(ed), selector(str(ed.metadata["name"]))),
+                    "data": {TRUSTED_KEYS_FILE: bundle}})

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.contract import env as names
-from kiln.contract import termination
+from kiln.contract import provenance, termination
 from kiln.contract.manifest import MANIFEST, Manifest
 from kiln.errors import GPUMismatch, IntegrityError, InvalidInput, InvalidTask, NotFound
 from kiln.key import short_key
@@ -93,16 +93,22 @@ def fetch_engine(store_uri: str, key: str, dest: Path, env: Mapping[str, str]) -
     """Check the GPU, then download engine ``key``; returns what was done."""
     store = open_store(store_uri, credentials=names.store_credentials(env),
                        endpoint_url=names.store_endpoint(env))
-    manifest = store.read_manifest(key)
-    if manifest is None:
+    manifest_bytes = store.read_manifest_bytes(key)
+    if manifest_bytes is None:
         raise NotFound(f"engine {key} is not in {store.uri} (no manifest): was it deleted? "
                        "kiln builds it again when the EngineBuild needs it")
+    trusted = provenance.public_keys(env.get(names.TRUSTED_KEYS) or "")
+    verified = provenance.verify(key, manifest_bytes, store.read_envelope(key), trusted)
+    manifest = verified.manifest
+    print(f"kiln fetch-engine: engine {short_key(key)} is signed by a trusted key "
+          f"({', '.join(sorted(k[:12] for k in verified.keyids))}), built by Job "
+          f"{verified.job.namespace}/{verified.job.name}", file=sys.stderr)
     said = check_gpu(manifest, node_capability(env))
     print(f"kiln fetch-engine: {said}", file=sys.stderr)
     if _present(dest, manifest):
         return f"engine {short_key(key)} already in {dest}, every sha256 checked"
     try:
-        store.download(key, dest)
+        store.download(key, dest, manifest=manifest)
     except IntegrityError as error:
         raise IntegrityError(f"engine {key}: {error.message}. The stored engine is damaged: "
                              f"delete {store.engine_uri(key)} and kiln builds it again") from None

@@ -20,6 +20,7 @@ from types import TracebackType
 from typing import Any, TypeVar
 
 from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
+from kiln.contract.provenance import ENVELOPE
 from kiln.errors import IntegrityError, InvalidInput, NotFound, Unavailable
 from kiln.key import short_key
 
@@ -124,6 +125,14 @@ class EngineStore(ABC):
         """The committed engine's manifest, or None: no manifest, no engine."""
 
     @abstractmethod
+    def _get_object(self, key: str, name: str) -> bytes | None:
+        """A small object beside the manifest (``manifest.json`` itself, the provenance)."""
+
+    @abstractmethod
+    def _put_object(self, key: str, name: str, data: bytes) -> None:
+        """Write (replace) a small object beside the manifest."""
+
+    @abstractmethod
     def _keys(self) -> Iterator[str]:
         """Every key that has an engine directory, committed or not."""
 
@@ -166,26 +175,44 @@ class EngineStore(ABC):
         """Whether engine ``key`` is committed."""
         return self.read_manifest(check_key(key)) is not None
 
+    def read_manifest_bytes(self, key: str) -> bytes | None:
+        """The committed manifest exactly as stored (what a signature covers), or None."""
+        return self._get_object(check_key(key), MANIFEST)
+
+    def read_envelope(self, key: str) -> bytes | None:
+        """The engine's signed provenance (a DSSE envelope), or None."""
+        return self._get_object(check_key(key), ENVELOPE)
+
+    def write_envelope(self, key: str, data: bytes) -> None:
+        """Write (replace) the engine's signed provenance."""
+        self._put_object(check_key(key), ENVELOPE, data)
+
     def upload(self, key: str, src_dir: Path, *, inputs: dict[str, Any] | None = None,
                versions: dict[str, str] | None = None, build_seconds: float | None = None,
-               progress: Progress | None = None) -> Manifest:
+               progress: Progress | None = None,
+               keep: Callable[[str], bool] | None = None,
+               upload_id: str | None = None) -> Manifest:
         """Store ``src_dir`` as engine ``key``: files in parallel, hashed while read, the
         manifest last.
 
         When another writer committed the same key first (before or during this upload), its
         manifest is returned and this upload's files are left to garbage collection: the store
-        keeps one whole engine.
+        keeps one whole engine. ``keep`` decides whether a manifest found first counts (the
+        builder keeps only a signed one); one that does not is replaced by this upload's.
+        ``upload_id`` names this upload (random if unset), so a caller can tell its own
+        manifest from another writer's.
         """
         check_key(key)
         existing = self.read_manifest(key)
-        if existing is not None:
+        if existing is not None and (keep is None or keep(key)):
             log.info("engine %s is already in %s", short_key(key), self.uri)
             return existing
+        replace = existing is not None
         files = engine_files(src_dir)
         sizes = [p.stat().st_size for p in files]
         counter = _Counter(sum(sizes), progress)
         rels = [p.relative_to(src_dir).as_posix() for p in files]
-        upload = uuid.uuid4().hex[:16]
+        upload = upload_id or uuid.uuid4().hex[:16]
         log.info("uploading engine %s (%d files, %d bytes) to %s as upload %s", short_key(key),
                  len(files), sum(sizes), self.uri, upload)
         digests = counter.each(self.workers,
@@ -196,22 +223,31 @@ class EngineStore(ABC):
             files=[FileEntry(path=r, size=s, sha256=d)
                    for r, s, d in zip(rels, sizes, digests, strict=True)],
             total_bytes=sum(sizes), build_seconds=build_seconds)
+        if replace:
+            log.info("replacing the unsigned manifest of engine %s in %s with upload %s",
+                     short_key(key), self.uri, upload)
+            self._put_object(key, MANIFEST, manifest.to_json())
+            return manifest
         for _ in range(3):  # a manifest deleted between the two calls: commit again
             if self._commit(key, manifest):
                 return manifest
             winner = self.read_manifest(key)
-            if winner is not None:
+            if winner is not None and (keep is None or keep(key)):
                 log.info("engine %s was committed by another writer first (upload %s)",
                          short_key(key), winner.upload)
                 return winner
+            if winner is not None:
+                self._put_object(key, MANIFEST, manifest.to_json())
+                return manifest
         raise Unavailable(f"engine {short_key(key)} could not be committed to {self.uri}: its "
                           "manifest keeps appearing and disappearing")
 
-    def download(self, key: str, dest_dir: Path, *, progress: Progress | None = None
-                 ) -> Manifest:
+    def download(self, key: str, dest_dir: Path, *, progress: Progress | None = None,
+                 manifest: Manifest | None = None) -> Manifest:
         """Fetch engine ``key`` into ``dest_dir`` (with its ``manifest.json``), checking every
-        file's sha256; a mismatch raises ``IntegrityError`` naming the file and both digests."""
-        manifest = self.read_manifest(check_key(key))
+        file's sha256; a mismatch raises ``IntegrityError`` naming the file and both digests.
+        ``manifest``: the one to fetch (already read and verified), else the stored one."""
+        manifest = manifest or self.read_manifest(check_key(key))
         if manifest is None:
             raise NotFound(f"engine {key} is not in {self.uri} (no manifest)")
         counter = _Counter(manifest.total_bytes, progress)

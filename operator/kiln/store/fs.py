@@ -94,6 +94,19 @@ class FileStore(EngineStore):
             return None
         return Manifest.model_validate_json(data)
 
+    def _get_object(self, key: str, name: str) -> bytes | None:
+        try:
+            return (self._dir(key) / name).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    def _put_object(self, key: str, name: str, data: bytes) -> None:
+        path = self._dir(key) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{name}.{os.getpid()}.{time.monotonic_ns()}")
+        staged.write_bytes(data)
+        staged.replace(path)  # atomic: readers see the old object or the new one
+
     def _keys(self) -> Iterator[str]:
         engines = self.root / "engines"
         if engines.is_dir():

@@ -107,6 +107,14 @@ class S3Store(EngineStore):
         data = self._get(self._key_prefix(key) + MANIFEST, f"read the manifest of {short_key(key)}")
         return None if data is None else Manifest.model_validate_json(data)
 
+    def _get_object(self, key: str, name: str) -> bytes | None:
+        return self._get(self._key_prefix(key) + name, f"read {name} of {short_key(key)}")
+
+    def _put_object(self, key: str, name: str, data: bytes) -> None:
+        self._call(f"write {name} of {short_key(key)}", self.client.put_object,
+                   Bucket=self.bucket, Key=self._key_prefix(key) + name, Body=data,
+                   ContentType="application/json")
+
     def _pages(self, method: str, **kwargs: Any) -> Iterator[dict[str, Any]]:
         what = f"list s3://{self.bucket}/{kwargs.get('Prefix', '')}"
         try:

@@ -1,0 +1,127 @@
+"""Least privilege and no adoption, on the real control plane: Pod Security "restricted"
+admits kiln's build and serving pods, a user's object of kiln's name is left alone, and a
+builder image outside the operator's allowed list builds nothing."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pytest
+from kubernetes import client
+
+from e2e.support import get_eb, ready
+from faults.support import build_jobs, create, engine_build
+from faults.test_provenance import create_ed, engine_deployment
+from kiln import GROUP, VERSION
+from kiln.dev.testbed import nodes
+from kiln.dev.testbed.cluster import Cluster
+from kiln.engine_deployment.deployments import deployment_name
+from kiln.labels import ED_LABEL
+from waiting import eventually
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def get_ed(kube: Cluster, namespace: str, name: str) -> dict[str, Any]:
+    obj: dict[str, Any] = client.CustomObjectsApi(kube.api_client).get_namespaced_custom_object(
+        GROUP, VERSION, namespace, "enginedeployments", name)
+    return obj
+
+
+def condition(status: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in status.get("conditions", []) if c["type"] == kind), {})
+
+
+def ed_ready(kube: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
+    ed = get_ed(kube, namespace, name)
+    status = ed.get("status") or {}
+    if (condition(status, "Ready").get("status") == "True"
+            and status.get("observedGeneration") == ed["metadata"]["generation"]):
+        return status
+    return None
+
+
+def test_restricted_namespace_admits_build_and_serving_pods(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    core = client.CoreV1Api(kube.api_client)
+    core.patch_namespace(namespace, {"metadata": {"labels": {
+        "pod-security.kubernetes.io/enforce": "restricted",
+        "pod-security.kubernetes.io/enforce-version": "latest"}}})
+    # The apiserver's own admission enforces it: a plain pod is refused.
+    with pytest.raises(client.ApiException) as refused:
+        core.create_namespaced_pod(namespace, {
+            "metadata": {"name": "plain"},
+            "spec": {"containers": [{"name": "c", "image": "busybox"}]}})
+    assert refused.value.status == 403 and "restricted" in refused.value.body
+    create(kube, namespace, engine_build("llama", weights))
+    create_ed(kube, namespace, engine_deployment("chat", "llama"))
+    eventually(lambda: ready(kube, namespace, "llama"), timeout=120)
+    status = eventually(lambda: ed_ready(kube, namespace, "chat"), timeout=120)
+    assert status["readyReplicas"] == 1
+    (job,) = build_jobs(kube, namespace)
+    assert job.status.succeeded == 1  # its pod was admitted and ran
+    (pod,) = [p for p in core.list_namespaced_pod(
+        namespace, label_selector=f"{ED_LABEL}=chat").items if p.metadata.deletion_timestamp
+        is None]
+    spec = pod.spec
+    assert spec.automount_service_account_token is False
+    assert (spec.security_context.run_as_non_root, spec.security_context.run_as_user,
+            spec.security_context.seccomp_profile.type) == (True, 10001, "RuntimeDefault")
+    for container in [*spec.init_containers, *spec.containers]:
+        assert container.security_context.allow_privilege_escalation is False
+        assert container.security_context.capabilities.drop == ["ALL"]
+
+
+def test_a_users_deployment_of_kilns_name_is_left_alone(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    apps = client.AppsV1Api(kube.api_client)
+    name = deployment_name("chat", nodes.H100.product)
+    labels = {"app": "mine"}
+    apps.create_namespaced_deployment(namespace, {
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"replicas": 0, "selector": {"matchLabels": labels},
+                 "template": {"metadata": {"labels": labels},
+                              "spec": {"containers": [{"name": "app", "image": "busybox"}]}}}})
+    # Once the Deployment controller has written its status, nothing else writes it.
+    eventually(lambda: apps.read_namespaced_deployment(name, namespace).status.observed_generation
+               or None, timeout=30)
+    time.sleep(2)
+    before = apps.read_namespaced_deployment(name, namespace)
+    create(kube, namespace, engine_build("llama", weights))
+    create_ed(kube, namespace, engine_deployment("chat", "llama"))
+    eventually(lambda: ready(kube, namespace, "llama"), timeout=120)
+
+    def stalled() -> dict[str, Any] | None:
+        found = condition(get_ed(kube, namespace, "chat").get("status") or {}, "Stalled")
+        return found if found.get("status") == "True" else None
+
+    stall = eventually(stalled, timeout=60)
+    assert stall["reason"] == "NameTaken"
+    assert f"Deployment {namespace}/{name} exists and is not EngineDeployment chat's" in (
+        stall["message"])
+    time.sleep(12)  # a few resyncs: still nothing of it changed
+    after = apps.read_namespaced_deployment(name, namespace)
+    assert after.metadata.resource_version == before.metadata.resource_version
+    assert after.metadata.owner_references is None
+    assert "kiln" not in {f.manager for f in after.metadata.managed_fields or []}
+    assert after.spec.template.spec.containers[0].image == "busybox"
+    assert stalled() is not None
+
+
+def test_a_builder_image_outside_the_allowed_list_is_stalled_and_builds_nothing(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    body = engine_build("llama", weights)
+    body["spec"]["toolchain"] = {"image": "registry.evil/builder:1"}
+    create(kube, namespace, body)
+
+    def stalled() -> dict[str, Any] | None:
+        found = condition(get_eb(kube, namespace, "llama").get("status") or {}, "Stalled")
+        return found if found.get("status") == "True" else None
+
+    stall = eventually(stalled, timeout=60)
+    assert stall["reason"] == "ImageNotAllowed"
+    assert "registry.evil/builder:1" in stall["message"]
+    assert "kiln-builder, registry.test/kiln/" in stall["message"]
+    time.sleep(6)
+    assert build_jobs(kube, namespace) == []
