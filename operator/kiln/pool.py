@@ -59,18 +59,18 @@ def pool_products(nodes: Iterable[GpuNode],
 
 
 def served_before(ed: EngineDeployment) -> dict[str, str]:
-    """Products the EngineDeployment's status says it serves (product → compute capability):
-    the memory of a product that has left the pool and drains."""
+    """Products the EngineDeployment's status says it serves or waits to serve, seen in the
+    pool (product → compute capability): the memory of a product that has left the pool and
+    drains (its Deployment kept, its engine still built)."""
     products = ed.status.products if ed.status else []
-    return {p.gpu_product: p.compute_capability for p in products
-            if p.deployment and p.compute_capability}
+    return {p.gpu_product: p.compute_capability for p in products if p.compute_capability}
 
 
 def served_products(ed: EngineDeployment, pool: Mapping[str, str]) -> dict[str, str]:
     """The GPU products to serve on (product → compute capability).
 
     ``auto``: every product in the pool, and those served before that left it (they drain).
-    A catalogue name: its products present in the pool; else those served before (draining),
+    A catalogue name: its products present in the pool and those served before (draining),
     else its first product (the Deployment then waits for such nodes): the Deployment's name
     never changes because the pool changed. Raises KeyError for a name the catalogue does not
     know.
@@ -81,7 +81,7 @@ def served_products(ed: EngineDeployment, pool: Mapping[str, str]) -> dict[str, 
     gpu = catalogue.by_name(ed.spec.gpu)
     present = {p: cc for p, cc in pool.items() if catalogue.by_product(p) is gpu}
     kept = {p: cc for p, cc in before.items() if catalogue.by_product(p) is gpu}
-    return present or kept or {gpu.products[0]: gpu.compute_capability}
+    return {**kept, **present} or {gpu.products[0]: gpu.compute_capability}
 
 
 def needed_products(deployments: Iterable[EngineDeployment],

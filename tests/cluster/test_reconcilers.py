@@ -178,7 +178,7 @@ def test_engine_deployment_reconciler_is_a_fixed_point_across_a_restart(
     first = EngineDeploymentReconciler(adapter, OperatorConfig(), emit)
 
     first.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
-    assert adapter.writes.count("apply") == 3  # the Deployment, the Service, the budget
+    assert adapter.writes.count("apply") == 4  # the Deployment, Service, budget, trust keys
     (deployment,) = world.deployments(namespace, "chat")
     assert deployment.engine_key == key
     # The Deployment controller and kwok move it along; a pass then reports that.

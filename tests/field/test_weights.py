@@ -43,8 +43,9 @@ def test_a_build_that_sees_the_weights_change_starts_the_new_key_at_once(
         new = eventually(lambda: [k for k in job_keys(kube, namespace) if k != old] or None,
                          timeout=30)
         assert time.monotonic() - released < 20, "the new key's Job came within seconds"
-        (status,) = get(kube, namespace, EB_PLURAL, "llama")["status"]["engines"]
-        assert status["key"] == new[0]
+        assert new == [eventually(  # the status is written just after the Job is created
+            lambda: keys(kube, namespace, "llama").get("cc9.0") == new[0] and new[0],
+            timeout=10)]
         eventually(lambda: is_ready(get(kube, namespace, EB_PLURAL, "llama")) or None,
                    timeout=120)
     finally:

@@ -69,6 +69,9 @@ class _Identity:
     fingerprint: tuple[str, ...]
     identity: str
     checked_at: datetime
+    """When the identity was first read as it is (``status.weights.checkedAt``)."""
+    read_at: float = 0.0
+    """When it was last read (monotonic): ``pollInterval`` counts from there."""
     newest: float | None = None
     """When the newest object under the source was written (epoch seconds), if known."""
     uploading: int = 0
@@ -157,13 +160,15 @@ class EngineBuildReconciler:
             return cached
         weights = eb.status.weights if eb.status else None
         if (not refresh and weights and weights.identity and weights.checked_at
-                and weights.source == source_label(eb)):
-            entry = _Identity(fingerprint, weights.identity, weights.checked_at)
+                and weights.source in (source_label(eb), None)):  # None: written before 0.2
+            age = (self.clock() - weights.checked_at).total_seconds()
+            entry = _Identity(fingerprint, weights.identity, weights.checked_at,
+                              time.monotonic() - max(age, 0.0))
             self._identities[ref] = entry
             return entry
         found = self._read_identity(namespace, eb)
         newest = found.details.get("newest")
-        entry = _Identity(fingerprint, found.digest, self.clock(),
+        entry = _Identity(fingerprint, found.digest, self.clock(), time.monotonic(),
                           float(newest) if isinstance(newest, int | float) else None,
                           int(found.details.get("uploading") or 0))
         latest = self._identities.get(ref) or cached  # a parallel pass may have read it
@@ -216,7 +221,7 @@ class EngineBuildReconciler:
         if cached is None or not eb.spec.rebuild.on_weight_change:
             return False
         interval = parse_duration(eb.spec.rebuild.poll_interval)
-        return self.clock() - cached.checked_at >= interval
+        return time.monotonic() - cached.read_at >= interval.total_seconds()
 
     def _settling(self, eb: EngineBuild, weights: _Identity) -> str | None:
         """Why the weights do not hold still yet (an upload in progress), or None."""
@@ -225,11 +230,11 @@ class EngineBuildReconciler:
         if weights.newest is None:
             return None
         settle = parse_duration(eb.spec.rebuild.settle or self.config.rebuild_settle)
-        age = self.clock().timestamp() - weights.newest
-        if age >= settle.total_seconds():
+        if self.clock().timestamp() - weights.newest >= settle.total_seconds():
             return None
-        return (f"an object under {eb.spec.model.source} was written {max(age, 0):.0f}s ago; "
-                f"kiln builds once the weights have held still for "
+        written = datetime.fromtimestamp(weights.newest, UTC).isoformat()
+        return (f"an object under {eb.spec.model.source} was written at {written}; kiln "
+                f"builds once the weights have held still for "
                 f"{eb.spec.rebuild.settle or self.config.rebuild_settle}")
 
     # -- the store -------------------------------------------------------------------------
@@ -402,19 +407,21 @@ class EngineBuildReconciler:
         accepted = weights
         if settling is not None:
             before = eb.status.weights if eb.status else None
-            if before is None or not before.identity or before.source != source_label(eb):
+            if (before is None or not before.identity
+                    or before.source not in (source_label(eb), None)):
                 return self._settle(body, eb, auto, settling)
             log.info("weights of %s/%s are settling (%s): keeping %s", namespace, name,
                      settling, short_key(before.identity))
             accepted = _Identity(weights.fingerprint, before.identity,
-                                 before.checked_at or weights.checked_at)
+                                 before.checked_at or weights.checked_at, weights.read_at)
         wants = self._wants(eb, auto, accepted.identity, store, image)
         observed = {w.key: j for w in wants if (j := self._job(world, namespace, w.key))}
         failures = {k: f for k, j in observed.items()
                     if j.state == "Failed" and (f := self._failure(namespace, j))}
         if self._weights_moved(namespace, eb, observed, failures):
-            accepted = self.identity(namespace, eb, refresh=True)
-            if self._settling(eb, accepted) is None:
+            moved = self.identity(namespace, eb, refresh=True)
+            if self._settling(eb, moved) is None:  # still moving: the next passes settle it
+                accepted = moved
                 wants = self._wants(eb, auto, accepted.identity, store, image)
                 observed = {w.key: j for w in wants
                             if (j := self._job(world, namespace, w.key))}
@@ -437,8 +444,14 @@ class EngineBuildReconciler:
         for job in result.replace:
             log.info("deleting failed Job %s/%s to build engine %s again", namespace,
                      job.name, short_key(job.key))
-            self.kube.delete_job(namespace, job.name)
+            found = self.kube.read_job(namespace, job.name)
+            if found is not None and not self.kube.delete_job(
+                    namespace, job.name, uid=found["metadata"]["uid"],
+                    resource_version=found["metadata"]["resourceVersion"]):
+                raise Unavailable(f"Job {job.name} changed while replacing it; trying again",
+                                  reason="Conflict")
             self._failures.pop((namespace, job.name), None)
+            self._reread_for.discard((namespace, job.name))
         replaced = {j.key for j in result.replace}
         for want in result.create:
             seen = observed.get(want.key)

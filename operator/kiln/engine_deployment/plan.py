@@ -64,7 +64,9 @@ class Missing:
 
     product: str
     compute_capability: str | None
-    deployment: str
+    deployment: str | None
+    """Its Deployment (kept while it drains), or None while it had none yet (its build goes on
+    meanwhile)."""
     since: datetime
     message: str
 
@@ -80,7 +82,9 @@ class Decision:
     """Owned Deployments left exactly as they are (a product in the pool whose engine is not
     known yet, or one that drains)."""
     missing: list[Missing] = field(default_factory=list)
-    """Products that left the pool and still have their Deployment."""
+    """Products that left the pool and are still remembered (their Deployment kept)."""
+    pool: Mapping[str, str] = field(default_factory=dict)
+    """The GPU products present (product → compute capability)."""
     delete: list[str] = field(default_factory=list)
     """Owned Deployments no product wants any more."""
     failed: list[str] = field(default_factory=list)
@@ -158,10 +162,14 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, pool: Mapping[str, str]
             f"{ref} uses backend pytorch: use server.kind trtllm-serve"))
     products = served_products(ed, pool)
     current = {d.product: d for d in owned}
-    result = Decision()
+    result = Decision(pool=dict(pool))
+    before = {p.gpu_product: p for p in (ed.status.products if ed.status else [])}
     for product, cc in products.items():
         if product not in pool and product in current:
             continue  # it left the pool: it drains, below
+        if product not in pool and product in before:
+            _absent(ed, product, before[product], result, now)  # waited there: not placed now
+            continue
         entry = engine_for(eb.status, product)
         if entry is None and product in current:
             # The EngineBuild's status has no engine for it (yet): it is catching up with the
@@ -179,6 +187,19 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, pool: Mapping[str, str]
     wanted = {s.deployment for s in result.serves} | set(result.kept)
     result.delete = sorted(d.name for d in owned if d.name not in wanted)
     return result
+
+
+def _absent(ed: EngineDeployment, product: str, prior: ProductStatus, result: Decision,
+            now: datetime) -> None:
+    """A product that left the pool before it had a Deployment: remembered (its engine still
+    built) for ``drainAfter``, then forgotten; nothing is placed where no node is."""
+    since = prior.missing_since or now
+    until = since + parse_duration(ed.spec.pool.drain_after)
+    if now < until:
+        result.missing.append(Missing(
+            product, prior.compute_capability, None, since,
+            f"no node in the pool has {GPU_PRODUCT_LABEL}={product} since {since.isoformat()}: "
+            f"its engine is kept until {until.isoformat()} at least"))
 
 
 def _drain(ed: EngineDeployment, products: Mapping[str, str], pool: Mapping[str, str],
@@ -296,7 +317,7 @@ def summarize(ed: EngineDeployment, decision: Decision,
     by_name = {d.name: d for d in observed}
     products: list[ProductStatus] = []
     rolling = []
-    if decision.pending:  # leave what exists as it is, and say so
+    if decision.pending or decision.stalled:  # leave what exists as it is, and say so
         earlier = {p.gpu_product: p for p in old.products}
         products = [ProductStatus(gpu_product=d.product, engine_key=d.engine_key,
                                   mode="engine" if d.mode == "engine" else "fallback",
@@ -333,7 +354,15 @@ def summarize(ed: EngineDeployment, decision: Decision,
     for product in decision.waiting:
         gpu = catalogue.by_product(product)
         products.append(ProductStatus(gpu_product=product, gpu=gpu.name if gpu else None,
-                                      mode="fallback"))
+                                      mode="fallback", compute_capability=decision.pool.get(
+                                          product)))
+    for m in decision.missing:
+        if m.deployment is None:
+            gpu = catalogue.by_product(m.product)
+            products.append(ProductStatus(
+                gpu_product=m.product, gpu=gpu.name if gpu else None, mode="fallback",
+                compute_capability=m.compute_capability, missing_since=m.since,
+                message=m.message))
     products.sort(key=lambda p: p.gpu_product)
     kept = [d for d in by_name.values() if d.name not in decision.delete]
     ready, reconciling, stalled, reason, message = _conditions(ed, decision, products, rolling)

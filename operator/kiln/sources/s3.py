@@ -6,7 +6,9 @@ rebuild), any other bytes change it, and it works on unversioned buckets too.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -18,6 +20,8 @@ from kiln.store import s3client
 from kiln.store.transfer import Transfers
 
 FILES_AT_ONCE = 4
+ABANDONED_SECONDS = 86_400.0
+log = logging.getLogger(__name__)
 
 
 class S3Source:
@@ -49,12 +53,17 @@ class S3Source:
         return sorted(objects, key=lambda o: o["key"])
 
     def _uploading(self) -> int:
-        """Multipart uploads in progress under the prefix (a large file still arriving)."""
+        """Multipart uploads under the prefix begun within the last day (a large file still
+        arriving; older ones are abandoned: S3 keeps them until a lifecycle rule goes). A store
+        that does not answer (no ``s3:ListBucketMultipartUploads``, not implemented) has 0."""
         try:
             found = self.client.list_multipart_uploads(Bucket=self.bucket, Prefix=self.prefix)
         except Exception as error:
-            raise s3client.translate(error, f"list the uploads under {self.uri}") from error
-        return len(found.get("Uploads") or [])
+            log.info("uploads under %s not listed (%s): counting none", self.uri, error)
+            return 0
+        recent = time.time() - ABANDONED_SECONDS
+        return sum(1 for u in found.get("Uploads") or []
+                   if u["Initiated"].timestamp() >= recent)
 
     def identity(self) -> WeightsIdentity:
         """sha256 over the sorted (name, size, ETag) listing; nothing is downloaded. The
@@ -96,7 +105,8 @@ class S3Source:
                 list(pool.map(fetch, listing))
         finally:
             transfers.close()
-        after = self.identity()
+        after = WeightsIdentity(digest_of("s3", self._listing()), "s3", {
+            "objects": len(listing), "bytes": total})
         if after.digest != digest_of("s3", listing):
             raise WeightsChanged(f"the weights under {self.uri} changed while they were "
                                  "being read (objects added, removed or replaced)")
