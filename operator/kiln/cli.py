@@ -30,7 +30,7 @@ def _run(args: argparse.Namespace) -> int:
     from kiln import operator
 
     return operator.run(namespaces=args.namespace or [], liveness=args.liveness,
-                        verbose=args.verbose)
+                        verbose=args.verbose, leader_elect=args.leader_elect)
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -94,6 +94,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default=None,
                      help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.add_argument("--leader-elect", action="store_true",
+                     help="reconcile only while holding the Lease, so replicas stand by "
+                     "(also KILN_LEADER_ELECTION=true; KILN_LEASE_NAMESPACE, KILN_LEASE_NAME)")
     run.set_defaults(func=_run)
 
     env = os.environ

@@ -6,11 +6,20 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/kiln-dev/kiln-builder:0.1.0-trtllm1.2.1"
 DEFAULT_SERVER_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
 DEFAULT_FETCH_IMAGE = "ghcr.io/kiln-dev/kiln:0.1.0"
 DEFAULT_TRITON_MODELS_DIR = "/app/all_models/inflight_batcher_llm"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _pod_namespace() -> str | None:
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _json_map(text: str | None, name: str) -> dict[str, str]:
@@ -62,6 +71,18 @@ class OperatorConfig:
     """Extra plain environment for that init container, e.g. ``AWS_ENDPOINT_URL``
     (``KILN_SERVE_ENV``, a JSON object; unset: ``KILN_BUILD_ENV``'s)."""
 
+    leader_election: bool = False
+    """Reconcile only while holding a Lease, so that replicas stand by (``KILN_LEADER_ELECTION``;
+    the chart sets it)."""
+    lease_namespace: str = "default"
+    """The Lease's namespace (``KILN_LEASE_NAMESPACE``, else ``POD_NAMESPACE``, else the pod's
+    own)."""
+    lease_name: str = "kiln"
+    """The Lease's name (``KILN_LEASE_NAME``): one per operator installation."""
+    used_mark_seconds: float = 86400.0
+    """How often an engine in use is marked used in the store, at most (``KILN_USED_MARK_SECONDS``;
+    ``kiln gc`` keeps what was marked within its retention)."""
+
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
         env = os.environ if env is None else env
@@ -81,4 +102,9 @@ class OperatorConfig:
             fetch_image=env.get("KILN_FETCH_IMAGE") or DEFAULT_FETCH_IMAGE,
             serve_env=_json_map(env.get("KILN_SERVE_ENV") or env.get("KILN_BUILD_ENV"),
                                 "KILN_SERVE_ENV"),
+            leader_election=(env.get("KILN_LEADER_ELECTION") or "").lower() in ("1", "true"),
+            lease_namespace=(env.get("KILN_LEASE_NAMESPACE") or env.get("POD_NAMESPACE")
+                             or _pod_namespace() or "default"),
+            lease_name=env.get("KILN_LEASE_NAME") or "kiln",
+            used_mark_seconds=float(env.get("KILN_USED_MARK_SECONDS", "86400")),
         )

@@ -3,6 +3,15 @@
 Importing this package registers every handler; ``kiln.operator`` runs them.
 """
 
-from kiln.handlers import engine_build, engine_deployment, indexes, settings, sweep
+from kiln.handlers import (
+    engine_build,
+    engine_deployment,
+    indexes,
+    leadership,
+    login,
+    settings,
+    sweep,
+)
 
-__all__ = ["engine_build", "engine_deployment", "indexes", "settings", "sweep"]
+__all__ = ["engine_build", "engine_deployment", "indexes", "leadership", "login", "settings",
+           "sweep"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import kopf
@@ -16,7 +16,7 @@ from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.engine_deployment.pool import GpuNode, gpu_node
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
-from kiln.handlers import context
+from kiln.handlers import context, leadership
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import ED_LABEL
@@ -49,9 +49,10 @@ _queue: WorkQueue[tuple[str, str]] = WorkQueue(WORKERS)
 all, and returns; each then runs once, however many events marked it."""
 
 
-@kopf.on.startup()
-async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Start the reconcile workers over Kopf's indexes."""
+@leadership.while_leading("kiln serving reconcile workers")
+def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
+    """The reconcile workers over Kopf's indexes; a new leader reconciles every
+    EngineDeployment once."""
     world = Indexes(kwargs)
 
     def work(ref: tuple[str, str], _: bool) -> None:
@@ -59,13 +60,9 @@ async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
         if ed is not None and not ed["metadata"].get("deletionTimestamp"):
             _reconcile(ed, world)
 
-    memo["deployment_queue"] = asyncio.create_task(_queue.run(work),
-                                                   name="kiln serving reconcile workers")
-
-
-@kopf.on.cleanup()
-async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
-    await context.stop_task(memo, "deployment_queue")
+    for ed in world.every():
+        _mark(ed)
+    return _queue.run(work)
 
 
 def _mark(ed: Mapping[str, Any]) -> None:
@@ -81,6 +78,8 @@ async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
     if event["type"] == "DELETED":
         ref = (body.get("spec") or {}).get("engineBuildRef", {}).get("name", "")
         reconciler().forget(meta["namespace"], meta["name"])
+        if not leadership.leading():
+            return  # the leader writes it
         await asyncio.to_thread(reconciler().sync_auto_targets, meta["namespace"], ref,
                                 Indexes(kwargs), gone=meta["uid"])
         return
