@@ -48,7 +48,7 @@ class _Tunnel(socketserver.StreamRequestHandler):
         line = self.rfile.readline().decode("latin-1")
         while self.rfile.readline() not in (b"\r\n", b"\n", b""):
             pass
-        method, target, _ = (line.split() + ["", "", ""])[:3]
+        method, target, _ = [*line.split(), "", "", ""][:3]
         if method != "CONNECT":
             self.wfile.write(b"HTTP/1.1 405 Method Not Allowed\r\n\r\n")
             return
@@ -105,7 +105,8 @@ def call(path, body):
 ns, account = env["KILN_TEST_NAMESPACE"], env["KILN_TEST_ACCOUNT"]
 name = "exec-token-" + uuid.uuid4().hex[:8]
 secret = call(f"/api/v1/namespaces/{ns}/secrets",
-              {"metadata": {"name": name, "labels": {"kiln-test/exec-token": env["KILN_TEST_RUN"]}}})
+              {"metadata": {"name": name,
+                            "labels": {"kiln-test/exec-token": env["KILN_TEST_RUN"]}}})
 token = call(f"/api/v1/namespaces/{ns}/serviceaccounts/{account}/token",
              {"spec": {"expirationSeconds": 600, "boundObjectRef": {
                  "kind": "Secret", "apiVersion": "v1", "name": name,
