@@ -47,7 +47,7 @@ def install_release(cluster: Cluster, namespace: str) -> tuple[Path, str]:
 @pytest.fixture(scope="session")
 def kube(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     """Overrides the suite's cluster: these tests run operators of their own on it."""
-    with running(tmp_path_factory.mktemp("field-cluster")) as cluster:
+    with running(tmp_path_factory.mktemp("field-cluster"), audit=True) as cluster:
         install_crds(cluster)
         yield cluster
 
