@@ -11,7 +11,8 @@ from kiln.handlers import (
     login,
     settings,
     sweep,
+    usage,
 )
 
 __all__ = ["engine_build", "engine_deployment", "indexes", "leadership", "login", "settings",
-           "sweep"]
+           "sweep", "usage"]

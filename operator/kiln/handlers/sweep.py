@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from kiln.handlers import context, engine_build, engine_deployment, leadership
+from kiln.handlers import context, engine_build, engine_deployment, leadership, usage
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,8 @@ Sweep = Callable[[dict[str, Any]], None]
 def schedule() -> list[tuple[Sweep, float]]:
     """What runs, and how often."""
     return [(engine_build.sweep, context.config().weights_check_seconds),
-            (engine_deployment.sweep, context.config().resync_seconds)]
+            (engine_deployment.sweep, context.config().resync_seconds),
+            (usage.sweep, usage.interval())]
 
 
 async def run_forever(indices: dict[str, Any], sweeps: list[tuple[Sweep, float]]) -> None:
