@@ -288,3 +288,19 @@ def test_rendered_crds_are_the_chart_crds() -> None:
                   key=lambda d: d["metadata"]["name"])
     expected = sorted(crdgen.crd_manifests(), key=lambda d: d["metadata"]["name"])
     assert crds == expected
+
+
+def test_store_gc_is_an_optional_dry_run_cron_job() -> None:
+    assert not [d for d in render() if d["kind"] == "CronJob"]
+    docs = render({"store": {"uri": "s3://engines/", "gc": {"enabled": True}}})
+    job = find(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (gc,) = job["containers"]
+    assert gc["args"] == ["gc", "--retention=7d"]  # lists only, until apply: true
+    assert job["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
+    applied = render({"store": {"uri": "s3://engines/",
+                                "gc": {"enabled": True, "apply": True, "retention": "14d"}}})
+    assert find(applied, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"][0]["args"] == ["gc", "--retention=14d", "--apply"]
+    refused = render_text({"store": {"gc": {"enabled": True}}, "watchNamespaces": ["a"]},
+                          check=False)
+    assert refused.returncode and "cluster-wide" in refused.stderr
