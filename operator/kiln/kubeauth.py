@@ -30,6 +30,8 @@ from kiln.errors import AccessDenied
 log = logging.getLogger(__name__)
 
 USER_AGENT = f"kiln/{__version__}"
+POOL = 32
+"""Connections kept to the API server: every reconcile worker and the sweep at once."""
 MARGIN_SECONDS = 60.0
 """Renew a token this long before it expires (at most a fifth of its life)."""
 
@@ -108,6 +110,7 @@ class Credentials:
         bypass = bool(no_proxy) and proxy_bypass_environment(host, {"no": no_proxy})
         cfg.proxy = None if bypass else proxy_url or _env_proxy(cfg.host)
         cfg.no_proxy = None
+        cfg.connection_pool_maxsize = POOL  # the client's default is 5 per CPU
         api = client.ApiClient(cfg)
         api.user_agent = self.user_agent
         return api, expiry, time.time(), cfg.proxy
