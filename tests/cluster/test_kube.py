@@ -113,3 +113,14 @@ def test_an_event_that_cannot_be_posted_is_logged_not_raised(
             "metadata": {"name": "x", "namespace": "no-such-namespace", "uid": "u"}}
     _admin(kube).post_event(body, "Normal", "EngineReady", "ready")
     assert "could not post Event EngineReady about no-such-namespace/x" in caplog.text
+
+
+def test_a_closed_fence_stops_writes_not_reads(kube: Cluster, namespace: str) -> None:
+    """A replica without the Lease: its writes fail before they are sent."""
+    from kiln.errors import NotLeader
+
+    api = Kube(Client(Credentials(str(kube.kubeconfig)), fence=lambda: False))
+    assert api.read_job(namespace, "j") is None
+    with pytest.raises(NotLeader):
+        api.create_job(_job(namespace, "j"))
+    assert _admin(kube).read_job(namespace, "j") is None
