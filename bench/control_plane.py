@@ -586,10 +586,11 @@ def main() -> None:
     OUT.mkdir(exist_ok=True)
     tag = f"-{args.tag}" if args.tag else ""
     (OUT / f"control_plane{tag}.json").write_text(json.dumps(result, indent=2))
+    print(f"figures: {OUT / f'control_plane{tag}.json'}")
     if plot(result, OUT / f"control_plane{tag}.png"):
         print(f"plot: {OUT / f'control_plane{tag}.png'}")
     else:
-        print("plot skipped: matplotlib is not installed")
+        print("plot skipped: matplotlib is not installed (pip install -e '.[dev]')")
 
 
 if __name__ == "__main__":

@@ -30,7 +30,31 @@ def _run(args: argparse.Namespace) -> int:
     from kiln import operator
 
     return operator.run(namespaces=args.namespace or [], liveness=args.liveness,
-                        verbose=args.verbose)
+                        verbose=args.verbose, leader_elect=args.leader_elect)
+
+
+def _gc(args: argparse.Namespace) -> int:
+    from kiln import gc
+    from kiln.config import OperatorConfig
+    from kiln.kube import Client, Kube, load_config
+    from kiln.store import open_store
+
+    kube = Kube(Client(load_config()))
+    stores = list(args.store or [])
+    default = OperatorConfig.from_env().default_store
+    for eb in kube.list_custom("enginebuilds"):
+        uri = ((eb.get("spec") or {}).get("output") or {}).get("store") or default
+        if uri and uri not in stores:
+            stores.append(uri)
+    if not stores:
+        print("no store: name one with --store, or set KILN_DEFAULT_STORE", file=sys.stderr)
+        return 2
+    keep = gc.referenced(kube)
+    for uri in stores:
+        with open_store(uri) as store:
+            gc.collect(store, keep, retention=gc.seconds(args.retention), apply=args.apply,
+                       uploads_after=gc.seconds(args.uploads_after))
+    return 0
 
 
 def _quickstart(args: argparse.Namespace) -> int:
@@ -94,7 +118,22 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--liveness", default=None,
                      help="serve a liveness probe, e.g. http://0.0.0.0:8080/healthz")
     run.add_argument("-v", "--verbose", action="store_true", help="log more")
+    run.add_argument("--leader-elect", action="store_true",
+                     help="reconcile only while holding the Lease, so replicas stand by "
+                     "(also KILN_LEADER_ELECTION=true; KILN_LEASE_NAMESPACE, KILN_LEASE_NAME)")
     run.set_defaults(func=_run)
+
+    gc = sub.add_parser("gc", help="delete engines no EngineBuild of this cluster references "
+                        "and no cluster sharing the store used within the retention (dry run "
+                        "unless --apply)")
+    gc.add_argument("--apply", action="store_true", help="delete (default: only list)")
+    gc.add_argument("--retention", default="7d", help="keep what was used this recently "
+                    "(default 7d)")
+    gc.add_argument("--store", action="append", help="a store to collect (repeatable; "
+                    "default: KILN_DEFAULT_STORE and every EngineBuild's spec.output.store)")
+    gc.add_argument("--uploads-after", default="1d", help="with --apply, also remove uploads "
+                    "no manifest committed once this old (default 1d)")
+    gc.set_defaults(func=_gc)
 
     env = os.environ
     from kiln.contract import env as names

@@ -6,11 +6,20 @@ import json
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/kiln-dev/kiln-builder:0.1.0-trtllm1.2.1"
 DEFAULT_SERVER_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
 DEFAULT_FETCH_IMAGE = "ghcr.io/kiln-dev/kiln:0.1.0"
 DEFAULT_TRITON_MODELS_DIR = "/app/all_models/inflight_batcher_llm"
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def _pod_namespace() -> str | None:
+    try:
+        return Path(SERVICE_ACCOUNT_NAMESPACE).read_text().strip() or None
+    except OSError:
+        return None
 
 
 def _json_map(text: str | None, name: str) -> dict[str, str]:
@@ -20,16 +29,6 @@ def _json_map(text: str | None, name: str) -> dict[str, str]:
     if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
         raise ValueError(f"{name} must be a JSON object of strings, got {text!r}")
     return {str(k): v for k, v in value.items()}
-
-
-SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
-
-
-def _own_namespace() -> str | None:
-    try:
-        return open(SERVICE_ACCOUNT_NAMESPACE).read().strip() or None
-    except OSError:
-        return None
 
 
 @dataclass(frozen=True)
@@ -98,6 +97,17 @@ class OperatorConfig:
         if not self.allowed_builder_images:
             return True
         return any(_image_matches(image, entry) for entry in self.allowed_builder_images)
+    leader_election: bool = False
+    """Reconcile only while holding a Lease, so that replicas stand by (``KILN_LEADER_ELECTION``;
+    the chart sets it)."""
+    lease_namespace: str = "default"
+    """The Lease's namespace (``KILN_LEASE_NAMESPACE``, else ``POD_NAMESPACE``, else the pod's
+    own)."""
+    lease_name: str = "kiln"
+    """The Lease's name (``KILN_LEASE_NAME``): one per operator installation."""
+    used_mark_seconds: float = 86400.0
+    """How often an engine in use is marked used in the store, at most (``KILN_USED_MARK_SECONDS``;
+    ``kiln gc`` keeps what was marked within its retention)."""
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None) -> OperatorConfig:
@@ -113,7 +123,7 @@ class OperatorConfig:
             weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
             resync_seconds=float(env.get("KILN_RESYNC_SECONDS", "30")),
             rebuild_settle=env.get("KILN_REBUILD_SETTLE") or "1m",
-            namespace=env.get("KILN_NAMESPACE") or _own_namespace(),
+            namespace=env.get("KILN_NAMESPACE") or _pod_namespace(),
             server_image=env.get("KILN_SERVER_IMAGE") or DEFAULT_SERVER_IMAGE,
             triton_image=env.get("KILN_TRITON_IMAGE") or None,
             triton_models_dir=env.get("KILN_TRITON_MODELS_DIR") or DEFAULT_TRITON_MODELS_DIR,
@@ -124,6 +134,11 @@ class OperatorConfig:
             trusted_keys_file=env.get("KILN_TRUSTED_KEYS_FILE") or None,
             verify_seconds=float(env.get("KILN_VERIFY_SECONDS", "600")),
             allowed_builder_images=_list(env.get("KILN_ALLOWED_BUILDER_IMAGES")),
+            leader_election=(env.get("KILN_LEADER_ELECTION") or "").lower() in ("1", "true"),
+            lease_namespace=(env.get("KILN_LEASE_NAMESPACE") or env.get("POD_NAMESPACE")
+                             or _pod_namespace() or "default"),
+            lease_name=env.get("KILN_LEASE_NAME") or "kiln",
+            used_mark_seconds=float(env.get("KILN_USED_MARK_SECONDS", "86400")),
         )
 
 

@@ -191,8 +191,14 @@ def _column(name: str, path: str, kind: str = "string", priority: int = 0,
     return column
 
 
-def _crd(kind: str, short: str, schema: dict[str, Any],
-         columns: list[dict[str, Any]]) -> dict[str, Any]:
+SCALE = {"specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.scaleReplicas",
+         "labelSelectorPath": ".status.selector"}
+"""EngineDeployment's ``/scale`` (kubectl scale, HPA, KEDA): per GPU product, see
+docs/operations.md."""
+
+
+def _crd(kind: str, short: str, schema: dict[str, Any], columns: list[dict[str, Any]],
+         scale: dict[str, str] | None = None) -> dict[str, Any]:
     plural = kind.lower() + "s"
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
@@ -207,7 +213,7 @@ def _crd(kind: str, short: str, schema: dict[str, Any],
                 "name": VERSION,
                 "served": True,
                 "storage": True,
-                "subresources": {"status": {}},
+                "subresources": {"status": {}, **({"scale": scale} if scale else {})},
                 "additionalPrinterColumns": columns,
                 "schema": {"openAPIV3Schema": schema},
             }],
@@ -254,7 +260,7 @@ def engine_deployment_crd() -> dict[str, Any]:
     ]
     root = _root(EngineDeployment, engine_deployment.NAME_SCHEMA, spec,
                  structural(EngineDeploymentStatus))
-    return _crd("EngineDeployment", "ed", root, columns)
+    return _crd("EngineDeployment", "ed", root, columns, scale=SCALE)
 
 
 def crd_manifests() -> list[dict[str, Any]]:

@@ -46,6 +46,11 @@ class Unavailable(KilnError):
     retryable = True
 
 
+class NotLeader(Unavailable):
+    """A write from a replica that does not hold the leader's lease (the standby, or a
+    leader whose lease ran out): the leader does it."""
+
+
 class IntegrityError(KilnError):
     """Bytes read do not match the digest recorded for them."""
 

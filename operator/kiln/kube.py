@@ -1,34 +1,61 @@
 """The Kubernetes adapter: the few API calls the controllers make, with kiln's errors.
 
-Blocking (``kiln.kubeapi``): call from worker threads, never from Kopf's event loop.
+Over the official ``kubernetes`` client, with raw JSON in and out (its generated models would
+cost a parse and an object graph per Job and pod). Blocking: call from worker threads, never
+from Kopf's event loop. Writes pass ``fence`` first: a replica that is not (or no longer)
+the leader makes none.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 import logging
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
 import urllib3
+from kubernetes.client import ApiException
 
 from kiln import GROUP, VERSION
-from kiln.errors import AccessDenied, KilnError, NameTaken, NotFound, Unavailable
-from kiln.kubeapi import ApiError, Client, load
+from kiln.errors import AccessDenied, KilnError, NameTaken, NotFound, NotLeader, Unavailable
+from kiln.kubeauth import Credentials
 
 log = logging.getLogger(__name__)
+JSON = "application/json"
 MERGE = "application/merge-patch+json"
 APPLY = "application/apply-patch+yaml"  # JSON is YAML
 BACKGROUND = {"propagationPolicy": "Background"}
+MANAGER = "kiln"
+"""The field manager of every write (one for all replicas: ownership never moves)."""
+TIMEOUT = (10.0, 60.0)
+"""Connect and read timeouts of one request."""
 _BASES = {"Deployment": "/apis/apps/v1", "Service": "/api/v1",
           "PodDisruptionBudget": "/apis/policy/v1", "ConfigMap": "/api/v1"}
 _PLURALS = {"Deployment": "deployments", "Service": "services",
             "PodDisruptionBudget": "poddisruptionbudgets", "ConfigMap": "configmaps"}
 
 
-def load_config() -> Client:
+class ApiError(Exception):
+    """The API server answered with an error status."""
+
+    def __init__(self, status: int, reason: str, body: str) -> None:
+        super().__init__(f"{status} {reason}")
+        self.status, self.reason, self.body = status, reason, body
+
+    @property
+    def message(self) -> str:
+        """The Status message if the body is one, else the body's start."""
+        try:
+            return str(json.loads(self.body).get("message", ""))[:300]
+        except (ValueError, AttributeError):
+            return self.body[:300]
+
+
+def load_config() -> Credentials:
     """In-cluster credentials when running in a pod, else the current kubeconfig."""
-    return Client(load())
+    return Credentials()
 
 
 def translate(error: ApiError, what: str) -> KilnError:
@@ -48,11 +75,71 @@ def _custom(plural: str, namespace: str, name: str) -> str:
     return f"/apis/{GROUP}/{VERSION}/namespaces/{namespace}/{plural}/{name}"
 
 
+class Client:
+    """JSON requests through the official client; a 401 renews the credentials and retries
+    once. Safe to share between threads."""
+
+    def __init__(self, credentials: Credentials,
+                 fence: Callable[[], bool] = lambda: True) -> None:
+        self.credentials = credentials
+        self.fence = fence
+        """Whether this replica may write now (the leader's lease is valid)."""
+
+    def request(self, method: str, path: str, body: Any = None, *,
+                query: dict[str, str] | None = None, content_type: str = JSON,
+                timeout: float | tuple[float, float] = TIMEOUT, fenced: bool = True) -> Any:
+        """The decoded JSON answer (None if empty); ``ApiError`` for an error status,
+        urllib3's errors when the server cannot be reached, ``NotLeader`` for a write
+        while the fence is closed (the Lease's own writes pass ``fenced=False``)."""
+        params = dict(query or {})
+        if method in ("POST", "PUT", "PATCH") and content_type != APPLY:
+            params.setdefault("fieldManager", MANAGER)
+        headers = {"Accept": JSON, "Content-Type": content_type}
+        for attempt in (1, 2):
+            api = self.credentials.api()
+            if method != "GET" and fenced and not self.fence():  # checked last before sending
+                raise NotLeader(f"{method} {path}: this replica does not hold the Lease")
+            try:
+                response = api.call_api(
+                    path, method, query_params=list(params.items()), header_params=headers,
+                    body=body, auth_settings=["BearerToken"], _preload_content=False,
+                    _request_timeout=timeout)
+            except ApiException as error:
+                if error.status == 401 and attempt == 1:
+                    log.info("Unauthorized: renewing credentials")
+                    self.credentials.refresh(api)
+                    continue
+                if not error.status:  # the client's own: no answer (a TLS or proxy error)
+                    raise urllib3.exceptions.HTTPError(str(error.reason)) from error
+                text = error.body if isinstance(error.body, str) else (
+                    (error.body or b"").decode("utf-8", errors="replace"))
+                raise ApiError(error.status, error.reason or "", text) from error
+            data = response.data
+            return json.loads(data) if data else None
+        raise AssertionError("unreachable")
+
 class Kube:
     """Calls on Jobs, Pods, Secrets and kiln's own objects."""
 
     def __init__(self, api: Client) -> None:
         self.api = api
+
+    def list_custom(self, plural: str) -> list[dict[str, Any]]:
+        """Every kiln object of a kind, in every namespace."""
+        try:
+            found = self.api.request("GET", f"/apis/{GROUP}/{VERSION}/{plural}")
+        except ApiError as error:
+            raise translate(error, f"list {plural}") from error
+        return list(found.get("items") or [])
+
+    def list_build_jobs(self, label: str) -> list[dict[str, Any]]:
+        """Every Job carrying ``label``, in every namespace."""
+        try:
+            found = self.api.request("GET", "/apis/batch/v1/jobs",
+                                     query={"labelSelector": label})
+        except ApiError as error:
+            raise translate(error, "list build Jobs") from error
+        return list(found.get("items") or [])
 
     def create_job(self, job: dict[str, Any]) -> bool:
         """Create the Job; False if one of that name exists already."""
@@ -210,7 +297,7 @@ class Kube:
         }
         try:
             self.api.request("POST", f"/api/v1/namespaces/{meta['namespace']}/events", event)
-        except (ApiError, urllib3.exceptions.HTTPError) as error:
+        except (ApiError, NotLeader, urllib3.exceptions.HTTPError) as error:
             log.warning("could not post Event %s about %s/%s: %s", reason, meta["namespace"],
                         meta["name"], error)
 

@@ -69,6 +69,15 @@ ENGINES_SERVED = Gauge(
     "kiln_engines_served", "Serving Deployments, by mode (engine, or fallback while no "
     "engine is ready).", ["mode"], registry=REGISTRY)
 
+STORE_ENGINES = Gauge(
+    "kiln_store_engines", "Engines committed in a store, as the last `kiln gc --apply` left it.",
+    ["store"], registry=REGISTRY)
+STORE_BYTES = Gauge(
+    "kiln_store_bytes", "Bytes of those engines.", ["store"], registry=REGISTRY)
+GC_RECLAIMED_BYTES = Gauge(
+    "kiln_gc_reclaimed_bytes", "Bytes of the engines the last `kiln gc --apply` deleted.",
+    ["store"], registry=REGISTRY)
+
 for _kind in _KINDS:
     RECONCILE_ERRORS.labels(kind=_kind)
 for _mode in SERVING_MODES:
@@ -164,6 +173,13 @@ def set_engines_served(owner: str, modes: Mapping[str, int]) -> None:
         if not _served[owner]:
             del _served[owner]
         _publish_served()
+
+
+def set_store(store: str, *, engines: int, size: int, reclaimed: int) -> None:
+    """A store's figures from the last GC's report."""
+    STORE_ENGINES.labels(store=store).set(engines)
+    STORE_BYTES.labels(store=store).set(size)
+    GC_RECLAIMED_BYTES.labels(store=store).set(reclaimed)
 
 
 def forget_engines_served(owner: str) -> None:

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import logging
-import sys
+import os
 
 
-def run(*, namespaces: list[str], liveness: str | None, verbose: bool) -> int:
-    """Run every kiln handler until SIGTERM; watch ``namespaces`` or the whole cluster."""
-    # Kopf imports the ``kubernetes`` client when it is installed, only to recognise its
-    # models in what handlers return; kiln returns dicts and talks through ``kiln.kubeapi``.
-    # Not importing it saves ~40 MiB (Kopf then logs in by itself, as without it).
-    sys.modules.setdefault("kubernetes", None)  # type: ignore[arg-type]
+def run(*, namespaces: list[str], liveness: str | None, verbose: bool,
+        leader_elect: bool = False) -> int:
+    """Run every kiln handler until SIGTERM; watch ``namespaces`` or the whole cluster. With
+    ``leader_elect``, reconcile only while holding the Lease (replicas stand by)."""
+    if leader_elect:
+        os.environ["KILN_LEADER_ELECTION"] = "true"
     import kopf
 
     import kiln.handlers  # noqa: F401 - importing registers the handlers
@@ -21,6 +21,8 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool) -> int:
     for noisy in ("kubernetes", "botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     metrics.serve()  # KILN_METRICS_PORT (default 8081; 0: off)
+    # Standalone for Kopf: kiln's own Lease (kiln.leader) decides who reconciles, not Kopf's
+    # peering, and Kopf itself writes nothing to the objects.
     kopf.run(
         standalone=True,
         clusterwide=not namespaces,

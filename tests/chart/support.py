@@ -143,6 +143,8 @@ NEEDS: tuple[Need, ...] = tuple([
     *_needs("list watch", "apps", "deployments", scopes=WATCH),
     *_needs("list watch", "", "services", scopes=WATCH),
     *_needs("list watch", "policy", "poddisruptionbudgets", scopes=WATCH),
+    # The trusted public keys the serving pods read, one ConfigMap per EngineDeployment.
+    *_needs("get create patch", "", "configmaps"),
 ])
 
 DENIED: tuple[Need, ...] = tuple([
@@ -158,7 +160,7 @@ DENIED: tuple[Need, ...] = tuple([
     *_needs("create delete", "", "pods"),
     Need("create", "", "pods", "exec"),
     *_needs("get patch update delete", "", "nodes", scopes=("cluster",)),
-    *_needs("get list", "", "configmaps"),
+    *_needs("list watch delete", "", "configmaps"),
     Need("create", "", "serviceaccounts", "token"),
     *_needs("list watch", "kopf.dev", "clusterkopfpeerings", scopes=("cluster",)),
     *_needs("bind escalate create", "rbac.authorization.k8s.io", "clusterroles",

@@ -15,6 +15,7 @@ from chart.support import CHART, ROOT, find, helm, render, render_text
 from kiln import crdgen, metrics
 from kiln.cli import main as kiln_main
 from kiln.config import OperatorConfig
+from kiln.leader import Timing
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -62,8 +63,9 @@ def test_helm_lint_is_clean(values: dict[str, Any], tmp_path: Path) -> None:
 def test_operator_deployment_defaults() -> None:
     docs = render()
     deployment = find(docs, "Deployment")
-    assert deployment["spec"]["replicas"] == 1
-    assert deployment["spec"]["strategy"] == {"type": "Recreate"}
+    assert deployment["spec"]["replicas"] == 2  # a hot standby, elected through a Lease
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
     pod = deployment["spec"]["template"]["spec"]
     assert pod["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
     assert pod["securityContext"]["runAsNonRoot"] is True
@@ -132,11 +134,33 @@ def test_defaults_leave_optional_settings_unset() -> None:
     env = env_of(render())
     assert "KILN_DEFAULT_STORE" not in env
     assert "KILN_STORE_SECRET" not in env
-    # Two defaults on purpose (docs/security.md): a signing key from the chart's Secret, and
-    # only the default builder repository allowed.
+    # Defaults on purpose (docs/security.md): a signing key from the chart's Secret, only the
+    # default builder repository allowed; replicas elect a leader.
     assert OperatorConfig.from_env(env) == OperatorConfig(
         signing_key_file="/etc/kiln/signing/key.pem",
-        allowed_builder_images=("ghcr.io/kiln-dev/kiln-builder",))
+        allowed_builder_images=("ghcr.io/kiln-dev/kiln-builder",),
+        leader_election=True, lease_name="kiln",
+        lease_namespace=OperatorConfig.from_env(env).lease_namespace)
+
+
+def test_replicas_elect_a_leader_through_a_lease_in_the_release_namespace() -> None:
+    docs = render()
+    env = container(docs)["env"]
+    by_name = {e["name"]: e for e in env}
+    assert by_name["KILN_LEASE_NAMESPACE"]["valueFrom"] == {
+        "fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert by_name["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    timing = Timing.from_env({e["name"]: e["value"] for e in env if "value" in e})
+    assert timing == Timing(lease=15, renew_deadline=10, retry=2)
+    role = find(docs, "Role", "kiln-leader")
+    assert role["metadata"]["namespace"] == "kiln-system"
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "create", "update"]}]
+    refused = render_text({"leaderElection": {"enabled": False}}, check=False)
+    assert refused.returncode and "replicaCount > 1 needs leaderElection" in refused.stderr
+    single = render({"replicaCount": 1, "leaderElection": {"enabled": False}})
+    assert find(single, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
+    assert not [d for d in single if d["kind"] == "Role"]
 
 
 def test_every_setting_the_operator_reads_is_set_by_the_chart() -> None:
@@ -173,7 +197,8 @@ def test_rbac_rules_are_commented_in_sections() -> None:
 
 def test_cluster_wide_by_default() -> None:
     docs = render()
-    assert {d["kind"] for d in docs if "rbac" in d["apiVersion"]} == {
+    assert {d["kind"] for d in docs if "rbac" in d["apiVersion"]
+            and not d["metadata"]["name"].endswith("-leader")} == {
         "ClusterRole", "ClusterRoleBinding"}
     resources = {r for rule in rules(docs) for r in rule["resources"]}
     assert "namespaces" not in resources  # Kopf does not look at Namespaces cluster-wide
@@ -181,9 +206,9 @@ def test_cluster_wide_by_default() -> None:
 
 def test_named_namespaces_get_roles_and_a_small_cluster_role() -> None:
     docs = render(VARIANTS["namespaced"])
-    roles = [d for d in docs if d["kind"] == "Role"]
+    roles = [d for d in docs if d["kind"] == "Role" and d["metadata"]["name"] == "kiln"]
     assert sorted(r["metadata"]["namespace"] for r in roles) == ["team-a", "team-b"]
-    bindings = [d for d in docs if d["kind"] == "RoleBinding"]
+    bindings = [d for d in docs if d["kind"] == "RoleBinding" and d["metadata"]["name"] == "kiln"]
     assert sorted(b["metadata"]["namespace"] for b in bindings) == ["team-a", "team-b"]
     for binding in bindings:
         assert binding["subjects"][0]["namespace"] == "kiln-system"
@@ -270,3 +295,19 @@ def test_rendered_crds_are_the_chart_crds() -> None:
                   key=lambda d: d["metadata"]["name"])
     expected = sorted(crdgen.crd_manifests(), key=lambda d: d["metadata"]["name"])
     assert crds == expected
+
+
+def test_store_gc_is_an_optional_dry_run_cron_job() -> None:
+    assert not [d for d in render() if d["kind"] == "CronJob"]
+    docs = render({"store": {"uri": "s3://engines/", "gc": {"enabled": True}}})
+    job = find(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    (gc,) = job["containers"]
+    assert gc["args"] == ["gc", "--retention=7d"]  # lists only, until apply: true
+    assert job["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
+    applied = render({"store": {"uri": "s3://engines/",
+                                "gc": {"enabled": True, "apply": True, "retention": "14d"}}})
+    assert find(applied, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "containers"][0]["args"] == ["gc", "--retention=14d", "--apply"]
+    refused = render_text({"store": {"gc": {"enabled": True}}, "watchNamespaces": ["a"]},
+                          check=False)
+    assert refused.returncode and "cluster-wide" in refused.stderr

@@ -76,7 +76,7 @@ def test_rendered_chart_applies_server_side(kube: Any, crds: None, namespace: st
     support.apply(kube, docs)  # strict field validation: an unknown field fails here
     apps = client.AppsV1Api(kube.api_client)
     stored = apps.read_namespaced_deployment(release, namespace)
-    assert stored.spec.strategy.type == "Recreate"
+    assert stored.spec.strategy.type == "RollingUpdate"  # two replicas, one leads
     assert stored.spec.template.spec.containers[0].security_context.read_only_root_filesystem
     again = kube.kubectl("apply", "--server-side", "--force-conflicts",
                          "--field-manager=kiln-tests", "-f", "-",
@@ -139,7 +139,8 @@ def test_namespaced_rbac_stays_in_the_watched_namespaces(
 
 
 RULES = ("events", "customresourcedefinitions", "enginebuilds", "enginebuilds/status", "jobs",
-         "pods", "secrets", "nodes", "deployments", "services", "poddisruptionbudgets")
+         "pods", "secrets", "nodes", "deployments", "services", "poddisruptionbudgets",
+         "configmaps")
 """Each rule of the cluster-wide ClusterRole, by its first resource."""
 
 

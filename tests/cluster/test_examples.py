@@ -39,6 +39,7 @@ def test_there_are_examples_of_each_kind() -> None:
     kinds = [yaml.safe_load(p.read_text())["kind"] for p in EXAMPLES]
     assert kinds.count("EngineBuild") >= 3
     assert kinds.count("EngineDeployment") >= 1
+    assert kinds.count("HorizontalPodAutoscaler") == 1
     for path in EXAMPLES:
         docs = list(yaml.safe_load_all(path.read_text()))
         assert len(docs) == 1, path.name
@@ -50,6 +51,13 @@ def test_example_is_accepted(kube: Any, examples_namespace: str, path: Path) -> 
     created = kube.kubectl("create", "-n", examples_namespace, "-f", str(path), "-o", "yaml")
     stored = yaml.safe_load(created.stdout)
     doc = yaml.safe_load(path.read_text())
+    if doc["kind"] == "HorizontalPodAutoscaler":  # it targets an example EngineDeployment
+        target = doc["spec"]["scaleTargetRef"]
+        named = [yaml.safe_load(p.read_text()) for p in EXAMPLES]
+        assert any(d["kind"] == target["kind"] and d["metadata"]["name"] == target["name"]
+                   for d in named), target
+        assert stored["spec"]["scaleTargetRef"] == target
+        return
     model = MODELS[doc["kind"]].model_validate(doc)
     assert stored["spec"] == model.to_dict()["spec"]
     assert MODELS[doc["kind"]].model_validate(stored).spec == model.spec

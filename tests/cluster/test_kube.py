@@ -1,4 +1,4 @@
-"""The Kubernetes adapter (``kiln.kube`` over ``kiln.kubeapi``) against the real apiserver:
+"""The Kubernetes adapter (``kiln.kube`` over the official client) against the real apiserver:
 both kinds of credential, error mapping, owner replacement, server-side apply, Events."""
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ from kubernetes import client
 
 from kiln.dev.testbed.cluster import Cluster
 from kiln.errors import AccessDenied, NameTaken
-from kiln.kube import Kube
-from kiln.kubeapi import Client, from_kubeconfig
+from kiln.kube import Client, Kube
+from kiln.kubeauth import Credentials
 
 pytestmark = pytest.mark.cluster
 
 
 def _admin(kube: Cluster) -> Kube:
-    return Kube(Client(from_kubeconfig(str(kube.kubeconfig))))
+    return Kube(Client(Credentials(str(kube.kubeconfig))))
 
 
 def _job(namespace: str, name: str) -> dict[str, object]:
@@ -75,7 +75,7 @@ def test_jobs_created_read_reowned_and_deleted(kube: Cluster, namespace: str) ->
 
 def test_service_account_token_and_access_denied(kube: Cluster, namespace: str) -> None:
     path = kube.kubeconfig_for_service_account(namespace, "nobody")
-    api = Kube(Client(from_kubeconfig(str(path))))
+    api = Kube(Client(Credentials(str(path))))
     with pytest.raises(AccessDenied, match="Forbidden"):
         api.secret_data(namespace, "anything")
 
@@ -137,3 +137,14 @@ def test_an_event_that_cannot_be_posted_is_logged_not_raised(
             "metadata": {"name": "x", "namespace": "no-such-namespace", "uid": "u"}}
     _admin(kube).post_event(body, "Normal", "EngineReady", "ready")
     assert "could not post Event EngineReady about no-such-namespace/x" in caplog.text
+
+
+def test_a_closed_fence_stops_writes_not_reads(kube: Cluster, namespace: str) -> None:
+    """A replica without the Lease: its writes fail before they are sent."""
+    from kiln.errors import NotLeader
+
+    api = Kube(Client(Credentials(str(kube.kubeconfig)), fence=lambda: False))
+    assert api.read_job(namespace, "j") is None
+    with pytest.raises(NotLeader):
+        api.create_job(_job(namespace, "j"))
+    assert _admin(kube).read_job(namespace, "j") is None

@@ -11,7 +11,8 @@ from kiln.config import OperatorConfig
 from kiln.dev.testbed.cluster import Cluster
 from kiln.engine_build.plan import Want
 from kiln.engine_build.render import render_job
-from kiln.kubeapi import Client, from_kubeconfig
+from kiln.kube import Client
+from kiln.kubeauth import Credentials
 from kiln.targets import effective
 
 pytestmark = pytest.mark.cluster
@@ -32,7 +33,7 @@ def test_the_apiserver_takes_the_job_as_rendered(kube: Cluster, namespace: str, 
                      owner_uid="00000000-0000-0000-0000-000000000001", spec=spec,
                      want=Want(target, KEY, engine_uri), image="builder:1", task_json="{}",
                      config=OperatorConfig())
-    api = Client(from_kubeconfig(str(kube.kubeconfig)))
+    api = Client(Credentials(str(kube.kubeconfig)))
     made: dict[str, Any] = api.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs",
                                        job, query={"dryRun": "All"})
     pod = made["spec"]["template"]["spec"]

@@ -6,7 +6,7 @@ import contextlib
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -22,16 +22,19 @@ ROOT = Path(__file__).resolve().parents[2]
 class Operator:
     """``kiln run`` as a child process; ``kill`` and ``start`` for crash tests."""
 
-    def __init__(self, kube: Cluster, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, kube: Cluster, env: dict[str, str], log_path: Path,
+                 args: Sequence[str] = ()) -> None:
         self.kube = kube
         self.env = env
         self.log_path = log_path
+        self.args = list(args)
+        """More ``kiln run`` arguments, e.g. ``-n NS``, ``--leader-elect``."""
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "kiln.cli", "run", "--verbose"], env=self.env,
+            [sys.executable, "-m", "kiln.cli", "run", "--verbose", *self.args], env=self.env,
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def kill(self, sig: int = signal.SIGKILL) -> None:

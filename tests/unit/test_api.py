@@ -63,7 +63,11 @@ def test_every_field_has_a_description() -> None:
     assert missing == []
 
 
-@pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.yaml")), ids=lambda p: p.name)
+KILN_EXAMPLES = [p for p in sorted(EXAMPLES.glob("*.yaml"))
+                 if yaml.safe_load(p.read_text())["apiVersion"].startswith("kiln.dev/")]
+
+
+@pytest.mark.parametrize("path", KILN_EXAMPLES, ids=lambda p: p.name)
 def test_examples_parse_and_dump_back_to_what_they_say(path: Path) -> None:
     doc = yaml.safe_load(path.read_text())
     model_cls: Any = {"EngineBuild": EngineBuild, "EngineDeployment": EngineDeployment}[doc["kind"]]

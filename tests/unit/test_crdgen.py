@@ -115,9 +115,13 @@ def test_names_columns_and_subresources() -> None:
     for crd in (eb, ed):
         assert crd["spec"]["names"]["categories"] == ["kiln"]
         version = crd["spec"]["versions"][0]
-        assert version["subresources"] == {"status": {}}
+        assert version["subresources"]["status"] == {}
         names = [c["name"] for c in version["additionalPrinterColumns"]]
         assert {"Ready", "Key", "Age"} <= set(names)
+    assert "scale" not in eb["spec"]["versions"][0]["subresources"]
+    assert ed["spec"]["versions"][0]["subresources"]["scale"] == {
+        "specReplicasPath": ".spec.replicas", "statusReplicasPath": ".status.scaleReplicas",
+        "labelSelectorPath": ".status.selector"}
     eb_columns = {c["name"]: c for c in eb["spec"]["versions"][0]["additionalPrinterColumns"]}
     assert eb_columns["Phase"]["jsonPath"] == ".status.phase"
     assert eb_columns["GPUs"]["jsonPath"] == ".status.gpus"

@@ -55,7 +55,7 @@ rules on cluster-scoped resources always go into a ClusterRole.
 
 {{- define "kiln.rules.framework.namespaced" -}}
 # Kopf posts Events about the objects it handles (kopf.event, handler errors). Peering objects
-# (kopf.dev KopfPeering) are not needed: kiln runs `--standalone`, one replica, Recreate.
+# (kopf.dev KopfPeering) are not needed: Kopf runs `--standalone`; kiln's Lease elects.
 - apiGroups: [""]
   resources: [events]
   verbs: [create, patch]

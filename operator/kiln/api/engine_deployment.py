@@ -164,6 +164,11 @@ class EngineDeploymentStatus(KilnModel):
     engine_keys: str | None = Field(default=None, max_length=512)
     """The first 12 characters of each engine key served, comma-separated (for ``kubectl
     get``)."""
+    scale_replicas: int | None = Field(default=None, ge=0)
+    """What the ``/scale`` subresource reports as current replicas: the pods of the first GPU
+    product served (by name), as ``spec.replicas`` counts pods per product."""
+    selector: str | None = Field(default=None, max_length=512)
+    """The label selector of those pods: what an HPA reads pod metrics from."""
 
 
 class EngineDeployment(KilnModel):

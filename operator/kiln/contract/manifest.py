@@ -10,6 +10,9 @@ from pydantic import Field
 from kiln.api import KilnModel
 
 MANIFEST = "manifest.json"
+USED = "last-used"
+"""Beside the manifest: rewritten (at most daily) by every operator serving the engine; its
+age is how long nobody used it (``kiln gc``)."""
 MANIFEST_SCHEMA_VERSION = 1
 
 

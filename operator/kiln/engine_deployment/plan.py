@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
-from typing import get_args
+from typing import Any, get_args
 
 from kiln import catalogue
 from kiln.api import (
@@ -29,7 +29,7 @@ from kiln.api import (
 )
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name
 from kiln.key import short_key
-from kiln.labels import GPU_PRODUCT_LABEL
+from kiln.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
 from kiln.pool import served_products
 from kiln.status import Event, set_conditions
 
@@ -308,6 +308,19 @@ def _memory(prior: ProductStatus | None) -> dict[str, object]:
             "missing_since": prior.missing_since, "message": prior.message}
 
 
+def scale_status(name: str, products: list[ProductStatus],
+                 kept: Iterable[ObservedDeployment]) -> dict[str, Any]:
+    """What ``/scale`` reports: the replicas and pod selector of the first product served
+    (``spec.replicas`` is per product, so an HPA must count one product's pods)."""
+    running = {d.name: d for d in kept}
+    for product in products:
+        seen = running.get(product.deployment or "")
+        if seen is not None:
+            return {"scale_replicas": seen.status_replicas,
+                    "selector": f"{ED_LABEL}={name},{SERVING_PRODUCT_LABEL}={product.gpu_product}"}
+    return {"scale_replicas": 0, "selector": f"{ED_LABEL}={name}"}
+
+
 def summarize(ed: EngineDeployment, decision: Decision,
               observed: Iterable[ObservedDeployment],
               hashes: Mapping[str, str]) -> tuple[EngineDeploymentStatus, list[Event]]:
@@ -374,7 +387,8 @@ def summarize(ed: EngineDeployment, decision: Decision,
         replicas=sum(d.status_replicas for d in kept),
         ready_replicas=sum(d.ready_replicas for d in kept), products=products,
         gpus=",".join(p.gpu or p.gpu_product for p in products) or None,
-        engine_keys=",".join(short_key(p.engine_key or "-") for p in products) or None)
+        engine_keys=",".join(short_key(p.engine_key or "-") for p in products) or None,
+        **scale_status(str(ed.metadata.get("name", "")), products, kept))
     events = _events(old.products, products, ed.spec.fallback)
     was_stalled = any(c.type == "Stalled" and c.status == "True" and c.reason == reason
                       for c in old.conditions)

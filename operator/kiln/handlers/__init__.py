@@ -3,6 +3,16 @@
 Importing this package registers every handler; ``kiln.operator`` runs them.
 """
 
-from kiln.handlers import engine_build, engine_deployment, indexes, settings, sweep
+from kiln.handlers import (
+    engine_build,
+    engine_deployment,
+    indexes,
+    leadership,
+    login,
+    settings,
+    sweep,
+    usage,
+)
 
-__all__ = ["engine_build", "engine_deployment", "indexes", "settings", "sweep"]
+__all__ = ["engine_build", "engine_deployment", "indexes", "leadership", "login", "settings",
+           "sweep", "usage"]

@@ -1,4 +1,5 @@
-"""What the handlers share: the operator config, the API client, the reconcilers."""
+"""What the handlers share: the operator config, the credentials, the API client, the Lease,
+the reconcilers."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ from typing import Any, cast
 
 import kopf
 
+from kiln import __version__, leader
 from kiln.config import OperatorConfig
 from kiln.engine_build.reconciler import EngineBuildReconciler
-from kiln.kube import Kube, load_config
+from kiln.kube import Client, Kube
+from kiln.kubeauth import Credentials
 from kiln.status import Event
 
 
@@ -21,8 +24,43 @@ def config() -> OperatorConfig:
 
 
 @functools.cache
+def identity() -> str:
+    """This replica's name, in the Lease and in its requests' User-Agent."""
+    return leader.identity()
+
+
+@functools.cache
+def credentials() -> Credentials:
+    """The one set of credentials: kiln's calls and Kopf's login."""
+    return Credentials(user_agent=f"kiln/{__version__} ({identity()})")
+
+
+@functools.cache
+def client() -> Client:
+    return Client(credentials(), fence=fence)
+
+
+@functools.cache
+def elector() -> leader.Elector | None:
+    """The Lease this replica campaigns for; None when leader election is off."""
+    cfg = config()
+    if not cfg.leader_election:
+        return None
+    return leader.Elector(client(), cfg.lease_namespace, cfg.lease_name, identity(),
+                          leader.Timing.from_env(), on_lead=lambda: None,
+                          on_lose=lambda: None)
+
+
+def fence() -> bool:
+    """Whether this replica may write: always without leader election, else while its Lease
+    is valid."""
+    found = elector()
+    return found is None or found.fence()
+
+
+@functools.cache
 def kube() -> Kube:
-    return Kube(load_config())
+    return Kube(client())
 
 
 def emit(body: dict[str, Any], event: Event) -> None:

@@ -3,8 +3,8 @@ a work queue reconciles it."""
 
 from __future__ import annotations
 
-import asyncio
 import logging
+from collections.abc import Coroutine
 from typing import Any
 
 import kopf
@@ -13,7 +13,7 @@ import urllib3
 from kiln import EB_PLURAL, GROUP, VERSION, metrics
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.errors import KilnError
-from kiln.handlers import context
+from kiln.handlers import context, leadership
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import KEY_LABEL
@@ -44,9 +44,10 @@ _queue: WorkQueue[Ref] = WorkQueue(WORKERS)
 """EngineBuilds due for a reconcile: the handlers below only mark them (see ``workqueue``)."""
 
 
-@kopf.on.startup()
-async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Start the reconcile workers; they read EngineBuilds and Jobs from Kopf's indexes."""
+@leadership.while_leading("kiln reconcile workers")
+def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
+    """The reconcile workers, over Kopf's indexes; a new leader reconciles every EngineBuild
+    once (changes it saw while standing by are marked already)."""
     indexes = Indexes(kwargs)
 
     def work(ref: Ref, job_moved: bool) -> None:
@@ -54,12 +55,9 @@ async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
         if body is not None and not body["metadata"].get("deletionTimestamp"):
             _reconcile(body, indexes, job_moved=job_moved)
 
-    memo["build_queue"] = asyncio.create_task(_queue.run(work), name="kiln reconcile workers")
-
-
-@kopf.on.cleanup()
-async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
-    await context.stop_task(memo, "build_queue")
+    for ref, _ in indexes.every_engine_build():
+        _queue.add(ref)
+    return _queue.run(work)
 
 
 def _mark(namespace: str, name: str, job_moved: bool = False) -> None:

@@ -4,10 +4,9 @@ whose auto targets they decide); a work queue reconciles them."""
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Coroutine, Mapping
 from typing import Any
 
 import kopf
@@ -15,7 +14,7 @@ import kopf
 from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
-from kiln.handlers import context, engine_build
+from kiln.handlers import context, engine_build, leadership
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import ED_LABEL
@@ -46,9 +45,10 @@ _queue: WorkQueue[tuple[str, str]] = WorkQueue(WORKERS)
 all, and returns; each then runs once, however many events marked it."""
 
 
-@kopf.on.startup()
-async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Start the reconcile workers over Kopf's indexes."""
+@leadership.while_leading("kiln serving reconcile workers")
+def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
+    """The reconcile workers over Kopf's indexes; a new leader reconciles every
+    EngineDeployment once."""
     world = Indexes(kwargs)
 
     def work(ref: tuple[str, str], _: bool) -> None:
@@ -56,13 +56,9 @@ async def start_queue(memo: kopf.Memo, **kwargs: Any) -> None:
         if ed is not None and not ed["metadata"].get("deletionTimestamp"):
             _reconcile(ed, world)
 
-    memo["deployment_queue"] = asyncio.create_task(_queue.run(work),
-                                                   name="kiln serving reconcile workers")
-
-
-@kopf.on.cleanup()
-async def stop_queue(memo: kopf.Memo, **_: Any) -> None:
-    await context.stop_task(memo, "deployment_queue")
+    for ed in world.every():
+        _mark(ed)
+    return _queue.run(work)
 
 
 def _mark(ed: Mapping[str, Any]) -> None:

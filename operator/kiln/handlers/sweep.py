@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
-import kopf
-
-from kiln.handlers import context, engine_build, engine_deployment
+from kiln.handlers import context, engine_build, engine_deployment, leadership, usage
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +24,8 @@ def schedule() -> list[tuple[Sweep, float]]:
     """What runs, and how often."""
     config = context.config()
     return [(engine_build.sweep, min(config.weights_check_seconds, config.resync_seconds)),
-            (engine_deployment.sweep, config.resync_seconds)]
+            (engine_deployment.sweep, config.resync_seconds),
+            (usage.sweep, usage.interval())]
 
 
 async def run_forever(indices: dict[str, Any], sweeps: list[tuple[Sweep, float]]) -> None:
@@ -36,19 +35,31 @@ async def run_forever(indices: dict[str, Any], sweeps: list[tuple[Sweep, float]]
     while True:
         fn, interval = min(sweeps, key=lambda item: due[item[0]])
         await asyncio.sleep(max(0.0, due[fn] - time.monotonic()))
+        _round["started"] = time.monotonic()
         try:
             await asyncio.to_thread(fn, indices)
         except Exception:
             log.exception("sweep %s failed; the next one is in %.0f s", fn.__module__, interval)
+        finally:
+            _round.pop("started", None)
         due[fn] = time.monotonic() + interval
 
 
-@kopf.on.startup()
-async def start(memo: kopf.Memo, **kwargs: Any) -> None:
-    """Start the sweep; Kopf passes its (still filling) indexes to startup handlers."""
-    memo["sweep"] = asyncio.create_task(run_forever(kwargs, schedule()), name="kiln sweep")
+_round: dict[str, float] = {}
+"""When the round running now started (absent between rounds)."""
+STUCK_SECONDS = 600.0
 
 
-@kopf.on.cleanup()
-async def stop(memo: kopf.Memo, **_: Any) -> None:
-    await context.stop_task(memo, "sweep")
+@leadership.while_leading("kiln sweep")
+def start(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
+    """The sweep, over Kopf's (still filling) indexes."""
+    return run_forever(kwargs, schedule())
+
+
+@leadership.health_check
+def stuck() -> str | None:
+    """A round that has run for longer than ``STUCK_SECONDS`` (a hung request) is dead."""
+    started = _round.get("started")
+    if started is not None and time.monotonic() - started > STUCK_SECONDS:
+        return f"a sweep round has run for {time.monotonic() - started:.0f} s"
+    return None

@@ -15,6 +15,7 @@ import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_EXCEPTION, ThreadPoolExecutor, wait
+from datetime import UTC, datetime
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -148,6 +149,14 @@ class EngineStore(ABC):
         """Drop what is left of an engine directory with no manifest and no uploads."""
 
     @abstractmethod
+    def _write_used(self, key: str, data: bytes) -> None:
+        """Write (replace) ``<root>/engines/<key>/last-used``."""
+
+    @abstractmethod
+    def _used_age(self, key: str) -> float | None:
+        """Seconds since ``last-used`` was written (by the store's clock), or None."""
+
+    @abstractmethod
     def get_blob(self, name: str) -> bytes | None:
         """A small object under ``<root>/cache/`` (e.g. a TensorRT timing cache), or None."""
 
@@ -274,6 +283,28 @@ class EngineStore(ABC):
     def delete(self, key: str) -> None:
         """Remove engine ``key``: its manifest first (readers stop seeing it), then its files."""
         self._remove(check_key(key))
+
+    def mark_used(self, key: str, by: str, *, unless_within: float = 0.0) -> bool:
+        """Record that engine ``key`` is in use (``by``: who, for people reading it), unless
+        it was marked less than ``unless_within`` seconds ago; whether it wrote."""
+        age = self._used_age(check_key(key)) if unless_within else None
+        if age is not None and age < unless_within:
+            return False
+        self._write_used(key, f'{{"by": "{by}"}}\n'.encode())
+        return True
+
+    def unused_for(self, key: str) -> float | None:
+        """Seconds since engine ``key`` was last marked used (else since it was committed);
+        None if it is not committed."""
+        age = self._used_age(check_key(key))
+        if age is not None:
+            return age
+        manifest = self.read_manifest(key)
+        if manifest is None:
+            return None
+        created = manifest.created_at
+        return (datetime.now(UTC) - (created if created.tzinfo else created.replace(
+            tzinfo=UTC))).total_seconds()
 
     def collect_garbage(self, older_than_seconds: float) -> list[str]:
         """Remove uploads no manifest commits, once older than the threshold; returns

@@ -10,7 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
+from kiln.contract.manifest import MANIFEST, USED, FileEntry, Manifest
 from kiln.errors import InvalidInput, NotFound
 from kiln.key import short_key
 from kiln.store.base import CHUNK, Count, EngineStore
@@ -127,7 +127,20 @@ class FileStore(EngineStore):
         (self._dir(key) / f".{MANIFEST}.{upload}").unlink(missing_ok=True)
         shutil.rmtree(self._dir(key) / upload, ignore_errors=True)
 
+    def _write_used(self, key: str, data: bytes) -> None:
+        self._dir(key).mkdir(parents=True, exist_ok=True)
+        staged = self._dir(key) / f".{USED}.{os.getpid()}.{time.monotonic_ns()}"
+        staged.write_bytes(data)
+        staged.replace(self._dir(key) / USED)
+
+    def _used_age(self, key: str) -> float | None:
+        try:
+            return time.time() - (self._dir(key) / USED).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
     def _prune(self, key: str) -> None:
+        (self._dir(key) / USED).unlink(missing_ok=True)
         for staged in self._dir(key).glob(f".{MANIFEST}.*"):
             staged.unlink(missing_ok=True)
         with contextlib.suppress(OSError):

@@ -11,7 +11,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
+from kiln.contract.manifest import MANIFEST, USED, FileEntry, Manifest
 from kiln.errors import InvalidInput
 from kiln.key import short_key
 from kiln.store.base import Count, EngineStore
@@ -170,6 +170,28 @@ class S3Store(EngineStore):
             if objects:
                 self._call("delete", self.client.delete_objects, Bucket=self.bucket,
                            Delete={"Objects": objects, "Quiet": True})
+
+    def _write_used(self, key: str, data: bytes) -> None:
+        self._call(f"mark {short_key(key)} used", self.client.put_object, Bucket=self.bucket,
+                   Key=self._key_prefix(key) + USED, Body=data)
+
+    def _used_age(self, key: str) -> float | None:
+        try:
+            head = self.client.head_object(Bucket=self.bucket, Key=self._key_prefix(key) + USED)
+        except ClientError as error:
+            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise translate(error, f"read when {short_key(key)} was used in {self.uri}"
+                            ) from error
+        except (BotoCoreError, OSError) as error:
+            raise translate(error, f"read when {short_key(key)} was used in {self.uri}"
+                            ) from error
+        modified: datetime = head["LastModified"]
+        return (datetime.now(UTC) - modified).total_seconds()
+
+    def _prune(self, key: str) -> None:
+        self._call("delete the last-used marker", self.client.delete_object,
+                   Bucket=self.bucket, Key=self._key_prefix(key) + USED)
 
     def _blob_name(self, name: str) -> str:
         if not name or any(p in ("", ".", "..") for p in name.split("/")):

@@ -82,8 +82,11 @@ class Cluster:
         *,
         pools: Iterable[nodes.Pool] = nodes.DEFAULT_POOLS,
         binaries: Binaries | None = None,
+        audit: bool = False,
     ) -> None:
         self.state_dir = state_dir
+        self.audit_log = state_dir / "audit.log" if audit else None
+        """With ``audit``: the apiserver's audit log of every write (JSON lines)."""
         self.pools = list(pools)
         self.binaries = binaries or ensure_built()
         self.processes: dict[str, subprocess.Popen[bytes]] = {}
@@ -185,7 +188,7 @@ class Cluster:
             "--allow-privileged=true", "--endpoint-reconciler-type=none",
             "--disable-admission-plugins=ServiceAccount",
             "--max-requests-inflight=1000", "--max-mutating-requests-inflight=500",
-            "--profiling=false", "-v=1",
+            "--profiling=false", "-v=1", *self._audit_flags(),
         ])
         context = ssl.create_default_context(cafile=str(pki / "ca.crt"))
         context.load_cert_chain(str(pki / "admin.crt"), str(pki / "admin.key"))
@@ -196,6 +199,24 @@ class Cluster:
                 return bool(response.status == 200)
 
         _wait("kube-apiserver", ready, timeout, process, self.log_path("kube-apiserver"))
+
+    def _audit_flags(self) -> list[str]:
+        if self.audit_log is None:
+            return []
+        policy = self.state_dir / "audit-policy.yaml"
+        policy.write_text(yaml.safe_dump({
+            "apiVersion": "audit.k8s.io/v1", "kind": "Policy", "omitStages": ["RequestReceived"],
+            "rules": [{"level": "Metadata",
+                       "verbs": ["create", "update", "patch", "delete", "deletecollection"]},
+                      {"level": "None"}]}))
+        return [f"--audit-policy-file={policy}", f"--audit-log-path={self.audit_log}",
+                "--audit-log-format=json", "--audit-log-mode=blocking"]
+
+    def audit_events(self) -> list[dict[str, Any]]:
+        """The audit log's events so far (writes only)."""
+        if self.audit_log is None or not self.audit_log.exists():
+            return []
+        return [json.loads(line) for line in self.audit_log.read_text().splitlines() if line]
 
     def _start_kwok(self) -> None:
         config = Path(__file__).with_name("kwok.yaml")

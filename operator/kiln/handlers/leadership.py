@@ -1,0 +1,118 @@
+"""Who reconciles: the work queues and the sweep run only while this replica leads.
+
+Every replica watches and keeps its indexes (a hot standby: taking over costs no listing);
+only the leader runs the tasks registered with :func:`while_leading`, and every write passes
+the Lease's fence (``kiln.kube``), so a replica whose Lease ran out writes nothing even
+before the tasks are stopped. Without leader election the tasks run from the start.
+The liveness probe fails when the Lease loop or, while leading, one of the tasks has died.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+import kopf
+
+from kiln.handlers import context
+
+log = logging.getLogger(__name__)
+
+Task = Callable[[dict[str, Any]], Coroutine[Any, Any, None]]
+"""Makes the coroutine of a leader's task from Kopf's startup kwargs (its indexes)."""
+
+_registered: dict[str, Task] = {}
+_running: dict[str, asyncio.Task[None]] = {}
+_checks: list[Callable[[], str | None]] = []
+_lease: dict[str, Any] = {}
+
+
+def while_leading(name: str) -> Callable[[Task], Task]:
+    """Register a task that runs while this replica leads (cancelled when it stops)."""
+    def register(fn: Task) -> Task:
+        _registered[name] = fn
+        return fn
+    return register
+
+
+def health_check(fn: Callable[[], str | None]) -> Callable[[], str | None]:
+    """Register a check run by the liveness probe while leading: a message means unhealthy."""
+    _checks.append(fn)
+    return fn
+
+
+def _start(kwargs: dict[str, Any]) -> None:
+    for name, make in _registered.items():
+        if name not in _running:
+            _running[name] = asyncio.create_task(make(kwargs), name=name)
+
+
+def _stop() -> list[asyncio.Task[None]]:
+    tasks = list(_running.values())
+    for task in tasks:
+        task.cancel()
+    _running.clear()
+    return tasks
+
+
+def leading() -> bool:
+    return bool(_running)
+
+
+@kopf.on.startup()
+async def start(memo: kopf.Memo, **kwargs: Any) -> None:
+    """Run the tasks now, or campaign for the Lease in a thread and run them while leading."""
+    elector = context.elector()
+    if elector is None:
+        _start(kwargs)
+        return
+    loop = asyncio.get_running_loop()
+    elector.on_lead = lambda: loop.call_soon_threadsafe(_start, kwargs)
+    elector.on_lose = lambda: loop.call_soon_threadsafe(_stop)
+    stop = threading.Event()
+    thread = threading.Thread(target=elector.run, args=(stop,), name="kiln lease", daemon=True)
+    _lease.update(thread=thread, stop=stop)
+    thread.start()
+
+
+@kopf.on.cleanup()
+async def stop(**_: Any) -> None:
+    """Stop the tasks, then hand the Lease back (a standby takes it at once)."""
+    for task in _stop():
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    elector = context.elector()
+    if elector is not None and _lease:
+        _lease["stop"].set()
+        await asyncio.to_thread(elector.release)
+
+
+def problems() -> list[str]:
+    """What the liveness probe reports as dead."""
+    found = []
+    thread = _lease.get("thread")
+    if thread is not None and not thread.is_alive():
+        found.append("the Lease loop has died")
+    for name, task in _running.items():
+        if task.done():
+            error = None if task.cancelled() else task.exception()
+            found.append(f"{name} has died" + (f": {error!r}" if error else ""))
+    if _running:
+        found += [message for check in _checks if (message := check())]
+    return found
+
+
+@kopf.on.probe(id="reconciling", errors=kopf.ErrorsMode.PERMANENT)
+def alive(**_: Any) -> dict[str, Any]:
+    """Liveness: fails (HTTP 500) when the Lease loop or a leader's task has died."""
+    found = problems()
+    if found:
+        log.error("Liveness probe failing: %s", "; ".join(found))
+        raise kopf.PermanentError("; ".join(found))
+    elector = context.elector()
+    return {"leading": leading(), "holder": elector.holder if elector else None,
+            "identity": context.identity()}
