@@ -68,7 +68,8 @@ def _fetch_engine(args: argparse.Namespace) -> int:
 
     return fetcher.run(store=args.store, key=args.key, source=args.source,
                      revision=args.revision, dest=Path(args.dest),
-                     model_repo=Path(args.model_repo) if args.model_repo else None)
+                     model_repo=Path(args.model_repo) if args.model_repo else None,
+                     guard_dir=Path(args.guard_dir) if args.guard_dir else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--dest", names.FETCH_DEST, "/engine", "directory to fill"),
         ("--model-repo", names.FETCH_MODEL_REPO, None, "also write the Triton model "
          f"repository from ${names.MODEL_REPO_FILES} here"),
+        ("--guard-dir", names.FETCH_GUARD_DIR, None, "also put the version guard the server "
+         "container runs first here"),
     ):
         fetch.add_argument(flag, default=env.get(name) or default,
                            help=f"{text} (${name}" + (f", default {default})" if default

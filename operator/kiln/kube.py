@@ -115,12 +115,14 @@ class Kube:
     # -- serving (EngineDeployment): server-side apply of children, EngineBuild reads ---------
 
     def apply(self, obj: dict[str, Any], manager: str = "kiln") -> None:
-        """Server-side apply a Deployment, Service or PodDisruptionBudget (kiln's fields win)."""
+        """Server-side apply a Deployment, Service, ConfigMap or PodDisruptionBudget (kiln's
+        fields win)."""
         meta = obj["metadata"]
         namespace, name, kind = meta["namespace"], meta["name"], obj["kind"]
-        base = {"Deployment": "/apis/apps/v1", "Service": "/api/v1",
+        base = {"Deployment": "/apis/apps/v1", "Service": "/api/v1", "ConfigMap": "/api/v1",
                 "PodDisruptionBudget": "/apis/policy/v1"}[kind]
         plural = {"Deployment": "deployments", "Service": "services",
+                  "ConfigMap": "configmaps",
                   "PodDisruptionBudget": "poddisruptionbudgets"}[kind]
         try:
             self.api.request("PATCH", f"{base}/namespaces/{namespace}/{plural}/{name}", obj,

@@ -98,7 +98,8 @@ rules on cluster-scoped resources always go into a ClusterRole.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Serving: one Deployment per GPU product, one Service, a PodDisruptionBudget.
+# Serving: one Deployment per GPU product, one Service, a PodDisruptionBudget, the
+# trtllm-serve LLM API options in a ConfigMap.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, update, delete]
@@ -107,6 +108,9 @@ rules on cluster-scoped resources always go into a ClusterRole.
   verbs: [get, list, watch, create, patch, update, delete]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
+  verbs: [get, list, watch, create, patch, update, delete]
+- apiGroups: [""]
+  resources: [configmaps]
   verbs: [get, list, watch, create, patch, update, delete]
 {{- end }}
 

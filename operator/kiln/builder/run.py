@@ -12,7 +12,7 @@ from typing import Any
 
 from kiln.builder import disk, pytorch, tensorrt, toolchain
 from kiln.builder.checkpoint import Checkpoint
-from kiln.builder.commands import DEFAULT_EXAMPLES, Paths
+from kiln.builder.commands import CALIBRATION_DIR, DEFAULT_EXAMPLES, Paths
 from kiln.builder.progress import Progress, human, say
 from kiln.contract import env as names
 from kiln.contract.task import BuildTask
@@ -98,15 +98,16 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
                              f"downloaded (now {after.digest[:19]}); the operator builds the "
                              "new weights under a new key")
 
+    calib_dataset = _calibration(task, options, paths, env)
     versions = toolchain.versions()
     step = time.monotonic()
     checkpoint: Checkpoint
     if spec.backend == "tensorrt":
         checkpoint = tensorrt.build(task, paths, store, versions, examples=options.examples,
-                                    calib_dataset=options.calib_dataset)
+                                    calib_dataset=calib_dataset)
     else:
         checkpoint = pytorch.prepare(task, paths, examples=options.examples,
-                                     calib_dataset=options.calib_dataset)
+                                     calib_dataset=calib_dataset)
     seconds["build"] = time.monotonic() - step
     say(f"{checkpoint.architecture}: result has {human(_dir_bytes(paths.engine))}",
         phase="verify", step="done")
@@ -122,6 +123,26 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     seconds["total"] = time.monotonic() - started
     say(f"engine {short_key(task.key)} committed", phase="done", seconds=f"{seconds['total']:.1f}")
     return _summary(task, manifest, seconds, cached=False)
+
+
+def _calibration(task: BuildTask, options: Options, paths: Paths,
+                 env: Mapping[str, str]) -> str | None:
+    """``spec.build.quantization.calibration`` fetched into the work directory (like the
+    weights, with the model's credentials): its local path; else the operator's default."""
+    calibration = task.build.quantization.calibration
+    if calibration is None:
+        return options.calib_dataset
+    dest = paths.weights.parent / CALIBRATION_DIR
+    shutil.rmtree(dest, ignore_errors=True)
+    source = open_source(calibration.dataset,
+                         credentials=names.credentials(env) if task.source.credentials_from_env
+                         else None, endpoint_url=env.get(names.ENDPOINT))
+    progress = Progress("calibration", None, interval=options.progress_interval)
+    identity = source.download(dest, progress=progress.update)
+    progress.finish()
+    say(f"calibration data {calibration.dataset} ({short_key(identity.digest)}) in {dest}",
+        phase="calibration")
+    return str(dest)
 
 
 def _smoke(task: BuildTask, paths: Paths, versions: dict[str, str]) -> None:

@@ -48,7 +48,11 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
         env += secret_env(spec.model.credentials_secret, names.CREDENTIAL_KEYS)
     if config.store_secret:
         env += secret_env(config.store_secret, names.STORE_KEYS, names.STORE_PREFIX)
-    claim_mounts, claim_volumes = pvc_mounts({spec.model.source: False, want.uri: True})
+    calibration = spec.build.quantization.calibration
+    claims = {spec.model.source: False, want.uri: True}
+    if calibration is not None:
+        claims.setdefault(calibration.dataset, False)
+    claim_mounts, claim_volumes = pvc_mounts(claims)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "nodeSelector": dict(want.target.node_selector),

@@ -149,7 +149,10 @@ class EngineDeploymentReconciler:
             log.info("deleting Deployment %s/%s: its GPU product is no longer served",
                      namespace, name)
             self.kube.delete_deployment(namespace, name)
-        for obj in (render.render_service(ed), render.render_pdb(ed)):
+        children = [render.render_service(ed), render.render_pdb(ed)]
+        if ed.spec.server.kind == "trtllm-serve":
+            children.insert(0, render.render_llm_api_config(ed, eb))
+        for obj in children:
             self._apply_cached(obj)
         return hashes
 
