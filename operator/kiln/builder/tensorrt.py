@@ -14,6 +14,7 @@ from kiln.builder.checkpoint import TENSORRT_FAMILIES, Checkpoint, inspect
 from kiln.builder.commands import Paths
 from kiln.builder.progress import human, say
 from kiln.builder.pytorch import link_or_copy
+from kiln.contract.manifest import TOKENIZER_SUBDIR
 from kiln.contract.task import BuildTask
 from kiln.errors import KilnError
 
@@ -77,7 +78,7 @@ def build(task: BuildTask, paths: Paths, store: Blobs, versions: dict[str, str],
                   phase="trtllm-build", cwd=paths.weights.parent)
     save_timing_cache(store, blob, paths.timing_cache, before)
     verify.engine(paths.engine, spec)
-    for name in [*source.tokenizer, "generation_config.json"]:
+    for name in [*source.tokenizer, "generation_config.json", "config.json"]:
         if (paths.weights / name).is_file():
-            link_or_copy(paths.weights / name, paths.engine / name)
+            link_or_copy(paths.weights / name, paths.engine / TOKENIZER_SUBDIR / name)
     return source

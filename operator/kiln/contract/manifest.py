@@ -10,6 +10,10 @@ from pydantic import Field
 from kiln.api import KilnModel
 
 MANIFEST = "manifest.json"
+TOKENIZER_SUBDIR = "tokenizer"
+"""In a tensorrt engine directory: the tokenizer with the model's Hugging Face ``config.json``
+and ``generation_config.json`` (the engine's own ``config.json`` is TensorRT-LLM's).
+``trtllm-serve --tokenizer`` and Triton's ``tokenizer_dir`` point here."""
 MANIFEST_SCHEMA_VERSION = 1
 
 

@@ -19,6 +19,7 @@ from kiln.api import Backend, EngineBuild, EngineDeployment
 from kiln.config import OperatorConfig
 from kiln.contract import env as names
 from kiln.contract import exitcodes
+from kiln.contract.manifest import TOKENIZER_SUBDIR
 from kiln.contract.termination import DEFAULT_PATH as TERMINATION_LOG
 from kiln.engine_deployment import triton
 from kiln.engine_deployment.plan import Serve
@@ -38,9 +39,8 @@ from kiln.podspec import gpu_resources, gpu_tolerations, owner_reference, secret
 from kiln.pvc import pvc_mounts
 
 ENGINE_DIR = "/engine"
-TOKENIZER_DIR = f"{ENGINE_DIR}/tokenizer"
-"""Where a tensorrt engine directory keeps the tokenizer and the model's Hugging Face config
-(its own ``config.json`` is TensorRT-LLM's); a PyTorch-backend directory is the checkpoint."""
+TOKENIZER_DIR = f"{ENGINE_DIR}/{TOKENIZER_SUBDIR}"
+"""The tokenizer of a tensorrt engine; a PyTorch-backend directory is the checkpoint itself."""
 REPO_DIR = "/model-repo"
 GUARD_DIR = "/kiln"
 LLM_API_DIR = "/kiln-llm-api"
