@@ -120,6 +120,8 @@ _DOCUMENTED: tuple[Requirement, ...] = (
                 "needs FP8 math: compute capability 8.9 (Ada) or newer"),
     Requirement("pytorch", "algo", ("fp8",), ((_ADA, None),),
                 "needs FP8 math: compute capability 8.9 (Ada) or newer"),
+    Requirement("pytorch", "kvCache", ("fp8",), ((_ADA, None),),
+                "needs FP8 math: compute capability 8.9 (Ada) or newer"),
     Requirement("pytorch", "algo", ("nvfp4",), ((_BLACKWELL, None),),
                 "needs Blackwell: compute capability 10.0 or newer"),
     Requirement("pytorch", "algo", ("w4a8_awq",), ((_ADA, _BLACKWELL),),

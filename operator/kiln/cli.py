@@ -26,6 +26,13 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compatibility(args: argparse.Namespace) -> int:
+    from kiln import compatdocs
+
+    print(compatdocs.write(Path(args.out)))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from kiln import operator
 
@@ -87,6 +94,12 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--out", default="docs/api.md",
                       help="file to write (default: docs/api.md)")
     docs.set_defaults(func=_docs)
+
+    compat = sub.add_parser("compatibility", help="write the GPU compatibility table "
+                            "generated from the catalogue")
+    compat.add_argument("--out", default="docs/compatibility.md",
+                        help="file to write (default: docs/compatibility.md)")
+    compat.set_defaults(func=_compatibility)
 
     run = sub.add_parser("run", help="run the operator against the current kubeconfig "
                          "(or in-cluster credentials)")

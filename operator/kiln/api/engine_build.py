@@ -456,7 +456,12 @@ class EngineStatus(KilnModel):
     tensorrt_version: str | None = Field(default=None, max_length=64)
     """TensorRT version the builder ran."""
     message: str | None = Field(default=None, max_length=32768)
-    """What went wrong, for a Failed engine."""
+    """What went wrong, for a Failed engine; for a built one, what trtllm-build changed from
+    the spec."""
+    plugins: dict[str, bool] | None = Field(default=None, max_length=16)
+    """The plugin features the engine really has (``plugins`` field names), read from its
+    ``build_config.plugin_config``: trtllm-build turns some off silently (paged context FMHA
+    with an int8 KV cache, for one)."""
     previous_key: str | None = Field(default=None, max_length=64)
     """While ``key`` is not ready yet: the engine this target had before, which serving
     keeps using until the new one is ready."""

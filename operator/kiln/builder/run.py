@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.builder import disk, pytorch, tensorrt, toolchain
+from kiln.builder import disk, pytorch, tensorrt, toolchain, verify
 from kiln.builder.checkpoint import Checkpoint
 from kiln.builder.commands import CALIBRATION_DIR, DEFAULT_EXAMPLES, Paths
 from kiln.builder.progress import Progress, human, say
@@ -102,8 +102,9 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     versions = toolchain.versions()
     step = time.monotonic()
     checkpoint: Checkpoint
+    built: dict[str, bool] = {}
     if spec.backend == "tensorrt":
-        checkpoint = tensorrt.build(task, paths, store, versions, examples=options.examples,
+        checkpoint, built = tensorrt.build(task, paths, store, versions, examples=options.examples,
                                     calib_dataset=calib_dataset)
     else:
         checkpoint = pytorch.prepare(task, paths, examples=options.examples,
@@ -118,7 +119,8 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     progress = Progress("upload", _dir_bytes(paths.engine), interval=options.progress_interval)
     manifest = store.upload(task.key, paths.engine, inputs=inputs,
                             versions=versions, build_seconds=build_seconds,
-                            progress=progress.update)
+                            progress=progress.update, built=built,
+                            overridden=verify.overridden(spec, built))
     seconds["upload"] = progress.finish()
     seconds["total"] = time.monotonic() - started
     say(f"engine {short_key(task.key)} committed", phase="done", seconds=f"{seconds['total']:.1f}")

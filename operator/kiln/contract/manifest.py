@@ -41,6 +41,11 @@ class Manifest(KilnModel):
     files: list[FileEntry] = Field(default_factory=list)
     total_bytes: int = Field(default=0, ge=0)
     build_seconds: float | None = None
+    built: dict[str, bool] = Field(default_factory=dict)
+    """The plugin features the engine really has (``plugins`` field names, read from its
+    ``build_config.plugin_config``); empty for a PyTorch-backend checkpoint."""
+    overridden: list[str] = Field(default_factory=list)
+    """What trtllm-build changed from the spec, one sentence each."""
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def to_json(self) -> bytes:

@@ -168,7 +168,8 @@ class EngineStore(ABC):
 
     def upload(self, key: str, src_dir: Path, *, inputs: dict[str, Any] | None = None,
                versions: dict[str, str] | None = None, build_seconds: float | None = None,
-               progress: Progress | None = None) -> Manifest:
+               progress: Progress | None = None, built: dict[str, bool] | None = None,
+               overridden: list[str] | None = None) -> Manifest:
         """Store ``src_dir`` as engine ``key``: files in parallel, hashed while read, the
         manifest last.
 
@@ -195,7 +196,8 @@ class EngineStore(ABC):
             key=key, inputs=inputs or {}, versions=versions or {}, upload=upload,
             files=[FileEntry(path=r, size=s, sha256=d)
                    for r, s, d in zip(rels, sizes, digests, strict=True)],
-            total_bytes=sum(sizes), build_seconds=build_seconds)
+            total_bytes=sum(sizes), build_seconds=build_seconds, built=built or {},
+            overridden=overridden or [])
         for _ in range(3):  # a manifest deleted between the two calls: commit again
             if self._commit(key, manifest):
                 return manifest
