@@ -3,6 +3,7 @@ Deployments kiln owns."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -17,6 +18,7 @@ from kiln.engine_deployment.plan import (
     served_products,
     summarize,
 )
+from kiln.engine_deployment.pods import serving_failure
 from kiln.engine_deployment.pool import GpuNode, gpu_node, pool_products
 
 UID = "ed-uid"
@@ -250,3 +252,32 @@ def test_observe_reads_what_kiln_wrote() -> None:
     assert (seen.product, seen.engine_key, seen.spec_hash, seen.owner_uids) == (
         H100, KEY_H, "abc", (UID,))
     assert not seen.rolled_out  # one pod of three is new
+
+
+def test_a_version_guard_refusal_in_a_serving_pod_stalls_with_both_versions() -> None:
+    message = ("engine kkk cannot run in this server image: tensorrt_llm: engine built with "
+               "1.2.1, this image has 1.1.0. Use a server image with the builder image's "
+               "versions (spec.server.image), or rebuild the engine with this image's toolchain")
+    term = json.dumps({"reason": "VersionMismatch", "message": message, "retryable": False,
+                       "exitCode": 9})
+    obj, build = ed(gpu="H100-SXM"), eb(engine("H100-SXM", H100, KEY_H))
+    decision = decide(obj, build, {H100: "9.0"}, [])
+    (serve,) = decision.serves
+    pod = {"metadata": {"name": "p-1", "labels": {"kiln.dev/gpu-product": H100},
+                        "annotations": {"kiln.dev/engine-key": serve.engine_key}},
+           "status": {"containerStatuses": [{"name": "server", "state": {"waiting": {
+               "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {
+                   "exitCode": 9, "message": term}}}]}}
+    failure = serving_failure(pod)
+    assert failure is not None and failure.reason == "VersionMismatch"
+    status, events = summarize(obj, decision, [], {}, [failure])
+    stalled = {c.type: c for c in status.conditions}["Stalled"]
+    assert (stalled.status, stalled.reason) == ("True", "VersionMismatch")
+    assert "1.2.1" in (stalled.message or "") and "1.1.0" in (stalled.message or "")
+    assert ("Warning", "VersionMismatch") in [(e.type, e.reason) for e in events]
+    old = {**pod, "metadata": {**pod["metadata"], "annotations": {"kiln.dev/engine-key": "old"}}}
+    status, _ = summarize(obj, decision, [], {}, [serving_failure(old)])  # type: ignore[list-item]
+    assert {c.type: c for c in status.conditions}["Stalled"].status == "False", \
+        "a refusal for an engine no longer served does not stall"
+    assert serving_failure({"status": {"containerStatuses": [{"name": "server", "lastState": {
+        "terminated": {"exitCode": 9, "message": "Segmentation fault"}}}]}}) is None

@@ -26,6 +26,7 @@ from kiln.api import (
     ServingMode,
 )
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name
+from kiln.engine_deployment.pods import ServingFailure
 from kiln.key import short_key
 from kiln.labels import GPU_PRODUCT_LABEL
 from kiln.status import Event, set_conditions
@@ -193,8 +194,15 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, products: Mapping[str, 
     return result
 
 
+def _refusals(decision: Decision, failures: Iterable[ServingFailure]) -> list[ServingFailure]:
+    """The pods' refusals that concern what is served now (same product, same engine)."""
+    now = {(s.product, s.engine_key) for s in decision.serves}
+    return [f for f in failures if (f.product, f.engine_key) in now]
+
+
 def _conditions(ed: EngineDeployment, decision: Decision, products: list[ProductStatus],
-                rolling: list[str]) -> tuple[bool, bool, bool, str, str]:
+                rolling: list[str], refused: list[ServingFailure] | None = None,
+                ) -> tuple[bool, bool, bool, str, str]:
     """(ready, reconciling, stalled, reason, message)."""
     if decision.stalled:
         return False, False, True, *decision.stalled
@@ -208,6 +216,9 @@ def _conditions(ed: EngineDeployment, decision: Decision, products: list[Product
     if decision.failed:
         return False, False, True, "BuildFailed", "; ".join(decision.failed) + \
             f" (serving {served})"
+    if refused:
+        return False, False, True, refused[0].reason, "; ".join(
+            f"{f.product}: pod {f.pod} ({f.container}): {f.message}" for f in refused)
     if any(p.mode != "engine" for p in products):
         return False, True, False, "WaitingForEngine", f"engines are building ({served})"
     if rolling:
@@ -254,9 +265,11 @@ def _events(old: list[ProductStatus], new: list[ProductStatus],
 
 
 def summarize(ed: EngineDeployment, decision: Decision,
-              observed: Iterable[ObservedDeployment],
-              hashes: Mapping[str, str]) -> tuple[EngineDeploymentStatus, list[Event]]:
-    """The status and Events; ``hashes`` are the rendered Deployments' spec hashes by name."""
+              observed: Iterable[ObservedDeployment], hashes: Mapping[str, str],
+              failures: Iterable[ServingFailure] = ()) -> tuple[EngineDeploymentStatus,
+                                                               list[Event]]:
+    """The status and Events; ``hashes`` are the rendered Deployments' spec hashes by name,
+    ``failures`` what kiln's programs in the serving pods refused (``pods``)."""
     old = ed.status or EngineDeploymentStatus()
     generation = int(ed.metadata.get("generation") or 0)
     by_name = {d.name: d for d in observed}
@@ -280,7 +293,8 @@ def summarize(ed: EngineDeployment, decision: Decision,
                                       mode="fallback"))
     products.sort(key=lambda p: p.gpu_product)
     kept = [d for d in by_name.values() if d.name not in decision.delete]
-    ready, reconciling, stalled, reason, message = _conditions(ed, decision, products, rolling)
+    ready, reconciling, stalled, reason, message = _conditions(
+        ed, decision, products, rolling, _refusals(decision, failures))
     conditions = set_conditions(old.conditions, generation=generation, ready=ready,
                                 reconciling=reconciling, stalled=stalled, reason=reason,
                                 message=message)

@@ -21,6 +21,7 @@ from kiln.config import OperatorConfig
 from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.plan import Decision, auto_targets, decide, served_products, summarize
+from kiln.engine_deployment.pods import ServingFailure
 from kiln.engine_deployment.pool import GpuNode, pool_products
 from kiln.key import short_key
 from kiln.kube import Kube
@@ -41,6 +42,10 @@ class World(Protocol):
     def gpu_nodes(self) -> list[GpuNode]: ...
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]: ...
+
+    def serving_failures(self, namespace: str, owner: str) -> list[ServingFailure]:
+        """What kiln's programs in the owner's serving pods refused (``pods``)."""
+        ...
 
     def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
         """EngineDeployments whose ``engineBuildRef`` names ``build``."""
@@ -120,7 +125,8 @@ class EngineDeploymentReconciler:
         if eb_body is not None:
             self.sync_auto_targets(namespace, ref, world, current=body, seen=eb_body)
         _count_served(namespace, name, decision, owned, applied=bool(hashes))
-        status, events = summarize(ed, decision, owned, hashes)
+        status, events = summarize(ed, decision, owned, hashes,
+                                   world.serving_failures(namespace, name))
         new = status.to_dict()
         old = body.get("status") or {}
         if new != old:
