@@ -281,3 +281,17 @@ def test_a_version_guard_refusal_in_a_serving_pod_stalls_with_both_versions() ->
         "a refusal for an engine no longer served does not stall"
     assert serving_failure({"status": {"containerStatuses": [{"name": "server", "lastState": {
         "terminated": {"exitCode": 9, "message": "Segmentation fault"}}}]}}) is None
+
+
+@pytest.mark.parametrize(("args", "ok"), [
+    (["--max_batch_size=8", "--log_level", "info"], True),
+    (["--kv_cache_free_gpu_memory_fraction", "0.8"], True),
+    (["--max_batch_sizes=8"], False), (["--log_level=loud"], False),
+    (["--max_num_tokens", "many"], False),
+])
+def test_server_args_are_checked_against_trtllm_serve(args: list[str], ok: bool) -> None:
+    obj = ed(gpu="H100-SXM", server={"args": args})
+    decision = decide(obj, eb(engine("H100-SXM", H100, KEY_H)), {H100: "9.0"}, [])
+    assert (decision.stalled is None) is ok, decision.stalled
+    if not ok:
+        assert decision.stalled is not None and decision.stalled[0] == "InvalidServerArgs"

@@ -248,3 +248,10 @@ def test_the_version_guard_runs_before_the_server_in_both_kinds() -> None:
             "volumeMounts"]
     assert "--exit-code 9 --reason VersionMismatch --termination-log /dev/termination-log" \
         in guard_command()
+
+
+def test_server_args_win_over_the_defaulted_options() -> None:
+    """The YAML overrides trtllm-serve's flags: kiln leaves out what server.args set."""
+    obj = ed(server={"args": ["--max_batch_size=8", "--kv_cache_free_gpu_memory_fraction",
+                              "0.5"], "runtime": {"freeGpuMemoryFraction": 0.8}})
+    assert llm_api_options(obj, eb(), "tensorrt") == {"max_num_tokens": 8192}

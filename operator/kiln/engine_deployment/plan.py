@@ -30,6 +30,7 @@ from kiln.engine_deployment.pods import ServingFailure
 from kiln.key import short_key
 from kiln.labels import GPU_PRODUCT_LABEL
 from kiln.status import Event, set_conditions
+from kiln.trtllm import TRTLLM_VERSION, flags
 
 READY_STATES = ("Ready", "Cached")
 
@@ -173,6 +174,14 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, products: Mapping[str, 
     if eb is None:
         return Decision(pending=("EngineBuildNotFound",
                                  f"EngineBuild {ref} does not exist in this namespace"))
+    if ed.spec.server.kind == "trtllm-serve":
+        try:
+            flags.check_command(["trtllm-serve", "/engine", *ed.spec.server.args],
+                                flags.TRTLLM_SERVE)
+        except ValueError as error:
+            return Decision(stalled=(
+                "InvalidServerArgs", f"server.args: {error}: trtllm-serve {TRTLLM_VERSION} "
+                "would exit at start (flags as recorded in kiln.trtllm.flags)"))
     if ed.spec.server.kind == "triton" and eb.spec.build.backend == "pytorch":
         return Decision(stalled=(
             "ServerMismatch", f"server.kind triton serves TensorRT engines, but EngineBuild "

@@ -144,23 +144,34 @@ def _guarded(prefix: str = "") -> list[str]:
     return ["/bin/sh", "-c", f'{steps}; exec "$@"', "--"]
 
 
+_CLI_OF = {"max_batch_size": ("max_batch_size",), "max_num_tokens": ("max_num_tokens",),
+           "max_seq_len": ("max_seq_len",), "enable_chunked_prefill": ("enable_chunked_prefill",),
+           "free_gpu_memory_fraction": ("free_gpu_memory_fraction",
+                                        "kv_cache_free_gpu_memory_fraction")}
+"""Options ``server.args`` may also set as trtllm-serve flags; the YAML would override those
+(``update_llm_args_with_extra_dict``), so kiln leaves them out when the args have them."""
+
+
 def llm_api_options(ed: EngineDeployment, eb: EngineBuild, backend: Backend) -> dict[str, Any]:
     """The ``--extra_llm_api_options`` YAML's content (keys of ``kiln.trtllm.llm_api``)."""
     r, build = ed.spec.server.runtime, eb.spec.build
-    options: dict[str, Any] = {
-        "max_batch_size": r.max_batch_size or build.max_batch_size,
-        "max_num_tokens": r.max_num_tokens or build.max_num_tokens,
-    }
-    seq = r.max_seq_len or build.max_seq_len
-    if seq:
-        options["max_seq_len"] = seq
-    if r.enable_chunked_prefill is not None:
-        options["enable_chunked_prefill"] = r.enable_chunked_prefill
+    given = {a[2:].partition("=")[0] for a in ed.spec.server.args if a.startswith("--")}
+
+    def free(option: str) -> bool:
+        return not given.intersection(_CLI_OF.get(option, ()))
+
+    options: dict[str, Any] = {}
+    for option, value in (("max_batch_size", r.max_batch_size or build.max_batch_size),
+                          ("max_num_tokens", r.max_num_tokens or build.max_num_tokens),
+                          ("max_seq_len", r.max_seq_len or build.max_seq_len),
+                          ("enable_chunked_prefill", r.enable_chunked_prefill)):
+        if value is not None and free(option):
+            options[option] = value
     kv: dict[str, Any] = {}
     dtype = r.kv_cache_dtype or ("fp8" if build.quantization.kv_cache == "fp8" else None)
     if dtype and backend == "pytorch":
         kv["dtype"] = dtype
-    if r.free_gpu_memory_fraction is not None:
+    if r.free_gpu_memory_fraction is not None and free("free_gpu_memory_fraction"):
         kv["free_gpu_memory_fraction"] = r.free_gpu_memory_fraction
     if r.enable_block_reuse is not None:
         kv["enable_block_reuse"] = r.enable_block_reuse

@@ -263,6 +263,19 @@ QUANTIZE = _table("quantize.py", QUANTIZE_PY, """
 ))
 """The newest stored quantize.py (has nvfp4); ``--calib_dataset`` defaults to cnn_dailymail."""
 
+QUANTIZE_BY_MODELOPT = ("tensorrt_llm/quantization/quantize_by_modelopt.py"
+                        "@585c756579dc4d01f21fc13c2f604cdb461ac4f0")
+CALIB_DATASET_FORMS = (
+    ("pileval", "a JSON file from the-eye.eu (needs the internet)"),
+    ("*scienceqa*|*science_qa*", "a local directory with that name, else the Hub's ScienceQA"),
+    ("*cnn_dailymail*", "load_dataset(value, name='3.0.0', split='train')['article']"),
+    ("<a directory>", "load_dataset(dir, split='train')['text'][:calib_size]"),
+)
+"""How ``get_calib_dataloader`` reads ``quantize.py --calib_dataset`` (in this order; anything
+else raises NotImplementedError). The default is ``cnn_dailymail`` from the Hub."""
+AWQ_MAX_CALIB_SIZE = 32
+"""``quantize_and_export`` lowers ``calib_size`` to 32 for AWQ formats."""
+
 QUANTIZE_HF_TO_HF_PY = ("examples/quantization/quantize_hf_to_hf.py"
                         "@d0973810dd8e2dffee22f8d3bda2a5f988da6346")
 QUANTIZE_HF_TO_HF = _table("quantize_hf_to_hf.py", QUANTIZE_HF_TO_HF_PY, """
