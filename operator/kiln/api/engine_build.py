@@ -183,10 +183,10 @@ class Calibration(KilnModel):
     """The data ModelOpt calibrates on, fetched by the builder like the weights."""
 
     dataset: SourceUri
-    """``s3://bucket/prefix/``, ``pvc://claim/path`` or ``hf://org/name@revision``: a
-    Hugging Face ``datasets`` directory whose ``train`` split has a ``text`` column (quantize.py
-    reads it with ``load_dataset(dir, split="train")["text"]``). Uses the model's
-    ``credentialsSecret``."""
+    """``s3://bucket/prefix/``, ``pvc://claim/path`` or ``hf://org/name@revision`` (a dataset
+    repository on the Hub, or on ``HF_ENDPOINT``'s mirror): a Hugging Face ``datasets``
+    directory whose ``train`` split has a ``text`` column (quantize.py reads it with
+    ``load_dataset(dir, split="train")["text"]``). Uses the model's ``credentialsSecret``."""
     samples: int | None = Field(default=None, ge=1, le=65536)
     """Samples to calibrate on (``--calib_size``); unset: the tool's default (512; AWQ uses at
     most 32)."""

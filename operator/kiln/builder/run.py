@@ -138,7 +138,7 @@ def _calibration(task: BuildTask, options: Options, paths: Paths,
     shutil.rmtree(dest, ignore_errors=True)
     source = open_source(calibration.dataset,
                          credentials=names.credentials(env) if task.source.credentials_from_env
-                         else None, endpoint_url=env.get(names.ENDPOINT))
+                         else None, endpoint_url=env.get(names.ENDPOINT), hf_repo_type="dataset")
     progress = Progress("calibration", None, interval=options.progress_interval)
     identity = source.download(dest, progress=progress.update)
     progress.finish()
