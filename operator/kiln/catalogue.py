@@ -2,7 +2,8 @@
 
 Data, plus three lookups: ``by_name``, ``by_product`` (an ``nvidia.com/gpu.product`` label
 value) and ``supports`` (can a backend run a quantization there, and if not, why).
-Sources: NVIDIA's CUDA GPU table and TensorRT-LLM's support matrix (reference/trtllm.md §6).
+Sources: NVIDIA's CUDA GPU table and TensorRT-LLM's support matrix (reference/trtllm.md §6);
+what ``trtllm-build`` refuses per compute capability comes from :mod:`kiln.trtllm.refusals`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from dataclasses import dataclass
 from typing import Literal, NamedTuple
 
 from kiln.api import Backend, KvCacheQuant, QuantAlgo
+from kiln.trtllm import refusals
 
 Capability = tuple[int, int]
 Part = Literal["algo", "kvCache"]
@@ -73,9 +75,15 @@ GPUS: tuple[GPU, ...] = (
     _gpu("H20", "NVIDIA-H20", "9.0", 96, "hopper"),
     _gpu("H200", "NVIDIA-H200 NVIDIA-H200-141GB-HBM3e", "9.0", 141, "hopper"),
     _gpu("H200-NVL", "NVIDIA-H200-NVL", "9.0", 141, "hopper"),
-    _gpu("GH200", "NVIDIA-GH200-480GB NVIDIA-GH200-144G-HBM3e", "9.0", 96, "hopper"),
+    _gpu("GH200", "NVIDIA-GH200-480GB", "9.0", 96, "hopper"),
+    _gpu("GH200-144GB", "NVIDIA-GH200-144G-HBM3e", "9.0", 142, "hopper"),
+    _gpu("RTX-6000-Ada", "NVIDIA-RTX-6000-Ada-Generation", "8.9", 48, "ada-lovelace"),
+    _gpu("L20", "NVIDIA-L20", "8.9", 45, "ada-lovelace"),
+    _gpu("RTX-A6000", "NVIDIA-RTX-A6000", "8.6", 48, "ampere"),
     _gpu("B200", "NVIDIA-B200", "10.0", 180, "blackwell"),
     _gpu("GB200", "NVIDIA-GB200", "10.0", 186, "blackwell"),
+    _gpu("B300", "NVIDIA-B300-SXM6-AC", "10.3", 268, "blackwell"),
+    _gpu("GB300", "NVIDIA-GB300-NVL NVIDIA-GB300", "10.3", 278, "blackwell"),
     _gpu("RTX-PRO-6000", "NVIDIA-RTX-PRO-6000-Blackwell-Server-Edition", "12.0", 96,
          "blackwell"),
 )
@@ -102,20 +110,17 @@ class Requirement:
         return any(low <= cc and (high is None or cc < high) for low, high in self.ranges)
 
 
-_ADA, _BLACKWELL, _SM11 = (8, 9), (10, 0), (11, 0)
-_NOT_SM10 = ((MIN_CAPABILITY, _BLACKWELL), (_SM11, None))
-REQUIREMENTS: tuple[Requirement, ...] = (
+_ADA, _BLACKWELL = (8, 9), (10, 0)
+_DOCUMENTED: tuple[Requirement, ...] = (
     Requirement("tensorrt", "algo", ("fp8", "w4a8_awq"), ((_ADA, None),),
                 "needs FP8 math: compute capability 8.9 (Ada) or newer"),
     Requirement("tensorrt", "algo", ("nvfp4",), ((_BLACKWELL, None),),
                 "needs Blackwell: compute capability 10.0 or newer"),
-    Requirement("tensorrt", "algo", ("int8_sq", "int8_wo", "int4_wo"), _NOT_SM10,
-                "is refused by trtllm-build on compute capability 10.x (B200, GB200)"),
     Requirement("tensorrt", "kvCache", ("fp8",), ((_ADA, None),),
                 "needs FP8 math: compute capability 8.9 (Ada) or newer"),
-    Requirement("tensorrt", "kvCache", ("int8",), _NOT_SM10,
-                "is refused by trtllm-build on compute capability 10.x (B200, GB200)"),
     Requirement("pytorch", "algo", ("fp8",), ((_ADA, None),),
+                "needs FP8 math: compute capability 8.9 (Ada) or newer"),
+    Requirement("pytorch", "kvCache", ("fp8",), ((_ADA, None),),
                 "needs FP8 math: compute capability 8.9 (Ada) or newer"),
     Requirement("pytorch", "algo", ("nvfp4",), ((_BLACKWELL, None),),
                 "needs Blackwell: compute capability 10.0 or newer"),
@@ -128,7 +133,58 @@ REQUIREMENTS: tuple[Requirement, ...] = (
     Requirement("pytorch", "kvCache", ("int8",), (),
                 "is not available in the PyTorch backend; use kvCache fp8"),
 )
-"""Every restriction kiln knows; the CRD's CEL rules are generated from these too."""
+"""Where the support matrix restricts a quantization (trtllm-build itself does not refuse
+these, see ``refusals.NOT_ENFORCED``): kiln refuses them anyway."""
+
+
+def _cc(sm: int) -> Capability:
+    return sm // 10, sm % 10
+
+
+Ranges = tuple[tuple[Capability, Capability | None], ...]
+
+
+def _outside(rule: refusals.Rule) -> Ranges:
+    """The capability ranges (from 8.0 up) a rule's ``[sm_min, sm_max)`` leaves free."""
+    low = _cc(rule.sm_min) if rule.sm_min is not None else MIN_CAPABILITY
+    ranges: list[tuple[Capability, Capability | None]] = []
+    if low > MIN_CAPABILITY:
+        ranges.append((MIN_CAPABILITY, low))
+    if rule.sm_max is not None:
+        ranges.append((_cc(rule.sm_max), None))
+    return tuple(ranges)
+
+
+def _span(rule: refusals.Rule) -> str:
+    low = f"{rule.sm_min // 10}.{rule.sm_min % 10}" if rule.sm_min is not None else "8.0"
+    if rule.sm_max is None:
+        return f"{low} and newer"
+    return f"{low} to below {rule.sm_max // 10}.{rule.sm_max % 10}"
+
+
+def _refused() -> tuple[Requirement, ...]:
+    """One requirement per quantization ``refuse`` rule of trtllm-build (backend tensorrt);
+    rules with the same values and range are merged, their messages joined."""
+    merged: dict[tuple[Part, tuple[str, ...], Ranges], list[str]] = {}
+    spans: dict[tuple[Part, tuple[str, ...], Ranges], str] = {}
+    for rule in refusals.RULES:
+        if rule.action != "refuse" or rule.plugin is not None:
+            continue
+        part: Part = "algo" if rule.algos is not None else "kvCache"
+        values = tuple(rule.algos if rule.algos is not None else rule.kv_cache or ())
+        where = (part, values, _outside(rule))
+        merged.setdefault(where, []).append(rule.effect)
+        spans[where] = _span(rule)
+    return tuple(
+        Requirement("tensorrt", part, values, ranges,
+                    "is refused by trtllm-build on compute capability "
+                    f"{spans[part, values, ranges]} (" + " ".join(dict.fromkeys(effects)) + ")")
+        for (part, values, ranges), effects in merged.items())
+
+
+REQUIREMENTS: tuple[Requirement, ...] = (*_DOCUMENTED, *_refused())
+"""Every restriction kiln knows: the support matrix's and trtllm-build's own refusals. The
+CRD's CEL rules and docs/compatibility.md are generated from these."""
 
 
 class Support(NamedTuple):

@@ -26,6 +26,13 @@ def _docs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _compatibility(args: argparse.Namespace) -> int:
+    from kiln import compatdocs
+
+    print(compatdocs.write(Path(args.out)))
+    return 0
+
+
 def _run(args: argparse.Namespace) -> int:
     from kiln import operator
 
@@ -92,7 +99,8 @@ def _fetch_engine(args: argparse.Namespace) -> int:
 
     return fetcher.run(store=args.store, key=args.key, source=args.source,
                      revision=args.revision, dest=Path(args.dest),
-                     model_repo=Path(args.model_repo) if args.model_repo else None)
+                     model_repo=Path(args.model_repo) if args.model_repo else None,
+                     guard_dir=Path(args.guard_dir) if args.guard_dir else None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -110,6 +118,12 @@ def build_parser() -> argparse.ArgumentParser:
     docs.add_argument("--out", default="docs/api.md",
                       help="file to write (default: docs/api.md)")
     docs.set_defaults(func=_docs)
+
+    compat = sub.add_parser("compatibility", help="write the GPU compatibility table "
+                            "generated from the catalogue")
+    compat.add_argument("--out", default="docs/compatibility.md",
+                        help="file to write (default: docs/compatibility.md)")
+    compat.set_defaults(func=_compatibility)
 
     run = sub.add_parser("run", help="run the operator against the current kubeconfig "
                          "(or in-cluster credentials)")
@@ -150,6 +164,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--dest", names.FETCH_DEST, "/engine", "directory to fill"),
         ("--model-repo", names.FETCH_MODEL_REPO, None, "also write the Triton model "
          f"repository from ${names.MODEL_REPO_FILES} here"),
+        ("--guard-dir", names.FETCH_GUARD_DIR, None, "also put the version guard the server "
+         "container runs first here"),
     ):
         fetch.add_argument(flag, default=env.get(name) or default,
                            help=f"{text} (${name}" + (f", default {default})" if default

@@ -73,6 +73,10 @@ class GPUMismatch(KilnError):
     """The engine was built for another compute capability than this node's GPU has."""
 
 
+class VersionMismatch(KilnError):
+    """The engine was built with another TensorRT-LLM or TensorRT than the server image has."""
+
+
 class OutOfDisk(KilnError):
     """The work directory has too little free space for the weights and the result."""
 

@@ -27,7 +27,8 @@ from typing import Any
 from kiln.api import BuildSpec
 from kiln.errors import InvalidInput
 
-KEY_SCHEMA_VERSION = 1
+KEY_SCHEMA_VERSION = 2
+"""2: upstream plugin defaults (gemm, fp8ContextFmha unset), quantization.calibration."""
 
 
 def key_inputs(*, weights_identity: str, build: BuildSpec, builder_image: str,

@@ -21,6 +21,8 @@ URI_ANNOTATION = "kiln.dev/engine-uri"
 MODE_ANNOTATION = "kiln.dev/serving-mode"
 BACKEND_ANNOTATION = "kiln.dev/backend"
 HASH_ANNOTATION = "kiln.dev/spec-hash"
+LLM_API_ANNOTATION = "kiln.dev/llm-api-options"
+"""Digest of the trtllm-serve LLM API options a serving pod was started with."""
 """On serving Deployments: a digest of what kiln rendered, to skip writes that change nothing."""
 
 

@@ -141,12 +141,40 @@ def test_out_of_disk(bed: Bed, bucket: str) -> None:
     assert not (bed.tmp / "work" / "weights").exists(), "checked before downloading"
 
 
-@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU is here")
-def test_quantized_pytorch_build_needs_a_gpu(bed: Bed, bucket: str) -> None:
+def test_quantized_pytorch_build_needs_an_hf_export_script(bed: Bed, bucket: str) -> None:
     uri = bed.weights(bucket)
-    message = failed(bed.run(bed.task(uri, quantization={"algo": "fp8"})),
+    examples = bed.tmp / "examples"
+    message = failed(bed.run(bed.task(uri, quantization={"algo": "fp8"}),
+                             "--examples", str(examples)),
+                     "Unsupported", exitcodes.UNSUPPORTED)
+    assert "quantize_hf_to_hf.py is missing" in message
+    assert "quantize_with_modelopt.py is missing" in message
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU is here")
+def test_quantized_pytorch_build_asks_the_script_then_needs_a_gpu(bed: Bed, bucket: str) -> None:
+    uri = bed.weights(bucket)
+    examples = bed.tmp / "examples"
+    script = examples / "quantization" / "quantize_hf_to_hf.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("import sys\nprint('usage: --pyt_ckpt_path --export_path')\n")
+    message = failed(bed.run(bed.task(uri, quantization={"algo": "fp8"}),
+                             "--examples", str(examples)), "Unsupported", exitcodes.UNSUPPORTED)
+    assert "quantize_hf_to_hf.py lacks --kv_cache_qformat, --qformat" in message
+    script.write_text("print('--pyt_ckpt_path --export_path --qformat --kv_cache_qformat')\n")
+    message = failed(bed.run(bed.task(uri, quantization={"algo": "fp8"}),
+                             "--examples", str(examples)),
                      "GPUUnavailable", exitcodes.GPU_UNAVAILABLE)
     assert "fp8" in message
+
+
+def test_pytorch_kv_cache_fp8_alone_is_a_runtime_option(bed: Bed, bucket: str) -> None:
+    """No calibration, no GPU: the checkpoint is served as it is, kv_cache_config.dtype fp8."""
+    uri = bed.weights(bucket)
+    run = bed.run(bed.task(uri, quantization={"kvCache": "fp8"}), "--examples",
+                  str(bed.tmp / "none"))
+    assert run.code == 0, run.log
+    assert "phase=quantize" not in run.log
 
 
 def test_invalid_task(bed: Bed) -> None:

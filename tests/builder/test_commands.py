@@ -12,21 +12,25 @@ from kiln.api import BuildSpec
 from kiln.builder import commands
 from kiln.builder.commands import Paths
 from kiln.errors import Unsupported
+from kiln.trtllm import flags
+from kiln.trtllm.flags import check_command
 
 PATHS = Paths.under(Path("/work"))
 EX = "/app/tensorrt_llm/examples"
-PLUGINS = ("--gpt_attention_plugin auto --gemm_plugin auto --context_fmha enable "
-           "--kv_cache_type paged --use_paged_context_fmha enable --use_fp8_context_fmha disable "
-           "--remove_input_padding enable --multiple_profiles disable --reduce_fusion disable")
+PLUGINS = ("--gpt_attention_plugin auto --context_fmha enable --kv_cache_type paged "
+           "--use_paged_context_fmha enable --remove_input_padding enable "
+           "--multiple_profiles disable --reduce_fusion disable")
+"""Upstream's defaults are kiln's: no --gemm_plugin, no --use_fp8_context_fmha unless set."""
+LIMITS = "--max_batch_size 2048 --max_input_len 1024 --max_num_tokens 8192"
+BUILD = "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine"
+CACHE = "--output_timing_cache /work/timing.cache"
 
 MATRIX: dict[str, tuple[dict[str, Any], bool, str, str]] = {
     "bf16": (
         {"dtype": "bfloat16"}, False,
         f"python3 {EX}/models/core/llama/convert_checkpoint.py --model_dir /work/weights "
         "--output_dir /work/checkpoint --dtype bfloat16 --tp_size 1 --pp_size 1",
-        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
-        f"--max_batch_size 2048 --max_input_len 1024 --max_num_tokens 8192 {PLUGINS} "
-        "--output_timing_cache /work/timing.cache",
+        f"{BUILD} {LIMITS} {PLUGINS} {CACHE}",
     ),
     "fp8-kv-fp8": (
         {"dtype": "bfloat16", "quantization": {"algo": "fp8", "kvCache": "fp8"},
@@ -35,30 +39,36 @@ MATRIX: dict[str, tuple[dict[str, Any], bool, str, str]] = {
         f"python3 {EX}/quantization/quantize.py --model_dir /work/weights "
         "--output_dir /work/checkpoint --dtype bfloat16 --qformat fp8 --kv_cache_dtype fp8 "
         "--tp_size 1 --pp_size 1",
-        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
-        "--max_batch_size 256 --max_input_len 8192 --max_seq_len 16384 --max_num_tokens 16384 "
-        "--gpt_attention_plugin auto --gemm_plugin fp8 --context_fmha enable "
-        "--kv_cache_type paged --use_paged_context_fmha enable --use_fp8_context_fmha enable "
-        "--remove_input_padding enable --multiple_profiles disable --reduce_fusion disable "
-        "--input_timing_cache /work/timing.cache --output_timing_cache /work/timing.cache",
+        f"{BUILD} --max_batch_size 256 --max_input_len 8192 --max_seq_len 16384 "
+        "--max_num_tokens 16384 --gpt_attention_plugin auto --gemm_plugin fp8 "
+        "--context_fmha enable --kv_cache_type paged --use_paged_context_fmha enable "
+        "--use_fp8_context_fmha enable --remove_input_padding enable "
+        "--multiple_profiles disable --reduce_fusion disable "
+        f"--input_timing_cache /work/timing.cache {CACHE}",
     ),
     "int4-awq": (
         {"dtype": "float16", "quantization": {"algo": "int4_awq"}, "maxBatchSize": 64}, False,
         f"python3 {EX}/quantization/quantize.py --model_dir /work/weights "
         "--output_dir /work/checkpoint --dtype float16 --qformat int4_awq "
         "--tp_size 1 --pp_size 1",
-        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
-        f"--max_batch_size 64 --max_input_len 1024 --max_num_tokens 8192 {PLUGINS} "
-        "--output_timing_cache /work/timing.cache",
+        f"{BUILD} --max_batch_size 64 --max_input_len 1024 --max_num_tokens 8192 {PLUGINS} "
+        f"{CACHE}",
+    ),
+    "nvfp4-b200": (
+        {"dtype": "bfloat16", "quantization": {"algo": "nvfp4", "kvCache": "fp8",
+                                               "calibration": {"dataset": "s3://calib/cnn/",
+                                                               "samples": 256}}}, False,
+        f"python3 {EX}/quantization/quantize.py --model_dir /work/weights "
+        "--output_dir /work/checkpoint --dtype bfloat16 --qformat nvfp4 --kv_cache_dtype fp8 "
+        "--tp_size 1 --pp_size 1 --calib_dataset /work/calibration --calib_size 256",
+        f"{BUILD} {LIMITS} {PLUGINS} {CACHE}",
     ),
     "tp2": (
         {"dtype": "bfloat16", "parallelism": {"tensor": 2}}, True,
         f"python3 {EX}/models/core/llama/convert_checkpoint.py --model_dir /work/weights "
         "--output_dir /work/checkpoint --dtype bfloat16 --tp_size 2 --pp_size 1",
-        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
-        f"--max_batch_size 2048 --max_input_len 1024 --max_num_tokens 8192 {PLUGINS} "
-        "--workers 2 --input_timing_cache /work/timing.cache "
-        "--output_timing_cache /work/timing.cache",
+        f"{BUILD} {LIMITS} {PLUGINS} --workers 2 --input_timing_cache /work/timing.cache "
+        f"{CACHE}",
     ),
     "tp2-pp2": (
         {"dtype": "bfloat16", "parallelism": {"tensor": 2, "pipeline": 2},
@@ -66,23 +76,32 @@ MATRIX: dict[str, tuple[dict[str, Any], bool, str, str]] = {
          "extraArgs": ["--log_level=verbose", "--monitor_memory"]}, False,
         f"python3 {EX}/models/core/llama/convert_checkpoint.py --model_dir /work/weights "
         "--output_dir /work/checkpoint --dtype bfloat16 --tp_size 2 --pp_size 2",
-        "trtllm-build --checkpoint_dir /work/checkpoint --output_dir /work/engine "
-        "--max_batch_size 2048 --max_input_len 1024 --max_seq_len 4096 --max_num_tokens 8192 "
-        "--gpt_attention_plugin auto --gemm_plugin auto --context_fmha enable "
-        "--kv_cache_type paged --use_paged_context_fmha enable --use_fp8_context_fmha disable "
-        "--remove_input_padding enable --multiple_profiles enable --reduce_fusion enable "
-        "--workers 4 --output_timing_cache /work/timing.cache "
-        "--log_level=verbose --monitor_memory",
+        f"{BUILD} --max_batch_size 2048 --max_input_len 1024 --max_seq_len 4096 "
+        "--max_num_tokens 8192 --gpt_attention_plugin auto --context_fmha enable "
+        "--kv_cache_type paged --use_paged_context_fmha enable --remove_input_padding enable "
+        "--multiple_profiles enable --reduce_fusion enable --workers 4 "
+        f"{CACHE} --log_level=verbose --monitor_memory",
     ),
 }
+CALIB = "/work/calibration"
+
+
+def _table(cmd: list[str]) -> flags.Command:
+    name = Path(cmd[1]).name if cmd[0] == "python3" else cmd[0]
+    return next(c for c in flags.COMMANDS if c.program == name)
 
 
 @pytest.mark.parametrize("name", MATRIX)
 def test_engine_path_commands_are_pinned(name: str) -> None:
     raw, cache, checkpoint, build = MATRIX[name]
     spec = BuildSpec.model_validate(raw)
-    assert shlex.join(commands.checkpoint_command(spec, "LlamaForCausalLM", PATHS)) == checkpoint
-    assert shlex.join(commands.build_command(spec, PATHS, timing_cache_exists=cache)) == build
+    calib = CALIB if spec.quantization.calibration else None
+    convert = commands.checkpoint_command(spec, "LlamaForCausalLM", PATHS, calib_dataset=calib)
+    engine = commands.build_command(spec, PATHS, timing_cache_exists=cache)
+    assert shlex.join(convert) == checkpoint
+    assert shlex.join(engine) == build
+    check_command(convert, _table(convert))
+    check_command(engine, flags.TRTLLM_BUILD)
 
 
 def test_weight_only_uses_convert_checkpoint_and_kv_only_uses_quantize() -> None:
@@ -98,11 +117,29 @@ def test_weight_only_uses_convert_checkpoint_and_kv_only_uses_quantize() -> None
     assert cmd[-2:] == ["--calib_dataset", "/data/c"]
 
 
-def test_pytorch_quantization_exports_a_hugging_face_checkpoint() -> None:
-    spec = BuildSpec.model_validate({"backend": "pytorch", "quantization": {"algo": "fp8"}})
-    cmd = commands.quantize_command(spec, PATHS, export_format="hf")
-    assert "--export_format" in cmd
-    assert cmd[cmd.index("--export_format") + 1] == "hf"
+PYTORCH: dict[str, tuple[dict[str, Any], flags.Command, str | None, str]] = {
+    "pytorch-fp8-hf-to-hf": (
+        {"quantization": {"algo": "fp8"}}, flags.QUANTIZE_HF_TO_HF, None,
+        f"python3 {EX}/quantization/quantize_hf_to_hf.py --pyt_ckpt_path /work/weights "
+        "--export_path /work/engine --qformat fp8 --kv_cache_qformat none"),
+    "pytorch-fp8-kv-fp8-with-modelopt": (
+        {"quantization": {"algo": "fp8", "kvCache": "fp8",
+                          "calibration": {"dataset": "s3://calib/cnn/", "samples": 64}}},
+        flags.QUANTIZE_WITH_MODELOPT, CALIB,
+        f"python3 {EX}/quantization/quantize_with_modelopt.py --pyt_ckpt_path /work/weights "
+        "--export_path /work/engine --qformat fp8 --export_fmt hf --disable_kv_cache_quant "
+        f"False --dataset {CALIB} --calib_size 64"),
+}
+
+
+@pytest.mark.parametrize("name", PYTORCH)
+def test_pytorch_quantization_exports_a_hugging_face_checkpoint(name: str) -> None:
+    raw, script, calib, golden = PYTORCH[name]
+    spec = BuildSpec.model_validate({"backend": "pytorch", **raw})
+    cmd = commands.hf_quantize_command(spec, script, PATHS.weights, PATHS.engine,
+                                       calib_dataset=calib)
+    assert shlex.join(cmd) == golden
+    check_command(cmd, script)
     assert "--tp_size" not in cmd, "the PyTorch backend shards at load time"
 
 

@@ -31,9 +31,10 @@ REACHED: dict[str, set[str]] = {
                 "VerifyFailed"},
     "fetcher": {"InvalidTask", "InvalidInput", "NotFound", "AccessDenied", "GPUMismatch",
                 "Unavailable", "IntegrityError", "Untrusted"},
+    "version guard": {"VersionMismatch"},
 }
-"""The failure classes the tests below drive each program into (some in test_cli.py and
-tests/fetcher/test_fetch_engine.py)."""
+"""The failure classes the tests below drive each program into (some in test_cli.py,
+tests/fetcher/test_fetch_engine.py and tests/fetcher/test_version_guard.py)."""
 
 
 def check(code: int, termination: dict[str, Any], reason: str) -> None:

@@ -66,3 +66,23 @@ def test_prepared_checkpoint_must_hold_every_file(tmp_path: Path) -> None:
     (copy / "generation_config.json").unlink()
     with pytest.raises(VerifyFailed, match=r"generation_config\.json"):
         verify.prepared(copy, expected, supported)
+
+
+def test_the_plugins_the_engine_really_has_are_read_and_compared(tmp_path: Path) -> None:
+    """int8 KV cache: trtllm-build turns paged context FMHA off ("Paged Context FMHA is
+    disabled because it doesn't work with int8 kv cache currently.")."""
+    out = engine_dir(tmp_path, 1, 1, quant={"quant_algo": None, "kv_cache_quant_algo": "INT8"})
+    config = json.loads((out / "config.json").read_text())
+    config["build_config"]["plugin_config"] = {
+        "context_fmha": True, "use_paged_context_fmha": False, "use_fp8_context_fmha": False,
+        "remove_input_padding": True, "multiple_profiles": False, "reduce_fusion": False,
+        "gemm_plugin": None}
+    (out / "config.json").write_text(json.dumps(config))
+    spec = BuildSpec.model_validate({"quantization": {"kvCache": "int8"}})
+    built = verify.built_plugins(verify.engine(out, spec))
+    assert built == {"contextFmha": True, "pagedContextFmha": False, "fp8ContextFmha": False,
+                     "removeInputPadding": True, "multipleProfiles": False,
+                     "reduceFusion": False}
+    assert verify.overridden(spec, built) == [
+        "plugins.pagedContextFmha is True in the spec, but trtllm-build built the engine with "
+        "use_paged_context_fmha=False"], "fp8ContextFmha was left to trtllm-build"

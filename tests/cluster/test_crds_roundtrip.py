@@ -24,8 +24,9 @@ from kubernetes.client.exceptions import ApiException
 
 from kiln import GROUP, VERSION, catalogue
 from kiln.api import (
-    EXTRA_ARGS_ALLOWED,
+    EXTRA_ARGS,
     BuildSpec,
+    Calibration,
     Condition,
     EngineBuildRef,
     EngineBuildSpec,
@@ -51,6 +52,7 @@ from kiln.api import (
     Toolchain,
     Weights,
 )
+from kiln.api.engine_build import CALIBRATED, FP8_FMHA_ALGOS
 
 ROOT = Path(__file__).parents[2]
 CAPABILITIES = ["8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0", "12.1"]
@@ -134,16 +136,24 @@ def build_specs(draw: st.DrawFn, targets: list[Target]) -> BuildSpec:
     attention = draw(st.sampled_from(["auto", "float16", "bfloat16", "float32", "disable"]))
     paged_kv = attention != "disable" and draw(st.booleans())
     context_fmha = draw(st.booleans())
-    gemm = ["auto", "float16", "bfloat16", "float32", "disable"]
+    gemm: list[str | None] = [None, "auto", "float16", "bfloat16", "float32", "disable"]
     gemm += [algo] if algo in ("fp8", "nvfp4") else []
-    extra = st.lists(st.builds(lambda f, v: f"--{f}" + (f"={v}" if v is not None else ""),
-                               st.sampled_from(EXTRA_ARGS_ALLOWED),
-                               st.none() | st.from_regex(r"[-A-Za-z0-9_.,:+]{0,8}",
-                                                         fullmatch=True)), max_size=4)
+    forms = [f"--{name}" if values == () else
+             f"--{name}=4" if values is None else f"--{name}={values[-1]}"
+             for name, values in EXTRA_ARGS.items()]  # values[-1]: disable where it exists
+    extra = st.lists(st.sampled_from(forms), max_size=4)
+    paged_context = context_fmha and paged_kv and draw(st.booleans())
+    fp8_fmha = [None, *([True] if algo in FP8_FMHA_ALGOS else []),
+                *([] if kv == "fp8" and paged_context and algo in FP8_FMHA_ALGOS else [False])]
+    calibrates = (algo in CALIBRATED or kv != "none") if backend == "tensorrt" \
+        else algo != "none"
+    calibration = st.none() | (st.builds(Calibration, dataset=s3_uris | pvc_uris,
+                                         samples=st.none() | st.integers(1, 65536))
+                               if calibrates else st.none())
     return BuildSpec(
         backend=backend,
         dtype=draw(st.sampled_from(["auto", "float16", "bfloat16", "float32"])),
-        quantization=Quantization(algo=algo, kv_cache=kv),
+        quantization=Quantization(algo=algo, kv_cache=kv, calibration=draw(calibration)),
         parallelism=Parallelism(tensor=tensor, pipeline=draw(st.integers(1, 8 // tensor))),
         max_batch_size=draw(st.integers(1, 65536)),
         max_input_len=max_input,
@@ -151,9 +161,8 @@ def build_specs(draw: st.DrawFn, targets: list[Target]) -> BuildSpec:
         max_num_tokens=draw(st.integers(1, 2**20)),
         plugins=Plugins(
             gpt_attention=attention, gemm=draw(st.sampled_from(gemm)), context_fmha=context_fmha,
-            paged_kv_cache=paged_kv,
-            paged_context_fmha=context_fmha and paged_kv and draw(st.booleans()),
-            fp8_context_fmha=algo in ("fp8", "nvfp4") and draw(st.booleans()),
+            paged_kv_cache=paged_kv, paged_context_fmha=paged_context,
+            fp8_context_fmha=draw(st.sampled_from(fp8_fmha)),
             remove_input_padding=draw(st.booleans()), multiple_profiles=draw(st.booleans()),
             reduce_fusion=draw(st.booleans())),
         extra_args=draw(extra) if backend == "tensorrt" else [],

@@ -41,3 +41,22 @@ def test_the_apiserver_takes_the_job_as_rendered(kube: Cluster, namespace: str, 
                                                    job["spec"]["template"]["spec"]["volumes"]]
     assert pod["containers"][0]["volumeMounts"] == \
         job["spec"]["template"]["spec"]["containers"][0]["volumeMounts"]
+
+
+def test_a_pvc_calibration_dataset_is_mounted_read_only(kube: Cluster, namespace: str) -> None:
+    spec = EngineBuildSpec.model_validate({
+        "model": {"source": "s3://models/llama/"}, "targets": [{"gpu": "H100-SXM"}],
+        "build": {"quantization": {"algo": "fp8",
+                                   "calibration": {"dataset": "pvc://datasets/cnn"}}}})
+    (target,) = effective(spec, [])
+    job = render_job(namespace=namespace, owner_name="llama",
+                     owner_uid="00000000-0000-0000-0000-000000000001", spec=spec,
+                     want=Want(target, KEY, f"s3://e/engines/{KEY}/"), image="builder:1",
+                     task_json="{}", config=OperatorConfig())
+    pod = job["spec"]["template"]["spec"]
+    claims = {v["persistentVolumeClaim"]["claimName"]: v["persistentVolumeClaim"]
+              for v in pod["volumes"] if "persistentVolumeClaim" in v}
+    assert claims == {"datasets": {"claimName": "datasets", "readOnly": True}}
+    api = Client(Credentials(str(kube.kubeconfig)))
+    api.request("POST", f"/apis/batch/v1/namespaces/{namespace}/jobs", job,
+                query={"dryRun": "All"})

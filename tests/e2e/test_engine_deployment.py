@@ -100,7 +100,15 @@ def serving(kube: Cluster, namespace: str, owner: str, key: str,
 def served(operator: Operator) -> dict[str, float]:
     """``kiln_engines_served`` by mode, read from the operator's ``/metrics``."""
     url = f"http://127.0.0.1:{operator.env['KILN_METRICS_PORT']}/metrics"
-    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    deadline = time.monotonic() + 30
+    while True:  # the operator may still be starting its metrics server
+        try:
+            text = urllib.request.urlopen(url, timeout=5).read().decode()
+            break
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
     return {line.split('mode="')[1].split('"')[0]: float(line.split()[-1])
             for line in text.splitlines() if line.startswith("kiln_engines_served{")}
 
@@ -124,7 +132,9 @@ def test_h100_deployment_lands_on_h100_nodes_and_serves_the_engine(
     for pod in running:
         (fetch,) = pod.spec.init_containers
         assert fetch.args[fetch.args.index("--key") + 1] == key
-        assert pod.spec.containers[0].command == ["trtllm-serve"]
+        server = pod.spec.containers[0]
+        assert "version_guard.py" in server.command[2], "the version guard runs first"
+        assert server.args[0] == "trtllm-serve"
     (deployment,) = deployments(kube, namespace, "chat").values()
     assert deployment.metadata.owner_references[0].kind == "EngineDeployment"
     assert deployment.spec.template.spec.node_selector == {"nvidia.com/gpu.product": H100}

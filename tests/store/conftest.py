@@ -95,6 +95,8 @@ class FakeHub:
     down: bool = False
     requests: list[tuple[str, str, str | None]] = field(default_factory=list)
     """(method, path, Authorization header) of every request."""
+    kinds: list[str] = field(default_factory=list)
+    """``model`` or ``dataset``: the kind of repository each request was for."""
 
     def add(self, repo: str, files: dict[str, bytes], revisions: tuple[str, ...] = ("main",)
             ) -> str:
@@ -147,7 +149,10 @@ def _hub_handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
                 self._send(503, b"hub down for maintenance")
                 return
             parts = path.strip("/").split("/")
-            if parts[:2] == ["api", "models"] and len(parts) >= 4:
+            hub.kinds.append("dataset" if "datasets" in parts[:2] else "model")
+            if parts[:1] == ["datasets"]:  # /datasets/<org>/<name>/resolve/...
+                parts = parts[1:]
+            if parts[:2] in (["api", "models"], ["api", "datasets"]) and len(parts) >= 4:
                 # /api/models/<org>/<name>[/revision/<rev>] and /api/models/<org>/<name>/tree/<rev>
                 repo, verb = "/".join(parts[2:4]), (parts[4:5] or ["revision"])[0]
                 revision = "/".join(parts[5:]) or "main"

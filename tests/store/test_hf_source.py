@@ -88,3 +88,17 @@ def test_download_fetches_the_commit(fake_hub: FakeHub, tmp_path: Path,
     downloads = [path for _, path, _ in fake_hub.requests if "/resolve/" in path]
     assert downloads
     assert all(f"/resolve/{sha}/" in path for path in downloads)  # by sha, never by branch
+
+
+def test_a_dataset_repository_for_calibration(fake_hub: FakeHub, tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """``spec.build.quantization.calibration.dataset: hf://...`` names a dataset repository."""
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    rows = {"train.jsonl": b'{"text": "a sample"}\n'}
+    sha = fake_hub.add("acme/calib", rows)
+    identity = open_source("hf://acme/calib@main", hf_repo_type="dataset").download(
+        tmp_path / "c")
+    assert identity.details["sha"] == sha
+    assert (tmp_path / "c" / "train.jsonl").read_bytes() == rows["train.jsonl"]
+    assert set(fake_hub.kinds) == {"dataset"}
+    assert any(p.startswith("/api/datasets/acme/calib") for _, p, _ in fake_hub.requests)

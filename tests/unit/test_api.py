@@ -114,7 +114,9 @@ def test_store_takes_no_hf_uri() -> None:
 
 
 @pytest.mark.parametrize(("arg", "ok"), [
-    ("--max_beam_width=4", True), ("--use_fused_mlp=enable", True), ("--strongly_typed", True),
+    ("--max_beam_width=4", True), ("--use_fused_mlp=enable", True), ("--fast_build", True),
+    ("--strongly_typed", False), ("--streamingllm=enable", False), ("--fast_build=1", False),
+    ("--max_beam_width", False), ("--log_level=", False), ("--log_level=loud", False),
     ("--output_dir=out", False), ("--checkpoint_dir", False), ("--max_beam_width=/tmp", False),
     ("--lora_dir=x", False), ("engine", False), ("--max_beam_width 4", False),
 ])

@@ -60,7 +60,8 @@ def test_unknown_name_lists_the_known_ones() -> None:
     ("A100-80GB", "tensorrt", "fp8", "none", False),
     ("A10", "tensorrt", "w4a8_awq", "none", False),
     ("A100-80GB", "tensorrt", "none", "fp8", False),
-    ("A100-80GB", "pytorch", "none", "fp8", True),
+    ("A100-80GB", "pytorch", "none", "fp8", False),  # FP8 KV needs 8.9 (support matrix)
+    ("L40S", "pytorch", "none", "fp8", True),
     ("A100-80GB", "tensorrt", "int8_sq", "int8", True),
     ("H100-SXM", "tensorrt", "nvfp4", "none", False),
     ("B200", "tensorrt", "nvfp4", "fp8", True),

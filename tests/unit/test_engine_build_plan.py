@@ -200,3 +200,20 @@ def test_a_manifest_before_its_own_job_completes_is_ready_not_cached() -> None:
     other = run(obj, [w], manifests={w.key: manifest(w.key)},
                 jobs={w.key: job(w.key, "Active", owners=("someone-else",))})
     assert other.status.engines[0].state == "Cached"
+
+
+def test_what_trtllm_build_turned_off_is_in_status_and_a_warning() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    said = ("plugins.pagedContextFmha is True in the spec, but trtllm-build built the engine "
+            "with use_paged_context_fmha=False")
+    built = manifest(w.key).model_copy(update={
+        "built": {"pagedContextFmha": False, "contextFmha": True}, "overridden": [said]})
+    result = run(obj, [w], manifests={w.key: built}, jobs={w.key: job(w.key, "Succeeded")})
+    (entry,) = result.status.engines
+    assert entry.state == "Ready"
+    assert entry.plugins == {"pagedContextFmha": False, "contextFmha": True}
+    assert entry.message == said
+    warnings = [e for e in result.events if e.type == "Warning"]
+    assert [(e.reason, e.message) for e in warnings] == [
+        ("PluginsOverridden", f"engine {w.key[:12]} for H100-SXM: {said}")]

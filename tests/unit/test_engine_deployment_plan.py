@@ -3,6 +3,7 @@ Deployments kiln owns."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +14,7 @@ from kiln.api import EngineBuild, EngineDeployment
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name, observe
 from kiln.engine_deployment.plan import Decision, engine_for, summarize
 from kiln.engine_deployment.plan import decide as decide_at
+from kiln.engine_deployment.pods import serving_failure
 from kiln.pool import GpuNode, auto_targets, gpu_node, pool_products, served_products
 
 UID = "ed-uid"
@@ -330,3 +332,46 @@ def test_a_product_whose_engine_status_lags_keeps_what_it_serves() -> None:
         decision = decide(ed(fallback=fallback), eb(), {H100: "9.0"}, [deployed(H100, KEY_H)])
         assert decision.delete == [] and decision.serves == [], fallback
         assert decision.kept == [deployment_name("llama", H100)]
+
+
+def test_a_version_guard_refusal_in_a_serving_pod_stalls_with_both_versions() -> None:
+    message = ("engine kkk cannot run in this server image: tensorrt_llm: engine built with "
+               "1.2.1, this image has 1.1.0. Use a server image with the builder image's "
+               "versions (spec.server.image), or rebuild the engine with this image's toolchain")
+    term = json.dumps({"reason": "VersionMismatch", "message": message, "retryable": False,
+                       "exitCode": 9})
+    obj, build = ed(gpu="H100-SXM"), eb(engine("H100-SXM", H100, KEY_H))
+    decision = decide(obj, build, {H100: "9.0"}, [])
+    (serve,) = decision.serves
+    pod = {"metadata": {"name": "p-1", "labels": {"kiln.dev/gpu-product": H100},
+                        "annotations": {"kiln.dev/engine-key": serve.engine_key}},
+           "status": {"containerStatuses": [{"name": "server", "state": {"waiting": {
+               "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {
+                   "exitCode": 9, "message": term}}}]}}
+    failure = serving_failure(pod)
+    assert failure is not None and failure.reason == "VersionMismatch"
+    status, events = summarize(obj, decision, [], {}, [failure])
+    stalled = {c.type: c for c in status.conditions}["Stalled"]
+    assert (stalled.status, stalled.reason) == ("True", "VersionMismatch")
+    assert "1.2.1" in (stalled.message or "") and "1.1.0" in (stalled.message or "")
+    assert ("Warning", "VersionMismatch") in [(e.type, e.reason) for e in events]
+    old = {**pod, "metadata": {**pod["metadata"], "annotations": {"kiln.dev/engine-key": "old"}}}
+    status, _ = summarize(obj, decision, [], {}, [serving_failure(old)])  # type: ignore[list-item]
+    assert {c.type: c for c in status.conditions}["Stalled"].status == "False", \
+        "a refusal for an engine no longer served does not stall"
+    assert serving_failure({"status": {"containerStatuses": [{"name": "server", "lastState": {
+        "terminated": {"exitCode": 9, "message": "Segmentation fault"}}}]}}) is None
+
+
+@pytest.mark.parametrize(("args", "ok"), [
+    (["--max_batch_size=8", "--log_level", "info"], True),
+    (["--kv_cache_free_gpu_memory_fraction", "0.8"], True),
+    (["--max_batch_sizes=8"], False), (["--log_level=loud"], False),
+    (["--max_num_tokens", "many"], False),
+])
+def test_server_args_are_checked_against_trtllm_serve(args: list[str], ok: bool) -> None:
+    obj = ed(gpu="H100-SXM", server={"args": args})
+    decision = decide(obj, eb(engine("H100-SXM", H100, KEY_H)), {H100: "9.0"}, [])
+    assert (decision.stalled is None) is ok, decision.stalled
+    if not ok:
+        assert decision.stalled is not None and decision.stalled[0] == "InvalidServerArgs"

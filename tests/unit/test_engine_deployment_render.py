@@ -14,7 +14,10 @@ from kiln.engine_deployment import triton
 from kiln.engine_deployment.deployments import observe
 from kiln.engine_deployment.plan import Serve
 from kiln.engine_deployment.render import (
+    guard_command,
+    llm_api_options,
     render_deployment,
+    render_llm_api_config,
     render_pdb,
     render_service,
     spec_hash,
@@ -84,7 +87,8 @@ def test_engine_deployment_is_pinned_annotated_and_fetches_the_engine() -> None:
     (fetch,) = pod["initContainers"]
     assert fetch["image"] == "kiln:test"
     assert fetch["command"] == ["kiln", "fetch-engine"]
-    assert fetch["args"] == ["--store", "s3://engines/team/", "--key", KEY, "--dest", "/engine"]
+    assert fetch["args"] == ["--store", "s3://engines/team/", "--key", KEY, "--dest", "/engine",
+                             "--guard-dir", "/kiln"]
     env = env_of(fetch)
     assert env["KILN_GPU_COMPUTE_CAPABILITY"] == "9.0"
     assert env["AWS_ENDPOINT_URL"] == "http://s3"
@@ -92,9 +96,11 @@ def test_engine_deployment_is_pinned_annotated_and_fetches_the_engine() -> None:
 
     (server,) = pod["containers"]
     assert server["image"] == "trtllm:1.2.1"
-    assert server["command"] == ["trtllm-serve"]
-    assert server["args"] == ["/engine", "--host", "0.0.0.0", "--port", "8000", "--backend",
-                              "tensorrt", "--tp_size", "2", "--pp_size", "1"]
+    assert server["command"] == ["/bin/sh", "-c", f'set -e; {guard_command()}; exec "$@"', "--"]
+    assert server["args"] == ["trtllm-serve", "/engine", "--host", "0.0.0.0", "--port", "8000",
+                              "--backend", "tensorrt", "--tp_size", "2", "--pp_size", "1",
+                              "--tokenizer", "/engine/tokenizer",
+                              "--extra_llm_api_options", "/kiln-llm-api/tensorrt.yaml"]
     assert server["readinessProbe"]["httpGet"] == {"path": "/health", "port": "http"}
     assert server["resources"]["limits"]["nvidia.com/gpu"] == "2"
     assert fetch["resources"]["limits"]["nvidia.com/gpu"] == "2"
@@ -117,7 +123,8 @@ def test_checkpoint_fallback_downloads_the_source_and_runs_pytorch() -> None:
                             checkpoint_serve(), CONFIG)
     pod = dep["spec"]["template"]["spec"]
     (fetch,) = pod["initContainers"]
-    assert fetch["args"] == ["--source", "s3://models/llama/", "--dest", "/engine"]
+    assert fetch["args"] == ["--source", "s3://models/llama/", "--dest", "/engine",
+                             "--guard-dir", "/kiln"]
     env = env_of(fetch)
     assert env["AWS_ACCESS_KEY_ID"]["secretKeyRef"]["name"] == "models-s3"
     assert "KILN_STORE_AWS_ACCESS_KEY_ID" not in env
@@ -154,7 +161,7 @@ def test_triton_gets_a_model_repository_and_its_ports() -> None:
     assert 'backend: "tensorrtllm"' in trtllm
     assert "max_batch_size: 64" in trtllm
     assert 'key: "gpt_model_path" value: { string_value: "/engine" }' in trtllm
-    assert 'key: "tokenizer_dir" value: { string_value: "/engine" }' in \
+    assert 'key: "tokenizer_dir" value: { string_value: "/engine/tokenizer" }' in \
         files["preprocessing/config.pbtxt"]
     assert server["image"] == "tritonserver:trtllm"
     assert server["args"][:2] == ["mpirun", "--allow-run-as-root"]
@@ -193,3 +200,58 @@ def test_store_of_strips_the_engine_path() -> None:
     assert store_of(f"s3://b/p/engines/{KEY}/", KEY) == "s3://b/p/"
     with pytest.raises(ValueError, match="not an engine URI"):
         store_of("s3://b/p/elsewhere/", KEY)
+
+
+def test_runtime_options_default_from_the_build_and_go_to_a_config_map() -> None:
+    build = EngineBuild.model_validate({
+        "metadata": {"name": "llama-eb", "namespace": "ns", "uid": "eb-uid"},
+        "spec": {"model": {"source": "s3://models/llama/"},
+                 "build": {"backend": "pytorch", "maxBatchSize": 32, "maxNumTokens": 4096,
+                           "maxSeqLen": 8192, "quantization": {"kvCache": "fp8"}}}})
+    plain = ed()
+    assert llm_api_options(plain, build, "pytorch") == {
+        "max_batch_size": 32, "max_num_tokens": 4096, "max_seq_len": 8192,
+        "kv_cache_config": {"dtype": "fp8"}}
+    assert llm_api_options(plain, build, "tensorrt") == {
+        "max_batch_size": 32, "max_num_tokens": 4096, "max_seq_len": 8192}
+    tuned = ed(server={"runtime": {"maxBatchSize": 8, "kvCacheDtype": "auto",
+                                   "freeGpuMemoryFraction": 0.8, "enableChunkedPrefill": True,
+                                   "enableBlockReuse": False}})
+    assert llm_api_options(tuned, build, "pytorch") == {
+        "max_batch_size": 8, "max_num_tokens": 4096, "max_seq_len": 8192,
+        "enable_chunked_prefill": True,
+        "kv_cache_config": {"dtype": "auto", "free_gpu_memory_fraction": 0.8,
+                            "enable_block_reuse": False}}
+    config = render_llm_api_config(tuned, build)
+    assert config["kind"] == "ConfigMap" and config["metadata"]["name"] == "llama-llm-api"
+    assert set(config["data"]) == {"pytorch.yaml", "tensorrt.yaml"}
+    one = render_deployment(plain, build, checkpoint_serve(), CONFIG)
+    two = render_deployment(tuned, build, checkpoint_serve(), CONFIG)
+    pod = one["spec"]["template"]["spec"]
+    assert {"name": "llm-api", "configMap": {"name": "llama-llm-api"}} in pod["volumes"]
+    assert pod["containers"][0]["args"][-2:] == ["--extra_llm_api_options",
+                                                 "/kiln-llm-api/pytorch.yaml"]
+    notes = [d["spec"]["template"]["metadata"]["annotations"]["kiln.dev/llm-api-options"]
+             for d in (one, two)]
+    assert notes[0] != notes[1], "other options roll the pods"
+
+
+def test_the_version_guard_runs_before_the_server_in_both_kinds() -> None:
+    for server in ({}, {"kind": "triton"}):
+        dep = render_deployment(ed(server=server), eb(), engine_serve(), CONFIG)
+        pod = dep["spec"]["template"]["spec"]
+        command = pod["containers"][0]["command"]
+        assert command[:2] == ["/bin/sh", "-c"]
+        assert command[2].startswith(f"set -e; {guard_command()}; ")
+        assert command[2].endswith('; exec "$@"')
+        assert {"name": "kiln-guard", "mountPath": "/kiln"} in pod["initContainers"][0][
+            "volumeMounts"]
+    assert "--exit-code 9 --reason VersionMismatch --termination-log /dev/termination-log" \
+        in guard_command()
+
+
+def test_server_args_win_over_the_defaulted_options() -> None:
+    """The YAML overrides trtllm-serve's flags: kiln leaves out what server.args set."""
+    obj = ed(server={"args": ["--max_batch_size=8", "--kv_cache_free_gpu_memory_fraction",
+                              "0.5"], "runtime": {"freeGpuMemoryFraction": 0.8}})
+    assert llm_api_options(obj, eb(), "tensorrt") == {"max_num_tokens": 8192}

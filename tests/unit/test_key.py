@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from kiln.api import BuildSpec
+from kiln.api import BuildSpec, Calibration
 from kiln.errors import InvalidInput
 from kiln.key import (
     KEY_SCHEMA_VERSION,
@@ -44,23 +44,23 @@ def key(build: dict[str, Any] | BuildSpec | None = None, **changes: str) -> str:
 
 # -- golden values: a change here orphans every stored engine -----------------------------------
 
-GOLDEN_DEFAULT = "bb514aabb23d49f068ed54e3bcecb625d6ef5d09eb6196202100ee7c4c3b6a16"
-GOLDEN_PYTORCH = "39e784b0f0461bdbf1bd9edb7d4d9bf5258e5fb13182a5437bf07f22cb491bf7"
-GOLDEN_FP8_TP2 = "1cb11ac3564e231aa010e8f6206d9403328896862bf021d0c622a07f325d8805"
+GOLDEN_DEFAULT = "ca3d6092b1c61770e434ea59ed0dfba1955d79bf2d617ae9acc39dd976771040"
+GOLDEN_PYTORCH = "96b1536fe8b55714eabcb724cf6f15a471a4ca30b14390cb24417d797de2c8cf"
+GOLDEN_FP8_TP2 = "6ff993400baf09c0e8c52257477adf66f15c1f88a91c30c62367290e92ef2703"
 GOLDEN_DEFAULT_JSON = (
     '{"build":{"backend":"tensorrt","dtype":"auto","extraArgs":[],"maxBatchSize":2048,'
     '"maxInputLen":1024,"maxNumTokens":8192,"maxSeqLen":null,"parallelism":{"pipeline":1,'
-    '"tensor":1},"plugins":{"contextFmha":true,"fp8ContextFmha":false,"gemm":"auto",'
+    '"tensor":1},"plugins":{"contextFmha":true,"fp8ContextFmha":null,"gemm":null,'
     '"gptAttention":"auto","multipleProfiles":false,"pagedContextFmha":true,'
     '"pagedKvCache":true,"reduceFusion":false,"removeInputPadding":true},"quantization":'
-    '{"algo":"none","kvCache":"none"}},"builderImage":"kiln-builder:1.2.1",'
-    '"computeCapability":"9.0","gpuProduct":"NVIDIA-H100-80GB-HBM3","schema":1,"weights":'
+    '{"algo":"none","calibration":null,"kvCache":"none"}},"builderImage":"kiln-builder:1.2.1",'
+    '"computeCapability":"9.0","gpuProduct":"NVIDIA-H100-80GB-HBM3","schema":2,"weights":'
     '"' + "w" * 64 + '"}')
 
 
 def test_golden_keys_are_pinned() -> None:
     """Bump KEY_SCHEMA_VERSION on purpose, never by accident: then update these values."""
-    assert KEY_SCHEMA_VERSION == 1
+    assert KEY_SCHEMA_VERSION == 2
     assert canonical_json(key_inputs(build=BuildSpec(), **BASE)).decode() == GOLDEN_DEFAULT_JSON
     assert key() == GOLDEN_DEFAULT
     assert key({"backend": "pytorch"}) == GOLDEN_PYTORCH
@@ -104,6 +104,11 @@ def _strategy(field: FieldInfo) -> st.SearchStrategy[Any]:
         strategy = st.integers(*_bounds(field))
     elif typing.get_origin(annotation) is list:
         strategy = st.lists(st.sampled_from(EXTRA_ARGS), max_size=4)
+    elif annotation is Calibration:
+        strategy = st.fixed_dictionaries({
+            "dataset": st.sampled_from(["s3://calib/cnn/", "pvc://data/calib",
+                                        "hf://org/calib@v1"]),
+            "samples": st.none() | st.integers(1, 65536)})
     else:
         raise AssertionError(f"extend this test for a field of type {annotation}")
     return st.none() | strategy if optional else strategy

@@ -117,6 +117,28 @@ def test_field_review_c5_flag_shapes() -> None:
     assert lora is not None and lora.nargs == "+"
 
 
+def test_calibration_directory_is_read_as_a_local_dataset() -> None:
+    from kiln.builder.commands import CALIBRATION_DIR
+    from kiln.trtllm import flags
+
+    patterns = [p.strip("*") for form, _ in flags.CALIB_DATASET_FORMS[:-1]
+                for p in form.split("|")]
+    assert not any(p in CALIBRATION_DIR for p in patterns), "matched before the directory rule"
+    assert flags.QUANTIZE.flag("--calib_dataset") is not None
+    assert flags.QUANTIZE_HF_TO_HF_IGNORES_DATASET
+    assert flags.QUANTIZE_WITH_MODELOPT.flag("--dataset") is not None
+
+
+def test_hf_export_scripts_take_what_kiln_passes() -> None:
+    from kiln.trtllm import flags
+
+    hf = flags.QUANTIZE_HF_TO_HF.flag("--kv_cache_qformat")
+    assert hf is not None and hf.default == "fp8" and hf.choices == ("fp8", "nvfp4", "none")
+    fmt = flags.QUANTIZE_WITH_MODELOPT.flag("--export_fmt")
+    assert fmt is not None and fmt.choices == ("tensorrt_llm", "hf")
+    assert flags.HF_EXPORT_SCRIPTS[0] is flags.QUANTIZE_HF_TO_HF
+
+
 def test_quantize_has_no_export_format() -> None:
     assert not QUANTIZE_HAS_EXPORT_FORMAT
     assert QUANTIZE.flag("--export_format") is None

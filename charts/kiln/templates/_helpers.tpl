@@ -98,7 +98,8 @@ rules on cluster-scoped resources always go into a ClusterRole.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Serving: one Deployment per GPU product, one Service, a PodDisruptionBudget.
+# Serving: one Deployment per GPU product, one Service, a PodDisruptionBudget, the
+# trtllm-serve LLM API options in a ConfigMap.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, update, delete]
@@ -108,11 +109,12 @@ rules on cluster-scoped resources always go into a ClusterRole.
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [get, list, watch, create, patch, update, delete]
-# The public keys serving pods verify engines with: one ConfigMap per EngineDeployment, owned by
-# it (created, then applied only while it carries that owner reference).
+# ConfigMaps kiln owns: the public keys serving pods verify engines with, and trtllm-serve's
+# LLM API options; one of each per EngineDeployment (created, then applied only while it
+# carries that owner reference).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch]
+  verbs: [get, create, patch, update, delete]
 {{- end }}
 
 {{- define "kiln.rules.kiln.cluster" -}}

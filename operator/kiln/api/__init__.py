@@ -16,11 +16,13 @@ from kiln.api.common import (
     parse_duration,
 )
 from kiln.api.engine_build import (
+    EXTRA_ARGS,
     EXTRA_ARGS_ALLOWED,
     MAX_GPUS_PER_BUILD,
     Backend,
     BuildPhase,
     BuildSpec,
+    Calibration,
     Dtype,
     EngineBuild,
     EngineBuildSpec,
@@ -50,6 +52,7 @@ from kiln.api.engine_deployment import (
     Fallback,
     Pool,
     ProductStatus,
+    Runtime,
     Server,
     ServerKind,
     ServingMode,
@@ -57,13 +60,13 @@ from kiln.api.engine_deployment import (
 )
 
 __all__ = [
-    "API_VERSION", "AUTO_GPU", "EXTRA_ARGS_ALLOWED", "MAX_GPUS_PER_BUILD", "Backend",
-    "BuildPhase", "BuildSpec", "Condition", "ConditionStatus", "Dtype", "EngineBuild",
-    "EngineBuildRef", "EngineBuildSpec", "EngineBuildStatus", "EngineDeployment",
-    "EngineDeploymentSpec", "EngineDeploymentStatus", "EngineState", "EngineStatus", "Fallback",
-    "JobSpec", "KilnModel", "KvCacheQuant", "ModelSpec", "Output", "Parallelism", "Plugins",
-    "Pool", "ProductStatus", "QuantAlgo", "Quantization", "Rebuild", "Resources",
-    "SecurityContext", "Server", "ServerKind", "ServingMode", "Strategy", "Target", "Toleration",
-    "Toolchain", "Weights",
+    "API_VERSION", "AUTO_GPU", "EXTRA_ARGS", "EXTRA_ARGS_ALLOWED", "MAX_GPUS_PER_BUILD",
+    "Backend", "BuildPhase", "BuildSpec", "Calibration", "Condition", "ConditionStatus",
+    "Dtype", "EngineBuild", "EngineBuildRef", "EngineBuildSpec", "EngineBuildStatus",
+    "EngineDeployment", "EngineDeploymentSpec", "EngineDeploymentStatus", "EngineState",
+    "EngineStatus", "Fallback", "JobSpec", "KilnModel", "KvCacheQuant", "ModelSpec", "Output",
+    "Parallelism", "Plugins", "Pool", "ProductStatus", "QuantAlgo", "Quantization", "Rebuild",
+    "Resources", "Runtime", "SecurityContext", "Server", "ServerKind", "ServingMode",
+    "Strategy", "Target", "Toleration", "Toolchain", "Weights",
     "parse_duration",
 ]

@@ -42,19 +42,70 @@ MAX_GPUS_PER_BUILD = 8
 COMPUTE_CAPABILITY = r"^[1-9][0-9]?\.[0-9]$"
 MIN_COMPUTE_CAPABILITY = "8.0"
 
-EXTRA_ARGS_ALLOWED = (
-    "bert_attention_plugin", "bert_context_fmha_fp32_acc", "fast_build",
-    "gather_context_logits", "gather_generation_logits", "gemm_allreduce_plugin",
-    "gemm_swiglu_plugin", "log_level", "logits_dtype", "lora_plugin", "lora_target_modules",
-    "low_latency_gemm_plugin", "max_beam_width", "max_draft_len", "max_encoder_input_len",
-    "max_lora_rank", "max_prompt_embedding_table_size", "moe_plugin", "monitor_memory",
-    "nccl_plugin", "norm_quant_fusion", "pp_reduce_scatter", "profiling_verbosity",
-    "speculative_decoding_mode", "streamingllm", "strongly_typed", "tokens_per_block",
-    "use_fused_mlp", "user_buffer", "weight_sparsity", "weight_streaming",
-)
-"""``trtllm-build`` flags ``extraArgs`` may carry: none names a path or a field kiln sets."""
+_SWITCH = ("enable", "disable")
+_DTYPES = ("auto", "float16", "float32", "bfloat16", "int32", "disable")
+EXTRA_ARGS: dict[str, tuple[str, ...] | None] = {
+    "bert_attention_plugin": _DTYPES,
+    "bert_context_fmha_fp32_acc": _SWITCH,
+    "fast_build": (),
+    "gather_context_logits": (),
+    "gemm_allreduce_plugin": ("float16", "bfloat16", "disable"),
+    "gemm_swiglu_plugin": ("fp8", "disable"),
+    "log_level": ("internal_error", "error", "warning", "info", "verbose", "debug", "trace"),
+    "logits_dtype": ("float16", "float32"),
+    "low_latency_gemm_plugin": ("fp8", "disable"),
+    "low_latency_gemm_swiglu_plugin": ("fp8", "disable"),
+    "max_beam_width": None,
+    "max_draft_len": None,
+    "max_encoder_input_len": None,
+    "max_prompt_embedding_table_size": None,
+    "moe_plugin": _DTYPES,
+    "monitor_memory": (),
+    "nccl_plugin": _DTYPES,
+    "norm_quant_fusion": _SWITCH,
+    "profiling_verbosity": ("layer_names_only", "detailed", "none"),
+    "speculative_decoding_mode": ("draft_tokens_external", "lookahead_decoding", "medusa",
+                                  "explicit_draft_tokens", "eagle"),
+    "tokens_per_block": None,
+    "use_fused_mlp": _SWITCH,
+    "user_buffer": _SWITCH,
+    "weight_sparsity": (),
+    "weight_streaming": (),
+}
+"""``trtllm-build`` flags ``extraArgs`` may carry and their values: ``()`` a bare switch
+(``--flag``; argparse refuses ``--flag=value``), ``None`` a positive integer
+(``--flag=N``), else ``--flag=<one of these>``. None names a path or a field kiln sets; left
+out: ``--strongly_typed`` (gone), ``--streamingllm`` (asserts), ``--gather_generation_logits``
+(deprecated), ``--lora_*`` (need ``--lora_dir``, a path), ``--pp_reduce_scatter`` (asserts
+unless Mixtral). Checked against :mod:`kiln.trtllm.flags` by the unit tests."""
+EXTRA_ARGS_ALLOWED = tuple(EXTRA_ARGS)
+SM100_PLUGIN_ARGS = ("gemm_swiglu_plugin", "low_latency_gemm_plugin",
+                     "low_latency_gemm_swiglu_plugin", "bert_context_fmha_fp32_acc")
+"""Of those, the ones ``PluginConfig.validate`` refuses on compute capability 10.0 unless
+``disable`` (kiln.trtllm.refusals ``plugins_sm100``)."""
+
+
+def _form(name: str, values: tuple[str, ...] | None) -> str:
+    if values is None:
+        return f"{name}=[1-9][0-9]{{0,6}}"
+    if not values:
+        return name
+    return f"{name}=({'|'.join(values)})"
+
+
 EXTRA_ARG_FORM = r"^--[a-z][a-z0-9_]*(=[-A-Za-z0-9_.,:+]*)?$"
 EXTRA_ARG_ALLOWED = r"^--(" + "|".join(EXTRA_ARGS_ALLOWED) + r")(=|$)"
+EXTRA_ARG_VALUE = r"^--(" + "|".join(_form(n, v) for n, v in EXTRA_ARGS.items()) + r")$"
+
+
+def _extra_arg_hint(arg: str) -> str:
+    name = arg[2:].partition("=")[0]
+    values = EXTRA_ARGS.get(name, ())
+    if values is None:
+        return f"--{name}=<a positive integer>"
+    if not values:
+        return f"--{name} (a switch, no value)"
+    return f"--{name}=<{'|'.join(values)}>"
 
 
 def _check_extra_arg(arg: str) -> str:
@@ -62,6 +113,8 @@ def _check_extra_arg(arg: str) -> str:
         raise ValueError(f"{arg!r} is not --flag or --flag=value")
     if not re.search(EXTRA_ARG_ALLOWED, arg):
         raise ValueError(f"{arg!r} is not an allowed trtllm-build flag")
+    if not re.search(EXTRA_ARG_VALUE, arg):
+        raise ValueError(f"{arg!r}: write {_extra_arg_hint(arg)}")
     return arg
 
 
@@ -73,6 +126,10 @@ ExtraArg = Annotated[
             "'-_.,:+' (no paths, no spaces)"),
         cel(f"self.matches({q(EXTRA_ARG_ALLOWED)})",
             "flag not allowed; allowed: " + ", ".join(f"--{a}" for a in EXTRA_ARGS_ALLOWED)),
+        cel(f"!self.matches({q(EXTRA_ARG_ALLOWED)}) || self.matches({q(EXTRA_ARG_VALUE)})",
+            "value not accepted by trtllm-build 1.2.x: switches take no value ("
+            + ", ".join(f"--{n}" for n, v in EXTRA_ARGS.items() if v == ())
+            + "), the others --flag=value with a positive integer or one of its choices"),
     )),
     AfterValidator(_check_extra_arg),
 ]
@@ -124,6 +181,19 @@ class Target(KilnModel):
     ``nodeSelector``."""
 
 
+class Calibration(KilnModel):
+    """The data ModelOpt calibrates on, fetched by the builder like the weights."""
+
+    dataset: SourceUri
+    """``s3://bucket/prefix/``, ``pvc://claim/path`` or ``hf://org/name@revision`` (a dataset
+    repository on the Hub, or on ``HF_ENDPOINT``'s mirror): a Hugging Face ``datasets``
+    directory whose ``train`` split has a ``text`` column (quantize.py reads it with
+    ``load_dataset(dir, split="train")["text"]``). Uses the model's ``credentialsSecret``."""
+    samples: int | None = Field(default=None, ge=1, le=65536)
+    """Samples to calibrate on (``--calib_size``); unset: the tool's default (512; AWQ uses at
+    most 32)."""
+
+
 class Quantization(KilnModel):
     """How weights, activations and the KV cache are quantized."""
 
@@ -132,7 +202,11 @@ class Quantization(KilnModel):
     ``int4_awq``, ``w4a8_awq`` (8.9+), ``int8_wo`` / ``int4_wo`` (weight-only) or ``nvfp4``
     (10.0+). Whether a target GPU can run it is checked against kiln's catalogue."""
     kv_cache: KvCacheQuant = "none"
-    """KV cache quantization: ``none``, ``fp8`` or ``int8``."""
+    """KV cache quantization: ``none``, ``fp8`` or ``int8``. With backend ``pytorch`` and
+    ``algo: none``, ``fp8`` is a runtime setting (no calibration)."""
+    calibration: Calibration | None = None
+    """Calibration data; unset: the tool's default, Hugging Face's ``cnn_dailymail``, which
+    needs access to the Hub from the build pod."""
 
 
 class Parallelism(KilnModel):
@@ -151,6 +225,9 @@ class Parallelism(KilnModel):
     """Pipeline-parallel stages."""
 
 
+GemmPlugin = Literal["auto", "float16", "bfloat16", "float32", "fp8", "nvfp4", "disable"]
+
+
 class Plugins(KilnModel):
     """TensorRT-LLM plugins and kernels (``tensorrt`` backend only)."""
 
@@ -166,22 +243,34 @@ class Plugins(KilnModel):
 
     gpt_attention: Literal["auto", "float16", "bfloat16", "float32", "disable"] = "auto"
     """``--gpt_attention_plugin``."""
-    gemm: Literal["auto", "float16", "bfloat16", "float32", "fp8", "nvfp4", "disable"] = "auto"
-    """``--gemm_plugin``; ``fp8`` and ``nvfp4`` need the matching quantization."""
+    gemm: GemmPlugin | None = None
+    """``--gemm_plugin``; ``fp8`` and ``nvfp4`` need the matching quantization. Unset:
+    trtllm-build's default (off, except ``nvfp4`` with nvfp4 quantization)."""
     context_fmha: bool = True
     """Fused multi-head attention in the context phase (``--context_fmha``)."""
     paged_kv_cache: bool = True
     """Paged KV cache (``--kv_cache_type paged``)."""
     paged_context_fmha: bool = True
     """Chunked/paged context attention (``--use_paged_context_fmha``)."""
-    fp8_context_fmha: bool = False
-    """FP8 context attention (``--use_fp8_context_fmha``); needs fp8 or nvfp4 quantization."""
+    fp8_context_fmha: bool | None = None
+    """FP8 context attention (``--use_fp8_context_fmha``). Unset: trtllm-build's default (on;
+    kept for fp8, w4a8_awq and nvfp4, off otherwise). ``true`` needs one of those algorithms;
+    ``false`` cannot be had with ``kvCache: fp8`` and ``pagedContextFmha`` (trtllm-build turns
+    it back on for FP8 paged context FMHA)."""
     remove_input_padding: bool = True
     """Packed inputs without padding (``--remove_input_padding``)."""
     multiple_profiles: bool = False
     """Several TensorRT optimization profiles (``--multiple_profiles``): faster, slower build."""
     reduce_fusion: bool = False
     """Fuse all-reduce with the following norm (``--reduce_fusion``)."""
+
+
+FP8_FMHA_ALGOS = ("fp8", "w4a8_awq", "nvfp4")
+"""Algorithms trtllm-build keeps FP8 context FMHA for (kiln.trtllm.refusals)."""
+CALIBRATED = ("fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4")
+"""Algorithms that calibrate with ModelOpt."""
+FP8_FMHA_CEL = "[" + ", ".join(q(a) for a in FP8_FMHA_ALGOS) + "]"
+CALIBRATED_CEL = "[" + ", ".join(q(a) for a in CALIBRATED) + "]"
 
 
 class BuildSpec(KilnModel):
@@ -192,13 +281,29 @@ class BuildSpec(KilnModel):
             "maxSeqLen must be at least maxInputLen", ".maxSeqLen"),
         cel("self.backend != 'pytorch' || size(self.extraArgs) == 0",
             "extraArgs are trtllm-build flags; backend pytorch takes none", ".extraArgs"),
-        cel("self.plugins.gemm != 'fp8' || self.quantization.algo == 'fp8'",
+        cel("!has(self.plugins.gemm) || self.plugins.gemm != 'fp8' || "
+            "self.quantization.algo == 'fp8'",
             "plugins.gemm fp8 needs quantization.algo fp8", ".plugins.gemm"),
-        cel("self.plugins.gemm != 'nvfp4' || self.quantization.algo == 'nvfp4'",
+        cel("!has(self.plugins.gemm) || self.plugins.gemm != 'nvfp4' || "
+            "self.quantization.algo == 'nvfp4'",
             "plugins.gemm nvfp4 needs quantization.algo nvfp4", ".plugins.gemm"),
-        cel("!self.plugins.fp8ContextFmha || self.quantization.algo in ['fp8', 'nvfp4']",
-            "plugins.fp8ContextFmha needs quantization.algo fp8 or nvfp4",
+        cel("!has(self.plugins.fp8ContextFmha) || !self.plugins.fp8ContextFmha || "
+            f"self.quantization.algo in {FP8_FMHA_CEL}",
+            "plugins.fp8ContextFmha true needs quantization.algo fp8, w4a8_awq or nvfp4 "
+            "(trtllm-build turns it off otherwise)", ".plugins.fp8ContextFmha"),
+        cel("!has(self.plugins.fp8ContextFmha) || self.plugins.fp8ContextFmha || "
+            "!(self.quantization.kvCache == 'fp8' && self.plugins.pagedContextFmha && "
+            f"self.quantization.algo in {FP8_FMHA_CEL})",
+            "plugins.fp8ContextFmha false with kvCache fp8 and pagedContextFmha: trtllm-build "
+            "turns FP8 context FMHA back on to support FP8 paged context FMHA; set "
+            "pagedContextFmha false too, or leave fp8ContextFmha unset",
             ".plugins.fp8ContextFmha"),
+        cel("!has(self.quantization.calibration) || (self.backend == 'tensorrt' ? "
+            f"(self.quantization.algo in {CALIBRATED_CEL} || self.quantization.kvCache != "
+            "'none') : self.quantization.algo != 'none')",
+            "quantization.calibration is only used when the build calibrates: backend "
+            "tensorrt with algo fp8, int8_sq, int4_awq, w4a8_awq, nvfp4 or a kvCache; backend "
+            "pytorch with an algo", ".quantization.calibration"),
     ))
 
     backend: Backend = "tensorrt"
@@ -364,7 +469,12 @@ class EngineStatus(KilnModel):
     tensorrt_version: str | None = Field(default=None, max_length=64)
     """TensorRT version the builder ran."""
     message: str | None = Field(default=None, max_length=32768)
-    """What went wrong, for a Failed engine."""
+    """What went wrong, for a Failed engine; for a built one, what trtllm-build changed from
+    the spec."""
+    plugins: dict[str, bool] | None = Field(default=None, max_length=16)
+    """The plugin features the engine really has (``plugins`` field names), read from its
+    ``build_config.plugin_config``: trtllm-build turns some off silently (paged context FMHA
+    with an int8 KV cache, for one)."""
     previous_key: str | None = Field(default=None, max_length=64)
     """While ``key`` is not ready yet: the engine this target had before, which serving
     keeps using until the new one is ready."""
@@ -413,9 +523,36 @@ class EngineBuild(KilnModel):
 
 
 __all__ = [
-    "COMPUTE_CAPABILITY", "EXTRA_ARGS_ALLOWED", "MAX_GPUS_PER_BUILD",
-    "MIN_COMPUTE_CAPABILITY", "NAME_SCHEMA", "Backend", "BuildPhase", "BuildSpec", "Dtype",
-    "EngineBuild", "EngineBuildSpec", "EngineBuildStatus", "EngineState", "EngineStatus",
-    "JobSpec", "KvCacheQuant", "ModelSpec", "Output", "Parallelism", "Plugins", "QuantAlgo",
-    "Quantization", "Rebuild", "Target", "Toleration", "Toolchain", "Weights",
+    "CALIBRATED",
+    "COMPUTE_CAPABILITY",
+    "EXTRA_ARGS",
+    "EXTRA_ARGS_ALLOWED",
+    "FP8_FMHA_ALGOS",
+    "MAX_GPUS_PER_BUILD",
+    "MIN_COMPUTE_CAPABILITY",
+    "NAME_SCHEMA",
+    "SM100_PLUGIN_ARGS",
+    "Backend",
+    "BuildPhase",
+    "BuildSpec",
+    "Calibration",
+    "Dtype",
+    "EngineBuild",
+    "EngineBuildSpec",
+    "EngineBuildStatus",
+    "EngineState",
+    "EngineStatus",
+    "JobSpec",
+    "KvCacheQuant",
+    "ModelSpec",
+    "Output",
+    "Parallelism",
+    "Plugins",
+    "QuantAlgo",
+    "Quantization",
+    "Rebuild",
+    "Target",
+    "Toleration",
+    "Toolchain",
+    "Weights",
 ]

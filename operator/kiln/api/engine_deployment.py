@@ -34,7 +34,10 @@ DNS_1035 = r"^[a-z]([-a-z0-9]*[a-z0-9])?$"
 NAME_SCHEMA: dict[str, Any] = {"type": "string", "maxLength": MAX_NAME, "pattern": DNS_1035}
 """Schema of ``metadata.name``: a DNS-1035 label short enough for the names kiln derives."""
 PERCENT = r"^(100|[1-9]?[0-9])%$"
-SERVER_ARGS_RESERVED = ("host", "port", "backend", "tp_size", "pp_size")
+SERVER_ARGS_RESERVED = ("host", "port", "backend", "tp_size", "pp_size", "tensor_parallel_size",
+                        "pipeline_parallel_size", "tokenizer", "extra_llm_api_options", "config")
+"""trtllm-serve options kiln sets (with their aliases: ``serve.py`` spells ``--tp_size`` also
+``--tensor_parallel_size``, ``--extra_llm_api_options`` also ``--config``)."""
 _RESERVED = r"^--(" + "|".join(SERVER_ARGS_RESERVED) + r")(=|$)"
 
 IntOrPercent = Annotated[int, Field(ge=0)] | Annotated[str, Field(max_length=4, pattern=PERCENT)]
@@ -60,6 +63,28 @@ class Pool(KilnModel):
     while it is the only product with ready pods."""
 
 
+class Runtime(KilnModel):
+    """trtllm-serve's LLM API options (an ``--extra_llm_api_options`` YAML kiln writes to a
+    ConfigMap). Unset fields: the build spec's value where it has one, else TensorRT-LLM's
+    default. The tensorrt backend caps batch size and token limits at the engine's."""
+
+    max_batch_size: int | None = Field(default=None, ge=1, le=65536)
+    """``max_batch_size``; unset: the build's ``maxBatchSize``."""
+    max_num_tokens: int | None = Field(default=None, ge=1, le=1048576)
+    """``max_num_tokens``; unset: the build's ``maxNumTokens``."""
+    max_seq_len: int | None = Field(default=None, ge=1, le=1048576)
+    """``max_seq_len``; unset: the build's ``maxSeqLen`` (else the model's)."""
+    kv_cache_dtype: Literal["auto", "fp8"] | None = None
+    """``kv_cache_config.dtype`` (PyTorch backend only); unset: ``fp8`` when the build's
+    ``quantization.kvCache`` is fp8, else ``auto``."""
+    free_gpu_memory_fraction: float | None = Field(default=None, ge=0.01, le=1)
+    """``kv_cache_config.free_gpu_memory_fraction``; unset: 0.9."""
+    enable_chunked_prefill: bool | None = None
+    """``enable_chunked_prefill``; unset: false."""
+    enable_block_reuse: bool | None = None
+    """``kv_cache_config.enable_block_reuse`` (KV cache reuse across requests); unset: true."""
+
+
 class Server(KilnModel):
     """The inference server."""
 
@@ -80,6 +105,8 @@ class Server(KilnModel):
     security_context: SecurityContext | None = None
     """Overrides of the serving pod's restricted security context, for server images that
     need more, e.g. to run as root (docs/security.md)."""
+    runtime: Runtime = Field(default_factory=Runtime)
+    """trtllm-serve's runtime limits and KV cache settings (kind ``trtllm-serve`` only)."""
 
 
 class Strategy(KilnModel):
@@ -188,7 +215,19 @@ class EngineDeployment(KilnModel):
 
 
 __all__ = [
-    "AUTO_GPU", "NAME_SCHEMA", "SERVER_ARGS_RESERVED", "EngineBuildRef", "EngineDeployment",
-    "EngineDeploymentSpec", "EngineDeploymentStatus", "Fallback", "Pool", "ProductStatus",
-    "Server", "ServerKind", "ServingMode", "Strategy",
+    "AUTO_GPU",
+    "NAME_SCHEMA",
+    "SERVER_ARGS_RESERVED",
+    "EngineBuildRef",
+    "EngineDeployment",
+    "EngineDeploymentSpec",
+    "EngineDeploymentStatus",
+    "Fallback",
+    "Pool",
+    "ProductStatus",
+    "Runtime",
+    "Server",
+    "ServerKind",
+    "ServingMode",
+    "Strategy",
 ]

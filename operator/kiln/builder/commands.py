@@ -14,6 +14,7 @@ from pathlib import Path
 from kiln.api import BuildSpec
 from kiln.builder.checkpoint import TENSORRT_FAMILIES
 from kiln.errors import Unsupported
+from kiln.trtllm import flags
 
 DEFAULT_EXAMPLES = Path("/app/tensorrt_llm/examples")
 """Where the TensorRT-LLM release image keeps its examples (``convert_checkpoint.py``,
@@ -21,6 +22,10 @@ DEFAULT_EXAMPLES = Path("/app/tensorrt_llm/examples")
 
 QUANTIZE_FORMATS = frozenset({"fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4"})
 """Algorithms that need ModelOpt calibration (``quantize.py --qformat``)."""
+CALIBRATION_DIR = "calibration"
+"""Where the builder puts ``spec.build.quantization.calibration`` in the work directory. Its
+name must not contain ``cnn_dailymail`` or ``scienceqa``: quantize_by_modelopt.py matches
+those substrings before it treats the value as a local directory."""
 WEIGHT_ONLY = {"int8_wo": "int8", "int4_wo": "int4"}
 """Weight-only algorithms ``convert_checkpoint.py`` does without calibration."""
 
@@ -57,11 +62,15 @@ def _parallel(spec: BuildSpec) -> list[str]:
             "--pp_size", str(spec.parallelism.pipeline)]
 
 
+def _calibration(calib_dataset: str | None, samples: int | None, dataset_flag: str,
+                 size_flag: str = "--calib_size") -> list[str]:
+    out = [dataset_flag, calib_dataset] if calib_dataset else []
+    return out + ([size_flag, str(samples)] if samples else [])
+
+
 def quantize_command(spec: BuildSpec, paths: Paths, *, examples: Path = DEFAULT_EXAMPLES,
-                     python: str = "python3", calib_dataset: str | None = None,
-                     export_format: str | None = None) -> list[str]:
-    """``quantize.py``: ModelOpt calibration into a TensorRT-LLM checkpoint (or, with
-    ``export_format="hf"``, a quantized Hugging Face checkpoint for the PyTorch backend)."""
+                     python: str = "python3", calib_dataset: str | None = None) -> list[str]:
+    """``quantize.py``: ModelOpt calibration into a TensorRT-LLM checkpoint."""
     algo = spec.quantization.algo
     qformat = "full_prec" if algo == "none" else algo
     cmd = [python, str(examples / "quantization" / "quantize.py"),
@@ -69,13 +78,30 @@ def quantize_command(spec: BuildSpec, paths: Paths, *, examples: Path = DEFAULT_
            "--dtype", spec.dtype, "--qformat", qformat]
     if spec.quantization.kv_cache != "none":
         cmd += ["--kv_cache_dtype", spec.quantization.kv_cache]
-    if export_format is None:
-        cmd += _parallel(spec)
+    cmd += _parallel(spec)
+    calibration = spec.quantization.calibration
+    return cmd + _calibration(calib_dataset, calibration.samples if calibration else None,
+                              "--calib_dataset")
+
+
+def hf_quantize_command(spec: BuildSpec, script: flags.Command, source: Path, out: Path, *,
+                        examples: Path = DEFAULT_EXAMPLES, python: str = "python3",
+                        calib_dataset: str | None = None) -> list[str]:
+    """An HF-export ModelOpt script (``flags.HF_EXPORT_SCRIPTS``): the quantized Hugging Face
+    checkpoint the PyTorch backend loads. The KV cache is given explicitly: the scripts'
+    defaults quantize it to fp8."""
+    q = spec.quantization
+    cmd = [python, str(examples / "quantization" / script.program),
+           "--pyt_ckpt_path", str(source), "--export_path", str(out), "--qformat", q.algo]
+    kv_fp8 = q.kv_cache == "fp8"
+    if script is flags.QUANTIZE_HF_TO_HF:
+        cmd += ["--kv_cache_qformat", q.kv_cache]
+    elif script is flags.QUANTIZE_WITH_MODELOPT:
+        cmd += ["--export_fmt", "hf", "--disable_kv_cache_quant", "False" if kv_fp8 else "True"]
     else:
-        cmd += ["--export_format", export_format]
-    if calib_dataset:
-        cmd += ["--calib_dataset", calib_dataset]
-    return cmd
+        raise Unsupported(f"{script.program} is not an HF-export script kiln knows")
+    return cmd + _calibration(calib_dataset, q.calibration.samples if q.calibration else None,
+                              "--dataset")
 
 
 def convert_command(spec: BuildSpec, architecture: str, paths: Paths, *,
@@ -112,6 +138,9 @@ def build_command(spec: BuildSpec, paths: Paths, *, timing_cache_exists: bool,
                   workers: int | None = None) -> list[str]:
     """``trtllm-build`` for the checkpoint in ``paths.checkpoint``."""
     p = spec.plugins
+    gemm = ["--gemm_plugin", p.gemm] if p.gemm else []
+    fp8_fmha = ([] if p.fp8_context_fmha is None
+                else ["--use_fp8_context_fmha", _switch(p.fp8_context_fmha)])
     cmd = ["trtllm-build",
            "--checkpoint_dir", str(paths.checkpoint), "--output_dir", str(paths.engine),
            "--max_batch_size", str(spec.max_batch_size),
@@ -119,12 +148,10 @@ def build_command(spec: BuildSpec, paths: Paths, *, timing_cache_exists: bool,
     if spec.max_seq_len is not None:
         cmd += ["--max_seq_len", str(spec.max_seq_len)]
     cmd += ["--max_num_tokens", str(spec.max_num_tokens),
-            "--gpt_attention_plugin", p.gpt_attention,
-            "--gemm_plugin", p.gemm,
+            "--gpt_attention_plugin", p.gpt_attention, *gemm,
             "--context_fmha", _switch(p.context_fmha),
             "--kv_cache_type", "paged" if p.paged_kv_cache else "continuous",
-            "--use_paged_context_fmha", _switch(p.paged_context_fmha),
-            "--use_fp8_context_fmha", _switch(p.fp8_context_fmha),
+            "--use_paged_context_fmha", _switch(p.paged_context_fmha), *fp8_fmha,
             "--remove_input_padding", _switch(p.remove_input_padding),
             "--multiple_profiles", _switch(p.multiple_profiles),
             "--reduce_fusion", _switch(p.reduce_fusion)]

@@ -1,8 +1,10 @@
 """Backend ``pytorch``: the checkpoint ``trtllm-serve --backend pytorch`` serves, validated.
 
 No compile: the Hugging Face checkpoint is checked (config, architecture, safetensors,
-tokenizer) and laid out as the engine directory. Quantized variants are made with ModelOpt
-(``quantize.py --export_format hf``), which needs a GPU.
+tokenizer) and laid out as the engine directory. Quantized variants are made with ModelOpt's
+``export_hf_checkpoint`` through the HF-export script the image has (asked with ``--help``
+before a GPU-hour is spent), which needs a GPU. A KV-cache-only fp8 request is not quantized
+here: the server sets ``kv_cache_config.dtype`` at run time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,8 @@ from kiln.builder.checkpoint import PYTORCH_ARCHITECTURES, Checkpoint, inspect
 from kiln.builder.commands import Paths
 from kiln.builder.progress import say
 from kiln.contract.task import BuildTask
+from kiln.errors import Unsupported
+from kiln.trtllm import flags
 
 
 def link_or_copy(src: Path, dst: Path) -> None:
@@ -28,8 +32,40 @@ def link_or_copy(src: Path, dst: Path) -> None:
 
 
 def quantized(task: BuildTask) -> bool:
-    q = task.build.quantization
-    return q.algo != "none" or q.kv_cache != "none"
+    """Whether the checkpoint is re-quantized (the KV cache alone is a runtime option)."""
+    return task.build.quantization.algo != "none"
+
+
+def entry_point(task: BuildTask, examples: Path, python: str,
+                calib_dataset: str | None) -> flags.Command:
+    """The first HF-export script of ``flags.HF_EXPORT_SCRIPTS`` this image has, with every
+    flag kiln passes in its ``--help``; Unsupported naming what is missing otherwise."""
+    why = []
+    for script in flags.HF_EXPORT_SCRIPTS:
+        path = examples / "quantization" / script.program
+        cmd = commands.hf_quantize_command(task.build, script, Path("in"), Path("out"),
+                                           examples=examples, python=python,
+                                           calib_dataset=calib_dataset)
+        if calib_dataset and script is flags.QUANTIZE_HF_TO_HF:
+            why.append(f"{script.program} ignores --dataset (it always calibrates on "
+                       "cnn_dailymail)")
+            continue
+        if not path.is_file():
+            why.append(f"{path} is missing")
+            continue
+        listed = toolchain.help_flags([python, str(path)])
+        if listed is None:
+            why.append(f"{path} --help failed")
+            continue
+        missing = sorted({a for a in cmd if a.startswith("--")} - listed)
+        if missing:
+            why.append(f"{script.program} lacks {', '.join(missing)}")
+            continue
+        return script
+    raise Unsupported(f"this builder image cannot quantize {task.build.quantization.algo} for "
+                      "the PyTorch backend: no HF-export ModelOpt script takes kiln's flags ("
+                      + "; ".join(why) + "). Use an image with TensorRT-LLM's "
+                      "examples/quantization, or backend tensorrt")
 
 
 def prepare(task: BuildTask, paths: Paths, *, examples: Path,
@@ -43,13 +79,14 @@ def prepare(task: BuildTask, paths: Paths, *, examples: Path,
             link_or_copy(path, paths.engine / path.name)
         verify.prepared(paths.engine, source, PYTORCH_ARCHITECTURES)
         return source
+    python = toolchain.tool_python()
+    script = entry_point(task, examples, python, calib_dataset)
     toolchain.require_gpu(task.target.compute_capability,
                           f"quantization {task.build.quantization.algo} "
                           f"(kv cache {task.build.quantization.kv_cache})")
-    out = Paths(paths.weights, paths.engine, paths.engine, paths.timing_cache)
-    toolchain.run(commands.quantize_command(task.build, out, examples=examples,
-                                            python=toolchain.tool_python(),
-                                            calib_dataset=calib_dataset, export_format="hf"),
+    toolchain.run(commands.hf_quantize_command(task.build, script, paths.weights, paths.engine,
+                                               examples=examples, python=python,
+                                               calib_dataset=calib_dataset),
                   phase="quantize", cwd=paths.weights.parent)
     for name in [*source.tokenizer, "generation_config.json"]:
         if (paths.weights / name).is_file() and not (paths.engine / name).exists():

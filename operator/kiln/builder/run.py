@@ -11,9 +11,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.builder import disk, pytorch, tensorrt, toolchain
+from kiln.builder import disk, pytorch, tensorrt, toolchain, verify
 from kiln.builder.checkpoint import Checkpoint
-from kiln.builder.commands import DEFAULT_EXAMPLES, Paths
+from kiln.builder.commands import CALIBRATION_DIR, DEFAULT_EXAMPLES, Paths
 from kiln.builder.progress import Progress, human, say
 from kiln.contract import env as names
 from kiln.contract import provenance
@@ -112,15 +112,17 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
                              f"downloaded (now {after.digest[:19]}); the operator builds the "
                              "new weights under a new key")
 
+    calib_dataset = _calibration(task, options, paths, env)
     versions = toolchain.versions()
     step = time.monotonic()
     checkpoint: Checkpoint
+    built: dict[str, bool] = {}
     if spec.backend == "tensorrt":
-        checkpoint = tensorrt.build(task, paths, store, versions, examples=options.examples,
-                                    calib_dataset=options.calib_dataset)
+        checkpoint, built = tensorrt.build(task, paths, store, versions, examples=options.examples,
+                                    calib_dataset=calib_dataset)
     else:
         checkpoint = pytorch.prepare(task, paths, examples=options.examples,
-                                     calib_dataset=options.calib_dataset)
+                                     calib_dataset=calib_dataset)
     seconds["build"] = time.monotonic() - step
     say(f"{checkpoint.architecture}: result has {human(_dir_bytes(paths.engine))}",
         phase="verify", step="done")
@@ -132,7 +134,8 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     upload = uuid.uuid4().hex[:16]
     manifest = store.upload(task.key, paths.engine, inputs=inputs,
                             versions=versions, build_seconds=build_seconds,
-                            progress=progress.update, keep=signed, upload_id=upload)
+                            progress=progress.update, keep=signed, upload_id=upload,
+                            built=built, overridden=verify.overridden(spec, built))
     seconds["upload"] = progress.finish()
     seconds["total"] = time.monotonic() - started
     if manifest.upload != upload:  # a signed engine was committed meanwhile: that one counts
@@ -142,6 +145,26 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     # What the operator checks before it signs: the manifest this pod wrote, by digest.
     summary |= {"upload": upload, "manifestSha256": provenance.sha256(manifest.to_json())}
     return summary
+
+
+def _calibration(task: BuildTask, options: Options, paths: Paths,
+                 env: Mapping[str, str]) -> str | None:
+    """``spec.build.quantization.calibration`` fetched into the work directory (like the
+    weights, with the model's credentials): its local path; else the operator's default."""
+    calibration = task.build.quantization.calibration
+    if calibration is None:
+        return options.calib_dataset
+    dest = paths.weights.parent / CALIBRATION_DIR
+    shutil.rmtree(dest, ignore_errors=True)
+    source = open_source(calibration.dataset,
+                         credentials=names.credentials(env) if task.source.credentials_from_env
+                         else None, endpoint_url=env.get(names.ENDPOINT), hf_repo_type="dataset")
+    progress = Progress("calibration", None, interval=options.progress_interval)
+    identity = source.download(dest, progress=progress.update)
+    progress.finish()
+    say(f"calibration data {calibration.dataset} ({short_key(identity.digest)}) in {dest}",
+        phase="calibration")
+    return str(dest)
 
 
 def _smoke(task: BuildTask, paths: Paths, versions: dict[str, str]) -> None:

@@ -7,6 +7,7 @@ another Python environment. Usage: ``smoke_script.py BACKEND MODEL_DIR TP PP``.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 
 
@@ -15,7 +16,8 @@ def main() -> int:
     trtllm = importlib.import_module("tensorrt_llm")
     if backend == "tensorrt":
         engine_llm = importlib.import_module("tensorrt_llm._tensorrt_engine").LLM
-        llm = engine_llm(model=model, tokenizer=model)
+        tokenizer = os.path.join(model, "tokenizer")  # kiln.contract.manifest.TOKENIZER_SUBDIR
+        llm = engine_llm(model=model, tokenizer=tokenizer if os.path.isdir(tokenizer) else model)
     else:
         llm = trtllm.LLM(model=model, tensor_parallel_size=tp, pipeline_parallel_size=pp)
     outputs = llm.generate(["Hello"], trtllm.SamplingParams(max_tokens=4))

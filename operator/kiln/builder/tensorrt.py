@@ -14,6 +14,7 @@ from kiln.builder.checkpoint import TENSORRT_FAMILIES, Checkpoint, inspect
 from kiln.builder.commands import Paths
 from kiln.builder.progress import human, say
 from kiln.builder.pytorch import link_or_copy
+from kiln.contract.manifest import TOKENIZER_SUBDIR
 from kiln.contract.task import BuildTask
 from kiln.errors import KilnError
 
@@ -55,8 +56,9 @@ def save_timing_cache(store: Blobs, blob: str | None, path: Path, before: bytes 
 
 
 def build(task: BuildTask, paths: Paths, store: Blobs, versions: dict[str, str], *,
-          examples: Path, calib_dataset: str | None) -> Checkpoint:
-    """Convert (or quantize) and build into ``paths.engine``; returns the source checkpoint."""
+          examples: Path, calib_dataset: str | None) -> tuple[Checkpoint, dict[str, bool]]:
+    """Convert (or quantize) and build into ``paths.engine``; returns the source checkpoint
+    and the plugin features the engine really has."""
     source = inspect(paths.weights, supported=TENSORRT_FAMILIES, backend="tensorrt")
     say(f"{source.architecture}: {len(source.weights)} safetensors file(s), "
         f"{source.tensor_count} tensors", phase="validate")
@@ -76,8 +78,10 @@ def build(task: BuildTask, paths: Paths, store: Blobs, versions: dict[str, str],
                                          workers=workers),
                   phase="trtllm-build", cwd=paths.weights.parent)
     save_timing_cache(store, blob, paths.timing_cache, before)
-    verify.engine(paths.engine, spec)
-    for name in [*source.tokenizer, "generation_config.json"]:
+    built = verify.built_plugins(verify.engine(paths.engine, spec))
+    for change in verify.overridden(spec, built):
+        say(change, phase="verify", warning="plugin-overridden")
+    for name in [*source.tokenizer, "generation_config.json", "config.json"]:
         if (paths.weights / name).is_file():
-            link_or_copy(paths.weights / name, paths.engine / name)
-    return source
+            link_or_copy(paths.weights / name, paths.engine / TOKENIZER_SUBDIR / name)
+    return source, built

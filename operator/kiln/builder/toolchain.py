@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -110,6 +111,22 @@ def require_engine_toolchain(examples: Path) -> None:
     if not examples.is_dir():
         raise Unsupported(f"this builder image has no TensorRT-LLM examples at {examples} "
                           f"(set {TRTLLM_EXAMPLES})")
+
+
+_FLAG = re.compile(r"(?<![\w-])(--[a-z][a-z0-9_]*)")
+
+
+def help_flags(cmd: list[str]) -> set[str] | None:
+    """The ``--flags`` a tool's ``--help`` lists, or None when it cannot say (missing file,
+    an import error, a non-zero exit)."""
+    try:
+        out = subprocess.run([*cmd, "--help"], capture_output=True, text=True, timeout=300,
+                             check=False)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    return set(_FLAG.findall(out.stdout))
 
 
 def run(cmd: list[str], *, phase: str, cwd: Path | None = None) -> float:

@@ -16,6 +16,12 @@ QUANT_ALGOS = {"fp8": "FP8", "int4_awq": "W4A16_AWQ", "w4a8_awq": "W4A8_AWQ",
 """``pretrained_config.quantization.quant_algo`` an engine of each algorithm records
 (SmoothQuant records one of several ``W8A8_SQ_*`` variants)."""
 KV_ALGOS = {"fp8": "FP8", "int8": "INT8"}
+PLUGIN_FEATURES = {"contextFmha": "context_fmha", "pagedContextFmha": "use_paged_context_fmha",
+                   "fp8ContextFmha": "use_fp8_context_fmha",
+                   "removeInputPadding": "remove_input_padding",
+                   "multipleProfiles": "multiple_profiles", "reduceFusion": "reduce_fusion"}
+"""``Plugins`` fields → their boolean ``PluginConfig`` field (tensorrt_llm/plugin/plugin.py
+@c20322f), as the engine's ``config.json`` records it under ``build_config.plugin_config``."""
 _RANK = re.compile(r"^rank(\d+)\.engine$")
 
 
@@ -65,6 +71,22 @@ def engine(directory: Path, spec: BuildSpec) -> dict[str, Any]:
         raise VerifyFailed(f"the engine's kv_cache_quant_algo is "
                            f"{quant.get('kv_cache_quant_algo')}, expected {want_kv}")
     return config
+
+
+def built_plugins(config: dict[str, Any]) -> dict[str, bool]:
+    """The boolean plugin features an engine's ``config.json`` records (those present)."""
+    plugin_config = (config.get("build_config") or {}).get("plugin_config") or {}
+    return {field: bool(plugin_config[name]) for field, name in PLUGIN_FEATURES.items()
+            if isinstance(plugin_config.get(name), bool)}
+
+
+def overridden(spec: BuildSpec, built: dict[str, bool]) -> list[str]:
+    """What the engine has other than the spec asked (a field left unset asks nothing)."""
+    asked = spec.plugins.model_dump(by_alias=True)
+    return [f"plugins.{field} is {asked[field]} in the spec, but trtllm-build built the engine "
+            f"with {PLUGIN_FEATURES[field]}={value}"
+            for field, value in built.items()
+            if asked.get(field) is not None and asked[field] != value]
 
 
 def prepared(directory: Path, expected: Checkpoint,

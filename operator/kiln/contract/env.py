@@ -36,6 +36,8 @@ FETCH_SOURCE = "KILN_SOURCE"
 FETCH_REVISION = "KILN_SOURCE_REVISION"
 FETCH_DEST = "KILN_ENGINE_DIR"
 FETCH_MODEL_REPO = "KILN_MODEL_REPO"
+FETCH_GUARD_DIR = "KILN_GUARD_DIR"
+"""Where ``kiln fetch-engine`` puts the version guard the server container runs first."""
 
 STORE_PREFIX = "KILN_STORE_"
 """The store's credentials reach a pod as ``KILN_STORE_<KEY>``, apart from the source's."""

@@ -23,6 +23,7 @@ NOT_FOUND = 5
 ACCESS_DENIED = 6
 WEIGHTS_CHANGED = 7
 GPU_MISMATCH = 8
+VERSION_MISMATCH = 9
 UNAVAILABLE = 10
 OUT_OF_DISK = 11
 GPU_UNAVAILABLE = 12
@@ -66,6 +67,9 @@ CODES: tuple[Code, ...] = (
          "the operator builds the new identity under a new key"),
     Code(GPU_MISMATCH, errors.GPUMismatch, "FailJob",
          "the engine was built for another compute capability than this node's GPU"),
+    Code(VERSION_MISMATCH, errors.VersionMismatch, "FailJob",
+         "the engine was built with another TensorRT-LLM or TensorRT than the server image "
+         "has (the serving container's version guard)"),
     Code(UNAVAILABLE, errors.Unavailable, "Count", "the store or the source failed transiently"),
     Code(OUT_OF_DISK, errors.OutOfDisk, "Count", "the work directory is too small"),
     Code(GPU_UNAVAILABLE, errors.GPUUnavailable, "Count", "no usable GPU is visible"),

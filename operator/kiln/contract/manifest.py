@@ -13,6 +13,10 @@ MANIFEST = "manifest.json"
 USED = "last-used"
 """Beside the manifest: rewritten (at most daily) by every operator serving the engine; its
 age is how long nobody used it (``kiln gc``)."""
+TOKENIZER_SUBDIR = "tokenizer"
+"""In a tensorrt engine directory: the tokenizer with the model's Hugging Face ``config.json``
+and ``generation_config.json`` (the engine's own ``config.json`` is TensorRT-LLM's).
+``trtllm-serve --tokenizer`` and Triton's ``tokenizer_dir`` point here."""
 MANIFEST_SCHEMA_VERSION = 1
 
 
@@ -40,6 +44,11 @@ class Manifest(KilnModel):
     files: list[FileEntry] = Field(default_factory=list)
     total_bytes: int = Field(default=0, ge=0)
     build_seconds: float | None = None
+    built: dict[str, bool] = Field(default_factory=dict)
+    """The plugin features the engine really has (``plugins`` field names, read from its
+    ``build_config.plugin_config``); empty for a PyTorch-backend checkpoint."""
+    overridden: list[str] = Field(default_factory=list)
+    """What trtllm-build changed from the spec, one sentence each."""
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def to_json(self) -> bytes:

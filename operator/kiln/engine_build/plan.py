@@ -47,6 +47,8 @@ def _from_manifest(entry: EngineStatus, manifest: Manifest) -> EngineStatus:
         "size_bytes": manifest.total_bytes,
         "trtllm_version": versions.get("tensorrt_llm") or versions.get("trtllm"),
         "tensorrt_version": versions.get("tensorrt"),
+        "plugins": dict(manifest.built) or None,
+        "message": " ".join(manifest.overridden) or None,
     })
 
 
@@ -114,6 +116,9 @@ def _events(engines: list[EngineStatus], prior: dict[str, EngineStatus]) -> list
         elif e.state == "Ready":
             events.append(Event("Normal", "EngineReady", f"engine {short} for {e.target} "
                                 f"is ready at {e.uri}"))
+            if e.message:
+                events.append(Event("Warning", "PluginsOverridden",
+                                    f"engine {short} for {e.target}: {e.message}"))
         elif e.state == "Cached":
             events.append(Event("Normal", "EngineCached",
                                 f"engine {short} for {e.target} found in the store at {e.uri}"))

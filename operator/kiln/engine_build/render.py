@@ -59,7 +59,11 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
     if config.store_secret:
         env += secret_env(config.store_secret, names.STORE_KEYS, names.STORE_PREFIX)
     overrides = spec.job.security_context.to_dict() if spec.job.security_context else None
-    claim_mounts, claim_volumes = pvc_mounts({spec.model.source: False, want.uri: True})
+    calibration = spec.build.quantization.calibration
+    claims = {spec.model.source: False, want.uri: True}
+    if calibration is not None:
+        claims.setdefault(calibration.dataset, False)
+    claim_mounts, claim_volumes = pvc_mounts(claims)
     pod_spec: dict[str, Any] = {
         "restartPolicy": "Never",
         "nodeSelector": dict(want.target.node_selector),

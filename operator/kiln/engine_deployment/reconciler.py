@@ -23,6 +23,7 @@ from kiln.config import OperatorConfig
 from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.plan import Decision, decide, summarize
+from kiln.engine_deployment.pods import ServingFailure
 from kiln.errors import KilnError
 from kiln.key import short_key
 from kiln.kube import Kube
@@ -45,6 +46,10 @@ class World(Protocol):
     def gpu_nodes(self) -> list[GpuNode]: ...
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]: ...
+
+    def serving_failures(self, namespace: str, owner: str) -> list[ServingFailure]:
+        """What kiln's programs in the owner's serving pods refused (``pods``)."""
+        ...
 
 
 class EngineDeploymentReconciler:
@@ -130,7 +135,8 @@ class EngineDeploymentReconciler:
         if eb is not None and not decision.stalled and not decision.pending:
             hashes = self._apply(ed, eb, decision, owned)
         _count_served(namespace, name, decision, owned, applied=bool(hashes))
-        status, events = summarize(ed, decision, owned, hashes)
+        status, events = summarize(ed, decision, owned, hashes,
+                                   world.serving_failures(namespace, name))
         self.written.write(body, status.to_dict())
         for event in events:
             self.emit(body, event)
@@ -156,7 +162,10 @@ class EngineDeploymentReconciler:
             log.info("deleting Deployment %s/%s: its GPU product is no longer served",
                      namespace, name)
             self.kube.delete_deployment(namespace, name)
-        for obj in (render.render_service(ed), render.render_pdb(ed)):
+        children = [render.render_service(ed), render.render_pdb(ed)]
+        if ed.spec.server.kind == "trtllm-serve":
+            children.insert(0, render.render_llm_api_config(ed, eb))
+        for obj in children:
             self._apply_cached(obj)
         return hashes
 

@@ -10,11 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shlex
 from typing import Any
 
-from kiln.api import EngineBuild, EngineDeployment
+import yaml
+
+from kiln.api import Backend, EngineBuild, EngineDeployment
 from kiln.config import OperatorConfig
 from kiln.contract import env as names
+from kiln.contract import exitcodes
+from kiln.contract.manifest import TOKENIZER_SUBDIR
+from kiln.contract.termination import DEFAULT_PATH as TERMINATION_LOG
 from kiln.engine_deployment import triton
 from kiln.engine_deployment.plan import Serve
 from kiln.labels import (
@@ -23,6 +29,7 @@ from kiln.labels import (
     GPU_PRODUCT_LABEL,
     HASH_ANNOTATION,
     KEY_ANNOTATION,
+    LLM_API_ANNOTATION,
     MODE_ANNOTATION,
     SERVING_PRODUCT_LABEL,
     URI_ANNOTATION,
@@ -39,7 +46,11 @@ from kiln.podspec import (
 from kiln.pvc import pvc_mounts
 
 ENGINE_DIR = "/engine"
+TOKENIZER_DIR = f"{ENGINE_DIR}/{TOKENIZER_SUBDIR}"
+"""The tokenizer of a tensorrt engine; a PyTorch-backend directory is the checkpoint itself."""
 REPO_DIR = "/model-repo"
+GUARD_DIR = "/kiln"
+LLM_API_DIR = "/kiln-llm-api"
 HEALTH = {"trtllm-serve": ("/health", "/health"),
           "triton": ("/v2/health/ready", "/v2/health/live")}
 """Readiness and liveness paths per server kind."""
@@ -96,7 +107,9 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
             args += ["--revision", eb.spec.model.revision]
         if eb.spec.model.credentials_secret:
             env += secret_env(eb.spec.model.credentials_secret, names.CREDENTIAL_KEYS)
-    mounts: list[dict[str, Any]] = [{"name": "engine", "mountPath": ENGINE_DIR}]
+    mounts: list[dict[str, Any]] = [{"name": "engine", "mountPath": ENGINE_DIR},
+                                    {"name": "kiln-guard", "mountPath": GUARD_DIR}]
+    args += ["--guard-dir", GUARD_DIR]
     if repo is not None:
         args += ["--model-repo", REPO_DIR]
         env.append({"name": names.MODEL_REPO_FILES, "value": json.dumps(repo, sort_keys=True)})
@@ -128,13 +141,80 @@ def _probes(path: str, live: str) -> dict[str, Any]:
     }
 
 
+def guard_command() -> str:
+    """The shell line that runs the version guard (its names from kiln.contract)."""
+    return shlex.join(["python3", f"{GUARD_DIR}/version_guard.py", ENGINE_DIR,
+                       "--exit-code", str(exitcodes.VERSION_MISMATCH),
+                       "--reason", exitcodes.BY_CODE[exitcodes.VERSION_MISMATCH].reason,
+                       "--termination-log", TERMINATION_LOG])
+
+
+def _guarded(prefix: str = "") -> list[str]:
+    """``sh -c``: the version guard, then ``prefix``, then ``exec "$@"`` (the server)."""
+    steps = "; ".join(["set -e", guard_command(), *([prefix] if prefix else [])])
+    return ["/bin/sh", "-c", f'{steps}; exec "$@"', "--"]
+
+
+_CLI_OF = {"max_batch_size": ("max_batch_size",), "max_num_tokens": ("max_num_tokens",),
+           "max_seq_len": ("max_seq_len",), "enable_chunked_prefill": ("enable_chunked_prefill",),
+           "free_gpu_memory_fraction": ("free_gpu_memory_fraction",
+                                        "kv_cache_free_gpu_memory_fraction")}
+"""Options ``server.args`` may also set as trtllm-serve flags; the YAML would override those
+(``update_llm_args_with_extra_dict``), so kiln leaves them out when the args have them."""
+
+
+def llm_api_options(ed: EngineDeployment, eb: EngineBuild, backend: Backend) -> dict[str, Any]:
+    """The ``--extra_llm_api_options`` YAML's content (keys of ``kiln.trtllm.llm_api``)."""
+    r, build = ed.spec.server.runtime, eb.spec.build
+    given = {a[2:].partition("=")[0] for a in ed.spec.server.args if a.startswith("--")}
+
+    def free(option: str) -> bool:
+        return not given.intersection(_CLI_OF.get(option, ()))
+
+    options: dict[str, Any] = {}
+    for option, value in (("max_batch_size", r.max_batch_size or build.max_batch_size),
+                          ("max_num_tokens", r.max_num_tokens or build.max_num_tokens),
+                          ("max_seq_len", r.max_seq_len or build.max_seq_len),
+                          ("enable_chunked_prefill", r.enable_chunked_prefill)):
+        if value is not None and free(option):
+            options[option] = value
+    kv: dict[str, Any] = {}
+    dtype = r.kv_cache_dtype or ("fp8" if build.quantization.kv_cache == "fp8" else None)
+    if dtype and backend == "pytorch":
+        kv["dtype"] = dtype
+    if r.free_gpu_memory_fraction is not None and free("free_gpu_memory_fraction"):
+        kv["free_gpu_memory_fraction"] = r.free_gpu_memory_fraction
+    if r.enable_block_reuse is not None:
+        kv["enable_block_reuse"] = r.enable_block_reuse
+    if kv:
+        options["kv_cache_config"] = kv
+    return options
+
+
+def llm_api_name(ed: EngineDeployment) -> str:
+    return f"{ed.metadata['name']}-llm-api"
+
+
+def render_llm_api_config(ed: EngineDeployment, eb: EngineBuild) -> dict[str, Any]:
+    """The ConfigMap with one ``<backend>.yaml`` per backend (the Deployment picks its own)."""
+    data = {f"{b}.yaml": yaml.safe_dump(llm_api_options(ed, eb, b), sort_keys=True)
+            for b in ("pytorch", "tensorrt")}
+    name = str(ed.metadata["name"])
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": _meta(ed, llm_api_name(ed), selector(name)), "data": data}
+
+
 def _trtllm_serve(ed: EngineDeployment, eb: EngineBuild, serve: Serve) -> dict[str, Any]:
     p = eb.spec.build.parallelism
+    engine = serve.backend == "tensorrt"
     return {
-        "command": ["trtllm-serve"],
-        "args": [ENGINE_DIR, "--host", "0.0.0.0", "--port", str(ed.spec.server.port),
-                 "--backend", serve.backend, "--tp_size", str(p.tensor),
-                 "--pp_size", str(p.pipeline), *ed.spec.server.args],
+        "command": _guarded(),
+        "args": ["trtllm-serve", ENGINE_DIR, "--host", "0.0.0.0",
+                 "--port", str(ed.spec.server.port), "--backend", serve.backend,
+                 "--tp_size", str(p.tensor), "--pp_size", str(p.pipeline),
+                 "--tokenizer", TOKENIZER_DIR if engine else ENGINE_DIR,
+                 "--extra_llm_api_options", f"{LLM_API_DIR}/{serve.backend}.yaml",
+                 *ed.spec.server.args],
         "ports": [{"name": "http", "containerPort": ed.spec.server.port}],
     }
 
@@ -147,7 +227,7 @@ def _triton(ed: EngineDeployment, eb: EngineBuild, config: OperatorConfig) -> di
     copy = " && ".join(f'cp "$KILN_TRITON_MODELS/{m}/1/model.py" {REPO_DIR}/{m}/1/'
                        for m in triton.PYTHON_MODELS)
     return {
-        "command": ["/bin/sh", "-c", f'set -e; {copy}; exec "$@"', "--"],
+        "command": _guarded(copy),
         "args": [*launch, *ed.spec.server.args],
         "env": [{"name": "KILN_TRITON_MODELS", "value": config.triton_models_dir}],
         "ports": [{"name": "http", "containerPort": port},
@@ -157,7 +237,7 @@ def _triton(ed: EngineDeployment, eb: EngineBuild, config: OperatorConfig) -> di
 
 
 def triton_repository(eb: EngineBuild) -> dict[str, str]:
-    return triton.model_repository(engine_dir=ENGINE_DIR, tokenizer_dir=ENGINE_DIR,
+    return triton.model_repository(engine_dir=ENGINE_DIR, tokenizer_dir=TOKENIZER_DIR,
                                    max_batch_size=eb.spec.build.max_batch_size)
 
 
@@ -183,15 +263,23 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
         "securityContext": container_security(overrides),
         "volumeMounts": [{"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True},
                          {"name": "shm", "mountPath": "/dev/shm"},
-                         *([{"name": "model-repo", "mountPath": REPO_DIR}] if repo else [])],
+                         {"name": "kiln-guard", "mountPath": GUARD_DIR, "readOnly": True},
+                         *([{"name": "model-repo", "mountPath": REPO_DIR}] if repo else []),
+                         *([] if is_triton else
+                           [{"name": "llm-api", "mountPath": LLM_API_DIR, "readOnly": True}])],
     }
     volumes: list[dict[str, Any]] = [{"name": "engine", "emptyDir": {}},
-                                     {"name": "shm", "emptyDir": {"medium": "Memory"}}]
+                                     {"name": "shm", "emptyDir": {"medium": "Memory"}},
+                                     {"name": "kiln-guard", "emptyDir": {}}]
+    if not is_triton:
+        volumes.append({"name": "llm-api", "configMap": {"name": llm_api_name(ed)}})
     if repo is not None:
         volumes.append({"name": "model-repo", "emptyDir": {}})
     volumes += pvc_mounts({fetched_from: False})[1]
     labels = selector(name, serve.product)
     notes: dict[str, str] = {MODE_ANNOTATION: serve.mode, BACKEND_ANNOTATION: serve.backend}
+    if not is_triton:  # a changed YAML rolls the pods (a mounted ConfigMap is not re-read)
+        notes[LLM_API_ANNOTATION] = spec_hash(llm_api_options(ed, eb, serve.backend))
     if serve.engine_key and serve.engine_uri:
         notes |= {KEY_ANNOTATION: serve.engine_key, URI_ANNOTATION: serve.engine_uri}
     strategy = spec.strategy

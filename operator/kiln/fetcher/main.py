@@ -137,8 +137,21 @@ def write_repository(repo: Path, files: Mapping[str, str]) -> None:
         path.write_text(text)
 
 
+GUARD = Path(__file__).with_name("version_guard.py")
+"""The version guard the server container runs before the server (standard library only)."""
+
+
+def install_guard(directory: Path) -> Path:
+    """Copy the version guard into ``directory`` (a volume the server container mounts)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    target = directory / GUARD.name
+    shutil.copyfile(GUARD, target)
+    return target
+
+
 def run(*, store: str | None, key: str | None, source: str | None, revision: str | None,
-        dest: Path, model_repo: Path | None, env: Mapping[str, str] | None = None) -> int:
+        dest: Path, model_repo: Path | None, env: Mapping[str, str] | None = None,
+        guard_dir: Path | None = None) -> int:
     """The command: engine (``store`` + ``key``) or checkpoint (``source``) into ``dest``."""
     env = dict(os.environ) if env is None else env
     try:
@@ -150,6 +163,8 @@ def run(*, store: str | None, key: str | None, source: str | None, revision: str
             raise InvalidTask("give --store and --key, or --source")
         if model_repo is not None:
             write_repository(model_repo, json.loads(env.get(names.MODEL_REPO_FILES) or "{}"))
+        if guard_dir is not None:
+            install_guard(guard_dir)
     except Exception as error:  # every failure: its exit code and a structured message
         _, failure = termination.failure_of(error)
         print(f"kiln fetch-engine: {failure.reason}: {failure.message}", file=sys.stderr)

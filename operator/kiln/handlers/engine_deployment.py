@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
+from kiln.engine_deployment.pods import serving_failure
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
 from kiln.handlers import context, engine_build, leadership
@@ -109,6 +110,17 @@ async def serving_deployment_changed(body: kopf.Body, namespace: str | None,
     owner = Indexes(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
     uids = {ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []}
     if owner is not None and owner["metadata"]["uid"] in uids:
+        _mark(owner)
+
+
+@kopf.on.event("v1", "pods", labels={ED_LABEL: kopf.PRESENT})
+async def serving_pod_changed(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
+    """A serving pod's kiln program refused (version guard, fetch-engine): mark its owner
+    due, so its status says why (other pod changes reach it through the Deployment)."""
+    if serving_failure(dict(body)) is None:
+        return
+    owner = Indexes(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
+    if owner is not None:
         _mark(owner)
 
 

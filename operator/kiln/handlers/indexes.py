@@ -16,6 +16,7 @@ from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
+from kiln.engine_deployment.pods import ServingFailure, serving_failure
 from kiln.labels import ED_LABEL, KEY_LABEL
 from kiln.pool import GpuNode, gpu_node
 
@@ -60,6 +61,15 @@ def serving_deployments(body: kopf.Body, namespace: str | None,
     return {(str(namespace), owner): observe_deployment(dict(body))}
 
 
+@kopf.index("v1", "pods", labels={ED_LABEL: kopf.PRESENT})
+def serving_pod_failures(body: kopf.Body, namespace: str | None,
+                         **_: Any) -> dict[tuple[str, str], ServingFailure]:
+    """Serving pods whose kiln program refused (version guard, fetch-engine), by owner."""
+    found = serving_failure(dict(body))
+    owner = body["metadata"]["labels"][ED_LABEL]
+    return {(str(namespace), owner): found} if found else {}
+
+
 @kopf.index("v1", "nodes")
 def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, GpuNode]:
     """GPU nodes by ``nvidia.com/gpu.product``."""
@@ -86,6 +96,7 @@ class Indexes:
         self._deployments: kopf.Index[Any, dict[str, Any]] = kwargs["engine_deployments"]
         self._serving: kopf.Index[Any, ObservedDeployment] = kwargs["serving_deployments"]
         self._nodes: kopf.Index[str, GpuNode] = kwargs["gpu_nodes"]
+        self._pod_failures: kopf.Index[Any, ServingFailure] = kwargs["serving_pod_failures"]
 
     # -- build Jobs (JobLookup) ----------------------------------------------------------------
     def by_key(self, namespace: str, key: str) -> ObservedJob | None:
@@ -109,6 +120,9 @@ class Indexes:
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
         return _values(self._serving, (namespace, owner))
+
+    def serving_failures(self, namespace: str, owner: str) -> list[ServingFailure]:
+        return _values(self._pod_failures, (namespace, owner))
 
     def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
         return _values(self._deployments, ("ref", namespace, build))

@@ -23,7 +23,7 @@ from collections.abc import Mapping
 
 from kiln.errors import InvalidInput
 from kiln.sources.base import Progress, WeightsIdentity, WeightSource, content_digest
-from kiln.sources.hf import HuggingFaceSource
+from kiln.sources.hf import HuggingFaceSource, RepoType
 from kiln.sources.pvc import PvcSource
 from kiln.sources.s3 import S3Source
 
@@ -32,12 +32,14 @@ __all__ = ["HuggingFaceSource", "Progress", "PvcSource", "S3Source", "WeightSour
 
 
 def open_source(uri: str, *, credentials: Mapping[str, str] | None = None,
-                revision: str | None = None, endpoint_url: str | None = None) -> WeightSource:
-    """The source at ``uri``; ``credentials`` are the keys of ``credentialsSecret``."""
+                revision: str | None = None, endpoint_url: str | None = None,
+                hf_repo_type: RepoType = "model") -> WeightSource:
+    """The source at ``uri``; ``credentials`` are the keys of ``credentialsSecret``;
+    ``hf_repo_type`` says whether an ``hf://`` URI names a model or a dataset repository."""
     if uri.startswith("s3://"):
         return S3Source(uri, credentials=credentials, endpoint_url=endpoint_url)
     if uri.startswith("hf://"):
-        return HuggingFaceSource(uri, credentials=credentials)
+        return HuggingFaceSource(uri, credentials=credentials, repo_type=hf_repo_type)
     if uri.startswith("pvc://"):
         return PvcSource(uri, revision=revision)
     raise InvalidInput(f"{uri!r} is not a weights URI: use s3://bucket/prefix/, "

@@ -8,6 +8,7 @@ import re
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Literal
 
 from kiln.errors import AccessDenied, InvalidInput, KilnError, NotFound, Unavailable
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
@@ -18,6 +19,9 @@ _URI = re.compile(r"^hf://([A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*
                   r"(?:@([A-Za-z0-9][-A-Za-z0-9_./]*))?$")
 
 
+RepoType = Literal["model", "dataset"]
+
+
 class HuggingFaceSource:
     """``hf://org/name@revision`` (revision: a branch, tag or commit; default ``main``).
 
@@ -25,12 +29,15 @@ class HuggingFaceSource:
     ``HF_ENDPOINT`` from the credentials, else the environment, else huggingface.co.
     """
 
-    def __init__(self, uri: str, *, credentials: Mapping[str, str] | None = None) -> None:
+    def __init__(self, uri: str, *, credentials: Mapping[str, str] | None = None,
+                 repo_type: RepoType = "model") -> None:
         match = _URI.match(uri)
         if match is None:
             raise InvalidInput(f"{uri!r} is not a Hugging Face URI such as "
                                "hf://org/name@revision")
         self.uri = uri
+        self.repo_type = repo_type
+        """``model`` for weights, ``dataset`` for calibration data."""
         self.repo, self.revision = match.group(1), match.group(2) or "main"
         creds = dict(credentials or {})
         self.token = creds.get("HF_TOKEN") or os.environ.get("HF_TOKEN") or None
@@ -66,7 +73,9 @@ class HuggingFaceSource:
 
         api = HfApi(endpoint=self.endpoint, token=self.token or False)
         try:
-            info = api.model_info(self.repo, revision=self.revision)
+            info = (api.dataset_info(self.repo, revision=self.revision)
+                    if self.repo_type == "dataset"
+                    else api.model_info(self.repo, revision=self.revision))
         except Exception as error:  # the hub's errors, and httpx's for connections
             raise self._hub_error(error, "reading the model info") from error
         sha = getattr(info, "sha", None)
@@ -89,7 +98,8 @@ class HuggingFaceSource:
         sha = identity.details["sha"]
         try:
             snapshot_download(self.repo, revision=sha, local_dir=str(dest_dir),
-                              token=self.token or False, endpoint=self.endpoint)
+                              repo_type=self.repo_type, token=self.token or False,
+                              endpoint=self.endpoint)
         except Exception as error:
             raise self._hub_error(error, f"downloading commit {sha}") from error
         _drop_hub_metadata(dest_dir)

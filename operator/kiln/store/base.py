@@ -200,7 +200,8 @@ class EngineStore(ABC):
                versions: dict[str, str] | None = None, build_seconds: float | None = None,
                progress: Progress | None = None,
                keep: Callable[[str], bool] | None = None,
-               upload_id: str | None = None) -> Manifest:
+               upload_id: str | None = None, built: dict[str, bool] | None = None,
+               overridden: list[str] | None = None) -> Manifest:
         """Store ``src_dir`` as engine ``key``: files in parallel, hashed while read, the
         manifest last.
 
@@ -231,7 +232,8 @@ class EngineStore(ABC):
             key=key, inputs=inputs or {}, versions=versions or {}, upload=upload,
             files=[FileEntry(path=r, size=s, sha256=d)
                    for r, s, d in zip(rels, sizes, digests, strict=True)],
-            total_bytes=sum(sizes), build_seconds=build_seconds)
+            total_bytes=sum(sizes), build_seconds=build_seconds, built=built or {},
+            overridden=overridden or [])
         if replace:
             log.info("replacing the unsigned manifest of engine %s in %s with upload %s",
                      short_key(key), self.uri, upload)

@@ -1,7 +1,9 @@
 """What TensorRT-LLM 1.2.x accepts, recorded as data with the upstream path beside each fact.
 
 Pure data (no kiln or third-party imports): the flags of ``trtllm-build``,
-``convert_checkpoint.py`` (llama), ``quantize.py`` and ``trtllm-serve`` (:mod:`.flags`), the LLM
+``convert_checkpoint.py`` (llama), ``quantize.py``, the HF-export ModelOpt scripts
+(``quantize_hf_to_hf.py``, ``quantize_with_modelopt.py``), how ``--calib_dataset`` is read,
+and ``trtllm-serve`` (:mod:`.flags`), the LLM
 API options a ``--extra_llm_api_options`` YAML may set (:mod:`.llm_api`), the Triton
 inflight-batcher models' parameters and tensors (:mod:`.triton`) and what ``trtllm-build``
 refuses or silently changes per compute capability (:mod:`.refusals`).

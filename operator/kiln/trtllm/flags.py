@@ -263,6 +263,82 @@ QUANTIZE = _table("quantize.py", QUANTIZE_PY, """
 ))
 """The newest stored quantize.py (has nvfp4); ``--calib_dataset`` defaults to cnn_dailymail."""
 
+QUANTIZE_BY_MODELOPT = ("tensorrt_llm/quantization/quantize_by_modelopt.py"
+                        "@585c756579dc4d01f21fc13c2f604cdb461ac4f0")
+CALIB_DATASET_FORMS = (
+    ("pileval", "a JSON file from the-eye.eu (needs the internet)"),
+    ("*scienceqa*|*science_qa*", "a local directory with that name, else the Hub's ScienceQA"),
+    ("*cnn_dailymail*", "load_dataset(value, name='3.0.0', split='train')['article']"),
+    ("<a directory>", "load_dataset(dir, split='train')['text'][:calib_size]"),
+)
+"""How ``get_calib_dataloader`` reads ``quantize.py --calib_dataset`` (in this order; anything
+else raises NotImplementedError). The default is ``cnn_dailymail`` from the Hub."""
+AWQ_MAX_CALIB_SIZE = 32
+"""``quantize_and_export`` lowers ``calib_size`` to 32 for AWQ formats."""
+
+QUANTIZE_HF_TO_HF_PY = ("examples/quantization/quantize_hf_to_hf.py"
+                        "@d0973810dd8e2dffee22f8d3bda2a5f988da6346")
+QUANTIZE_HF_TO_HF = _table("quantize_hf_to_hf.py", QUANTIZE_HF_TO_HF_PY, """
+--pyt_ckpt_path 1 path
+--device 1 str
+--qformat 1 str
+--batch_size 1 int
+--calib_size 1 int
+--export_path 1 path
+--dataset 1 str
+--inference_tensor_parallel 1 int
+--inference_pipeline_parallel 1 int
+--awq_block_size 1 int
+--auto_quantize_bits 1 float
+--vlm 0 str
+--trust_remote_code 0 str
+--compress 0 str
+--verbose 0 str
+--no_verbose 0 str
+""", extra=(
+    _choice("--sparsity_fmt", ("dense", "sparsegpt"), QUANTIZE_HF_TO_HF_PY, "dense"),
+    _choice("--kv_cache_qformat", ("fp8", "nvfp4", "none"), QUANTIZE_HF_TO_HF_PY, "fp8",
+            "upstream's default quantizes the KV cache to fp8: kiln always passes it"),
+))
+"""TensorRT-LLM's HF-to-HF ModelOpt script (``export_hf_checkpoint``, the checkpoint the PyTorch
+backend loads). ``--qformat`` has no argparse choices; main() asserts int4_awq, fp8, nvfp4,
+nvfp4_awq, w4a8_awq or fp8_pb_wo (or a KV-only format). main() overwrites ``--dataset`` with
+cnn_dailymail: it cannot calibrate on local data. Only version stored; presence in the 1.2.x
+image unverified, so the builder asks the image (``--help``)."""
+QUANTIZE_HF_TO_HF_QFORMATS = ("int4_awq", "fp8", "nvfp4", "nvfp4_awq", "w4a8_awq", "fp8_pb_wo")
+QUANTIZE_HF_TO_HF_IGNORES_DATASET = True
+
+QUANTIZE_WITH_MODELOPT_PY = ("examples/quantization/quantize_with_modelopt.py"
+                             "@bd102e24caae899b7c4ecf4b0404bd16a93addda")
+QUANTIZE_WITH_MODELOPT = _table("quantize_with_modelopt.py", QUANTIZE_WITH_MODELOPT_PY, """
+--pyt_ckpt_path 1 path
+--device 1 str
+--qformat 1 str
+--batch_size 1 int
+--calib_size 1 int
+--export_path 1 path
+--dataset 1 str
+--inference_tensor_parallel 1 int
+--inference_pipeline_parallel 1 int
+--awq_block_size 1 int
+--auto_quantize_bits 1 float
+--vlm 0 str
+--trust_remote_code 0 str
+""", extra=(
+    _choice("--sparsity_fmt", ("dense", "sparsegpt"), QUANTIZE_WITH_MODELOPT_PY, "dense"),
+    _choice("--disable_kv_cache_quant", ("True", "False", "true", "false"),
+            QUANTIZE_WITH_MODELOPT_PY, note="type=lambda x: x.lower() == 'true'"),
+    _choice("--export_fmt", ("tensorrt_llm", "hf"), QUANTIZE_WITH_MODELOPT_PY, "tensorrt_llm",
+            "main() calls export_hf_checkpoint whatever the value"),
+))
+"""The older HF-export script (same ``export_hf_checkpoint`` route): honours ``--dataset``
+(passed to ModelOpt's ``get_dataset_dataloader``); with ``--export_fmt hf`` main() asserts
+int4_awq, fp8, nvfp4, nvfp4_awq or w4a8_awq; KV cache fp8 unless ``--disable_kv_cache_quant``
+(never for int8_sq)."""
+HF_EXPORT_SCRIPTS = (QUANTIZE_HF_TO_HF, QUANTIZE_WITH_MODELOPT)
+"""Entry points that write the HF-format ModelOpt checkpoint, in the order the builder tries
+them (each under ``examples/quantization/``)."""
+
 TRTLLM_SERVE = _table("trtllm-serve", SERVE_PY, """
 --tokenizer 1 str
 --host 1 str
@@ -313,7 +389,8 @@ TRTLLM_SERVE = _table("trtllm-serve", SERVE_PY, """
 ))
 """``trtllm-serve`` (the ``serve`` click command); host defaults to localhost, port 8000."""
 
-COMMANDS = (TRTLLM_BUILD, CONVERT_CHECKPOINT_LLAMA, QUANTIZE, TRTLLM_SERVE)
+COMMANDS = (TRTLLM_BUILD, CONVERT_CHECKPOINT_LLAMA, QUANTIZE, QUANTIZE_HF_TO_HF,
+            QUANTIZE_WITH_MODELOPT, TRTLLM_SERVE)
 _NUMBER = re.compile(r"-[0-9]+(\.[0-9]+)?")
 
 

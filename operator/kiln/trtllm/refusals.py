@@ -126,6 +126,8 @@ NOT_ENFORCED: dict[str, str] = {
                          "major >= 10 and the docs say Blackwell only",
     "w4a8_awq below SM89": "no check in builder.py; support-matrix.md: INT4 AWQ/GPTQ with FP8 "
                            "activations require SM >= 89",
+    "fp8 KV cache below SM89": "no check found in builder.py; support-matrix.md: FP8 needs "
+                               "SM >= 89 (kiln refuses it, as for FP8 weights)",
 }
 DEFAULTS: dict[str, str] = {"use_fp8_context_fmha": "enable", "use_paged_context_fmha": "enable",
                             "context_fmha": "enable", "gemm_plugin": "None (off)",

@@ -1,0 +1,105 @@
+"""The serving container's version guard, with stand-in ``tensorrt_llm`` / ``tensorrt``
+packages of chosen versions on the path (the real ones cannot be installed here)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kiln.contract import exitcodes
+from kiln.contract.termination import parse_failure
+from kiln.engine_deployment import render
+from kiln.fetcher.main import install_guard
+from unit.test_engine_deployment_render import CONFIG, eb, ed, engine_serve
+
+BUILT = {"tensorrt_llm": "1.2.1", "tensorrt": "10.13.3.9"}
+
+
+def stand_ins(root: Path, trtllm: str, tensorrt: str) -> Path:
+    """``tensorrt_llm`` with ``version.py`` (as upstream has it), ``tensorrt`` with
+    ``__version__`` in ``__init__.py``; importing either would fail (as without a GPU)."""
+    (root / "tensorrt_llm").mkdir(parents=True)
+    (root / "tensorrt_llm" / "__init__.py").write_text("raise ImportError('needs a GPU')\n")
+    (root / "tensorrt_llm" / "version.py").write_text(f'__version__ = "{trtllm}"\n')
+    (root / "tensorrt").mkdir()
+    (root / "tensorrt" / "__init__.py").write_text(f'__version__ = "{tensorrt}"\n'
+                                                    "raise ImportError('needs a GPU')\n")
+    return root
+
+
+def engine_dir(root: Path, backend: str = "tensorrt") -> Path:
+    root.mkdir(parents=True)
+    (root / "manifest.json").write_text(json.dumps({
+        "key": "k" * 64, "versions": BUILT, "inputs": {"build": {"backend": backend}}}))
+    return root
+
+
+def guard(tmp: Path, engine: Path, path: Path) -> subprocess.CompletedProcess[str]:
+    script = install_guard(tmp / "kiln")
+    # -S: no site-packages, so no kiln: the guard runs on the standard library alone
+    return subprocess.run(
+        [sys.executable, "-S", str(script), str(engine), "--exit-code",
+         str(exitcodes.VERSION_MISMATCH), "--termination-log", str(tmp / "termination")],
+        env={"PYTHONPATH": str(path), "PATH": os.environ["PATH"]},
+        capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_another_tensorrt_llm_is_refused_naming_both_versions(tmp_path: Path) -> None:
+    path = stand_ins(tmp_path / "site", "1.1.0", BUILT["tensorrt"])
+    result = guard(tmp_path, engine_dir(tmp_path / "engine"), path)
+    assert result.returncode == exitcodes.VERSION_MISMATCH, result.stderr
+    failure = parse_failure((tmp_path / "termination").read_text(), result.returncode,
+                            "server")
+    assert failure.reason == "VersionMismatch" == exitcodes.BY_CODE[result.returncode].reason
+    assert "tensorrt_llm: engine built with 1.2.1, this image has 1.1.0" in failure.message
+    assert "tensorrt:" not in failure.message, "TensorRT matches"
+    assert not failure.retryable
+
+
+def test_another_tensorrt_is_refused_too(tmp_path: Path) -> None:
+    path = stand_ins(tmp_path / "site", BUILT["tensorrt_llm"], "10.11.0.33")
+    result = guard(tmp_path, engine_dir(tmp_path / "engine"), path)
+    assert result.returncode == exitcodes.VERSION_MISMATCH
+    assert "tensorrt: engine built with 10.13.3.9, this image has 10.11.0.33" in result.stderr
+
+
+@pytest.mark.parametrize("backend", ["tensorrt", "pytorch"])
+def test_matching_versions_and_checkpoints_pass(tmp_path: Path, backend: str) -> None:
+    same = stand_ins(tmp_path / "same", BUILT["tensorrt_llm"], BUILT["tensorrt"])
+    assert guard(tmp_path, engine_dir(tmp_path / "e", backend), same).returncode == 0
+    other = stand_ins(tmp_path / "other", "1.1.0", "10.11.0")
+    code = guard(tmp_path, engine_dir(tmp_path / "p", backend), other).returncode
+    assert code == (0 if backend == "pytorch" else exitcodes.VERSION_MISMATCH)
+    assert guard(tmp_path, tmp_path, other).returncode == 0, "no manifest: a checkpoint"
+
+
+def test_the_rendered_server_command_runs_the_guard_first(tmp_path: Path) -> None:
+    """The Deployment's server command, with its directories moved under tmp_path."""
+    dep = render.render_deployment(ed(), eb(), engine_serve(), CONFIG)
+    server = dep["spec"]["template"]["spec"]["containers"][0]
+    engine = engine_dir(tmp_path / "engine")
+    install_guard(tmp_path / "kiln")
+    script = (server["command"][2].replace(f"{render.GUARD_DIR}/", f"{tmp_path}/kiln/")
+              .replace(f" {render.ENGINE_DIR} ", f" {engine} ")
+              .replace("/dev/termination-log", str(tmp_path / "termination")))
+    marker = tmp_path / "served"
+    argv = [*server["command"][:2], script, "--", "sh", "-c", f"touch {marker}"]
+    for versions, code in (((BUILT["tensorrt_llm"], BUILT["tensorrt"]), 0),
+                           (("1.1.0", BUILT["tensorrt"]), exitcodes.VERSION_MISMATCH)):
+        path = stand_ins(tmp_path / "-".join(versions), *versions)
+        marker.unlink(missing_ok=True)
+        bindir = tmp_path / "bin"
+        bindir.mkdir(exist_ok=True)
+        python3 = bindir / "python3"
+        python3.unlink(missing_ok=True)
+        python3.symlink_to(sys.executable)
+        result = subprocess.run(argv, env={"PYTHONPATH": str(path), "PATH":
+                                           f"{bindir}{os.pathsep}{os.environ['PATH']}"},
+                                capture_output=True, text=True, timeout=60, check=False)
+        assert result.returncode == code, result.stderr
+        assert marker.exists() is (code == 0), "the server starts only after the guard passed"
