@@ -21,6 +21,7 @@ from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.engine_build.reconciler import EngineBuildReconciler
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
+from kiln.engine_deployment.pods import ServingFailure, serving_failure
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.kube import Kube, load_config
 from kiln.labels import ED_LABEL, KEY_LABEL
@@ -86,6 +87,11 @@ class ApiWorld:
 
     def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
         return get(self.custom, namespace, EB_PLURAL, name)
+
+    def serving_failures(self, namespace: str, owner: str) -> list[ServingFailure]:
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{ED_LABEL}={owner}")
+        found = [serving_failure(self.api.sanitize_for_serialization(p)) for p in pods.items]
+        return [f for f in found if f is not None]
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
         items = self.apps.list_namespaced_deployment(
