@@ -160,7 +160,7 @@ DENIED: tuple[Need, ...] = tuple([
     *_needs("create delete", "", "pods"),
     Need("create", "", "pods", "exec"),
     *_needs("get patch update delete", "", "nodes", scopes=("cluster",)),
-    *_needs("list watch delete", "", "configmaps"),
+    *_needs("list watch", "", "configmaps"),
     Need("create", "", "serviceaccounts", "token"),
     *_needs("list watch", "kopf.dev", "clusterkopfpeerings", scopes=("cluster",)),
     *_needs("bind escalate create", "rbac.authorization.k8s.io", "clusterroles",
