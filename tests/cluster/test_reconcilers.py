@@ -23,7 +23,7 @@ from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
 from kiln.engine_deployment.pods import ServingFailure, serving_failure
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
-from kiln.kube import Kube, load_config
+from kiln.kube import Client, Kube, load_config
 from kiln.labels import ED_LABEL, KEY_LABEL
 from kiln.pool import GpuNode, gpu_node
 from kiln.status import Event
@@ -38,7 +38,7 @@ class Recording(Kube):
     """The real adapter, counting the calls that write."""
 
     def __init__(self) -> None:
-        super().__init__(load_config())
+        super().__init__(Client(load_config()))
         self.writes: list[str] = []
         self._lock = threading.Lock()
 
@@ -184,7 +184,8 @@ def test_engine_deployment_reconciler_is_a_fixed_point_across_a_restart(
     first = EngineDeploymentReconciler(adapter, OperatorConfig(), emit)
 
     first.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
-    assert adapter.writes.count("apply") == 4  # the Deployment, Service, budget, trust keys
+    # the Deployment, Service, budget, trust keys, LLM API options
+    assert adapter.writes.count("apply") == 5
     (deployment,) = world.deployments(namespace, "chat")
     assert deployment.engine_key == key
     # The Deployment controller and kwok move it along; a pass then reports that.

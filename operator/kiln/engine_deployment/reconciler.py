@@ -149,6 +149,8 @@ class EngineDeploymentReconciler:
         current = {d.name: d for d in owned}
         hashes = {}
         self._apply_cached(render.render_trust(ed, self.trust.bundle))
+        if ed.spec.server.kind == "trtllm-serve":  # what the pods mount, before the pods
+            self._apply_cached(render.render_llm_api_config(ed, eb))
         for serve in decision.serves:
             deployment = render.render_deployment(ed, eb, serve, self.config)
             digest = deployment["metadata"]["annotations"][HASH_ANNOTATION]
@@ -162,16 +164,13 @@ class EngineDeploymentReconciler:
             log.info("deleting Deployment %s/%s: its GPU product is no longer served",
                      namespace, name)
             self.kube.delete_deployment(namespace, name)
-        children = [render.render_service(ed), render.render_pdb(ed)]
-        if ed.spec.server.kind == "trtllm-serve":
-            children.insert(0, render.render_llm_api_config(ed, eb))
-        for obj in children:
+        for obj in (render.render_service(ed), render.render_pdb(ed)):
             self._apply_cached(obj)
         return hashes
 
     def _apply_cached(self, obj: dict[str, Any]) -> None:
-        """Apply a Service or budget when it changed, or now and then (someone may have edited
-        it); what this process has not applied yet is read first, and left alone when it
+        """Apply a Service, budget or ConfigMap when it changed, or now and then (someone may
+        have edited it); what this process has not applied yet is read first, and left alone when it
         already is what kiln renders (a restarted operator writes nothing)."""
         ref = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
         digest = obj["metadata"]["annotations"][HASH_ANNOTATION]

@@ -200,8 +200,8 @@ def render_llm_api_config(ed: EngineDeployment, eb: EngineBuild) -> dict[str, An
     data = {f"{b}.yaml": yaml.safe_dump(llm_api_options(ed, eb, b), sort_keys=True)
             for b in ("pytorch", "tensorrt")}
     name = str(ed.metadata["name"])
-    return {"apiVersion": "v1", "kind": "ConfigMap",
-            "metadata": _meta(ed, llm_api_name(ed), selector(name)), "data": data}
+    return _hashed({"apiVersion": "v1", "kind": "ConfigMap",
+                    "metadata": _meta(ed, llm_api_name(ed), selector(name)), "data": data})
 
 
 def _trtllm_serve(ed: EngineDeployment, eb: EngineBuild, serve: Serve) -> dict[str, Any]:
