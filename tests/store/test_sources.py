@@ -38,7 +38,7 @@ def test_s3_download_fetches_everything(weights: str, s3_endpoint: str,
                                         tmp_path: Path) -> None:
     source = open_source(weights, endpoint_url=s3_endpoint)
     identity = source.download(tmp_path / "w")
-    assert identity == source.identity()
+    assert identity.digest == source.identity().digest
     assert (tmp_path / "w" / "shard-0042.bin").read_bytes() == b"w42"
     assert not (tmp_path / "w" / "ignored.bin").exists()
     assert len(content_digest(tmp_path / "w")) == 64
