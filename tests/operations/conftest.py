@@ -8,8 +8,10 @@ Lease) through the settings users have too.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ from kubernetes import client
 
 from chart.support import install_rbac
 from e2e.support import ROOT
+from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
@@ -88,8 +91,16 @@ def operator_env(kubeconfig: Path, s3_endpoint: str, store: str, **extra: str
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_RESYNC_SECONDS": "2",
         "KILN_METRICS_PORT": "0",
+        "KILN_REBUILD_SETTLE": "0s",  # the tests' weights are uploaded just before
+        "KILN_SIGNING_KEY_FILE": str(_signing_key()),  # one for every operator: a shared store
+        "KILN_VERIFY_SECONDS": "2",
         **extra,
     }
+
+
+@functools.cache
+def _signing_key() -> Path:
+    return signing.write_key(Path(tempfile.mkdtemp(prefix="kiln-operations-")) / "key.pem")
 
 
 @pytest.fixture

@@ -109,8 +109,9 @@ def test_exec_plugin_tokens_that_expire_every_30s(
     with proxy, running(operator):
         revoker.start()
         names = []
-        # New work keeps coming while tokens come and go: one EngineBuild every 12 s.
-        for i in range(4):
+        # New work keeps coming while tokens come and go: one EngineBuild every 12 s, over
+        # two token lifetimes (so the plugin surely runs after the second expiry too).
+        for i in range(6):
             names.append(f"b{i}")
             create(kube, namespace, engine_build(f"b{i}", weights, max_batch_size=8 + i))
             eventually(lambda: ready(kube, namespace, names[-1]), timeout=60, interval=0.5)
