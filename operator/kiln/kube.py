@@ -300,27 +300,3 @@ class Kube:
         except (ApiError, NotLeader, urllib3.exceptions.HTTPError) as error:
             log.warning("could not post Event %s about %s/%s: %s", reason, meta["namespace"],
                         meta["name"], error)
-
-    def read_custom(self, plural: str, namespace: str, name: str) -> dict[str, Any] | None:
-        """A kiln object as it is now, or None."""
-        try:
-            obj: dict[str, Any] = self.api.request("GET", _custom(plural, namespace, name))
-        except ApiError as error:
-            if error.status == 404:
-                return None
-            raise translate(error, f"read {plural} {namespace}/{name}") from error
-        return obj
-
-    def patch_status_at(self, plural: str, namespace: str, name: str, status: dict[str, Any],
-                        resource_version: str) -> bool:
-        """Merge-patch ``status`` if the object is still at ``resource_version``; False if it
-        changed meanwhile (or is gone)."""
-        body = {"metadata": {"resourceVersion": resource_version}, "status": status}
-        try:
-            self.api.request("PATCH", _custom(plural, namespace, name) + "/status", body,
-                             content_type=MERGE)
-        except ApiError as error:
-            if error.status in (404, 409):
-                return False
-            raise translate(error, f"patch status of {plural} {namespace}/{name}") from error
-        return True
