@@ -20,7 +20,8 @@ from kiln.engine_deployment.deployments import deployment_name
 from kiln.labels import ED_LABEL
 from waiting import eventually
 
-pytestmark = pytest.mark.timeout(240)
+# The module runs first in the tier: it must start the operator and the builders itself.
+pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("operator", "builders")]
 
 
 def get_ed(kube: Cluster, namespace: str, name: str) -> dict[str, Any]:
