@@ -90,3 +90,13 @@ class VerifyFailed(KilnError):
     """The built result is incomplete or inconsistent with the task."""
 
     retryable = True
+
+
+def heals(error: KilnError) -> bool:
+    """Whether the controllers retry ``error`` (with backoff) rather than stall on it.
+
+    Besides what a retry of the same thing may fix, a denied or missing credential or object
+    heals without an edit of the spec: credentials rotate, a Secret or bucket gets created.
+    A spec or rendered object refused as invalid, or a toolchain refusal, waits for a change.
+    """
+    return error.retryable or isinstance(error, AccessDenied | NotFound)

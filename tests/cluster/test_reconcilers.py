@@ -18,12 +18,15 @@ from kiln.config import OperatorConfig
 from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster
 from kiln.engine_build.jobs import ObservedJob, observe
+from kiln.engine_build.pending import CreateFailure
 from kiln.engine_build.reconciler import EngineBuildReconciler
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
+from kiln.handlers.indexes import create_failure, is_build_create_failure
 from kiln.kube import Kube, load_config
 from kiln.labels import ED_LABEL, KEY_LABEL
+from kiln.pods import ObservedPod, observe_pod
 from kiln.pool import GpuNode, gpu_node
 from kiln.status import Event
 from waiting import eventually
@@ -86,6 +89,23 @@ class ApiWorld:
 
     def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
         return get(self.custom, namespace, EB_PLURAL, name)
+
+    def job_pods(self, namespace: str, job: str) -> list[ObservedPod]:
+        items = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+        pods = [observe_pod(self.api.sanitize_for_serialization(p)) for p in items]
+        return [p for p in pods if p.owner == job]
+
+    def create_failure(self, namespace: str, job: str) -> CreateFailure | None:
+        items = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={job}").items
+        found = [create_failure(e) for e in map(self.api.sanitize_for_serialization, items)
+                 if is_build_create_failure(e)]
+        return max(found, key=lambda f: f.last.timestamp() if f.last else 0.0, default=None)
+
+    def serving_pods(self, namespace: str, owner: str) -> list[ObservedPod]:
+        items = self.core.list_namespaced_pod(namespace,
+                                              label_selector=f"{ED_LABEL}={owner}").items
+        return [observe_pod(self.api.sanitize_for_serialization(p)) for p in items]
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
         items = self.apps.list_namespaced_deployment(

@@ -294,6 +294,9 @@ class JobSpec(KilnModel):
     """PriorityClass of the build pod."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
     """Tolerations besides the ``nvidia.com/gpu`` one kiln adds."""
+    pending_timeout: Grace = "30m"
+    """How long the build pod may stay unschedulable (an autoscaler may add a node) before
+    the EngineBuild is ``Stalled``; it builds by itself when a node comes later."""
 
 
 class EngineBuildSpec(KilnModel):
