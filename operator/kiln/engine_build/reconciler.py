@@ -25,7 +25,7 @@ from typing import Any, Protocol
 
 import urllib3
 
-from kiln import EB_PLURAL, metrics
+from kiln import EB_PLURAL, endpoints, metrics
 from kiln.api import EngineBuild, EngineDeployment, parse_duration
 from kiln.backoff import Backoff
 from kiln.backoff import retrying as retrying_message
@@ -196,7 +196,11 @@ class EngineBuildReconciler:
             if ref not in self._reads and len(self._reads) >= MAX_SOURCES:
                 self._reads.clear()
             read = self._reads.setdefault(ref, _Read(threading.Lock()))
-        with read.lock:
+        model = eb.spec.model
+        endpoint = endpoints.endpoint_of(model.source, dict(ref[2]))
+        # A slot first: callers waiting for one hanging read must not hold every worker.
+        with (endpoints.slot(endpoint, f"read the weights identity of {model.source}"),
+              read.lock):
             if read.started >= arrived and read.found is not None:
                 return read.found
             started = time.monotonic()
