@@ -197,7 +197,7 @@ class EngineBuildReconciler:
                 self._reads.clear()
             read = self._reads.setdefault(ref, _Read(threading.Lock()))
         model = eb.spec.model
-        endpoint = endpoints.endpoint_of(model.source, dict(ref[2]))
+        endpoint = endpoints.endpoint_of(model.source, dict(ref[2]) if len(ref) > 2 else None)
         # A slot first: callers waiting for one hanging read must not hold every worker.
         with (endpoints.slot(endpoint, f"read the weights identity of {model.source}"),
               read.lock):
