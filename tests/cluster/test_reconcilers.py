@@ -164,6 +164,12 @@ def test_engine_build_reconciler_is_a_fixed_point_across_a_restart(
     assert world.by_key(namespace, key or "") is not None
     assert [e.reason for e in events] == ["BuildStarted"]
 
+    # The scheduler's verdict on the Job's pod is a fact too: once it is in, the facts hold.
+    job = plan.status.engines[0].job or ""
+    eventually(lambda: any(p.unschedulable for p in world.job_pods(namespace, job)) or None,
+               timeout=30)
+    plan = first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
+    assert plan is not None and "Unschedulable: " in (plan.status.engines[0].message or "")
     adapter.writes.clear()
     first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
     assert adapter.writes == [], "a second pass over the same facts writes nothing"
@@ -174,7 +180,7 @@ def test_engine_build_reconciler_is_a_fixed_point_across_a_restart(
     plan = restarted.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
     assert plan is not None and plan.status.engines[0].key == key, "the pin held"
     assert adapter.writes == [], "a restarted operator rewrites nothing"
-    assert len(events) == 1
+    assert [e.reason for e in events] == ["BuildStarted", "Unschedulable"]
 
 
 def test_engine_deployment_reconciler_is_a_fixed_point_across_a_restart(

@@ -25,7 +25,7 @@ from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.plan import Decision, decide, summarize
 from kiln.engine_deployment.trouble import Trouble, trouble
-from kiln.errors import KilnError
+from kiln.errors import KilnError, heals
 from kiln.key import short_key
 from kiln.kube import Kube
 from kiln.labels import HASH_ANNOTATION
@@ -91,8 +91,8 @@ class EngineDeploymentReconciler:
             try:
                 return self._reconcile(fresh, world)
             except KilnError as error:
-                if error.retryable:
-                    raise
+                if heals(error):
+                    raise  # retried by the next resync
                 self._stall(fresh, error)
                 return Decision(stalled=(error.reason, error.message))
 
