@@ -368,14 +368,18 @@ class EngineBuildReconciler:
             return result
 
     def _inputs(self, namespace: str, eb: EngineBuild) -> tuple[Any, ...]:
-        """What a failed pass depended on besides the world: the spec and the referenced
-        Secret's version (one read, made only while the object backs off)."""
-        secret = eb.spec.model.credentials_secret
-        try:
-            version = self.kube.secret_version(namespace, secret) if secret else None
-        except KilnError:
-            version = "unreadable"
-        return (eb.metadata.get("generation"), secret, version)
+        """What a failed pass depended on besides the world: the spec and the versions of the
+        Secrets it references (``credentialsSecret``, the store Secret): a read each, made only
+        while the object backs off, so a Secret's update retries at the next resync. (Watching
+        Secrets would need list/watch on every Secret of the cluster: kiln reads only the ones
+        named, one at a time.)"""
+        versions = []
+        for secret in (eb.spec.model.credentials_secret, self.config.store_secret):
+            try:
+                versions.append(self.kube.secret_version(namespace, secret) if secret else None)
+            except KilnError:
+                versions.append("unreadable")
+        return (eb.metadata.get("generation"), eb.spec.model.credentials_secret, *versions)
 
     def _retry(self, body: dict[str, Any], eb: EngineBuild, error: KilnError) -> None:
         """Count a failure that may heal and say so: ``Retrying ...`` in ``Reconciling``."""
