@@ -169,3 +169,22 @@ def test_wrong_credentials_are_retried_with_growing_backoff_and_a_fix_heals_at_o
     assert time.monotonic() - fixed < step + 5, "within one backoff step of the update"
     eb = build_when(kube, namespace, is_ready, timeout=120)
     assert health(eb)[0] == "Healthy"
+
+
+def test_a_job_the_apiserver_refuses_is_stalled_with_its_message_until_the_spec_changes(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    """A toleration key the CRD lets through but the Job's validation refuses (422)."""
+    create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}],
+                                         job={"tolerations": [{"key": "not a key!",
+                                                               "operator": "Exists"}]}))
+    eb = build_when(kube, namespace, stalled_with("Invalid"), timeout=20)
+    message = ready_condition(eb)["message"]
+    assert "tolerations" in message and "Invalid value" in message, message
+    assert health(eb)[0] == "Degraded"
+    attempts = eb["metadata"]["resourceVersion"]
+    time.sleep(5)  # no retry loop: the status holds still
+    assert build(kube, namespace)["metadata"]["resourceVersion"] == attempts
+    patch(kube, namespace, EB_PLURAL, "llama", {"spec": {"job": {"tolerations": [
+        {"key": "example.com/ok", "operator": "Exists"}]}}})
+    eb = build_when(kube, namespace, is_ready, timeout=120)
+    assert health(eb)[0] == "Healthy"
