@@ -41,7 +41,10 @@ def build_when(kube: Cluster, namespace: str, test: Any, timeout: float) -> dict
     def check() -> dict[str, Any] | None:
         obj = build(kube, namespace)
         return obj if test(obj) else None
-    found: dict[str, Any] = eventually(check, timeout=timeout)
+    try:
+        found: dict[str, Any] = eventually(check, timeout=timeout)
+    except AssertionError as error:
+        raise AssertionError(f"{error}; status: {build(kube, namespace).get('status')}") from None
     return found
 
 

@@ -170,9 +170,9 @@ class LocalProcessRunner:
     def _run_one(self, pod: Any, container: Any, root: Path) -> tuple[int, str, str]:
         mounts = self._mount_map(pod, container, root)
         termination = root / f"termination-log-{container.name}"
-        env = {**os.environ, **self.extra_env, **self._env(pod, container),
+        env = {**os.environ, **self.extra_env,
+               **{k: _map_paths(v, mounts) for k, v in self._env(pod, container).items()},
                TERMINATION_ENV: str(termination)}
-        env = {k: _map_paths(v, mounts) for k, v in env.items()}
         argv = [_map_paths(a, mounts) for a in [*(container.command or []),
                                                 *(container.args or [])]]
         log.info("local-process: running %s of pod %s/%s: %s", container.name,
@@ -236,9 +236,11 @@ class LocalProcessRunner:
             root = Path(scratch)
             mounts = self._mount_map(pod, container, root)
             termination = root / "termination-log"
-            env = {**os.environ, **self.extra_env, **self._env(pod, container),
+            # Only the pod's own values are mapped: this process's (PYTHONPATH under /work,
+            # say) are the host's paths, not the pod's.
+            env = {**os.environ, **self.extra_env,
+                   **{k: _map_paths(v, mounts) for k, v in self._env(pod, container).items()},
                    TERMINATION_ENV: str(termination)}
-            env = {k: _map_paths(v, mounts) for k, v in env.items()}
             argv = [_map_paths(a, mounts) for a in [*(container.command or []),
                                                     *(container.args or [])]]
             log.info("local-process: running pod %s/%s: %s", namespace, name, argv)
