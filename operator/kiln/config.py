@@ -47,6 +47,8 @@ class OperatorConfig:
     store (``KILN_BUILD_ENV``, a JSON object)."""
     build_pod_labels: dict[str, str] = field(default_factory=dict)
     """Extra labels for build pods, e.g. for cost allocation (``KILN_BUILD_POD_LABELS``)."""
+    serving_pod_labels: dict[str, str] = field(default_factory=dict)
+    """Extra labels for serving pods (``KILN_SERVING_POD_LABELS``)."""
     job_ttl_seconds: int = 3600
     """``ttlSecondsAfterFinished`` of build Jobs (``KILN_JOB_TTL_SECONDS``)."""
     weights_check_seconds: float = 30.0
@@ -119,6 +121,8 @@ class OperatorConfig:
             build_env=_json_map(env.get("KILN_BUILD_ENV"), "KILN_BUILD_ENV"),
             build_pod_labels=_json_map(env.get("KILN_BUILD_POD_LABELS"),
                                        "KILN_BUILD_POD_LABELS"),
+            serving_pod_labels=_json_map(env.get("KILN_SERVING_POD_LABELS"),
+                                         "KILN_SERVING_POD_LABELS"),
             job_ttl_seconds=int(env.get("KILN_JOB_TTL_SECONDS", "3600")),
             weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
             resync_seconds=float(env.get("KILN_RESYNC_SECONDS", "30")),

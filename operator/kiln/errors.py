@@ -111,3 +111,12 @@ class NameTaken(KilnError):
 
 class ImageNotAllowed(KilnError):
     """A builder image outside the operator's allowed list."""
+def heals(error: KilnError) -> bool:
+    """Whether the controllers retry ``error`` with backoff (``Reconciling``, ``Retrying``)
+    rather than stall on it (``Stalled``, looked at again each resync and at once on a
+    change). Besides what a retry of the same thing may fix, denied or expired credentials
+    heal without an edit: they rotate. A missing source or Secret stays a visible stall
+    (``NotFound``, Degraded in Argo CD) until it appears; a spec or rendered object refused
+    as invalid, or a toolchain refusal, waits for a change of the spec.
+    """
+    return error.retryable or isinstance(error, AccessDenied)

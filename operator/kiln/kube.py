@@ -19,7 +19,15 @@ import urllib3
 from kubernetes.client import ApiException
 
 from kiln import GROUP, VERSION
-from kiln.errors import AccessDenied, KilnError, NameTaken, NotFound, NotLeader, Unavailable
+from kiln.errors import (
+    AccessDenied,
+    InvalidInput,
+    KilnError,
+    NameTaken,
+    NotFound,
+    NotLeader,
+    Unavailable,
+)
 from kiln.kubeauth import Credentials
 
 log = logging.getLogger(__name__)
@@ -64,6 +72,10 @@ def translate(error: ApiError, what: str) -> KilnError:
         return NotFound(f"{what}: not found")
     if error.status in (401, 403):
         return AccessDenied(f"{what}: {error.reason} ({error.message})")
+    if error.status in (400, 422):
+        # The apiserver refuses what kiln rendered from the spec: the same request fails the
+        # same way until the spec changes.
+        return InvalidInput(f"{what}: {error.message}", reason="Invalid")
     return Unavailable(f"{what}: {error.status} {error.reason} ({error.message})")
 
 
@@ -199,6 +211,17 @@ class Kube:
         except ApiError as error:
             raise translate(error, f"list pods of Job {namespace}/{job}") from error
         return list(pods.get("items") or [])
+
+    def secret_version(self, namespace: str, name: str) -> str | None:
+        """A Secret's resourceVersion (None: it does not exist): one cheap read, to tell
+        whether credentials changed while an object backs off."""
+        try:
+            secret = self.api.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")
+        except ApiError as error:
+            if error.status == 404:
+                return None
+            raise translate(error, f"read Secret {namespace}/{name}") from error
+        return str((secret.get("metadata") or {}).get("resourceVersion") or "")
 
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         try:

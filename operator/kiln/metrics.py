@@ -65,6 +65,10 @@ CACHE_MISSES = Counter(
 RECONCILE_ERRORS = Counter(
     "kiln_reconcile_errors", "Reconciles that ended in an error, by object kind.",
     ["kind"], registry=REGISTRY)
+UNEXPECTED_ERRORS = Counter(
+    "kiln_unexpected_errors", "Reconciles that raised an exception kiln does not know (a "
+    "bug, or an unforeseen failure), by object kind and exception type.", ["kind", "type"],
+    registry=REGISTRY)
 ENGINES_SERVED = Gauge(
     "kiln_engines_served", "Serving Deployments, by mode (engine, or fallback while no "
     "engine is ready).", ["mode"], registry=REGISTRY)
@@ -157,6 +161,12 @@ def record_cache(hit: bool, *, once: str | None = None) -> None:
 def record_reconcile_error(kind: str) -> None:
     """A reconcile of ``kind`` (``EngineBuild`` or ``EngineDeployment``) raised."""
     RECONCILE_ERRORS.labels(kind=kind if kind in _KINDS else "Other").inc()
+
+
+def record_unexpected_error(kind: str, error: BaseException) -> None:
+    """A reconcile of ``kind`` raised ``error``, an exception type kiln does not know."""
+    UNEXPECTED_ERRORS.labels(kind=kind if kind in _KINDS else "Other",
+                             type=type(error).__name__[:64]).inc()
 
 
 def set_engines_served(owner: str, modes: Mapping[str, int]) -> None:

@@ -121,6 +121,7 @@ WATCH = ("namespace", "all")
 NEEDS: tuple[Need, ...] = tuple([
     # Kopf: Events about handled objects; CRD scanning.
     *_needs("create patch", "", "events"),
+    *_needs("list watch", "", "events", scopes=WATCH),
     *_needs("list watch", "apiextensions.k8s.io", "customresourcedefinitions",
             scopes=("cluster",)),
     # kiln: its own objects and their status.

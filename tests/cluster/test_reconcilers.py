@@ -18,13 +18,15 @@ from kiln.config import OperatorConfig
 from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster
 from kiln.engine_build.jobs import ObservedJob, observe
+from kiln.engine_build.pending import CreateFailure
 from kiln.engine_build.reconciler import EngineBuildReconciler
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
-from kiln.engine_deployment.pods import ServingFailure, serving_failure
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
+from kiln.handlers.indexes import create_failure, is_build_create_failure
 from kiln.kube import Client, Kube, load_config
 from kiln.labels import ED_LABEL, KEY_LABEL
+from kiln.pods import ObservedPod, observe_pod
 from kiln.pool import GpuNode, gpu_node
 from kiln.status import Event
 from waiting import eventually
@@ -88,10 +90,22 @@ class ApiWorld:
     def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
         return get(self.custom, namespace, EB_PLURAL, name)
 
-    def serving_failures(self, namespace: str, owner: str) -> list[ServingFailure]:
-        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{ED_LABEL}={owner}")
-        found = [serving_failure(self.api.sanitize_for_serialization(p)) for p in pods.items]
-        return [f for f in found if f is not None]
+    def job_pods(self, namespace: str, job: str) -> list[ObservedPod]:
+        items = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
+        pods = [observe_pod(self.api.sanitize_for_serialization(p)) for p in items]
+        return [p for p in pods if p.owner == job]
+
+    def create_failure(self, namespace: str, job: str) -> CreateFailure | None:
+        items = self.core.list_namespaced_event(
+            namespace, field_selector=f"involvedObject.name={job}").items
+        found = [create_failure(e) for e in map(self.api.sanitize_for_serialization, items)
+                 if is_build_create_failure(e)]
+        return max(found, key=lambda f: f.last.timestamp() if f.last else 0.0, default=None)
+
+    def serving_pods(self, namespace: str, owner: str) -> list[ObservedPod]:
+        items = self.core.list_namespaced_pod(namespace,
+                                              label_selector=f"{ED_LABEL}={owner}").items
+        return [observe_pod(self.api.sanitize_for_serialization(p)) for p in items]
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
         items = self.apps.list_namespaced_deployment(
@@ -150,6 +164,12 @@ def test_engine_build_reconciler_is_a_fixed_point_across_a_restart(
     assert world.by_key(namespace, key or "") is not None
     assert [e.reason for e in events] == ["BuildStarted"]
 
+    # The scheduler's verdict on the Job's pod is a fact too: once it is in, the facts hold.
+    job = plan.status.engines[0].job or ""
+    eventually(lambda: any(p.unschedulable for p in world.job_pods(namespace, job)) or None,
+               timeout=30)
+    plan = first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
+    assert plan is not None and "Unschedulable: " in (plan.status.engines[0].message or "")
     adapter.writes.clear()
     first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
     assert adapter.writes == [], "a second pass over the same facts writes nothing"
@@ -160,7 +180,7 @@ def test_engine_build_reconciler_is_a_fixed_point_across_a_restart(
     plan = restarted.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
     assert plan is not None and plan.status.engines[0].key == key, "the pin held"
     assert adapter.writes == [], "a restarted operator rewrites nothing"
-    assert len(events) == 1
+    assert [e.reason for e in events] == ["BuildStarted", "Unschedulable"]
 
 
 def test_engine_deployment_reconciler_is_a_fixed_point_across_a_restart(

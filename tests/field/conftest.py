@@ -1,7 +1,8 @@
 """Field tests: the cluster doing what production clusters do every day (labels lost for a
 moment, Jobs deleted by hand, operators killed, weights replaced or still uploading), against
 a control plane of their own (they relabel its nodes and kill its operator), the operator as a
-real process with the chart's RBAC, builders run locally (the real ``kiln-builder``)."""
+real process with the chart's RBAC, builders and serving pods' init containers run locally
+(the real ``kiln-builder`` and ``kiln fetch-engine``)."""
 
 from __future__ import annotations
 
@@ -19,7 +20,7 @@ from e2e.support import Operator, cluster_of_its_own, create_buckets
 from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.dev.testbed.cluster import Cluster, free_port
-from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.dev.testbed.localproc import INIT_LABEL, LABEL, LocalProcessRunner
 
 ENGINES, MODELS = "field-engines", "field-models"
 RESYNC_SECONDS = 2
@@ -54,6 +55,7 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None,
         "KILN_BUILDER_IMAGE": "kiln-builder:field",
         "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": s3_endpoint}),
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
+        "KILN_SERVING_POD_LABELS": json.dumps({INIT_LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": str(RESYNC_SECONDS),
         "KILN_RESYNC_SECONDS": str(RESYNC_SECONDS),
         "KILN_REBUILD_SETTLE": "0s",

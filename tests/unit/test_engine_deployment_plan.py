@@ -14,7 +14,8 @@ from kiln.api import EngineBuild, EngineDeployment
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name, observe
 from kiln.engine_deployment.plan import Decision, engine_for, summarize
 from kiln.engine_deployment.plan import decide as decide_at
-from kiln.engine_deployment.pods import serving_failure
+from kiln.engine_deployment.trouble import trouble
+from kiln.pods import observe_pod
 from kiln.pool import GpuNode, auto_targets, gpu_node, pool_products, served_products
 
 UID = "ed-uid"
@@ -343,24 +344,28 @@ def test_a_version_guard_refusal_in_a_serving_pod_stalls_with_both_versions() ->
     obj, build = ed(gpu="H100-SXM"), eb(engine("H100-SXM", H100, KEY_H))
     decision = decide(obj, build, {H100: "9.0"}, [])
     (serve,) = decision.serves
-    pod = {"metadata": {"name": "p-1", "labels": {"kiln.dev/gpu-product": H100},
-                        "annotations": {"kiln.dev/engine-key": serve.engine_key}},
-           "status": {"containerStatuses": [{"name": "server", "state": {"waiting": {
-               "reason": "CrashLoopBackOff"}}, "lastState": {"terminated": {
-                   "exitCode": 9, "message": term}}}]}}
-    failure = serving_failure(pod)
-    assert failure is not None and failure.reason == "VersionMismatch"
-    status, events = summarize(obj, decision, [], {}, [failure])
-    stalled = {c.type: c for c in status.conditions}["Stalled"]
-    assert (stalled.status, stalled.reason) == ("True", "VersionMismatch")
-    assert "1.2.1" in (stalled.message or "") and "1.1.0" in (stalled.message or "")
-    assert ("Warning", "VersionMismatch") in [(e.type, e.reason) for e in events]
+    pod = {"metadata": {"name": f"{serve.deployment}-5d-x", "labels": {
+               "kiln.dev/gpu-product": H100},
+               "annotations": {"kiln.dev/engine-key": serve.engine_key},
+               "ownerReferences": [{"controller": True, "name": f"{serve.deployment}-5d"}]},
+           "status": {"phase": "Running", "containerStatuses": [{
+               "name": "server", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+               "lastState": {"terminated": {"exitCode": 9, "message": term}}}]}}
+    rolling = ObservedDeployment(serve.deployment, H100, ("u",), serve.engine_key, "s3://e/",
+                                 "engine", "tensorrt", "h", 1, generation=1,
+                                 observed_generation=1, status_replicas=1, updated_replicas=1,
+                                 ready_replicas=0, available_replicas=0)
+    found = trouble(serve.label, rolling, [observe_pod(pod)], serve.engine_key)
+    assert found is not None and (found.reason, found.stalled) == ("VersionMismatch", True)
+    assert "1.2.1" in found.message and "1.1.0" in found.message
+    assert f"pod {serve.deployment}-5d-x: server refused" in found.message
     old = {**pod, "metadata": {**pod["metadata"], "annotations": {"kiln.dev/engine-key": "old"}}}
-    status, _ = summarize(obj, decision, [], {}, [serving_failure(old)])  # type: ignore[list-item]
-    assert {c.type: c for c in status.conditions}["Stalled"].status == "False", \
+    assert trouble(serve.label, rolling, [observe_pod(old)], serve.engine_key) is None, \
         "a refusal for an engine no longer served does not stall"
-    assert serving_failure({"status": {"containerStatuses": [{"name": "server", "lastState": {
-        "terminated": {"exitCode": 9, "message": "Segmentation fault"}}}]}}) is None
+    segfault = {**pod, "status": {"phase": "Running", "containerStatuses": [{
+        "name": "server", "lastState": {"terminated": {"exitCode": 9,
+                                                       "message": "Segmentation fault"}}}]}}
+    assert observe_pod(segfault).refusal is None, "a server's own exit code is not kiln's"
 
 
 @pytest.mark.parametrize(("args", "ok"), [

@@ -56,9 +56,11 @@ rules on cluster-scoped resources always go into a ClusterRole.
 {{- define "kiln.rules.framework.namespaced" -}}
 # Kopf posts Events about the objects it handles (kopf.event, handler errors). Peering objects
 # (kopf.dev KopfPeering) are not needed: Kopf runs `--standalone`; kiln's Lease elects.
+# kiln watches Events (read-only) for the Job controller's FailedCreate on build Jobs (quota,
+# Pod Security, LimitRange, PriorityClass), which no other object records.
 - apiGroups: [""]
   resources: [events]
-  verbs: [create, patch]
+  verbs: [create, patch, list, watch]
 {{- end }}
 
 {{- define "kiln.rules.framework.cluster" -}}

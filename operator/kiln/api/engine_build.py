@@ -403,6 +403,9 @@ class JobSpec(KilnModel):
     security_context: SecurityContext | None = None
     """Overrides of the build pod's restricted security context, for builder images that
     need more (docs/security.md)."""
+    pending_timeout: Grace = "30m"
+    """How long the build pod may stay unschedulable (an autoscaler may add a node) before
+    the EngineBuild is ``Stalled``; it builds by itself when a node comes later."""
 
 
 class EngineBuildSpec(KilnModel):

@@ -29,6 +29,8 @@ class ObservedJob:
     owner_uids: tuple[str, ...]
     seconds: float | None = None
     failure: Failure | None = None
+    owner_names: tuple[str, ...] = ()
+    """The owning EngineBuilds' names (marked due when the Job's pods move)."""
 
 
 def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -52,14 +54,17 @@ def observe(job: dict[str, Any]) -> ObservedJob:
     status = job.get("status") or {}
     key = (meta.get("annotations") or {}).get(KEY_ANNOTATION, "")
     owners = tuple(ref["uid"] for ref in meta.get("ownerReferences") or [])
+    names = tuple(ref["name"] for ref in meta.get("ownerReferences") or []
+                  if ref.get("kind") == "EngineBuild")
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
-        return ObservedJob(meta["name"], key, "Succeeded", owners, _seconds(status))
+        return ObservedJob(meta["name"], key, "Succeeded", owners, _seconds(status),
+                           owner_names=names)
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed:
         failure = Failure(failed.get("reason") or "JobFailed",
                           failed.get("message") or "the build Job failed")
-        return ObservedJob(meta["name"], key, "Failed", owners, None, failure)
-    return ObservedJob(meta["name"], key, "Active", owners)
+        return ObservedJob(meta["name"], key, "Failed", owners, None, failure, names)
+    return ObservedJob(meta["name"], key, "Active", owners, owner_names=names)
 
 
 def failure_from_pod(pod: dict[str, Any]) -> Failure | None:

@@ -14,6 +14,7 @@ from kiln.api import EngineBuild, EngineBuildStatus, EngineState, EngineStatus, 
 from kiln.contract.manifest import Manifest
 from kiln.contract.termination import Failure
 from kiln.engine_build.jobs import ObservedJob, job_name
+from kiln.engine_build.pending import Stuck
 from kiln.key import short_key
 from kiln.status import Event, set_conditions
 from kiln.targets import ResolvedTarget
@@ -131,10 +132,11 @@ def _events(engines: list[EngineStatus], prior: dict[str, EngineStatus]) -> list
 def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datetime | None,
          source: str, auto_targets: list[str], manifests: dict[str, Manifest | None],
          jobs: dict[str, ObservedJob], failures: dict[str, Failure], uid: str,
-         foreign: frozenset[str] = frozenset()) -> Plan:
-    """The plan for one EngineBuild; ``jobs`` and ``manifests`` (signed ones only) are keyed
-    by engine key; ``auto_targets`` are what its EngineDeployments need now; ``foreign``:
-    keys whose succeeded Job's manifest was replaced by another writer's (built again)."""
+         foreign: frozenset[str] = frozenset(), stuck: dict[str, Stuck] | None = None) -> Plan:
+    """The plan for one EngineBuild; ``jobs``, ``manifests`` (signed ones only) and ``stuck``
+    (why a running Job's pod does not run) are keyed by engine key; ``auto_targets`` are what
+    its EngineDeployments need now; ``foreign``: keys whose succeeded Job's manifest was
+    replaced by another writer's (built again)."""
     old = eb.status or EngineBuildStatus()
     generation = int(eb.metadata.get("generation") or 0)
     # A failed engine is built again only after the spec changed since it was reported.
@@ -147,6 +149,9 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
         entry, needs_job = _engine(want, before, manifests.get(want.key), jobs.get(want.key),
                                    failures.get(want.key), retry_failed, uid,
                                    want.key in foreign)
+        why = (stuck or {}).get(want.key)
+        if why is not None and entry.state == "Building":
+            entry = entry.model_copy(update={"message": f"{why.reason}: {why.message}"})
         engines.append(_carry_previous(entry, before))
         if needs_job:
             result.create.append(want)
@@ -157,6 +162,8 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
     result.release = [j for j in jobs.values() if uid in j.owner_uids and j.key not in wanted]
 
     states = {e.state for e in engines}
+    blocked = [(e, why) for e in engines if e.state == "Building"
+               and (why := (stuck or {}).get(e.key or ""))]
     if not engines:
         phase, ready, reason, message = ("Pending", False, "NoTargets",
                                          "no targets: list spec.targets, or reference this "
@@ -165,6 +172,10 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
         failed = [e for e in engines if e.state == "Failed"]
         phase, ready, reason = "Failed", False, "BuildFailed"
         message = "; ".join(f"{e.target}: {e.message}" for e in failed)
+    elif blocked:
+        phase, ready = "Pending", False
+        reason = next((w.reason for _, w in blocked if w.stalled), blocked[0][1].reason)
+        message = "; ".join(f"{e.target}: {w.reason}: {w.message}" for e, w in blocked)
     elif states <= {"Ready", "Cached"}:
         phase, ready, reason = "Ready", True, "EnginesReady"
         message = f"{len(engines)} engine(s) ready"
@@ -172,9 +183,10 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
         building = [e.target for e in engines if e.state == "Building"]
         phase, ready, reason = "Building", False, "Building"
         message = f"building for {', '.join(building)}"
+    halted = phase == "Failed" or any(w.stalled for _, w in blocked)
     conditions = set_conditions(old.conditions, generation=generation, ready=ready,
-                                reconciling=phase in ("Pending", "Building") and bool(engines),
-                                stalled=phase == "Failed", reason=reason, message=message)
+                                reconciling=phase in ("Pending", "Building") and bool(engines)
+                                and not halted, stalled=halted, reason=reason, message=message)
     result.status = EngineBuildStatus(
         observed_generation=generation, phase=phase, conditions=conditions,
         weights=Weights(identity=identity, checked_at=checked_at, source=source),
@@ -190,6 +202,9 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
         result.events.append(Event("Normal", "AutoTargets", "GPU products served by "
                                    "EngineDeployments: " + (", ".join(auto_targets) or "none")))
     result.events += _events(engines, prior)
+    was = next((c.reason for c in old.conditions if c.type == "Ready"), None)
+    if blocked and was != reason:
+        result.events.append(Event("Warning", reason, message))
     return result
 
 
@@ -212,4 +227,24 @@ def stalled(eb: EngineBuild, reason: str, message: str, *, settling: bool = Fals
     events = []
     if was is None or was.status != "True" or was.reason != reason:
         events.append(Event("Normal" if settling else "Warning", reason, message))
+    return status, events
+
+
+def retrying(eb: EngineBuild, reason: str, message: str) -> tuple[EngineBuildStatus,
+                                                                    list[Event]]:
+    """The status of an EngineBuild whose pass failed in a way that may heal: ``Reconciling``
+    with ``message`` (``Retrying <reason>: ...``), the rest of its status as it was. A Warning
+    Event when the reason is new."""
+    old = eb.status or EngineBuildStatus()
+    generation = int(eb.metadata.get("generation") or 0)
+    conditions = set_conditions(old.conditions, generation=generation, ready=False,
+                                reconciling=True, stalled=False, reason=reason,
+                                message=message)
+    phase = old.phase if old.phase in ("Pending", "Building") else "Pending"
+    status = old.model_copy(update={"observed_generation": generation,
+                                    "conditions": conditions, "phase": phase})
+    was = next((c for c in old.conditions if c.type == "Reconciling"), None)
+    events = []
+    if was is None or was.status != "True" or was.reason != reason:
+        events.append(Event("Warning", reason, message))
     return status, events

@@ -15,25 +15,32 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from kiln import EB_PLURAL, metrics
+import urllib3
+
+from kiln import EB_PLURAL, endpoints, metrics
 from kiln.api import EngineBuild, EngineDeployment, parse_duration
+from kiln.backoff import Backoff
+from kiln.backoff import retrying as retrying_message
 from kiln.config import OperatorConfig
 from kiln.contract import provenance
 from kiln.contract.manifest import Manifest
 from kiln.contract.task import BuildTask
 from kiln.contract.termination import Failure
 from kiln.engine_build import render, signing
-from kiln.engine_build.jobs import ObservedJob, failure_from_pod, job_name, observe
-from kiln.engine_build.plan import Plan, Want, plan, stalled
-from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted
+from kiln.engine_build.jobs import ObservedJob, job_name, observe
+from kiln.engine_build.pending import CreateFailure, Stuck, stuck
+from kiln.engine_build.plan import Plan, Want, plan, retrying, stalled
+from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted, heals
 from kiln.key import engine_key, short_key
 from kiln.kube import Kube
+from kiln.pods import ObservedPod
 from kiln.pool import GpuNode, auto_targets, needed_products
 from kiln.sources import WeightsIdentity, WeightSource, open_source
 from kiln.status import Event, WrittenStatus
@@ -62,6 +69,10 @@ class BuildWorld(Protocol):
     def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]: ...
 
     def gpu_nodes(self) -> list[GpuNode]: ...
+
+    def job_pods(self, namespace: str, job: str) -> list[ObservedPod]: ...
+
+    def create_failure(self, namespace: str, job: str) -> CreateFailure | None: ...
 
 
 @dataclass
@@ -132,6 +143,10 @@ class EngineBuildReconciler:
             lambda namespace, name, patch: kube.patch_status(EB_PLURAL, namespace, name, patch))
         self._reread_for: set[tuple[str, str]] = set()
         """Failed Jobs (namespace, name) whose ``WeightsChanged`` made a re-read already."""
+        self.backoff = Backoff()
+        """Failures that may heal, per object: retried after a growing delay."""
+        self._unexpected: set[tuple[str, str, str]] = set()
+        """(namespace, name, exception type) whose traceback was logged already."""
 
     def _lock(self, ref: tuple[str, str]) -> threading.Lock:
         with self._locks_guard:
@@ -139,6 +154,7 @@ class EngineBuildReconciler:
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is cached for a deleted object."""
+        self.backoff.succeeded((namespace, name))
         self._identities.pop((namespace, name), None)
         self.written.forget(namespace, name)
         with self._locks_guard:
@@ -189,7 +205,11 @@ class EngineBuildReconciler:
             if ref not in self._reads and len(self._reads) >= MAX_SOURCES:
                 self._reads.clear()
             read = self._reads.setdefault(ref, _Read(threading.Lock()))
-        with read.lock:
+        model = eb.spec.model
+        endpoint = endpoints.endpoint_of(model.source, dict(ref[2]) if len(ref) > 2 else None)
+        # A slot first: callers waiting for one hanging read must not hold every worker.
+        with (endpoints.slot(endpoint, f"read the weights identity of {model.source}"),
+              read.lock):
             if read.started >= arrived and read.found is not None:
                 return read.found
             started = time.monotonic()
@@ -341,13 +361,30 @@ class EngineBuildReconciler:
         self._verified_at[(uri, want.key)] = time.monotonic()
         return found, False
 
-    def _failure(self, namespace: str, job: ObservedJob) -> Failure | None:
+    def _failure(self, namespace: str, job: ObservedJob, world: BuildWorld) -> Failure | None:
+        """The builder's verdict from a failed Job's pods (the index); kept once found, as
+        the pods may be gone by the next pass."""
         ref = (namespace, job.name)
-        if ref not in self._failures:
-            pods = self.kube.job_pods(namespace, job.name)
-            found = [f for p in pods if (f := failure_from_pod(p))]
+        if self._failures.get(ref) is None:
+            pods = sorted(world.job_pods(namespace, job.name),
+                          key=lambda p: p.created.timestamp() if p.created else 0.0)
+            found = [p.failure for p in pods if p.failure is not None]
             self._failures[ref] = found[-1] if found else None
         return self._failures[ref]
+
+    def _stuck(self, namespace: str, eb: EngineBuild, observed: dict[str, ObservedJob],
+               world: BuildWorld) -> dict[str, Stuck]:
+        """Why each running Job's pod does not run, from the pod and Event indexes."""
+        timeout = parse_duration(eb.spec.job.pending_timeout)
+        found = {}
+        for key, job in observed.items():
+            if job.state != "Active":
+                continue
+            why = stuck(job.name, world.job_pods(namespace, job.name),
+                        world.create_failure(namespace, job.name), self.clock(), timeout)
+            if why is not None:
+                found[key] = why
+        return found
 
     # -- the loop --------------------------------------------------------------------------
 
@@ -355,25 +392,93 @@ class EngineBuildReconciler:
                   job_moved: bool = False) -> Plan | None:
         """Bring one EngineBuild's Jobs and status in line with what exists. ``job_moved``:
         called for a change of one of its Jobs; an engine found missing while that Job runs
-        is then not looked for again before it finishes. A permanent error is written as
-        ``Stalled`` (returns None); a transient one is raised for a retry."""
+        is then not looked for again before it finishes. An error that cannot heal by itself
+        is written as ``Stalled``; one that may (and any unexpected exception) as
+        ``Retrying ...``, tried again after a per-object backoff (``next_try``); both return
+        None. While it backs off, a pass does nothing unless the spec or Secret changed."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         with self._lock((namespace, name)):
             fresh = self.written.overlay(dict(body))
             eb = EngineBuild.model_validate(fresh)
+            ref = (namespace, name)
+            if self.backoff.last(ref) is not None and self.backoff.waiting(
+                    ref, self._inputs(namespace, eb)) is not None:
+                return None  # backing off; its spec and Secrets are as they were
             try:
-                return self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, world,
-                                       job_moved)
+                result = self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, world,
+                                         job_moved)
             except KilnError as error:
-                if error.retryable:
-                    raise
                 metrics.record_reconcile_error("EngineBuild")
+                if heals(error):
+                    self._retry(fresh, eb, error)
+                    return None
+                self.backoff.succeeded(ref)
                 status, events = stalled(eb, error.reason, error.message)
                 self.written.write(fresh, status.to_dict())
                 for event in events:
                     self.emit(fresh, event)
                 return None
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                metrics.record_reconcile_error("EngineBuild")
+                self._retry(fresh, eb, Unavailable(f"{type(error).__name__}: {error}",
+                                                   reason="Unreachable"))
+                return None
+            except Exception as error:  # a bug or an unforeseen failure: never fatal
+                metrics.record_reconcile_error("EngineBuild")
+                metrics.record_unexpected_error("EngineBuild", error)
+                self._log_unexpected(namespace, name, error)
+                self._retry(fresh, eb, KilnError(f"{type(error).__name__}: {error}",
+                                                 reason="InternalError"))
+                return None
+            self.backoff.succeeded(ref)
+            return result
+
+    def _inputs(self, namespace: str, eb: EngineBuild) -> tuple[Any, ...]:
+        """What a failed pass depended on besides the world: the spec and the versions of the
+        Secrets it references (``credentialsSecret``, the store Secret): a read each, made only
+        while the object backs off, so a Secret's update retries at the next resync. (Watching
+        Secrets would need list/watch on every Secret of the cluster: kiln reads only the ones
+        named, one at a time.)"""
+        versions = []
+        for secret in (eb.spec.model.credentials_secret, self.config.store_secret):
+            try:
+                versions.append(self.kube.secret_version(namespace, secret) if secret else None)
+            except KilnError:
+                versions.append("unreadable")
+        return (eb.metadata.get("generation"), eb.spec.model.credentials_secret, *versions)
+
+    def _retry(self, body: dict[str, Any], eb: EngineBuild, error: KilnError) -> None:
+        """Count a failure that may heal and say so: ``Retrying ...`` in ``Reconciling``."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        attempt = self.backoff.failed((namespace, name), self._inputs(namespace, eb))
+        message = retrying_message(error.reason, error.message, attempt)
+        log.warning("reconcile of %s/%s: %s", namespace, name, message)
+        status, events = retrying(eb, error.reason, message)
+        try:
+            self.written.write(body, status.to_dict())
+            for event in events:
+                self.emit(body, event)
+        except Exception as failure:  # the API server itself may be what fails
+            log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
+
+    def next_try(self, namespace: str, name: str) -> float | None:
+        """Seconds until a backing-off object is due again, or None."""
+        last = self.backoff.last((namespace, name))
+        return None if last is None else max(0.0, last.due - time.monotonic())
+
+    def _log_unexpected(self, namespace: str, name: str, error: Exception) -> None:
+        """Its traceback once per object and exception type, a line after that."""
+        seen = (namespace, name, type(error).__name__)
+        if seen in self._unexpected:
+            log.warning("reconcile of %s/%s failed again: %s: %s", namespace, name,
+                        type(error).__name__, error)
+            return
+        if len(self._unexpected) > 10_000:
+            self._unexpected.clear()
+        self._unexpected.add(seen)
+        log.error("reconcile of %s/%s failed unexpectedly (retried with backoff):\n%s",
+                  namespace, name, "".join(traceback.format_exception(error)))
 
     def _auto_targets(self, namespace: str, name: str, eb: EngineBuild,
                       world: BuildWorld) -> list[str]:
@@ -417,7 +522,7 @@ class EngineBuildReconciler:
         wants = self._wants(eb, auto, accepted.identity, store, image)
         observed = {w.key: j for w in wants if (j := self._job(world, namespace, w.key))}
         failures = {k: f for k, j in observed.items()
-                    if j.state == "Failed" and (f := self._failure(namespace, j))}
+                    if j.state == "Failed" and (f := self._failure(namespace, j, world))}
         if self._weights_moved(namespace, eb, observed, failures):
             moved = self.identity(namespace, eb, refresh=True)
             if self._settling(eb, moved) is None:  # still moving: the next passes settle it
@@ -426,7 +531,7 @@ class EngineBuildReconciler:
                 observed = {w.key: j for w in wants
                             if (j := self._job(world, namespace, w.key))}
                 failures = {k: f for k, j in observed.items()
-                            if j.state == "Failed" and (f := self._failure(namespace, j))}
+                            if j.state == "Failed" and (f := self._failure(namespace, j, world))}
         manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
                                            trust_absent=job_moved) for w in wants}
         foreign = set()
@@ -440,7 +545,8 @@ class EngineBuildReconciler:
         result = plan(eb, wants, identity=accepted.identity, checked_at=accepted.checked_at,
                       source=source_label(eb), auto_targets=auto, manifests=manifests,
                       jobs={**owned, **observed}, failures=failures, uid=uid,
-                      foreign=frozenset(foreign))
+                      foreign=frozenset(foreign),
+                      stuck=self._stuck(namespace, eb, observed, world))
         for job in result.replace:
             log.info("deleting failed Job %s/%s to build engine %s again", namespace,
                      job.name, short_key(job.key))

@@ -37,6 +37,8 @@ class ObservedDeployment:
     updated_replicas: int = 0
     ready_replicas: int = 0
     available_replicas: int = 0
+    deadline_exceeded: str | None = None
+    """The controller's message once the rollout passed ``progressDeadlineSeconds``."""
 
     @property
     def rolled_out(self) -> bool:
@@ -55,6 +57,9 @@ def observe(obj: dict[str, Any]) -> ObservedDeployment:
     template = (spec.get("template") or {}).get("metadata") or {}
     notes = template.get("annotations") or {}
     replicas = spec.get("replicas")
+    deadline = next((str(c.get("message") or "") for c in status.get("conditions") or []
+                     if c.get("type") == "Progressing" and c.get("status") == "False"
+                     and c.get("reason") == "ProgressDeadlineExceeded"), None)
     return ObservedDeployment(
         name=meta["name"],
         product=(meta.get("labels") or {}).get(SERVING_PRODUCT_LABEL, ""),
@@ -71,6 +76,7 @@ def observe(obj: dict[str, Any]) -> ObservedDeployment:
         updated_replicas=int(status.get("updatedReplicas") or 0),
         ready_replicas=int(status.get("readyReplicas") or 0),
         available_replicas=int(status.get("availableReplicas") or 0),
+        deadline_exceeded=deadline,
     )
 
 

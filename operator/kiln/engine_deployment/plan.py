@@ -28,7 +28,6 @@ from kiln.api import (
     parse_duration,
 )
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name
-from kiln.engine_deployment.pods import ServingFailure
 from kiln.key import short_key
 from kiln.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
 from kiln.pool import served_products
@@ -242,15 +241,8 @@ def _drain(ed: EngineDeployment, products: Mapping[str, str], pool: Mapping[str,
         result.missing.append(Missing(d.product, cc, d.name, since, message))
 
 
-def _refusals(decision: Decision, failures: Iterable[ServingFailure]) -> list[ServingFailure]:
-    """The pods' refusals that concern what is served now (same product, same engine)."""
-    now = {(s.product, s.engine_key) for s in decision.serves}
-    return [f for f in failures if (f.product, f.engine_key) in now]
-
-
 def _conditions(ed: EngineDeployment, decision: Decision, products: list[ProductStatus],
-                rolling: list[str], refused: list[ServingFailure] | None = None,
-                ) -> tuple[bool, bool, bool, str, str]:
+                rolling: list[str]) -> tuple[bool, bool, bool, str, str]:
     """(ready, reconciling, stalled, reason, message)."""
     if decision.stalled:
         return False, False, True, *decision.stalled
@@ -267,9 +259,6 @@ def _conditions(ed: EngineDeployment, decision: Decision, products: list[Product
     if decision.failed:
         return False, False, True, "BuildFailed", "; ".join(decision.failed) + \
             f" (serving {served})"
-    if refused:
-        return False, False, True, refused[0].reason, "; ".join(
-            f"{f.product}: pod {f.pod} ({f.container}): {f.message}" for f in refused)
     if any(p.mode != "engine" for p in products):
         return False, True, False, "WaitingForEngine", f"engines are building ({served})"
     if rolling:
@@ -342,11 +331,9 @@ def scale_status(name: str, products: list[ProductStatus],
 
 
 def summarize(ed: EngineDeployment, decision: Decision,
-              observed: Iterable[ObservedDeployment], hashes: Mapping[str, str],
-              failures: Iterable[ServingFailure] = ()) -> tuple[EngineDeploymentStatus,
-                                                               list[Event]]:
-    """The status and Events; ``hashes`` are the rendered Deployments' spec hashes by name,
-    ``failures`` what kiln's programs in the serving pods refused (``pods``)."""
+              observed: Iterable[ObservedDeployment],
+              hashes: Mapping[str, str]) -> tuple[EngineDeploymentStatus, list[Event]]:
+    """The status and Events; ``hashes`` are the rendered Deployments' spec hashes by name."""
     old = ed.status or EngineDeploymentStatus()
     generation = int(ed.metadata.get("generation") or 0)
     by_name = {d.name: d for d in observed}
@@ -401,7 +388,7 @@ def summarize(ed: EngineDeployment, decision: Decision,
     products.sort(key=lambda p: p.gpu_product)
     kept = [d for d in by_name.values() if d.name not in decision.delete]
     ready, reconciling, stalled, reason, message = _conditions(
-        ed, decision, products, rolling, _refusals(decision, failures))
+        ed, decision, products, rolling)
     conditions = set_conditions(old.conditions, generation=generation, ready=ready,
                                 reconciling=reconciling, stalled=stalled, reason=reason,
                                 message=message)

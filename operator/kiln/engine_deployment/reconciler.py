@@ -18,16 +18,17 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kiln import ED_PLURAL, metrics
-from kiln.api import EngineBuild, EngineDeployment
+from kiln.api import EngineBuild, EngineDeployment, EngineDeploymentStatus
 from kiln.config import OperatorConfig
 from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.plan import Decision, decide, summarize
-from kiln.engine_deployment.pods import ServingFailure
-from kiln.errors import KilnError
+from kiln.engine_deployment.trouble import Trouble, trouble
+from kiln.errors import KilnError, heals
 from kiln.key import short_key
 from kiln.kube import Kube
 from kiln.labels import HASH_ANNOTATION
+from kiln.pods import ObservedPod
 from kiln.pool import GpuNode, pool_products
 from kiln.status import Event, WrittenStatus, set_conditions
 from kiln.trust import Trust
@@ -47,9 +48,7 @@ class World(Protocol):
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]: ...
 
-    def serving_failures(self, namespace: str, owner: str) -> list[ServingFailure]:
-        """What kiln's programs in the owner's serving pods refused (``pods``)."""
-        ...
+    def serving_pods(self, namespace: str, owner: str) -> list[ObservedPod]: ...
 
 
 class EngineDeploymentReconciler:
@@ -94,8 +93,8 @@ class EngineDeploymentReconciler:
             try:
                 return self._reconcile(fresh, world)
             except KilnError as error:
-                if error.retryable:
-                    raise
+                if heals(error):
+                    raise  # retried by the next resync
                 self._stall(fresh, error)
                 return Decision(stalled=(error.reason, error.message))
 
@@ -135,8 +134,10 @@ class EngineDeploymentReconciler:
         if eb is not None and not decision.stalled and not decision.pending:
             hashes = self._apply(ed, eb, decision, owned)
         _count_served(namespace, name, decision, owned, applied=bool(hashes))
-        status, events = summarize(ed, decision, owned, hashes,
-                                   world.serving_failures(namespace, name))
+        status, events = summarize(ed, decision, owned, hashes)
+        if not decision.stalled and not decision.pending:
+            status, events = _with_trouble(ed, status, events, decision, owned,
+                                           world.serving_pods(namespace, name))
         self.written.write(body, status.to_dict())
         for event in events:
             self.emit(body, event)
@@ -200,3 +201,26 @@ def _count_served(namespace: str, name: str, decision: Decision,
         if mode in counts:
             counts[mode] += 1
     metrics.set_engines_served(f"{namespace}/{name}", counts)
+
+
+def _with_trouble(ed: EngineDeployment, status: EngineDeploymentStatus, events: list[Event],
+                  decision: Decision, owned: list[ObservedDeployment],
+                  pods: list[ObservedPod]) -> tuple[EngineDeploymentStatus, list[Event]]:
+    """The status with the reason a rollout is stuck (an init container's failure, a crash
+    loop, the progress deadline, an unschedulable pod), naming the product and the pod."""
+    by_name = {d.name: d for d in owned}
+    found: list[Trouble] = [t for s in decision.serves if (d := by_name.get(s.deployment))
+                            and (t := trouble(s.label, d, pods, s.engine_key))]
+    if not found:
+        return status, events
+    halted = [t for t in found if t.stalled]
+    first = (halted or found)[0]
+    old = ed.status.conditions if ed.status else []
+    conditions = set_conditions(
+        old, generation=int(ed.metadata.get("generation") or 0), ready=False,
+        reconciling=not halted, stalled=bool(halted), reason=first.reason,
+        message="; ".join(f"{t.reason}: {t.message}" for t in found))
+    was = next((c.reason for c in old if c.type == "Ready"), None)
+    if was != first.reason:
+        events = [*events, Event("Warning", first.reason, first.message)]
+    return status.model_copy(update={"conditions": conditions}), events

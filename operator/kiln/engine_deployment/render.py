@@ -295,7 +295,8 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
             "revisionHistoryLimit": 3,
             "progressDeadlineSeconds": 3600,
             "template": {
-                "metadata": {"labels": {**MANAGED_BY, **labels}, "annotations": notes},
+                "metadata": {"labels": {**config.serving_pod_labels, **MANAGED_BY, **labels},
+                             "annotations": notes},
                 "spec": {
                     "nodeSelector": {**(spec.pool.node_selector or {}),
                                      GPU_PRODUCT_LABEL: serve.product},

@@ -14,9 +14,10 @@ from kiln import EB_PLURAL, GROUP, VERSION, metrics
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.errors import KilnError
 from kiln.handlers import context, leadership
-from kiln.handlers.indexes import Indexes
+from kiln.handlers.indexes import Indexes, create_failure, is_build_create_failure
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import KEY_LABEL
+from kiln.pods import ObservedPod, observe_pod
 
 log = logging.getLogger(__name__)
 WORKERS = 8
@@ -37,6 +38,9 @@ def _reconcile(body: dict[str, Any], indexes: Indexes, *, job_moved: bool = Fals
         # The API server (or the store) unreachable: not an ApiException, still transient.
         metrics.record_reconcile_error("EngineBuild")
         log.warning("reconcile of %s/%s will be retried: unreachable: %s", *ref, error)
+    except Exception:  # the reconciler handles its own; this keeps a worker alive regardless
+        metrics.record_reconcile_error("EngineBuild")
+        log.exception("reconcile of %s/%s failed; it is retried", *ref)
 
 
 Ref = tuple[str, str]
@@ -54,6 +58,9 @@ def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
         body = indexes.engine_build(*ref)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
             _reconcile(body, indexes, job_moved=job_moved)
+            delay = context.engine_builds().next_try(*ref)
+            if delay is not None:
+                _queue.add_later(ref, delay)
 
     for ref, _ in indexes.every_engine_build():
         _queue.add(ref)
@@ -100,6 +107,38 @@ async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
     for ref in body["metadata"].get("ownerReferences") or []:
         if ref.get("kind") == "EngineBuild":
             _mark(str(namespace), ref["name"], job_moved=True)
+
+
+_pods_seen: dict[str, ObservedPod] = {}
+"""What each build pod (by uid) last told: heartbeats of its status reconcile nothing."""
+
+
+def _mark_job_owners(indexes: Indexes, namespace: str, job: str) -> None:
+    found = indexes.job_named(namespace, job)
+    for owner in found.owner_names if found else ():
+        _mark(namespace, owner, job_moved=True)
+
+
+@kopf.on.event("v1", "pods", labels={KEY_LABEL: kopf.PRESENT})
+async def build_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
+                            uid: str, **kwargs: Any) -> None:
+    """A build pod moved (scheduled, refused, pulling, failed): mark its Job's EngineBuilds
+    due, so their status says why within seconds."""
+    observed = observe_pod(dict(body))
+    if event["type"] == "DELETED":
+        _pods_seen.pop(uid, None)
+    elif _pods_seen.get(uid) == observed:
+        return
+    else:
+        _pods_seen[uid] = observed
+    _mark_job_owners(Indexes(kwargs), str(namespace), observed.owner)
+
+
+@kopf.on.event("v1", "events", when=is_build_create_failure)
+async def build_create_failed(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
+    """The Job controller could not create a build pod (quota, admission): mark the Job's
+    EngineBuilds due."""
+    _mark_job_owners(Indexes(kwargs), str(namespace), create_failure(body).job)
 
 
 def sweep(indices: dict[str, Any]) -> None:

@@ -11,14 +11,14 @@ from typing import Any
 
 import kopf
 
-from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
-from kiln.engine_deployment.pods import serving_failure
+from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION, metrics
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
 from kiln.handlers import context, engine_build, leadership
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import ED_LABEL
+from kiln.pods import ObservedPod, observe_pod
 from kiln.pool import GpuNode, gpu_node
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,11 @@ def _reconcile(body: dict[str, Any], world: Indexes) -> None:
         log.warning("reconcile of %s/%s will be retried: %s: %s",
                     body["metadata"]["namespace"], body["metadata"]["name"], error.reason,
                     error.message)
+    except Exception as error:  # a bug or an unforeseen failure: logged, counted, retried
+        metrics.record_reconcile_error("EngineDeployment")
+        metrics.record_unexpected_error("EngineDeployment", error)
+        log.exception("reconcile of %s/%s failed; the next resync retries it",
+                      body["metadata"]["namespace"], body["metadata"]["name"])
 
 
 WORKERS = 4
@@ -113,12 +118,22 @@ async def serving_deployment_changed(body: kopf.Body, namespace: str | None,
         _mark(owner)
 
 
+_pods_seen: dict[str, ObservedPod] = {}
+"""What each serving pod (by uid) last told: other status updates mark nothing."""
+
+
 @kopf.on.event("v1", "pods", labels={ED_LABEL: kopf.PRESENT})
-async def serving_pod_changed(body: kopf.Body, namespace: str | None, **kwargs: Any) -> None:
-    """A serving pod's kiln program refused (version guard, fetch-engine): mark its owner
-    due, so its status says why (other pod changes reach it through the Deployment)."""
-    if serving_failure(dict(body)) is None:
+async def serving_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
+                              uid: str, **kwargs: Any) -> None:
+    """A serving pod moved (an init container failed, the server crash-loops, it cannot be
+    scheduled): mark its EngineDeployment due."""
+    observed = observe_pod(dict(body))
+    if event["type"] == "DELETED":
+        _pods_seen.pop(uid, None)
+    elif _pods_seen.get(uid) == observed:
         return
+    else:
+        _pods_seen[uid] = observed
     owner = Indexes(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
     if owner is not None:
         _mark(owner)

@@ -8,16 +8,18 @@ Deployments and GPU nodes through one object, never through Kopf's kwargs.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 import kopf
 
 from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.engine_build.jobs import ObservedJob, observe
+from kiln.engine_build.pending import CreateFailure
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
-from kiln.engine_deployment.pods import ServingFailure, serving_failure
 from kiln.labels import ED_LABEL, KEY_LABEL
+from kiln.pods import ObservedPod, observe_pod
 from kiln.pool import GpuNode, gpu_node
 
 
@@ -32,9 +34,50 @@ def lean(body: kopf.Body) -> dict[str, Any]:
 def build_jobs(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, ObservedJob]:
     """Build Jobs by (namespace, engine key) and by each owning EngineBuild's uid."""
     job = observe(dict(body))
-    entries: dict[Any, ObservedJob] = {("key", namespace, job.key): job}
+    entries: dict[Any, ObservedJob] = {("key", namespace, job.key): job,
+                                       ("name", namespace, job.name): job}
     entries |= {("owner", uid): job for uid in job.owner_uids}
     return entries
+
+
+@kopf.index("v1", "pods", labels={KEY_LABEL: kopf.PRESENT})
+def build_pods(body: kopf.Body, namespace: str | None,
+               **_: Any) -> dict[tuple[str, str], ObservedPod]:
+    """Build pods (summarized) by (namespace, Job name)."""
+    pod = observe_pod(dict(body))
+    return {(str(namespace), pod.owner): pod}
+
+
+@kopf.index("v1", "pods", labels={ED_LABEL: kopf.PRESENT})
+def serving_pods(body: kopf.Body, namespace: str | None,
+                 **_: Any) -> dict[tuple[str, str], ObservedPod]:
+    """Serving pods (summarized) by (namespace, EngineDeployment name)."""
+    return {(str(namespace), body["metadata"]["labels"][ED_LABEL]): observe_pod(dict(body))}
+
+
+def is_build_create_failure(body: Mapping[str, Any], **_: Any) -> bool:
+    """A Job controller's ``FailedCreate`` Event about a build Job (Events of everything else
+    are dropped as they arrive: nothing of them is kept)."""
+    involved = body.get("involvedObject") or {}
+    return bool(body.get("reason") == "FailedCreate" and involved.get("kind") == "Job"
+                and str(involved.get("name", "")).startswith("kiln-build-"))
+
+
+def create_failure(body: Mapping[str, Any]) -> CreateFailure:
+    stamp = (body.get("lastTimestamp") or body.get("eventTime")
+             or (body.get("series") or {}).get("lastObservedTime")
+             or body["metadata"].get("creationTimestamp"))
+    last = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
+    return CreateFailure(str(body["involvedObject"]["name"]), str(body.get("message") or ""),
+                         last)
+
+
+@kopf.index("v1", "events", when=is_build_create_failure)
+def build_create_failures(body: kopf.Body, namespace: str | None,
+                          **_: Any) -> dict[tuple[str, str], CreateFailure]:
+    """The Job controller's latest ``FailedCreate`` per build Job, by (namespace, Job)."""
+    found = create_failure(body)
+    return {(str(namespace), found.job): found}
 
 
 @kopf.index(GROUP, VERSION, EB_PLURAL)
@@ -59,15 +102,6 @@ def serving_deployments(body: kopf.Body, namespace: str | None,
     """Serving Deployments by (namespace, EngineDeployment name)."""
     owner = body["metadata"]["labels"][ED_LABEL]
     return {(str(namespace), owner): observe_deployment(dict(body))}
-
-
-@kopf.index("v1", "pods", labels={ED_LABEL: kopf.PRESENT})
-def serving_pod_failures(body: kopf.Body, namespace: str | None,
-                         **_: Any) -> dict[tuple[str, str], ServingFailure]:
-    """Serving pods whose kiln program refused (version guard, fetch-engine), by owner."""
-    found = serving_failure(dict(body))
-    owner = body["metadata"]["labels"][ED_LABEL]
-    return {(str(namespace), owner): found} if found else {}
 
 
 @kopf.index("v1", "nodes")
@@ -96,7 +130,9 @@ class Indexes:
         self._deployments: kopf.Index[Any, dict[str, Any]] = kwargs["engine_deployments"]
         self._serving: kopf.Index[Any, ObservedDeployment] = kwargs["serving_deployments"]
         self._nodes: kopf.Index[str, GpuNode] = kwargs["gpu_nodes"]
-        self._pod_failures: kopf.Index[Any, ServingFailure] = kwargs["serving_pod_failures"]
+        self._build_pods: kopf.Index[Any, ObservedPod] = kwargs["build_pods"]
+        self._serving_pods: kopf.Index[Any, ObservedPod] = kwargs["serving_pods"]
+        self._create_failures: kopf.Index[Any, CreateFailure] = kwargs["build_create_failures"]
 
     # -- build Jobs (JobLookup) ----------------------------------------------------------------
     def by_key(self, namespace: str, key: str) -> ObservedJob | None:
@@ -105,6 +141,20 @@ class Indexes:
 
     def owned_by(self, uid: str) -> list[ObservedJob]:
         return _values(self._jobs, ("owner", uid))
+
+    def job_named(self, namespace: str, name: str) -> ObservedJob | None:
+        found: ObservedJob | None = _last(self._jobs, ("name", namespace, name))
+        return found
+
+    def job_pods(self, namespace: str, job: str) -> list[ObservedPod]:
+        return _values(self._build_pods, (namespace, job))
+
+    def create_failure(self, namespace: str, job: str) -> CreateFailure | None:
+        found = _values(self._create_failures, (namespace, job))
+        return max(found, key=lambda f: f.last.timestamp() if f.last else 0.0, default=None)
+
+    def serving_pods(self, namespace: str, owner: str) -> list[ObservedPod]:
+        return _values(self._serving_pods, (namespace, owner))
 
     # -- EngineBuilds ----------------------------------------------------------------------------
     def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
@@ -120,9 +170,6 @@ class Indexes:
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
         return _values(self._serving, (namespace, owner))
-
-    def serving_failures(self, namespace: str, owner: str) -> list[ServingFailure]:
-        return _values(self._pod_failures, (namespace, owner))
 
     def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
         return _values(self._deployments, ("ref", namespace, build))

@@ -46,6 +46,11 @@ class WorkQueue(Generic[Ref]):
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self.add, ref, moved)
 
+    def add_later(self, ref: Ref, delay: float) -> None:
+        """Mark ``ref`` due in ``delay`` seconds, from any thread (a retry after backoff)."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.call_later, delay, self.add, ref, False)
+
     def __len__(self) -> int:
         return len(self._due)
 

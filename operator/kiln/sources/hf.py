@@ -21,6 +21,8 @@ _URI = re.compile(r"^hf://([A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*
 
 RepoType = Literal["model", "dataset"]
 
+HUB_TIMEOUT = 20.0
+"""Seconds a model-info request may take: a hub that hangs holds a reconcile no longer."""
 
 class HuggingFaceSource:
     """``hf://org/name@revision`` (revision: a branch, tag or commit; default ``main``).
@@ -73,9 +75,9 @@ class HuggingFaceSource:
 
         api = HfApi(endpoint=self.endpoint, token=self.token or False)
         try:
-            info = (api.dataset_info(self.repo, revision=self.revision)
+            info = (api.dataset_info(self.repo, revision=self.revision, timeout=HUB_TIMEOUT)
                     if self.repo_type == "dataset"
-                    else api.model_info(self.repo, revision=self.revision))
+                    else api.model_info(self.repo, revision=self.revision, timeout=HUB_TIMEOUT))
         except Exception as error:  # the hub's errors, and httpx's for connections
             raise self._hub_error(error, "reading the model info") from error
         sha = getattr(info, "sha", None)

@@ -28,6 +28,8 @@ _MISSING = {"NoSuchBucket", "NoSuchKey", "NoSuchUpload", "404", "NotFound"}
 _BUSY = {"SlowDown", "ServiceUnavailable", "InternalError", "RequestTimeout", "503", "500"}
 POOL_CONNECTIONS = 32
 """Enough for the store's part pool plus the files it reads at once."""
+CONNECT_TIMEOUT, READ_TIMEOUT, ATTEMPTS = 5, 30, 2
+"""Seconds to connect, seconds without a byte read, attempts per call."""
 
 
 def parse_uri(uri: str) -> tuple[str, str]:
@@ -71,9 +73,11 @@ def _client(creds: tuple[tuple[str, str], ...], endpoint_url: str | None,
     # No SigV4 hash of request bodies (boto3 skips it over HTTPS already): every upload
     # carries a CRC32 checksum the server verifies, and engine files are sha256-checked end to
     # end; over plain HTTP (an in-cluster MinIO, moto) it saves one sha256 pass per byte.
-    config = Config(retries={"max_attempts": 4, "mode": "standard"},
-                    max_pool_connections=POOL_CONNECTIONS, connect_timeout=10,
-                    read_timeout=120, s3={"payload_signing_enabled": False})
+    # Bounded: an endpoint that accepts and never answers costs a caller at most about
+    # (connect or read timeout) x attempts, not minutes (the controllers back off after).
+    config = Config(retries={"max_attempts": ATTEMPTS, "mode": "standard"},
+                    max_pool_connections=POOL_CONNECTIONS, connect_timeout=CONNECT_TIMEOUT,
+                    read_timeout=READ_TIMEOUT, s3={"payload_signing_enabled": False})
     with _session_lock:  # a boto3 session is not thread-safe
         return _session().client(
             "s3", endpoint_url=endpoint_url, config=config,

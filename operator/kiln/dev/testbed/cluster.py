@@ -406,3 +406,5 @@ def stop_running(state_dir: Path | None = None) -> int:
         except ProcessLookupError:
             return 0
         time.sleep(0.2)
+UNPULLABLE_IMAGE = "kiln-builder:unpullable"
+"""An image kwok's image-pull-failed Stage gives ErrImagePull (see kwok.yaml)."""

@@ -3,8 +3,11 @@
 kwok leaves pods labelled ``testbed.kiln.dev/local-process`` Running; the runner takes
 each such pod, runs its (single) container's command and args here with the pod's
 environment, and writes the exit code and termination message into the pod's status,
-as a kubelet would. emptyDir mounts become temp dirs (paths in env and args are mapped);
-``KILN_TERMINATION_LOG`` points at a temp file whose content becomes the message.
+as a kubelet would. Pods labelled ``testbed.kiln.dev/local-init`` get their init containers
+run the same way (a failure is reported as the kubelet's CrashLoopBackOff with the exit code
+and termination message in ``lastState``). emptyDir mounts become temp dirs (paths in env
+and args are mapped); ``KILN_TERMINATION_LOG`` points at a temp file whose content becomes
+the message.
 """
 
 from __future__ import annotations
@@ -23,6 +26,9 @@ from pathlib import Path
 from typing import Any
 
 LABEL = "testbed.kiln.dev/local-process"
+INIT_LABEL = "testbed.kiln.dev/local-init"
+"""Pods (serving pods) whose init containers run here; kwok leaves them Pending, and once
+every init container exited 0 the runner marks them Running and Ready, as a kubelet would."""
 CLAIMED = "testbed.kiln.dev/claimed-by"
 TERMINATION_ENV = "KILN_TERMINATION_LOG"
 _MESSAGE_LIMIT = 4096
@@ -56,6 +62,8 @@ class LocalProcessRunner:
         self._core = client.CoreV1Api(self.api_client)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, name="local-process", daemon=True)
+        self._init_thread = threading.Thread(target=self._loop, args=(INIT_LABEL,),
+                                             name="local-init", daemon=True)
         self._identity = f"{os.getpid()}-{id(self)}"
         self._workers: list[threading.Thread] = []
         self._running = threading.Event()
@@ -85,11 +93,13 @@ class LocalProcessRunner:
 
     def start(self) -> LocalProcessRunner:
         self._thread.start()
+        self._init_thread.start()
         return self
 
     def stop(self) -> None:
         self._stop.set()
         self._thread.join(timeout=10)
+        self._init_thread.join(timeout=10)
         for worker in self._workers:
             worker.join(timeout=self.timeout)
 
@@ -99,7 +109,7 @@ class LocalProcessRunner:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def _loop(self) -> None:
+    def _loop(self, label: str = LABEL) -> None:
         from kubernetes import watch
 
         while not self._stop.is_set():
@@ -107,14 +117,14 @@ class LocalProcessRunner:
                 continue
             try:
                 stream = watch.Watch().stream(
-                    self._core.list_pod_for_all_namespaces, label_selector=LABEL,
+                    self._core.list_pod_for_all_namespaces, label_selector=label,
                     timeout_seconds=2)
                 for event in stream:
                     pod = event["object"]
                     if not self._running.is_set():
                         break
-                    if event["type"] != "DELETED" and self._claimable(pod):
-                        self._claim_and_run(pod)
+                    if event["type"] != "DELETED" and self._claimable(pod, label):
+                        self._claim_and_run(pod, label)
                     if self._stop.is_set():
                         break
             except Exception as error:  # keep watching whatever one event did
@@ -122,12 +132,14 @@ class LocalProcessRunner:
                 time.sleep(0.5)
 
     @staticmethod
-    def _claimable(pod: Any) -> bool:
+    def _claimable(pod: Any, label: str = LABEL) -> bool:
         annotations = pod.metadata.annotations or {}
-        return bool(pod.status.phase == "Running" and CLAIMED not in annotations
+        phase = "Running" if label == LABEL else "Pending"
+        bound = label == LABEL or bool(pod.spec.node_name)
+        return bool(pod.status.phase == phase and bound and CLAIMED not in annotations
                     and pod.metadata.deletion_timestamp is None)
 
-    def _claim_and_run(self, pod: Any) -> None:
+    def _claim_and_run(self, pod: Any, label: str = LABEL) -> None:
         from kubernetes import client
 
         body = {"metadata": {"annotations": {CLAIMED: self._identity},
@@ -138,9 +150,84 @@ class LocalProcessRunner:
             if error.status in (404, 409):
                 return
             raise
-        worker = threading.Thread(target=self._run, args=(pod,), daemon=True)
+        run = self._run if label == LABEL else self._run_init
+        worker = threading.Thread(target=run, args=(pod,), daemon=True)
         self._workers.append(worker)
         worker.start()
+
+    def _run_init(self, pod: Any) -> None:
+        """Run the init containers in order; report the pod Running, or the first failure."""
+        namespace, name = pod.metadata.namespace, pod.metadata.name
+        with tempfile.TemporaryDirectory(prefix=f"pod-{name}-") as scratch:
+            for container in pod.spec.init_containers or []:
+                code, message, output = self._run_one(pod, container, Path(scratch))
+                self.finished.append(Finished(namespace, name, code, message, output))
+                if code != 0:
+                    self._report_init_failed(pod, container, code, message)
+                    return
+        self._report_running(pod)
+
+    def _run_one(self, pod: Any, container: Any, root: Path) -> tuple[int, str, str]:
+        mounts = self._mount_map(pod, container, root)
+        termination = root / f"termination-log-{container.name}"
+        env = {**os.environ, **self.extra_env,
+               **{k: _map_paths(v, mounts) for k, v in self._env(pod, container).items()},
+               TERMINATION_ENV: str(termination)}
+        argv = [_map_paths(a, mounts) for a in [*(container.command or []),
+                                                *(container.args or [])]]
+        log.info("local-process: running %s of pod %s/%s: %s", container.name,
+                 pod.metadata.namespace, pod.metadata.name, argv)
+        code, output = self._execute(argv, env, root)
+        message = termination.read_text(errors="replace") if termination.exists() else ""
+        if not message and code != 0:
+            message = output[-_MESSAGE_LIMIT:]
+        return code, message[:_MESSAGE_LIMIT], output
+
+    def _report_running(self, pod: Any) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
+        status = {
+            "phase": "Running", "startTime": now, "podIP": "10.0.0.1",
+            "initContainerStatuses": [
+                {"name": c.name, "image": c.image, "ready": True, "restartCount": 0,
+                 "state": {"terminated": done}} for c in pod.spec.init_containers or []],
+            "containerStatuses": [
+                {"name": c.name, "image": c.image, "ready": True, "started": True,
+                 "restartCount": 0, "state": {"running": {"startedAt": now}}}
+                for c in pod.spec.containers],
+            "conditions": [{"type": kind, "status": "True", "lastTransitionTime": now}
+                           for kind in ("PodScheduled", "Initialized", "ContainersReady",
+                                        "Ready")],
+        }
+        with contextlib.suppress(Exception):
+            self._core.patch_namespaced_pod_status(
+                pod.metadata.name, pod.metadata.namespace, {"status": status})
+
+    def _report_init_failed(self, pod: Any, failed: Any, code: int, message: str) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        terminated = {"exitCode": code, "reason": "Error", "message": message,
+                      "startedAt": now, "finishedAt": now}
+        waiting = {"reason": "CrashLoopBackOff",
+                   "message": f"back-off 10s restarting failed container={failed.name}"}
+        status = {
+            "phase": "Pending", "startTime": now,
+            "initContainerStatuses": [{
+                "name": failed.name, "image": failed.image, "ready": False,
+                "restartCount": 1, "state": {"waiting": waiting},
+                "lastState": {"terminated": terminated}}],
+            "containerStatuses": [
+                {"name": c.name, "image": c.image, "ready": False, "started": False,
+                 "restartCount": 0, "state": {"waiting": {"reason": "PodInitializing"}}}
+                for c in pod.spec.containers],
+            "conditions": [
+                {"type": "PodScheduled", "status": "True", "lastTransitionTime": now},
+                {"type": "Initialized", "status": "False", "lastTransitionTime": now,
+                 "reason": "ContainersNotInitialized"},
+                {"type": "Ready", "status": "False", "lastTransitionTime": now}],
+        }
+        with contextlib.suppress(Exception):
+            self._core.patch_namespaced_pod_status(
+                pod.metadata.name, pod.metadata.namespace, {"status": status})
 
     def _run(self, pod: Any) -> None:
         namespace, name = pod.metadata.namespace, pod.metadata.name
@@ -149,9 +236,11 @@ class LocalProcessRunner:
             root = Path(scratch)
             mounts = self._mount_map(pod, container, root)
             termination = root / "termination-log"
-            env = {**os.environ, **self.extra_env, **self._env(pod, container),
+            # Only the pod's own values are mapped: this process's (PYTHONPATH under /work,
+            # say) are the host's paths, not the pod's.
+            env = {**os.environ, **self.extra_env,
+                   **{k: _map_paths(v, mounts) for k, v in self._env(pod, container).items()},
                    TERMINATION_ENV: str(termination)}
-            env = {k: _map_paths(v, mounts) for k, v in env.items()}
             argv = [_map_paths(a, mounts) for a in [*(container.command or []),
                                                     *(container.args or [])]]
             log.info("local-process: running pod %s/%s: %s", namespace, name, argv)

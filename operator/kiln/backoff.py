@@ -1,0 +1,69 @@
+"""Per-object exponential backoff for failures that may heal: the attempt count and the next
+try, and what the object's inputs were when it failed (a change of them retries at once)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Hashable
+from dataclasses import dataclass
+
+BASE_SECONDS = 2.0
+CAP_SECONDS = 600.0
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """The ``attempt``-th failure in a row; the next try ``delay`` seconds after ``at``."""
+
+    attempt: int
+    delay: float
+    at: float
+    inputs: Hashable
+
+    @property
+    def due(self) -> float:
+        return self.at + self.delay
+
+
+class Backoff:
+    """Failures in a row per object: the delay doubles from ``base`` up to ``cap``."""
+
+    def __init__(self, base: float = BASE_SECONDS, cap: float = CAP_SECONDS,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.base, self.cap, self.clock = base, cap, clock
+        self._failed: dict[Hashable, Attempt] = {}
+        self._guard = threading.Lock()
+
+    def failed(self, ref: Hashable, inputs: Hashable) -> Attempt:
+        """Count a failure of ``ref`` (inputs as they were) and say when to try again."""
+        with self._guard:
+            before = self._failed.get(ref)
+            attempt = before.attempt + 1 if before is not None else 1
+            delay = min(self.cap, self.base * 2 ** (attempt - 1))
+            found = Attempt(attempt, delay, self.clock(), inputs)
+            self._failed[ref] = found
+            return found
+
+    def waiting(self, ref: Hashable, inputs: Hashable) -> Attempt | None:
+        """The failure ``ref`` still waits out, or None: none, it is due, or its inputs
+        changed since (a spec edit, a Secret update)."""
+        with self._guard:
+            found = self._failed.get(ref)
+        if found is None or found.inputs != inputs or self.clock() >= found.due:
+            return None
+        return found
+
+    def succeeded(self, ref: Hashable) -> None:
+        with self._guard:
+            self._failed.pop(ref, None)
+
+    def last(self, ref: Hashable) -> Attempt | None:
+        with self._guard:
+            return self._failed.get(ref)
+
+
+def retrying(reason: str, message: str, attempt: Attempt) -> str:
+    """``Retrying <reason>: <message> (attempt N, next in Ts)``."""
+    return (f"Retrying {reason}: {message} (attempt {attempt.attempt}, "
+            f"next in {attempt.delay:.0f}s)")

@@ -1,0 +1,58 @@
+"""Why a serving rollout does not finish, from the pods of the key being rolled out: one of
+kiln's programs that refuses (``kiln fetch-engine``'s IntegrityError or GPUMismatch, the
+server's version guard), an init container that fails, a server that crash-loops, a pod
+the scheduler cannot place, a Deployment past its progress deadline. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from kiln.engine_deployment.deployments import ObservedDeployment
+from kiln.labels import KEY_ANNOTATION
+from kiln.pods import ObservedPod
+
+
+@dataclass(frozen=True)
+class Trouble:
+    """Why a product's rollout is stuck; ``stalled``: it will not finish by itself."""
+
+    reason: str
+    message: str
+    stalled: bool
+
+
+def trouble(product: str, deployment: ObservedDeployment, pods: Iterable[ObservedPod],
+            key: str | None) -> Trouble | None:
+    """What keeps ``deployment`` (serving ``key``) from being rolled out, or None."""
+    if deployment.rolled_out:
+        return None
+    mine = [p for p in pods if p.active and p.owner.startswith(deployment.name + "-")
+            and (key is None or dict(p.annotations).get(KEY_ANNOTATION) == key)]
+    where = f"{product}: Deployment {deployment.name}"
+    for pod in mine:
+        if pod.refusal is not None:
+            container, failure = pod.refusal
+            return Trouble(failure.reason, f"{where}: pod {pod.name}: {container} refused: "
+                           f"{failure.message}", stalled=True)
+    for pod in mine:
+        if pod.init_failure is not None:
+            container, failure = pod.init_failure
+            return Trouble(failure.reason, f"{where}: pod {pod.name}: init container "
+                           f"{container} failed: {failure.message}", stalled=True)
+    for pod in mine:
+        if pod.pull is not None:
+            return Trouble("ImagePullFailed", f"{where}: pod {pod.name} cannot pull image "
+                           f"{pod.pull[0]}: {pod.pull[1]}", stalled=True)
+        if pod.crash is not None:
+            return Trouble("CrashLoopBackOff", f"{where}: pod {pod.name}: container "
+                           f"{pod.crash[0]}: {pod.crash[1]}", stalled=True)
+    if deployment.deadline_exceeded is not None:
+        return Trouble("ProgressDeadlineExceeded", f"{where}: "
+                       f"{deployment.deadline_exceeded}", stalled=True)
+    for pod in mine:
+        if pod.unschedulable is not None:
+            needs = f" (it needs {pod.needs})" if pod.needs else ""
+            return Trouble("Unschedulable", f"{where}: pod {pod.name}: "
+                           f"{pod.unschedulable}{needs}", stalled=False)
+    return None

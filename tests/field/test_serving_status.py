@@ -1,0 +1,88 @@
+"""A rollout whose new pods fail says so: an engine with one flipped byte in the store makes
+the new pods' init container (the real ``kiln fetch-engine``, run locally) fail with
+IntegrityError; the EngineDeployment is Stalled naming the file, the old pods keep serving,
+and Ready is never True for the bad key."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import Any
+
+import pytest
+
+from chart.argocd import health
+from field.conftest import ENGINES
+from field.support import (
+    conditions,
+    create,
+    engine_build,
+    engine_deployment,
+    get,
+    is_ready,
+    keys,
+    patch,
+    serving_pods,
+)
+from kiln import EB_PLURAL, ED_PLURAL
+from kiln.dev.testbed.cluster import Cluster
+from waiting import eventually
+
+pytestmark = pytest.mark.usefixtures("operator", "builders")
+TARGET = [{"gpu": "H100-SXM"}]
+
+
+def flip_a_byte(s3: Any, key: str) -> str:
+    """Flip one byte of the engine's largest file in the store; its path."""
+    listed = s3.list_objects_v2(Bucket=ENGINES, Prefix=f"engines/{key}/")["Contents"]
+    files = [o for o in listed if not o["Key"].endswith("manifest.json")]
+    victim = max(files, key=lambda o: o["Size"])["Key"]
+    data = bytearray(s3.get_object(Bucket=ENGINES, Key=victim)["Body"].read())
+    data[len(data) // 2] ^= 0xFF
+    s3.put_object(Bucket=ENGINES, Key=victim, Body=bytes(data))
+    return victim.rsplit("/", 1)[1]
+
+
+def test_a_corrupt_engine_stalls_the_rollout_and_the_old_pods_keep_serving(
+        kube: Cluster, namespace: str, weights: str, s3_client: Any) -> None:
+    create(kube, namespace, engine_build("llama", weights, targets=TARGET),
+           engine_build("next", weights, targets=TARGET, build={"maxBatchSize": 4}),
+           engine_deployment("chat", "llama", gpu="H100-SXM"))
+    eventually(lambda: is_ready(get(kube, namespace, ED_PLURAL, "chat")) or None, timeout=180)
+    old = next(iter(keys(kube, namespace, "llama").values()))
+    eventually(lambda: is_ready(get(kube, namespace, EB_PLURAL, "next")) or None, timeout=120)
+    bad = next(iter(keys(kube, namespace, "next").values()))
+    assert bad != old
+    damaged = flip_a_byte(s3_client, bad)
+
+    ready_for_bad: list[dict[str, Any]] = []
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            ed = get(kube, namespace, ED_PLURAL, "chat")
+            products = (ed.get("status") or {}).get("products", [])
+            if conditions(ed).get("Ready", ("",))[0] == "True" and any(
+                    p.get("engineKey") == bad for p in products):
+                ready_for_bad.append(ed)
+            time.sleep(0.2)
+
+    sampler = threading.Thread(target=watch, daemon=True)
+    sampler.start()
+    try:
+        patch(kube, namespace, EB_PLURAL, "llama", {"spec": {"build": {"maxBatchSize": 4}}})
+        ed = eventually(lambda: (o := get(kube, namespace, ED_PLURAL, "chat")) and (
+            o if conditions(o).get("Stalled") == ("True", "IntegrityError") else None),
+            timeout=60)
+        message = next(c["message"] for c in ed["status"]["conditions"] if c["type"] == "Ready")
+        assert damaged in message and "H100" in message and "pod chat-" in message, message
+        assert health(ed)[0] == "Degraded"
+        pods = serving_pods(kube, namespace, "chat")
+        serving_old = [p for p in pods if (p.metadata.annotations or {}).get(
+            "kiln.dev/engine-key") == old and p.status.phase == "Running"]
+        assert serving_old, "the old pod keeps serving"
+        time.sleep(3)
+    finally:
+        stop.set()
+        sampler.join(timeout=5)
+    assert not ready_for_bad, "Ready was never True for the bad key"

@@ -1,0 +1,92 @@
+"""Why a build or serving pod does not run, from pods as the apiserver reports them; the
+per-object backoff."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from kiln.backoff import Backoff, retrying
+from kiln.engine_build.pending import CreateFailure, stuck
+from kiln.engine_deployment.deployments import ObservedDeployment
+from kiln.engine_deployment.trouble import trouble
+from kiln.pods import observe_pod
+
+NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
+
+
+def pod(name: str = "kiln-build-abc-x", owner: str = "kiln-build-abc", *,
+        created: datetime = NOW, status: dict[str, Any] | None = None,
+        annotations: dict[str, str] | None = None) -> dict[str, Any]:
+    return {"metadata": {"name": name, "creationTimestamp": created.isoformat(),
+                         "annotations": annotations or {},
+                         "ownerReferences": [{"name": owner, "controller": True}]},
+            "spec": {"nodeSelector": {"nvidia.com/gpu.product": "NVIDIA-L4"},
+                     "containers": [{"name": "builder", "image": "b:1", "resources": {
+                         "limits": {"nvidia.com/gpu": "1"}}}]},
+            "status": status or {"phase": "Pending"}}
+
+
+UNSCHEDULABLE = {"phase": "Pending", "conditions": [{
+    "type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+    "message": "0/8 nodes are available: 8 node(s) didn't match Pod's node affinity"}]}
+
+
+def test_unschedulable_names_the_scheduler_and_the_needs_then_stalls_after_the_timeout() -> None:
+    observed = [observe_pod(pod(created=NOW - timedelta(minutes=5), status=UNSCHEDULABLE))]
+    early = stuck("kiln-build-abc", observed, None, NOW, timedelta(minutes=30))
+    assert early is not None and early.reason == "Unschedulable" and not early.stalled
+    assert "0/8 nodes are available" in early.message
+    assert "nvidia.com/gpu.product in (NVIDIA-L4)" in early.message
+    assert "1 nvidia.com/gpu" in early.message
+    late = stuck("kiln-build-abc", observed, None, NOW, timedelta(minutes=1))
+    assert late is not None and late.stalled and "pendingTimeout (1m)" in late.message
+
+
+def test_create_failed_only_while_no_pod_came_after_it() -> None:
+    event = CreateFailure("kiln-build-abc", "exceeded quota: gpus", NOW - timedelta(seconds=5))
+    found = stuck("kiln-build-abc", [], event, NOW, timedelta(minutes=30))
+    assert found is not None and found.reason == "CreateFailed" and found.stalled
+    running = observe_pod(pod(status={"phase": "Running"}))
+    assert stuck("kiln-build-abc", [running], event, NOW, timedelta(minutes=30)) is None
+
+
+def test_an_image_pull_failure_names_the_image() -> None:
+    status = {"phase": "Pending", "containerStatuses": [{"name": "builder", "image": "b:1",
+              "state": {"waiting": {"reason": "ImagePullBackOff", "message": "not found"}}}]}
+    found = stuck("kiln-build-abc", [observe_pod(pod(status=status))], None, NOW,
+                  timedelta(minutes=30))
+    assert found is not None and found.reason == "ImagePullFailed" and found.stalled
+    assert "cannot pull image b:1: not found" in found.message
+
+
+def test_an_init_container_failure_of_the_current_key_is_the_reason() -> None:
+    message = '{"reason": "IntegrityError", "message": "rank0.engine is corrupt"}'
+    status = {"phase": "Pending", "initContainerStatuses": [{
+        "name": "fetch-engine", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 3, "message": message}}}]}
+    observed = observe_pod(pod("chat-h100-5d-x", "chat-h100-5d", status=status,
+                               annotations={"kiln.dev/engine-key": "k2"}))
+    deployment = ObservedDeployment("chat-h100", "NVIDIA-H100", ("u",), "k2", "s3://e/", "engine",
+                                    "tensorrt", "h", 1, generation=2, observed_generation=2,
+                                    status_replicas=2, updated_replicas=1, ready_replicas=1,
+                                    available_replicas=1)
+    found = trouble("H100-SXM", deployment, [observed], "k2")
+    assert found is not None and found.reason == "IntegrityError" and found.stalled
+    assert "pod chat-h100-5d-x" in found.message and "rank0.engine" in found.message
+    assert trouble("H100-SXM", deployment, [observed], "k1") is None  # another key's pod
+
+
+def test_backoff_doubles_to_the_cap_and_a_changed_input_is_due_at_once() -> None:
+    clock = [0.0]
+    backoff = Backoff(base=2, cap=10, clock=lambda: clock[0])
+    delays = [backoff.failed("a", "v1").delay for _ in range(5)]
+    assert delays == [2, 4, 8, 10, 10]
+    assert backoff.waiting("a", "v1") is not None
+    assert backoff.waiting("a", "v2") is None  # the Secret changed
+    clock[0] = 11
+    assert backoff.waiting("a", "v1") is None
+    last = backoff.last("a")
+    assert last is not None
+    assert retrying("Unavailable", "no answer", last) == (
+        "Retrying Unavailable: no answer (attempt 5, next in 10s)")
