@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Iterable
 from typing import Any
 
@@ -71,3 +73,9 @@ def container_security(override: dict[str, Any] | None = None) -> dict[str, Any]
         context["capabilities"] = {"drop": caps.get("drop") or ["ALL"],
                                    **({"add": caps["add"]} if caps.get("add") else {})}
     return context
+
+
+def spec_hash(obj: dict[str, Any]) -> str:
+    """A digest of a rendered object (without the hash annotation itself)."""
+    body = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
+    return hashlib.sha256(body).hexdigest()[:20]

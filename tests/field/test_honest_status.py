@@ -109,15 +109,38 @@ def test_a_quota_of_no_gpus_stalls_with_its_message_and_heals_when_raised(
     assert health(eb)[0] == "Healthy"
 
 
-def test_pod_security_restricted_is_said(kube: Cluster, namespace: str, weights: str) -> None:
-    """Build pods are not (yet) ``restricted``-compliant: the admission's verdict is the
-    status, not a silent Job."""
+def test_pod_security_refusing_an_override_is_said_and_heals_when_it_goes(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    """kiln's build pods are ``restricted``; an override of the builder's security context
+    that the namespace's Pod Security refuses (root) is the admission's verdict in status,
+    not a silent Job, and the build goes on once the override is removed."""
     client.CoreV1Api(kube.api_client).patch_namespace(namespace, {"metadata": {"labels": {
         "pod-security.kubernetes.io/enforce": "restricted"}}})
-    create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}]))
+    create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}],
+                                         job={"securityContext": {"runAsUser": 0,
+                                                                  "runAsNonRoot": False}}))
     eb = eventually(lambda: stalled_with("CreateFailed")(build(kube, namespace)), timeout=20)
     assert "violates PodSecurity" in ready_condition(eb)["message"]
     assert health(eb)[0] == "Degraded"
+    patch(kube, namespace, EB_PLURAL, "llama", {"spec": {"job": {"securityContext": None}}})
+    eb = build_when(kube, namespace, is_ready, timeout=120)
+    assert health(eb)[0] == "Healthy"
+
+
+def test_an_unknown_priority_class_is_said_and_heals_when_it_is_created(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}],
+                                         job={"priorityClassName": namespace}))
+    eb = eventually(lambda: stalled_with("CreateFailed")(build(kube, namespace)), timeout=20)
+    assert f"no PriorityClass with name {namespace} was found" in \
+        ready_condition(eb)["message"], ready_condition(eb)["message"]
+    scheduling = client.SchedulingV1Api(kube.api_client)
+    scheduling.create_priority_class({"metadata": {"name": namespace}, "value": 1000})
+    try:
+        eb = build_when(kube, namespace, is_ready, timeout=180)
+        assert health(eb)[0] == "Healthy"
+    finally:
+        scheduling.delete_priority_class(namespace)
 
 
 def test_an_image_that_cannot_be_pulled_is_named_and_a_fixed_spec_builds(

@@ -135,3 +135,21 @@ def test_the_mount_is_where_the_builder_looks(monkeypatch: pytest.MonkeyPatch) -
     pod = _pod_with("pvc://models/llama", f"s3://e/engines/{KEY}/")
     (mount,) = pod["containers"][0]["volumeMounts"][1:]
     assert str(pvc_path("pvc://models/llama")).startswith(mount["mountPath"] + "/")
+
+
+def test_the_job_carries_its_pod_templates_digest_and_a_job_fix_changes_it() -> None:
+    """The reconciler replaces a never-started Job whose template the spec no longer renders
+    (a ``spec.job`` fix that does not change the key): the digest tells them apart."""
+    s = spec()
+    (target,) = effective(s, [])
+    want = Want(target, KEY, f"s3://e/engines/{KEY}/")
+
+    def digest(job_spec: EngineBuildSpec) -> str:
+        job = render_job(namespace="ns", owner_name="llama", owner_uid="u1", spec=job_spec,
+                         want=want, image="builder:1", task_json='{"key": "x"}',
+                         config=OperatorConfig())
+        return str(job["metadata"]["annotations"]["kiln.dev/spec-hash"])
+
+    fixed = s.model_copy(update={"job": s.job.model_copy(update={"priority_class_name": None})})
+    assert digest(s) == digest(s)
+    assert digest(fixed) != digest(s)

@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from kiln.contract.termination import Failure, parse_failure
-from kiln.labels import KEY_ANNOTATION
+from kiln.labels import HASH_ANNOTATION, KEY_ANNOTATION
 
 JobState = Literal["Active", "Succeeded", "Failed"]
 BUILDER = "builder"
@@ -31,6 +31,8 @@ class ObservedJob:
     failure: Failure | None = None
     owner_names: tuple[str, ...] = ()
     """The owning EngineBuilds' names (marked due when the Job's pods move)."""
+    template_hash: str | None = None
+    """The digest of the pod template kiln rendered (``kiln.dev/spec-hash``)."""
 
 
 def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -64,7 +66,8 @@ def observe(job: dict[str, Any]) -> ObservedJob:
         failure = Failure(failed.get("reason") or "JobFailed",
                           failed.get("message") or "the build Job failed")
         return ObservedJob(meta["name"], key, "Failed", owners, None, failure, names)
-    return ObservedJob(meta["name"], key, "Active", owners, owner_names=names)
+    return ObservedJob(meta["name"], key, "Active", owners, owner_names=names,
+                       template_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION))
 
 
 def failure_from_pod(pod: dict[str, Any]) -> Failure | None:

@@ -40,6 +40,7 @@ from kiln.engine_build.plan import Plan, Want, plan, retrying, stalled
 from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted, heals
 from kiln.key import engine_key, short_key
 from kiln.kube import Kube
+from kiln.labels import HASH_ANNOTATION
 from kiln.pods import ObservedPod
 from kiln.pool import GpuNode, auto_targets, needed_products
 from kiln.sources import WeightsIdentity, WeightSource, open_source
@@ -55,6 +56,8 @@ MAX_SOURCES = 256
 MAX_ABSENT = 100_000
 SWAPS = 3
 """Compare-and-swap attempts on a shared Job's owners before the next pass tries again."""
+NEVER_RAN = frozenset({"CreateFailed", "Unschedulable", "ImagePullFailed"})
+"""Why a Job's pod never ran: a Job of an outdated template is then replaced."""
 EventSink = Callable[[dict[str, Any], Event], None]
 
 
@@ -532,6 +535,9 @@ class EngineBuildReconciler:
                             if (j := self._job(world, namespace, w.key))}
                 failures = {k: f for k, j in observed.items()
                             if j.state == "Failed" and (f := self._failure(namespace, j, world))}
+        for key in self._replace_outdated(namespace, name, uid, eb, wants, observed, world,
+                                          image, accepted.identity, store):
+            observed.pop(key)
         manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
                                            trust_absent=job_moved) for w in wants}
         foreign = set()
@@ -612,20 +618,58 @@ class EngineBuildReconciler:
             return None
         return recent[0]
 
-    def _ensure_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
-                    image: str, identity: str, store: str, *, exists: bool = False) -> None:
-        """Create the key's Job, or join it as an owner (``exists``: skip the create). Joining
-        swaps the owners on the Job's resourceVersion; a Job deleted meanwhile is created."""
+    def _render_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
+                    image: str, identity: str, store: str) -> dict[str, Any]:
         task = BuildTask.for_build(
             key=want.key, weights_identity=identity, source=eb.spec.model.source,
             revision=eb.spec.model.revision, build=eb.spec.build,
             gpu_product=want.target.gpu_product,
             compute_capability=want.target.compute_capability, store=store,
             builder_image=image, credentials_from_env=bool(eb.spec.model.credentials_secret))
-        job = render.render_job(
+        return render.render_job(
             namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
             image=image, task_json=task.to_json(), config=self.config,
             trusted_keys=self.trust.bundle)
+
+    def _replace_outdated(self, namespace: str, name: str, uid: str, eb: EngineBuild,
+                          wants: list[Want], observed: dict[str, ObservedJob],
+                          world: BuildWorld, image: str, identity: str,
+                          store: str) -> list[str]:
+        """Delete this object's own Jobs whose pod never ran (refused at creation, not
+        scheduled, image not pulled) and whose pod template is not what the spec renders now
+        (a ``spec.job`` fix: security context, priority class, tolerations, resources): the
+        Job controller would retry the old template forever. A Job whose pod runs, or that
+        other EngineBuilds share, is left as it is. The keys whose Job went."""
+        gone = []
+        for want in wants:
+            job = observed.get(want.key)
+            if (job is None or job.state != "Active" or job.owner_uids != (uid,)
+                    or job.template_hash is None):
+                continue
+            why = self._stuck(namespace, eb, {want.key: job}, world).get(want.key)
+            if why is None or why.reason not in NEVER_RAN:
+                continue
+            rendered = self._render_job(namespace, name, uid, eb, want, image, identity, store)
+            if rendered["metadata"]["annotations"][HASH_ANNOTATION] == job.template_hash:
+                continue
+            found = self.kube.read_job(namespace, job.name)
+            if found is None:
+                continue
+            if not self.kube.delete_job(namespace, job.name, uid=found["metadata"]["uid"],
+                                        resource_version=found["metadata"]["resourceVersion"]):
+                raise Unavailable(f"Job {job.name} changed while replacing it; trying again",
+                                  reason="Conflict")
+            log.info("deleting Job %s/%s (%s): its pod template is not what the spec renders "
+                     "now", namespace, job.name, why.reason)
+            self._created.pop((namespace, want.key), None)
+            gone.append(want.key)
+        return gone
+
+    def _ensure_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
+                    image: str, identity: str, store: str, *, exists: bool = False) -> None:
+        """Create the key's Job, or join it as an owner (``exists``: skip the create). Joining
+        swaps the owners on the Job's resourceVersion; a Job deleted meanwhile is created."""
+        job = self._render_job(namespace, name, uid, eb, want, image, identity, store)
         for _ in range(SWAPS):
             if not exists and self.kube.create_job(job):
                 metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")

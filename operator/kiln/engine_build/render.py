@@ -12,6 +12,7 @@ from kiln.engine_build.jobs import BUILDER, job_name
 from kiln.engine_build.plan import Want
 from kiln.labels import (
     GPU_PRODUCT_LABEL,
+    HASH_ANNOTATION,
     KEY_ANNOTATION,
     KEY_LABEL,
     TARGET_ANNOTATION,
@@ -25,6 +26,7 @@ from kiln.podspec import (
     owner_reference,
     pod_security,
     secret_env,
+    spec_hash,
 )
 from kiln.pvc import pvc_mounts
 
@@ -88,6 +90,7 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
         pod_spec["affinity"] = affinity
     if spec.job.priority_class_name:
         pod_spec["priorityClassName"] = spec.job.priority_class_name
+    template = {"metadata": {"labels": {**labels, **config.build_pod_labels}}, "spec": pod_spec}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -95,7 +98,8 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
             "name": job_name(want.key),
             "namespace": namespace,
             "labels": labels,
-            "annotations": {KEY_ANNOTATION: want.key, TARGET_ANNOTATION: want.target.name},
+            "annotations": {KEY_ANNOTATION: want.key, TARGET_ANNOTATION: want.target.name,
+                            HASH_ANNOTATION: spec_hash(template)},
             "ownerReferences": [build_owner(owner_name, owner_uid)],
         },
         "spec": {
@@ -103,10 +107,7 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
             "activeDeadlineSeconds": spec.job.active_deadline_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "podFailurePolicy": pod_failure_policy(BUILDER),
-            "template": {
-                "metadata": {"labels": {**labels, **config.build_pod_labels}},
-                "spec": pod_spec,
-            },
+            "template": template,
         },
     }
 

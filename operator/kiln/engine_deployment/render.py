@@ -8,7 +8,6 @@ tracks by label) and an owner reference.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shlex
 from typing import Any
@@ -42,6 +41,7 @@ from kiln.podspec import (
     owner_reference,
     pod_security,
     secret_env,
+    spec_hash,
 )
 from kiln.pvc import pvc_mounts
 
@@ -62,12 +62,6 @@ TRUSTED_KEYS_FILE = "trusted-keys.pem"
 def selector(name: str, product: str | None = None) -> dict[str, str]:
     """Pods of an EngineDeployment, or of one of its products."""
     return {ED_LABEL: name, **({SERVING_PRODUCT_LABEL: product} if product else {})}
-
-
-def spec_hash(obj: dict[str, Any]) -> str:
-    """A digest of a rendered object (without the hash annotation itself)."""
-    body = json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()
-    return hashlib.sha256(body).hexdigest()[:20]
 
 
 def _meta(ed: EngineDeployment, name: str, labels: dict[str, str]) -> dict[str, Any]:
