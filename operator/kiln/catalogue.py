@@ -116,11 +116,7 @@ _DOCUMENTED: tuple[Requirement, ...] = (
                 "needs FP8 math: compute capability 8.9 (Ada) or newer"),
     Requirement("tensorrt", "algo", ("nvfp4",), ((_BLACKWELL, None),),
                 "needs Blackwell: compute capability 10.0 or newer"),
-    Requirement("tensorrt", "kvCache", ("fp8",), ((_ADA, None),),
-                "needs FP8 math: compute capability 8.9 (Ada) or newer"),
     Requirement("pytorch", "algo", ("fp8",), ((_ADA, None),),
-                "needs FP8 math: compute capability 8.9 (Ada) or newer"),
-    Requirement("pytorch", "kvCache", ("fp8",), ((_ADA, None),),
                 "needs FP8 math: compute capability 8.9 (Ada) or newer"),
     Requirement("pytorch", "algo", ("nvfp4",), ((_BLACKWELL, None),),
                 "needs Blackwell: compute capability 10.0 or newer"),
@@ -134,7 +130,9 @@ _DOCUMENTED: tuple[Requirement, ...] = (
                 "is not available in the PyTorch backend; use kvCache fp8"),
 )
 """Where the support matrix restricts a quantization (trtllm-build itself does not refuse
-these, see ``refusals.NOT_ENFORCED``): kiln refuses them anyway."""
+these, see ``refusals.NOT_ENFORCED``): kiln refuses them anyway. No FP8 KV cache limit:
+docs/source/features/quantization.md@09d4c79 (hardware matrix) gives Ampere "FP8 KV Cache: Y",
+and no 1.2.x source refuses it for trtllm-build (``refusals.ADMITTED``)."""
 
 
 def _cc(sm: int) -> Capability:

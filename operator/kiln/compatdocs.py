@@ -87,10 +87,12 @@ def render() -> str:
             "## Calibration", "",
             "Quantization that calibrates (tensorrt: fp8, int8_sq, int4_awq, w4a8_awq, nvfp4 "
             "or a KV cache; pytorch: any algorithm) reads Hugging Face's `cnn_dailymail` from "
-            "the Hub unless `spec.build.quantization.calibration.dataset` names a copy "
-            "(`s3://`, `pvc://` or `hf://`): air-gapped clusters must set it. With backend "
-            "`pytorch`, `kvCache: fp8` without an algorithm needs no calibration: it is the "
-            "server's `kv_cache_config.dtype`."]
+            "the Hub. With backend `tensorrt`, `spec.build.quantization.calibration.dataset` "
+            "can name a copy (`s3://`, `pvc://` or `hf://`): air-gapped clusters must set it. "
+            "With backend `pytorch` it is refused: ModelOpt's HF-export scripts take only "
+            "ModelOpt's named Hub datasets (`SUPPORTED_DATASET_CONFIG`), not a directory, so "
+            "a PyTorch-backend quantization needs Hub access. There, `kvCache: fp8` without an "
+            "algorithm needs no calibration: it is the server's `kv_cache_config.dtype`."]
     return "\n".join(out) + "\n"
 
 

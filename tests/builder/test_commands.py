@@ -117,30 +117,39 @@ def test_weight_only_uses_convert_checkpoint_and_kv_only_uses_quantize() -> None
     assert cmd[-2:] == ["--calib_dataset", "/data/c"]
 
 
-PYTORCH: dict[str, tuple[dict[str, Any], flags.Command, str | None, str]] = {
+PYTORCH: dict[str, tuple[dict[str, Any], flags.Command, str]] = {
     "pytorch-fp8-hf-to-hf": (
-        {"quantization": {"algo": "fp8"}}, flags.QUANTIZE_HF_TO_HF, None,
+        {"quantization": {"algo": "fp8"}}, flags.QUANTIZE_HF_TO_HF,
         f"python3 {EX}/quantization/quantize_hf_to_hf.py --pyt_ckpt_path /work/weights "
         "--export_path /work/engine --qformat fp8 --kv_cache_qformat none"),
     "pytorch-fp8-kv-fp8-with-modelopt": (
-        {"quantization": {"algo": "fp8", "kvCache": "fp8",
-                          "calibration": {"dataset": "s3://calib/cnn/", "samples": 64}}},
-        flags.QUANTIZE_WITH_MODELOPT, CALIB,
+        {"quantization": {"algo": "fp8", "kvCache": "fp8"}}, flags.QUANTIZE_WITH_MODELOPT,
         f"python3 {EX}/quantization/quantize_with_modelopt.py --pyt_ckpt_path /work/weights "
         "--export_path /work/engine --qformat fp8 --export_fmt hf --disable_kv_cache_quant "
-        f"False --dataset {CALIB} --calib_size 64"),
+        "False"),
 }
+"""No --dataset: ModelOpt's get_dataset_dataloader takes only SUPPORTED_DATASET_CONFIG names
+(a directory raises NotImplementedError), so backend pytorch is calibrated on the default."""
 
 
 @pytest.mark.parametrize("name", PYTORCH)
 def test_pytorch_quantization_exports_a_hugging_face_checkpoint(name: str) -> None:
-    raw, script, calib, golden = PYTORCH[name]
+    raw, script, golden = PYTORCH[name]
     spec = BuildSpec.model_validate({"backend": "pytorch", **raw})
-    cmd = commands.hf_quantize_command(spec, script, PATHS.weights, PATHS.engine,
-                                       calib_dataset=calib)
+    cmd = commands.hf_quantize_command(spec, script, PATHS.weights, PATHS.engine)
     assert shlex.join(cmd) == golden
     check_command(cmd, script)
     assert "--tp_size" not in cmd, "the PyTorch backend shards at load time"
+
+
+def test_pytorch_never_passes_a_calibration_directory() -> None:
+    """Even with an operator default (KILN_CALIB_DATASET, a directory for quantize.py), the
+    HF-export scripts get no --dataset: ModelOpt would refuse the path."""
+    spec = BuildSpec.model_validate({"backend": "pytorch", "quantization": {"algo": "fp8"}})
+    for script in flags.HF_EXPORT_SCRIPTS:
+        cmd = commands.hf_quantize_command(spec, script, PATHS.weights, PATHS.engine)
+        assert "--dataset" not in cmd and "--calib_size" not in cmd
+    assert flags.MODELOPT_DATASETS_ONLY_NAMED
 
 
 def test_unknown_family_is_unsupported() -> None:

@@ -27,8 +27,7 @@ from kiln.trtllm import refusals
 
 pytestmark = pytest.mark.cluster
 
-DOCUMENTED = {("algo", "fp8"): 89, ("algo", "w4a8_awq"): 89, ("algo", "nvfp4"): 100,
-              ("kvCache", "fp8"): 89}
+DOCUMENTED = {("algo", "fp8"): 89, ("algo", "w4a8_awq"): 89, ("algo", "nvfp4"): 100}
 """Lowest SM the support matrix gives (refusals.NOT_ENFORCED): kiln refuses below it."""
 
 
@@ -73,6 +72,11 @@ def _settings(combo: Combo) -> dict[str, str]:
 def _plugin_rule_applies(rule: refusals.Rule, combo: Combo) -> bool:
     settings = _settings(combo)
     for condition in (rule.plugin or "").split(","):
+        if ">" in condition:  # name>N: an integer flag above N
+            name, _, low = condition.partition(">")
+            if int(settings.get(name) or 0) <= int(low):
+                return False
+            continue
         names, _, value = condition.partition("=")
         if not any(settings.get(n) == value if value else
                    settings.get(n, "disable") != "disable" for n in names.split("|")):
@@ -80,7 +84,8 @@ def _plugin_rule_applies(rule: refusals.Rule, combo: Combo) -> bool:
     return True
 
 
-KILN_REFUSES = {"fp8_fmha_needs_fp8_algo", "fp8_fmha_forced_on", "plugins_sm100"}
+KILN_REFUSES = {"fp8_fmha_needs_fp8_algo", "fp8_fmha_needs_fp8_kv", "fp8_fmha_forced_on",
+                "plugins_sm100", "context_logits_draft"}
 """Plugin rules kiln refuses at admission: an explicit fp8ContextFmha trtllm-build would
 silently flip, and PluginConfig.validate's SM 100 refusals. The paged context FMHA overrides are
 reported instead (the engine's plugin_config, in status)."""
@@ -106,7 +111,9 @@ def expected(combo: Combo) -> tuple[bool, list[str]]:
     for rule in refusals.RULES:
         if rule.id in KILN_REFUSES and rule.applies(combo.algo, combo.kv, cc)  \
                 and _plugin_rule_applies(rule, combo):  # type: ignore[arg-type]
-            texts.append("fp8ContextFmha" if "fp8_fmha" in rule.id else combo.gpu.name)
+            texts.append("fp8ContextFmha" if "fp8_fmha" in rule.id
+                         else rule.effect.split(". ")[0] if rule.sm_min is None
+                         else combo.gpu.name)
     return bool(texts), texts
 
 
@@ -153,7 +160,10 @@ PLUGINS = [Combo(g, "tensorrt", a, k, {"fp8ContextFmha": fp8, "pagedContextFmha"
            for fp8 in (True, False) for paged in (True, False)]
 EXTRA = [Combo(g, "tensorrt", "none", "none", extra_args=[f"--{flag}={value}"])
          for g in catalogue.GPUS for flag in SM100_PLUGIN_ARGS
-         for value in (("fp8" if "gemm" in flag else "enable"), "disable")]
+         for value in (("fp8" if "gemm" in flag else "enable"), "disable")] + [
+    Combo(g, "tensorrt", "none", "none", extra_args=args) for g in ONE_PER_CC
+    for args in (["--gather_context_logits", "--max_draft_len=4"],
+                 ["--max_draft_len=4"], ["--gather_context_logits"])]
 
 
 def test_the_matrix_covers_the_catalogue() -> None:

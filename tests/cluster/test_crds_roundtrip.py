@@ -141,12 +141,14 @@ def build_specs(draw: st.DrawFn, targets: list[Target]) -> BuildSpec:
     forms = [f"--{name}" if values == () else
              f"--{name}=4" if values is None else f"--{name}={values[-1]}"
              for name, values in EXTRA_ARGS.items()]  # values[-1]: disable where it exists
-    extra = st.lists(st.sampled_from(forms), max_size=4)
+    extra = st.lists(st.sampled_from(forms), max_size=4).filter(
+        lambda args: not ("--gather_context_logits" in args
+                          and any(a.startswith("--max_draft_len=") for a in args)))
     paged_context = context_fmha and paged_kv and draw(st.booleans())
-    fp8_fmha = [None, *([True] if algo in FP8_FMHA_ALGOS else []),
+    fp8_fmha = [None, *([True] if algo in FP8_FMHA_ALGOS and (kv == "fp8" or not paged_context)
+                        else []),
                 *([] if kv == "fp8" and paged_context and algo in FP8_FMHA_ALGOS else [False])]
-    calibrates = (algo in CALIBRATED or kv != "none") if backend == "tensorrt" \
-        else algo != "none"
+    calibrates = backend == "tensorrt" and (algo in CALIBRATED or kv != "none")
     calibration = st.none() | (st.builds(Calibration, dataset=s3_uris | pvc_uris,
                                          samples=st.none() | st.integers(1, 65536))
                                if calibrates else st.none())

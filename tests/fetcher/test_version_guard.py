@@ -103,3 +103,34 @@ def test_the_rendered_server_command_runs_the_guard_first(tmp_path: Path) -> Non
                                 capture_output=True, text=True, timeout=60, check=False)
         assert result.returncode == code, result.stderr
         assert marker.exists() is (code == 0), "the server starts only after the guard passed"
+
+
+def test_versions_are_compared_normalized(tmp_path: Path) -> None:
+    """The manifest holds the builder's reading (PEP 440 normal form, as a distribution's
+    metadata gives it); a version.py spelling the same version otherwise is no mismatch."""
+    path = stand_ins(tmp_path / "site", "1.2.1-rc.1", "10.13.3.9")
+    engine = engine_dir(tmp_path / "engine")
+    manifest = json.loads((engine / "manifest.json").read_text())
+    manifest["versions"]["tensorrt_llm"] = "1.2.1rc1"
+    (engine / "manifest.json").write_text(json.dumps(manifest))
+    assert guard(tmp_path, engine, path).returncode == 0
+    other = stand_ins(tmp_path / "other", "1.2.1rc2", "10.13.3.9")
+    assert guard(tmp_path, engine, other).returncode == exitcodes.VERSION_MISMATCH
+
+
+def test_the_builder_reads_versions_the_way_the_guard_does(tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both read the package Python would import (its ``__version__``) before any
+    distribution's metadata: a stand-in without dist-info is seen by both, alike."""
+    from kiln.builder import toolchain
+    from kiln.contract.env import TRTLLM_PYTHON
+    from kiln.fetcher import version_guard
+
+    path = stand_ins(tmp_path / "site", "1.2.1", "10.13.3.9")
+    monkeypatch.setenv(TRTLLM_PYTHON, sys.executable)
+    monkeypatch.setenv("PYTHONPATH", str(path))
+    found = toolchain.versions()
+    assert found["tensorrt_llm"] == "1.2.1"
+    assert found["tensorrt"] == "10.13.3.9"
+    monkeypatch.syspath_prepend(str(path))
+    assert version_guard.installed("tensorrt_llm", ("tensorrt_llm",)) == found["tensorrt_llm"]

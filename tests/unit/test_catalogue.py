@@ -59,8 +59,11 @@ def test_unknown_name_lists_the_known_ones() -> None:
     ("L4", "tensorrt", "w4a8_awq", "none", True),
     ("A100-80GB", "tensorrt", "fp8", "none", False),
     ("A10", "tensorrt", "w4a8_awq", "none", False),
-    ("A100-80GB", "tensorrt", "none", "fp8", False),
-    ("A100-80GB", "pytorch", "none", "fp8", False),  # FP8 KV needs 8.9 (support matrix)
+    # FP8 KV cache on Ampere: quantization.md's hardware matrix (PyTorch flow) says Y; no
+    # 1.2.x source refuses it for trtllm-build either
+    ("A100-80GB", "tensorrt", "none", "fp8", True),
+    ("A100-80GB", "pytorch", "none", "fp8", True),
+    ("A10", "pytorch", "int4_awq", "fp8", True),
     ("L40S", "pytorch", "none", "fp8", True),
     ("A100-80GB", "tensorrt", "int8_sq", "int8", True),
     ("H100-SXM", "tensorrt", "nvfp4", "none", False),
@@ -104,7 +107,8 @@ def test_supported_lists_per_gpu_and_backend() -> None:
     assert "nvfp4" in by_name("B200").supported("tensorrt")
     assert "int8_wo" not in by_name("B200").supported("tensorrt")
     assert by_name("H100-SXM").supported_kv_cache("pytorch") == ("none", "fp8")
-    assert by_name("A10").supported_kv_cache("tensorrt") == ("none", "int8")
+    assert by_name("A10").supported_kv_cache("tensorrt") == ("none", "fp8", "int8")
+    assert by_name("A10").supported_kv_cache("pytorch") == ("none", "fp8")
 
 
 def test_capability_parses_and_orders() -> None:

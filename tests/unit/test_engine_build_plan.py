@@ -139,6 +139,41 @@ def test_jobs_of_keys_no_longer_wanted_are_released() -> None:
     assert result.release == [stale]
 
 
+def test_an_auto_target_the_spec_cannot_build_for_fails_unsupported_without_a_job() -> None:
+    """targets: [] passes every CEL rule; an auto target (an EngineDeployment's GPU) must meet
+    the catalogue too: fp8 on an A100 fails that engine, the H100 one builds."""
+    obj = EngineBuild.model_validate({
+        "metadata": {"name": "llama", "namespace": "ns", "uid": UID, "generation": 1},
+        "spec": {"model": {"source": "s3://models/llama/"}, "targets": [],
+                 "build": {"quantization": {"algo": "fp8"}}}})
+    resolved = effective(obj.spec, ["NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB"])
+    ws = [Want(t, f"k{i}" * 8, f"s3://engines/engines/k{i}/") for i, t in enumerate(resolved)]
+    result = run(obj, ws, auto_targets=["NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB"])
+    assert [w.target.name for w in result.create] == ["H100-SXM"]
+    a100 = next(e for e in result.status.engines if e.target == "A100-80GB")
+    assert a100.state == "Failed" and a100.job is None
+    assert a100.message is not None and a100.message.startswith("Unsupported: ")
+    assert "A100-80GB" in a100.message and "quantization.algo fp8" in a100.message
+    assert "8.9" in a100.message
+    assert result.status.phase == "Failed"
+    assert any(e.reason == "BuildFailed" and "A100-80GB" in e.message for e in result.events)
+    again = run(obj.model_copy(update={"status": result.status}), ws,
+                auto_targets=["NVIDIA-H100-80GB-HBM3", "NVIDIA-A100-SXM4-80GB"])
+    assert [w.target.name for w in again.create] == ["H100-SXM"]
+    assert again.status.engines == result.status.engines
+
+
+def test_an_unknown_auto_product_is_checked_by_compute_capability() -> None:
+    obj = EngineBuild.model_validate({
+        "metadata": {"name": "llama", "namespace": "ns", "uid": UID, "generation": 1},
+        "spec": {"model": {"source": "s3://models/llama/"}, "targets": [],
+                 "build": {"quantization": {"algo": "nvfp4"}}}})
+    resolved = effective(obj.spec, ["NVIDIA-Future-GPU@9.0"])
+    result = run(obj, [Want(resolved[0], "k" * 64, "s3://e/engines/k/")])
+    assert result.create == []
+    assert "compute capability 9.0" in (result.status.engines[0].message or "")
+
+
 def test_no_targets_is_pending_not_stalled() -> None:
     result = run(eb(targets=[]), [])
     assert result.status.phase == "Pending"

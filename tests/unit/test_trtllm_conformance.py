@@ -197,8 +197,7 @@ def test_catalogue_refuses_what_trtllm_build_refuses(gpu: catalogue.GPU) -> None
     for algo in catalogue.QUANT_ALGOS:
         for kv in catalogue.KV_CACHE_QUANTS:
             rules = refusals.refusals(algo, kv, sm(gpu))
-            documented = any(algo == a and sm(gpu) < low for a, low in DOCUMENTED) or (
-                kv == "fp8" and sm(gpu) < 89)
+            documented = any(algo == a and sm(gpu) < low for a, low in DOCUMENTED)
             answer = catalogue.supports(gpu, "tensorrt", algo, kv)
             assert answer.ok is not (bool(rules) or documented), (gpu.name, algo, kv)
             if rules and not documented:

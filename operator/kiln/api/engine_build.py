@@ -61,14 +61,11 @@ EXTRA_ARGS: dict[str, tuple[str, ...] | None] = {
     "max_prompt_embedding_table_size": None,
     "moe_plugin": _DTYPES,
     "monitor_memory": (),
-    "nccl_plugin": _DTYPES,
-    "norm_quant_fusion": _SWITCH,
     "profiling_verbosity": ("layer_names_only", "detailed", "none"),
     "speculative_decoding_mode": ("draft_tokens_external", "lookahead_decoding", "medusa",
                                   "explicit_draft_tokens", "eagle"),
     "tokens_per_block": None,
     "use_fused_mlp": _SWITCH,
-    "user_buffer": _SWITCH,
     "weight_sparsity": (),
     "weight_streaming": (),
 }
@@ -77,7 +74,10 @@ EXTRA_ARGS: dict[str, tuple[str, ...] | None] = {
 (``--flag=N``), else ``--flag=<one of these>``. None names a path or a field kiln sets; left
 out: ``--strongly_typed`` (gone), ``--streamingllm`` (asserts), ``--gather_generation_logits``
 (deprecated), ``--lora_*`` (need ``--lora_dir``, a path), ``--pp_reduce_scatter`` (asserts
-unless Mixtral). Checked against :mod:`kiln.trtllm.flags` by the unit tests."""
+unless Mixtral), and the flags build() rewrites from facts admission cannot see (the model's
+architecture, world size): ``--nccl_plugin`` (always set from dtype and world size),
+``--user_buffer`` (off without reduce_fusion), ``--norm_quant_fusion`` (off unless Llama with
+NVFP4 and no reduce_fusion). Checked against :mod:`kiln.trtllm.flags` by the unit tests."""
 EXTRA_ARGS_ALLOWED = tuple(EXTRA_ARGS)
 SM100_PLUGIN_ARGS = ("gemm_swiglu_plugin", "low_latency_gemm_plugin",
                      "low_latency_gemm_swiglu_plugin", "bert_context_fmha_fp32_acc")
@@ -205,8 +205,9 @@ class Quantization(KilnModel):
     """KV cache quantization: ``none``, ``fp8`` or ``int8``. With backend ``pytorch`` and
     ``algo: none``, ``fp8`` is a runtime setting (no calibration)."""
     calibration: Calibration | None = None
-    """Calibration data; unset: the tool's default, Hugging Face's ``cnn_dailymail``, which
-    needs access to the Hub from the build pod."""
+    """Calibration data (backend ``tensorrt`` only: the PyTorch backend's ModelOpt scripts take
+    only ModelOpt's named Hub datasets); unset: the tool's default, Hugging Face's
+    ``cnn_dailymail``, which needs access to the Hub from the build pod."""
 
 
 class Parallelism(KilnModel):
@@ -254,7 +255,8 @@ class Plugins(KilnModel):
     """Chunked/paged context attention (``--use_paged_context_fmha``)."""
     fp8_context_fmha: bool | None = None
     """FP8 context attention (``--use_fp8_context_fmha``). Unset: trtllm-build's default (on;
-    kept for fp8, w4a8_awq and nvfp4, off otherwise). ``true`` needs one of those algorithms;
+    kept for fp8, w4a8_awq and nvfp4, off otherwise). ``true`` needs one of those algorithms
+    and, with ``pagedContextFmha``, ``kvCache: fp8`` (trtllm-build turns it off otherwise);
     ``false`` cannot be had with ``kvCache: fp8`` and ``pagedContextFmha`` (trtllm-build turns
     it back on for FP8 paged context FMHA)."""
     remove_input_padding: bool = True
@@ -298,12 +300,23 @@ class BuildSpec(KilnModel):
             "turns FP8 context FMHA back on to support FP8 paged context FMHA; set "
             "pagedContextFmha false too, or leave fp8ContextFmha unset",
             ".plugins.fp8ContextFmha"),
-        cel("!has(self.quantization.calibration) || (self.backend == 'tensorrt' ? "
-            f"(self.quantization.algo in {CALIBRATED_CEL} || self.quantization.kvCache != "
-            "'none') : self.quantization.algo != 'none')",
+        cel("!has(self.plugins.fp8ContextFmha) || !self.plugins.fp8ContextFmha || "
+            "!self.plugins.pagedContextFmha || self.quantization.kvCache == 'fp8'",
+            "plugins.fp8ContextFmha true with pagedContextFmha needs quantization.kvCache fp8 "
+            "(trtllm-build turns FP8 context FMHA off otherwise: 'FP8 Paged Context FMHA is "
+            "disabled because it must be used together with fp8 KV Cache.'); set kvCache fp8, "
+            "pagedContextFmha false, or leave fp8ContextFmha unset", ".plugins.fp8ContextFmha"),
+        cel("!has(self.quantization.calibration) || self.backend != 'pytorch'",
+            "quantization.calibration cannot be used with backend pytorch: its ModelOpt "
+            "HF-export scripts calibrate only on ModelOpt's named Hub datasets "
+            "(SUPPORTED_DATASET_CONFIG, e.g. cnn_dailymail), not on a directory; remove it "
+            "(the default needs Hub access) or use backend tensorrt",
+            ".quantization.calibration"),
+        cel("!has(self.quantization.calibration) || self.backend != 'tensorrt' || "
+            f"self.quantization.algo in {CALIBRATED_CEL} || self.quantization.kvCache != 'none'",
             "quantization.calibration is only used when the build calibrates: backend "
-            "tensorrt with algo fp8, int8_sq, int4_awq, w4a8_awq, nvfp4 or a kvCache; backend "
-            "pytorch with an algo", ".quantization.calibration"),
+            "tensorrt with algo fp8, int8_sq, int4_awq, w4a8_awq, nvfp4 or a kvCache",
+            ".quantization.calibration"),
     ))
 
     backend: Backend = "tensorrt"

@@ -85,11 +85,11 @@ def quantize_command(spec: BuildSpec, paths: Paths, *, examples: Path = DEFAULT_
 
 
 def hf_quantize_command(spec: BuildSpec, script: flags.Command, source: Path, out: Path, *,
-                        examples: Path = DEFAULT_EXAMPLES, python: str = "python3",
-                        calib_dataset: str | None = None) -> list[str]:
+                        examples: Path = DEFAULT_EXAMPLES, python: str = "python3") -> list[str]:
     """An HF-export ModelOpt script (``flags.HF_EXPORT_SCRIPTS``): the quantized Hugging Face
     checkpoint the PyTorch backend loads. The KV cache is given explicitly: the scripts'
-    defaults quantize it to fp8."""
+    defaults quantize it to fp8. No ``--dataset``: ModelOpt takes only its named Hub datasets
+    there (``flags.MODELOPT_DATASETS_ONLY_NAMED``), so admission refuses calibration data."""
     q = spec.quantization
     cmd = [python, str(examples / "quantization" / script.program),
            "--pyt_ckpt_path", str(source), "--export_path", str(out), "--qformat", q.algo]
@@ -100,8 +100,7 @@ def hf_quantize_command(spec: BuildSpec, script: flags.Command, source: Path, ou
         cmd += ["--export_fmt", "hf", "--disable_kv_cache_quant", "False" if kv_fp8 else "True"]
     else:
         raise Unsupported(f"{script.program} is not an HF-export script kiln knows")
-    return cmd + _calibration(calib_dataset, q.calibration.samples if q.calibration else None,
-                              "--dataset")
+    return cmd
 
 
 def convert_command(spec: BuildSpec, architecture: str, paths: Paths, *,

@@ -36,20 +36,18 @@ def quantized(task: BuildTask) -> bool:
     return task.build.quantization.algo != "none"
 
 
-def entry_point(task: BuildTask, examples: Path, python: str,
-                calib_dataset: str | None) -> flags.Command:
+def entry_point(task: BuildTask, examples: Path, python: str) -> flags.Command:
     """The first HF-export script of ``flags.HF_EXPORT_SCRIPTS`` this image has, with every
     flag kiln passes in its ``--help``; Unsupported naming what is missing otherwise."""
+    if task.build.quantization.calibration is not None:
+        raise Unsupported("quantization.calibration cannot be used with backend pytorch: "
+                          "ModelOpt's HF-export scripts calibrate only on its named Hub "
+                          "datasets (SUPPORTED_DATASET_CONFIG), not on a directory")
     why = []
     for script in flags.HF_EXPORT_SCRIPTS:
         path = examples / "quantization" / script.program
         cmd = commands.hf_quantize_command(task.build, script, Path("in"), Path("out"),
-                                           examples=examples, python=python,
-                                           calib_dataset=calib_dataset)
-        if calib_dataset and script is flags.QUANTIZE_HF_TO_HF:
-            why.append(f"{script.program} ignores --dataset (it always calibrates on "
-                       "cnn_dailymail)")
-            continue
+                                           examples=examples, python=python)
         if not path.is_file():
             why.append(f"{path} is missing")
             continue
@@ -68,9 +66,11 @@ def entry_point(task: BuildTask, examples: Path, python: str,
                       "examples/quantization, or backend tensorrt")
 
 
-def prepare(task: BuildTask, paths: Paths, *, examples: Path,
-            calib_dataset: str | None) -> Checkpoint:
-    """Fill ``paths.engine`` with the checkpoint to serve; returns the source checkpoint."""
+def prepare(task: BuildTask, paths: Paths, *, examples: Path) -> Checkpoint:
+    """Fill ``paths.engine`` with the checkpoint to serve; returns the source checkpoint.
+    Calibration runs on the scripts' default dataset (cnn_dailymail from the Hub): ModelOpt's
+    ``get_dataset_dataloader`` takes no directory, so the operator's default
+    (``KILN_CALIB_DATASET``, a directory for quantize.py) is not passed either."""
     source = inspect(paths.weights, supported=PYTORCH_ARCHITECTURES, backend="pytorch")
     say(f"{source.architecture}: {len(source.weights)} safetensors file(s), "
         f"{source.tensor_count} tensors, tokenizer {source.tokenizer[0]}", phase="validate")
@@ -80,13 +80,12 @@ def prepare(task: BuildTask, paths: Paths, *, examples: Path,
         verify.prepared(paths.engine, source, PYTORCH_ARCHITECTURES)
         return source
     python = toolchain.tool_python()
-    script = entry_point(task, examples, python, calib_dataset)
+    script = entry_point(task, examples, python)
     toolchain.require_gpu(task.target.compute_capability,
                           f"quantization {task.build.quantization.algo} "
                           f"(kv cache {task.build.quantization.kv_cache})")
     toolchain.run(commands.hf_quantize_command(task.build, script, paths.weights, paths.engine,
-                                               examples=examples, python=python,
-                                               calib_dataset=calib_dataset),
+                                               examples=examples, python=python),
                   phase="quantize", cwd=paths.weights.parent)
     for name in [*source.tokenizer, "generation_config.json"]:
         if (paths.weights / name).is_file() and not (paths.engine / name).exists():

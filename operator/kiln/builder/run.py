@@ -112,7 +112,8 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
                              f"downloaded (now {after.digest[:19]}); the operator builds the "
                              "new weights under a new key")
 
-    calib_dataset = _calibration(task, options, paths, env)
+    calib_dataset = _calibration(task, options, paths, env) if spec.backend == "tensorrt" \
+        else None
     versions = toolchain.versions()
     step = time.monotonic()
     checkpoint: Checkpoint
@@ -121,8 +122,7 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
         checkpoint, built = tensorrt.build(task, paths, store, versions, examples=options.examples,
                                     calib_dataset=calib_dataset)
     else:
-        checkpoint = pytorch.prepare(task, paths, examples=options.examples,
-                                     calib_dataset=calib_dataset)
+        checkpoint = pytorch.prepare(task, paths, examples=options.examples)
     seconds["build"] = time.monotonic() - step
     say(f"{checkpoint.architecture}: result has {human(_dir_bytes(paths.engine))}",
         phase="verify", step="done")

@@ -19,6 +19,7 @@ from pathlib import Path
 from kiln.builder.progress import say
 from kiln.contract.env import TRTLLM_EXAMPLES, TRTLLM_PYTHON
 from kiln.errors import GPUUnavailable, OutOfDisk, ToolFailed, Unsupported
+from kiln.fetcher import version_guard
 
 DISTRIBUTIONS = {
     "tensorrt_llm": ("tensorrt_llm", "tensorrt-llm"),
@@ -27,20 +28,11 @@ DISTRIBUTIONS = {
     "modelopt": ("nvidia-modelopt", "nvidia_modelopt"),
     "transformers": ("transformers",),
 }
-"""Version key in the manifest → Python distributions of the toolchain that may carry it."""
-_VERSIONS_SCRIPT = """
-import json, sys
-from importlib import metadata
-found = {}
-for key, names in json.loads(sys.argv[1]).items():
-    for name in names:
-        try:
-            found[key] = metadata.version(name)
-            break
-        except metadata.PackageNotFoundError:
-            pass
-print(json.dumps(found))
-"""
+"""Version key in the manifest (the module's name) → Python distributions of the toolchain
+that may carry it."""
+VERSION_READER = Path(version_guard.__file__)
+"""The serving container's version guard reads versions with this file; the builder runs the
+same file (``--print-versions``) with the toolchain's Python, so both read them alike."""
 TAIL_LINES = 30
 
 
@@ -54,7 +46,8 @@ def versions() -> dict[str, str]:
     with contextlib.suppress(metadata.PackageNotFoundError):
         found["kiln"] = metadata.version("kiln")
     try:
-        out = subprocess.run([tool_python(), "-c", _VERSIONS_SCRIPT, json.dumps(DISTRIBUTIONS)],
+        out = subprocess.run([tool_python(), str(VERSION_READER), "--print-versions",
+                              json.dumps(DISTRIBUTIONS)],
                              capture_output=True, text=True, timeout=120, check=True)
         found.update({str(k): str(v) for k, v in json.loads(out.stdout).items()})
     except (OSError, subprocess.SubprocessError, ValueError) as e:

@@ -10,7 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kiln.api import EngineBuild, EngineBuildStatus, EngineState, EngineStatus, Weights
+from kiln import catalogue
+from kiln.api import (
+    BuildSpec,
+    EngineBuild,
+    EngineBuildStatus,
+    EngineState,
+    EngineStatus,
+    Weights,
+)
 from kiln.contract.manifest import Manifest
 from kiln.contract.termination import Failure
 from kiln.engine_build.jobs import ObservedJob, job_name
@@ -53,13 +61,32 @@ def _from_manifest(entry: EngineStatus, manifest: Manifest) -> EngineStatus:
     })
 
 
+def unsupported(build: BuildSpec, target: ResolvedTarget) -> str | None:
+    """Why the catalogue says ``build`` cannot run on ``target``, or None. The CRD's CEL checks
+    ``spec.targets``; auto targets (an EngineDeployment's GPUs, with ``targets: []``) are
+    checked here."""
+    q = build.quantization
+    where: catalogue.GPU | str
+    try:
+        where = catalogue.by_name(target.name)
+    except KeyError:
+        where = target.compute_capability
+    answer = catalogue.supports(where, build.backend, q.algo, q.kv_cache)
+    return None if answer.ok else answer.reason
+
+
 def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
             job: ObservedJob | None, failure: Failure | None,
-            retry_failed: bool, uid: str, foreign: bool = False) -> tuple[EngineStatus, bool]:
+            retry_failed: bool, uid: str, foreign: bool = False,
+            why_not: str | None = None) -> tuple[EngineStatus, bool]:
     """The status entry of one target, and whether its Job must exist."""
     t = want.target
     entry = EngineStatus(target=t.name, gpu_product=t.gpu_product,
                          compute_capability=t.compute_capability, key=want.key, uri=want.uri)
+    if why_not is not None:
+        return entry.model_copy(update={
+            "state": "Failed", "job": None,
+            "message": f"Unsupported: {t.gpu_product} ({t.name}): {why_not}"}), False
     same_key = prior is not None and prior.key == want.key
     if manifest is not None:
         # Built here when this object owns the key's Job, finished or not: the manifest can
@@ -148,7 +175,7 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
         before = prior.get(want.target.name)
         entry, needs_job = _engine(want, before, manifests.get(want.key), jobs.get(want.key),
                                    failures.get(want.key), retry_failed, uid,
-                                   want.key in foreign)
+                                   want.key in foreign, unsupported(eb.spec.build, want.target))
         why = (stuck or {}).get(want.key)
         if why is not None and entry.state == "Building":
             entry = entry.model_copy(update={"message": f"{why.reason}: {why.message}"})

@@ -331,10 +331,25 @@ QUANTIZE_WITH_MODELOPT = _table("quantize_with_modelopt.py", QUANTIZE_WITH_MODEL
     _choice("--export_fmt", ("tensorrt_llm", "hf"), QUANTIZE_WITH_MODELOPT_PY, "tensorrt_llm",
             "main() calls export_hf_checkpoint whatever the value"),
 ))
-"""The older HF-export script (same ``export_hf_checkpoint`` route): honours ``--dataset``
-(passed to ModelOpt's ``get_dataset_dataloader``); with ``--export_fmt hf`` main() asserts
+"""The older HF-export script (same ``export_hf_checkpoint`` route): passes ``--dataset`` to
+ModelOpt's ``get_dataset_dataloader``, which takes only a name of its
+``SUPPORTED_DATASET_CONFIG`` (``MODELOPT_DATASETS_ONLY_NAMED``): not a directory, so kiln never
+passes one (admission refuses calibration with backend pytorch); with ``--export_fmt hf`` main()
+asserts
 int4_awq, fp8, nvfp4, nvfp4_awq or w4a8_awq; KV cache fp8 unless ``--disable_kv_cache_quant``
 (never for int8_sq)."""
+MODELOPT_DATASET_UTILS = ("NVIDIA/TensorRT-Model-Optimizer modelopt/torch/utils/dataset_utils.py"
+                          "@0bf8f025740e5487ad1684ea846984462533fffc")
+MODELOPT_DATASETS = ("open_code_reasoning", "open_math_reasoning",
+                     "llama-nemotron-post-training-dataset", "nemotron-post-training-dataset-v2",
+                     "nemotron-post-training-dataset-v1", "magpie", "cnn_dailymail", "pile",
+                     "pg19", "wikipedia", "c4")
+"""``SUPPORTED_DATASET_CONFIG`` keys (MODELOPT_DATASET_UTILS): each a Hub dataset."""
+MODELOPT_DATASETS_ONLY_NAMED = True
+"""``_get_dataset_samples``: ``if dataset_name not in SUPPORTED_DATASET_CONFIG: raise
+NotImplementedError(f"dataset {dataset_name} is not supported. ...")`` (MODELOPT_DATASET_UTILS;
+the ModelOpt line TensorRT-LLM 1.2 pins reads datasets the same way): a local directory is
+refused."""
 HF_EXPORT_SCRIPTS = (QUANTIZE_HF_TO_HF, QUANTIZE_WITH_MODELOPT)
 """Entry points that write the HF-format ModelOpt checkpoint, in the order the builder tries
 them (each under ``examples/quantization/``)."""

@@ -41,7 +41,8 @@ class Rule:
     """Kiln algorithms the rule applies to; None: any."""
     kv_cache: tuple[KilnKv, ...] | None = None
     plugin: str | None = None
-    """A plugin/feature setting the rule needs, e.g. ``use_paged_context_fmha=enable``."""
+    """Flag settings the rule needs, comma-separated (all of them): ``name=value``, ``a|b=value``
+    (any of them), ``name`` (given, other than disable) or ``name>N`` (an integer above N)."""
 
     def applies(self, algo: KilnAlgo, kv: KilnKv, sm: int) -> bool:
         return ((self.sm_min is None or sm >= self.sm_min)
@@ -113,6 +114,9 @@ RULES: tuple[Rule, ...] = (
     Rule("streamingllm", "refuse", "StreamingLLM is no longer supported because attention "
          "sink cannot work with the non-cyclic kv cache kernel & runtime changes.", BUILD,
          plugin="streamingllm=enable"),
+    Rule("context_logits_draft", "refuse", "Gather context logits is not support with draft "
+         "len > 0. If want to get the accepted tokens' logits from target model, please just "
+         "enable gather_generation_logits", BUILD, plugin="gather_context_logits,max_draft_len>0"),
     Rule("profiles_opt_tokens", "refuse", "multiple_profiles is enabled, while opt_num_tokens "
          "is set. They are not supposed to be working in the same time for now.", BUILD,
          plugin="multiple_profiles=enable,opt_num_tokens"),
@@ -126,9 +130,17 @@ NOT_ENFORCED: dict[str, str] = {
                          "major >= 10 and the docs say Blackwell only",
     "w4a8_awq below SM89": "no check in builder.py; support-matrix.md: INT4 AWQ/GPTQ with FP8 "
                            "activations require SM >= 89",
-    "fp8 KV cache below SM89": "no check found in builder.py; support-matrix.md: FP8 needs "
-                               "SM >= 89 (kiln refuses it, as for FP8 weights)",
 }
+ADMITTED: dict[str, str] = {
+    "fp8 KV cache below SM89": "no check in builder.py (index-id 205252225) or build.py@65f1d15; "
+                               "docs/source/features/quantization.md@09d4c79ba941a5c2c62c878c35"
+                               "72c0dcc8b85efa (hardware support matrix) gives Ampere 'FP8 KV "
+                               "Cache: Y'; the only Ampere-without-FP8 table read "
+                               "(reference/support-matrix.md@03dad62, container 25.03, TensorRT "
+                               "10.9) predates 1.2.x and is about FP8 math, not the KV cache. "
+                               "Kiln admits it on both backends.",
+}
+"""Limits an older kiln enforced without a 1.2.x source: dropped."""
 DEFAULTS: dict[str, str] = {"use_fp8_context_fmha": "enable", "use_paged_context_fmha": "enable",
                             "context_fmha": "enable", "gemm_plugin": "None (off)",
                             "multiple_profiles": "disable", "tokens_per_block": "32"}
