@@ -1,0 +1,51 @@
+"""Slots per endpoint: a burst against a healthy endpoint queues, calls to one that hangs
+fail fast once every slot is held by a call that does not answer."""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+
+from kiln import endpoints
+from kiln.errors import Unavailable
+
+
+def test_a_burst_at_a_busy_but_healthy_endpoint_waits_its_turn() -> None:
+    """Twelve 0.3 s calls on eight workers: some wait longer than a call takes, none fails."""
+    def call(_: int) -> bool:
+        with endpoints.slot("healthy", "read"):
+            time.sleep(0.3)
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(call, range(12)))
+
+
+def test_calls_to_a_hanging_endpoint_fail_fast_and_release_nothing_they_did_not_take(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(endpoints, "HUNG_SECONDS", 0.5)
+    release = threading.Event()
+
+    def hang() -> None:
+        with endpoints.slot("hanging", "read"):
+            release.wait(10)
+
+    holders = [threading.Thread(target=hang) for _ in range(endpoints.IN_FLIGHT)]
+    for t in holders:
+        t.start()
+    time.sleep(0.1)
+    started = time.monotonic()
+    with pytest.raises(Unavailable) as busy, endpoints.slot("hanging", "read"):
+        pass
+    assert busy.value.reason == "EndpointBusy"
+    assert time.monotonic() - started < 2.0
+    with endpoints.slot("another", "read"):  # other endpoints are not held up
+        pass
+    release.set()
+    for t in holders:
+        t.join()
+    with endpoints.slot("hanging", "read"):  # every slot came back
+        pass
