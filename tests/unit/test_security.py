@@ -27,6 +27,8 @@ KEY = "ab" * 32
 RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                   "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
 RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+KILN_CONTAINER = {**RESTRICTED_CONTAINER, "runAsNonRoot": True, "runAsUser": 10001,
+                  "runAsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def job(**job_spec: Any) -> dict[str, Any]:
@@ -67,8 +69,8 @@ def test_serving_pods_are_restricted_and_read_the_trust_config_map() -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"] == RESTRICTED_POD
     assert pod["automountServiceAccountToken"] is False
-    for container in [*pod["initContainers"], *pod["containers"]]:
-        assert container["securityContext"] == RESTRICTED_CONTAINER
+    assert pod["containers"][0]["securityContext"] == RESTRICTED_CONTAINER
+    assert pod["initContainers"][0]["securityContext"] == KILN_CONTAINER
     (init,) = pod["initContainers"]
     ref = next(e for e in init["env"] if e["name"] == names.TRUSTED_KEYS)
     assert ref["valueFrom"]["configMapKeyRef"] == {
@@ -80,7 +82,22 @@ def test_serving_pods_are_restricted_and_read_the_trust_config_map() -> None:
     root = render_deployment(server, eb(), engine_serve(), OperatorConfig())
     spec = root["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsUser"] == 0
-    assert spec["initContainers"][0]["securityContext"] == RESTRICTED_CONTAINER
+    assert spec["initContainers"][0]["securityContext"] == KILN_CONTAINER
+
+
+def test_server_overrides_never_reach_the_fetch_container() -> None:
+    """Review finding 5: the pod-level override (root, no seccomp) reached fetch-engine, which
+    set nothing of its own but the capabilities and escalation."""
+    server = ed(server={"securityContext": {
+        "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False,
+        "seccompProfile": {"type": "Unconfined"}, "allowPrivilegeEscalation": True,
+        "capabilities": {"add": ["SYS_ADMIN"]}}})
+    spec = render_deployment(server, eb(), engine_serve(), OperatorConfig())["spec"]["template"][
+        "spec"]
+    assert spec["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
+    (fetch,) = spec["initContainers"]
+    assert fetch["securityContext"] == KILN_CONTAINER
+    assert spec["containers"][0]["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
 
 
 @pytest.mark.parametrize(("image", "allowed"), [

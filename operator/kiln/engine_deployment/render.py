@@ -37,6 +37,7 @@ from kiln.labels import (
 )
 from kiln.podspec import (
     container_security,
+    kiln_container_security,
     gpu_resources,
     gpu_tolerations,
     owner_reference,
@@ -125,7 +126,8 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
         "resources": gpu_resources(None, gpus),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security(),
+        # kiln's program: restricted whatever spec.server.securityContext gives the pod.
+        "securityContext": kiln_container_security(),
     }, uri
 
 
