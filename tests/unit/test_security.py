@@ -255,6 +255,10 @@ def test_what_the_apiserver_and_other_engine_builds_of_the_key_set_is_kilns() ->
             "terminationGracePeriodSeconds": 30, "tolerations": [], "priorityClassName": "p"}
     pod["containers"][0] |= {"terminationMessagePath": "/dev/termination-log",
                              "imagePullPolicy": "IfNotPresent", "resources": {}}
+    for rule in spec["podFailurePolicy"]["rules"]:  # as the apiserver returns it
+        rule.setdefault("onPodConditions", [])
+        for condition in rule["onPodConditions"]:
+            condition.setdefault("status", "True")
     assert _problem(body) is None
     root = json.loads(json.dumps(body))  # an override an EngineBuild may set: renderable
     root["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0

@@ -140,6 +140,24 @@ def pod_spec_problem(found: dict[str, Any], rendered: dict[str, Any]) -> str | N
     return None
 
 
+def _policy(policy: Any) -> Any:
+    """A ``podFailurePolicy`` with the apiserver's defaults taken out: empty
+    ``onPodConditions``, a condition's ``status: "True"``."""
+    if not isinstance(policy, dict) or not isinstance(policy.get("rules"), list):
+        return policy
+    rules = []
+    for given in policy["rules"]:
+        rule = given
+        if isinstance(given, dict):
+            rule = {k: v for k, v in given.items() if not (k == "onPodConditions" and v == [])}
+            if isinstance(rule.get("onPodConditions"), list):
+                rule["onPodConditions"] = [
+                    {k: v for k, v in c.items() if not (k == "status" and v == "True")}
+                    if isinstance(c, dict) else c for c in rule["onPodConditions"]]
+        rules.append(rule)
+    return {**policy, "rules": rules}
+
+
 def job_problem(job: dict[str, Any], rendered: dict[str, Any]) -> str | None:
     """Why ``job`` (as the apiserver returns it) is not ``rendered``, kiln's render of the
     key's Job; None if it is. Fields kiln renders compare equal (scheduling, resources and
@@ -158,7 +176,7 @@ def job_problem(job: dict[str, Any], rendered: dict[str, Any]) -> str | None:
                    _JOB_DEFAULTS, _JOB_VARIES, "it")
     if extra:
         return extra
-    if spec.get("podFailurePolicy") != want_spec.get("podFailurePolicy"):
+    if _policy(spec.get("podFailurePolicy")) != _policy(want_spec.get("podFailurePolicy")):
         return "its podFailurePolicy is not kiln's"
     if spec.get("managedBy") not in (None, "kubernetes.io/job-controller"):
         return "it is managed by another controller"

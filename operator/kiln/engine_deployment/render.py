@@ -37,9 +37,9 @@ from kiln.labels import (
 )
 from kiln.podspec import (
     container_security,
-    kiln_container_security,
     gpu_resources,
     gpu_tolerations,
+    kiln_container_security,
     owner_reference,
     pod_security,
     secret_env,
