@@ -71,3 +71,11 @@ def test_an_unparsable_manifest_counts_as_absent_and_is_replaced(tmp_path: Path)
     (engine / "config.json").write_text("{}")
     manifest = store.upload(key, engine, inputs={"schema": 2})
     assert store.read_manifest(key) == manifest
+
+
+def test_public_keys_names_the_pem_blocks_it_ignores(caplog: pytest.LogCaptureFixture) -> None:
+    pem = provenance.public_pem(SIGNER)
+    bundle = pem + "-----BEGIN CERTIFICATE-----\nAAAA\n-----END CERTIFICATE-----\n"
+    with caplog.at_level("WARNING"):
+        assert len(provenance.public_keys(bundle)) == 1
+    assert "CERTIFICATE" in caplog.text

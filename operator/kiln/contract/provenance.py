@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ ENVELOPE = "provenance.dsse.json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PREDICATE_TYPE = "https://kiln.dev/provenance/engine/v1"
 _PEM = re.compile(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+_ANY_PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ def public_keys(pem_bundle: str) -> list[Key]:
     """Every ``PUBLIC KEY`` PEM block of ``pem_bundle`` as a verification key (its keyid is
     securesystemslib's: a digest of the key)."""
     keys: list[Key] = []
+    ignored = sorted({kind for kind in _ANY_PEM.findall(pem_bundle) if kind != "PUBLIC KEY"})
+    if ignored:
+        log.warning("trusted keys: ignoring PEM block(s) of type %s (only PUBLIC KEY blocks are "
+                    "trusted; an RSA PUBLIC KEY or a CERTIFICATE must be converted)",
+                    ", ".join(ignored))
     for block in _PEM.findall(pem_bundle):
         try:
             keys.append(SSlibKey.from_crypto(load_pem_public_key(block.encode())))
