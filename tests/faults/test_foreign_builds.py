@@ -75,7 +75,9 @@ def test_a_pod_of_the_tenants_own_reporting_its_manifest_is_not_signed(
                          "ownerReferences": [{"apiVersion": "batch/v1", "kind": "Job",
                                               "name": job.metadata.name,
                                               "uid": job.metadata.uid}]},
-            "spec": {"containers": [{"name": "builder", "image": "busybox"}]}})
+            # Bound to a node nothing runs (no scheduler, no simulated kubelet touches it).
+            "spec": {"nodeName": "tenant-node",
+                     "containers": [{"name": "builder", "image": "busybox"}]}})
         core.patch_namespaced_pod_status(forged.metadata.name, namespace, {"status": {
             "phase": "Succeeded", "containerStatuses": [{
                 "name": "builder", "image": "busybox", "imageID": "", "ready": False,
@@ -83,6 +85,8 @@ def test_a_pod_of_the_tenants_own_reporting_its_manifest_is_not_signed(
                     "exitCode": 0, "reason": "Completed",
                     "message": json.dumps({"key": key, "cached": False,
                                            "manifestSha256": digest})}}}]}})
+        seen = core.read_namespaced_pod(forged.metadata.name, namespace)
+        assert digest in seen.status.container_statuses[0].state.terminated.message
     finally:
         operator.start()
     # The operator does not sign the tenant's manifest; it builds the victim's engine again.
