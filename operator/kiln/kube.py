@@ -262,7 +262,8 @@ class Kube:
                     if error.status == 409:
                         continue
                     raise translate(error, f"create {kind} {namespace}/{name}") from error
-            uids = {r.get("uid") for r in existing["metadata"].get("ownerReferences") or []}
+            uids = {r.get("uid") for r in existing["metadata"].get("ownerReferences") or []
+                    if r.get("controller") is True}  # kiln's reference is its controller's
             if owner is None or owner["uid"] not in uids:
                 whose = f"{owner['kind']} {owner['name']}" if owner else "kiln"
                 raise NameTaken(
@@ -294,10 +295,16 @@ class Kube:
         return self._read(f"{_BASES[kind]}/namespaces/{namespace}/{_PLURALS[kind]}/{name}",
                           f"read {kind} {namespace}/{name}")
 
-    def delete_deployment(self, namespace: str, name: str) -> None:
+    def delete_deployment(self, namespace: str, name: str, *, uid: str | None = None,
+                          resource_version: str | None = None) -> None:
+        """Delete a Deployment; with ``uid`` (and ``resource_version``), only if it is still
+        that object as read (a 409 otherwise, raised as ``Unavailable``: read it again)."""
+        preconditions = {k: v for k, v in (("uid", uid), ("resourceVersion", resource_version))
+                         if v is not None}
+        body = {"kind": "DeleteOptions", "apiVersion": "v1", "preconditions": preconditions}
         try:
             self.api.request("DELETE", f"/apis/apps/v1/namespaces/{namespace}/deployments/{name}",
-                             query=BACKGROUND)
+                             body if preconditions else None, query=BACKGROUND)
         except ApiError as error:
             if error.status != 404:
                 raise translate(error, f"delete Deployment {namespace}/{name}") from error

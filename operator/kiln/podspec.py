@@ -57,6 +57,15 @@ def pod_security(override: dict[str, Any] | None = None) -> dict[str, Any]:
     return context
 
 
+def kiln_container_security() -> dict[str, Any]:
+    """The context of a container running kiln's own program (``fetch-engine``) in a pod whose
+    context a user may override: everything "restricted" needs set on the container itself,
+    so that nothing of the pod's (root, no seccomp) reaches it."""
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS,
+            "seccompProfile": {"type": "RuntimeDefault"}, "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]}}
+
+
 def container_security(override: dict[str, Any] | None = None) -> dict[str, Any]:
     """A container ``securityContext`` that "restricted" admits: no privilege escalation, every
     capability dropped; ``override`` (camelCase) fields win (the pod-level ones too, so that a

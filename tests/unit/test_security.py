@@ -27,6 +27,8 @@ KEY = "ab" * 32
 RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                   "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
 RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
+KILN_CONTAINER = {**RESTRICTED_CONTAINER, "runAsNonRoot": True, "runAsUser": 10001,
+                  "runAsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
 
 
 def job(**job_spec: Any) -> dict[str, Any]:
@@ -67,8 +69,8 @@ def test_serving_pods_are_restricted_and_read_the_trust_config_map() -> None:
     pod = deployment["spec"]["template"]["spec"]
     assert pod["securityContext"] == RESTRICTED_POD
     assert pod["automountServiceAccountToken"] is False
-    for container in [*pod["initContainers"], *pod["containers"]]:
-        assert container["securityContext"] == RESTRICTED_CONTAINER
+    assert pod["containers"][0]["securityContext"] == RESTRICTED_CONTAINER
+    assert pod["initContainers"][0]["securityContext"] == KILN_CONTAINER
     (init,) = pod["initContainers"]
     ref = next(e for e in init["env"] if e["name"] == names.TRUSTED_KEYS)
     assert ref["valueFrom"]["configMapKeyRef"] == {
@@ -80,7 +82,22 @@ def test_serving_pods_are_restricted_and_read_the_trust_config_map() -> None:
     root = render_deployment(server, eb(), engine_serve(), OperatorConfig())
     spec = root["spec"]["template"]["spec"]
     assert spec["securityContext"]["runAsUser"] == 0
-    assert spec["initContainers"][0]["securityContext"] == RESTRICTED_CONTAINER
+    assert spec["initContainers"][0]["securityContext"] == KILN_CONTAINER
+
+
+def test_server_overrides_never_reach_the_fetch_container() -> None:
+    """Review finding 5: the pod-level override (root, no seccomp) reached fetch-engine, which
+    set nothing of its own but the capabilities and escalation."""
+    server = ed(server={"securityContext": {
+        "runAsUser": 0, "runAsGroup": 0, "runAsNonRoot": False,
+        "seccompProfile": {"type": "Unconfined"}, "allowPrivilegeEscalation": True,
+        "capabilities": {"add": ["SYS_ADMIN"]}}})
+    spec = render_deployment(server, eb(), engine_serve(), OperatorConfig())["spec"]["template"][
+        "spec"]
+    assert spec["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
+    (fetch,) = spec["initContainers"]
+    assert fetch["securityContext"] == KILN_CONTAINER
+    assert spec["containers"][0]["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
 
 
 @pytest.mark.parametrize(("image", "allowed"), [
@@ -100,30 +117,152 @@ def test_allowed_builder_images(image: str, allowed: bool) -> None:
 
 
 def _pod(job_body: dict[str, Any], message: dict[str, Any], code: int = 0) -> dict[str, Any]:
-    return {"metadata": {"ownerReferences": [{"uid": job_body["metadata"]["uid"]}]},
+    """A pod the Job controller made of ``job_body``: its labels, owner and template."""
+    uid = job_body["metadata"]["uid"]
+    return {"metadata": {"name": "kiln-build-x-abcde",
+                         "labels": {"batch.kubernetes.io/controller-uid": uid,
+                                    "job-name": job_body["metadata"]["name"]},
+                         "ownerReferences": [{"kind": "Job", "uid": uid, "controller": True,
+                                              "name": job_body["metadata"]["name"]}]},
+            "spec": {**json.loads(json.dumps(job_body["spec"]["template"]["spec"])),
+                     "serviceAccountName": "default", "nodeName": "n1"},
             "status": {"containerStatuses": [{"name": "builder", "state": {"terminated": {
                 "exitCode": code, "message": json.dumps(message)}}}]}}
 
 
+def _job_with_uid() -> dict[str, Any]:
+    return {**job(), "metadata": {**job()["metadata"], "uid": "job-uid"}}
+
+
+def _problem(body: dict[str, Any], image: str = "builder:1") -> str | None:
+    rendered = job()
+    if image != "builder:1":
+        rendered["spec"]["template"]["spec"]["containers"][0]["image"] = image
+    return signing.job_problem(body, rendered)
+
+
 def test_only_kilns_job_and_its_own_pods_report_count() -> None:
-    body = {**job(), "metadata": {**job()["metadata"], "uid": "job-uid"}}
-    assert signing.kiln_job_problem(body, KEY, "builder:1") is None
-    assert "running other:2" in str(signing.kiln_job_problem(body, KEY, "other:2"))
+    body = _job_with_uid()
+    assert _problem(body) is None
+    assert "running other:2" in str(_problem(body, "other:2"))
     swapped = json.loads(json.dumps(body))
     swapped["spec"]["template"]["spec"]["containers"][0]["command"] = ["sh", "-c", "evil"]
-    assert signing.kiln_job_problem(swapped, KEY, "builder:1") is not None
+    assert _problem(swapped) is not None
     extra = json.loads(json.dumps(body))
     extra["spec"]["template"]["spec"]["initContainers"] = [{"name": "x", "image": "y"}]
-    assert signing.kiln_job_problem(extra, KEY, "builder:1") is not None
+    assert _problem(extra) is not None
 
     wrote = {"key": KEY, "cached": False, "manifestSha256": "d" * 64}
     report = signing.built(body, [_pod(body, wrote)])
-    assert report is not None and report.job.uid == "job-uid"
+    assert isinstance(report, signing.Built) and report.job.uid == "job-uid"
     assert signing.built(body, [_pod(body, {**wrote, "cached": True})]) is None
     assert signing.built(body, [_pod(body, wrote, code=1)]) is None
     stranger = _pod(body, wrote)
     stranger["metadata"]["ownerReferences"] = [{"uid": "another-job"}]
     assert signing.built(body, [stranger]) is None
+
+
+def test_a_pod_without_the_jobs_spec_is_not_its_pod() -> None:
+    """The reviewer's forge: a busybox pod with the Job's name label and an owner reference to
+    its uid, reporting the digest of the tenant's own manifest, listed first."""
+    body = _job_with_uid()
+    forged = {"metadata": {"name": "aaa-forged", "labels": {"job-name": body["metadata"]["name"]},
+                           "ownerReferences": [{"uid": "job-uid"}]},
+              "spec": {"containers": [{"name": "builder", "image": "busybox"}]},
+              "status": {"containerStatuses": [{"name": "builder", "state": {"terminated": {
+                  "exitCode": 0, "message": json.dumps({"manifestSha256": "e" * 64})}}}]}}
+    real = _pod(body, {"key": KEY, "cached": False, "manifestSha256": "d" * 64})
+    report = signing.built(body, [forged, real])
+    assert isinstance(report, signing.Built) and report.manifest_sha256 == "d" * 64
+    # Even with the controller-uid label and a controller owner reference: not its spec.
+    forged["metadata"] = {**real["metadata"], "name": "aaa-forged"}
+    report = signing.built(body, [forged, real])
+    assert isinstance(report, signing.Built) and report.manifest_sha256 == "d" * 64
+    # The old unit helper's pod (an owner reference, no spec, no label): refused.
+    specless = {"metadata": {"ownerReferences": [{"uid": "job-uid"}]},
+                "status": real["status"]}
+    assert signing.built(body, [specless]) is None
+    for name, value in (("hostPID", True), ("volumes", []),
+                        ("securityContext", {"runAsUser": 0})):
+        changed = json.loads(json.dumps(real))
+        changed["spec"][name] = value
+        assert signing.built(body, [changed]) is None, name
+    added = json.loads(json.dumps(real))
+    added["spec"]["containers"][0]["env"].append({"name": "LD_PRELOAD", "value": "/x.so"})
+    assert signing.built(body, [added]) is None
+    # Two of its own pods reporting different manifests: neither is signed.
+    other = _pod(body, {"key": KEY, "cached": False, "manifestSha256": "f" * 64})
+    assert "2 different manifests" in str(signing.built(body, [real, other]))
+
+
+def _evil(change: str) -> dict[str, Any]:
+    evil = _job_with_uid()
+    pod = evil["spec"]["template"]["spec"]
+    c = pod["containers"][0]
+    if change == "env":
+        c["env"].append({"name": "LD_PRELOAD", "value": "/evil/lib.so"})
+    elif change == "path":
+        c["env"].append({"name": "PATH", "value": "/evil:/usr/bin"})
+    elif change == "mount":
+        c["volumeMounts"].append({"name": "evil", "mountPath": "/usr/local/bin"})
+        pod["volumes"].append({"name": "evil", "configMap": {"name": "x", "defaultMode": 493}})
+    elif change == "privileged":
+        c["securityContext"] = {**c["securityContext"], "privileged": True}
+    elif change == "hostPID":
+        pod["hostPID"] = True
+    elif change == "hostNetwork":
+        pod["hostNetwork"] = True
+    elif change == "serviceAccount":
+        pod["serviceAccountName"] = "admin"
+    elif change == "envFrom":
+        c["envFrom"] = [{"configMapRef": {"name": "x"}}]
+    elif change == "name":
+        evil["metadata"]["name"] = "kiln-build-other"
+    elif change == "parallelism":
+        evil["spec"]["parallelism"] = 2
+    elif change == "managedBy":
+        evil["spec"]["managedBy"] = "example.com/mine"
+    elif change == "annotations":
+        evil["spec"]["template"]["metadata"]["annotations"] = {
+            "container.apparmor.security.beta.kubernetes.io/builder": "unconfined"}
+    elif change == "task":
+        task = next(e for e in c["env"] if e["name"] == names.TASK)
+        parsed = json.loads(task["value"])
+        parsed["weightsIdentity"] = "other"
+        task["value"] = json.dumps(parsed)
+    return evil
+
+
+@pytest.mark.parametrize("change", ["env", "path", "mount", "privileged", "hostPID",
+                                    "hostNetwork", "serviceAccount", "envFrom", "name",
+                                    "parallelism", "managedBy", "annotations", "task"])
+def test_a_tenant_authored_job_is_not_kilns(change: str) -> None:
+    """The reviewer's forge: a Job of the key's name that adds to kiln's render."""
+    assert _problem(_evil(change)) is not None
+
+
+def test_what_the_apiserver_and_other_engine_builds_of_the_key_set_is_kilns() -> None:
+    body = _job_with_uid()
+    spec, pod = body["spec"], body["spec"]["template"]["spec"]
+    spec |= {"completions": 1, "parallelism": 1, "completionMode": "NonIndexed",
+             "suspend": False, "podReplacementPolicy": "TerminatingOrFailed",
+             "selector": {"matchLabels": {"batch.kubernetes.io/controller-uid": "job-uid"}},
+             "backoffLimit": 9}
+    spec["template"]["metadata"]["labels"] |= {"batch.kubernetes.io/controller-uid": "job-uid",
+                                               "controller-uid": "job-uid",
+                                               "job-name": body["metadata"]["name"]}
+    pod |= {"dnsPolicy": "ClusterFirst", "schedulerName": "default-scheduler",
+            "terminationGracePeriodSeconds": 30, "tolerations": [], "priorityClassName": "p"}
+    pod["containers"][0] |= {"terminationMessagePath": "/dev/termination-log",
+                             "imagePullPolicy": "IfNotPresent", "resources": {}}
+    for rule in spec["podFailurePolicy"]["rules"]:  # as the apiserver returns it
+        rule.setdefault("onPodConditions", [])
+        for condition in rule["onPodConditions"]:
+            condition.setdefault("status", "True")
+    assert _problem(body) is None
+    root = json.loads(json.dumps(body))  # an override an EngineBuild may set: renderable
+    root["spec"]["template"]["spec"]["securityContext"]["runAsUser"] = 0
+    assert _problem(root) is None
 
 
 def test_only_the_manifest_the_job_wrote_is_signable() -> None:

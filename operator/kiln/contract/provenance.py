@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -44,6 +45,8 @@ ENVELOPE = "provenance.dsse.json"
 PAYLOAD_TYPE = "application/vnd.in-toto+json"
 PREDICATE_TYPE = "https://kiln.dev/provenance/engine/v1"
 _PEM = re.compile(r"-----BEGIN PUBLIC KEY-----.+?-----END PUBLIC KEY-----", re.S)
+_ANY_PEM = re.compile(r"-----BEGIN ([A-Z0-9 ]+)-----")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -72,6 +75,11 @@ def public_keys(pem_bundle: str) -> list[Key]:
     """Every ``PUBLIC KEY`` PEM block of ``pem_bundle`` as a verification key (its keyid is
     securesystemslib's: a digest of the key)."""
     keys: list[Key] = []
+    ignored = sorted({kind for kind in _ANY_PEM.findall(pem_bundle) if kind != "PUBLIC KEY"})
+    if ignored:
+        log.warning("trusted keys: ignoring PEM block(s) of type %s (only PUBLIC KEY blocks are "
+                    "trusted; an RSA PUBLIC KEY or a CERTIFICATE must be converted)",
+                    ", ".join(ignored))
     for block in _PEM.findall(pem_bundle):
         try:
             keys.append(SSlibKey.from_crypto(load_pem_public_key(block.encode())))
@@ -121,10 +129,36 @@ def sign(manifest_bytes: bytes, manifest: Manifest, job: JobRef, signer: CryptoS
     return json.dumps(envelope.to_dict(), indent=2).encode()
 
 
+MAX_ENVELOPE = 1 << 20
+"""The largest envelope read (bytes): a bigger one is not kiln's."""
+
+
+def _load(envelope_bytes: bytes) -> Envelope:
+    """The DSSE envelope in ``envelope_bytes``; ``ValueError`` for anything else (too big, not
+    JSON, nested too deep, fields of the wrong type, bad base64)."""
+    if len(envelope_bytes) > MAX_ENVELOPE:
+        raise ValueError(f"it is larger than {MAX_ENVELOPE} bytes")
+    try:
+        data = json.loads(envelope_bytes)
+    except (ValueError, RecursionError, TypeError) as error:
+        raise ValueError(f"it is not JSON ({type(error).__name__})") from error
+    if not isinstance(data, dict) or not isinstance(data.get("payload"), str) or not isinstance(
+            data.get("payloadType"), str) or not isinstance(data.get("signatures"), list):
+        raise ValueError("it lacks a string payload and payloadType and a list of signatures")
+    for signature in data["signatures"]:
+        if not (isinstance(signature, dict) and isinstance(signature.get("keyid"), str)
+                and isinstance(signature.get("sig"), str)):
+            raise ValueError("a signature is not a string keyid and sig")
+    try:
+        return Envelope.from_dict(data)
+    except Exception as error:  # the library's own parse (base64): any failure is a refusal
+        raise ValueError(f"{type(error).__name__}: {error}") from error
+
+
 def add_signature(envelope_bytes: bytes, signer: CryptoSigner) -> bytes:
     """The envelope with a signature by ``signer`` added (a rotated key signs what the old one
     signed, after it verified)."""
-    envelope = Envelope.from_dict(json.loads(envelope_bytes))
+    envelope = _load(envelope_bytes)
     envelope.sign(signer)
     return json.dumps(envelope.to_dict(), indent=2).encode()
 
@@ -134,8 +168,8 @@ def _envelope(envelope_bytes: bytes | None, key: str) -> Envelope:
         raise Untrusted(f"engine {short_key(key)} is unsigned: no {ENVELOPE} beside its "
                         "manifest (kiln signs only engines its own build Job produced)")
     try:
-        envelope = Envelope.from_dict(json.loads(envelope_bytes))
-    except (ValueError, KeyError, TypeError) as error:
+        envelope = _load(envelope_bytes)
+    except ValueError as error:
         raise Untrusted(f"engine {short_key(key)}: {ENVELOPE} is not a DSSE envelope "
                         f"({error})") from error
     if envelope.payload_type != PAYLOAD_TYPE:
@@ -147,15 +181,27 @@ def _envelope(envelope_bytes: bytes | None, key: str) -> Envelope:
 def signed_by(envelope_bytes: bytes, key: Key) -> bool:
     """Whether ``key`` signed the envelope."""
     try:
-        Envelope.from_dict(json.loads(envelope_bytes)).verify([key], 1)
-    except (VerificationError, ValueError, KeyError, TypeError):
+        _load(envelope_bytes).verify([key], 1)
+    except Exception:
         return False
     return True
 
 
 def verify(key: str, manifest_bytes: bytes | None, envelope_bytes: bytes | None,
            trusted: list[Key]) -> Verified:
-    """The manifest of engine ``key`` if a trusted key signed exactly it; else ``Untrusted``."""
+    """The manifest of engine ``key`` if a trusted key signed exactly it; else ``Untrusted``,
+    whatever the store holds (a malformed envelope or manifest included)."""
+    try:
+        return _verify(key, manifest_bytes, envelope_bytes, trusted)
+    except Untrusted:
+        raise
+    except Exception as error:
+        raise Untrusted(f"engine {short_key(key)}: its manifest or {ENVELOPE} does not parse "
+                        f"({type(error).__name__})") from error
+
+
+def _verify(key: str, manifest_bytes: bytes | None, envelope_bytes: bytes | None,
+            trusted: list[Key]) -> Verified:
     if manifest_bytes is None:
         raise Untrusted(f"engine {short_key(key)} has no manifest")
     envelope = _envelope(envelope_bytes, key)
@@ -163,14 +209,14 @@ def verify(key: str, manifest_bytes: bytes | None, envelope_bytes: bytes | None,
         raise Untrusted(f"engine {short_key(key)}: no trusted public keys to verify it with")
     try:
         accepted = envelope.verify(trusted, 1)
-    except (VerificationError, ValueError) as error:
+    except (VerificationError, ValueError, TypeError) as error:
         raise Untrusted(f"engine {short_key(key)}: its provenance is signed by no trusted key "
                         f"({error})") from error
     try:
         pb = json_format.Parse(envelope.payload, statement_pb2.Statement())
         st = Statement.copy_from_pb(pb)
         st.validate()
-    except (json_format.ParseError, ValueError) as error:
+    except (json_format.ParseError, ValueError, RecursionError, TypeError) as error:
         raise Untrusted(f"engine {short_key(key)}: the signed payload is not an in-toto "
                         f"Statement ({error})") from error
     if st.pb.predicate_type != PREDICATE_TYPE:
@@ -183,7 +229,10 @@ def verify(key: str, manifest_bytes: bytes | None, envelope_bytes: bytes | None,
     if subjects.get(MANIFEST) != sha256(manifest_bytes):
         raise Untrusted(f"the manifest of engine {short_key(key)} is not the one that was "
                         "signed (replaced after signing?)")
-    manifest = Manifest.model_validate_json(manifest_bytes)
+    try:
+        manifest = Manifest.model_validate_json(manifest_bytes)
+    except ValueError as error:
+        raise Untrusted(f"the manifest of engine {short_key(key)} does not parse") from error
     if manifest.key != key or key_of(manifest.inputs) != key:
         raise Untrusted(f"the signed manifest of engine {short_key(key)} names another key or "
                         "inputs that do not hash to it")

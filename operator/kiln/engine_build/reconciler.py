@@ -40,7 +40,7 @@ from kiln.engine_build.plan import Plan, Want, plan, retrying, stalled
 from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted, heals
 from kiln.key import engine_key, short_key
 from kiln.kube import Kube
-from kiln.labels import HASH_ANNOTATION
+from kiln.labels import HASH_ANNOTATION, KEY_ANNOTATION
 from kiln.pods import ObservedPod
 from kiln.pool import GpuNode, auto_targets, needed_products
 from kiln.sources import WeightsIdentity, WeightSource, open_source
@@ -334,18 +334,18 @@ class EngineBuildReconciler:
         return verified.manifest
 
     def _sign_built(self, uri: str, want: Want, job: ObservedJob, namespace: str,
-                    image: str) -> tuple[Manifest | None, bool]:
+                    image: str, eb: EngineBuild, uid: str,
+                    identity: str) -> tuple[Manifest | None, bool]:
         """Sign the engine the key's own Job (succeeded) wrote; (manifest, foreign): foreign
         when the store holds a manifest that Job did not write (build again)."""
         body = self.kube.read_job(namespace, job.name)
         if body is None:
             return None, False
-        problem = signing.kiln_job_problem(body, want.key, image)
-        if problem is not None:
-            log.warning("not signing engine %s: Job %s/%s is not kiln's: %s",
-                        short_key(want.key), namespace, job.name, problem)
-            return None, True
+        _foreign_job(body, self._render(namespace, eb, uid, want, image, identity, uri))
         report = signing.built(body, self.kube.job_pods(namespace, job.name))
+        if isinstance(report, str):
+            log.warning("not signing engine %s: %s", short_key(want.key), report)
+            report = None
         store = self._store(uri)
         manifest_bytes = store.read_manifest_bytes(want.key)
         if report is None:  # found the engine, or said nothing: it wrote no manifest of its own
@@ -544,7 +544,8 @@ class EngineBuildReconciler:
         for want in wants:
             job = observed.get(want.key)
             if manifests[want.key] is None and job is not None and job.state == "Succeeded":
-                manifests[want.key], stray = self._sign_built(store, want, job, namespace, image)
+                manifests[want.key], stray = self._sign_built(
+                    store, want, job, namespace, image, eb, uid, accepted.identity)
                 if stray:
                     foreign.add(want.key)
         owned = {j.key: j for j in world.owned_by(uid)}
@@ -618,19 +619,6 @@ class EngineBuildReconciler:
             return None
         return recent[0]
 
-    def _render_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
-                    image: str, identity: str, store: str) -> dict[str, Any]:
-        task = BuildTask.for_build(
-            key=want.key, weights_identity=identity, source=eb.spec.model.source,
-            revision=eb.spec.model.revision, build=eb.spec.build,
-            gpu_product=want.target.gpu_product,
-            compute_capability=want.target.compute_capability, store=store,
-            builder_image=image, credentials_from_env=bool(eb.spec.model.credentials_secret))
-        return render.render_job(
-            namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
-            image=image, task_json=task.to_json(), config=self.config,
-            trusted_keys=self.trust.bundle)
-
     def _replace_outdated(self, namespace: str, name: str, uid: str, eb: EngineBuild,
                           wants: list[Want], observed: dict[str, ObservedJob],
                           world: BuildWorld, image: str, identity: str,
@@ -649,7 +637,7 @@ class EngineBuildReconciler:
             why = self._stuck(namespace, eb, {want.key: job}, world).get(want.key)
             if why is None or why.reason not in NEVER_RAN:
                 continue
-            rendered = self._render_job(namespace, name, uid, eb, want, image, identity, store)
+            rendered = self._render(namespace, eb, uid, want, image, identity, store)
             if rendered["metadata"]["annotations"][HASH_ANNOTATION] == job.template_hash:
                 continue
             found = self.kube.read_job(namespace, job.name)
@@ -669,7 +657,7 @@ class EngineBuildReconciler:
                     image: str, identity: str, store: str, *, exists: bool = False) -> None:
         """Create the key's Job, or join it as an owner (``exists``: skip the create). Joining
         swaps the owners on the Job's resourceVersion; a Job deleted meanwhile is created."""
-        job = self._render_job(namespace, name, uid, eb, want, image, identity, store)
+        job = self._render(namespace, eb, uid, want, image, identity, store)
         for _ in range(SWAPS):
             if not exists and self.kube.create_job(job):
                 metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")
@@ -684,6 +672,7 @@ class EngineBuildReconciler:
                 exists = False  # deleted meanwhile (released by its last owner): create it
                 continue
             current = observe(existing)
+            _foreign_job(existing, job)  # never joined unless it is kiln's render of the key
             if uid not in current.owner_uids:
                 owners = [*existing["metadata"].get("ownerReferences", []),
                           render.build_owner(name, uid)]
@@ -696,6 +685,21 @@ class EngineBuildReconciler:
             return
         raise Unavailable(f"the Job of engine {short_key(want.key)} kept changing while "
                           "joining it; trying again", reason="Conflict")
+
+    def _render(self, namespace: str, eb: EngineBuild, uid: str, want: Want, image: str,
+                identity: str, store: str) -> dict[str, Any]:
+        """The Job kiln renders for ``want`` of this EngineBuild."""
+        name = str(eb.metadata["name"])
+        task = BuildTask.for_build(
+            key=want.key, weights_identity=identity, source=eb.spec.model.source,
+            revision=eb.spec.model.revision, build=eb.spec.build,
+            gpu_product=want.target.gpu_product,
+            compute_capability=want.target.compute_capability, store=store,
+            builder_image=image, credentials_from_env=bool(eb.spec.model.credentials_secret))
+        return render.render_job(
+            namespace=namespace, owner_name=name, owner_uid=uid, spec=eb.spec, want=want,
+            image=image, task_json=task.to_json(), config=self.config,
+            trusted_keys=self.trust.bundle)
 
     def _release(self, namespace: str, job: ObservedJob, uid: str) -> None:
         """Stop owning a Job this object no longer wants; delete it when nobody owns it. Both
@@ -721,6 +725,20 @@ class EngineBuildReconciler:
                 return
         raise Unavailable(f"Job {job.name} kept changing while releasing it; trying again",
                           reason="Conflict")
+
+
+def _foreign_job(job: dict[str, Any], rendered: dict[str, Any]) -> None:
+    """``ForeignJob`` (retried: its author may delete it) when the Job holding the key's name
+    is not kiln's render of it: it is never joined, signed, changed nor deleted."""
+    problem = signing.job_problem(job, rendered)
+    if problem is not None:
+        name = job.get("metadata", {}).get("name")
+        raise Unavailable(
+            f"Job {job['metadata'].get('namespace')}/{name} holds the name of engine "
+            f"{short_key(rendered['metadata']['annotations'][KEY_ANNOTATION])}'s build Job "
+            f"but is not the Job kiln renders for it ({problem}): kiln neither joins nor "
+            "signs it, and changes nothing of it; delete it to let kiln build",
+            reason="ForeignJob")
 
 
 def _check_image(config: OperatorConfig, image: str) -> None:

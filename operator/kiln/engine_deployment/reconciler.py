@@ -162,9 +162,15 @@ class EngineDeploymentReconciler:
                          serve.label, serve.mode, short_key(serve.engine_key or "checkpoint"))
                 self.kube.apply(deployment)
         for name in decision.delete:
+            found = self.kube.read_child("Deployment", namespace, name)
+            refs = (found or {}).get("metadata", {}).get("ownerReferences") or []
+            if found is None or not any(r.get("uid") == ed.metadata.get("uid")
+                                        and r.get("controller") is True for r in refs):
+                continue  # gone, or not this EngineDeployment's: nothing of it changes
             log.info("deleting Deployment %s/%s: its GPU product is no longer served",
                      namespace, name)
-            self.kube.delete_deployment(namespace, name)
+            self.kube.delete_deployment(namespace, name, uid=found["metadata"]["uid"],
+                                        resource_version=found["metadata"]["resourceVersion"])
         for obj in (render.render_service(ed), render.render_pdb(ed)):
             self._apply_cached(obj)
         return hashes

@@ -38,6 +38,7 @@ from kiln.podspec import (
     container_security,
     gpu_resources,
     gpu_tolerations,
+    kiln_container_security,
     owner_reference,
     pod_security,
     secret_env,
@@ -119,7 +120,8 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
         "resources": gpu_resources(None, gpus),
         "volumeMounts": mounts,
         "terminationMessagePolicy": "FallbackToLogsOnError",
-        "securityContext": container_security(),
+        # kiln's program: restricted whatever spec.server.securityContext gives the pod.
+        "securityContext": kiln_container_security(),
     }, uri
 
 

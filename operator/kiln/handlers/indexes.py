@@ -14,7 +14,7 @@ from typing import Any
 import kopf
 
 from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
-from kiln.engine_build.jobs import ObservedJob, observe
+from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import CreateFailure
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
@@ -32,10 +32,12 @@ def lean(body: kopf.Body) -> dict[str, Any]:
 
 @kopf.index("batch", "v1", "jobs", labels={KEY_LABEL: kopf.PRESENT})
 def build_jobs(body: kopf.Body, namespace: str | None, **_: Any) -> dict[Any, ObservedJob]:
-    """Build Jobs by (namespace, engine key) and by each owning EngineBuild's uid."""
+    """Build Jobs by (namespace, engine key) and by each owning EngineBuild's uid. Only the
+    Job named after the key stands for it: another one with the key's label is not its Job."""
     job = observe(dict(body))
-    entries: dict[Any, ObservedJob] = {("key", namespace, job.key): job,
-                                       ("name", namespace, job.name): job}
+    entries: dict[Any, ObservedJob] = {("name", namespace, job.name): job}
+    if job.key and job.name == job_name(job.key):
+        entries[("key", namespace, job.key)] = job
     entries |= {("owner", uid): job for uid in job.owner_uids}
     return entries
 

@@ -180,6 +180,19 @@ class EngineStore(ABC):
         """Where engine ``key`` lives (its directory, ending in ``/``)."""
         return f"{self.uri}engines/{check_key(key)}/"
 
+    @staticmethod
+    def _parse_manifest(key: str, data: bytes | None) -> Manifest | None:
+        """A stored manifest, or None when there is none or it does not parse (garbled or
+        written by someone else: no engine; a build replaces it)."""
+        if data is None:
+            return None
+        try:
+            return Manifest.model_validate_json(data)
+        except ValueError as error:
+            log.warning("the manifest of engine %s does not parse; it counts as absent: %s",
+                        short_key(key), str(error).splitlines()[0])
+            return None
+
     def has(self, key: str) -> bool:
         """Whether engine ``key`` is committed."""
         return self.read_manifest(check_key(key)) is not None
@@ -217,7 +230,8 @@ class EngineStore(ABC):
         if existing is not None and (keep is None or keep(key)):
             log.info("engine %s is already in %s", short_key(key), self.uri)
             return existing
-        replace = existing is not None
+        # An unparsable manifest counts as absent, and is replaced like an unsigned one.
+        replace = existing is not None or self.read_manifest_bytes(key) is not None
         files = engine_files(src_dir)
         sizes = [p.stat().st_size for p in files]
         counter = _Counter(sum(sizes), progress)
@@ -247,7 +261,7 @@ class EngineStore(ABC):
                 log.info("engine %s was committed by another writer first (upload %s)",
                          short_key(key), winner.upload)
                 return winner
-            if winner is not None:
+            if winner is not None or self.read_manifest_bytes(key) is not None:
                 self._put_object(key, MANIFEST, manifest.to_json())
                 return manifest
         raise Unavailable(f"engine {short_key(key)} could not be committed to {self.uri}: its "

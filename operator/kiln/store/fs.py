@@ -92,7 +92,7 @@ class FileStore(EngineStore):
             data = (self._dir(key) / MANIFEST).read_bytes()
         except FileNotFoundError:
             return None
-        return Manifest.model_validate_json(data)
+        return self._parse_manifest(key, data)
 
     def _get_object(self, key: str, name: str) -> bytes | None:
         try:

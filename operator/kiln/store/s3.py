@@ -105,7 +105,7 @@ class S3Store(EngineStore):
 
     def read_manifest(self, key: str) -> Manifest | None:
         data = self._get(self._key_prefix(key) + MANIFEST, f"read the manifest of {short_key(key)}")
-        return None if data is None else Manifest.model_validate_json(data)
+        return self._parse_manifest(key, data)
 
     def _get_object(self, key: str, name: str) -> bytes | None:
         return self._get(self._key_prefix(key) + name, f"read {name} of {short_key(key)}")
