@@ -1,6 +1,6 @@
 """The engine key: one sha256 over everything that shapes an engine.
 
-``key = sha256(canonical JSON of {schema, weights, build, builderImage, gpuProduct,
+``key = sha256(canonical JSON of {schema, weights, origin, build, builderImage, gpuProduct,
 computeCapability})``, canonical JSON being ``json.dumps(sort_keys=True,
 separators=(",", ":"))``. Normal form of ``build``: the ``BuildSpec`` validated again with every
 default filled, dumped as JSON with camelCase names. So:
@@ -11,6 +11,16 @@ default filled, dumped as JSON with camelCase names. So:
 - ``extraArgs`` keep their order (trtllm-build lets a later flag override an earlier one), so
   reordering them gives another key;
 - every other change of any input gives another key.
+
+``weights`` is what the bytes are (the source's content identity); ``origin`` is where they
+come from, as far as the EngineBuild's author controls it (``kiln.sources.origin_of``, computed
+by the operator): for ``s3://`` the bucket, the prefix and the ``AWS_ENDPOINT_URL`` of the
+credentials Secret if it names one; for ``hf://`` the repo and the Secret's ``HF_ENDPOINT``;
+for ``pvc://`` the EngineBuild's namespace, the claim and the path. Without it a tenant could
+have kiln sign an engine under a key another tenant's EngineBuild computes: a PVC of the same
+name in its own namespace, a hub or S3 endpoint of its own answering the same identity. The
+platform's own endpoints (the operator's and builders' environment) are not part of it, so one
+bucket read without a tenant endpoint is one engine across namespaces (shared as Cached).
 
 The inputs are recorded in the engine's manifest. Bump ``KEY_SCHEMA_VERSION`` whenever the
 inputs or their normal form change (every stored engine is then rebuilt); the golden keys in
@@ -27,22 +37,30 @@ from typing import Any
 from kiln.api import BuildSpec
 from kiln.errors import InvalidInput
 
-KEY_SCHEMA_VERSION = 2
-"""2: upstream plugin defaults (gemm, fp8ContextFmha unset), quantization.calibration."""
+KEY_SCHEMA_VERSION = 3
+"""2: upstream plugin defaults (gemm, fp8ContextFmha unset), quantization.calibration.
+3: ``origin``, where the weights come from (the namespace of a pvc:// source, the bucket and
+prefix of an s3:// one, a tenant-given endpoint): the weights identity alone let a tenant
+build an engine under another tenant's key."""
 
 
-def key_inputs(*, weights_identity: str, build: BuildSpec, builder_image: str,
-               gpu_product: str, compute_capability: str) -> dict[str, Any]:
+def key_inputs(*, weights_identity: str, origin: Mapping[str, str], build: BuildSpec,
+               builder_image: str, gpu_product: str,
+               compute_capability: str) -> dict[str, Any]:
     """The canonical inputs of a key (also recorded in the engine's manifest)."""
-    named = {"weights_identity": weights_identity, "builder_image": builder_image,
+    named = {"weights_identity": weights_identity, "origin": origin,
+             "builder_image": builder_image,
              "gpu_product": gpu_product, "compute_capability": compute_capability}
     empty = sorted(name for name, value in named.items() if not value)
     if empty:
         raise InvalidInput(f"an engine key needs every input; empty: {', '.join(empty)}")
+    if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in origin.items()):
+        raise InvalidInput(f"an engine key's origin maps names to non-empty strings: {origin!r}")
     normalized = BuildSpec.model_validate(build.model_dump(by_alias=True))
     return {
         "schema": KEY_SCHEMA_VERSION,
         "weights": weights_identity,
+        "origin": dict(origin),
         "build": normalized.model_dump(mode="json", by_alias=True),
         "builderImage": builder_image,
         "gpuProduct": gpu_product,
@@ -60,10 +78,10 @@ def key_of(inputs: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical_json(inputs)).hexdigest()
 
 
-def engine_key(*, weights_identity: str, build: BuildSpec, builder_image: str,
-               gpu_product: str, compute_capability: str) -> str:
+def engine_key(*, weights_identity: str, origin: Mapping[str, str], build: BuildSpec,
+               builder_image: str, gpu_product: str, compute_capability: str) -> str:
     """The engine key (64 lowercase hex characters)."""
-    return key_of(key_inputs(weights_identity=weights_identity, build=build,
+    return key_of(key_inputs(weights_identity=weights_identity, origin=origin, build=build,
                              builder_image=builder_image, gpu_product=gpu_product,
                              compute_capability=compute_capability))
 

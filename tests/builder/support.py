@@ -16,7 +16,7 @@ from kiln.contract import exitcodes
 from kiln.contract.task import BuildTask
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.key import engine_key
-from kiln.sources import open_source
+from kiln.sources import open_source, origin_of
 
 GPU = ("NVIDIA-H100-80GB-HBM3", "9.0")
 IMAGE = "kiln-builder:test"
@@ -59,10 +59,13 @@ class Bed:
         """A task as the operator makes it: the key computed from its inputs."""
         spec = BuildSpec.model_validate({"backend": "pytorch", **build})
         identity = identity or self.identity(uri)
-        key = engine_key(weights_identity=identity, build=spec, builder_image=IMAGE,
+        origin = origin_of(uri, "ns", None)
+        key = engine_key(weights_identity=identity, origin=origin, build=spec,
+                         builder_image=IMAGE,
                          gpu_product=gpu[0], compute_capability=gpu[1])
         return BuildTask.for_build(
-            key=key, weights_identity=identity, source=uri, revision=None, build=spec,
+            key=key, weights_identity=identity, origin=origin, source=uri, revision=None,
+            build=spec,
             gpu_product=gpu[0], compute_capability=gpu[1],
             store=f"s3://{self.store_bucket}/", builder_image=IMAGE)
 

@@ -17,7 +17,9 @@ KEY = "ab" * 32
 
 def task(**changes: object) -> BuildTask:
     values: dict[str, object] = dict(
-        key=KEY, weights_identity="sha256:1234", source="s3://models/llama/", revision=None,
+        key=KEY, weights_identity="sha256:1234",
+        origin={"scheme": "s3", "bucket": "models", "prefix": "llama/"},
+        source="s3://models/llama/", revision=None,
         build=BuildSpec.model_validate({"dtype": "bfloat16", "parallelism": {"tensor": 2},
                                         "extraArgs": ["--fast_build"]}),
         gpu_product="NVIDIA-H100-80GB-HBM3", compute_capability="9.0",

@@ -27,7 +27,7 @@ from kiln.dev.testbed.cluster import Cluster
 from kiln.dev.testbed.localproc import LocalProcessRunner
 from kiln.key import key_inputs, key_of
 from kiln.labels import KEY_ANNOTATION
-from kiln.sources import open_source
+from kiln.sources import open_source, origin_of
 from kiln.store import EngineStore, open_store
 from kiln.targets import effective
 from waiting import eventually
@@ -47,12 +47,14 @@ def create_ed(kube: Cluster, namespace: str, body: dict[str, Any]) -> None:
         GROUP, VERSION, namespace, "enginedeployments", body)
 
 
-def victim_key(body: dict[str, Any], weights: str, endpoint: str) -> tuple[str, dict[str, Any]]:
+def victim_key(body: dict[str, Any], weights: str, endpoint: str,
+               namespace: str) -> tuple[str, dict[str, Any]]:
     """What anyone can compute from the public inputs: the key of the victim's engine."""
     eb = EngineBuild.model_validate(body)
     (target,) = effective(eb.spec, [])
     identity = open_source(weights, endpoint_url=endpoint).identity().digest
-    inputs = key_inputs(weights_identity=identity, build=eb.spec.build,
+    inputs = key_inputs(weights_identity=identity, origin=origin_of(weights, namespace, None),
+                        build=eb.spec.build,
                         builder_image="kiln-builder:test", gpu_product=target.gpu_product,
                         compute_capability=target.compute_capability)
     return key_of(inputs), inputs
@@ -108,7 +110,7 @@ def test_a_squatted_key_is_never_cached_nor_served(
         kube: Cluster, namespace: str, weights: str, operator: Operator,
         builders: LocalProcessRunner, s3_endpoint: str, s3_client: Any, tmp_path: Path) -> None:
     body = engine_build("victim", weights)
-    key, inputs = victim_key(body, weights, s3_endpoint)
+    key, inputs = victim_key(body, weights, s3_endpoint, namespace)
     store = open_store(f"s3://{ENGINES}/", endpoint_url=s3_endpoint)
     squatted = squat(store, key, inputs, tmp_path)  # before the victim's build
     states = States(kube, namespace, "victim")

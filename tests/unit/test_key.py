@@ -30,7 +30,9 @@ from kiln.key import (
     short_key,
 )
 
-BASE: dict[str, Any] = {"weights_identity": "w" * 64, "builder_image": "kiln-builder:1.2.1",
+BASE: dict[str, Any] = {"weights_identity": "w" * 64,
+                        "origin": {"scheme": "s3", "bucket": "models", "prefix": "llama/"},
+                        "builder_image": "kiln-builder:1.2.1",
                         "gpu_product": "NVIDIA-H100-80GB-HBM3", "compute_capability": "9.0"}
 EXTRA_ARGS = ["--use_fused_mlp=enable", "--max_beam_width=2", "--fast_build",
               "--log_level=info", "--tokens_per_block=64"]
@@ -44,9 +46,9 @@ def key(build: dict[str, Any] | BuildSpec | None = None, **changes: str) -> str:
 
 # -- golden values: a change here orphans every stored engine -----------------------------------
 
-GOLDEN_DEFAULT = "ca3d6092b1c61770e434ea59ed0dfba1955d79bf2d617ae9acc39dd976771040"
-GOLDEN_PYTORCH = "96b1536fe8b55714eabcb724cf6f15a471a4ca30b14390cb24417d797de2c8cf"
-GOLDEN_FP8_TP2 = "6ff993400baf09c0e8c52257477adf66f15c1f88a91c30c62367290e92ef2703"
+GOLDEN_DEFAULT = "ebbfce53c1119ebff37e448f673ce186fe64117c4b83c4d822122b049b7b8c29"
+GOLDEN_PYTORCH = "a08a6ae298f651783cde2f1c7a4e39c3989dacd0b2225134a8b079624fe62f1e"
+GOLDEN_FP8_TP2 = "3e98717736cdb6683586052b8d5c079abfd41c8e3396895ef3a4bd57ad75510f"
 GOLDEN_DEFAULT_JSON = (
     '{"build":{"backend":"tensorrt","dtype":"auto","extraArgs":[],"maxBatchSize":2048,'
     '"maxInputLen":1024,"maxNumTokens":8192,"maxSeqLen":null,"parallelism":{"pipeline":1,'
@@ -54,13 +56,14 @@ GOLDEN_DEFAULT_JSON = (
     '"gptAttention":"auto","multipleProfiles":false,"pagedContextFmha":true,'
     '"pagedKvCache":true,"reduceFusion":false,"removeInputPadding":true},"quantization":'
     '{"algo":"none","calibration":null,"kvCache":"none"}},"builderImage":"kiln-builder:1.2.1",'
-    '"computeCapability":"9.0","gpuProduct":"NVIDIA-H100-80GB-HBM3","schema":2,"weights":'
+    '"computeCapability":"9.0","gpuProduct":"NVIDIA-H100-80GB-HBM3","origin":{"bucket":'
+    '"models","prefix":"llama/","scheme":"s3"},"schema":3,"weights":'
     '"' + "w" * 64 + '"}')
 
 
 def test_golden_keys_are_pinned() -> None:
     """Bump KEY_SCHEMA_VERSION on purpose, never by accident: then update these values."""
-    assert KEY_SCHEMA_VERSION == 2
+    assert KEY_SCHEMA_VERSION == 3
     assert canonical_json(key_inputs(build=BuildSpec(), **BASE)).decode() == GOLDEN_DEFAULT_JSON
     assert key() == GOLDEN_DEFAULT
     assert key({"backend": "pytorch"}) == GOLDEN_PYTORCH
@@ -218,10 +221,20 @@ def test_every_build_field_change_alters_the_key(
 
 
 @settings(max_examples=100, deadline=None)
-@given(st.sampled_from(sorted(BASE)), st.text(min_size=1, max_size=80))
+@given(st.sampled_from(sorted(set(BASE) - {"origin"})), st.text(min_size=1, max_size=80))
 def test_every_other_input_change_alters_the_key(name: str, value: str) -> None:
     assume(value != BASE[name])
     assert key(None, **{name: value}) != key()
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.sampled_from([*sorted(BASE["origin"]), "endpoint", "namespace"]),
+       st.text(min_size=1, max_size=80))
+def test_every_origin_change_alters_the_key(name: str, value: str) -> None:
+    """Where the weights come from: a field changed or added is another key."""
+    assume(value != BASE["origin"].get(name))
+    origin = BASE["origin"] | {name: value}
+    assert engine_key(build=BuildSpec(), **(BASE | {"origin": origin})) != key()
 
 
 def test_extra_args_order_is_meaningful() -> None:
@@ -232,8 +245,9 @@ def test_extra_args_order_is_meaningful() -> None:
 
 def test_inputs_are_recorded_in_camel_case() -> None:
     inputs = key_inputs(build=BuildSpec(), **BASE)
-    assert set(inputs) == {"schema", "weights", "build", "builderImage", "gpuProduct",
-                           "computeCapability"}
+    assert set(inputs) == {"schema", "weights", "origin", "build", "builderImage",
+                           "gpuProduct", "computeCapability"}
+    assert inputs["origin"] == BASE["origin"]
     assert inputs["build"]["maxBatchSize"] == 2048
     assert inputs["schema"] == KEY_SCHEMA_VERSION
 
@@ -251,3 +265,7 @@ def test_inputs_read_back_from_json_give_the_key(spec: dict[str, Any]) -> None:
 def test_empty_inputs_are_refused() -> None:
     with pytest.raises(InvalidInput, match="empty: builder_image, weights_identity"):
         key(weights_identity="", builder_image="")
+    with pytest.raises(InvalidInput, match="empty: origin"):
+        engine_key(build=BuildSpec(), **(BASE | {"origin": {}}))
+    with pytest.raises(InvalidInput, match="non-empty strings"):
+        engine_key(build=BuildSpec(), **(BASE | {"origin": {"scheme": ""}}))

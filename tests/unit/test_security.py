@@ -24,6 +24,7 @@ from kiln.targets import effective
 from unit.test_engine_deployment_render import eb, ed, engine_serve
 
 KEY = "ab" * 32
+ORIGIN = {"scheme": "s3", "bucket": "models", "prefix": "llama/"}
 RESTRICTED_POD = {"runAsNonRoot": True, "runAsUser": 10001, "runAsGroup": 10001,
                   "fsGroup": 10001, "seccompProfile": {"type": "RuntimeDefault"}}
 RESTRICTED_CONTAINER = {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}
@@ -35,7 +36,8 @@ def job(**job_spec: Any) -> dict[str, Any]:
     spec = EngineBuildSpec.model_validate({"model": {"source": "s3://models/llama/"},
                                            "targets": [{"gpu": "H100-SXM"}], "job": job_spec})
     (target,) = effective(spec, [])
-    task = BuildTask.for_build(key=KEY, weights_identity="w", source="s3://models/llama/",
+    task = BuildTask.for_build(key=KEY, weights_identity="w", origin=ORIGIN,
+                               source="s3://models/llama/",
                                revision=None, build=spec.build, gpu_product=target.gpu_product,
                                compute_capability="9.0", store="s3://engines/",
                                builder_image="builder:1", credentials_from_env=False)

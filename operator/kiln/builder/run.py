@@ -180,7 +180,8 @@ def _smoke(task: BuildTask, paths: Paths, versions: dict[str, str]) -> None:
 
 def _inputs(task: BuildTask) -> dict[str, Any]:
     """The key's inputs, recorded in the manifest; they must hash to the task's key."""
-    inputs = key_inputs(weights_identity=task.weights_identity, build=task.build,
+    inputs = key_inputs(weights_identity=task.weights_identity, origin=task.origin,
+                        build=task.build,
                         builder_image=task.builder_image, gpu_product=task.target.gpu_product,
                         compute_capability=task.target.compute_capability)
     if key_of(inputs) != task.key:

@@ -47,6 +47,10 @@ class BuildTask(KilnModel):
     """The engine key (sha256 hex); the engine goes to ``<store>/engines/<key>/``."""
     weights_identity: str = Field(min_length=1, max_length=1024)
     """The weights' identity digest the key was computed from; the builder refuses others."""
+    origin: dict[str, str] = Field(min_length=1, max_length=8)
+    """Where the weights come from (``kiln.sources.origin_of``: the namespace of a pvc://
+    source, the bucket and prefix of an s3:// one, an endpoint the credentials Secret names),
+    computed by the operator: an input of the key, recorded in the manifest."""
     source: TaskSource
     build: BuildSpec
     target: TaskTarget
@@ -56,12 +60,13 @@ class BuildTask(KilnModel):
     """The image reference the key was computed with (recorded in the manifest)."""
 
     @classmethod
-    def for_build(cls, *, key: str, weights_identity: str, source: str, revision: str | None,
-                  build: BuildSpec, gpu_product: str, compute_capability: str, store: str,
-                  builder_image: str, credentials_from_env: bool = False) -> BuildTask:
+    def for_build(cls, *, key: str, weights_identity: str, origin: Mapping[str, str],
+                  source: str, revision: str | None, build: BuildSpec, gpu_product: str,
+                  compute_capability: str, store: str, builder_image: str,
+                  credentials_from_env: bool = False) -> BuildTask:
         """The task for one target of an EngineBuild."""
         return cls(
-            key=key, weights_identity=weights_identity,
+            key=key, weights_identity=weights_identity, origin=dict(origin),
             source=TaskSource(uri=source, revision=revision,
                               credentials_from_env=credentials_from_env),
             build=build,

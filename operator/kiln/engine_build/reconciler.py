@@ -43,7 +43,7 @@ from kiln.kube import Kube
 from kiln.labels import HASH_ANNOTATION, KEY_ANNOTATION
 from kiln.pods import ObservedPod
 from kiln.pool import GpuNode, auto_targets, needed_products
-from kiln.sources import WeightsIdentity, WeightSource, open_source
+from kiln.sources import WeightsIdentity, WeightSource, open_source, origin_of
 from kiln.status import Event, WrittenStatus
 from kiln.store import EngineStore, open_store
 from kiln.targets import effective
@@ -168,6 +168,15 @@ class EngineBuildReconciler:
     def _credentials(self, namespace: str, eb: EngineBuild) -> dict[str, str] | None:
         secret = eb.spec.model.credentials_secret
         return self.kube.secret_data(namespace, secret) if secret else None
+
+    def _origin(self, namespace: str, eb: EngineBuild) -> dict[str, str]:
+        """Where the weights come from, an input of the key (``origin_of``): read each pass,
+        as the builder reads the credentials Secret when it runs (a pvc:// source needs no
+        Secret: its origin is the namespace, claim and path)."""
+        source = eb.spec.model.source
+        needs_secret = not source.startswith("pvc://")
+        return origin_of(source, namespace,
+                         self._credentials(namespace, eb) if needs_secret else None)
 
     def identity(self, namespace: str, eb: EngineBuild, *, refresh: bool = False) -> _Identity:
         """The weights identity: cached; else the one in status, if it was read from this
@@ -335,13 +344,14 @@ class EngineBuildReconciler:
 
     def _sign_built(self, uri: str, want: Want, job: ObservedJob, namespace: str,
                     image: str, eb: EngineBuild, uid: str,
-                    identity: str) -> tuple[Manifest | None, bool]:
+                    identity: str, origin: dict[str, str]) -> tuple[Manifest | None, bool]:
         """Sign the engine the key's own Job (succeeded) wrote; (manifest, foreign): foreign
         when the store holds a manifest that Job did not write (build again)."""
         body = self.kube.read_job(namespace, job.name)
         if body is None:
             return None, False
-        _foreign_job(body, self._render(namespace, eb, uid, want, image, identity, uri))
+        _foreign_job(body, self._render(namespace, eb, uid, want, image, identity, origin,
+                                               uri))
         report = signing.built(body, self.kube.job_pods(namespace, job.name))
         if isinstance(report, str):
             log.warning("not signing engine %s: %s", short_key(want.key), report)
@@ -491,11 +501,11 @@ class EngineBuildReconciler:
         serving = [ed for ed in serving if ed.spec.engine_build_ref.name == name]
         return auto_targets(eb.spec, needed_products(serving, world.gpu_nodes()))
 
-    def _wants(self, eb: EngineBuild, auto: list[str], identity: str, store: str,
-               image: str) -> list[Want]:
+    def _wants(self, eb: EngineBuild, auto: list[str], identity: str, origin: dict[str, str],
+               store: str, image: str) -> list[Want]:
         wants = []
         for target in effective(eb.spec, auto):
-            key = engine_key(weights_identity=identity, build=eb.spec.build,
+            key = engine_key(weights_identity=identity, origin=origin, build=eb.spec.build,
                              builder_image=image, gpu_product=target.gpu_product,
                              compute_capability=target.compute_capability)
             wants.append(Want(target, key, f"{store}engines/{key}/"))
@@ -522,7 +532,8 @@ class EngineBuildReconciler:
                      settling, short_key(before.identity))
             accepted = _Identity(weights.fingerprint, before.identity,
                                  before.checked_at or weights.checked_at, weights.read_at)
-        wants = self._wants(eb, auto, accepted.identity, store, image)
+        origin = self._origin(namespace, eb)
+        wants = self._wants(eb, auto, accepted.identity, origin, store, image)
         observed = {w.key: j for w in wants if (j := self._job(world, namespace, w.key))}
         failures = {k: f for k, j in observed.items()
                     if j.state == "Failed" and (f := self._failure(namespace, j, world))}
@@ -530,13 +541,13 @@ class EngineBuildReconciler:
             moved = self.identity(namespace, eb, refresh=True)
             if self._settling(eb, moved) is None:  # still moving: the next passes settle it
                 accepted = moved
-                wants = self._wants(eb, auto, accepted.identity, store, image)
+                wants = self._wants(eb, auto, accepted.identity, origin, store, image)
                 observed = {w.key: j for w in wants
                             if (j := self._job(world, namespace, w.key))}
                 failures = {k: f for k, j in observed.items()
                             if j.state == "Failed" and (f := self._failure(namespace, j, world))}
         for key in self._replace_outdated(namespace, name, uid, eb, wants, observed, world,
-                                          image, accepted.identity, store):
+                                          image, accepted.identity, origin, store):
             observed.pop(key)
         manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
                                            trust_absent=job_moved) for w in wants}
@@ -545,7 +556,7 @@ class EngineBuildReconciler:
             job = observed.get(want.key)
             if manifests[want.key] is None and job is not None and job.state == "Succeeded":
                 manifests[want.key], stray = self._sign_built(
-                    store, want, job, namespace, image, eb, uid, accepted.identity)
+                    store, want, job, namespace, image, eb, uid, accepted.identity, origin)
                 if stray:
                     foreign.add(want.key)
         owned = {j.key: j for j in world.owned_by(uid)}
@@ -570,8 +581,8 @@ class EngineBuildReconciler:
             seen = observed.get(want.key)
             if seen is not None and want.key not in replaced and uid in seen.owner_uids:
                 continue  # the Job exists and is ours: nothing to write
-            self._ensure_job(namespace, name, uid, eb, want, image, accepted.identity, store,
-                             exists=seen is not None and want.key not in replaced)
+            self._ensure_job(namespace, name, uid, eb, want, image, accepted.identity, origin,
+                             store, exists=seen is not None and want.key not in replaced)
         for job in result.release:
             self._release(namespace, job, uid)
         self.written.write(body, result.status.to_dict())
@@ -622,7 +633,7 @@ class EngineBuildReconciler:
     def _replace_outdated(self, namespace: str, name: str, uid: str, eb: EngineBuild,
                           wants: list[Want], observed: dict[str, ObservedJob],
                           world: BuildWorld, image: str, identity: str,
-                          store: str) -> list[str]:
+                          origin: dict[str, str], store: str) -> list[str]:
         """Delete this object's own Jobs whose pod never ran (refused at creation, not
         scheduled, image not pulled) and whose pod template is not what the spec renders now
         (a ``spec.job`` fix: security context, priority class, tolerations, resources): the
@@ -637,7 +648,7 @@ class EngineBuildReconciler:
             why = self._stuck(namespace, eb, {want.key: job}, world).get(want.key)
             if why is None or why.reason not in NEVER_RAN:
                 continue
-            rendered = self._render(namespace, eb, uid, want, image, identity, store)
+            rendered = self._render(namespace, eb, uid, want, image, identity, origin, store)
             if rendered["metadata"]["annotations"][HASH_ANNOTATION] == job.template_hash:
                 continue
             found = self.kube.read_job(namespace, job.name)
@@ -654,10 +665,11 @@ class EngineBuildReconciler:
         return gone
 
     def _ensure_job(self, namespace: str, name: str, uid: str, eb: EngineBuild, want: Want,
-                    image: str, identity: str, store: str, *, exists: bool = False) -> None:
+                    image: str, identity: str, origin: dict[str, str], store: str, *,
+                    exists: bool = False) -> None:
         """Create the key's Job, or join it as an owner (``exists``: skip the create). Joining
         swaps the owners on the Job's resourceVersion; a Job deleted meanwhile is created."""
-        job = self._render(namespace, eb, uid, want, image, identity, store)
+        job = self._render(namespace, eb, uid, want, image, identity, origin, store)
         for _ in range(SWAPS):
             if not exists and self.kube.create_job(job):
                 metrics.record_build_started(once=f"{namespace}/{job_name(want.key)}")
@@ -687,11 +699,11 @@ class EngineBuildReconciler:
                           "joining it; trying again", reason="Conflict")
 
     def _render(self, namespace: str, eb: EngineBuild, uid: str, want: Want, image: str,
-                identity: str, store: str) -> dict[str, Any]:
+                identity: str, origin: dict[str, str], store: str) -> dict[str, Any]:
         """The Job kiln renders for ``want`` of this EngineBuild."""
         name = str(eb.metadata["name"])
         task = BuildTask.for_build(
-            key=want.key, weights_identity=identity, source=eb.spec.model.source,
+            key=want.key, weights_identity=identity, origin=origin, source=eb.spec.model.source,
             revision=eb.spec.model.revision, build=eb.spec.build,
             gpu_product=want.target.gpu_product,
             compute_capability=want.target.compute_capability, store=store,

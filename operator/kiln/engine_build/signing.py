@@ -112,9 +112,9 @@ def _container_problem(found: dict[str, Any], rendered: dict[str, Any]) -> str |
     task, want = _task(found), _task(rendered)
     if task is None or want is None:
         return "its task is not kiln's"
-    same = ("key", "weights_identity", "build", "target", "builder_image")
+    same = ("key", "weights_identity", "origin", "build", "target", "builder_image")
     if any(getattr(task, f) != getattr(want, f) for f in same):
-        return "its task is for another key, weights, build or image"
+        return "its task is for another key, weights, origin, build or image"
     return None
 
 

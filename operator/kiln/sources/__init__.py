@@ -15,6 +15,10 @@ A ``WeightSource`` has ``uri``, ``identity() -> WeightsIdentity`` (``digest``, `
 exactly the identified weights (S3: every read pinned to the listed ETag; HF: by commit sha)
 and raises ``kiln.errors.WeightsChanged`` when they changed meanwhile. Other errors:
 ``InvalidInput`` (malformed URI), ``NotFound``, ``AccessDenied``, ``Unavailable``.
+
+``origin_of(uri, namespace, credentials) -> dict[str, str]``: where the weights come from, as
+far as the EngineBuild's author controls it: an input of the engine key next to the identity
+(see ``kiln.key``).
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from kiln.errors import InvalidInput
+from kiln.pvc import pvc_path
 from kiln.sources.base import Progress, WeightsIdentity, WeightSource, content_digest
-from kiln.sources.hf import HuggingFaceSource, RepoType
+from kiln.sources.hf import HuggingFaceSource, RepoType, hf_repo
 from kiln.sources.pvc import PvcSource
 from kiln.sources.s3 import S3Source
+from kiln.store.s3client import parse_uri
 
 __all__ = ["HuggingFaceSource", "Progress", "PvcSource", "S3Source", "WeightSource",
-           "WeightsIdentity", "content_digest", "open_source"]
+           "WeightsIdentity", "content_digest", "open_source", "origin_of"]
 
 
 def open_source(uri: str, *, credentials: Mapping[str, str] | None = None,
@@ -44,3 +50,40 @@ def open_source(uri: str, *, credentials: Mapping[str, str] | None = None,
         return PvcSource(uri, revision=revision)
     raise InvalidInput(f"{uri!r} is not a weights URI: use s3://bucket/prefix/, "
                        "hf://org/name@revision or pvc://claim/path")
+
+
+def origin_of(uri: str, namespace: str,
+              credentials: Mapping[str, str] | None) -> dict[str, str]:
+    """Where the weights of ``uri`` come from, as the tenant controls it (an input of the key):
+
+    - ``s3://``: the bucket and prefix, and ``AWS_ENDPOINT_URL`` of ``credentials`` (the
+      EngineBuild's ``credentialsSecret``) if it names one; the platform's endpoint (the
+      operator's and builders' environment) is not part of it, so the same bucket read through
+      it is the same origin in every namespace;
+    - ``hf://``: the repo, and ``HF_ENDPOINT`` of ``credentials`` if set;
+    - ``pvc://``: ``namespace`` (a claim is the namespace's own), the claim and the path.
+
+    Empty values are left out (a whole bucket or claim has no prefix or path); an endpoint
+    loses its trailing ``/``. Raises ``InvalidInput`` for a malformed URI."""
+    creds = credentials or {}
+    if uri.startswith("s3://"):
+        bucket, prefix = parse_uri(uri)
+        found = {"scheme": "s3", "bucket": bucket, "prefix": prefix,
+                 "endpoint": _endpoint(creds.get("AWS_ENDPOINT_URL"))}
+    elif uri.startswith("hf://"):
+        found = {"scheme": "hf", "repo": hf_repo(uri),
+                 "endpoint": _endpoint(creds.get("HF_ENDPOINT"))}
+    elif uri.startswith("pvc://"):
+        pvc_path(uri)  # refuses a malformed one
+        claim, _, path = uri.removeprefix("pvc://").strip("/").partition("/")
+        if not namespace:
+            raise InvalidInput(f"the origin of {uri} needs the EngineBuild's namespace")
+        found = {"scheme": "pvc", "namespace": namespace, "claim": claim, "path": path}
+    else:
+        raise InvalidInput(f"{uri!r} is not a weights URI: use s3://bucket/prefix/, "
+                           "hf://org/name@revision or pvc://claim/path")
+    return {name: value for name, value in found.items() if value}
+
+
+def _endpoint(value: str | None) -> str:
+    return (value or "").strip().rstrip("/")

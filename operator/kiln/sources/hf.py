@@ -21,6 +21,15 @@ _URI = re.compile(r"^hf://([A-Za-z0-9][-A-Za-z0-9_.]*/[A-Za-z0-9][-A-Za-z0-9_.]*
 
 RepoType = Literal["model", "dataset"]
 
+
+def hf_repo(uri: str) -> str:
+    """``org/name`` of ``hf://org/name@revision``; ``InvalidInput`` for a malformed URI."""
+    match = _URI.match(uri)
+    if match is None:
+        raise InvalidInput(f"{uri!r} is not a Hugging Face URI such as "
+                           "hf://org/name@revision")
+    return match.group(1)
+
 HUB_TIMEOUT = 20.0
 """Seconds a model-info request may take: a hub that hangs holds a reconcile no longer."""
 
