@@ -59,7 +59,7 @@ def test_a_pod_of_the_tenants_own_reporting_its_manifest_is_not_signed(
     adds a pod labelled with the Job's name, owned by its uid, whose termination message
     gives the digest of the tenant's manifest, and writes that manifest over the victim's."""
     body = engine_build("victim", weights)
-    key, inputs = victim_key(body, weights, s3_endpoint)
+    key, inputs = victim_key(body, weights, s3_endpoint, namespace)
     store = open_store(f"s3://{ENGINES}/", endpoint_url=s3_endpoint)
     core = client.CoreV1Api(kube.api_client)
     create(kube, namespace, body)
@@ -105,7 +105,7 @@ def test_a_tenants_job_of_the_keys_name_is_neither_joined_nor_signed(
     real builder and succeeds. kiln neither joins it nor signs what it wrote, changes nothing
     of it, and says so; once it is deleted, the victim builds its own engine."""
     body = engine_build("victim", weights)
-    key, _ = victim_key(body, weights, s3_endpoint)
+    key, _ = victim_key(body, weights, s3_endpoint, namespace)
     store = open_store(f"s3://{ENGINES}/", endpoint_url=s3_endpoint)
     batch = client.BatchV1Api(kube.api_client)
     builders.pause()
