@@ -4,8 +4,8 @@ Lease writes nothing after it resumes, until it wins the Lease again.
 
 Who wrote what comes from the apiserver's audit log: each replica runs as a ServiceAccount of
 its own (bound to the release's roles), so every write it makes counts, whoever in the
-process (kiln, Kopf, the client) made it and whatever its User-Agent. The Lease is short here (4 s; renew deadline 3 s, retry 1 s)
-through the same settings the chart sets.
+process (kiln, Kopf, the client) made it and whatever its User-Agent. The Lease is short here
+(4 s; renew deadline 3 s, retry 1 s) through the same settings the chart sets.
 """
 
 from __future__ import annotations
