@@ -43,6 +43,7 @@ def _run(args: argparse.Namespace) -> int:
 def _gc(args: argparse.Namespace) -> int:
     from kiln import gc
     from kiln.config import OperatorConfig
+    from kiln.errors import InvalidInput
     from kiln.kube import Client, Kube, load_config
     from kiln.store import open_store
 
@@ -56,11 +57,17 @@ def _gc(args: argparse.Namespace) -> int:
     if not stores:
         print("no store: name one with --store, or set KILN_DEFAULT_STORE", file=sys.stderr)
         return 2
+    try:
+        retention = gc.check_retention(gc.seconds(args.retention))
+    except InvalidInput as error:
+        print(f"kiln gc: {error.message}", file=sys.stderr)
+        return 2
     keep = gc.referenced(kube)
     for uri in stores:
         with open_store(uri) as store:
-            gc.collect(store, keep, retention=gc.seconds(args.retention), apply=args.apply,
-                       uploads_after=gc.seconds(args.uploads_after))
+            gc.collect(store, keep, retention=retention, apply=args.apply,
+                       uploads_after=gc.seconds(args.uploads_after),
+                       recheck=lambda: gc.referenced(kube))
     return 0
 
 

@@ -92,10 +92,15 @@ class Client:
     once. Safe to share between threads."""
 
     def __init__(self, credentials: Credentials,
-                 fence: Callable[[], bool] = lambda: True) -> None:
+                 fence: Callable[[], bool] = lambda: True,
+                 write_timeout: Callable[[], float | None] = lambda: None) -> None:
         self.credentials = credentials
         self.fence = fence
         """Whether this replica may write now (the leader's lease is valid)."""
+        self.write_timeout = write_timeout
+        """The most a fenced write may take, connect to answer (None: ``TIMEOUT``). A write
+        that passed the fence must be over before another replica can take the Lease; the
+        credentials' client makes one attempt only (no urllib3 retries)."""
 
     def request(self, method: str, path: str, body: Any = None, *,
                 query: dict[str, str] | None = None, content_type: str = JSON,
@@ -107,6 +112,11 @@ class Client:
         if method in ("POST", "PUT", "PATCH") and content_type != APPLY:
             params.setdefault("fieldManager", MANAGER)
         headers = {"Accept": JSON, "Content-Type": content_type}
+        if method != "GET" and fenced:
+            limit = self.write_timeout()
+            if limit is not None:  # one total: urllib3 bounds connect and read together
+                whole = sum(timeout) if isinstance(timeout, tuple) else timeout
+                timeout = min(whole, limit)
         for attempt in (1, 2):
             api = self.credentials.api()
             if method != "GET" and fenced and not self.fence():  # checked last before sending

@@ -21,6 +21,7 @@ from typing import Any
 from urllib.parse import urlsplit
 from urllib.request import proxy_bypass_environment  # type: ignore[attr-defined]
 
+import urllib3
 from kubernetes import client, config
 from kubernetes.config import kube_config
 
@@ -111,6 +112,10 @@ class Credentials:
         cfg.proxy = None if bypass else proxy_url or _env_proxy(cfg.host)
         cfg.no_proxy = None
         cfg.connection_pool_maxsize = POOL  # the client's default is 5 per CPU
+        # No urllib3 retries: its default resends a PUT or DELETE after a read timeout (and any
+        # request after a connect error) up to a minute later, past the Lease's fence, which
+        # is checked once per request kiln sends. kiln's callers retry with their backoff.
+        cfg.retries = urllib3.util.Retry(total=0, redirect=False)
         api = client.ApiClient(cfg)
         api.user_agent = self.user_agent
         return api, expiry, time.time(), cfg.proxy

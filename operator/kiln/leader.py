@@ -5,7 +5,12 @@ seeing its record unchanged for ``leaseDurationSeconds`` (or held by nobody); th
 every ``retry`` seconds, and counts as leader only until ``renew_deadline`` after the start of
 its last successful renewal. As ``renew_deadline < lease``, a leader that cannot renew (cut
 off, or stopped with SIGSTOP) stops writing before anyone can take the Lease: ``fence()``
-closes on time alone, whether or not the loop below got to run. Neither the client's
+closes on time alone, whether or not the loop below got to run. A write that passed the fence
+is sent once (no urllib3 retries) with a total timeout of ``lease - renew_deadline``
+(:attr:`Elector.write_timeout`), so it is over before the Lease can be taken. Each time this
+replica starts leading begins a new *term*; work started in an earlier term (a worker thread
+that outlived its cancelled queue) carries that term in :data:`TERM` and is fenced out, and
+once ``release()`` ran the fence never opens again. Neither the client's
 ``leaderelection`` module (ConfigMap locks only, wall clock, a leading thread nobody stops) nor
 Kopf's peering (priorities, no deadline) gives that.
 """
@@ -19,6 +24,7 @@ import threading
 import time
 import uuid
 from collections.abc import Callable, Mapping
+from contextvars import ContextVar
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -29,6 +35,10 @@ from kiln.errors import InvalidInput, KilnError
 from kiln.kube import ApiError, Client
 
 log = logging.getLogger(__name__)
+
+TERM: ContextVar[int | None] = ContextVar("kiln_leader_term", default=None)
+"""The term the work running in this context was started in (set by the leader's tasks and
+carried into their threads); None outside them (then the fence decides on time alone)."""
 
 
 @dataclass(frozen=True)
@@ -74,15 +84,28 @@ class Elector:
         self.path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases/{name}"
         self._valid_until = 0.0
         self._leading = False
+        self._released = False
+        self.term = 0
+        """How many times this replica started leading; the current term while it leads."""
         self._seen: tuple[Any, ...] | None = None
         self._seen_at = 0.0
         self.holder: str | None = None
         """Who held the Lease when last read."""
 
+    @property
+    def write_timeout(self) -> float:
+        """The most a fenced write may take: sent before the fence closes (the renew deadline
+        after the last renewal started), it is over before the Lease can expire."""
+        return self.timing.lease - self.timing.renew_deadline
+
     def fence(self) -> bool:
         """Whether this replica may write now: it renewed its Lease less than the renew
-        deadline ago."""
-        return time.monotonic() < self._valid_until
+        deadline ago, has not released it, and the caller's work (if any) belongs to the
+        current term."""
+        if self._released or time.monotonic() >= self._valid_until:
+            return False
+        term = TERM.get()
+        return term is None or term == self.term
 
     def _request(self, method: str, path: str, body: Any = None) -> Any:
         timeout = (self.timing.retry, max(1.0, self.timing.renew_deadline / 2))
@@ -131,6 +154,8 @@ class Elector:
 
     def step(self) -> None:
         """One round: take or renew, and start or stop leading accordingly."""
+        if self._released:
+            return
         started = time.monotonic()
         try:
             held = self._try()
@@ -142,10 +167,11 @@ class Elector:
         except (KilnError, urllib3.exceptions.HTTPError, OSError) as error:
             held = False
             log.warning("Lease %s/%s unreachable: %s", self.namespace, self.name, error)
-        if held:
+        if held and not self._released:  # release() may have run during the request
             self._valid_until = started + self.timing.renew_deadline
-        if held and not self._leading:
+        if held and not self._leading and not self._released:
             self._leading = True
+            self.term += 1
             log.info("Leading as %s (Lease %s/%s)", self.me, self.namespace, self.name)
             self.on_lead()
         elif self._leading and not self.fence():
@@ -161,8 +187,11 @@ class Elector:
             stop.wait(self.timing.retry)
 
     def release(self) -> None:
-        """Stop leading and hand the Lease back, so a standby takes it at once."""
-        was_leading = self.fence()
+        """Stop leading for good and hand the Lease back, so a standby takes it at once.
+        Call it after the Lease loop stopped (a renewal in flight would take it again); the
+        fence stays closed afterwards whatever that loop does."""
+        was_leading = not self._released and time.monotonic() < self._valid_until
+        self._released = True
         self._valid_until = 0.0
         if not was_leading:
             return

@@ -81,6 +81,10 @@ STORE_BYTES = Gauge(
 GC_RECLAIMED_BYTES = Gauge(
     "kiln_gc_reclaimed_bytes", "Bytes of the engines the last `kiln gc --apply` deleted.",
     ["store"], registry=REGISTRY)
+USED_MARK_FAILURES = Counter(
+    "kiln_used_mark_failures", "Engines the operator could not mark used in a store (a GC "
+    "may then delete them once unused past its retention), by store.", ["store"],
+    registry=REGISTRY)
 
 for _kind in _KINDS:
     RECONCILE_ERRORS.labels(kind=_kind)
@@ -190,6 +194,11 @@ def set_store(store: str, *, engines: int, size: int, reclaimed: int) -> None:
     STORE_ENGINES.labels(store=store).set(engines)
     STORE_BYTES.labels(store=store).set(size)
     GC_RECLAIMED_BYTES.labels(store=store).set(reclaimed)
+
+
+def record_used_mark_failure(store: str) -> None:
+    """An engine in use could not be marked used in ``store``."""
+    USED_MARK_FAILURES.labels(store=store).inc()
 
 
 def forget_engines_served(owner: str) -> None:

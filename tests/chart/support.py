@@ -148,6 +148,17 @@ NEEDS: tuple[Need, ...] = tuple([
     *_needs("get create patch", "", "configmaps"),
 ])
 
+GC_NEEDS: tuple[Need, ...] = tuple([
+    # `kiln gc` reads the references, across all namespaces, and nothing else.
+    *_needs("get", "kiln.dev", "enginebuilds enginedeployments"),
+    *_needs("list", "kiln.dev", "enginebuilds enginedeployments", scopes=WATCH),
+    *_needs("get", "batch", "jobs"),
+    *_needs("list", "batch", "jobs", scopes=WATCH),
+    *_needs("get", "apps", "deployments"),
+    *_needs("list", "apps", "deployments", scopes=WATCH),
+])
+"""What the GC CronJob's ServiceAccount may do (``kiln.gc.referenced``)."""
+
 DENIED: tuple[Need, ...] = tuple([
     *_needs("list watch", "", "secrets", scopes=WATCH),
     *_needs("create update patch delete", "", "secrets"),

@@ -303,7 +303,10 @@ def test_store_gc_is_an_optional_dry_run_cron_job() -> None:
     job = find(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     (gc,) = job["containers"]
     assert gc["args"] == ["gc", "--retention=7d"]  # lists only, until apply: true
-    assert job["serviceAccountName"] == find(docs, "ServiceAccount")["metadata"]["name"]
+    accounts = [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"]
+    assert job["serviceAccountName"] in accounts  # its own, not the operator's
+    assert job["serviceAccountName"] != find(docs, "Deployment")["spec"]["template"]["spec"][
+        "serviceAccountName"]
     applied = render({"store": {"uri": "s3://engines/",
                                 "gc": {"enabled": True, "apply": True, "retention": "14d"}}})
     assert find(applied, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
@@ -311,3 +314,23 @@ def test_store_gc_is_an_optional_dry_run_cron_job() -> None:
     refused = render_text({"store": {"gc": {"enabled": True}}, "watchNamespaces": ["a"]},
                           check=False)
     assert refused.returncode and "cluster-wide" in refused.stderr
+
+
+def test_the_replicas_prefer_different_nodes_unless_told_otherwise() -> None:
+    def affinity(values: dict[str, Any] | None = None) -> Any:
+        return find(render(values), "Deployment")["spec"]["template"]["spec"].get("affinity")
+
+    soft = affinity()["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    (term,) = soft
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = find(render(), "Deployment")["spec"]["selector"]["matchLabels"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    hard = affinity({"podAntiAffinity": "hard"})["podAntiAffinity"]
+    assert hard["requiredDuringSchedulingIgnoredDuringExecution"][0]["topologyKey"] == (
+        "kubernetes.io/hostname")
+    assert affinity({"podAntiAffinity": ""}) is None
+    assert affinity({"replicaCount": 1, "leaderElection": {"enabled": False}}) is None
+    own = {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {
+        "nodeSelectorTerms": [{"matchExpressions": [
+            {"key": "pool", "operator": "In", "values": ["ops"]}]}]}}}
+    assert affinity({"affinity": own}) == own

@@ -16,7 +16,18 @@ import pytest
 from kubernetes import client
 
 from chart import support
-from chart.support import CHART, DENIED, NEEDS, Need, covers, find, granted, missing, render
+from chart.support import (
+    CHART,
+    DENIED,
+    GC_NEEDS,
+    NEEDS,
+    Need,
+    covers,
+    find,
+    granted,
+    missing,
+    render,
+)
 from kiln import GROUP
 
 pytestmark = pytest.mark.cluster
@@ -135,6 +146,25 @@ def test_namespaced_rbac_stays_in_the_watched_namespaces(
     leaked = {n for n, ok in granted(kube, kubeconfig, outside, other_namespace).items() if ok}
     assert leaked == set(), [str(n) for n in leaked]
     allowed = {n for n, ok in granted(kube, kubeconfig, DENIED, namespace).items() if ok}
+    assert allowed == set(), [str(n) for n in allowed]
+
+
+def test_the_gc_cron_job_may_only_read_its_references(
+        kube: Any, crds: None, namespace: str, other_namespace: str, release: str,
+        cleanup: list[dict[str, Any]]) -> None:
+    docs = render({"store": {"uri": "s3://engines/", "gc": {"enabled": True}}}, release=release,
+                  namespace=namespace, show_only=["templates/gc-cronjob.yaml"])
+    account = find(docs, "CronJob")["spec"]["jobTemplate"]["spec"]["template"]["spec"][
+        "serviceAccountName"]
+    rbac = [d for d in docs if d["kind"] != "CronJob"]
+    cleanup.extend(rbac)
+    support.apply(kube, rbac)
+    kubeconfig = kube.kubeconfig_for_service_account(namespace, account, create=False)
+    support.wait_for(lambda: not missing(kube, kubeconfig, other_namespace, GC_NEEDS),
+                     what="RBAC")
+    assert missing(kube, kubeconfig, other_namespace, GC_NEEDS) == set()
+    beyond = [n for n in (*NEEDS, *DENIED) if n not in GC_NEEDS]
+    allowed = {n for n, ok in granted(kube, kubeconfig, beyond, other_namespace).items() if ok}
     assert allowed == set(), [str(n) for n in allowed]
 
 

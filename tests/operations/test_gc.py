@@ -46,7 +46,8 @@ def other(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
 
 def gc(kube: Cluster, store: str, s3_endpoint: str, *args: str,
        ) -> subprocess.Popen[str]:
-    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "AWS_ENDPOINT_URL": s3_endpoint}
+    env = {**os.environ, "KUBECONFIG": str(kube.kubeconfig), "AWS_ENDPOINT_URL": s3_endpoint,
+           "KILN_GC_MIN_RETENTION": "1s"}  # the tests' retentions are seconds
     return subprocess.Popen([sys.executable, "-m", "kiln.cli", "gc", "--store", store, *args],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True)

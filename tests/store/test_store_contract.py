@@ -308,3 +308,69 @@ def test_download_resumes_after_broken_connections(
     assert proxy.cuts >= 5  # every file, and every range of the ranged ones
     for entry in manifest.files:
         assert (tmp_path / "out" / entry.path).read_bytes() == (engine / entry.path).read_bytes()
+
+
+def test_delete_leaves_a_concurrent_rebuild_whole(store: EngineStore, engine: Path,
+                                                   tmp_path: Path) -> None:
+    """GC deletes an engine while its key is being rebuilt: the rebuild's files (and, on
+    S3, its unfinished multipart upload) stay, and its manifest then commits a whole engine."""
+    old = store.upload(KEY, engine)
+    (engine / "rank1.engine").write_bytes(os.urandom(1024))
+    rebuild = "rebuild0000000000"
+    if isinstance(store, FileStore):
+        (store.root / "engines" / KEY / rebuild).mkdir()
+    store_put_raw(store, KEY, rebuild, "config.json", (engine / "config.json").read_bytes())
+    multipart = None
+    if isinstance(store, S3Store):
+        name = f"{store.prefix}engines/{KEY}/{rebuild}/rank2.engine"
+        multipart = store.client.create_multipart_upload(Bucket=store.bucket,
+                                                         Key=name)["UploadId"]
+    assert store.delete(KEY)
+    left = stored_files(store, KEY)
+    assert left and all(f"/{rebuild}/" in name for name in left), left
+    assert not any(f"/{old.upload}/" in name for name in left)
+    if isinstance(store, S3Store):
+        uploads = store.client.list_multipart_uploads(Bucket=store.bucket).get("Uploads", [])
+        assert multipart in [u["UploadId"] for u in uploads]
+        store.client.abort_multipart_upload(Bucket=store.bucket, Key=name, UploadId=multipart)
+    new = store.upload(KEY, engine, upload_id=rebuild)  # the rebuild commits
+    store.download(KEY, tmp_path / "out")
+    assert new.upload == rebuild
+    assert store.collect_garbage(older_than_seconds=0) == []
+    assert store.delete(KEY) and not store.has(KEY) and stored_files(store, KEY) == []
+    assert not store.delete(KEY)
+
+
+def test_delete_keeps_a_manifest_replaced_after_it_was_read(
+        store: EngineStore, engine: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The manifest deleted is the one read just before; one committed in between stays (on
+    S3, the delete is conditional on the manifest's ETag)."""
+    if not isinstance(store, S3Store):
+        pytest.skip("a filesystem's rename takes exactly the manifest it removes")
+    store.upload(KEY, engine)
+    other = store.upload(OTHER, engine)
+    get = store.client.get_object
+
+    def replaced_after_read(**kwargs: Any) -> Any:
+        found = get(**kwargs)
+        if kwargs["Key"].endswith(f"{KEY}/{MANIFEST}"):
+            store.client.put_object(Bucket=store.bucket, Key=kwargs["Key"],
+                                    Body=other.model_copy(update={"key": KEY}).to_json())
+        return found
+
+    monkeypatch.setattr(store.client, "get_object", replaced_after_read)
+    assert not store.delete(KEY)
+    monkeypatch.undo()
+    assert store.has(KEY)
+
+
+def test_the_used_marker_says_how_often_its_writer_marks(store: EngineStore,
+                                                         engine: Path) -> None:
+    store.upload(KEY, engine)
+    assert store.last_used(KEY) is None
+    assert store.mark_used(KEY, "cluster-a", every=600.0)
+    found = store.last_used(KEY)
+    assert found is not None and found[0] < 60 and found[1] == 600.0
+    assert not store.mark_used(KEY, "cluster-a", unless_within=60, every=600.0)
+    assert store.mark_used(KEY, "old-operator")
+    assert (found := store.last_used(KEY)) is not None and found[1] is None

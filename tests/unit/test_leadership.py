@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import threading
 
+import pytest
+
 from kiln.handlers import leadership
 
 
@@ -39,3 +41,20 @@ def test_a_dead_queue_or_sweep_or_lease_loop_fails_liveness() -> None:
         assert leadership.problems() == ["the Lease loop has died"]
     finally:
         leadership._lease.clear()
+
+
+def test_a_worker_stuck_in_one_reconcile_fails_liveness(monkeypatch: pytest.MonkeyPatch
+                                                         ) -> None:
+    from kiln.handlers import engine_build, workqueue
+
+    now = [100.0]
+    monkeypatch.setattr(workqueue.time, "monotonic", lambda: now[0])
+    queue: workqueue.WorkQueue[tuple[str, str]] = workqueue.WorkQueue(1)
+    monkeypatch.setattr(engine_build, "_queue", queue)
+    queue._since[("ns", "eb")] = 100.0
+    assert engine_build.stuck() is None
+    now[0] += engine_build.STUCK_SECONDS + 1
+    assert engine_build.stuck() == ("EngineBuild workers: the reconcile of ('ns', 'eb') has "
+                                    "run for 601 s")
+    queue._since.clear()
+    assert engine_build.stuck() is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
-from typing import Any, cast
+from typing import Any
 
 import kopf
 
@@ -37,7 +37,7 @@ def credentials() -> Credentials:
 
 @functools.cache
 def client() -> Client:
-    return Client(credentials(), fence=fence)
+    return Client(credentials(), fence=fence, write_timeout=write_timeout)
 
 
 @functools.cache
@@ -58,19 +58,21 @@ def fence() -> bool:
     return found is None or found.fence()
 
 
+def write_timeout() -> float | None:
+    """The most a fenced write may take: within the Lease's margin (None without election)."""
+    found = elector()
+    return None if found is None else found.write_timeout
+
+
 @functools.cache
 def kube() -> Kube:
     return Kube(client())
 
 
 def emit(body: dict[str, Any], event: Event) -> None:
-    """Post a Kubernetes Event about ``body``: through Kopf's queue from its handlers, directly
-    from elsewhere (the sweep), where Kopf has no queue to give."""
-    try:
-        kopf.event(cast(kopf.Body, body), type=event.type, reason=event.reason,
-                   message=event.message)
-    except LookupError:
-        kube().post_event(body, event.type, event.reason, event.message)
+    """Post a Kubernetes Event about ``body``, through kiln's client: past the Lease's fence
+    (Kopf's own posting is off, see ``settings``: its queue would post from a standby)."""
+    kube().post_event(body, event.type, event.reason, event.message)
 
 
 async def stop_task(memo: kopf.Memo, name: str) -> None:

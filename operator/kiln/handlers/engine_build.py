@@ -46,6 +46,15 @@ def _reconcile(body: dict[str, Any], indexes: Indexes, *, job_moved: bool = Fals
 Ref = tuple[str, str]
 _queue: WorkQueue[Ref] = WorkQueue(WORKERS)
 """EngineBuilds due for a reconcile: the handlers below only mark them (see ``workqueue``)."""
+STUCK_SECONDS = 600.0
+"""A reconcile running longer than this is hung: the liveness probe fails."""
+
+
+@leadership.health_check
+def stuck() -> str | None:
+    """A EngineBuild worker hung in one reconcile for longer than ``STUCK_SECONDS``."""
+    found = _queue.stuck(STUCK_SECONDS)
+    return None if found is None else f"EngineBuild workers: {found}"
 
 
 @leadership.while_leading("kiln reconcile workers")

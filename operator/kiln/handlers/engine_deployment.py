@@ -49,6 +49,15 @@ WORKERS = 4
 _queue: WorkQueue[tuple[str, str]] = WorkQueue(WORKERS)
 """EngineDeployments due for a reconcile (see ``workqueue``): a GPU node's change marks them
 all, and returns; each then runs once, however many events marked it."""
+STUCK_SECONDS = 600.0
+"""A reconcile running longer than this is hung: the liveness probe fails."""
+
+
+@leadership.health_check
+def stuck() -> str | None:
+    """An EngineDeployment worker hung in one reconcile for longer than ``STUCK_SECONDS``."""
+    found = _queue.stuck(STUCK_SECONDS)
+    return None if found is None else f"EngineDeployment workers: {found}"
 
 
 @leadership.while_leading("kiln serving reconcile workers")

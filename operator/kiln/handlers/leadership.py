@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Coroutine
@@ -18,6 +19,7 @@ from typing import Any
 
 import kopf
 
+from kiln import leader
 from kiln.handlers import context
 
 log = logging.getLogger(__name__)
@@ -45,10 +47,14 @@ def health_check(fn: Callable[[], str | None]) -> Callable[[], str | None]:
     return fn
 
 
-def _start(kwargs: dict[str, Any]) -> None:
+def _start(kwargs: dict[str, Any], term: int | None = None) -> None:
+    """Start the tasks of ``term``: each runs (and its threads run) in a fresh context that
+    carries the term, so the fence refuses their writes once another term began."""
     for name, make in _registered.items():
         if name not in _running:
-            _running[name] = asyncio.create_task(make(kwargs), name=name)
+            ctx = contextvars.Context()
+            ctx.run(leader.TERM.set, term)
+            _running[name] = ctx.run(asyncio.create_task, make(kwargs), name=name)
 
 
 def _stop() -> list[asyncio.Task[None]]:
@@ -71,7 +77,7 @@ async def start(memo: kopf.Memo, **kwargs: Any) -> None:
         _start(kwargs)
         return
     loop = asyncio.get_running_loop()
-    elector.on_lead = lambda: loop.call_soon_threadsafe(_start, kwargs)
+    elector.on_lead = lambda: loop.call_soon_threadsafe(_start, kwargs, elector.term)
     elector.on_lose = lambda: loop.call_soon_threadsafe(_stop)
     stop = threading.Event()
     thread = threading.Thread(target=elector.run, args=(stop,), name="kiln lease", daemon=True)
@@ -81,13 +87,18 @@ async def start(memo: kopf.Memo, **kwargs: Any) -> None:
 
 @kopf.on.cleanup()
 async def stop(**_: Any) -> None:
-    """Stop the tasks, then hand the Lease back (a standby takes it at once)."""
+    """Stop the tasks, stop the Lease loop and wait for it (a renewal in flight would take
+    the Lease again), then hand the Lease back (a standby takes it at once)."""
     for task in _stop():
         with contextlib.suppress(asyncio.CancelledError):
             await task
     elector = context.elector()
     if elector is not None and _lease:
         _lease["stop"].set()
+        thread: threading.Thread = _lease["thread"]
+        await asyncio.to_thread(thread.join, elector.timing.renew_deadline + elector.timing.retry)
+        if thread.is_alive():
+            log.warning("the Lease loop did not stop in time; releasing the Lease regardless")
         await asyncio.to_thread(elector.release)
 
 

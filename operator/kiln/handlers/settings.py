@@ -18,8 +18,10 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix=PREFIX, key="last-handled-configuration")
     settings.posting.reporting_component = "kiln"
-    # Kopf posts its per-object log lines of INFO and above as Events; kiln's handlers log
-    # through module loggers, so only the Events kiln posts itself reach the API server.
+    # Kopf would post Events (its per-object log lines, kopf.event) from its own queue, on
+    # every replica and outside the Lease's fence: off. kiln posts its Events itself, through
+    # its client (``context.emit``), as the leader only.
+    settings.posting.enabled = False
     settings.posting.level = 20
     settings.execution.max_workers = 16  # the index functions are sync: Kopf's thread pool
     settings.watching.server_timeout = 600

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import Any
 
-from kiln.handlers import context, engine_build, engine_deployment, leadership, usage
+from kiln.handlers import context, engine_build, engine_deployment, leadership
 
 log = logging.getLogger(__name__)
 
@@ -24,8 +24,7 @@ def schedule() -> list[tuple[Sweep, float]]:
     """What runs, and how often."""
     config = context.config()
     return [(engine_build.sweep, min(config.weights_check_seconds, config.resync_seconds)),
-            (engine_deployment.sweep, config.resync_seconds),
-            (usage.sweep, usage.interval())]
+            (engine_deployment.sweep, config.resync_seconds)]
 
 
 async def run_forever(indices: dict[str, Any], sweeps: list[tuple[Sweep, float]]) -> None:

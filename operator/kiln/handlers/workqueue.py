@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
+import time
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -29,6 +31,8 @@ class WorkQueue(Generic[Ref]):
         self.workers = workers
         self._due: dict[Ref, bool] = {}
         self._running: set[Ref] = set()
+        self._since: dict[Ref, float] = {}
+        """When each running reconcile started (monotonic)."""
         self._ready: asyncio.Queue[Ref] = asyncio.Queue()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -51,6 +55,15 @@ class WorkQueue(Generic[Ref]):
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.call_later, delay, self.add, ref, False)
 
+    def stuck(self, limit: float) -> str | None:
+        """A message if a reconcile has run for longer than ``limit`` seconds (a hung call:
+        that worker is lost), else None."""
+        if not self._since:
+            return None
+        ref, since = min(self._since.items(), key=lambda item: item[1])
+        took = time.monotonic() - since
+        return f"the reconcile of {ref} has run for {took:.0f} s" if took > limit else None
+
     def __len__(self) -> int:
         return len(self._due)
 
@@ -70,11 +83,14 @@ class WorkQueue(Generic[Ref]):
             ref = await self._ready.get()
             moved = self._due.pop(ref)
             self._running.add(ref)
-            try:
-                await loop.run_in_executor(pool, work, ref, moved)
+            self._since[ref] = time.monotonic()
+            try:  # in this task's context: the thread's writes carry the leader's term
+                await loop.run_in_executor(pool, contextvars.copy_context().run, work, ref,
+                                           moved)
             except Exception:
                 log.exception("reconcile of %s failed", ref)
             finally:
                 self._running.discard(ref)
+                self._since.pop(ref, None)
                 if ref in self._due:
                     self._ready.put_nowait(ref)

@@ -9,6 +9,7 @@ manifest exists yet. No manifest, no engine; uploads no manifest names are garba
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import threading
 import uuid
@@ -142,8 +143,17 @@ class EngineStore(ABC):
         """(upload id, age in seconds of its newest file) under an engine directory."""
 
     @abstractmethod
-    def _remove(self, key: str, upload: str | None = None) -> None:
-        """Remove one upload, or the whole engine (manifest first)."""
+    def _uncommit(self, key: str) -> Manifest | None:
+        """Delete the manifest, only if it is still the one just read (a manifest committed
+        or replaced meanwhile stays); the manifest removed, or None if none was."""
+
+    @abstractmethod
+    def _drop(self, key: str, name: str) -> None:
+        """Delete a small object beside the manifest (gone already is fine)."""
+
+    @abstractmethod
+    def _remove(self, key: str, upload: str) -> None:
+        """Remove one upload's files (and its unfinished multipart uploads), nothing else."""
 
     def _prune(self, key: str) -> None:  # noqa: B027 (a hook; most backends need none)
         """Drop what is left of an engine directory with no manifest and no uploads."""
@@ -155,6 +165,10 @@ class EngineStore(ABC):
     @abstractmethod
     def _used_age(self, key: str) -> float | None:
         """Seconds since ``last-used`` was written (by the store's clock), or None."""
+
+    @abstractmethod
+    def _used(self, key: str) -> tuple[float, bytes] | None:
+        """``last-used``: seconds since it was written, and what it says; or None."""
 
     @abstractmethod
     def get_blob(self, name: str) -> bytes | None:
@@ -296,18 +310,47 @@ class EngineStore(ABC):
         """Keys of committed engines, sorted."""
         return sorted(k for k in self._keys() if self.read_manifest(k) is not None)
 
-    def delete(self, key: str) -> None:
-        """Remove engine ``key``: its manifest first (readers stop seeing it), then its files."""
-        self._remove(check_key(key))
+    def delete(self, key: str) -> bool:
+        """Remove engine ``key``: its manifest first, only if it is still the one read just
+        before (readers stop seeing it), its provenance, then the files of the upload that
+        manifest names. Other uploads of the key (a rebuild under way) are left alone: their
+        manifest commits whole. False if there was no manifest to remove."""
+        manifest = self._uncommit(check_key(key))
+        if manifest is None:
+            return False
+        self._drop(key, ENVELOPE)
+        self._remove(key, manifest.upload)
+        if self.read_manifest(key) is None and not any(True for _ in self._uploads(key)):
+            self._prune(key)
+        return True
 
-    def mark_used(self, key: str, by: str, *, unless_within: float = 0.0) -> bool:
-        """Record that engine ``key`` is in use (``by``: who, for people reading it), unless
-        it was marked less than ``unless_within`` seconds ago; whether it wrote."""
+    def mark_used(self, key: str, by: str, *, unless_within: float = 0.0,
+                  every: float | None = None) -> bool:
+        """Record that engine ``key`` is in use (``by``: who, for people reading it; ``every``:
+        how often the writer re-marks what it uses, so a GC keeps the engine for at least
+        two of those), unless it was marked less than ``unless_within`` seconds ago;
+        whether it wrote."""
         age = self._used_age(check_key(key)) if unless_within else None
         if age is not None and age < unless_within:
             return False
-        self._write_used(key, f'{{"by": "{by}"}}\n'.encode())
+        record: dict[str, Any] = {"by": by}
+        if every is not None:
+            record["every"] = every
+        self._write_used(key, (json.dumps(record) + "\n").encode())
         return True
+
+    def last_used(self, key: str) -> tuple[float, float | None] | None:
+        """Seconds since engine ``key`` was last marked used, and how often its marker's
+        writer re-marks (None if it did not say); None if it has no marker."""
+        found = self._used(check_key(key))
+        if found is None:
+            return None
+        age, data = found
+        try:
+            every = json.loads(data).get("every")
+        except (ValueError, AttributeError):
+            every = None
+        return age, float(every) if isinstance(every, int | float) else None
 
     def unused_for(self, key: str) -> float | None:
         """Seconds since engine ``key`` was last marked used (else since it was committed);

@@ -119,11 +119,26 @@ class FileStore(EngineStore):
                 times = [p.stat().st_mtime for p in upload.rglob("*")]
                 yield upload.name, now - max([upload.stat().st_mtime, *times])
 
-    def _remove(self, key: str, upload: str | None = None) -> None:
-        if upload is None:
-            (self._dir(key) / MANIFEST).unlink(missing_ok=True)  # uncommit first
-            shutil.rmtree(self._dir(key), ignore_errors=True)
-            return
+    def _uncommit(self, key: str) -> Manifest | None:
+        # A rename is atomic: what is taken away is exactly the manifest then committed, and
+        # its upload is the one removed after.
+        taken = self._dir(key) / f".{MANIFEST}.deleting.{os.getpid()}.{time.monotonic_ns()}"
+        try:
+            os.rename(self._dir(key) / MANIFEST, taken)
+        except FileNotFoundError:
+            return None
+        try:
+            return Manifest.model_validate_json(taken.read_bytes())
+        finally:
+            taken.unlink(missing_ok=True)
+            _fsync_dir(self._dir(key))
+
+    def _drop(self, key: str, name: str) -> None:
+        (self._dir(key) / name).unlink(missing_ok=True)
+
+    def _remove(self, key: str, upload: str) -> None:
+        if not upload or "/" in upload or upload in (".", ".."):
+            raise InvalidInput(f"{upload!r} is not an upload id")
         (self._dir(key) / f".{MANIFEST}.{upload}").unlink(missing_ok=True)
         shutil.rmtree(self._dir(key) / upload, ignore_errors=True)
 
@@ -136,6 +151,14 @@ class FileStore(EngineStore):
     def _used_age(self, key: str) -> float | None:
         try:
             return time.time() - (self._dir(key) / USED).stat().st_mtime
+        except FileNotFoundError:
+            return None
+
+    def _used(self, key: str) -> tuple[float, bytes] | None:
+        path = self._dir(key) / USED
+        try:
+            data = path.read_bytes()
+            return time.time() - path.stat().st_mtime, data
         except FileNotFoundError:
             return None
 

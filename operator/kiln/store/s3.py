@@ -156,12 +156,49 @@ class S3Store(EngineStore):
         for upload, when in newest.items():
             yield upload, (now - when).total_seconds()
 
-    def _remove(self, key: str, upload: str | None = None) -> None:
-        base = self._key_prefix(key)
-        if upload is None:  # uncommit first, so readers never see a half-deleted engine
+    def _uncommit(self, key: str) -> Manifest | None:
+        name = self._key_prefix(key) + MANIFEST
+        try:
+            found = self.client.get_object(Bucket=self.bucket, Key=name)
+            manifest = Manifest.model_validate_json(found["Body"].read())
+            etag = found["ETag"]
+        except ClientError as error:
+            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise translate(error, f"read the manifest of {short_key(key)} in {self.uri}"
+                            ) from error
+        except (BotoCoreError, OSError) as error:
+            raise translate(error, f"read the manifest of {short_key(key)} in {self.uri}"
+                            ) from error
+        try:  # only that manifest: one a rebuild committed meanwhile stays
+            self.client.delete_object(Bucket=self.bucket, Key=name, IfMatch=etag)
+        except ClientError as error:
+            if error_code(error) in (*_CONFLICT, "404", "NoSuchKey", "NotFound"):
+                log.info("the manifest of %s changed as it was to be deleted: kept",
+                         short_key(key))
+                return None
+            if error_code(error) != "NotImplemented":
+                raise translate(error, f"delete the manifest of {short_key(key)} in "
+                                f"{self.uri}") from error
+            log.warning("%s does not support conditional deletes; comparing, then deleting "
+                        "the manifest of %s", self.uri, short_key(key))
+            if self.read_manifest(key) != manifest:
+                return None
             self._call("delete the manifest", self.client.delete_object, Bucket=self.bucket,
-                       Key=base + MANIFEST)
-        prefix = base if upload is None else f"{base}{upload}/"
+                       Key=name)
+        except (BotoCoreError, OSError) as error:
+            raise translate(error, f"delete the manifest of {short_key(key)} in {self.uri}"
+                            ) from error
+        return manifest
+
+    def _drop(self, key: str, name: str) -> None:
+        self._call(f"delete {name} of {short_key(key)}", self.client.delete_object,
+                   Bucket=self.bucket, Key=self._key_prefix(key) + name)
+
+    def _remove(self, key: str, upload: str) -> None:
+        if not upload or "/" in upload:
+            raise InvalidInput(f"{upload!r} is not an upload id")
+        prefix = f"{self._key_prefix(key)}{upload}/"
         for name, upload_id, _ in list(self._multipart_uploads(prefix)):
             self._call("abort an upload", self.client.abort_multipart_upload,
                        Bucket=self.bucket, Key=name, UploadId=upload_id)
@@ -188,6 +225,20 @@ class S3Store(EngineStore):
                             ) from error
         modified: datetime = head["LastModified"]
         return (datetime.now(UTC) - modified).total_seconds()
+
+    def _used(self, key: str) -> tuple[float, bytes] | None:
+        what = f"read when {short_key(key)} was used in {self.uri}"
+        try:
+            found = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix(key) + USED)
+            data: bytes = found["Body"].read()
+        except ClientError as error:
+            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
+                return None
+            raise translate(error, what) from error
+        except (BotoCoreError, OSError) as error:
+            raise translate(error, what) from error
+        modified: datetime = found["LastModified"]
+        return (datetime.now(UTC) - modified).total_seconds(), data
 
     def _prune(self, key: str) -> None:
         self._call("delete the last-used marker", self.client.delete_object,
