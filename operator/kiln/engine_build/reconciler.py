@@ -54,6 +54,8 @@ CREATED_GRACE_SECONDS = 30.0
 """How long a Job created (or joined) here counts as observed before the index shows it."""
 MAX_SOURCES = 256
 MAX_ABSENT = 100_000
+ABSENT_FRESH_SECONDS = 5.0
+"""How long a manifest found missing while its Job runs counts as missing for any pass."""
 SWAPS = 3
 """Compare-and-swap attempts on a shared Job's owners before the next pass tries again."""
 NEVER_RAN = frozenset({"CreateFailed", "Unschedulable", "ImagePullFailed"})
@@ -134,7 +136,8 @@ class EngineBuildReconciler:
         """Verified (signed) manifests; verified again after ``config.verify_seconds``."""
         self._verified_at: dict[tuple[str, str], float] = {}
         self.trust = Trust.from_config(config)
-        self._absent: dict[tuple[str, str, str], str] = {}
+        self._absent: dict[tuple[str, str, str], tuple[str, float]] = {}
+        """(store, key, namespace) -> (the running Job, when the manifest was found missing)."""
         """(store, key, namespace) -> the Job that was building when no manifest was there."""
         self._stores: dict[str, EngineStore] = {}
         self._failures: dict[tuple[str, str], Failure | None] = {}
@@ -297,14 +300,17 @@ class EngineBuildReconciler:
 
         While the key's Job is running, a manifest found missing is, with ``trust_absent``,
         not looked for again until the Job finishes (it is what writes the manifest): the
-        status changes of a running Job cost no store reads.
+        status changes of a running Job cost no store reads. Without it (the pass its own
+        status write causes, the sweep) it is not looked for again within
+        ``ABSENT_FRESH_SECONDS`` either.
         """
         if (uri, key) in self._manifests and not self.verify_due(uri, key):
             return self._manifests[(uri, key)]
         self._manifests.pop((uri, key), None)
         building = job.name if job is not None and job.state == "Active" else None
-        if (trust_absent and building is not None
-                and self._absent.get((uri, key, namespace)) == building):
+        absent = self._absent.get((uri, key, namespace))
+        if (building is not None and absent is not None and absent[0] == building
+                and (trust_absent or time.monotonic() - absent[1] < ABSENT_FRESH_SECONDS)):
             return None
         self._absent.pop((uri, key, namespace), None)
         manifest = self._trusted(uri, key)
@@ -314,7 +320,7 @@ class EngineBuildReconciler:
         elif building is not None:
             if len(self._absent) >= MAX_ABSENT:  # Jobs deleted mid-build leave entries
                 self._absent.clear()
-            self._absent[(uri, key, namespace)] = building
+            self._absent[(uri, key, namespace)] = (building, time.monotonic())
         return manifest
 
     def verify_due(self, uri: str, key: str) -> bool:
