@@ -86,12 +86,20 @@ def _waiting(status: dict[str, Any]) -> tuple[str, str]:
 
 
 def _terminated_failure(status: dict[str, Any], program: str) -> Failure | None:
-    for state in ("state", "lastState"):
-        done = (status.get(state) or {}).get("terminated") or {}
-        code = int(done.get("exitCode") or 0)
-        if done and code != 0:
-            return parse_failure(str(done.get("message") or ""), code, program)
-    return None
+    """The container's failure: its current exit, or while it waits to be restarted, its last
+    one. A container running again, or done with 0, has no failure (an old one in
+    ``lastState`` was healed by the kubelet's retry)."""
+    state = status.get("state") or {}
+    if "terminated" in state:
+        done = state["terminated"] or {}
+    elif "waiting" in state:
+        done = (status.get("lastState") or {}).get("terminated") or {}
+    else:
+        return None
+    code = int(done.get("exitCode") or 0)
+    if code == 0:
+        return None
+    return parse_failure(str(done.get("message") or ""), code, program)
 
 
 def _refusal(status: dict[str, Any]) -> tuple[str, Failure] | None:

@@ -3,8 +3,11 @@ per-object backoff."""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
+
+import pytest
 
 from kiln.backoff import Backoff, retrying
 from kiln.engine_build.pending import CreateFailure, stuck
@@ -90,3 +93,35 @@ def test_backoff_doubles_to_the_cap_and_a_changed_input_is_due_at_once() -> None
     assert last is not None
     assert retrying("Unavailable", "no answer", last) == (
         "Retrying Unavailable: no answer (attempt 5, next in 10s)")
+
+
+def _fetch_status(state: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
+    return {"phase": "Pending", "initContainerStatuses": [{
+        "name": "fetch-engine", "state": state, "lastState": {"terminated": last}}]}
+
+
+@pytest.mark.parametrize(("state", "reason", "stalled"), [
+    ({"waiting": {"reason": "CrashLoopBackOff"}}, "IntegrityError", True),
+    ({"waiting": {"reason": "CrashLoopBackOff"}}, "GPUMismatch", True),
+    ({"waiting": {"reason": "CrashLoopBackOff"}}, "Unavailable", False),
+    ({"running": {"startedAt": "2026-12-01T12:00:00Z"}}, None, None),
+    ({"terminated": {"exitCode": 0}}, None, None),
+])
+def test_an_init_container_stalls_only_on_what_its_retries_repeat(
+        state: dict[str, Any], reason: str | None, stalled: bool | None) -> None:
+    """A store blip the kubelet's next try heals keeps the rollout Reconciling; a container
+    running again, or done, has healed its last failure (``lastState``)."""
+    retryable = reason in ("IntegrityError", "Unavailable")
+    last = {"exitCode": 10, "message": json.dumps({"reason": reason or "Unavailable",
+                                                   "message": "m", "retryable": retryable})}
+    observed = observe_pod(pod("chat-h100-5d-x", "chat-h100-5d", status=_fetch_status(
+        state, last), annotations={"kiln.dev/engine-key": "k2"}))
+    deployment = ObservedDeployment("chat-h100", "NVIDIA-H100", ("u",), "k2", "s3://e/", "engine",
+                                    "tensorrt", "h", 1, generation=2, observed_generation=2,
+                                    status_replicas=1, updated_replicas=1, ready_replicas=0,
+                                    available_replicas=0)
+    found = trouble("H100-SXM", deployment, [observed], "k2")
+    if reason is None:
+        assert found is None
+    else:
+        assert found is not None and (found.reason, found.stalled) == (reason, stalled)

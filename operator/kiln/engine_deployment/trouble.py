@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kiln.contract.termination import Failure
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.labels import KEY_ANNOTATION
 from kiln.pods import ObservedPod
@@ -20,6 +21,18 @@ class Trouble:
     reason: str
     message: str
     stalled: bool
+
+
+PERMANENT_IN_SERVING = frozenset({"IntegrityError"})
+"""Failures of ``kiln fetch-engine`` that the kubelet's retries repeat, besides the contract's
+``FailJob`` codes: a damaged stored engine reads the same on every try."""
+
+
+def _will_fail_again(failure: Failure) -> bool:
+    """Whether an init container's failure stalls the rollout (the kubelet retrying it will
+    not help), rather than keep it Reconciling (a store blip heals on the next try): kiln's
+    structured error says whether a retry may help; anything else counts as permanent."""
+    return not failure.retryable or failure.reason in PERMANENT_IN_SERVING
 
 
 def trouble(product: str, deployment: ObservedDeployment, pods: Iterable[ObservedPod],
@@ -39,7 +52,8 @@ def trouble(product: str, deployment: ObservedDeployment, pods: Iterable[Observe
         if pod.init_failure is not None:
             container, failure = pod.init_failure
             return Trouble(failure.reason, f"{where}: pod {pod.name}: init container "
-                           f"{container} failed: {failure.message}", stalled=True)
+                           f"{container} failed: {failure.message}",
+                           stalled=_will_fail_again(failure))
     for pod in mine:
         if pod.pull is not None:
             return Trouble("ImagePullFailed", f"{where}: pod {pod.name} cannot pull image "
