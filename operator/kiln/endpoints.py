@@ -1,9 +1,9 @@
 """At most a few calls in flight per user-given endpoint (an S3 endpoint, a hub), so that
 EngineBuilds pointing at an endpoint that hangs hold a few reconcile workers, not all of them.
-A call waits for a slot while the calls holding them are merely busy (a burst of reads of a
-healthy endpoint queues up); once every holder has been in flight longer than
-``HUNG_SECONDS``, the endpoint counts as hanging and a call that finds no slot fails at once
-as ``EndpointBusy`` and backs off."""
+A call waits for a slot while the endpoint still answers (a burst of reads, or a few slow
+listings, queue up); once every slot is held and no call has finished for ``HUNG_SECONDS``,
+the endpoint counts as hanging and a call that finds no slot fails at once as
+``EndpointBusy`` and backs off."""
 
 from __future__ import annotations
 
@@ -15,8 +15,8 @@ from urllib.parse import urlsplit
 
 IN_FLIGHT = 4
 """Calls at once per endpoint."""
-HUNG_SECONDS = 3.0
-"""A call in flight longer than this is taken for one that hangs."""
+HUNG_SECONDS = 5.0
+"""An endpoint whose slots are all held and that finished no call for this long hangs."""
 WAIT_SECONDS = 30.0
 """The longest a call waits for a slot of an endpoint whose calls still answer."""
 _POLL_SECONDS = 0.25
@@ -27,11 +27,14 @@ class _Endpoint:
         self.slots = threading.BoundedSemaphore(IN_FLIGHT)
         self.started: dict[int, float] = {}
         """When each call in flight began (by a token of its own)."""
+        self.finished = 0.0
+        """When a call last finished (monotonic)."""
 
     def hanging(self, now: float) -> bool:
-        """Every slot is held by a call older than ``HUNG_SECONDS``."""
+        """Every slot is held, by calls older than ``HUNG_SECONDS``, and none finished since."""
         held = list(self.started.values())
-        return len(held) >= IN_FLIGHT and all(now - t > HUNG_SECONDS for t in held)
+        return (len(held) >= IN_FLIGHT and now - self.finished > HUNG_SECONDS
+                and all(now - t > HUNG_SECONDS for t in held))
 
 
 _endpoints: dict[str, _Endpoint] = {}
@@ -40,14 +43,18 @@ _tokens = iter(range(1 << 62))
 
 
 def endpoint_of(uri: str, credentials: Mapping[str, str] | None) -> str:
-    """Where calls for ``uri`` go: the endpoint the credentials name, else the scheme and
-    host of the URI (``s3://bucket``: AWS's endpoint, shared by every bucket)."""
+    """Whose slots calls for ``uri`` take: the endpoint a tenant's credentials name (one
+    tenant's server, however it is spelled), else the bucket or repository on the platform's
+    endpoint (tenants of a shared AWS or hub do not wait for each other)."""
     creds = credentials or {}
-    if uri.startswith("s3://"):
-        return creds.get("AWS_ENDPOINT_URL") or "s3"
-    if uri.startswith("hf://"):
-        return creds.get("HF_ENDPOINT") or "hf"
+    named = creds.get("AWS_ENDPOINT_URL") if uri.startswith("s3://") else (
+        creds.get("HF_ENDPOINT") if uri.startswith("hf://") else None)
+    if named:
+        parts = urlsplit(named.strip())
+        return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port or ''}"
     parts = urlsplit(uri)
+    if uri.startswith("hf://"):
+        return f"hf://{parts.netloc}{parts.path.split('@')[0]}"
     return f"{parts.scheme}://{parts.netloc}"
 
 
@@ -76,4 +83,5 @@ def slot(endpoint: str, what: str) -> Iterator[None]:
     finally:
         with _guard:
             state.started.pop(token, None)
+            state.finished = time.monotonic()
         state.slots.release()

@@ -49,3 +49,24 @@ def test_calls_to_a_hanging_endpoint_fail_fast_and_release_nothing_they_did_not_
         t.join()
     with endpoints.slot("hanging", "read"):  # every slot came back
         pass
+
+
+def test_slow_but_answering_calls_keep_waiters_waiting(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Listings slower than the hang threshold, one finishing now and then: not a hang."""
+    monkeypatch.setattr(endpoints, "HUNG_SECONDS", 0.4)
+
+    def call(i: int) -> bool:
+        with endpoints.slot("slow", "list"):
+            time.sleep(0.3 + 0.2 * (i % endpoints.IN_FLIGHT))
+        return True
+
+    with ThreadPoolExecutor(8) as pool:
+        assert all(pool.map(call, range(12)))
+
+
+def test_tenants_of_a_shared_endpoint_do_not_share_slots_and_one_server_is_one() -> None:
+    assert endpoints.endpoint_of("s3://a/x/", None) != endpoints.endpoint_of("s3://b/x/", None)
+    assert endpoints.endpoint_of("hf://org/a@main", None) != endpoints.endpoint_of(
+        "hf://org/b", None)
+    assert endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "http://H:9/"}) == \
+        endpoints.endpoint_of("s3://b/", {"AWS_ENDPOINT_URL": "http://h:9"})

@@ -660,6 +660,9 @@ class EngineBuildReconciler:
             found = self.kube.read_job(namespace, job.name)
             if found is None:
                 continue
+            now = observe(found)  # the index may lag: another EngineBuild may have joined
+            if now.owner_uids != (uid,) or now.template_hash != job.template_hash:
+                continue
             if not self.kube.delete_job(namespace, job.name, uid=found["metadata"]["uid"],
                                         resource_version=found["metadata"]["resourceVersion"]):
                 raise Unavailable(f"Job {job.name} changed while replacing it; trying again",
