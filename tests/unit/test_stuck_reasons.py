@@ -125,3 +125,16 @@ def test_an_init_container_stalls_only_on_what_its_retries_repeat(
         assert found is None
     else:
         assert found is not None and (found.reason, found.stalled) == (reason, stalled)
+
+
+def test_a_failed_create_names_its_job_by_uid_and_its_latest_occurrence() -> None:
+    """An Event outlives the Job it is about: the uid tells a recreated Job of the same name
+    from the old one; a series' last occurrence is newer than its first (eventTime)."""
+    from kiln.handlers.indexes import create_failure
+    found = create_failure({
+        "metadata": {"creationTimestamp": "2026-12-01T11:00:00Z"}, "message": "quota",
+        "involvedObject": {"kind": "Job", "name": "kiln-build-abc", "uid": "u-1"},
+        "eventTime": "2026-12-01T11:00:00.000000Z",
+        "series": {"lastObservedTime": "2026-12-01T11:30:00.000000Z"}})
+    assert found.job_uid == "u-1"
+    assert found.last == datetime(2026, 12, 1, 11, 30, tzinfo=UTC)

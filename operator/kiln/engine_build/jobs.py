@@ -33,6 +33,8 @@ class ObservedJob:
     """The owning EngineBuilds' names (marked due when the Job's pods move)."""
     template_hash: str | None = None
     """The digest of the pod template kiln rendered (``kiln.dev/spec-hash``)."""
+    uid: str | None = None
+    """None for a Job created moments ago that the index does not show yet."""
 
 
 def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -67,7 +69,8 @@ def observe(job: dict[str, Any]) -> ObservedJob:
                           failed.get("message") or "the build Job failed")
         return ObservedJob(meta["name"], key, "Failed", owners, None, failure, names)
     return ObservedJob(meta["name"], key, "Active", owners, owner_names=names,
-                       template_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION))
+                       template_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
+                       uid=str(meta.get("uid") or "") or None)
 
 
 def failure_from_pod(pod: dict[str, Any]) -> Failure | None:

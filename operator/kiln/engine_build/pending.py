@@ -17,6 +17,8 @@ class CreateFailure:
     job: str
     message: str
     last: datetime | None
+    job_uid: str | None = None
+    """The uid of the Job it is about (an Event outlives a deleted Job of the same name)."""
 
 
 @dataclass(frozen=True)

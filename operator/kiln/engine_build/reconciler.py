@@ -399,8 +399,12 @@ class EngineBuildReconciler:
         for key, job in observed.items():
             if job.state != "Active":
                 continue
-            why = stuck(job.name, world.job_pods(namespace, job.name),
-                        world.create_failure(namespace, job.name), self.clock(), timeout)
+            created = world.create_failure(namespace, job.name)
+            if created is not None and (job.uid is None or created.job_uid not in (None,
+                                                                                   job.uid)):
+                created = None  # about an earlier Job of this name (Events outlive Jobs)
+            why = stuck(job.name, world.job_pods(namespace, job.name), created, self.clock(),
+                        timeout)
             if why is not None:
                 found[key] = why
         return found

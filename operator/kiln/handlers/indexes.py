@@ -66,12 +66,12 @@ def is_build_create_failure(body: Mapping[str, Any], **_: Any) -> bool:
 
 
 def create_failure(body: Mapping[str, Any]) -> CreateFailure:
-    stamp = (body.get("lastTimestamp") or body.get("eventTime")
-             or (body.get("series") or {}).get("lastObservedTime")
-             or body["metadata"].get("creationTimestamp"))
+    stamp = (body.get("lastTimestamp") or (body.get("series") or {}).get("lastObservedTime")
+             or body.get("eventTime") or body["metadata"].get("creationTimestamp"))
     last = datetime.fromisoformat(str(stamp).replace("Z", "+00:00")) if stamp else None
-    return CreateFailure(str(body["involvedObject"]["name"]), str(body.get("message") or ""),
-                         last)
+    involved = body["involvedObject"]
+    return CreateFailure(str(involved["name"]), str(body.get("message") or ""), last,
+                         str(involved.get("uid") or "") or None)
 
 
 @kopf.index("v1", "events", when=is_build_create_failure)
