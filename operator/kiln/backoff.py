@@ -39,7 +39,8 @@ class Backoff:
         """Count a failure of ``ref`` (inputs as they were) and say when to try again."""
         with self._guard:
             before = self._failed.get(ref)
-            attempt = before.attempt + 1 if before is not None else 1
+            # A failure after its inputs changed (a fix that fails differently) starts over.
+            attempt = before.attempt + 1 if before is not None and before.inputs == inputs else 1
             delay = min(self.cap, self.base * 2 ** (attempt - 1))
             found = Attempt(attempt, delay, self.clock(), inputs)
             self._failed[ref] = found

@@ -138,3 +138,13 @@ def test_a_failed_create_names_its_job_by_uid_and_its_latest_occurrence() -> Non
         "series": {"lastObservedTime": "2026-12-01T11:30:00.000000Z"}})
     assert found.job_uid == "u-1"
     assert found.last == datetime(2026, 12, 1, 11, 30, tzinfo=UTC)
+
+
+def test_a_failure_after_the_inputs_changed_starts_the_backoff_over() -> None:
+    now = [0.0]
+    backoff = Backoff(base=2, cap=600, clock=lambda: now[0])
+    for _ in range(5):
+        last = backoff.failed("eb", ("gen", 1))
+    assert last.attempt == 5 and last.delay == 32
+    fresh = backoff.failed("eb", ("gen", 2))  # edited, and fails differently
+    assert (fresh.attempt, fresh.delay) == (1, 2)
