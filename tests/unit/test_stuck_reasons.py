@@ -4,6 +4,7 @@ per-object backoff."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -148,3 +149,30 @@ def test_a_failure_after_the_inputs_changed_starts_the_backoff_over() -> None:
     assert last.attempt == 5 and last.delay == 32
     fresh = backoff.failed("eb", ("gen", 2))  # edited, and fails differently
     assert (fresh.attempt, fresh.delay) == (1, 2)
+
+
+def test_only_pods_of_the_deployments_current_template_are_its_trouble() -> None:
+    """A fix of ``server.image`` keeps the key: the old ReplicaSet's refusing pods are what
+    the rollout replaces, not why it is stuck; another product's Deployment whose name starts
+    the same is not this one."""
+    message = '{"reason": "VersionMismatch", "message": "1.2.1 vs 1.1.0"}'
+    status = {"phase": "Running", "containerStatuses": [{
+        "name": "server", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+        "lastState": {"terminated": {"exitCode": 9, "message": message}}}]}
+
+    def serving(name: str, owner: str, template: str) -> Any:
+        return observe_pod(pod(name, owner, status=status, annotations={
+            "kiln.dev/engine-key": "k2", "kiln.dev/template-hash": template}))
+
+    deployment = ObservedDeployment("chat-a100", "NVIDIA-A100", ("u",), "k2", "s3://e/", "engine",
+                                    "tensorrt", "h", 1, generation=3, observed_generation=3,
+                                    status_replicas=2, updated_replicas=1, ready_replicas=0,
+                                    available_replicas=0, template_hash="new")
+    old = serving("chat-a100-5d-x", "chat-a100-5d", "old")
+    assert trouble("A100", deployment, [old], "k2") is None
+    current = serving("chat-a100-6f-y", "chat-a100-6f", "new")
+    found = trouble("A100", deployment, [old, current], "k2")
+    assert found is not None and "chat-a100-6f-y" in found.message
+    unmarked = replace(deployment, template_hash=None)
+    other = serving("chat-a100-80gb-7c-z", "chat-a100-80gb-7c", "x")
+    assert trouble("A100", unmarked, [other], "k2") is None

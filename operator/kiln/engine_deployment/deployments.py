@@ -13,6 +13,7 @@ from kiln.labels import (
     KEY_ANNOTATION,
     MODE_ANNOTATION,
     SERVING_PRODUCT_LABEL,
+    TEMPLATE_ANNOTATION,
     URI_ANNOTATION,
 )
 
@@ -37,6 +38,8 @@ class ObservedDeployment:
     updated_replicas: int = 0
     ready_replicas: int = 0
     available_replicas: int = 0
+    template_hash: str | None = None
+    """The pod template's digest (``kiln.dev/template-hash``): its pods carry it too."""
     deadline_exceeded: str | None = None
     """The controller's message once the rollout passed ``progressDeadlineSeconds``."""
 
@@ -69,6 +72,7 @@ def observe(obj: dict[str, Any]) -> ObservedDeployment:
         mode=notes.get(MODE_ANNOTATION) or None,
         backend=notes.get(BACKEND_ANNOTATION) or None,
         spec_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
+        template_hash=notes.get(TEMPLATE_ANNOTATION) or None,
         replicas=1 if replicas is None else int(replicas),
         generation=int(meta.get("generation") or 0),
         observed_generation=int(status.get("observedGeneration") or 0),

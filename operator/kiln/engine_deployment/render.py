@@ -31,6 +31,7 @@ from kiln.labels import (
     LLM_API_ANNOTATION,
     MODE_ANNOTATION,
     SERVING_PRODUCT_LABEL,
+    TEMPLATE_ANNOTATION,
     URI_ANNOTATION,
     managed_by,
 )
@@ -308,6 +309,8 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
             },
         },
     }
+    template = deployment["spec"]["template"]
+    template["metadata"]["annotations"][TEMPLATE_ANNOTATION] = spec_hash(template)
     return _hashed(deployment)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from kiln.contract.termination import Failure
 from kiln.engine_deployment.deployments import ObservedDeployment
-from kiln.labels import KEY_ANNOTATION
+from kiln.labels import KEY_ANNOTATION, TEMPLATE_ANNOTATION
 from kiln.pods import ObservedPod
 
 
@@ -35,13 +35,23 @@ def _will_fail_again(failure: Failure) -> bool:
     return not failure.retryable or failure.reason in PERMANENT_IN_SERVING
 
 
+def _of(pod: ObservedPod, deployment: ObservedDeployment, key: str | None) -> bool:
+    """A pod of the Deployment's current template (an older ReplicaSet's pods, even of the
+    same key, are what the rollout replaces); before templates carried their digest, the
+    ReplicaSet's name and the key tell."""
+    notes = dict(pod.annotations)
+    if deployment.template_hash is not None:
+        return notes.get(TEMPLATE_ANNOTATION) == deployment.template_hash
+    return (pod.owner.rpartition("-")[0] == deployment.name
+            and (key is None or notes.get(KEY_ANNOTATION) == key))
+
+
 def trouble(product: str, deployment: ObservedDeployment, pods: Iterable[ObservedPod],
             key: str | None) -> Trouble | None:
     """What keeps ``deployment`` (serving ``key``) from being rolled out, or None."""
     if deployment.rolled_out:
         return None
-    mine = [p for p in pods if p.active and p.owner.startswith(deployment.name + "-")
-            and (key is None or dict(p.annotations).get(KEY_ANNOTATION) == key)]
+    mine = [p for p in pods if p.active and _of(p, deployment, key)]
     where = f"{product}: Deployment {deployment.name}"
     for pod in mine:
         if pod.refusal is not None:
