@@ -10,6 +10,7 @@ import time
 from typing import Any
 
 import pytest
+from kubernetes import client
 
 from chart.argocd import health
 from field.conftest import ENGINES
@@ -86,3 +87,47 @@ def test_a_corrupt_engine_stalls_the_rollout_and_the_old_pods_keep_serving(
         stop.set()
         sampler.join(timeout=5)
     assert not ready_for_bad, "Ready was never True for the bad key"
+
+
+def _drop_configmaps(kube: Cluster) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Take configmaps out of every ClusterRole of the release that grants them; what was."""
+    rbac = client.RbacAuthorizationV1Api(kube.api_client)
+    before = []
+    for role in rbac.list_cluster_role(label_selector="app.kubernetes.io/instance=kiln").items:
+        rules = [kube.api_client.sanitize_for_serialization(r) for r in role.rules or []]
+        if any("configmaps" in r.get("resources", []) for r in rules):
+            before.append((role.metadata.name, rules))
+            rbac.patch_cluster_role(role.metadata.name, {"rules": [
+                r for r in rules if "configmaps" not in r.get("resources", [])]})
+    assert before, "no ClusterRole of the release grants configmaps"
+    return before
+
+
+def test_a_denied_write_says_retrying_with_attempts_and_heals_when_allowed_again(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    """The operator's rights taken away (an RBAC change gone wrong): the EngineDeployment says
+    ``Retrying AccessDenied`` with its attempt, not a silent log line nor a stale Ready; given
+    back, it serves without an edit."""
+    create(kube, namespace, engine_build("llama", weights, targets=TARGET))
+    eventually(lambda: is_ready(get(kube, namespace, EB_PLURAL, "llama")) or None,
+               timeout=120)
+    before = _drop_configmaps(kube)
+    rbac = client.RbacAuthorizationV1Api(kube.api_client)
+    try:
+        create(kube, namespace, engine_deployment("chat", "llama"))
+
+        def retrying() -> dict[str, Any] | None:
+            ed = get(kube, namespace, ED_PLURAL, "chat")
+            ready = next((c for c in (ed.get("status") or {}).get("conditions", [])
+                          if c["type"] == "Ready"), {})
+            message = str(ready.get("message") or "")
+            return ed if message.startswith("Retrying AccessDenied") and "attempt" in message \
+                else None
+        ed = eventually(retrying, timeout=30)
+        assert conditions(ed)["Ready"][0] == "False"
+        assert conditions(ed)["Reconciling"][0] == "True"
+        assert health(ed)[0] == "Progressing"
+    finally:
+        for name, rules in before:
+            rbac.patch_cluster_role(name, {"rules": rules})
+    eventually(lambda: is_ready(get(kube, namespace, ED_PLURAL, "chat")) or None, timeout=90)

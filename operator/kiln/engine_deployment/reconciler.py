@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 from kiln import ED_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, EngineDeploymentStatus
+from kiln.backoff import Backoff
+from kiln.backoff import retrying as retrying_message
 from kiln.config import OperatorConfig
 from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
@@ -67,6 +69,7 @@ class EngineDeploymentReconciler:
         self.written = WrittenStatus(
             lambda namespace, name, patch: kube.patch_status(ED_PLURAL, namespace, name, patch))
         self.trust = Trust.from_config(config)
+        self.backoff = Backoff()
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -76,6 +79,7 @@ class EngineDeploymentReconciler:
         with self._guard:
             self._locks.pop((namespace, name), None)
         self.written.forget(namespace, name)
+        self.backoff.succeeded((namespace, name))
         for kind in ("Service", "PodDisruptionBudget"):
             self._applied.pop((kind, namespace, name), None)
         self._applied.pop(("ConfigMap", namespace, f"{name}-kiln-trust"), None)
@@ -85,18 +89,52 @@ class EngineDeploymentReconciler:
 
     def reconcile(self, body: Mapping[str, Any], world: World) -> Decision:
         """Bring one EngineDeployment's children and its status in line with what exists; a
-        permanent error is written as ``Stalled`` (a transient one is raised for a retry)."""
+        permanent error is written as ``Stalled``; one that may heal as ``Retrying ...`` (in
+        ``Reconciling``, the attempt and the next try) and raised, tried again after a
+        per-object backoff (``next_try``) or at once when its spec or EngineBuild changes."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
+        ref = (namespace, name)
         with self._lock(namespace, name):
             fresh = self.written.overlay(dict(body))
+            inputs = _inputs(fresh, world)
+            waiting = self.backoff.waiting(ref, inputs)
+            if waiting is not None:
+                return Decision(pending=("Retrying", "backing off"))
             try:
-                return self._reconcile(fresh, world)
+                decision = self._reconcile(fresh, world)
             except KilnError as error:
                 if heals(error):
-                    raise  # retried by the next resync
+                    self._retry(fresh, error, inputs)
+                    raise
+                self.backoff.succeeded(ref)
                 self._stall(fresh, error)
                 return Decision(stalled=(error.reason, error.message))
+            self.backoff.succeeded(ref)
+            return decision
+
+    def next_try(self, namespace: str, name: str) -> float | None:
+        """Seconds until a backing-off object is due again, or None."""
+        last = self.backoff.last((namespace, name))
+        return None if last is None else max(0.0, last.due - time.monotonic())
+
+    def _retry(self, body: dict[str, Any], error: KilnError, inputs: tuple[Any, ...]) -> None:
+        """Count a failure that may heal and say so: ``Retrying ...`` in ``Reconciling``, not
+        ``Ready`` (what serves may be stale meanwhile)."""
+        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+        attempt = self.backoff.failed((namespace, name), inputs)
+        message = retrying_message(error.reason, error.message, attempt)
+        ed = EngineDeployment.model_validate(body)
+        generation = int(body["metadata"].get("generation") or 0)
+        conditions = set_conditions(ed.status.conditions if ed.status else [],
+                                    generation=generation, ready=False, reconciling=True,
+                                    stalled=False, reason=error.reason, message=message)
+        new = {**(body.get("status") or {}), "observedGeneration": generation,
+               "conditions": [c.to_dict() for c in conditions]}
+        try:
+            self.written.write(body, new)
+        except Exception as failure:  # the API server itself may be what fails
+            log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
 
     def _stall(self, body: dict[str, Any], error: KilnError) -> None:
         ed = EngineDeployment.model_validate(body)
@@ -230,3 +268,12 @@ def _with_trouble(ed: EngineDeployment, status: EngineDeploymentStatus, events: 
     if was != first.reason:
         events = [*events, Event("Warning", first.reason, first.message)]
     return status.model_copy(update={"conditions": conditions}), events
+
+
+def _inputs(body: Mapping[str, Any], world: World) -> tuple[Any, ...]:
+    """What a failed pass depended on besides the cluster's state: the spec (generation) and
+    its EngineBuild as it was (a new engine retries at once)."""
+    ref = str(((body.get("spec") or {}).get("engineBuildRef") or {}).get("name", ""))
+    eb = world.engine_build(str(body["metadata"]["namespace"]), ref) or {}
+    return (body["metadata"].get("generation"),
+            (eb.get("metadata") or {}).get("resourceVersion"))

@@ -70,6 +70,9 @@ def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
         ed = world.named(*ref)
         if ed is not None and not ed["metadata"].get("deletionTimestamp"):
             _reconcile(ed, world)
+            delay = reconciler().next_try(*ref)
+            if delay is not None:
+                _queue.add_later(ref, delay)
 
     for ed in world.every():
         _mark(ed)
