@@ -164,3 +164,21 @@ def observe_pod(pod: dict[str, Any]) -> ObservedPod:
         init_failure=init_failure, crash=crash, failure=failure, refusal=_refusal(status),
         ready=ready,
         annotations=notes)
+
+
+class Seen:
+    """What each pod (by uid) last told, so that status heartbeats that change nothing of it
+    mark nothing; a deleted pod is forgotten."""
+
+    def __init__(self) -> None:
+        self._last: dict[str, ObservedPod] = {}
+
+    def moved(self, event_type: str | None, uid: str, observed: ObservedPod) -> bool:
+        """Whether this event tells something new of the pod."""
+        if event_type == "DELETED":
+            self._last.pop(uid, None)
+            return True
+        if self._last.get(uid) == observed:
+            return False
+        self._last[uid] = observed
+        return True

@@ -17,7 +17,7 @@ from kiln.handlers import context, leadership
 from kiln.handlers.indexes import Indexes, create_failure, is_build_create_failure
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import KEY_LABEL
-from kiln.pods import ObservedPod, observe_pod
+from kiln.pods import Seen, observe_pod
 
 log = logging.getLogger(__name__)
 WORKERS = 8
@@ -118,8 +118,8 @@ async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
             _mark(str(namespace), ref["name"], job_moved=True)
 
 
-_pods_seen: dict[str, ObservedPod] = {}
-"""What each build pod (by uid) last told: heartbeats of its status reconcile nothing."""
+_pods_seen = Seen()
+"""What each build pod last told: heartbeats of its status mark nothing."""
 
 
 def _mark_job_owners(indexes: Indexes, namespace: str, job: str) -> None:
@@ -134,12 +134,8 @@ async def build_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
     """A build pod moved (scheduled, refused, pulling, failed): mark its Job's EngineBuilds
     due, so their status says why within seconds."""
     observed = observe_pod(dict(body))
-    if event["type"] == "DELETED":
-        _pods_seen.pop(uid, None)
-    elif _pods_seen.get(uid) == observed:
+    if not _pods_seen.moved(event["type"], uid, observed):
         return
-    else:
-        _pods_seen[uid] = observed
     _mark_job_owners(Indexes(kwargs), str(namespace), observed.owner)
 
 

@@ -18,7 +18,7 @@ from kiln.handlers import context, engine_build, leadership
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import ED_LABEL
-from kiln.pods import ObservedPod, observe_pod
+from kiln.pods import Seen, observe_pod
 from kiln.pool import GpuNode, gpu_node
 
 log = logging.getLogger(__name__)
@@ -130,8 +130,8 @@ async def serving_deployment_changed(body: kopf.Body, namespace: str | None,
         _mark(owner)
 
 
-_pods_seen: dict[str, ObservedPod] = {}
-"""What each serving pod (by uid) last told: other status updates mark nothing."""
+_pods_seen = Seen()
+"""What each serving pod last told: heartbeats of its status mark nothing."""
 
 
 @kopf.on.event("v1", "pods", labels={ED_LABEL: kopf.PRESENT})
@@ -140,12 +140,8 @@ async def serving_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: 
     """A serving pod moved (an init container failed, the server crash-loops, it cannot be
     scheduled): mark its EngineDeployment due."""
     observed = observe_pod(dict(body))
-    if event["type"] == "DELETED":
-        _pods_seen.pop(uid, None)
-    elif _pods_seen.get(uid) == observed:
+    if not _pods_seen.moved(event["type"], uid, observed):
         return
-    else:
-        _pods_seen[uid] = observed
     owner = Indexes(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
     if owner is not None:
         _mark(owner)
