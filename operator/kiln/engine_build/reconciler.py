@@ -54,6 +54,8 @@ CREATED_GRACE_SECONDS = 30.0
 """How long a Job created (or joined) here counts as observed before the index shows it."""
 MAX_SOURCES = 256
 MAX_ABSENT = 100_000
+ORIGIN_SECONDS = 300.0
+"""How long the origin read from a credentials Secret is kept (a pass reads no Secret)."""
 ABSENT_FRESH_SECONDS = 5.0
 """How long a manifest found missing while its Job runs counts as missing for any pass."""
 SWAPS = 3
@@ -132,6 +134,8 @@ class EngineBuildReconciler:
         self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._identities: dict[tuple[str, str], _Identity] = {}
+        self._origins: dict[tuple[str, str, str | None], tuple[dict[str, str], float]] = {}
+        """(namespace, source, credentials Secret) -> (origin, when read)."""
         self._manifests: dict[tuple[str, str], Manifest] = {}
         """Verified (signed) manifests; verified again after ``config.verify_seconds``."""
         self._verified_at: dict[tuple[str, str], float] = {}
@@ -173,13 +177,21 @@ class EngineBuildReconciler:
         return self.kube.secret_data(namespace, secret) if secret else None
 
     def _origin(self, namespace: str, eb: EngineBuild) -> dict[str, str]:
-        """Where the weights come from, an input of the key (``origin_of``): read each pass,
-        as the builder reads the credentials Secret when it runs (a pvc:// source needs no
-        Secret: its origin is the namespace, claim and path)."""
+        """Where the weights come from, an input of the key (``origin_of``): the endpoint in
+        the credentials Secret, read again after ``ORIGIN_SECONDS`` (a pass reads no Secret;
+        a pvc:// source needs none: its origin is the namespace, claim and path)."""
         source = eb.spec.model.source
         needs_secret = not source.startswith("pvc://")
-        return origin_of(source, namespace,
-                         self._credentials(namespace, eb) if needs_secret else None)
+        ref = (namespace, source, eb.spec.model.credentials_secret)
+        cached = self._origins.get(ref)
+        if cached is not None and time.monotonic() - cached[1] < ORIGIN_SECONDS:
+            return cached[0]
+        origin = origin_of(source, namespace,
+                           self._credentials(namespace, eb) if needs_secret else None)
+        if len(self._origins) >= MAX_ABSENT:
+            self._origins.clear()
+        self._origins[ref] = (origin, time.monotonic())
+        return origin
 
     def identity(self, namespace: str, eb: EngineBuild, *, refresh: bool = False) -> _Identity:
         """The weights identity: cached; else the one in status, if it was read from this
