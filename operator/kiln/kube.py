@@ -233,6 +233,17 @@ class Kube:
             raise translate(error, f"read Secret {namespace}/{name}") from error
         return str((secret.get("metadata") or {}).get("resourceVersion") or "")
 
+    def create_secret(self, namespace: str, body: dict[str, Any]) -> bool:
+        """Create a Secret; False if one of that name exists (nothing of it is changed)."""
+        try:
+            self.api.request("POST", f"/api/v1/namespaces/{namespace}/secrets", body)
+        except ApiError as error:
+            if error.status == 409:
+                return False
+            raise translate(error, f"create Secret {namespace}/{body['metadata']['name']}") \
+                from error
+        return True
+
     def secret_data(self, namespace: str, name: str) -> dict[str, str]:
         try:
             secret = self.api.request("GET", f"/api/v1/namespaces/{namespace}/secrets/{name}")

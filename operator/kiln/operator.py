@@ -12,6 +12,7 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool,
     ``leader_elect``, reconcile only while holding the Lease (replicas stand by)."""
     if leader_elect:
         os.environ["KILN_LEADER_ELECTION"] = "true"
+    _signing_key_from_secret()
     import kopf
 
     import kiln.handlers  # noqa: F401 - importing registers the handlers
@@ -30,3 +31,22 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool,
         liveness_endpoint=liveness,
     )
     return 0
+
+
+def _signing_key_from_secret() -> None:
+    """With ``KILN_SIGNING_SECRET`` (the chart's default) and no key file: the key from that
+    Secret in the operator's namespace, which kiln creates once if it does not exist
+    (``kiln.signing_key``), before anything reads the settings."""
+    name = os.environ.get("KILN_SIGNING_SECRET")
+    if not name or os.environ.get("KILN_SIGNING_KEY_FILE"):
+        return
+    from kiln import signing_key
+    from kiln.config import OperatorConfig
+    from kiln.kube import Client, Kube
+    from kiln.kubeauth import Credentials
+
+    config = OperatorConfig.from_env()
+    namespace = config.namespace or config.lease_namespace
+    # No fence: creating a Secret that does not exist replaces nothing, whoever leads.
+    path = signing_key.provide(Kube(Client(Credentials())), namespace, name)
+    os.environ["KILN_SIGNING_KEY_FILE"] = str(path)

@@ -134,10 +134,12 @@ def test_defaults_leave_optional_settings_unset() -> None:
     env = env_of(render())
     assert "KILN_DEFAULT_STORE" not in env
     assert "KILN_STORE_SECRET" not in env
-    # Defaults on purpose (docs/security.md): a signing key from the chart's Secret, only the
+    # Defaults on purpose (docs/security.md): a signing key from the Secret the operator
+    # creates itself (none templated: helm template would make a new one each time), only the
     # default builder repository allowed; replicas elect a leader.
+    assert env["KILN_SIGNING_SECRET"] == "kiln-signing"
+    assert not [d for d in render() if d["kind"] == "Secret"]
     assert OperatorConfig.from_env(env) == OperatorConfig(
-        signing_key_file="/etc/kiln/signing/key.pem",
         allowed_builder_images=("ghcr.io/kiln-dev/kiln-builder",),
         leader_election=True, lease_name="kiln",
         lease_namespace=OperatorConfig.from_env(env).lease_namespace)
@@ -160,7 +162,7 @@ def test_replicas_elect_a_leader_through_a_lease_in_the_release_namespace() -> N
     assert refused.returncode and "replicaCount > 1 needs leaderElection" in refused.stderr
     single = render({"replicaCount": 1, "leaderElection": {"enabled": False}})
     assert find(single, "Deployment")["spec"]["strategy"] == {"type": "Recreate"}
-    assert not [d for d in single if d["kind"] == "Role"]
+    assert not [d for d in single if d["kind"] == "Role" and "leases" in str(d["rules"])]
 
 
 def test_every_setting_the_operator_reads_is_set_by_the_chart() -> None:
@@ -178,9 +180,13 @@ def test_rbac_has_no_wildcards_and_secrets_are_read_only() -> None:
         for rule in rules(render(values)):
             for field in ("apiGroups", "resources", "verbs"):
                 assert "*" not in rule[field], (name, rule)
-            assert "resourceNames" not in rule and "nonResourceURLs" not in rule
-            if "secrets" in rule["resources"]:
-                assert rule["verbs"] == ["get"], rule
+            assert "nonResourceURLs" not in rule
+            if "secrets" in rule["resources"] and rule["verbs"] != ["get"]:
+                # Only the signing key's Secret, which the operator creates once, itself.
+                assert rule["verbs"] == ["create"], rule
+            assert "resourceNames" not in rule or rule == {
+                "apiGroups": [""], "resources": ["secrets"], "resourceNames": ["kiln-signing"],
+                "verbs": ["get"]}, rule
             assert not {"escalate", "bind", "impersonate"} & set(rule["verbs"]), rule
 
 
@@ -198,7 +204,7 @@ def test_rbac_rules_are_commented_in_sections() -> None:
 def test_cluster_wide_by_default() -> None:
     docs = render()
     assert {d["kind"] for d in docs if "rbac" in d["apiVersion"]
-            and not d["metadata"]["name"].endswith("-leader")} == {
+            and not d["metadata"]["name"].endswith(("-leader", "-signing"))} == {
         "ClusterRole", "ClusterRoleBinding"}
     resources = {r for rule in rules(docs) for r in rule["resources"]}
     assert "namespaces" not in resources  # Kopf does not look at Namespaces cluster-wide
