@@ -20,6 +20,8 @@ class Attempt:
     delay: float
     at: float
     inputs: Hashable
+    spec: Hashable = None
+    """The spec (generation) it failed with: a new one starts the count over."""
 
     @property
     def due(self) -> float:
@@ -35,14 +37,16 @@ class Backoff:
         self._failed: dict[Hashable, Attempt] = {}
         self._guard = threading.Lock()
 
-    def failed(self, ref: Hashable, inputs: Hashable) -> Attempt:
-        """Count a failure of ``ref`` (inputs as they were) and say when to try again."""
+    def failed(self, ref: Hashable, inputs: Hashable, spec: Hashable = None) -> Attempt:
+        """Count a failure of ``ref`` (inputs as they were) and say when to try again. A
+        failure with another ``spec`` (an edit that fails differently) starts the count over;
+        other inputs that move (a Secret, an EngineBuild's status) retry at once, but keep
+        counting, so an input that flaps does not keep the delay at its first step."""
         with self._guard:
             before = self._failed.get(ref)
-            # A failure after its inputs changed (a fix that fails differently) starts over.
-            attempt = before.attempt + 1 if before is not None and before.inputs == inputs else 1
+            attempt = before.attempt + 1 if before is not None and before.spec == spec else 1
             delay = min(self.cap, self.base * 2 ** (attempt - 1))
-            found = Attempt(attempt, delay, self.clock(), inputs)
+            found = Attempt(attempt, delay, self.clock(), inputs, spec)
             self._failed[ref] = found
             return found
 

@@ -50,8 +50,12 @@ def endpoint_of(uri: str, credentials: Mapping[str, str] | None) -> str:
     named = creds.get("AWS_ENDPOINT_URL") if uri.startswith("s3://") else (
         creds.get("HF_ENDPOINT") if uri.startswith("hf://") else None)
     if named:
-        parts = urlsplit(named.strip())
-        return f"{parts.scheme.lower()}://{(parts.hostname or '').lower()}:{parts.port or ''}"
+        text = named.strip().lower().rstrip("/")
+        parts = urlsplit(text if "://" in text else f"https://{text}")
+        if not parts.hostname:
+            return text
+        port = parts.port or {"http": 80, "https": 443}.get(parts.scheme)
+        return f"{parts.scheme}://{parts.hostname}:{port}"
     parts = urlsplit(uri)
     if uri.startswith("hf://"):
         return f"hf://{parts.netloc}{parts.path.split('@')[0]}"

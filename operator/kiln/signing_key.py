@@ -52,9 +52,12 @@ def ensure(kube: Kube, namespace: str, name: str) -> bytes:
 
 
 def provide(kube: Kube, namespace: str, name: str) -> Path:
-    """``ensure`` the key and write it to a private file, for ``KILN_SIGNING_KEY_FILE``."""
+    """``ensure`` the key and write it to one private file (overwritten at each start, never
+    a copy per start), for ``KILN_SIGNING_KEY_FILE``."""
     pem = ensure(kube, namespace, name)
-    fd, path = tempfile.mkstemp(prefix="kiln-signing-", suffix=".pem")
+    path = Path(tempfile.gettempdir()) / f"kiln-signing-{os.getuid()}.pem"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
     with os.fdopen(fd, "wb") as out:
         out.write(pem)
-    return Path(path)
+    return path

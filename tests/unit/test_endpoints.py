@@ -70,3 +70,7 @@ def test_tenants_of_a_shared_endpoint_do_not_share_slots_and_one_server_is_one()
         "hf://org/b", None)
     assert endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "http://H:9/"}) == \
         endpoints.endpoint_of("s3://b/", {"AWS_ENDPOINT_URL": "http://h:9"})
+    assert endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "https://x"}) == \
+        endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "https://x:443"})
+    assert endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "10.0.0.1:9000"}) != \
+        endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "10.0.0.2:9000"})

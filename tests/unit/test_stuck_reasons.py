@@ -144,10 +144,10 @@ def test_a_failed_create_names_its_job_by_uid_and_its_latest_occurrence() -> Non
 def test_a_failure_after_the_inputs_changed_starts_the_backoff_over() -> None:
     now = [0.0]
     backoff = Backoff(base=2, cap=600, clock=lambda: now[0])
-    for _ in range(5):
-        last = backoff.failed("eb", ("gen", 1))
+    for i in range(5):
+        last = backoff.failed("eb", ("secret", i % 2), spec=1)  # an input that flaps
     assert last.attempt == 5 and last.delay == 32
-    fresh = backoff.failed("eb", ("gen", 2))  # edited, and fails differently
+    fresh = backoff.failed("eb", ("secret", 0), spec=2)  # edited, and fails differently
     assert (fresh.attempt, fresh.delay) == (1, 2)
 
 

@@ -35,6 +35,8 @@ class ObservedJob:
     """The digest of the pod template kiln rendered (``kiln.dev/spec-hash``)."""
     uid: str | None = None
     """None for a Job created moments ago that the index does not show yet."""
+    ran: bool = False
+    """A pod of it has run to an end (``status.failed``/``succeeded``): it did start."""
 
 
 def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -70,7 +72,8 @@ def observe(job: dict[str, Any]) -> ObservedJob:
         return ObservedJob(meta["name"], key, "Failed", owners, None, failure, names)
     return ObservedJob(meta["name"], key, "Active", owners, owner_names=names,
                        template_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
-                       uid=str(meta.get("uid") or "") or None)
+                       uid=str(meta.get("uid") or "") or None,
+                       ran=bool(status.get("failed") or status.get("succeeded")))
 
 
 def failure_from_pod(pod: dict[str, Any]) -> Failure | None:

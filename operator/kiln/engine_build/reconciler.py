@@ -486,7 +486,8 @@ class EngineBuildReconciler:
     def _retry(self, body: dict[str, Any], eb: EngineBuild, error: KilnError) -> None:
         """Count a failure that may heal and say so: ``Retrying ...`` in ``Reconciling``."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        attempt = self.backoff.failed((namespace, name), self._inputs(namespace, eb))
+        attempt = self.backoff.failed((namespace, name), self._inputs(namespace, eb),
+                                      spec=eb.metadata.get("generation"))
         message = retrying_message(error.reason, error.message, attempt)
         log.warning("reconcile of %s/%s: %s", namespace, name, message)
         status, events = retrying(eb, error.reason, message)
@@ -665,7 +666,7 @@ class EngineBuildReconciler:
         for want in wants:
             job = observed.get(want.key)
             if (job is None or job.state != "Active" or job.owner_uids != (uid,)
-                    or job.template_hash is None):
+                    or job.template_hash is None or job.ran):
                 continue
             why = self._stuck(namespace, eb, {want.key: job}, world).get(want.key)
             if why is None or why.reason not in NEVER_RAN:
@@ -677,7 +678,8 @@ class EngineBuildReconciler:
             if found is None:
                 continue
             now = observe(found)  # the index may lag: another EngineBuild may have joined
-            if now.owner_uids != (uid,) or now.template_hash != job.template_hash:
+            if (now.owner_uids != (uid,) or now.template_hash != job.template_hash
+                    or now.ran):
                 continue
             if not self.kube.delete_job(namespace, job.name, uid=found["metadata"]["uid"],
                                         resource_version=found["metadata"]["resourceVersion"]):

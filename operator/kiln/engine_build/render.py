@@ -90,7 +90,6 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
         pod_spec["affinity"] = affinity
     if spec.job.priority_class_name:
         pod_spec["priorityClassName"] = spec.job.priority_class_name
-    template = {"metadata": {"labels": {**labels, **config.build_pod_labels}}, "spec": pod_spec}
     return {
         "apiVersion": "batch/v1",
         "kind": "Job",
@@ -99,7 +98,7 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
             "namespace": namespace,
             "labels": labels,
             "annotations": {KEY_ANNOTATION: want.key, TARGET_ANNOTATION: want.target.name,
-                            HASH_ANNOTATION: spec_hash(template)},
+                            HASH_ANNOTATION: job_spec_hash(spec)},
             "ownerReferences": [build_owner(owner_name, owner_uid)],
         },
         "spec": {
@@ -107,9 +106,19 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
             "activeDeadlineSeconds": spec.job.active_deadline_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "podFailurePolicy": pod_failure_policy(BUILDER),
-            "template": template,
+            "template": {
+                "metadata": {"labels": {**labels, **config.build_pod_labels}},
+                "spec": pod_spec,
+            },
         },
     }
+
+
+def job_spec_hash(spec: EngineBuildSpec) -> str:
+    """The digest of what ``spec.job`` puts in the pod (security context, priority class,
+    tolerations, resources): a Job of another one whose pod never ran is replaced. The
+    operator's own settings are left out: changing them replaces no waiting Job."""
+    return spec_hash(spec.job.to_dict())
 
 
 def build_owner(name: str, uid: str) -> dict[str, Any]:

@@ -122,15 +122,16 @@ class EngineDeploymentReconciler:
         """Count a failure that may heal and say so: ``Retrying ...`` in ``Reconciling``, not
         ``Ready`` (what serves may be stale meanwhile)."""
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        attempt = self.backoff.failed((namespace, name), inputs)
+        attempt = self.backoff.failed((namespace, name), inputs,
+                                      spec=body["metadata"].get("generation"))
         message = retrying_message(error.reason, error.message, attempt)
         ed = EngineDeployment.model_validate(body)
         generation = int(body["metadata"].get("generation") or 0)
         conditions = set_conditions(ed.status.conditions if ed.status else [],
                                     generation=generation, ready=False, reconciling=True,
                                     stalled=False, reason=error.reason, message=message)
-        new = {**(body.get("status") or {}), "observedGeneration": generation,
-               "conditions": [c.to_dict() for c in conditions]}
+        # observedGeneration stays: this spec was not applied.
+        new = {**(body.get("status") or {}), "conditions": [c.to_dict() for c in conditions]}
         try:
             self.written.write(body, new)
         except Exception as failure:  # the API server itself may be what fails
@@ -271,9 +272,13 @@ def _with_trouble(ed: EngineDeployment, status: EngineDeploymentStatus, events: 
 
 
 def _inputs(body: Mapping[str, Any], world: World) -> tuple[Any, ...]:
-    """What a failed pass depended on besides the cluster's state: the spec (generation) and
-    its EngineBuild as it was (a new engine retries at once)."""
+    """What a failed pass depended on: the spec (generation), its EngineBuild, its
+    Deployments and the GPU pool as they were; a change of any retries at once."""
+    namespace, name = str(body["metadata"]["namespace"]), str(body["metadata"]["name"])
     ref = str(((body.get("spec") or {}).get("engineBuildRef") or {}).get("name", ""))
-    eb = world.engine_build(str(body["metadata"]["namespace"]), ref) or {}
+    eb = world.engine_build(namespace, ref) or {}
+    deployments = sorted((d.name, d.spec_hash, d.ready_replicas)
+                         for d in world.deployments(namespace, name))
     return (body["metadata"].get("generation"),
-            (eb.get("metadata") or {}).get("resourceVersion"))
+            (eb.get("metadata") or {}).get("resourceVersion"), tuple(deployments),
+            tuple(sorted(n.product for n in world.gpu_nodes())))
