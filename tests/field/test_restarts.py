@@ -160,8 +160,8 @@ def lifecycle(kube: Cluster, namespace: str, sources: tuple[str, str], kill: Any
 
 def test_a_lifecycle_with_restarts_ends_where_one_without_them_does(
         kube: Cluster, s3_client: Any, operator: Operator, tmp_path: Path) -> None:
-    """The same two checkpoints (equal content, equal identity: S3 identities are relative
-    to the prefix) in two namespaces, each with a store of its own: one lifecycle
+    """The same two sources (the engine key binds their bucket and prefix, not the namespace
+    reading them) in two namespaces, each with a store of its own: one lifecycle
     undisturbed, one with the operator SIGKILLed at random points between its steps."""
     from kubernetes import client
 
@@ -169,12 +169,12 @@ def test_a_lifecycle_with_restarts_ends_where_one_without_them_does(
     rng = random.Random()
     seeds = (rng.randrange(1 << 30), rng.randrange(1 << 30))
     results = []
+    sources = tuple(checkpoints.upload(
+        s3_client, checkpoints.write(tmp_path / str(i), seed=seed), MODELS,
+        f"field-lifecycle-{seeds[0] % 10_000}/llama-{i}/") for i, seed in enumerate(seeds))
     for run in ("calm", "killed"):
         namespace = f"field-lifecycle-{run}-{seeds[0] % 10_000}"
         core.create_namespace({"metadata": {"name": namespace}})
-        sources = tuple(checkpoints.upload(
-            s3_client, checkpoints.write(tmp_path / run / str(i), seed=seed), MODELS,
-            f"{namespace}/llama-{i}/") for i, seed in enumerate(seeds))
 
         def kill(run: str = run) -> None:
             if run == "killed" and rng.random() < 0.75:
