@@ -176,17 +176,3 @@ def test_only_pods_of_the_deployments_current_template_are_its_trouble() -> None
     unmarked = replace(deployment, template_hash=None)
     other = serving("chat-a100-80gb-7c-z", "chat-a100-80gb-7c", "x")
     assert trouble("A100", unmarked, [other], "k2") is None
-
-
-def test_a_job_without_a_pod_is_queued_and_a_placed_pod_is_pending_both_still_building() -> None:
-    from kiln.engine_build.pending import stuck as why
-    queued = why("kiln-build-abc", [], None, NOW, timedelta(minutes=30))
-    assert queued is not None and (queued.reason, queued.waiting) == ("Queued", True)
-    placed = observe_pod({**pod(status={"phase": "Pending"}),
-                          "spec": {**pod()["spec"], "nodeName": "h100-0"}})
-    pending = why("kiln-build-abc", [placed], None, NOW, timedelta(minutes=30))
-    assert pending is not None and (pending.reason, pending.waiting) == ("Pending", True)
-    assert "on h100-0" in pending.message
-    unplaced = why("kiln-build-abc", [observe_pod(pod(status=UNSCHEDULABLE))], None, NOW,
-                   timedelta(minutes=30))
-    assert unplaced is not None and not unplaced.waiting

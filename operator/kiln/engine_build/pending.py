@@ -29,15 +29,6 @@ class Stuck:
     message: str
     stalled: bool
 
-    @property
-    def waiting(self) -> bool:
-        """Only on its way (``Queued``, ``Pending``): said in the engine's message, the
-        EngineBuild still ``Building``."""
-        return self.reason in WAITING
-
-
-WAITING = frozenset({"Queued", "Pending"})
-
 
 def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
           now: datetime, pending_timeout: timedelta) -> Stuck | None:
@@ -49,7 +40,7 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
         return Stuck("CreateFailed", f"Job {job} cannot create its pod: {created.message}",
                      stalled=True)
     if not active:
-        return None if mine else Stuck("Queued", f"Job {job} has no pod yet", stalled=False)
+        return None
     pod = active[-1]
     if pod.pull is not None:
         image, message = pod.pull
@@ -63,9 +54,6 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
                  f"({_duration(pending_timeout)})") if late else ""
         return Stuck("Unschedulable", f"pod {pod.name}: {pod.unschedulable}{needs}{after}",
                      stalled=late)
-    if pod.phase == "Pending":
-        where = f" on {pod.node}" if pod.node else ""
-        return Stuck("Pending", f"pod {pod.name} is starting{where}", stalled=False)
     return None
 
 
