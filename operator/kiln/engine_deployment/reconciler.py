@@ -91,16 +91,14 @@ class EngineDeploymentReconciler:
         """Bring one EngineDeployment's children and its status in line with what exists; a
         permanent error is written as ``Stalled``; one that may heal as ``Retrying ...`` (in
         ``Reconciling``, the attempt and the next try) and raised, tried again after a
-        per-object backoff (``next_try``) or at once when its spec or EngineBuild changes."""
+        per-object backoff (``next_try``), or sooner by any event that marks it due (a pass
+        is never skipped: serving follows its EngineBuild at once)."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         ref = (namespace, name)
         with self._lock(namespace, name):
             fresh = self.written.overlay(dict(body))
             inputs = _inputs(fresh, world)
-            waiting = self.backoff.waiting(ref, inputs)
-            if waiting is not None:
-                return Decision(pending=("Retrying", "backing off"))
             try:
                 decision = self._reconcile(fresh, world)
             except KilnError as error:
