@@ -17,6 +17,8 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
+import urllib3
+
 from kiln import ED_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, EngineDeploymentStatus
 from kiln.backoff import Backoff
@@ -26,7 +28,7 @@ from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.plan import Decision, decide, summarize
 from kiln.engine_deployment.trouble import Trouble, trouble
-from kiln.errors import KilnError, heals
+from kiln.errors import KilnError, Unavailable, heals
 from kiln.key import short_key
 from kiln.kube import Kube
 from kiln.labels import HASH_ANNOTATION
@@ -101,6 +103,11 @@ class EngineDeploymentReconciler:
             inputs = _inputs(fresh, world)
             try:
                 decision = self._reconcile(fresh, world)
+            except (urllib3.exceptions.HTTPError, OSError) as error:
+                # The API server did not answer in time (a fenced write's bound) or at all.
+                failure = Unavailable(f"{type(error).__name__}: {error}", reason="Unreachable")
+                self._retry(fresh, failure, inputs)
+                raise failure from error
             except KilnError as error:
                 if heals(error):
                     self._retry(fresh, error, inputs)
