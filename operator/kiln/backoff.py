@@ -45,7 +45,7 @@ class Backoff:
         with self._guard:
             before = self._failed.get(ref)
             attempt = before.attempt + 1 if before is not None and before.spec == spec else 1
-            delay = min(self.cap, self.base * 2 ** (attempt - 1))
+            delay = min(self.cap, self.base * 2.0 ** min(attempt - 1, 64))  # no overflow
             found = Attempt(attempt, delay, self.clock(), inputs, spec)
             self._failed[ref] = found
             return found

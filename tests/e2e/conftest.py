@@ -78,10 +78,12 @@ def operator(kube: Cluster, crds: None, operator_env: dict[str, str],
     yield op
     op.stop()
     lines = op.log().splitlines()
-    errors = ["\n".join(lines[i:i + 20]) for i, line in enumerate(lines)
+    starts = [i for i, line in enumerate(lines) if line.startswith("[")] + [len(lines)]
+    errors = ["\n".join(lines[i:next(j for j in starts if j > i)])  # its whole traceback
+              for i, line in enumerate(lines)
               if "[ERROR" in line and "failed; will retry" not in line
               and "is being terminated" not in line]  # Events posted as a test ends
-    assert not errors, "\n\n".join(errors[:3])
+    assert not errors, "\n\n".join(errors[:2])
 
 
 @pytest.fixture(scope="session")

@@ -5,6 +5,7 @@ and Ready is never True for the bad key."""
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from typing import Any
@@ -103,6 +104,13 @@ def _drop_configmaps(kube: Cluster) -> list[tuple[str, list[dict[str, Any]]]]:
     return before
 
 
+def _attempt(ed: dict[str, Any]) -> int:
+    ready = next(c for c in ed["status"]["conditions"] if c["type"] == "Ready")
+    found = re.search(r"\(attempt (\d+), next in", ready["message"])
+    assert found, ready["message"]
+    return int(found.group(1))
+
+
 def test_a_denied_write_says_retrying_with_attempts_and_heals_when_allowed_again(
         kube: Cluster, namespace: str, weights: str) -> None:
     """The operator's rights taken away (an RBAC change gone wrong): the EngineDeployment says
@@ -127,6 +135,12 @@ def test_a_denied_write_says_retrying_with_attempts_and_heals_when_allowed_again
         assert conditions(ed)["Ready"][0] == "False"
         assert conditions(ed)["Reconciling"][0] == "True"
         assert health(ed)[0] == "Progressing"
+        # It backs off: its own status write (the attempt's message) is no event to retry
+        # at once (that was a loop of a pass every few ms, its attempt count past 1,000).
+        first = _attempt(ed)
+        time.sleep(8)
+        later = _attempt(get(kube, namespace, ED_PLURAL, "chat"))
+        assert later - first <= 4, (first, later)
     finally:
         for name, rules in before:
             rbac.patch_cluster_role(name, {"rules": rules})

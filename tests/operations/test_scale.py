@@ -13,7 +13,7 @@ from kubernetes import client
 from e2e.support import ROOT, Operator
 from kiln import GROUP, VERSION
 from kiln.dev.testbed.cluster import Cluster
-from kiln.labels import ED_LABEL, SERVING_PRODUCT_LABEL
+from kiln.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
 from operations.conftest import operator_env
 from operations.support import ENGINES, running
 from waiting import eventually
@@ -41,8 +41,11 @@ def test_kubectl_scale_and_an_hpa_read_and_write_scale(
     operator = Operator(kube, operator_env(release[0], s3_endpoint, f"s3://{ENGINES}/"),
                         tmp_path / "kiln.log", args=["-n", namespace])
     with running(operator):
+        gpus = {n.metadata.labels[GPU_PRODUCT_LABEL] for n in client.CoreV1Api(
+            kube.api_client).list_node(label_selector=GPU_PRODUCT_LABEL).items}
+        # A Deployment per GPU product (not the first two applied: a third comes after).
         products = eventually(lambda: (r := replicas_per_product(kube, namespace, "x"))
-                              and len(r) >= 2 and r, timeout=60)
+                              and len(r) == len(gpus) and r, timeout=60)
         assert set(products.values()) == {1}
         kube.kubectl("scale", "-n", namespace, "ed/x", "--replicas=3")
         eventually(lambda: set(replicas_per_product(kube, namespace, "x").values()) == {3}

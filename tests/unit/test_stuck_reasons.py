@@ -96,6 +96,13 @@ def test_backoff_doubles_to_the_cap_and_a_changed_input_is_due_at_once() -> None
         "Retrying Unavailable: no answer (attempt 5, next in 10s)")
 
 
+def test_backoff_stays_at_the_cap_however_many_attempts() -> None:
+    backoff = Backoff(base=2.0, cap=600.0, clock=lambda: 0.0)
+    for _ in range(2000):  # 2 ** 1024 overflows a float: the retry loop once died on it
+        last = backoff.failed("a", "v1")
+    assert (last.attempt, last.delay) == (2000, 600)
+
+
 def _fetch_status(state: dict[str, Any], last: dict[str, Any]) -> dict[str, Any]:
     return {"phase": "Pending", "initContainerStatuses": [{
         "name": "fetch-engine", "state": state, "lastState": {"terminated": last}}]}

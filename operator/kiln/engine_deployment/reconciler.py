@@ -93,14 +93,17 @@ class EngineDeploymentReconciler:
         """Bring one EngineDeployment's children and its status in line with what exists; a
         permanent error is written as ``Stalled``; one that may heal as ``Retrying ...`` (in
         ``Reconciling``, the attempt and the next try) and raised, tried again after a
-        per-object backoff (``next_try``), or sooner by any event that marks it due (a pass
-        is never skipped: serving follows its EngineBuild at once)."""
+        per-object backoff (``next_try``), or at once when what it read changed (its spec, its
+        EngineBuild, its Deployments, the pool: serving follows its EngineBuild at once). A
+        pass marked by anything else while it backs off (the sweep, a pod) does nothing."""
         meta = body["metadata"]
         namespace, name = meta["namespace"], meta["name"]
         ref = (namespace, name)
         with self._lock(namespace, name):
             fresh = self.written.overlay(dict(body))
             inputs = _inputs(fresh, world)
+            if self.backoff.waiting(ref, inputs) is not None:
+                return Decision(pending=("Retrying", "backing off"))
             try:
                 decision = self._reconcile(fresh, world)
             except (urllib3.exceptions.HTTPError, OSError) as error:

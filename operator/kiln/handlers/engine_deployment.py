@@ -92,12 +92,26 @@ _refs: dict[str, tuple[str, str]] = {}
 reference also marks the EngineBuild it left (the sweep would find it within a resync)."""
 
 
+_eds_seen: dict[str, tuple[Any, ...]] = {}
+"""What of each EngineDeployment (by uid) was last seen besides its status, which kiln alone
+writes: a status write marks nothing (each pass would mark the next one; a failing one would
+retry in a loop, its backoff never waited out)."""
+
+
+def _beyond_status(body: Mapping[str, Any]) -> tuple[Any, ...]:
+    meta = body["metadata"]
+    return (meta.get("generation"), meta.get("deletionTimestamp"),
+            sorted((meta.get("labels") or {}).items()),
+            sorted((meta.get("annotations") or {}).items()))
+
+
 @kopf.on.event(GROUP, VERSION, ED_PLURAL)
 async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
                                     **_: Any) -> None:
-    """Any change of an EngineDeployment marks it due, and the EngineBuilds it references and
-    referenced (their auto targets follow what EngineDeployments need); a deleted one is
-    forgotten (its children go with it: they are owned)."""
+    """A change of an EngineDeployment marks the EngineBuilds it references and referenced
+    due (their auto targets follow what EngineDeployments need, status included), and itself
+    unless only its status moved; a deleted one is forgotten (its children go with it: they
+    are owned)."""
     meta = body["metadata"]
     namespace, ref = str(meta["namespace"]), _build_of(body)
     before = _refs.pop(meta["uid"], None)
@@ -105,9 +119,14 @@ async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
         engine_build.mark(*before)
     engine_build.mark(namespace, ref)
     if event["type"] == "DELETED":
+        _eds_seen.pop(meta["uid"], None)
         reconciler().forget(namespace, meta["name"])
         return
     _refs[meta["uid"]] = (namespace, ref)
+    seen = _beyond_status(body)
+    if _eds_seen.get(meta["uid"]) == seen and event["type"] is not None:
+        return  # its status only (a re-list, type None, marks all: an event may be lost)
+    _eds_seen[meta["uid"]] = seen
     if not meta.get("deletionTimestamp"):
         _mark(body)
 
