@@ -17,6 +17,9 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool,
 
     import kiln.handlers  # noqa: F401 - importing registers the handlers
     from kiln import metrics
+    from kiln.handlers.relists import relists
+
+    relists.clusterwide = not namespaces
 
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
     for noisy in ("kubernetes", "botocore", "boto3", "s3transfer", "urllib3"):

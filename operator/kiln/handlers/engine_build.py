@@ -15,6 +15,7 @@ from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.errors import KilnError
 from kiln.handlers import context, leadership
 from kiln.handlers.indexes import Indexes, create_failure, is_build_create_failure
+from kiln.handlers.relists import relists
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import KEY_LABEL
 from kiln.pods import Seen, observe_pod
@@ -90,6 +91,7 @@ def mark(namespace: str, name: str) -> None:
 async def engine_build_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                                name: str, **_: Any) -> None:
     """Any change of an EngineBuild (its spec, or status written by others) marks it due."""
+    relists.saw(EB_PLURAL, event["type"], body["metadata"])
     if event["type"] == "DELETED":
         context.engine_builds().forget(str(namespace), name)
         return
@@ -106,6 +108,7 @@ async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
                             uid: str, **_: Any) -> None:
     """A build Job moved (its state, failure or owners): mark every EngineBuild that owns
     it due."""
+    relists.saw("jobs", event["type"], body["metadata"])
     observed = observe(dict(body))
     if event["type"] == "DELETED":
         _jobs_seen.pop(uid, None)
@@ -133,6 +136,7 @@ async def build_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
                             uid: str, **kwargs: Any) -> None:
     """A build pod moved (scheduled, refused, pulling, failed): mark its Job's EngineBuilds
     due, so their status says why within seconds."""
+    relists.saw("pods", event["type"], body["metadata"])
     observed = observe_pod(dict(body))
     if not _pods_seen.moved(event["type"], uid, observed):
         return

@@ -16,6 +16,7 @@ from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
 from kiln.handlers import context, engine_build, leadership
 from kiln.handlers.indexes import Indexes
+from kiln.handlers.relists import relists
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import ED_LABEL
 from kiln.pods import Seen, observe_pod
@@ -113,6 +114,7 @@ async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
     unless only its status moved; a deleted one is forgotten (its children go with it: they
     are owned)."""
     meta = body["metadata"]
+    relists.saw(ED_PLURAL, event["type"], meta)
     namespace, ref = str(meta["namespace"]), _build_of(body)
     before = _refs.pop(meta["uid"], None)
     if before is not None and before != (namespace, ref):
@@ -140,9 +142,10 @@ async def engine_build_for_serving(body: kopf.Body, namespace: str | None, name:
 
 
 @kopf.on.event("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
-async def serving_deployment_changed(body: kopf.Body, namespace: str | None,
-                                     **kwargs: Any) -> None:
+async def serving_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
+                                     namespace: str | None, **kwargs: Any) -> None:
     """A serving Deployment moved (rollout progress, readiness): mark its owner due."""
+    relists.saw("deployments", event["type"], body["metadata"])
     owner = Indexes(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
     uids = {ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []}
     if owner is not None and owner["metadata"]["uid"] in uids:
@@ -158,6 +161,7 @@ async def serving_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: 
                               uid: str, **kwargs: Any) -> None:
     """A serving pod moved (an init container failed, the server crash-loops, it cannot be
     scheduled): mark its EngineDeployment due."""
+    relists.saw("pods", event["type"], body["metadata"])
     observed = observe_pod(dict(body))
     if not _pods_seen.moved(event["type"], uid, observed):
         return
@@ -174,6 +178,7 @@ async def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str,
                        **kwargs: Any) -> None:
     """A GPU node came, went or changed labels: reconcile every EngineDeployment (their pools
     may have changed). Heartbeats and other status updates are ignored, on the event loop."""
+    relists.saw("nodes", event["type"], body["metadata"])
     node = None if event["type"] == "DELETED" else gpu_node(dict(body))
     changed = _nodes_seen.get(name) != node
     if node is None:
