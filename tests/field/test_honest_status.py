@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import re
+import signal
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -212,5 +213,41 @@ def test_a_job_the_apiserver_refuses_is_stalled_with_its_message_until_the_spec_
     assert build(kube, namespace)["metadata"]["resourceVersion"] == attempts
     patch(kube, namespace, EB_PLURAL, "llama", {"spec": {"job": {"tolerations": [
         {"key": "example.com/ok", "operator": "Exists"}]}}})
+    eb = build_when(kube, namespace, is_ready, timeout=120)
+    assert health(eb)[0] == "Healthy"
+
+
+def _engine_message(obj: dict[str, Any]) -> str:
+    engines = (obj.get("status") or {}).get("engines") or [{}]
+    return str(engines[0].get("message") or "")
+
+
+def test_a_job_without_a_pod_says_queued_and_a_pod_that_does_not_start_says_pending(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    """The controller manager hung (no pod for the Job), then the node agent (kwok: the pod
+    placed, never started): the engine says ``Queued``, then ``Pending``, the EngineBuild
+    ``Building`` and Reconciling all along; each goes by itself."""
+    manager, agent = kube.processes["kube-controller-manager"], kube.processes["kwok"]
+    manager.send_signal(signal.SIGSTOP)
+    try:
+        create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}]))
+        queued = build_when(kube, namespace, lambda o: _engine_message(o).startswith(
+            "Queued: Job kiln-build-"), timeout=30)
+        assert "has had no pod since" in _engine_message(queued)
+        assert queued["status"]["phase"] == "Building"
+        assert conditions(queued)["Reconciling"][0] == "True"
+        assert conditions(queued)["Stalled"][0] == "False"
+        assert health(queued)[0] == "Progressing"
+        agent.send_signal(signal.SIGSTOP)
+    finally:
+        manager.send_signal(signal.SIGCONT)
+    try:
+        pending = build_when(kube, namespace, lambda o: _engine_message(o).startswith(
+            "Pending: pod kiln-build-"), timeout=40)
+        assert "(placed on h100-" in _engine_message(pending), _engine_message(pending)
+        assert pending["status"]["phase"] == "Building"
+        assert conditions(pending)["Stalled"][0] == "False"
+    finally:
+        agent.send_signal(signal.SIGCONT)
     eb = build_when(kube, namespace, is_ready, timeout=120)
     assert health(eb)[0] == "Healthy"

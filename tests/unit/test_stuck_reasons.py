@@ -183,3 +183,28 @@ def test_only_pods_of_the_deployments_current_template_are_its_trouble() -> None
     unmarked = replace(deployment, template_hash=None)
     other = serving("chat-a100-80gb-7c-z", "chat-a100-80gb-7c", "x")
     assert trouble("A100", unmarked, [other], "k2") is None
+
+
+def test_a_job_without_a_pod_is_queued_and_a_starting_pod_pending_only_once_it_lasts() -> None:
+    timeout = timedelta(minutes=30)
+    just = stuck("kiln-build-abc", [], None, NOW, timeout, NOW - timedelta(seconds=3))
+    assert just is None  # a build that starts at once writes no status for its steps
+    queued = stuck("kiln-build-abc", [], None, NOW, timeout, NOW - timedelta(seconds=12))
+    assert queued is not None and (queued.reason, queued.waiting) == ("Queued", True)
+    assert queued.message.startswith("Job kiln-build-abc has had no pod since 2026-12-01T11:59")
+    placed = pod(created=NOW - timedelta(seconds=30))
+    placed["spec"]["nodeName"] = "l4-0"
+    pending = stuck("kiln-build-abc", [observe_pod(placed)], None, NOW, timeout)
+    assert pending is not None and (pending.reason, pending.waiting) == ("Pending", True)
+    assert "(placed on l4-0)" in pending.message
+    # The message does not move while it waits: no status write per pass.
+    later = stuck("kiln-build-abc", [observe_pod(placed)], None, NOW + timedelta(minutes=1),
+                  timeout)
+    assert later == pending
+    young = pod(created=NOW - timedelta(seconds=2))
+    assert stuck("kiln-build-abc", [observe_pod(young)], None, NOW, timeout) is None
+    running = pod(created=NOW - timedelta(minutes=5), status={"phase": "Running"})
+    assert stuck("kiln-build-abc", [observe_pod(running)], None, NOW, timeout) is None
+    unplaced = stuck("kiln-build-abc", [observe_pod(pod(status=UNSCHEDULABLE))], None, NOW,
+                     timeout)
+    assert unplaced is not None and not unplaced.waiting

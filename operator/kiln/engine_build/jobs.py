@@ -37,6 +37,7 @@ class ObservedJob:
     """None for a Job created moments ago that the index does not show yet."""
     ran: bool = False
     """A pod of it has run to an end (``status.failed``/``succeeded``): it did start."""
+    created: datetime | None = None
 
 
 def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -44,6 +45,10 @@ def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
         if cond.get("type") == kind and cond.get("status") == "True":
             return dict(cond)
     return None
+
+
+def _time(value: Any) -> datetime | None:
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
 
 
 def _seconds(status: dict[str, Any]) -> float | None:
@@ -73,7 +78,8 @@ def observe(job: dict[str, Any]) -> ObservedJob:
     return ObservedJob(meta["name"], key, "Active", owners, owner_names=names,
                        template_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
                        uid=str(meta.get("uid") or "") or None,
-                       ran=bool(status.get("failed") or status.get("succeeded")))
+                       ran=bool(status.get("failed") or status.get("succeeded")),
+                       created=_time(meta.get("creationTimestamp")))
 
 
 def failure_from_pod(pod: dict[str, Any]) -> Failure | None:

@@ -1,5 +1,6 @@
 """Why a build Job's pod does not run: unschedulable, refused at creation (quota, Pod
-Security, LimitRange, PriorityClass), or its image cannot be pulled. Pure."""
+Security, LimitRange, PriorityClass), its image cannot be pulled, or (for longer than
+``WAITING_AFTER``) it has no pod yet or its pod is still starting. Pure."""
 
 from __future__ import annotations
 
@@ -29,10 +30,24 @@ class Stuck:
     message: str
     stalled: bool
 
+    @property
+    def waiting(self) -> bool:
+        """Only on its way (``Queued``, ``Pending``): said in the engine's message, the
+        EngineBuild still ``Building``."""
+        return self.reason in WAITING
+
+
+WAITING = frozenset({"Queued", "Pending"})
+WAITING_AFTER = timedelta(seconds=10)
+"""A Job without a pod, or a pod not running, is said so only after this: a build that
+starts at once costs no status write for each step of its start."""
+
 
 def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
-          now: datetime, pending_timeout: timedelta) -> Stuck | None:
-    """Why Job ``job`` (active) does not build, or None while its pod runs or starts."""
+          now: datetime, pending_timeout: timedelta,
+          job_created: datetime | None = None) -> Stuck | None:
+    """Why Job ``job`` (active, created at ``job_created``) does not build, or None while its
+    pod runs, or starts since less than ``WAITING_AFTER``."""
     mine = [p for p in pods if p.owner == job]
     active = sorted((p for p in mine if p.active), key=lambda p: p.created or now)
     newest = max((p.created for p in mine if p.created), default=None)
@@ -40,7 +55,10 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
         return Stuck("CreateFailed", f"Job {job} cannot create its pod: {created.message}",
                      stalled=True)
     if not active:
-        return None
+        if mine or job_created is None or now - job_created < WAITING_AFTER:
+            return None
+        return Stuck("Queued", f"Job {job} has had no pod since {_at(job_created)} (the Job "
+                     "controller creates it; its Events say why not)", stalled=False)
     pod = active[-1]
     if pod.pull is not None:
         image, message = pod.pull
@@ -54,7 +72,15 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
                  f"({_duration(pending_timeout)})") if late else ""
         return Stuck("Unschedulable", f"pod {pod.name}: {pod.unschedulable}{needs}{after}",
                      stalled=late)
+    if pod.phase == "Pending" and pod.created and now - pod.created >= WAITING_AFTER:
+        where = f"placed on {pod.node}" if pod.node else "not placed yet"
+        return Stuck("Pending", f"pod {pod.name} ({where}) has not started since "
+                     f"{_at(pod.created)}", stalled=False)
     return None
+
+
+def _at(when: datetime) -> str:
+    return when.isoformat().replace("+00:00", "Z")
 
 
 def _duration(value: timedelta) -> str:

@@ -190,7 +190,7 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
 
     states = {e.state for e in engines}
     blocked = [(e, why) for e in engines if e.state == "Building"
-               and (why := (stuck or {}).get(e.key or ""))]
+               and (why := (stuck or {}).get(e.key or "")) and not why.waiting]
     if not engines:
         phase, ready, reason, message = ("Pending", False, "NoTargets",
                                          "no targets: list spec.targets, or reference this "

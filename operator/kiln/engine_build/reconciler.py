@@ -416,7 +416,7 @@ class EngineBuildReconciler:
                                                                                    job.uid)):
                 created = None  # about an earlier Job of this name (Events outlive Jobs)
             why = stuck(job.name, world.job_pods(namespace, job.name), created, self.clock(),
-                        timeout)
+                        timeout, job.created)
             if why is not None:
                 found[key] = why
         return found
