@@ -173,6 +173,9 @@ class Seen:
     def __init__(self) -> None:
         self._last: dict[str, ObservedPod] = {}
 
+    def forget(self, uid: str) -> None:
+        self._last.pop(uid, None)
+
     def moved(self, event_type: str | None, uid: str, observed: ObservedPod) -> bool:
         """Whether this event tells something new of the pod."""
         if event_type == "DELETED":

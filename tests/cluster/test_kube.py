@@ -148,3 +148,31 @@ def test_a_closed_fence_stops_writes_not_reads(kube: Cluster, namespace: str) ->
     with pytest.raises(NotLeader):
         api.create_job(_job(namespace, "j"))
     assert _admin(kube).read_job(namespace, "j") is None
+
+
+def test_the_watches_server_side_selectors_keep_kilns_objects_only(
+        kube: Cluster, namespace: str) -> None:
+    """Kopf passes these to the API server's list and watch: they must be valid there, and
+    keep what kiln indexes while dropping the rest of the cluster's pods and Events."""
+    from kiln.handlers.settings import EVENTS_FIELDS, SERVER_SIDE_LABELS
+    core = client.CoreV1Api(kube.api_client)
+    labels = {"app.kubernetes.io/managed-by": "kiln", "kiln.dev/engine-deployment": "chat"}
+    for name, extra in (("kilns", labels), ("others", {"app": "web"})):
+        core.create_namespaced_pod(namespace, {"metadata": {"name": name, "labels": extra},
+                                               "spec": {"containers": [{"name": "c",
+                                                                        "image": "x"}]}})
+    pods = core.list_namespaced_pod(namespace,
+                                    label_selector=SERVER_SIDE_LABELS[("v1", "pods")]).items
+    assert [p.metadata.name for p in pods] == ["kilns"]
+    involved = {"kind": "Job", "name": "kiln-build-x", "namespace": namespace}
+    for name, reason in (("wanted", "FailedCreate"), ("unwanted", "SuccessfulCreate")):
+        core.create_namespaced_event(namespace, {
+            "metadata": {"name": name}, "involvedObject": involved, "reason": reason,
+            "message": "m", "type": "Warning"})
+    events = core.list_namespaced_event(namespace, field_selector=EVENTS_FIELDS).items
+    assert [e.metadata.name for e in events] == ["wanted"]
+    for (group, plural), selector in SERVER_SIDE_LABELS.items():  # a watch's own request
+        path = f"/api/v1/{plural}" if group == "v1" else f"/apis/{group}/v1/{plural}"
+        kube.api_client.call_api(path, "GET", query_params=[
+            ("labelSelector", selector), ("watch", "true"), ("timeoutSeconds", "1")],
+            auth_settings=["BearerToken"], _preload_content=False)

@@ -1,78 +1,131 @@
-"""What a watch re-list no longer lists is dropped from Kopf's indexes; nothing else is."""
+"""After a watch re-list, what the API server no longer has is dropped from Kopf's indexes;
+nothing else is, and nothing is listed while nothing re-lists."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from kopf._core.engines.indexing import Index  # the indexes Kopf hands to handlers
 
-from kiln.handlers.relists import Relists
+from kiln.handlers.relists import KINDS, Key, Kind, Relists
 
 
 def meta(name: str, namespace: str | None = "ns") -> dict[str, Any]:
     return {"namespace": namespace, "name": name, "uid": f"uid-{name}"}
 
 
-def test_an_object_the_re_list_did_not_list_is_gone_once_the_listing_is_over() -> None:
+def key(name: str, namespace: str | None = "ns") -> Key:
+    return (namespace, name, f"uid-{name}")
+
+
+class World:
+    """Kopf's indexes of pods and Jobs, and what a list returns now."""
+
+    def __init__(self) -> None:
+        self.indices: dict[str, Any] = {
+            name: Index() for name in ("build_pods", "serving_pods", "build_jobs")}
+        self.live: dict[str, set[str]] = {"pods": set(), "jobs": set()}
+        self.listed: list[tuple[str, str | None]] = []
+
+    def index(self, kind: str, name: str, namespace: str | None = "ns") -> None:
+        target = {"pods": "build_pods", "jobs": "build_jobs"}[kind]
+        self.indices[target]._replace(key(name, namespace), {(namespace, name): name})
+        self.live[kind].add(f"uid-{name}")
+
+    def lister(self, kind: Kind, namespace: str | None) -> set[str]:
+        self.listed.append((kind.plural, namespace))
+        return self.live[kind.plural]
+
+    def check(self, relists: Relists) -> int:
+        return asyncio.run(relists.check(self.indices, self.lister))
+
+
+def test_the_first_listing_lists_nothing_a_re_list_lists_once_and_drops_the_deleted() -> None:
     now = [0.0]
-    relists = Relists(clock=lambda: now[0], quiet=10)
-    for name in ("a", "b", "c"):
-        relists.saw("jobs", None, meta(name))  # the first listing
+    relists, world = Relists(clock=lambda: now[0], quiet=10), World()
+    for name in ("a", "b"):
+        world.index("pods", name)
+        relists.saw("pods", None, meta(name))  # the initial listing
+    world.index("jobs", "j")
+    relists.saw("jobs", None, meta("j"))
     now[0] = 100
-    relists.saw("jobs", "MODIFIED", meta("b"))
-    relists.saw("jobs", "ADDED", meta("d"))
-    relists.saw("jobs", "DELETED", meta("c"))
-    assert relists.gone() == []  # no re-list: a quiet object is not a gone one
-    now[0] = 200
-    relists.saw("jobs", None, meta("b"))  # the re-list: "a" was deleted meanwhile
-    now[0] = 205
-    relists.saw("jobs", None, meta("d"))
-    assert relists.gone() == []  # still listing
-    now[0] = 216
-    assert relists.gone() == [("jobs", ("ns", "a", "uid-a"))]
-    assert relists.gone() == []  # once
-    relists.saw("jobs", "ADDED", meta("e"))  # created after the re-list
-    now[0] = 300
-    assert relists.gone() == []
+    assert not relists.due()  # no re-list: nothing is listed, however long
+    world.live["pods"].discard("uid-a")  # deleted while the watch was away...
+    world.live["jobs"].discard("uid-j")  # ...and so was the only Job: its re-list is empty
+    relists.saw("pods", None, meta("b"))  # the re-list
+    now[0] = 105
+    assert not relists.due()  # still listing
+    now[0] = 111
+    assert relists.due()
+    assert world.check(relists) == 2
+    assert sorted(world.listed) == [("jobs", None), ("pods", None)]
+    assert list(world.indices["build_pods"]) == [("ns", "b")]
+    assert list(world.indices["build_jobs"]) == []
+    assert not relists.due()  # once per re-list
 
 
-def test_a_namespaced_operator_judges_each_namespace_by_its_own_listing() -> None:
+def test_an_object_that_had_an_event_since_the_list_began_is_kept() -> None:
     now = [0.0]
-    relists = Relists(clock=lambda: now[0], quiet=10)
+    relists, world = Relists(clock=lambda: now[0], quiet=10), World()
+    world.index("pods", "a")
+    relists.saw("pods", None, meta("a"))
+    now[0] = 50
+    relists.saw("pods", None, meta("a"))
+    now[0] = 70
+    began = relists.begin()
+    now[0] = 71
+    relists.saw("pods", "ADDED", meta("new"))  # created after the list was taken
+    assert relists.gone({"pods": {"uid-a"}}, began) == []
+
+
+def test_a_namespaced_operator_lists_each_namespace_it_indexed() -> None:
+    now = [0.0]
+    relists, world = Relists(clock=lambda: now[0], quiet=10), World()
     relists.clusterwide = False
-    for name, namespace in (("a", "one"), ("b", "one"), ("c", "two")):
+    for name, namespace in (("a", "one"), ("c", "two")):
+        world.index("pods", name, namespace)
         relists.saw("pods", None, meta(name, namespace))
     now[0] = 100
-    relists.saw("pods", None, meta("b", "one"))  # only namespace one's stream re-lists
+    relists.saw("pods", None, meta("a", "one"))
     now[0] = 120
-    assert relists.gone() == [("pods", ("one", "a", "uid-a"))]  # "c" was not listed again
+    world.check(relists)
+    assert world.listed == [("pods", "one"), ("pods", "two")]
 
 
-def test_kinds_are_separate_streams() -> None:
+def test_a_dropped_object_is_forgotten_and_marks_everything_due() -> None:
+    now = [0.0]
+    relists, world = Relists(clock=lambda: now[0], quiet=10), World()
+    forgotten: list[tuple[str, Key]] = []
+    marked: list[int] = []
+    relists.on_drop(lambda plural, k: forgotten.append((plural, k)),
+                    lambda indices: marked.append(len(indices)))
+    world.index("pods", "a")
+    relists.saw("pods", None, meta("a"))
+    relists.saw("pods", None, meta("a"))
+    world.live["pods"].clear()
+    now[0] = 20
+    assert world.check(relists) == 1
+    assert forgotten == [("pods", key("a"))] and marked == [3]
+
+
+def test_a_deleted_object_is_forgotten_and_a_failed_check_is_due_again() -> None:
     now = [0.0]
     relists = Relists(clock=lambda: now[0], quiet=10)
     relists.saw("jobs", None, meta("j"))
-    relists.saw("deployments", None, meta("d"))
-    now[0] = 100
-    relists.saw("jobs", None, meta("other"))
-    now[0] = 120
-    assert relists.gone() == [("jobs", ("ns", "j", "uid-j"))]
+    relists.saw("jobs", "DELETED", meta("j"))
+    relists.saw("jobs", None, meta("k"))
+    assert not relists.due()  # a new object, not a re-list
+    relists.saw("jobs", None, meta("k"))
+    now[0] = 20
+    relists.begin()
+    assert not relists.due()
+    relists.retry_later()
+    now[0] = 31
+    assert relists.due()
 
 
-def test_dropping_removes_the_object_from_every_index_of_its_kind() -> None:
-    now = [0.0]
-    relists = Relists(clock=lambda: now[0], quiet=10)
-    indices: dict[str, Index[Any, Any]] = {
-        name: Index() for name in ("build_pods", "serving_pods", "build_jobs")}
-    for name in ("gone", "kept"):
-        key = ("ns", name, f"uid-{name}")
-        indices["build_pods"]._replace(key, {("ns", name): name})
-        indices["build_jobs"]._replace(key, {("ns", name): name})
-        relists.saw("pods", None, meta(name))
-    now[0] = 100
-    relists.saw("pods", None, meta("kept"))
-    now[0] = 120
-    assert relists.drop_gone(indices) == 1
-    assert list(indices["build_pods"]) == [("ns", "kept")]
-    assert len(indices["build_jobs"]) == 2  # another kind: its own stream
-    assert relists.drop_gone(indices) == 0
+def test_every_kind_lists_with_its_watchs_selector() -> None:
+    assert KINDS["pods"].selector == "app.kubernetes.io/managed-by=kiln"
+    assert KINDS["jobs"].selector == "kiln.dev/engine-key"
+    assert not KINDS["nodes"].namespaced

@@ -59,3 +59,74 @@ def test_an_unexpected_exception_is_logged_once_counted_and_retried_with_backoff
     message = next(c["message"] for c in kube.statuses[-1]["conditions"]
                    if c["type"] == "Reconciling")
     assert message.startswith("Retrying InternalError: RuntimeError: boom (attempt 2, next in 4s")
+
+
+ED_BODY = {"apiVersion": "kiln.dev/v1alpha1", "kind": "EngineDeployment",
+           "metadata": {"name": "chat", "namespace": "ns", "uid": "u", "generation": 1},
+           "spec": {"engineBuildRef": {"name": "llama"}}}
+
+
+class ServingWorld:
+    """An EngineDeployment's world; ``broken``: every answer is a bug."""
+
+    def __init__(self, broken: bool = False) -> None:
+        self.broken, self.reads = broken, 0
+
+    def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:
+        self.reads += 1
+        if self.broken:
+            raise RuntimeError("boom")
+        return None  # not created yet: the status says it waits for it
+
+    def deployments(self, namespace: str, name: str) -> list[Any]:
+        return []
+
+    def gpu_nodes(self) -> list[Any]:
+        return []
+
+    def serving_pods(self, namespace: str, name: str) -> list[Any]:
+        return []
+
+
+def test_an_unexpected_exception_of_a_serving_reconcile_backs_off_too(
+        caplog: pytest.LogCaptureFixture) -> None:
+    """It once left the last backoff's due time behind: retried at once, in a loop."""
+    from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
+    from kiln.errors import KilnError
+    kube = Kube()
+    reconciler = EngineDeploymentReconciler(kube, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
+    with caplog.at_level(logging.WARNING):
+        for _ in range(2):
+            with pytest.raises(KilnError) as raised:
+                reconciler.reconcile(ED_BODY, ServingWorld(broken=True))  # type: ignore[arg-type]
+            assert raised.value.reason == "InternalError"
+    assert len([r for r in caplog.records if "Traceback" in r.getMessage()]) == 1
+    last = reconciler.backoff.last(("ns", "chat"))
+    assert last is not None and last.attempt == 2
+    wait = reconciler.next_try("ns", "chat")
+    assert wait is not None and wait > 3  # not 0: no pass at once
+
+
+def test_a_backing_off_serving_pass_waits_unless_what_it_read_changed() -> None:
+    from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
+    from kiln.errors import Unavailable
+
+    class Failing(Kube):
+        def patch_status(self, plural: str, namespace: str, name: str,
+                         patch: dict[str, Any]) -> None:
+            super().patch_status(plural, namespace, name, patch)
+            if "observedGeneration" in patch.get("status", patch):
+                raise Unavailable("the API server is busy")
+
+    kube = Failing()
+    reconciler = EngineDeploymentReconciler(kube, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
+    world = ServingWorld()
+    with pytest.raises(Unavailable):
+        reconciler.reconcile(ED_BODY, world)  # type: ignore[arg-type]
+    writes = len(kube.statuses)
+    skipped = reconciler.reconcile(ED_BODY, world)  # type: ignore[arg-type]
+    assert skipped.pending == ("Retrying", "backing off") and len(kube.statuses) == writes
+    edited = {**ED_BODY, "metadata": {**ED_BODY["metadata"], "generation": 2}}
+    with pytest.raises(Unavailable):  # its spec moved: at once
+        reconciler.reconcile(edited, world)  # type: ignore[arg-type]
+    assert len(kube.statuses) > writes

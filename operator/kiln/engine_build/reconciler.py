@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-import traceback
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
@@ -48,6 +47,7 @@ from kiln.status import Event, WrittenStatus
 from kiln.store import EngineStore, open_store
 from kiln.targets import effective
 from kiln.trust import Trust
+from kiln.unexpected import Unexpected
 
 log = logging.getLogger(__name__)
 CREATED_GRACE_SECONDS = 30.0
@@ -155,7 +155,7 @@ class EngineBuildReconciler:
         """Failed Jobs (namespace, name) whose ``WeightsChanged`` made a re-read already."""
         self.backoff = Backoff()
         """Failures that may heal, per object: retried after a growing delay."""
-        self._unexpected: set[tuple[str, str, str]] = set()
+        self._unexpected = Unexpected("EngineBuild", log)
         """(namespace, name, exception type) whose traceback was logged already."""
 
     def _lock(self, ref: tuple[str, str]) -> threading.Lock:
@@ -461,8 +461,7 @@ class EngineBuildReconciler:
                 return None
             except Exception as error:  # a bug or an unforeseen failure: never fatal
                 metrics.record_reconcile_error("EngineBuild")
-                metrics.record_unexpected_error("EngineBuild", error)
-                self._log_unexpected(namespace, name, error)
+                self._unexpected.record(namespace, name, error)
                 self._retry(fresh, eb, KilnError(f"{type(error).__name__}: {error}",
                                                  reason="InternalError"))
                 return None
@@ -502,19 +501,6 @@ class EngineBuildReconciler:
         """Seconds until a backing-off object is due again, or None."""
         last = self.backoff.last((namespace, name))
         return None if last is None else max(0.0, last.due - time.monotonic())
-
-    def _log_unexpected(self, namespace: str, name: str, error: Exception) -> None:
-        """Its traceback once per object and exception type, a line after that."""
-        seen = (namespace, name, type(error).__name__)
-        if seen in self._unexpected:
-            log.warning("reconcile of %s/%s failed again: %s: %s", namespace, name,
-                        type(error).__name__, error)
-            return
-        if len(self._unexpected) > 10_000:
-            self._unexpected.clear()
-        self._unexpected.add(seen)
-        log.error("reconcile of %s/%s failed unexpectedly (retried with backoff):\n%s",
-                  namespace, name, "".join(traceback.format_exception(error)))
 
     def _auto_targets(self, namespace: str, name: str, eb: EngineBuild,
                       world: BuildWorld) -> list[str]:

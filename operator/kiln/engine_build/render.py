@@ -107,7 +107,7 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "podFailurePolicy": pod_failure_policy(BUILDER),
             "template": {
-                "metadata": {"labels": {**labels, **config.build_pod_labels}},
+                "metadata": {"labels": {**config.build_pod_labels, **labels}},  # kiln's win
                 "spec": pod_spec,
             },
         },

@@ -36,6 +36,7 @@ from kiln.pods import ObservedPod
 from kiln.pool import GpuNode, pool_products
 from kiln.status import Event, WrittenStatus, set_conditions
 from kiln.trust import Trust
+from kiln.unexpected import Unexpected
 
 log = logging.getLogger(__name__)
 REAPPLY_SECONDS = 600.0
@@ -72,6 +73,7 @@ class EngineDeploymentReconciler:
             lambda namespace, name, patch: kube.patch_status(ED_PLURAL, namespace, name, patch))
         self.trust = Trust.from_config(config)
         self.backoff = Backoff()
+        self._unexpected = Unexpected("EngineDeployment", log)
 
     def _lock(self, namespace: str, name: str) -> threading.Lock:
         with self._guard:
@@ -101,25 +103,29 @@ class EngineDeploymentReconciler:
         ref = (namespace, name)
         with self._lock(namespace, name):
             fresh = self.written.overlay(dict(body))
-            inputs = _inputs(fresh, world)
-            if self.backoff.waiting(ref, inputs) is not None:
-                return Decision(pending=("Retrying", "backing off"))
+            inputs: tuple[Any, ...] = ()
             try:
+                inputs = _inputs(fresh, world)
+                if self.backoff.waiting(ref, inputs) is not None:
+                    return Decision(pending=("Retrying", "backing off"))
                 decision = self._reconcile(fresh, world)
+            except KilnError as error:
+                if not heals(error):
+                    self.backoff.succeeded(ref)
+                    self._stall(fresh, error)
+                    return Decision(stalled=(error.reason, error.message))
+                failure = error
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 # The API server did not answer in time (a fenced write's bound) or at all.
                 failure = Unavailable(f"{type(error).__name__}: {error}", reason="Unreachable")
-                self._retry(fresh, failure, inputs)
-                raise failure from error
-            except KilnError as error:
-                if heals(error):
-                    self._retry(fresh, error, inputs)
-                    raise
+            except Exception as error:  # a bug or an unforeseen failure: retried, never a loop
+                self._unexpected.record(namespace, name, error)
+                failure = KilnError(f"{type(error).__name__}: {error}", reason="InternalError")
+            else:
                 self.backoff.succeeded(ref)
-                self._stall(fresh, error)
-                return Decision(stalled=(error.reason, error.message))
-            self.backoff.succeeded(ref)
-            return decision
+                return decision
+            self._retry(fresh, failure, inputs)
+            raise failure
 
     def next_try(self, namespace: str, name: str) -> float | None:
         """Seconds until a backing-off object is due again, or None."""
@@ -155,8 +161,12 @@ class EngineDeploymentReconciler:
         current = body.get("status") or {}
         new = {**current, "observedGeneration": generation,
                "conditions": [c.to_dict() for c in conditions]}
-        if self.written.write(body, new):
-            self.emit(body, Event("Warning", error.reason, error.message))
+        try:
+            if self.written.write(body, new):
+                self.emit(body, Event("Warning", error.reason, error.message))
+        except Exception as failure:  # the API server itself may fail: the sweep tries again
+            namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
+            log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
 
     def _reconcile(self, body: dict[str, Any], world: World) -> Decision:
         ed = EngineDeployment.model_validate(body)
@@ -287,6 +297,7 @@ def _inputs(body: Mapping[str, Any], world: World) -> tuple[Any, ...]:
     eb = world.engine_build(namespace, ref) or {}
     deployments = sorted((d.name, d.spec_hash, d.ready_replicas)
                          for d in world.deployments(namespace, name))
+    selector = ((body.get("spec") or {}).get("pool") or {}).get("nodeSelector") or {}
     return (body["metadata"].get("generation"),
             (eb.get("metadata") or {}).get("resourceVersion"), tuple(deployments),
-            tuple(sorted(n.product for n in world.gpu_nodes())))
+            tuple(sorted(pool_products(world.gpu_nodes(), selector).items())))

@@ -9,10 +9,11 @@ from kiln.handlers import (
     indexes,
     leadership,
     login,
+    relists,
     settings,
     sweep,
     usage,
 )
 
-__all__ = ["engine_build", "engine_deployment", "indexes", "leadership", "login", "settings",
-           "sweep", "usage"]
+__all__ = ["engine_build", "engine_deployment", "indexes", "leadership", "login", "relists",
+           "settings", "sweep", "usage"]

@@ -15,7 +15,7 @@ from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.errors import KilnError
 from kiln.handlers import context, leadership
 from kiln.handlers.indexes import Indexes, create_failure, is_build_create_failure
-from kiln.handlers.relists import relists
+from kiln.handlers.relists import Key, relists
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import KEY_LABEL
 from kiln.pods import Seen, observe_pod
@@ -158,3 +158,17 @@ def sweep(indices: dict[str, Any]) -> None:
     for ref, body in Indexes(indices).every_engine_build():
         if not body["metadata"].get("deletionTimestamp"):
             _queue.add_threadsafe((str(ref[0]), ref[1]))
+
+
+def _forget(plural: str, key: Key) -> None:
+    """What a DELETED event of a dropped object (``relists``) would have forgotten."""
+    namespace, name, uid = key
+    if plural == "jobs":
+        _jobs_seen.pop(str(uid), None)
+    elif plural == "pods":
+        _pods_seen.forget(str(uid))
+    elif plural == EB_PLURAL:
+        context.engine_builds().forget(str(namespace), str(name))
+
+
+relists.on_drop(_forget, sweep)

@@ -16,7 +16,7 @@ from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
 from kiln.handlers import context, engine_build, leadership
 from kiln.handlers.indexes import Indexes
-from kiln.handlers.relists import relists
+from kiln.handlers.relists import Key, relists
 from kiln.handlers.workqueue import WorkQueue
 from kiln.labels import ED_LABEL
 from kiln.pods import Seen, observe_pod
@@ -197,3 +197,19 @@ def sweep(indices: dict[str, Any]) -> None:
     """Run by the operator-wide sweep, the safety net: mark every EngineDeployment due."""
     for ed in Indexes(indices).every():
         _queue.add_threadsafe((ed["metadata"]["namespace"], ed["metadata"]["name"]))
+
+
+def _forget(plural: str, key: Key) -> None:
+    """What a DELETED event of a dropped object (``relists``) would have forgotten."""
+    namespace, name, uid = key
+    if plural == ED_PLURAL:
+        _eds_seen.pop(str(uid), None)
+        _refs.pop(str(uid), None)
+        reconciler().forget(str(namespace), str(name))
+    elif plural == "pods":
+        _pods_seen.forget(str(uid))
+    elif plural == "nodes":
+        _nodes_seen.pop(str(name), None)
+
+
+relists.on_drop(_forget, sweep)

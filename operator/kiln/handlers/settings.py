@@ -8,7 +8,19 @@ from typing import Any
 
 import kopf
 
+from kiln.labels import ED_LABEL, KEY_LABEL
+
 PREFIX = "kiln.dev"
+
+
+SERVER_SIDE_LABELS = {
+    ("v1", "pods"): "app.kubernetes.io/managed-by=kiln",  # build and serving pods
+    ("batch", "jobs"): KEY_LABEL,
+    ("apps", "deployments"): ED_LABEL,
+}
+"""The label selector of each watch of Kubernetes' own kinds (``kiln.labels``)."""
+EVENTS_FIELDS = "involvedObject.kind=Job,reason=FailedCreate"
+"""The Events kiln reads: the Job controller's ``FailedCreate`` (``indexes``)."""
 
 
 @kopf.on.startup()
@@ -25,4 +37,9 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     settings.posting.level = 20
     settings.execution.max_workers = 16  # the index functions are sync: Kopf's thread pool
     settings.watching.server_timeout = 600
+    # What kiln indexes, filtered by the API server: the handlers' own filters are Kopf's,
+    # client-side, so every Pod and Event of the cluster would be streamed to the operator.
+    for resource, selector in SERVER_SIDE_LABELS.items():
+        settings.watching.label_selectors[resource] = selector
+    settings.watching.field_selectors["v1", "events"] = EVENTS_FIELDS
     settings.networking.request_timeout = 60

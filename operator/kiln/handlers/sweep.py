@@ -14,7 +14,6 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from kiln.handlers import context, engine_build, engine_deployment, leadership
-from kiln.handlers.relists import relists
 
 log = logging.getLogger(__name__)
 
@@ -29,16 +28,14 @@ def schedule() -> list[tuple[Sweep, float]]:
 
 
 async def run_forever(indices: dict[str, Any], sweeps: list[tuple[Sweep, float]]) -> None:
-    """Run each sweep every ``interval`` seconds (first after one interval), one at a time,
-    each after dropping from the indexes what a watch re-list found gone (``relists``); a
-    failed round is logged and the next one comes as usual."""
+    """Run each sweep every ``interval`` seconds (first after one interval), one at a time;
+    a failed round is logged and the next one comes as usual."""
     due = {fn: time.monotonic() + interval for fn, interval in sweeps}
     while True:
         fn, interval = min(sweeps, key=lambda item: due[item[0]])
         await asyncio.sleep(max(0.0, due[fn] - time.monotonic()))
         _round["started"] = time.monotonic()
         try:
-            relists.drop_gone(indices)  # on the loop, as Kopf writes them; before the round
             await asyncio.to_thread(fn, indices)
         except Exception:
             log.exception("sweep %s failed; the next one is in %.0f s", fn.__module__, interval)
