@@ -110,6 +110,24 @@ def test_a_quota_of_no_gpus_stalls_with_its_message_and_heals_when_raised(
     assert health(eb)[0] == "Healthy"
 
 
+def test_a_limit_range_refusing_the_pod_is_said_and_heals_when_it_goes(
+        kube: Cluster, namespace: str, weights: str) -> None:
+    """The namespace's LimitRange allows no GPU per container: the apiserver's LimitRanger
+    refuses the build pod; its verdict is the status, and the build goes on once it goes."""
+    core = client.CoreV1Api(kube.api_client)
+    core.create_namespaced_limit_range(namespace, {
+        "metadata": {"name": "no-gpus"},
+        "spec": {"limits": [{"type": "Container", "max": {"nvidia.com/gpu": "0"}}]}})
+    create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}]))
+    eb = eventually(lambda: stalled_with("CreateFailed")(build(kube, namespace)), timeout=30)
+    message = ready_condition(eb)["message"]
+    assert "nvidia.com/gpu" in message and "0" in message, message
+    assert health(eb)[0] == "Degraded"
+    core.delete_namespaced_limit_range("no-gpus", namespace)
+    eb = build_when(kube, namespace, is_ready, timeout=180)
+    assert health(eb)[0] == "Healthy"
+
+
 def test_pod_security_refusing_an_override_is_said_and_heals_when_it_goes(
         kube: Cluster, namespace: str, weights: str) -> None:
     """kiln's build pods are ``restricted``; an override of the builder's security context
