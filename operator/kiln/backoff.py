@@ -63,6 +63,15 @@ class Backoff:
         with self._guard:
             self._failed.pop(ref, None)
 
+    def next_try(self, ref: Hashable) -> float | None:
+        """Seconds until ``ref`` is due again, or None if it is not backing off or its due
+        time has passed."""
+        last = self.last(ref)
+        if last is None:
+            return None
+        left = last.due - self.clock()
+        return left if left > 0 else None
+
     def last(self, ref: Hashable) -> Attempt | None:
         with self._guard:
             return self._failed.get(ref)

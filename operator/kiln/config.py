@@ -31,6 +31,18 @@ def _json_map(text: str | None, name: str) -> dict[str, str]:
     return {str(k): v for k, v in value.items()}
 
 
+def _pod_labels(env: Mapping[str, str], name: str) -> dict[str, str]:
+    """Extra pod labels; kiln's own are refused (the operator watches its pods by them)."""
+    labels = _json_map(env.get(name), name)
+    own = sorted(k for k in labels if k in ("app.kubernetes.io/managed-by",
+                                            "app.kubernetes.io/component")
+                 or k.startswith("kiln.dev/"))
+    if own:
+        raise ValueError(f"{name} may not set {', '.join(own)}: kiln sets those labels on its "
+                         "pods, and watches its pods by app.kubernetes.io/managed-by=kiln")
+    return labels
+
+
 @dataclass(frozen=True)
 class OperatorConfig:
     """Defaults and knobs that apply to every EngineBuild and EngineDeployment."""
@@ -119,10 +131,8 @@ class OperatorConfig:
             builder_image=env.get("KILN_BUILDER_IMAGE") or DEFAULT_BUILDER_IMAGE,
             store_secret=env.get("KILN_STORE_SECRET") or None,
             build_env=_json_map(env.get("KILN_BUILD_ENV"), "KILN_BUILD_ENV"),
-            build_pod_labels=_json_map(env.get("KILN_BUILD_POD_LABELS"),
-                                       "KILN_BUILD_POD_LABELS"),
-            serving_pod_labels=_json_map(env.get("KILN_SERVING_POD_LABELS"),
-                                         "KILN_SERVING_POD_LABELS"),
+            build_pod_labels=_pod_labels(env, "KILN_BUILD_POD_LABELS"),
+            serving_pod_labels=_pod_labels(env, "KILN_SERVING_POD_LABELS"),
             job_ttl_seconds=int(env.get("KILN_JOB_TTL_SECONDS", "3600")),
             weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
             resync_seconds=float(env.get("KILN_RESYNC_SECONDS", "30")),

@@ -98,7 +98,7 @@ def test_a_dropped_object_is_forgotten_and_marks_everything_due() -> None:
     relists, world = Relists(clock=lambda: now[0], quiet=10), World()
     forgotten: list[tuple[str, Key]] = []
     marked: list[int] = []
-    relists.on_drop(lambda plural, k: forgotten.append((plural, k)),
+    relists.on_drop(lambda plural, k, _: forgotten.append((plural, k)),
                     lambda indices: marked.append(len(indices)))
     world.index("pods", "a")
     relists.saw("pods", None, meta("a"))
@@ -122,6 +122,20 @@ def test_a_deleted_object_is_forgotten_and_a_failed_check_is_due_again() -> None
     assert not relists.due()
     relists.retry_later()
     now[0] = 31
+    assert not relists.due()  # the quiet doubled: 20 s after a failure
+    now[0] = 41
+    assert relists.due()
+
+
+def test_re_lists_that_keep_coming_are_checked_after_a_minute() -> None:
+    now = [0.0]
+    relists = Relists(clock=lambda: now[0], quiet=10)
+    relists.saw("jobs", None, meta("j"))
+    for second in range(1, 61, 5):  # a watch that flaps: never 10 s quiet
+        now[0] = float(second)
+        relists.saw("jobs", None, meta("j"))
+        assert not relists.due()
+    now[0] = 62
     assert relists.due()
 
 

@@ -300,3 +300,13 @@ def test_the_statement_is_in_toto_v1_over_the_manifest_and_every_file() -> None:
     predicate = statement["predicate"]
     assert (predicate["key"], predicate["builderImage"], predicate["job"]["uid"],
             predicate["versions"]) == (key, "builder:1", "uid", {"tensorrt_llm": "1.2.1"})
+
+
+@pytest.mark.parametrize("label", ["app.kubernetes.io/managed-by", "kiln.dev/engine-key"])
+def test_extra_pod_labels_may_not_set_kilns_own(label: str) -> None:
+    """The operator watches its pods by its own labels: a pod relabelled by the config
+    would be one it cannot see."""
+    for name in ("KILN_BUILD_POD_LABELS", "KILN_SERVING_POD_LABELS"):
+        with pytest.raises(ValueError, match=label):
+            OperatorConfig.from_env({name: json.dumps({label: "x"})})
+        assert OperatorConfig.from_env({name: '{"team": "a"}'})

@@ -191,7 +191,8 @@ def test_a_job_without_a_pod_is_queued_and_a_starting_pod_pending_only_once_it_l
     assert just is None  # a build that starts at once writes no status for its steps
     queued = stuck("kiln-build-abc", [], None, NOW, timeout, NOW - timedelta(seconds=12))
     assert queued is not None and (queued.reason, queued.waiting) == ("Queued", True)
-    assert queued.message.startswith("Job kiln-build-abc has had no pod since 2026-12-01T11:59")
+    assert queued.message.startswith("Job kiln-build-abc, created 2026-12-01T11:59")
+    assert "has no pod" in queued.message
     placed = pod(created=NOW - timedelta(seconds=30))
     placed["spec"]["nodeName"] = "l4-0"
     pending = stuck("kiln-build-abc", [observe_pod(placed)], None, NOW, timeout)
@@ -208,3 +209,24 @@ def test_a_job_without_a_pod_is_queued_and_a_starting_pod_pending_only_once_it_l
     unplaced = stuck("kiln-build-abc", [observe_pod(pod(status=UNSCHEDULABLE))], None, NOW,
                      timeout)
     assert unplaced is not None and not unplaced.waiting
+
+
+def test_not_started_stalls_after_the_timeout_and_a_container_not_made_at_once() -> None:
+    timeout = timedelta(minutes=30)
+    old = pod(created=NOW - timedelta(minutes=31))
+    old["spec"]["nodeName"] = "h100-0"
+    late = stuck("kiln-build-abc", [observe_pod(old)], None, NOW, timeout)
+    assert late is not None and (late.reason, late.stalled, late.waiting) == (
+        "Pending", True, False)
+    assert "for longer than spec.job.pendingTimeout (30m)" in late.message
+    queued = stuck("kiln-build-abc", [], None, NOW, timeout, NOW - timedelta(minutes=31))
+    assert queued is not None and queued.stalled and not queued.waiting
+    broken = pod(created=NOW - timedelta(seconds=30), status={
+        "phase": "Pending", "containerStatuses": [{"name": "builder", "state": {"waiting": {
+            "reason": "CreateContainerConfigError",
+            "message": 'secret "weights" not found'}}}]})
+    broken["spec"]["nodeName"] = "h100-0"
+    failed = stuck("kiln-build-abc", [observe_pod(broken)], None, NOW, timeout)
+    assert failed is not None and (failed.reason, failed.stalled) == ("ContainerFailed", True)
+    assert 'container builder: CreateContainerConfigError: secret "weights" not found' in \
+        failed.message

@@ -32,9 +32,9 @@ class Stuck:
 
     @property
     def waiting(self) -> bool:
-        """Only on its way (``Queued``, ``Pending``): said in the engine's message, the
-        EngineBuild still ``Building``."""
-        return self.reason in WAITING
+        """Only on its way (``Queued``, ``Pending`` within ``spec.job.pendingTimeout``): said
+        in the engine's message, the EngineBuild still ``Building``."""
+        return self.reason in WAITING and not self.stalled
 
 
 WAITING = frozenset({"Queued", "Pending"})
@@ -57,8 +57,10 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
     if not active:
         if mine or job_created is None or now - job_created < WAITING_AFTER:
             return None
-        return Stuck("Queued", f"Job {job} has had no pod since {_at(job_created)} (the Job "
-                     "controller creates it; its Events say why not)", stalled=False)
+        late = now - job_created >= pending_timeout
+        return Stuck("Queued", f"Job {job}, created {_at(job_created)}, has no pod (the Job "
+                     f"controller makes it; its Events say why not){_late(late, pending_timeout)}",
+                     stalled=late)
     pod = active[-1]
     if pod.pull is not None:
         image, message = pod.pull
@@ -72,11 +74,20 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
                  f"({_duration(pending_timeout)})") if late else ""
         return Stuck("Unschedulable", f"pod {pod.name}: {pod.unschedulable}{needs}{after}",
                      stalled=late)
+    if pod.crash is not None:  # the kubelet cannot create or start its container
+        container, why = pod.crash
+        return Stuck("ContainerFailed", f"pod {pod.name}: container {container}: {why}",
+                     stalled=True)
     if pod.phase == "Pending" and pod.created and now - pod.created >= WAITING_AFTER:
         where = f"placed on {pod.node}" if pod.node else "not placed yet"
+        late = now - pod.created >= pending_timeout
         return Stuck("Pending", f"pod {pod.name} ({where}) has not started since "
-                     f"{_at(pod.created)}", stalled=False)
+                     f"{_at(pod.created)}{_late(late, pending_timeout)}", stalled=late)
     return None
+
+
+def _late(late: bool, timeout: timedelta) -> str:
+    return f"; for longer than spec.job.pendingTimeout ({_duration(timeout)})" if late else ""
 
 
 def _at(when: datetime) -> str:

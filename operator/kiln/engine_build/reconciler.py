@@ -60,7 +60,8 @@ ABSENT_FRESH_SECONDS = 5.0
 """How long a manifest found missing while its Job runs counts as missing for any pass."""
 SWAPS = 3
 """Compare-and-swap attempts on a shared Job's owners before the next pass tries again."""
-NEVER_RAN = frozenset({"CreateFailed", "Unschedulable", "ImagePullFailed"})
+NEVER_RAN = frozenset({"CreateFailed", "Unschedulable", "ImagePullFailed", "ContainerFailed",
+                       "Queued", "Pending"})
 """Why a Job's pod never ran: a Job of an outdated template is then replaced."""
 EventSink = Callable[[dict[str, Any], Event], None]
 
@@ -478,7 +479,7 @@ class EngineBuildReconciler:
         for secret in (eb.spec.model.credentials_secret, self.config.store_secret):
             try:
                 versions.append(self.kube.secret_version(namespace, secret) if secret else None)
-            except KilnError:
+            except (KilnError, urllib3.exceptions.HTTPError, OSError):  # the server is down
                 versions.append("unreadable")
         return (eb.metadata.get("generation"), eb.spec.model.credentials_secret, *versions)
 
@@ -498,9 +499,9 @@ class EngineBuildReconciler:
             log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
 
     def next_try(self, namespace: str, name: str) -> float | None:
-        """Seconds until a backing-off object is due again, or None."""
-        last = self.backoff.last((namespace, name))
-        return None if last is None else max(0.0, last.due - time.monotonic())
+        """Seconds until a backing-off object is due again, or None (none due later: a pass
+        that recorded nothing never schedules the next one at once)."""
+        return self.backoff.next_try((namespace, name))
 
     def _auto_targets(self, namespace: str, name: str, eb: EngineBuild,
                       world: BuildWorld) -> list[str]:

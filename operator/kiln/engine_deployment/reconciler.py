@@ -118,9 +118,11 @@ class EngineDeploymentReconciler:
             except (urllib3.exceptions.HTTPError, OSError) as error:
                 # The API server did not answer in time (a fenced write's bound) or at all.
                 failure = Unavailable(f"{type(error).__name__}: {error}", reason="Unreachable")
+                failure.__cause__ = error
             except Exception as error:  # a bug or an unforeseen failure: retried, never a loop
                 self._unexpected.record(namespace, name, error)
                 failure = KilnError(f"{type(error).__name__}: {error}", reason="InternalError")
+                failure.__cause__ = error
             else:
                 self.backoff.succeeded(ref)
                 return decision
@@ -128,9 +130,9 @@ class EngineDeploymentReconciler:
             raise failure
 
     def next_try(self, namespace: str, name: str) -> float | None:
-        """Seconds until a backing-off object is due again, or None."""
-        last = self.backoff.last((namespace, name))
-        return None if last is None else max(0.0, last.due - time.monotonic())
+        """Seconds until a backing-off object is due again, or None (none due later: a pass
+        that recorded nothing never schedules the next one at once)."""
+        return self.backoff.next_try((namespace, name))
 
     def _retry(self, body: dict[str, Any], error: KilnError, inputs: tuple[Any, ...]) -> None:
         """Count a failure that may heal and say so: ``Retrying ...`` in ``Reconciling``, not

@@ -14,6 +14,7 @@ from kiln import EB_PLURAL, GROUP, VERSION, metrics
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.errors import KilnError
 from kiln.handlers import context, leadership
+from kiln.handlers.changes import BeyondStatus
 from kiln.handlers.indexes import Indexes, create_failure, is_build_create_failure
 from kiln.handlers.relists import Key, relists
 from kiln.handlers.workqueue import WorkQueue
@@ -87,11 +88,17 @@ def mark(namespace: str, name: str) -> None:
         _mark(namespace, name)
 
 
+_ebs_seen = BeyondStatus()
+"""A status write of kiln's marks nothing (each pass would mark the next one)."""
+
+
 @kopf.on.event(GROUP, VERSION, EB_PLURAL)
 async def engine_build_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                                name: str, **_: Any) -> None:
-    """Any change of an EngineBuild (its spec, or status written by others) marks it due."""
+    """A change of an EngineBuild beyond its status (kiln's own write) marks it due."""
     relists.saw(EB_PLURAL, event["type"], body["metadata"])
+    if not _ebs_seen.moved(event["type"], body):
+        return
     if event["type"] == "DELETED":
         context.engine_builds().forget(str(namespace), name)
         return
@@ -160,15 +167,18 @@ def sweep(indices: dict[str, Any]) -> None:
             _queue.add_threadsafe((str(ref[0]), ref[1]))
 
 
-def _forget(plural: str, key: Key) -> None:
-    """What a DELETED event of a dropped object (``relists``) would have forgotten."""
+def _forget(plural: str, key: Key, indices: dict[str, Any]) -> None:
+    """What a DELETED event of a dropped object (``relists``) would have forgotten; what is
+    kept by name is kept when another object of that name exists now."""
     namespace, name, uid = key
     if plural == "jobs":
         _jobs_seen.pop(str(uid), None)
     elif plural == "pods":
         _pods_seen.forget(str(uid))
     elif plural == EB_PLURAL:
-        context.engine_builds().forget(str(namespace), str(name))
+        _ebs_seen.forget(str(uid))
+        if Indexes(indices).engine_build(str(namespace), str(name)) is None:
+            context.engine_builds().forget(str(namespace), str(name))
 
 
 relists.on_drop(_forget, sweep)

@@ -15,6 +15,7 @@ from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION, metrics
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
 from kiln.handlers import context, engine_build, leadership
+from kiln.handlers.changes import BeyondStatus
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.relists import Key, relists
 from kiln.handlers.workqueue import WorkQueue
@@ -93,17 +94,8 @@ _refs: dict[str, tuple[str, str]] = {}
 reference also marks the EngineBuild it left (the sweep would find it within a resync)."""
 
 
-_eds_seen: dict[str, tuple[Any, ...]] = {}
-"""What of each EngineDeployment (by uid) was last seen besides its status, which kiln alone
-writes: a status write marks nothing (each pass would mark the next one; a failing one would
-retry in a loop, its backoff never waited out)."""
-
-
-def _beyond_status(body: Mapping[str, Any]) -> tuple[Any, ...]:
-    meta = body["metadata"]
-    return (meta.get("generation"), meta.get("deletionTimestamp"),
-            sorted((meta.get("labels") or {}).items()),
-            sorted((meta.get("annotations") or {}).items()))
+_eds_seen = BeyondStatus()
+"""A status write of kiln's marks nothing (each pass would mark the next one)."""
 
 
 @kopf.on.event(GROUP, VERSION, ED_PLURAL)
@@ -120,15 +112,13 @@ async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
     if before is not None and before != (namespace, ref):
         engine_build.mark(*before)
     engine_build.mark(namespace, ref)
+    if not _eds_seen.moved(event["type"], body):
+        _refs[meta["uid"]] = (namespace, ref)
+        return  # its status only
     if event["type"] == "DELETED":
-        _eds_seen.pop(meta["uid"], None)
         reconciler().forget(namespace, meta["name"])
         return
     _refs[meta["uid"]] = (namespace, ref)
-    seen = _beyond_status(body)
-    if _eds_seen.get(meta["uid"]) == seen and event["type"] is not None:
-        return  # its status only (a re-list, type None, marks all: an event may be lost)
-    _eds_seen[meta["uid"]] = seen
     if not meta.get("deletionTimestamp"):
         _mark(body)
 
@@ -199,16 +189,19 @@ def sweep(indices: dict[str, Any]) -> None:
         _queue.add_threadsafe((ed["metadata"]["namespace"], ed["metadata"]["name"]))
 
 
-def _forget(plural: str, key: Key) -> None:
-    """What a DELETED event of a dropped object (``relists``) would have forgotten."""
+def _forget(plural: str, key: Key, indices: dict[str, Any]) -> None:
+    """What a DELETED event of a dropped object (``relists``) would have forgotten; what is
+    kept by name is kept when another object of that name exists now."""
     namespace, name, uid = key
+    world = Indexes(indices)
     if plural == ED_PLURAL:
-        _eds_seen.pop(str(uid), None)
+        _eds_seen.forget(str(uid))
         _refs.pop(str(uid), None)
-        reconciler().forget(str(namespace), str(name))
+        if world.named(str(namespace), str(name)) is None:
+            reconciler().forget(str(namespace), str(name))
     elif plural == "pods":
         _pods_seen.forget(str(uid))
-    elif plural == "nodes":
+    elif plural == "nodes" and not any(n.name == name for n in world.gpu_nodes()):
         _nodes_seen.pop(str(name), None)
 
 

@@ -34,6 +34,10 @@ log = logging.getLogger(__name__)
 
 QUIET_SECONDS = 10.0
 """A re-list is over when no event of type None of a known object came for this long."""
+LONGEST_SECONDS = 60.0
+"""Re-lists that keep coming (a watch that flaps) are checked this long after the first."""
+RETRY_CAP_SECONDS = 300.0
+"""A check that failed is tried again after the quiet, doubling up to this."""
 
 Key = tuple[Any, Any, Any]
 """An object as Kopf's indexes key it: (namespace, name, uid)."""
@@ -86,7 +90,10 @@ class Relists:
         self._last: dict[str, dict[Key, float]] = {}
         self._relisted: float | None = None
         """The latest event of type None of an object seen before, not yet checked."""
-        self._forget: list[Callable[[str, Key], None]] = []
+        self._first: float | None = None
+        """The first such event since the last check."""
+        self._failures = 0
+        self._forget: list[Callable[[str, Key, dict[str, Any]], None]] = []
         self._mark: list[Callable[[dict[str, Any]], None]] = []
 
     def saw(self, kind: str, event_type: str | None, meta: Mapping[str, Any]) -> None:
@@ -99,20 +106,29 @@ class Relists:
         now = self.clock()
         if event_type is None and key in last:
             self._relisted = now  # listed again: a watch came back to 410 Gone
+            if self._first is None:
+                self._first = now
         last[key] = now
 
     def due(self) -> bool:
-        """A re-list is over and not checked yet."""
-        return self._relisted is not None and self.clock() - self._relisted >= self.quiet
+        """A re-list is over (or re-lists went on for ``LONGEST_SECONDS``), not checked yet;
+        after a failed check, once its backoff passed."""
+        if self._relisted is None or self._first is None:
+            return False
+        now = self.clock()
+        wait = min(RETRY_CAP_SECONDS, self.quiet * 2.0 ** min(self._failures, 16))
+        return now - self._relisted >= wait or now - self._first >= max(wait, LONGEST_SECONDS)
 
     def retry_later(self) -> None:
-        """A check that failed: due again after the quiet."""
-        self._relisted = self.clock()
+        """A check that failed: due again after a backoff."""
+        self._failures += 1
+        self._relisted = self._first = self.clock()
 
-    def on_drop(self, forget: Callable[[str, Key], None],
+    def on_drop(self, forget: Callable[[str, Key, dict[str, Any]], None],
                 mark: Callable[[dict[str, Any]], None]) -> None:
-        """Register what a DELETED event would have done: ``forget`` an object (by plural
-        and key), and ``mark`` what depends on it due (from the indexes: a sweep)."""
+        """Register what a DELETED event would have done: ``forget`` an object (by plural,
+        key and the indexes, which may hold a new object of its name), and ``mark`` what
+        depends on it due (from the indexes: a sweep)."""
         self._forget.append(forget)
         self._mark.append(mark)
 
@@ -131,7 +147,7 @@ class Relists:
 
     def begin(self) -> float:
         """Start a check (on the loop): the re-lists until now are covered by it."""
-        self._relisted = None
+        self._relisted = self._first = None
         return self.clock()
 
     def gone(self, listed: Mapping[str, set[str]], began: float) -> list[tuple[str, Key]]:
@@ -155,7 +171,7 @@ class Relists:
                 # Kopf's indexers' own protocol: kopf.Index has no public way to drop one.
                 cast(_Discarding, indices[index])._discard(key)
             for forget in self._forget:
-                forget(plural, key)
+                forget(plural, key, indices)
             count += 1
         if count:
             for mark in self._mark:
@@ -167,9 +183,22 @@ class Relists:
         targets = self.targets()
         began = self.begin()
         listed: dict[str, set[str]] = {}
+        failed: list[str] = []
         for kind, namespace in targets:
-            uids = await asyncio.to_thread(lister, kind, namespace)
+            if kind.plural in failed:
+                continue
+            try:
+                uids = await asyncio.to_thread(lister, kind, namespace)
+            except Exception as error:  # judge the kinds that listed; retry later
+                log.warning("could not list %s after a watch re-list: %s", kind.plural, error)
+                failed.append(kind.plural)
+                listed.pop(kind.plural, None)
+                continue
             listed.setdefault(kind.plural, set()).update(uids)
+        if failed:
+            self.retry_later()
+        else:
+            self._failures = 0
         return self.drop(indices, self.gone(listed, began))
 
 
@@ -195,8 +224,8 @@ async def run(indices: dict[str, Any], lister: Lister = list_uids,
             continue
         try:
             await relists.check(indices, lister)
-        except Exception as error:  # the API server may be what restarted: try again
-            log.warning("could not check the indexes after a watch re-list: %s", error)
+        except Exception as error:  # a bug: logged, tried again after a backoff
+            log.exception("could not check the indexes after a watch re-list: %s", error)
             relists.retry_later()
 
 
