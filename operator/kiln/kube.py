@@ -273,7 +273,7 @@ class Kube:
         path = f"{_BASES[kind]}/namespaces/{namespace}/{_PLURALS[kind]}"
         owner = next((r for r in meta.get("ownerReferences") or [] if r.get("controller")),
                      None)
-        for _ in range(2):  # created by someone else between the read and the create: again
+        for _ in range(3):  # created or replaced by someone else since the read: again
             existing = self._read(f"{path}/{name}", f"read {kind} {namespace}/{name}")
             if existing is None:
                 try:
@@ -291,6 +291,8 @@ class Kube:
                     f"{kind} {namespace}/{name} exists and is not {whose}'s (no owner reference "
                     f"to it): kiln changes nothing of it; delete or rename it, or rename the "
                     f"{owner['kind'] if owner else 'object'}")
+            # What was read is the precondition: an object changed since (replaced by another
+            # of its name, or a controller's status update) is read again, not patched.
             body = {**obj, "metadata": {**meta,
                                         "resourceVersion": existing["metadata"]["resourceVersion"]}}
             try:
@@ -298,9 +300,12 @@ class Kube:
                                  query={"fieldManager": manager, "force": "true"},
                                  content_type=APPLY)
             except ApiError as error:
+                if error.status in (404, 409):  # deleted or changed since the read
+                    continue
                 raise translate(error, f"apply {kind} {namespace}/{name}") from error
             return
-        raise Unavailable(f"{kind} {namespace}/{name} keeps appearing and disappearing")
+        raise Unavailable(f"{kind} {namespace}/{name} changed between each read and write "
+                          "(3 attempts)", reason="Conflict")
 
     def _read(self, path: str, what: str) -> dict[str, Any] | None:
         try:

@@ -13,6 +13,9 @@ HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "te", "trailer", 
               "proxy-connection", "content-length"}
 OUTAGE = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ServiceUnavailable</Code>'
           b"<Message>store outage (test proxy)</Message></Error>")
+UNKNOWN_KEY = (b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>InvalidAccessKeyId</Code>'
+               b"<Message>The AWS Access Key Id you provided does not exist in our records."
+               b"</Message></Error>")
 
 
 def is_object(path: str) -> bool:
@@ -22,11 +25,15 @@ def is_object(path: str) -> bool:
 
 class S3Proxy:
     """Forwards requests to ``upstream``; ``refuse(method, path)`` is asked first, under a lock,
-    and a True answer gets a 503 as from an object store that is down."""
+    and a True answer gets a 503 as from an object store that is down. With ``keys``, a
+    request signed with another access key gets S3's 403 ``InvalidAccessKeyId`` (moto itself
+    takes any key)."""
 
-    def __init__(self, upstream: str, refuse: Callable[[str, str], bool]) -> None:
+    def __init__(self, upstream: str, refuse: Callable[[str, str], bool],
+                 keys: set[str] | None = None) -> None:
         self.upstream = urlsplit(upstream)
         self.refuse = refuse
+        self.keys = keys
         self.refused = 0
         self.lock = threading.Lock()
         proxy = self
@@ -51,6 +58,15 @@ class S3Proxy:
 
             def _handle(self) -> None:
                 body = self._body()
+                credential = self.headers.get("Authorization", "").partition("Credential=")[2]
+                if proxy.keys is not None and credential.split("/")[0] not in proxy.keys:
+                    self.send_response(403)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(UNKNOWN_KEY)))
+                    self.end_headers()
+                    if self.command != "HEAD":
+                        self.wfile.write(UNKNOWN_KEY)
+                    return
                 if proxy.down(self.command, self.path):
                     self.send_response(503)
                     self.send_header("Content-Type", "application/xml")

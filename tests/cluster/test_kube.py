@@ -10,7 +10,7 @@ from kubernetes import client
 
 from kiln.dev.testbed.cluster import Cluster
 from kiln.errors import AccessDenied, NameTaken
-from kiln.kube import Client, Kube
+from kiln.kube import APPLY, ApiError, Client, Kube
 from kiln.kubeauth import Credentials
 
 pytestmark = pytest.mark.cluster
@@ -98,6 +98,17 @@ def test_server_side_apply_keeps_others_fields(kube: Cluster, namespace: str) ->
     made = core.read_namespaced_service("s", namespace)
     assert made.spec.selector == {"app": "b"} and made.metadata.labels == {"mine": "yes"}
     assert any(f.manager == "kiln" for f in made.metadata.managed_fields)
+    # What kiln read is the apply's precondition: an object changed since is read again.
+    stale = {**service("c"), "metadata": {**service("c")["metadata"],
+                                          "resourceVersion": made.metadata.resource_version}}
+    core.patch_namespaced_service("s", namespace, {"metadata": {"labels": {"mine": "again"}}})
+    with pytest.raises(ApiError) as refused:
+        api.api.request("PATCH", f"/api/v1/namespaces/{namespace}/services/s", stale,
+                        query={"fieldManager": "kiln", "force": "true"}, content_type=APPLY)
+    assert refused.value.status == 409, refused.value.message
+    assert core.read_namespaced_service("s", namespace).spec.selector == {"app": "b"}
+    api.apply(service("c"))  # which apply does: it reads again
+    assert core.read_namespaced_service("s", namespace).spec.selector == {"app": "c"}
 
 
 def test_apply_never_adopts_someone_elses_object(kube: Cluster, namespace: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
+from builder.faults import S3Proxy
 from chart.argocd import health
 from field.support import conditions, create, engine_build, get, is_ready, patch
 from kiln import EB_PLURAL
@@ -180,6 +181,28 @@ def test_an_image_that_cannot_be_pulled_is_named_and_a_fixed_spec_builds(
 ATTEMPT = re.compile(r"^Retrying (\w+): .*\(attempt (\d+), next in (\d+)s\)$")
 
 
+def _retried_with_growing_delays(kube: Cluster, namespace: str, reason: str,
+                                 attempts: int) -> int:
+    """Watch the EngineBuild say ``Retrying <reason>`` for ``attempts`` attempts, each
+    Progressing and not Stalled, their delays growing; the last delay."""
+    seen: dict[int, int] = {}
+    deadline = time.monotonic() + 40
+    while time.monotonic() < deadline and len(seen) < attempts:
+        eb = build(kube, namespace)
+        cond = next((c for c in (eb.get("status") or {}).get("conditions", [])
+                     if c["type"] == "Reconciling"), None)
+        if cond and cond["status"] == "True" and (m := ATTEMPT.match(cond["message"] or "")):
+            assert m.group(1) == reason, cond["message"]
+            seen[int(m.group(2))] = int(m.group(3))
+            assert health(eb)[0] == "Progressing"
+            assert conditions(eb)["Stalled"][0] == "False"
+        time.sleep(0.3)
+    assert len(seen) >= attempts, seen
+    delays = [seen[a] for a in sorted(seen)]
+    assert delays == sorted(delays) and delays[-1] > delays[0], seen  # growing
+    return delays[-1]
+
+
 def test_wrong_credentials_are_retried_with_growing_backoff_and_a_fix_heals_at_once(
         kube: Cluster, namespace: str, weights: str, s3_endpoint: str) -> None:
     core = client.CoreV1Api(kube.api_client)
@@ -191,22 +214,7 @@ def test_wrong_credentials_are_retried_with_growing_backoff_and_a_fix_heals_at_o
     core.create_namespaced_secret(namespace, secret(f"http://127.0.0.1:{free_port()}"))
     create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}],
                                          model={"credentialsSecret": "creds"}))
-    seen: dict[int, int] = {}
-    deadline = time.monotonic() + 40
-    while time.monotonic() < deadline and len(seen) < 4:
-        eb = build(kube, namespace)
-        cond = next((c for c in (eb.get("status") or {}).get("conditions", [])
-                     if c["type"] == "Reconciling"), None)
-        if cond and cond["status"] == "True" and (m := ATTEMPT.match(cond["message"] or "")):
-            seen[int(m.group(2))] = int(m.group(3))
-            assert health(eb)[0] == "Progressing"
-            assert conditions(eb)["Stalled"][0] == "False"
-        time.sleep(0.3)
-    attempts = sorted(seen)
-    assert len(attempts) >= 3, seen
-    delays = [seen[a] for a in attempts]
-    assert delays == sorted(delays) and delays[-1] > delays[0], seen  # growing
-    step = delays[-1]
+    step = _retried_with_growing_delays(kube, namespace, "Unavailable", attempts=4)
     core.replace_namespaced_secret("creds", namespace, secret(s3_endpoint))
     fixed = time.monotonic()
     build_when(kube, namespace, lambda o: (o.get("status") or {}).get("phase") in (
@@ -214,6 +222,33 @@ def test_wrong_credentials_are_retried_with_growing_backoff_and_a_fix_heals_at_o
     assert time.monotonic() - fixed < step + 5, "within one backoff step of the update"
     eb = build_when(kube, namespace, is_ready, timeout=120)
     assert health(eb)[0] == "Healthy"
+
+
+def test_a_secret_with_wrong_keys_is_retried_as_access_denied_and_heals_when_corrected(
+        kube: Cluster, namespace: str, weights: str, s3_endpoint: str) -> None:
+    """The weights Secret names an access key the store does not know (S3's 403
+    InvalidAccessKeyId): Retrying AccessDenied with attempts and growing delays, not Stalled
+    (keys rotate); the Secret corrected, Ready within one backoff step."""
+    core = client.CoreV1Api(kube.api_client)
+    with S3Proxy(s3_endpoint, lambda method, path: False, keys={"right-key"}) as store:
+        def secret(key: str) -> dict[str, Any]:
+            data = {"AWS_ENDPOINT_URL": store.url, "AWS_ACCESS_KEY_ID": key,
+                    "AWS_SECRET_ACCESS_KEY": "secret"}
+            return {"metadata": {"name": "creds"}, "data": {
+                k: base64.b64encode(v.encode()).decode() for k, v in data.items()}}
+
+        core.create_namespaced_secret(namespace, secret("wrong-key"))
+        create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}],
+                                             model={"credentialsSecret": "creds"}))
+        step = _retried_with_growing_delays(kube, namespace, "AccessDenied", attempts=3)
+        assert "InvalidAccessKeyId" in ready_condition(build(kube, namespace))["message"]
+        core.replace_namespaced_secret("creds", namespace, secret("right-key"))
+        fixed = time.monotonic()
+        build_when(kube, namespace, lambda o: (o.get("status") or {}).get("phase") in (
+            "Building", "Ready"), timeout=step + 10)
+        assert time.monotonic() - fixed < step + 5, "within one backoff step of the update"
+        eb = build_when(kube, namespace, is_ready, timeout=120)
+        assert health(eb)[0] == "Healthy"
 
 
 def test_a_job_the_apiserver_refuses_is_stalled_with_its_message_until_the_spec_changes(
