@@ -63,6 +63,14 @@ class Backoff:
         with self._guard:
             self._failed.pop(ref, None)
 
+    def wait_from_now(self, ref: Hashable) -> None:
+        """Count the current delay from now (after the status write that said it)."""
+        with self._guard:
+            found = self._failed.get(ref)
+            if found is not None:
+                self._failed[ref] = Attempt(found.attempt, found.delay, self.clock(),
+                                            found.inputs, found.spec)
+
     def next_try(self, ref: Hashable) -> float | None:
         """Seconds until ``ref`` is due again, or None if it is not backing off or its due
         time has passed."""

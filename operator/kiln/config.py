@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,15 +33,17 @@ def _json_map(text: str | None, name: str) -> dict[str, str]:
 
 
 def _pod_labels(env: Mapping[str, str], name: str) -> dict[str, str]:
-    """Extra pod labels; kiln's own are refused (the operator watches its pods by them)."""
+    """Extra pod labels; kiln's own are left out, with a warning (the operator watches its
+    pods by them; kiln's win on the pods in any case)."""
     labels = _json_map(env.get(name), name)
     own = sorted(k for k in labels if k in ("app.kubernetes.io/managed-by",
                                             "app.kubernetes.io/component")
                  or k.startswith("kiln.dev/"))
     if own:
-        raise ValueError(f"{name} may not set {', '.join(own)}: kiln sets those labels on its "
-                         "pods, and watches its pods by app.kubernetes.io/managed-by=kiln")
-    return labels
+        logging.getLogger(__name__).warning(
+            "%s: ignoring %s: kiln sets those labels on its pods, and watches its pods by "
+            "app.kubernetes.io/managed-by=kiln", name, ", ".join(own))
+    return {k: v for k, v in labels.items() if k not in own}
 
 
 @dataclass(frozen=True)

@@ -252,3 +252,24 @@ def test_what_trtllm_build_turned_off_is_in_status_and_a_warning() -> None:
     warnings = [e for e in result.events if e.type == "Warning"]
     assert [(e.reason, e.message) for e in warnings] == [
         ("PluginsOverridden", f"engine {w.key[:12]} for H100-SXM: {said}")]
+
+
+def test_a_retrying_pass_keeps_the_observed_generation_of_the_spec_it_last_applied() -> None:
+    """A pass of a new spec that failed in a way that may heal did not apply it: a Failed
+    engine of the old spec is still retried once one does (it once looked applied)."""
+    from kiln.engine_build.plan import retrying
+    status, _ = retrying(eb(generation=2, status={"observedGeneration": 1}), "Unavailable",
+                         "Retrying Unavailable: s3 (attempt 1, next in 2s)")
+    assert status.observed_generation == 1
+    assert {c.type: c.status for c in status.conditions}["Reconciling"] == "True"
+
+
+def test_a_retry_counts_its_delay_from_after_the_status_write() -> None:
+    from kiln.backoff import Backoff
+    now = [0.0]
+    backoff = Backoff(base=2.0, clock=lambda: now[0])
+    backoff.failed("a", "v1")
+    now[0] = 5.0  # the status write took 5 s: the 2 s delay would be gone already
+    assert backoff.next_try("a") is None  # a due time already past schedules nothing...
+    backoff.wait_from_now("a")
+    assert backoff.next_try("a") == 2.0  # ...so the write's own pass counts from after it

@@ -230,3 +230,11 @@ def test_not_started_stalls_after_the_timeout_and_a_container_not_made_at_once()
     assert failed is not None and (failed.reason, failed.stalled) == ("ContainerFailed", True)
     assert 'container builder: CreateContainerConfigError: secret "weights" not found' in \
         failed.message
+    runtime = pod(created=NOW - timedelta(seconds=30), status={
+        "phase": "Pending", "containerStatuses": [{"name": "builder", "state": {"waiting": {
+            "reason": "CreateContainerError", "message": "context deadline exceeded"}}}]})
+    passing = stuck("kiln-build-abc", [observe_pod(runtime)], None, NOW, timeout)
+    assert passing is not None and (passing.reason, passing.stalled) == (
+        "ContainerFailed", False)  # the runtime's own error may pass: Reconciling
+    later = stuck("kiln-build-abc", [observe_pod(runtime)], None, NOW + timeout, timeout)
+    assert later is not None and later.stalled and "pendingTimeout" in later.message

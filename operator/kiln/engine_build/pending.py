@@ -76,8 +76,12 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
                      stalled=late)
     if pod.crash is not None:  # the kubelet cannot create or start its container
         container, why = pod.crash
-        return Stuck("ContainerFailed", f"pod {pod.name}: container {container}: {why}",
-                     stalled=True)
+        # A missing Secret or ConfigMap key waits for a fix; the runtime's own errors may
+        # pass (a name not yet released, a deadline): Stalled after pendingTimeout.
+        config = why.startswith("CreateContainerConfigError")
+        late = now - (pod.created or now) >= pending_timeout
+        return Stuck("ContainerFailed", f"pod {pod.name}: container {container}: {why}"
+                     f"{_late(late and not config, pending_timeout)}", stalled=config or late)
     if pod.phase == "Pending" and pod.created and now - pod.created >= WAITING_AFTER:
         where = f"placed on {pod.node}" if pod.node else "not placed yet"
         late = now - pod.created >= pending_timeout

@@ -268,8 +268,9 @@ def retrying(eb: EngineBuild, reason: str, message: str) -> tuple[EngineBuildSta
                                 reconciling=True, stalled=False, reason=reason,
                                 message=message)
     phase = old.phase if old.phase in ("Pending", "Building") else "Pending"
-    status = old.model_copy(update={"observed_generation": generation,
-                                    "conditions": conditions, "phase": phase})
+    # observedGeneration stays: this spec was not applied (a Failed engine is retried once
+    # a pass applies the new spec).
+    status = old.model_copy(update={"conditions": conditions, "phase": phase})
     was = next((c for c in old.conditions if c.type == "Reconciling"), None)
     events = []
     if was is None or was.status != "True" or was.reason != reason:

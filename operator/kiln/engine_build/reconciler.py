@@ -60,8 +60,7 @@ ABSENT_FRESH_SECONDS = 5.0
 """How long a manifest found missing while its Job runs counts as missing for any pass."""
 SWAPS = 3
 """Compare-and-swap attempts on a shared Job's owners before the next pass tries again."""
-NEVER_RAN = frozenset({"CreateFailed", "Unschedulable", "ImagePullFailed", "ContainerFailed",
-                       "Queued", "Pending"})
+NEVER_RAN = frozenset({"CreateFailed", "Unschedulable", "ImagePullFailed", "ContainerFailed"})
 """Why a Job's pod never ran: a Job of an outdated template is then replaced."""
 EventSink = Callable[[dict[str, Any], Event], None]
 
@@ -497,6 +496,7 @@ class EngineBuildReconciler:
                 self.emit(body, event)
         except Exception as failure:  # the API server itself may be what fails
             log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
+        self.backoff.wait_from_now((namespace, name))  # a slow write does not eat the delay
 
     def next_try(self, namespace: str, name: str) -> float | None:
         """Seconds until a backing-off object is due again, or None (none due later: a pass

@@ -152,6 +152,7 @@ class EngineDeploymentReconciler:
             self.written.write(body, new)
         except Exception as failure:  # the API server itself may be what fails
             log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
+        self.backoff.wait_from_now((namespace, name))  # a slow write does not eat the delay
 
     def _stall(self, body: dict[str, Any], error: KilnError) -> None:
         ed = EngineDeployment.model_validate(body)

@@ -176,9 +176,8 @@ def _forget(plural: str, key: Key, indices: dict[str, Any]) -> None:
     elif plural == "pods":
         _pods_seen.forget(str(uid))
     elif plural == EB_PLURAL:
-        _ebs_seen.forget(str(uid))
-        if Indexes(indices).engine_build(str(namespace), str(name)) is None:
-            context.engine_builds().forget(str(namespace), str(name))
+        _ebs_seen.forget(str(uid))  # and its cached identity and backoff: a new object of
+        context.engine_builds().forget(str(namespace), str(name))  # its name starts afresh
 
 
 relists.on_drop(_forget, sweep)

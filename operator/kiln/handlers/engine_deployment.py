@@ -197,8 +197,7 @@ def _forget(plural: str, key: Key, indices: dict[str, Any]) -> None:
     if plural == ED_PLURAL:
         _eds_seen.forget(str(uid))
         _refs.pop(str(uid), None)
-        if world.named(str(namespace), str(name)) is None:
-            reconciler().forget(str(namespace), str(name))
+        reconciler().forget(str(namespace), str(name))  # a new one of its name starts afresh
     elif plural == "pods":
         _pods_seen.forget(str(uid))
     elif plural == "nodes" and not any(n.name == name for n in world.gpu_nodes()):
