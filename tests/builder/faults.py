@@ -56,24 +56,22 @@ class S3Proxy:
                         data += chunk
                 return self.rfile.read(int(self.headers.get("Content-Length") or 0))
 
+            def _error(self, status: int, answer: bytes) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", "application/xml")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(answer)
+
             def _handle(self) -> None:
                 body = self._body()
                 credential = self.headers.get("Authorization", "").partition("Credential=")[2]
                 if proxy.keys is not None and credential.split("/")[0] not in proxy.keys:
-                    self.send_response(403)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(UNKNOWN_KEY)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(UNKNOWN_KEY)
+                    self._error(403, UNKNOWN_KEY)
                     return
                 if proxy.down(self.command, self.path):
-                    self.send_response(503)
-                    self.send_header("Content-Type", "application/xml")
-                    self.send_header("Content-Length", str(len(OUTAGE)))
-                    self.end_headers()
-                    if self.command != "HEAD":
-                        self.wfile.write(OUTAGE)
+                    self._error(503, OUTAGE)
                     return
                 status, headers, answer = proxy.forward(self.command, self.path,
                                                         dict(self.headers.items()), body)
