@@ -556,8 +556,8 @@ class EngineBuildReconciler:
                             if (j := self._job(world, namespace, w.key))}
                 failures = {k: f for k, j in observed.items()
                             if j.state == "Failed" and (f := self._failure(namespace, j, world))}
-        for key in self._replace_outdated(namespace, name, uid, eb, wants, observed, world,
-                                          image, accepted.identity, origin, store):
+        for key in self._replace_outdated(namespace, uid, eb, wants, observed, world, image,
+                                          accepted.identity, origin, store):
             observed.pop(key)
         manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
                                            trust_absent=job_moved) for w in wants}
@@ -640,7 +640,7 @@ class EngineBuildReconciler:
             return None
         return recent[0]
 
-    def _replace_outdated(self, namespace: str, name: str, uid: str, eb: EngineBuild,
+    def _replace_outdated(self, namespace: str, uid: str, eb: EngineBuild,
                           wants: list[Want], observed: dict[str, ObservedJob],
                           world: BuildWorld, image: str, identity: str,
                           origin: dict[str, str], store: str) -> list[str]:
