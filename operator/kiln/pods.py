@@ -56,7 +56,8 @@ class ObservedPod:
         return not self.deleting and self.phase not in ("Succeeded", "Failed")
 
 
-def _time(value: str | None) -> datetime | None:
+def timestamp(value: str | None) -> datetime | None:
+    """A Kubernetes timestamp (``...Z``), or None."""
     return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
 
 
@@ -158,7 +159,8 @@ def observe_pod(pod: dict[str, Any]) -> ObservedPod:
                                         int(done["exitCode"]), str(s.get("name") or ""))
     notes = tuple(sorted((meta.get("annotations") or {}).items()))
     return ObservedPod(
-        name=str(meta.get("name") or ""), owner=owner, created=_time(meta.get("creationTimestamp")),
+        name=str(meta.get("name") or ""), owner=owner,
+        created=timestamp(meta.get("creationTimestamp")),
         phase=str(status.get("phase") or "Pending"), deleting=bool(meta.get("deletionTimestamp")),
         node=spec.get("nodeName"), unschedulable=unschedulable, needs=_needs(spec), pull=pull,
         init_failure=init_failure, crash=crash, failure=failure, refusal=_refusal(status),

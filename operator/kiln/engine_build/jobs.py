@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 from kiln.contract.termination import Failure, parse_failure
 from kiln.labels import HASH_ANNOTATION, KEY_ANNOTATION
+from kiln.pods import timestamp
 
 JobState = Literal["Active", "Succeeded", "Failed"]
 BUILDER = "builder"
@@ -47,10 +48,6 @@ def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
     return None
 
 
-def _time(value: Any) -> datetime | None:
-    return datetime.fromisoformat(str(value).replace("Z", "+00:00")) if value else None
-
-
 def _seconds(status: dict[str, Any]) -> float | None:
     start, end = status.get("startTime"), status.get("completionTime")
     if not start or not end:
@@ -79,7 +76,7 @@ def observe(job: dict[str, Any]) -> ObservedJob:
                        template_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
                        uid=str(meta.get("uid") or "") or None,
                        ran=bool(status.get("failed") or status.get("succeeded")),
-                       created=_time(meta.get("creationTimestamp")))
+                       created=timestamp(meta.get("creationTimestamp")))
 
 
 def failure_from_pod(pod: dict[str, Any]) -> Failure | None:

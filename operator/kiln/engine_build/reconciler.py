@@ -156,7 +156,7 @@ class EngineBuildReconciler:
         self.backoff = Backoff()
         """Failures that may heal, per object: retried after a growing delay."""
         self._unexpected = Unexpected("EngineBuild", log)
-        """(namespace, name, exception type) whose traceback was logged already."""
+        """Exceptions it did not expect: a traceback once per object and type."""
 
     def _lock(self, ref: tuple[str, str]) -> threading.Lock:
         with self._locks_guard:

@@ -168,8 +168,7 @@ def sweep(indices: dict[str, Any]) -> None:
 
 
 def _forget(plural: str, key: Key, indices: dict[str, Any]) -> None:
-    """What a DELETED event of a dropped object (``relists``) would have forgotten; what is
-    kept by name is kept when another object of that name exists now."""
+    """What a DELETED event of a dropped object (``relists``) would have forgotten."""
     namespace, name, uid = key
     if plural == "jobs":
         _jobs_seen.pop(str(uid), None)

@@ -112,13 +112,13 @@ async def engine_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
     if before is not None and before != (namespace, ref):
         engine_build.mark(*before)
     engine_build.mark(namespace, ref)
-    if not _eds_seen.moved(event["type"], body):
+    if event["type"] != "DELETED":
         _refs[meta["uid"]] = (namespace, ref)
+    if not _eds_seen.moved(event["type"], body):
         return  # its status only
     if event["type"] == "DELETED":
         reconciler().forget(namespace, meta["name"])
         return
-    _refs[meta["uid"]] = (namespace, ref)
     if not meta.get("deletionTimestamp"):
         _mark(body)
 
@@ -190,8 +190,8 @@ def sweep(indices: dict[str, Any]) -> None:
 
 
 def _forget(plural: str, key: Key, indices: dict[str, Any]) -> None:
-    """What a DELETED event of a dropped object (``relists``) would have forgotten; what is
-    kept by name is kept when another object of that name exists now."""
+    """What a DELETED event of a dropped object (``relists``) would have forgotten (a node's
+    last labels are kept while a node of its name is indexed again)."""
     namespace, name, uid = key
     world = Indexes(indices)
     if plural == ED_PLURAL:
