@@ -55,7 +55,7 @@ from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
 from kiln.dev.testbed.s3 import moto_server
-from kiln.labels import KEY_ANNOTATION
+from kiln.domain.labels import KEY_ANNOTATION
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = Path(__file__).parent / "out"

@@ -10,24 +10,24 @@ from pathlib import Path
 
 
 def _crds(args: argparse.Namespace) -> int:
-    from kiln import crdgen
+    from kiln.gen import crds
 
     for out in (args.out, args.chart):
         if out:
-            for path in crdgen.write_crds(Path(out)):
+            for path in crds.write_crds(Path(out)):
                 print(path)
     return 0
 
 
 def _docs(args: argparse.Namespace) -> int:
-    from kiln import apidocs
+    from kiln.gen import apidocs
 
     print(apidocs.write_docs(Path(args.out)))
     return 0
 
 
 def _compatibility(args: argparse.Namespace) -> int:
-    from kiln import compatdocs
+    from kiln.gen import compatdocs
 
     print(compatdocs.write(Path(args.out)))
     return 0
@@ -41,10 +41,10 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from kiln import gc
     from kiln.config import OperatorConfig
     from kiln.errors import InvalidInput
-    from kiln.kube import Client, Kube, load_config
+    from kiln.gc import collect
+    from kiln.kube.client import Client, Kube, load_config
     from kiln.store import open_store
 
     kube = Kube(Client(load_config()))
@@ -58,16 +58,16 @@ def _gc(args: argparse.Namespace) -> int:
         print("no store: name one with --store, or set KILN_DEFAULT_STORE", file=sys.stderr)
         return 2
     try:
-        retention = gc.check_retention(gc.seconds(args.retention))
+        retention = collect.check_retention(collect.seconds(args.retention))
     except InvalidInput as error:
         print(f"kiln gc: {error.message}", file=sys.stderr)
         return 2
-    keep = gc.referenced(kube)
+    keep = collect.referenced(kube)
     for uri in stores:
         with open_store(uri) as store:
-            gc.collect(store, keep, retention=retention, apply=args.apply,
-                       uploads_after=gc.seconds(args.uploads_after),
-                       recheck=lambda: gc.referenced(kube))
+            collect.collect(store, keep, retention=retention, apply=args.apply,
+                       uploads_after=collect.seconds(args.uploads_after),
+                       recheck=lambda: collect.referenced(kube))
     return 0
 
 
@@ -144,17 +144,17 @@ def build_parser() -> argparse.ArgumentParser:
                      "(also KILN_LEADER_ELECTION=true; KILN_LEASE_NAMESPACE, KILN_LEASE_NAME)")
     run.set_defaults(func=_run)
 
-    gc = sub.add_parser("gc", help="delete engines no EngineBuild of this cluster references "
+    gc_cmd = sub.add_parser("gc", help="delete engines no EngineBuild of this cluster references "
                         "and no cluster sharing the store used within the retention (dry run "
                         "unless --apply)")
-    gc.add_argument("--apply", action="store_true", help="delete (default: only list)")
-    gc.add_argument("--retention", default="7d", help="keep what was used this recently "
+    gc_cmd.add_argument("--apply", action="store_true", help="delete (default: only list)")
+    gc_cmd.add_argument("--retention", default="7d", help="keep what was used this recently "
                     "(default 7d)")
-    gc.add_argument("--store", action="append", help="a store to collect (repeatable; "
+    gc_cmd.add_argument("--store", action="append", help="a store to collect (repeatable; "
                     "default: KILN_DEFAULT_STORE and every EngineBuild's spec.output.store)")
-    gc.add_argument("--uploads-after", default="1d", help="with --apply, also remove uploads "
+    gc_cmd.add_argument("--uploads-after", default="1d", help="with --apply, also remove uploads "
                     "no manifest committed once this old (default 1d)")
-    gc.set_defaults(func=_gc)
+    gc_cmd.set_defaults(func=_gc)
 
     env = os.environ
     from kiln.contract import env as names

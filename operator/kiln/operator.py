@@ -25,7 +25,7 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool,
     for noisy in ("kubernetes", "botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     metrics.serve()  # KILN_METRICS_PORT (default 8081; 0: off)
-    # Standalone for Kopf: kiln's own Lease (kiln.leader) decides who reconciles, not Kopf's
+    # Standalone for Kopf: kiln's own Lease (kiln.kube.lease) decides who reconciles, not Kopf's
     # peering, and Kopf itself writes nothing to the objects.
     kopf.run(
         standalone=True,
@@ -39,17 +39,17 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool,
 def _signing_key_from_secret() -> None:
     """With ``KILN_SIGNING_SECRET`` (the chart's default) and no key file: the key from that
     Secret in the operator's namespace, which kiln creates once if it does not exist
-    (``kiln.signing_key``), before anything reads the settings."""
+    (``kiln.trust.secret``), before anything reads the settings."""
     name = os.environ.get("KILN_SIGNING_SECRET")
     if not name or os.environ.get("KILN_SIGNING_KEY_FILE"):
         return
-    from kiln import signing_key
     from kiln.config import OperatorConfig
-    from kiln.kube import Client, Kube
-    from kiln.kubeauth import Credentials
+    from kiln.kube.auth import Credentials
+    from kiln.kube.client import Client, Kube
+    from kiln.trust import secret
 
     config = OperatorConfig.from_env()
     namespace = config.namespace or config.lease_namespace
     # No fence: creating a Secret that does not exist replaces nothing, whoever leads.
-    path = signing_key.provide(Kube(Client(Credentials())), namespace, name)
+    path = secret.provide(Kube(Client(Credentials())), namespace, name)
     os.environ["KILN_SIGNING_KEY_FILE"] = str(path)

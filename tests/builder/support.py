@@ -13,9 +13,9 @@ from typing import Any
 
 from kiln.api import BuildSpec
 from kiln.contract import exitcodes
+from kiln.contract.key import engine_key
 from kiln.contract.task import BuildTask
 from kiln.dev.testbed import checkpoint as checkpoints
-from kiln.key import engine_key
 from kiln.sources import open_source, origin_of
 
 GPU = ("NVIDIA-H100-80GB-HBM3", "9.0")

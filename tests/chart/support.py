@@ -157,7 +157,7 @@ GC_NEEDS: tuple[Need, ...] = tuple([
     *_needs("get", "apps", "deployments"),
     *_needs("list", "apps", "deployments", scopes=WATCH),
 ])
-"""What the GC CronJob's ServiceAccount may do (``kiln.gc.referenced``)."""
+"""What the GC CronJob's ServiceAccount may do (``kiln.gc.collect.referenced``)."""
 
 DENIED: tuple[Need, ...] = tuple([
     *_needs("list watch", "", "secrets", scopes=WATCH),

@@ -12,10 +12,10 @@ from typing import Any
 
 from kiln.api import EngineBuild
 from kiln.config import OperatorConfig
+from kiln.domain.labels import KEY_LABEL, managed_by
 from kiln.engine_build import render
 from kiln.engine_build.plan import Want
-from kiln.labels import KEY_LABEL, managed_by
-from kiln.targets import effective
+from kiln.engine_build.targets import effective
 
 ROOT = Path(__file__).resolve().parents[2]
 KEY = "c4" * 32

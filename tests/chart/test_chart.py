@@ -12,10 +12,11 @@ import pytest
 import yaml
 
 from chart.support import CHART, ROOT, find, helm, render, render_text
-from kiln import crdgen, metrics
+from kiln import metrics
 from kiln.cli import main as kiln_main
 from kiln.config import OperatorConfig
-from kiln.leader import Timing
+from kiln.gen import crds
+from kiln.kube.lease import Timing
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "defaults": {},
@@ -276,7 +277,7 @@ def test_argocd_config_map_carries_the_scripts() -> None:
 
 def test_chart_crds_are_the_generated_ones(tmp_path: Path) -> None:
     """Drift: `kiln crds` writes crds/ and charts/kiln/crds/; both must be current."""
-    written = crdgen.write_crds(tmp_path)
+    written = crds.write_crds(tmp_path)
     chart_crds = sorted((CHART / "crds").glob("*.yaml"))
     assert [p.name for p in chart_crds] == sorted(p.name for p in written)
     for path in written:
@@ -299,7 +300,7 @@ def test_rendered_crds_are_the_chart_crds() -> None:
     docs = render(include_crds=True)
     crds = sorted((d for d in docs if d["kind"] == "CustomResourceDefinition"),
                   key=lambda d: d["metadata"]["name"])
-    expected = sorted(crdgen.crd_manifests(), key=lambda d: d["metadata"]["name"])
+    expected = sorted(crds.crd_manifests(), key=lambda d: d["metadata"]["name"])
     assert crds == expected
 
 

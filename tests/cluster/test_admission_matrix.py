@@ -4,7 +4,7 @@ decision must equal the one the recorded refusal table (kiln.trtllm.refusals) gi
 refusal's message must name the GPU and the reason.
 
 The PyTorch backend does not run trtllm-build: its rows are the support matrix's
-(kiln.catalogue), as are the tensorrt limits trtllm-build does not enforce itself
+(kiln.domain.catalogue), as are the tensorrt limits trtllm-build does not enforce itself
 (``refusals.NOT_ENFORCED``: FP8 and W4A8 below 8.9, NVFP4 below 10.0).
 """
 
@@ -21,8 +21,9 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
 from cluster.test_crds_admission import EB_BASE, crd_namespace  # noqa: F401 (a fixture)
-from kiln import GROUP, VERSION, catalogue
+from kiln import GROUP, VERSION
 from kiln.api.engine_build import SM100_PLUGIN_ARGS
+from kiln.domain import catalogue
 from kiln.trtllm import refusals
 
 pytestmark = pytest.mark.cluster

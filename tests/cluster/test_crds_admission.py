@@ -18,7 +18,7 @@ from kubernetes.client.exceptions import ApiException
 
 from kiln import GROUP, VERSION
 from kiln.api import BuildSpec
-from kiln.crdgen import _text
+from kiln.gen.crds import _text
 
 CRDS = Path(__file__).parents[2] / "crds"
 PLURAL = {"EngineBuild": "enginebuilds", "EngineDeployment": "enginedeployments"}

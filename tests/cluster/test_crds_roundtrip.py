@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 
-from kiln import GROUP, VERSION, catalogue
+from kiln import GROUP, VERSION
 from kiln.api import (
     EXTRA_ARGS,
     BuildSpec,
@@ -53,6 +53,7 @@ from kiln.api import (
     Weights,
 )
 from kiln.api.engine_build import CALIBRATED, FP8_FMHA_ALGOS
+from kiln.domain import catalogue
 
 ROOT = Path(__file__).parents[2]
 CAPABILITIES = ["8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0", "12.1"]

@@ -1,5 +1,5 @@
-"""The Kubernetes adapter (``kiln.kube`` over the official client) against the real apiserver:
-both kinds of credential, error mapping, owner replacement, server-side apply, Events."""
+"""The Kubernetes adapter (``kiln.kube.client``, over the official client) against the real
+apiserver: both kinds of credential, error mapping, owner replacement, server-side apply, Events."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from kubernetes import client
 
 from kiln.dev.testbed.cluster import Cluster
 from kiln.errors import AccessDenied, NameTaken
-from kiln.kube import APPLY, ApiError, Client, Kube
-from kiln.kubeauth import Credentials
+from kiln.kube.auth import Credentials
+from kiln.kube.client import APPLY, ApiError, Client, Kube
 
 pytestmark = pytest.mark.cluster
 

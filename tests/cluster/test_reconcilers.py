@@ -17,6 +17,10 @@ from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.config import OperatorConfig
 from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster
+from kiln.domain.labels import ED_LABEL, KEY_LABEL
+from kiln.domain.pods import ObservedPod, observe_pod
+from kiln.domain.pool import GpuNode, gpu_node
+from kiln.domain.status import Event
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.engine_build.pending import CreateFailure
 from kiln.engine_build.reconciler import EngineBuildReconciler
@@ -24,11 +28,7 @@ from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.handlers.indexes import create_failure, is_build_create_failure
-from kiln.kube import Client, Kube, load_config
-from kiln.labels import ED_LABEL, KEY_LABEL
-from kiln.pods import ObservedPod, observe_pod
-from kiln.pool import GpuNode, gpu_node
-from kiln.status import Event
+from kiln.kube.client import Client, Kube, load_config
 from waiting import eventually
 
 pytestmark = pytest.mark.cluster

@@ -11,9 +11,9 @@ from kiln.config import OperatorConfig
 from kiln.dev.testbed.cluster import Cluster
 from kiln.engine_build.plan import Want
 from kiln.engine_build.render import render_job
-from kiln.kube import Client
-from kiln.kubeauth import Credentials
-from kiln.targets import effective
+from kiln.engine_build.targets import effective
+from kiln.kube.auth import Credentials
+from kiln.kube.client import Client
 
 pytestmark = pytest.mark.cluster
 KEY = "cd" * 32

@@ -19,7 +19,7 @@ from kiln import GROUP, VERSION
 from kiln.dev.testbed import checkpoint, nodes
 from kiln.dev.testbed.cluster import Cluster
 from kiln.dev.testbed.localproc import LocalProcessRunner
-from kiln.labels import KEY_LABEL
+from kiln.domain.labels import KEY_LABEL
 from waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("operator", "builders")

@@ -18,7 +18,7 @@ from kiln import GROUP, VERSION
 from kiln.dev.testbed import nodes
 from kiln.dev.testbed.cluster import Cluster
 from kiln.dev.testbed.localproc import LocalProcessRunner
-from kiln.labels import ED_LABEL, KEY_ANNOTATION, KEY_LABEL, MODE_ANNOTATION
+from kiln.domain.labels import ED_LABEL, KEY_ANNOTATION, KEY_LABEL, MODE_ANNOTATION
 from waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("operator", "builders")

@@ -16,8 +16,8 @@ from typing import Any
 from kubernetes import client
 
 from kiln.dev.testbed.cluster import Cluster
+from kiln.domain.labels import ED_LABEL
 from kiln.engine_deployment.render import ENGINE_DIR
-from kiln.labels import ED_LABEL
 
 
 @dataclass(frozen=True)

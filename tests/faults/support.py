@@ -12,8 +12,8 @@ from kubernetes import client
 from e2e.support import get_eb, ready
 from kiln import GROUP, VERSION
 from kiln.dev.testbed.cluster import Cluster
+from kiln.domain.labels import KEY_ANNOTATION, KEY_LABEL
 from kiln.engine_build.jobs import job_name
-from kiln.labels import KEY_ANNOTATION, KEY_LABEL
 from waiting import eventually
 
 TARGETS = ("H100-SXM", "A100-80GB", "L40S")

@@ -16,8 +16,8 @@ from faults.test_provenance import create_ed, engine_deployment
 from kiln import GROUP, VERSION
 from kiln.dev.testbed import nodes
 from kiln.dev.testbed.cluster import Cluster
+from kiln.domain.labels import ED_LABEL
 from kiln.engine_deployment.deployments import deployment_name
-from kiln.labels import ED_LABEL
 from waiting import eventually
 
 # The module runs first in the tier: it must start the operator and the builders itself.

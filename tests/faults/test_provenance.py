@@ -22,14 +22,14 @@ from faults.support import ENGINES, create, engine_build
 from kiln import GROUP, VERSION
 from kiln.api import EngineBuild
 from kiln.contract import exitcodes, provenance
+from kiln.contract.key import key_inputs, key_of
 from kiln.dev import signing
 from kiln.dev.testbed.cluster import Cluster
 from kiln.dev.testbed.localproc import LocalProcessRunner
-from kiln.key import key_inputs, key_of
-from kiln.labels import KEY_ANNOTATION
+from kiln.domain.labels import KEY_ANNOTATION
+from kiln.engine_build.targets import effective
 from kiln.sources import open_source, origin_of
 from kiln.store import EngineStore, open_store
-from kiln.targets import effective
 from waiting import eventually
 
 pytestmark = pytest.mark.timeout(300)

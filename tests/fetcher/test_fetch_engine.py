@@ -13,10 +13,10 @@ import pytest
 from securesystemslib.signer import CryptoSigner
 
 from kiln.contract import exitcodes, provenance
+from kiln.contract.key import key_of
 from kiln.contract.manifest import Manifest
 from kiln.contract.termination import parse_failure
 from kiln.fetcher import main as fetch
-from kiln.key import key_of
 from kiln.store import EngineStore, open_store
 
 INPUTS = {"computeCapability": "9.0", "gpuProduct": "NVIDIA-H100-80GB-HBM3"}

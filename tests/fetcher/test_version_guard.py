@@ -123,8 +123,8 @@ def test_the_builder_reads_versions_the_way_the_guard_does(tmp_path: Path,
     """Both read the package Python would import (its ``__version__``) before any
     distribution's metadata: a stand-in without dist-info is seen by both, alike."""
     from kiln.builder import toolchain
+    from kiln.contract import version_guard
     from kiln.contract.env import TRTLLM_PYTHON
-    from kiln.fetcher import version_guard
 
     path = stand_ins(tmp_path / "site", "1.2.1", "10.13.3.9")
     monkeypatch.setenv(TRTLLM_PYTHON, sys.executable)

@@ -8,7 +8,7 @@ from kubernetes import client
 
 from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.dev.testbed.cluster import Cluster
-from kiln.labels import ED_LABEL, KEY_ANNOTATION, KEY_LABEL, SERVING_PRODUCT_LABEL
+from kiln.domain.labels import ED_LABEL, KEY_ANNOTATION, KEY_LABEL, SERVING_PRODUCT_LABEL
 
 UNSCHEDULABLE = [{"nodeSelector": {"testbed.kiln.dev/pool": "nowhere"},
                   "computeCapability": "9.0"}]

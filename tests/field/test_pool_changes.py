@@ -23,7 +23,7 @@ from field.support import (
 from kiln import ED_PLURAL
 from kiln.dev.testbed import nodes
 from kiln.dev.testbed.cluster import Cluster
-from kiln.labels import GPU_PRODUCT_LABEL
+from kiln.domain.labels import GPU_PRODUCT_LABEL
 from waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("operator", "builders")

@@ -13,7 +13,7 @@ from kubernetes import client
 from e2e.support import ROOT, Operator
 from kiln import GROUP, VERSION
 from kiln.dev.testbed.cluster import Cluster
-from kiln.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
+from kiln.domain.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
 from operations.conftest import operator_env
 from operations.support import ENGINES, running
 from waiting import eventually

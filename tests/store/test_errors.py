@@ -126,7 +126,7 @@ def test_credential_error_codes_map_to_access_denied(code: str) -> None:
     """Codes some S3 implementations send that moto's server does not (ExpiredToken)."""
     from botocore.exceptions import ClientError
 
-    from kiln.store.s3client import translate
+    from kiln.s3.client import translate
 
     response: Any = {"Error": {"Code": code, "Message": "no"},
                      "ResponseMetadata": {"HTTPStatusCode": 403}}
@@ -143,7 +143,7 @@ def test_credential_error_codes_map_to_access_denied(code: str) -> None:
 def test_other_error_codes(code: str, status: int, kind: type[KilnError]) -> None:
     from botocore.exceptions import ClientError
 
-    from kiln.store.s3client import translate
+    from kiln.s3.client import translate
 
     response: Any = {"Error": {"Code": code, "Message": "m"},
                      "ResponseMetadata": {"HTTPStatusCode": status}}

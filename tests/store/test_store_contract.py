@@ -19,10 +19,10 @@ import pytest
 
 from kiln.contract.manifest import MANIFEST
 from kiln.errors import IntegrityError, NotFound
+from kiln.s3.transfer import MIB, Transfers
 from kiln.store import EngineStore, open_store
 from kiln.store.fs import FileStore
 from kiln.store.s3 import S3Store
-from kiln.store.transfer import MIB, Transfers
 from store.conftest import CuttingProxy
 
 KEY = "1" * 64
@@ -224,7 +224,7 @@ def test_upload_killed_by_sigkill_leaves_nothing_readable(
         from pathlib import Path
         from kiln.store import open_store
         from kiln.store.s3 import S3Store
-        from kiln.store.transfer import Transfers
+        from kiln.s3.transfer import Transfers
         store = open_store({store_uri!r}, endpoint_url={s3_endpoint!r})
         if isinstance(store, S3Store):
             store._transfers = Transfers(store.client, concurrency=2, part_bytes=5 << 20)

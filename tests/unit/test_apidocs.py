@@ -5,8 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from kiln import apidocs, catalogue, cli, crdgen
+from kiln import cli
 from kiln.api import EngineBuild, EngineDeployment, EngineStatus, Resources
+from kiln.domain import catalogue
+from kiln.gen import apidocs, crds
 
 API_MD = Path(__file__).parents[2] / "docs" / "api.md"
 
@@ -65,7 +67,7 @@ def test_defaults_enums_and_required_come_from_the_crd() -> None:
 
 def test_every_cel_message_is_shown() -> None:
     text = apidocs.render().replace("\\|", "|")
-    for crd in crdgen.crd_manifests():
+    for crd in crds.crd_manifests():
         schema = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         stack = [schema]
         while stack:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from kiln import catalogue
 from kiln.api import Backend, KvCacheQuant, QuantAlgo
-from kiln.catalogue import by_name, by_product, supports
 from kiln.dev.testbed import nodes
+from kiln.domain import catalogue
+from kiln.domain.catalogue import by_name, by_product, supports
 
 
 def test_names_and_products_are_unique() -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from kiln import catalogue, cli, compatdocs
+from kiln import cli
+from kiln.domain import catalogue
+from kiln.gen import compatdocs
 
 ROOT = Path(__file__).parents[2]
 DOC = ROOT / "docs" / "compatibility.md"

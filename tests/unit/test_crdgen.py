@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 import yaml
 
-from kiln import catalogue, crdgen
 from kiln.api import BuildSpec, EngineBuildSpec, EngineDeploymentSpec
+from kiln.domain import catalogue
+from kiln.gen import crds
 
 CRDS = Path(__file__).parents[2] / "crds"
 
@@ -28,12 +29,12 @@ def nodes(schema: dict[str, Any], path: str = "") -> Iterator[tuple[str, dict[st
 
 def schemas() -> list[tuple[str, dict[str, Any]]]:
     return [(crd["spec"]["names"]["kind"], crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"])
-            for crd in crdgen.crd_manifests()]
+            for crd in crds.crd_manifests()]
 
 
 def test_committed_crds_match_the_models(tmp_path: Path) -> None:
     """Drift: `kiln crds` must have been run after the last change to kiln.api/catalogue."""
-    written = crdgen.write_crds(tmp_path)
+    written = crds.write_crds(tmp_path)
     assert sorted(p.name for p in written) == sorted(p.name for p in CRDS.glob("*.yaml"))
     for path in written:
         committed = (CRDS / path.name).read_text()
@@ -41,13 +42,13 @@ def test_committed_crds_match_the_models(tmp_path: Path) -> None:
 
 
 def test_output_is_deterministic() -> None:
-    assert [crdgen.render(c) for c in crdgen.crd_manifests()] == [
-        crdgen.render(c) for c in crdgen.crd_manifests()]
+    assert [crds.render(c) for c in crds.crd_manifests()] == [
+        crds.render(c) for c in crds.crd_manifests()]
 
 
 def test_rendered_yaml_parses_back_to_the_manifest() -> None:
-    for crd in crdgen.crd_manifests():
-        assert yaml.safe_load(crdgen.render(crd)) == crd
+    for crd in crds.crd_manifests():
+        assert yaml.safe_load(crds.render(crd)) == crd
 
 
 @pytest.mark.parametrize(("kind", "schema"), schemas(), ids=["EngineBuild", "EngineDeployment"])
@@ -108,7 +109,7 @@ def test_required_fields() -> None:
 
 
 def test_names_columns_and_subresources() -> None:
-    eb, ed = crdgen.crd_manifests()
+    eb, ed = crds.crd_manifests()
     assert eb["metadata"]["name"] == "enginebuilds.kiln.dev"
     assert eb["spec"]["names"]["shortNames"] == ["eb"]
     assert ed["spec"]["names"]["shortNames"] == ["ed"]
@@ -144,7 +145,7 @@ def test_gpu_names_come_from_the_catalogue() -> None:
 
 
 def test_quantization_rules_come_from_the_catalogue() -> None:
-    on_spec, on_build = crdgen.quantization_rules()
+    on_spec, on_build = crds.quantization_rules()
     assert len(on_spec) + len(on_build) == len(catalogue.REQUIREMENTS)
     fp8 = next(r for r in on_spec if "'fp8', 'w4a8_awq'" in r["rule"])
     assert "'A100-80GB'" in fp8["rule"]
@@ -164,7 +165,7 @@ def test_every_rule_has_a_message() -> None:
 
 
 def test_spec_model_schema_has_no_pydantic_leftovers() -> None:
-    text = yaml.safe_dump(crdgen.structural(EngineBuildSpec))
+    text = yaml.safe_dump(crds.structural(EngineBuildSpec))
     assert "title:" not in text
     assert "$ref" not in text
     assert "type: 'null'" not in text

@@ -17,13 +17,13 @@ from typing import Any
 import pytest
 import urllib3
 
-from kiln import leader
 from kiln.handlers import context, leadership
 from kiln.handlers.workqueue import WorkQueue
-from kiln.kube import ApiError, Client
-from kiln.kubeauth import Credentials
+from kiln.kube import lease
+from kiln.kube.auth import Credentials
+from kiln.kube.client import ApiError, Client
 
-TIMING = leader.Timing(lease=15, renew_deadline=10, retry=2)
+TIMING = lease.Timing(lease=15, renew_deadline=10, retry=2)
 
 
 class Clock:
@@ -68,13 +68,13 @@ class FakeLeases:
         raise AssertionError(method)
 
 
-def elector(monkeypatch: pytest.MonkeyPatch) -> tuple[leader.Elector, FakeLeases, Clock,
+def elector(monkeypatch: pytest.MonkeyPatch) -> tuple[lease.Elector, FakeLeases, Clock,
                                                        list[str]]:
     clock = Clock()
-    monkeypatch.setattr(leader, "time", clock)
+    monkeypatch.setattr(lease, "time", clock)
     api = FakeLeases()
     calls: list[str] = []
-    found = leader.Elector(api, "ns", "kiln", "me_1", TIMING,  # type: ignore[arg-type]
+    found = lease.Elector(api, "ns", "kiln", "me_1", TIMING,  # type: ignore[arg-type]
                            on_lead=lambda: calls.append("lead"),
                            on_lose=lambda: calls.append("lose"))
     return found, api, clock, calls
@@ -105,7 +105,7 @@ def test_work_of_an_earlier_term_is_fenced_out(monkeypatch: pytest.MonkeyPatch) 
     found.step()
     assert calls == ["lead"] and found.term == 1
     first = contextvars.Context()
-    first.run(leader.TERM.set, found.term)
+    first.run(lease.TERM.set, found.term)
     assert first.run(found.fence)
     api.down = True  # cut off: the fence closes on time, the loop stops leading
     clock.now += TIMING.renew_deadline
@@ -116,7 +116,7 @@ def test_work_of_an_earlier_term_is_fenced_out(monkeypatch: pytest.MonkeyPatch) 
     found.step()  # leads again: a new term
     assert calls == ["lead", "lose", "lead"] and found.term == 2
     second = contextvars.Context()
-    second.run(leader.TERM.set, found.term)
+    second.run(lease.TERM.set, found.term)
     assert second.run(found.fence)
     assert not first.run(found.fence)  # an old term's worker thread, still running
     assert found.fence()  # no term (outside the leader's tasks): time alone
@@ -127,14 +127,14 @@ def test_the_leaders_tasks_and_their_worker_threads_carry_the_term() -> None:
     queue: WorkQueue[str] = WorkQueue(2)
 
     async def task(_: dict[str, Any]) -> None:
-        seen.append(leader.TERM.get())
+        seen.append(lease.TERM.get())
         queue.add("x")
         runner = asyncio.create_task(queue.run(lambda ref, moved: seen.append(
-            leader.TERM.get())))
+            lease.TERM.get())))
         while len(seen) < 2:
             await asyncio.sleep(0.01)
         runner.cancel()
-        seen.append(await asyncio.to_thread(leader.TERM.get))
+        seen.append(await asyncio.to_thread(lease.TERM.get))
 
     async def scenario() -> None:
         saved = dict(leadership._registered)

@@ -9,8 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from kiln import endpoints
 from kiln.errors import Unavailable
+from kiln.sources import endpoints
 
 
 def test_a_burst_at_a_busy_but_healthy_endpoint_waits_its_turn() -> None:

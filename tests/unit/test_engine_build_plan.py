@@ -10,7 +10,7 @@ from kiln.api import EngineBuild, EngineBuildStatus
 from kiln.contract.manifest import Manifest
 from kiln.engine_build.jobs import Failure, ObservedJob, failure_from_pod, job_name, observe
 from kiln.engine_build.plan import Plan, Want, plan
-from kiln.targets import effective
+from kiln.engine_build.targets import effective
 
 UID = "uid-1"
 
@@ -265,7 +265,7 @@ def test_a_retrying_pass_keeps_the_observed_generation_of_the_spec_it_last_appli
 
 
 def test_a_retry_counts_its_delay_from_after_the_status_write() -> None:
-    from kiln.backoff import Backoff
+    from kiln.reconcile.backoff import Backoff
     now = [0.0]
     backoff = Backoff(base=2.0, clock=lambda: now[0])
     backoff.failed("a", "v1")

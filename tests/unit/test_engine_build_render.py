@@ -7,10 +7,10 @@ import pytest
 from kiln.api import EngineBuildSpec
 from kiln.config import OperatorConfig
 from kiln.contract import exitcodes
+from kiln.contract.pvc import pvc_path
 from kiln.engine_build.plan import Want
 from kiln.engine_build.render import render_job
-from kiln.pvc import pvc_path
-from kiln.targets import effective
+from kiln.engine_build.targets import effective
 
 KEY = "ab" * 32
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 from kiln.api import EngineBuild, EngineDeployment
+from kiln.domain.pods import observe_pod
+from kiln.domain.pool import GpuNode, auto_targets, gpu_node, pool_products, served_products
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name, observe
 from kiln.engine_deployment.plan import Decision, engine_for, summarize
 from kiln.engine_deployment.plan import decide as decide_at
 from kiln.engine_deployment.trouble import trouble
-from kiln.pods import observe_pod
-from kiln.pool import GpuNode, auto_targets, gpu_node, pool_products, served_products
 
 UID = "ed-uid"
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)

@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 
-from kiln import gc, metrics
+from kiln import metrics
 from kiln.errors import InvalidInput, Unavailable
+from kiln.gc import collect
 from kiln.store import open_store
 from kiln.store.base import EngineStore
 
@@ -47,7 +48,7 @@ def test_a_key_referenced_meanwhile_is_not_deleted(tmp_path: Path) -> None:
     age(store, KEY, 100)
     age(store, OTHER, 100)
     now_referenced = {KEY}  # an EngineBuild reported KEY Cached after the first listing
-    report = gc.collect(store, set(), retention=10, apply=True, uploads_after=3600,
+    report = collect.collect(store, set(), retention=10, apply=True, uploads_after=3600,
                         say=lambda _: None, recheck=lambda: now_referenced)
     assert report.deleted == [OTHER]
     assert store.has(KEY) and not store.has(OTHER)
@@ -59,16 +60,16 @@ def test_a_marker_younger_than_two_of_its_writers_intervals_is_kept(tmp_path: Pa
     store.mark_used(OTHER, "cluster-b", every=60)
     age(store, KEY, 2 * 3600)
     age(store, OTHER, 2 * 3600)
-    report = gc.collect(store, set(), retention=3600, apply=True, uploads_after=3600,
+    report = collect.collect(store, set(), retention=3600, apply=True, uploads_after=3600,
                         say=lambda _: None)
     assert report.deleted == [OTHER] and report.kept_in_use == [KEY]
 
 
 def test_a_retention_below_the_floor_is_refused() -> None:
     with pytest.raises(InvalidInput, match="below the floor of 3600 s"):
-        gc.check_retention(gc.seconds("10m"), env={})
-    assert gc.check_retention(gc.seconds("7d"), env={}) == 7 * 86400
-    assert gc.check_retention(5, env={gc.MIN_RETENTION_ENV: "1s"}) == 5
+        collect.check_retention(collect.seconds("10m"), env={})
+    assert collect.check_retention(collect.seconds("7d"), env={}) == 7 * 86400
+    assert collect.check_retention(5, env={collect.MIN_RETENTION_ENV: "1s"}) == 5
 
 
 class Deployment:

@@ -20,8 +20,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from kiln.api import BuildSpec, Calibration
-from kiln.errors import InvalidInput
-from kiln.key import (
+from kiln.contract.key import (
     KEY_SCHEMA_VERSION,
     canonical_json,
     engine_key,
@@ -29,6 +28,7 @@ from kiln.key import (
     key_of,
     short_key,
 )
+from kiln.errors import InvalidInput
 
 BASE: dict[str, Any] = {"weights_identity": "w" * 64,
                         "origin": {"scheme": "s3", "bucket": "models", "prefix": "llama/"},

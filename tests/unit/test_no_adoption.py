@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from kiln.errors import NameTaken
-from kiln.kube import Kube
+from kiln.kube.client import Kube
 
 
 class Api:

@@ -10,9 +10,9 @@ import pytest
 
 from kiln.api import BuildSpec, EngineBuild
 from kiln.config import OperatorConfig
+from kiln.contract.key import engine_key, key_inputs
 from kiln.engine_build.reconciler import EngineBuildReconciler
 from kiln.errors import InvalidInput
-from kiln.key import engine_key, key_inputs
 from kiln.sources import PvcSource, origin_of
 
 TARGET: dict[str, Any] = {"builder_image": "kiln-builder:1.2.1",

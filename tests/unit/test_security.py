@@ -13,14 +13,14 @@ from kiln.api import EngineBuildSpec
 from kiln.config import OperatorConfig
 from kiln.contract import env as names
 from kiln.contract import provenance
+from kiln.contract.key import key_of
 from kiln.contract.manifest import FileEntry, Manifest
 from kiln.contract.task import BuildTask
 from kiln.engine_build import signing
 from kiln.engine_build.plan import Want
 from kiln.engine_build.render import render_job
+from kiln.engine_build.targets import effective
 from kiln.engine_deployment.render import render_deployment, render_trust, trust_name
-from kiln.key import key_of
-from kiln.targets import effective
 from unit.test_engine_deployment_render import eb, ed, engine_serve
 
 KEY = "ab" * 32

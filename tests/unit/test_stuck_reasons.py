@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from kiln.backoff import Backoff, retrying
+from kiln.domain.pods import observe_pod
 from kiln.engine_build.pending import CreateFailure, stuck
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.trouble import trouble
-from kiln.pods import observe_pod
+from kiln.reconcile.backoff import Backoff, retrying
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 

@@ -8,9 +8,9 @@ from typing import Any
 
 import pytest
 
-from kiln import catalogue
 from kiln.api import EXTRA_ARGS, BuildSpec, EngineBuild, EngineDeployment
 from kiln.api.engine_build import EXTRA_ARG_VALUE
+from kiln.domain import catalogue
 from kiln.engine_deployment import render, triton
 from kiln.trtllm import flags, llm_api, refusals
 from kiln.trtllm import triton as facts

@@ -17,9 +17,9 @@ from kiln.builder.commands import CALIBRATION_DIR, DEFAULT_EXAMPLES, Paths
 from kiln.builder.progress import Progress, human, say
 from kiln.contract import env as names
 from kiln.contract import provenance
+from kiln.contract.key import key_inputs, key_of, short_key
 from kiln.contract.task import BuildTask
 from kiln.errors import InvalidTask, WeightsChanged
-from kiln.key import key_inputs, key_of, short_key
 from kiln.sources import open_source
 from kiln.store import open_store
 

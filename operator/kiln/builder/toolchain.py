@@ -17,9 +17,9 @@ from importlib import metadata
 from pathlib import Path
 
 from kiln.builder.progress import say
+from kiln.contract import version_guard
 from kiln.contract.env import TRTLLM_EXAMPLES, TRTLLM_PYTHON
 from kiln.errors import GPUUnavailable, OutOfDisk, ToolFailed, Unsupported
-from kiln.fetcher import version_guard
 
 DISTRIBUTIONS = {
     "tensorrt_llm": ("tensorrt_llm", "tensorrt-llm"),

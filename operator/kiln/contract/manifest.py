@@ -35,7 +35,7 @@ class Manifest(KilnModel):
     schema_version: int = MANIFEST_SCHEMA_VERSION
     key: str
     inputs: dict[str, Any] = Field(default_factory=dict)
-    """The key's inputs (``kiln.key.key_inputs``)."""
+    """The key's inputs (``kiln.contract.key.key_inputs``)."""
     versions: dict[str, str] = Field(default_factory=dict)
     """What the builder ran: ``tensorrt_llm``, ``tensorrt``, ``kiln``, ..."""
     upload: str = Field(default="", max_length=64)

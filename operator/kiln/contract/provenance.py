@@ -33,9 +33,9 @@ from securesystemslib.dsse import Envelope
 from securesystemslib.exceptions import VerificationError
 from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 
+from kiln.contract.key import key_of, short_key
 from kiln.contract.manifest import MANIFEST, Manifest
 from kiln.errors import InvalidInput, Untrusted
-from kiln.key import key_of, short_key
 
 __all__ = ["ENVELOPE", "JobRef", "Untrusted", "Verified", "add_signature", "load_signer",
            "public_keys", "public_pem", "sha256", "sign", "signed_by", "statement", "verify"]

@@ -24,12 +24,12 @@ from typing import Any
 from kubernetes import client
 
 from kiln import GROUP, VERSION
+from kiln.contract.key import short_key
 from kiln.dev import signing
 from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
 from kiln.dev.testbed.s3 import moto_server
-from kiln.key import short_key
 
 ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = ROOT / "examples" / "quickstart"

@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Any, Literal
 
 from kiln.contract.termination import Failure, parse_failure
-from kiln.labels import HASH_ANNOTATION, KEY_ANNOTATION
-from kiln.pods import timestamp
+from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION
+from kiln.domain.pods import timestamp
 
 JobState = Literal["Active", "Succeeded", "Failed"]
 BUILDER = "builder"

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from kiln.pods import ObservedPod
+from kiln.domain.pods import ObservedPod
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from kiln import catalogue
 from kiln.api import (
     BuildSpec,
     EngineBuild,
@@ -19,13 +18,14 @@ from kiln.api import (
     EngineStatus,
     Weights,
 )
+from kiln.contract.key import short_key
 from kiln.contract.manifest import Manifest
 from kiln.contract.termination import Failure
+from kiln.domain import catalogue
+from kiln.domain.status import Event, set_conditions
 from kiln.engine_build.jobs import ObservedJob, job_name
 from kiln.engine_build.pending import Stuck
-from kiln.key import short_key
-from kiln.status import Event, set_conditions
-from kiln.targets import ResolvedTarget
+from kiln.engine_build.targets import ResolvedTarget
 
 
 @dataclass(frozen=True)

@@ -23,31 +23,31 @@ from typing import Any, Protocol
 
 import urllib3
 
-from kiln import EB_PLURAL, endpoints, metrics
+from kiln import EB_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, parse_duration
-from kiln.backoff import Backoff
-from kiln.backoff import retrying as retrying_message
 from kiln.config import OperatorConfig
 from kiln.contract import provenance
+from kiln.contract.key import engine_key, short_key
 from kiln.contract.manifest import Manifest
 from kiln.contract.task import BuildTask
 from kiln.contract.termination import Failure
+from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION
+from kiln.domain.pods import ObservedPod
+from kiln.domain.pool import GpuNode, auto_targets, needed_products
+from kiln.domain.status import Event, WrittenStatus
 from kiln.engine_build import render, signing
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import CreateFailure, Stuck, stuck
 from kiln.engine_build.plan import Plan, Want, plan, retrying, stalled
+from kiln.engine_build.targets import effective
 from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted, heals
-from kiln.key import engine_key, short_key
-from kiln.kube import Kube
-from kiln.labels import HASH_ANNOTATION, KEY_ANNOTATION
-from kiln.pods import ObservedPod
-from kiln.pool import GpuNode, auto_targets, needed_products
-from kiln.sources import WeightsIdentity, WeightSource, open_source, origin_of
-from kiln.status import Event, WrittenStatus
+from kiln.kube.client import Kube
+from kiln.reconcile.backoff import Backoff
+from kiln.reconcile.backoff import retrying as retrying_message
+from kiln.reconcile.unexpected import Unexpected
+from kiln.sources import WeightsIdentity, WeightSource, endpoints, open_source, origin_of
 from kiln.store import EngineStore, open_store
-from kiln.targets import effective
-from kiln.trust import Trust
-from kiln.unexpected import Unexpected
+from kiln.trust.keys import Trust
 
 log = logging.getLogger(__name__)
 CREATED_GRACE_SECONDS = 30.0

@@ -8,9 +8,8 @@ from kiln.api import EngineBuildSpec
 from kiln.config import OperatorConfig
 from kiln.contract import env as names
 from kiln.contract.exitcodes import pod_failure_policy
-from kiln.engine_build.jobs import BUILDER, job_name
-from kiln.engine_build.plan import Want
-from kiln.labels import (
+from kiln.contract.pvc import pvc_mounts
+from kiln.domain.labels import (
     GPU_PRODUCT_LABEL,
     HASH_ANNOTATION,
     KEY_ANNOTATION,
@@ -19,7 +18,7 @@ from kiln.labels import (
     key_label,
     managed_by,
 )
-from kiln.podspec import (
+from kiln.domain.podspec import (
     container_security,
     gpu_resources,
     gpu_tolerations,
@@ -28,7 +27,8 @@ from kiln.podspec import (
     secret_env,
     spec_hash,
 )
-from kiln.pvc import pvc_mounts
+from kiln.engine_build.jobs import BUILDER, job_name
+from kiln.engine_build.plan import Want
 
 WORKDIR = "/work"
 

@@ -19,12 +19,12 @@ from typing import Any
 
 from kiln.contract import env as names
 from kiln.contract import provenance
+from kiln.contract.key import key_of, short_key
 from kiln.contract.manifest import Manifest
 from kiln.contract.task import BuildTask
+from kiln.domain.labels import KEY_ANNOTATION
+from kiln.domain.podspec import container_security, pod_security
 from kiln.engine_build.jobs import BUILDER, job_name
-from kiln.key import key_of, short_key
-from kiln.labels import KEY_ANNOTATION
-from kiln.podspec import container_security, pod_security
 
 CONTROLLER_UID = ("batch.kubernetes.io/controller-uid", "controller-uid")
 """The labels the Job controller gives a Job's pods (its selector)."""

@@ -7,7 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from kiln.labels import (
+from kiln.domain.labels import (
     BACKEND_ANNOTATION,
     HASH_ANNOTATION,
     KEY_ANNOTATION,

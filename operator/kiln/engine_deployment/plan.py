@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, get_args
 
-from kiln import catalogue
 from kiln.api import (
     Backend,
     EngineBuild,
@@ -27,11 +26,12 @@ from kiln.api import (
     ServingMode,
     parse_duration,
 )
+from kiln.contract.key import short_key
+from kiln.domain import catalogue
+from kiln.domain.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
+from kiln.domain.pool import served_products
+from kiln.domain.status import Event, set_conditions
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name
-from kiln.key import short_key
-from kiln.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
-from kiln.pool import served_products
-from kiln.status import Event, set_conditions
 from kiln.trtllm import TRTLLM_VERSION, flags
 
 READY_STATES = ("Ready", "Cached")

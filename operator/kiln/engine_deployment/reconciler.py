@@ -21,22 +21,22 @@ import urllib3
 
 from kiln import ED_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, EngineDeploymentStatus
-from kiln.backoff import Backoff
-from kiln.backoff import retrying as retrying_message
 from kiln.config import OperatorConfig
+from kiln.contract.key import short_key
+from kiln.domain.labels import HASH_ANNOTATION
+from kiln.domain.pods import ObservedPod
+from kiln.domain.pool import GpuNode, pool_products
+from kiln.domain.status import Event, WrittenStatus, set_conditions
 from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.plan import Decision, decide, summarize
 from kiln.engine_deployment.trouble import Trouble, trouble
 from kiln.errors import KilnError, Unavailable, heals
-from kiln.key import short_key
-from kiln.kube import Kube
-from kiln.labels import HASH_ANNOTATION
-from kiln.pods import ObservedPod
-from kiln.pool import GpuNode, pool_products
-from kiln.status import Event, WrittenStatus, set_conditions
-from kiln.trust import Trust
-from kiln.unexpected import Unexpected
+from kiln.kube.client import Kube
+from kiln.reconcile.backoff import Backoff
+from kiln.reconcile.backoff import retrying as retrying_message
+from kiln.reconcile.unexpected import Unexpected
+from kiln.trust.keys import Trust
 
 log = logging.getLogger(__name__)
 REAPPLY_SECONDS = 600.0

@@ -19,10 +19,9 @@ from kiln.config import OperatorConfig
 from kiln.contract import env as names
 from kiln.contract import exitcodes
 from kiln.contract.manifest import TOKENIZER_SUBDIR
+from kiln.contract.pvc import pvc_mounts
 from kiln.contract.termination import DEFAULT_PATH as TERMINATION_LOG
-from kiln.engine_deployment import triton
-from kiln.engine_deployment.plan import Serve
-from kiln.labels import (
+from kiln.domain.labels import (
     BACKEND_ANNOTATION,
     ED_LABEL,
     GPU_PRODUCT_LABEL,
@@ -35,7 +34,7 @@ from kiln.labels import (
     URI_ANNOTATION,
     managed_by,
 )
-from kiln.podspec import (
+from kiln.domain.podspec import (
     container_security,
     gpu_resources,
     gpu_tolerations,
@@ -45,7 +44,8 @@ from kiln.podspec import (
     secret_env,
     spec_hash,
 )
-from kiln.pvc import pvc_mounts
+from kiln.engine_deployment import triton
+from kiln.engine_deployment.plan import Serve
 
 ENGINE_DIR = "/engine"
 TOKENIZER_DIR = f"{ENGINE_DIR}/{TOKENIZER_SUBDIR}"

@@ -9,9 +9,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from kiln.contract.termination import Failure
+from kiln.domain.labels import KEY_ANNOTATION, TEMPLATE_ANNOTATION
+from kiln.domain.pods import ObservedPod
 from kiln.engine_deployment.deployments import ObservedDeployment
-from kiln.labels import KEY_ANNOTATION, TEMPLATE_ANNOTATION
-from kiln.pods import ObservedPod
 
 
 @dataclass(frozen=True)

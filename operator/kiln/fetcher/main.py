@@ -20,9 +20,9 @@ from pathlib import Path
 
 from kiln.contract import env as names
 from kiln.contract import provenance, termination
+from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, Manifest
 from kiln.errors import GPUMismatch, IntegrityError, InvalidInput, InvalidTask, NotFound
-from kiln.key import short_key
 from kiln.store import open_store
 from kiln.store.base import sha256_file
 

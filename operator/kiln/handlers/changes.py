@@ -4,7 +4,7 @@ kiln is the one writer of an EngineBuild's and an EngineDeployment's status; an 
 only moved it is kiln's own write coming back, and would mark the next pass due after every
 pass (a failing object would retry in a loop instead of backing off). Status written by
 someone else is not looked at either way: kiln plans from what it last wrote
-(``kiln.status.WrittenStatus``).
+(``kiln.domain.status.WrittenStatus``).
 """
 
 from __future__ import annotations

@@ -10,12 +10,13 @@ from typing import Any
 
 import kopf
 
-from kiln import __version__, leader
+from kiln import __version__
 from kiln.config import OperatorConfig
+from kiln.domain.status import Event
 from kiln.engine_build.reconciler import EngineBuildReconciler
-from kiln.kube import Client, Kube
-from kiln.kubeauth import Credentials
-from kiln.status import Event
+from kiln.kube import lease
+from kiln.kube.auth import Credentials
+from kiln.kube.client import Client, Kube
 
 
 @functools.cache
@@ -26,7 +27,7 @@ def config() -> OperatorConfig:
 @functools.cache
 def identity() -> str:
     """This replica's name, in the Lease and in its requests' User-Agent."""
-    return leader.identity()
+    return lease.identity()
 
 
 @functools.cache
@@ -41,13 +42,13 @@ def client() -> Client:
 
 
 @functools.cache
-def elector() -> leader.Elector | None:
+def elector() -> lease.Elector | None:
     """The Lease this replica campaigns for; None when leader election is off."""
     cfg = config()
     if not cfg.leader_election:
         return None
-    return leader.Elector(client(), cfg.lease_namespace, cfg.lease_name, identity(),
-                          leader.Timing.from_env(), on_lead=lambda: None,
+    return lease.Elector(client(), cfg.lease_namespace, cfg.lease_name, identity(),
+                          lease.Timing.from_env(), on_lead=lambda: None,
                           on_lose=lambda: None)
 
 

@@ -11,6 +11,8 @@ import kopf
 import urllib3
 
 from kiln import EB_PLURAL, GROUP, VERSION, metrics
+from kiln.domain.labels import KEY_LABEL
+from kiln.domain.pods import Seen, observe_pod
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.errors import KilnError
 from kiln.handlers import context, leadership
@@ -18,8 +20,6 @@ from kiln.handlers.changes import BeyondStatus
 from kiln.handlers.indexes import Indexes, create_failure, is_build_create_failure
 from kiln.handlers.relists import Key, relists
 from kiln.handlers.workqueue import WorkQueue
-from kiln.labels import KEY_LABEL
-from kiln.pods import Seen, observe_pod
 
 log = logging.getLogger(__name__)
 WORKERS = 8

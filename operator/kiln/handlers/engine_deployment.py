@@ -12,6 +12,9 @@ from typing import Any
 import kopf
 
 from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION, metrics
+from kiln.domain.labels import ED_LABEL
+from kiln.domain.pods import Seen, observe_pod
+from kiln.domain.pool import GpuNode, gpu_node
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.errors import KilnError
 from kiln.handlers import context, engine_build, leadership
@@ -19,9 +22,6 @@ from kiln.handlers.changes import BeyondStatus
 from kiln.handlers.indexes import Indexes
 from kiln.handlers.relists import Key, relists
 from kiln.handlers.workqueue import WorkQueue
-from kiln.labels import ED_LABEL
-from kiln.pods import Seen, observe_pod
-from kiln.pool import GpuNode, gpu_node
 
 log = logging.getLogger(__name__)
 

@@ -14,13 +14,13 @@ from typing import Any
 import kopf
 
 from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
+from kiln.domain.labels import ED_LABEL, KEY_LABEL
+from kiln.domain.pods import ObservedPod, observe_pod
+from kiln.domain.pool import GpuNode, gpu_node
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import CreateFailure
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
-from kiln.labels import ED_LABEL, KEY_LABEL
-from kiln.pods import ObservedPod, observe_pod
-from kiln.pool import GpuNode, gpu_node
 
 
 def lean(body: kopf.Body) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 Every replica watches and keeps its indexes (a hot standby: taking over costs no listing);
 only the leader runs the tasks registered with :func:`while_leading`, and every write passes
-the Lease's fence (``kiln.kube``), so a replica whose Lease ran out writes nothing even
+the Lease's fence (``kiln.kube.client``), so a replica whose Lease ran out writes nothing even
 before the tasks are stopped. Without leader election the tasks run from the start.
 The liveness probe fails when the Lease loop or, while leading, one of the tasks has died.
 """
@@ -19,8 +19,8 @@ from typing import Any
 
 import kopf
 
-from kiln import leader
 from kiln.handlers import context
+from kiln.kube import lease
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +53,7 @@ def _start(kwargs: dict[str, Any], term: int | None = None) -> None:
     for name, make in _registered.items():
         if name not in _running:
             ctx = contextvars.Context()
-            ctx.run(leader.TERM.set, term)
+            ctx.run(lease.TERM.set, term)
             _running[name] = ctx.run(asyncio.create_task, make(kwargs), name=name)
 
 

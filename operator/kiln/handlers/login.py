@@ -1,4 +1,4 @@
-"""Kopf logs in with kiln's own credentials (``kiln.kubeauth``): one credential path, so
+"""Kopf logs in with kiln's own credentials (``kiln.kube.auth``): one credential path, so
 exec plugins, auth-providers and proxies work for its watches as for kiln's calls."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Any
 import kopf
 
 from kiln.handlers import context
-from kiln.kubeauth import Login
+from kiln.kube.auth import Login
 
 _given: list[Login] = []
 

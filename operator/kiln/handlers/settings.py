@@ -8,7 +8,7 @@ from typing import Any
 
 import kopf
 
-from kiln.labels import ED_LABEL, KEY_LABEL
+from kiln.domain.labels import ED_LABEL, KEY_LABEL
 
 PREFIX = "kiln.dev"
 
@@ -18,7 +18,7 @@ SERVER_SIDE_LABELS = {
     ("batch", "jobs"): KEY_LABEL,
     ("apps", "deployments"): ED_LABEL,
 }
-"""The label selector of each watch of Kubernetes' own kinds (``kiln.labels``)."""
+"""The label selector of each watch of Kubernetes' own kinds (``kiln.domain.labels``)."""
 EVENTS_FIELDS = "involvedObject.kind=Job,reason=FailedCreate"
 """The Events kiln reads: the Job controller's ``FailedCreate`` (``indexes``)."""
 

@@ -20,9 +20,10 @@ from typing import Any
 
 import kopf
 
-from kiln import EB_PLURAL, GROUP, VERSION, gc, metrics
+from kiln import EB_PLURAL, GROUP, VERSION, metrics
 from kiln.api import EngineBuild
 from kiln.errors import KilnError
+from kiln.gc import collect
 from kiln.handlers import context, leadership
 from kiln.handlers.indexes import Indexes
 from kiln.store import EngineStore, open_store
@@ -109,7 +110,7 @@ def sweep(indices: dict[str, Any]) -> None:
                 _mark(where[:-len(f"engines/{key}/")], key, now)
     for uri in stores:
         try:
-            report = gc.last_report(_store(uri))
+            report = collect.last_report(_store(uri))
         except (KilnError, OSError, ValueError):
             continue
         if report is not None:

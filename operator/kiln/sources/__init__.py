@@ -18,20 +18,20 @@ and raises ``kiln.errors.WeightsChanged`` when they changed meanwhile. Other err
 
 ``origin_of(uri, namespace, credentials) -> dict[str, str]``: where the weights come from, as
 far as the EngineBuild's author controls it: an input of the engine key next to the identity
-(see ``kiln.key``).
+(see ``kiln.contract.key``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 
+from kiln.contract.pvc import pvc_path
 from kiln.errors import InvalidInput
-from kiln.pvc import pvc_path
+from kiln.s3.client import parse_uri
 from kiln.sources.base import Progress, WeightsIdentity, WeightSource, content_digest
 from kiln.sources.hf import HuggingFaceSource, RepoType, hf_repo
 from kiln.sources.pvc import PvcSource
 from kiln.sources.s3 import S3Source
-from kiln.store.s3client import parse_uri
 
 __all__ = ["HuggingFaceSource", "Progress", "PvcSource", "S3Source", "WeightSource",
            "WeightsIdentity", "content_digest", "open_source", "origin_of"]

@@ -7,8 +7,8 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from kiln.contract.pvc import pvc_path
 from kiln.errors import NotFound
-from kiln.pvc import pvc_path
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
 
 

@@ -15,9 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from kiln.errors import NotFound, WeightsChanged
+from kiln.s3 import client as s3client
+from kiln.s3.transfer import Transfers
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
-from kiln.store import s3client
-from kiln.store.transfer import Transfers
 
 FILES_AT_ONCE = 4
 ABANDONED_SECONDS = 86_400.0

@@ -23,9 +23,9 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from kiln.contract.manifest import Manifest
+from kiln.contract.pvc import pvc_path
 from kiln.errors import InvalidInput
-from kiln.pvc import pvc_path
-from kiln.store import s3client
+from kiln.s3 import client as s3client
 from kiln.store.base import EngineStore, Progress
 from kiln.store.fs import FileStore
 from kiln.store.s3 import S3Store

@@ -21,10 +21,10 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
 from kiln.contract.provenance import ENVELOPE
 from kiln.errors import IntegrityError, InvalidInput, NotFound, Unavailable
-from kiln.key import short_key
 
 log = logging.getLogger(__name__)
 

@@ -10,9 +10,9 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, USED, FileEntry, Manifest
 from kiln.errors import InvalidInput, NotFound
-from kiln.key import short_key
 from kiln.store.base import CHUNK, Count, EngineStore
 
 

@@ -11,12 +11,12 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, USED, FileEntry, Manifest
 from kiln.errors import InvalidInput
-from kiln.key import short_key
+from kiln.s3.client import error_code, translate
+from kiln.s3.transfer import Transfers, read_object
 from kiln.store.base import Count, EngineStore
-from kiln.store.s3client import error_code, translate
-from kiln.store.transfer import Transfers, read_object
 
 log = logging.getLogger(__name__)
 

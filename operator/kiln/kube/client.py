@@ -28,7 +28,7 @@ from kiln.errors import (
     NotLeader,
     Unavailable,
 )
-from kiln.kubeauth import Credentials
+from kiln.kube.auth import Credentials
 
 log = logging.getLogger(__name__)
 JSON = "application/json"

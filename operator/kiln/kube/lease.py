@@ -32,7 +32,7 @@ from typing import Any
 import urllib3
 
 from kiln.errors import InvalidInput, KilnError
-from kiln.kube import ApiError, Client
+from kiln.kube.client import ApiError, Client
 
 log = logging.getLogger(__name__)
 

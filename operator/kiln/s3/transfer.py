@@ -22,7 +22,7 @@ from typing import Any
 from botocore.exceptions import BotoCoreError, ClientError
 
 from kiln.errors import NotFound, Unavailable, WeightsChanged
-from kiln.store.s3client import error_code, translate
+from kiln.s3.client import error_code, translate
 
 log = logging.getLogger(__name__)
 

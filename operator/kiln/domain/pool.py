@@ -11,9 +11,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kiln import catalogue
 from kiln.api import AUTO_GPU, EngineBuildSpec, EngineDeployment
-from kiln.labels import CC_MAJOR_LABEL, CC_MINOR_LABEL, GPU_PRODUCT_LABEL
+from kiln.domain import catalogue
+from kiln.domain.labels import CC_MAJOR_LABEL, CC_MINOR_LABEL, GPU_PRODUCT_LABEL
 
 
 @dataclass(frozen=True)

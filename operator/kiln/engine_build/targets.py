@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kiln import catalogue
 from kiln.api import EngineBuildSpec, Target
-from kiln.labels import CC_MAJOR_LABEL, CC_MINOR_LABEL, GPU_PRODUCT_LABEL
+from kiln.domain import catalogue
+from kiln.domain.labels import CC_MAJOR_LABEL, CC_MINOR_LABEL, GPU_PRODUCT_LABEL
 
 
 @dataclass(frozen=True)

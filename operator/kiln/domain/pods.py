@@ -12,7 +12,7 @@ from typing import Any
 from kiln.api.common import GPU_RESOURCE
 from kiln.contract import exitcodes
 from kiln.contract.termination import Failure, parse_failure
-from kiln.labels import GPU_PRODUCT_LABEL
+from kiln.domain.labels import GPU_PRODUCT_LABEL
 
 PULL_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "InvalidImageName",
                           "ErrImageNeverPull"})

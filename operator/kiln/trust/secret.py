@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from kiln import __version__
 from kiln.errors import NotFound
-from kiln.kube import Kube
+from kiln.kube.client import Kube
 
 log = logging.getLogger(__name__)
 KEY = "key.pem"

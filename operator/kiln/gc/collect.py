@@ -24,10 +24,10 @@ from typing import Any
 
 from kiln import EB_PLURAL, ED_PLURAL
 from kiln.api.common import parse_duration
+from kiln.contract.key import short_key
+from kiln.domain.labels import ED_LABEL, KEY_ANNOTATION, KEY_LABEL
 from kiln.errors import InvalidInput
-from kiln.key import short_key
-from kiln.kube import Kube
-from kiln.labels import ED_LABEL, KEY_ANNOTATION, KEY_LABEL
+from kiln.kube.client import Kube
 from kiln.store import EngineStore
 
 log = logging.getLogger(__name__)
