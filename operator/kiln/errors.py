@@ -32,6 +32,10 @@ class InvalidInput(KilnError):
     """The request cannot succeed as written: a malformed URI, a bad checkpoint."""
 
 
+class InvalidObject(InvalidInput):
+    """An object the operator's model cannot read (a CRD out of step with the operator)."""
+
+
 class NotFound(KilnError):
     """A named thing (bucket, object, repository, revision, engine) does not exist."""
 

@@ -65,6 +65,12 @@ CACHE_MISSES = Counter(
 RECONCILE_ERRORS = Counter(
     "kiln_reconcile_errors", "Reconciles that ended in an error, by object kind.",
     ["kind"], registry=REGISTRY)
+RECONCILES = Counter(
+    "kiln_reconcile", "Reconcile passes by object kind and result: done, retry (an error that "
+    "may heal, backed off), stalled (invalid input), unexpected (an exception kiln does not "
+    "know, backed off), backing_off (skipped: the object waits out its backoff).",
+    ["kind", "result"], registry=REGISTRY)
+RESULTS = ("done", "retry", "stalled", "unexpected", "backing_off")
 UNEXPECTED_ERRORS = Counter(
     "kiln_unexpected_errors", "Reconciles that raised an exception kiln does not know (a "
     "bug, or an unforeseen failure), by object kind and exception type.", ["kind", "type"],
@@ -165,6 +171,15 @@ def record_cache(hit: bool, *, once: str | None = None) -> None:
 def record_reconcile_error(kind: str) -> None:
     """A reconcile of ``kind`` (``EngineBuild`` or ``EngineDeployment``) raised."""
     RECONCILE_ERRORS.labels(kind=kind if kind in _KINDS else "Other").inc()
+
+
+def record_reconcile(kind: str, result: str) -> None:
+    """A reconcile pass of ``kind`` came to ``result`` (one of ``RESULTS``); every failure
+    also counts in ``kiln_reconcile_errors``."""
+    kind = kind if kind in _KINDS else "Other"
+    RECONCILES.labels(kind=kind, result=result if result in RESULTS else "unexpected").inc()
+    if result in ("retry", "stalled", "unexpected"):
+        RECONCILE_ERRORS.labels(kind=kind).inc()
 
 
 def record_unexpected_error(kind: str, error: BaseException) -> None:

@@ -157,7 +157,7 @@ def test_engine_build_reconciler_is_a_fixed_point_across_a_restart(
     events, emit = emitted()
     first = EngineBuildReconciler(adapter, config(s3_endpoint, monkeypatch), emit)
 
-    plan = first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
+    plan = first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world).value
     assert plan is not None and len(plan.create) == 1
     assert adapter.writes.count("create_job") == 1 and "patch_status" in adapter.writes
     key = plan.status.engines[0].key
@@ -168,7 +168,7 @@ def test_engine_build_reconciler_is_a_fixed_point_across_a_restart(
     job = plan.status.engines[0].job or ""
     eventually(lambda: any(p.unschedulable for p in world.job_pods(namespace, job)) or None,
                timeout=30)
-    plan = first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
+    plan = first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world).value
     assert plan is not None and "Unschedulable: " in (plan.status.engines[0].message or "")
     adapter.writes.clear()
     first.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
@@ -177,7 +177,7 @@ def test_engine_build_reconciler_is_a_fixed_point_across_a_restart(
     # The weights move behind the pin; the operator restarts (a fresh reconciler).
     s3_client.put_object(Bucket=bucket, Key="llama/tokenizer_config.json", Body=b"{}")
     restarted = EngineBuildReconciler(adapter, config(s3_endpoint, monkeypatch), emit)
-    plan = restarted.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world)
+    plan = restarted.reconcile(get(world.custom, namespace, EB_PLURAL, "llama"), world).value
     assert plan is not None and plan.status.engines[0].key == key, "the pin held"
     assert adapter.writes == [], "a restarted operator rewrites nothing"
     assert [e.reason for e in events] == ["BuildStarted", "Unschedulable"]
@@ -260,7 +260,7 @@ def test_a_job_released_while_another_build_joins_it_is_kept_for_the_joiner(
     world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, EB_PLURAL,
                                                  build("a", 8))
     plan = EngineBuildReconciler(adapter, conf, emit).reconcile(
-        get(world.custom, namespace, EB_PLURAL, "a"), world)
+        get(world.custom, namespace, EB_PLURAL, "a"), world).value
     assert plan is not None
     key = plan.status.engines[0].key or ""
     job = world.by_key(namespace, key)

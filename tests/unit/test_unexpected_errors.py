@@ -45,16 +45,16 @@ def test_an_unexpected_exception_is_logged_once_counted_and_retried_with_backoff
     before = metrics.REGISTRY.get_sample_value(
         "kiln_unexpected_errors_total", {"kind": "EngineBuild", "type": "RuntimeError"}) or 0
     with caplog.at_level(logging.WARNING):
-        assert reconciler.reconcile(BODY, Broken()) is None  # type: ignore[arg-type]
+        assert reconciler.reconcile(BODY, Broken()).result == "unexpected"  # type: ignore[arg-type]
         first = reconciler.next_try("ns", "llama")
-        reconciler.backoff.clock = lambda: 1e12  # the backoff has passed
-        assert reconciler.reconcile(BODY, Broken()) is None  # type: ignore[arg-type]
+        reconciler.shell.backoff.clock = lambda: 1e12  # the backoff has passed
+        assert reconciler.reconcile(BODY, Broken()).result == "unexpected"  # type: ignore[arg-type]
     tracebacks = [r for r in caplog.records if "Traceback" in r.getMessage()]
     assert len(tracebacks) == 1
     after = metrics.REGISTRY.get_sample_value(
         "kiln_unexpected_errors_total", {"kind": "EngineBuild", "type": "RuntimeError"})
     assert after == before + 2
-    last = reconciler.backoff.last(("ns", "llama"))
+    last = reconciler.shell.backoff.last(("ns", "llama"))
     assert first is not None and last is not None and last.attempt == 2 and last.delay == 4
     message = next(c["message"] for c in kube.statuses[-1]["conditions"]
                    if c["type"] == "Reconciling")
@@ -92,17 +92,19 @@ def test_an_unexpected_exception_of_a_serving_reconcile_backs_off_too(
         caplog: pytest.LogCaptureFixture) -> None:
     """It once left the last backoff's due time behind: retried at once, in a loop."""
     from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
-    from kiln.errors import KilnError
     kube = Kube()
     reconciler = EngineDeploymentReconciler(kube, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
     with caplog.at_level(logging.WARNING):
         for _ in range(2):
-            with pytest.raises(KilnError) as raised:
-                reconciler.reconcile(ED_BODY, ServingWorld(broken=True))  # type: ignore[arg-type]
-            assert raised.value.reason == "InternalError"
+            outcome = reconciler.reconcile(ED_BODY, ServingWorld(broken=True))  # type: ignore[arg-type]
+            assert outcome.error is not None and outcome.error.reason == "InternalError"
+            skipped = reconciler.reconcile(ED_BODY, ServingWorld(broken=True))  # type: ignore[arg-type]
+            assert skipped.result == "backing_off", "not tried again before its next try"
+            reconciler.shell.backoff.clock = lambda: 1e12  # the backoff has passed
     assert len([r for r in caplog.records if "Traceback" in r.getMessage()]) == 1
-    last = reconciler.backoff.last(("ns", "chat"))
+    last = reconciler.shell.backoff.last(("ns", "chat"))
     assert last is not None and last.attempt == 2
+    reconciler.shell.backoff.clock = lambda: last.at
     wait = reconciler.next_try("ns", "chat")
     assert wait is not None and wait > 3  # not 0: no pass at once
 
@@ -121,12 +123,10 @@ def test_a_backing_off_serving_pass_waits_unless_what_it_read_changed() -> None:
     kube = Failing()
     reconciler = EngineDeploymentReconciler(kube, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
     world = ServingWorld()
-    with pytest.raises(Unavailable):
-        reconciler.reconcile(ED_BODY, world)  # type: ignore[arg-type]
+    assert reconciler.reconcile(ED_BODY, world).result == "retry"  # type: ignore[arg-type]
     writes = len(kube.statuses)
     skipped = reconciler.reconcile(ED_BODY, world)  # type: ignore[arg-type]
-    assert skipped.pending == ("Retrying", "backing off") and len(kube.statuses) == writes
+    assert skipped.result == "backing_off" and len(kube.statuses) == writes
     edited = {**ED_BODY, "metadata": {**ED_BODY["metadata"], "generation": 2}}
-    with pytest.raises(Unavailable):  # its spec moved: at once
-        reconciler.reconcile(edited, world)  # type: ignore[arg-type]
+    assert reconciler.reconcile(edited, world).result == "retry"  # type: ignore[arg-type]  # its spec moved: at once
     assert len(kube.statuses) > writes

@@ -3,8 +3,6 @@
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -47,36 +45,16 @@ def merge_patch(new: dict[str, Any], old: dict[str, Any]) -> dict[str, Any]:
     return {**{k: None for k in old if k not in new}, **new}
 
 
-class WrittenStatus:
-    """The status this process last wrote per object, and the writes themselves.
-
-    kiln is the only writer of its objects' status, so what it last wrote is the truth; an
-    index copy can predate that write (another event overtaking the object's own), and
-    planning from it would repeat Events and move transition times. ``patch(namespace, name,
-    merge_patch)`` writes.
-    """
-
-    def __init__(self, patch: Callable[[str, str, dict[str, Any]], None]) -> None:
-        self._patch = patch
-        self._written: dict[tuple[str, str], tuple[str, str]] = {}
-
-    def overlay(self, body: dict[str, Any]) -> dict[str, Any]:
-        """``body`` with the status last written for it (same uid), if any."""
-        meta = body["metadata"]
-        written = self._written.get((meta["namespace"], meta["name"]))
-        if written is None or written[0] != meta["uid"]:
-            return body
-        return {**body, "status": json.loads(written[1])}
-
-    def write(self, body: dict[str, Any], status: dict[str, Any]) -> bool:
-        """Patch ``status`` over ``body``'s when it differs; whether it was written."""
-        meta = body["metadata"]
-        current = body.get("status") or {}
-        if status == current:
-            return False
-        self._patch(meta["namespace"], meta["name"], merge_patch(status, current))
-        self._written[(meta["namespace"], meta["name"])] = (str(meta["uid"]), json.dumps(status))
-        return True
-
-    def forget(self, namespace: str, name: str) -> None:
-        self._written.pop((namespace, name), None)
+def stalled_conditions(raw: Any, generation: int, reason: str,
+                       message: str) -> list[dict[str, Any]]:
+    """``Stalled`` conditions over conditions as the cluster holds them (any that do not
+    parse are dropped): for an object whose spec the operator cannot read."""
+    old = []
+    for item in raw if isinstance(raw, list) else []:
+        try:
+            old.append(Condition.model_validate(item))
+        except ValueError:
+            continue
+    return [c.to_dict() for c in set_conditions(old, generation=generation, ready=False,
+                                                reconciling=False, stalled=True,
+                                                reason=reason, message=message)]

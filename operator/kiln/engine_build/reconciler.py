@@ -34,17 +34,16 @@ from kiln.contract.termination import Failure
 from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION
 from kiln.domain.pods import ObservedPod
 from kiln.domain.pool import GpuNode, auto_targets, needed_products
-from kiln.domain.status import Event, WrittenStatus
+from kiln.domain.status import Event
 from kiln.engine_build import render, signing
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import CreateFailure, Stuck, stuck
 from kiln.engine_build.plan import Plan, Want, plan, retrying, stalled
 from kiln.engine_build.targets import effective
-from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted, heals
+from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted
 from kiln.kube.client import Kube
-from kiln.reconcile.backoff import Backoff
-from kiln.reconcile.backoff import retrying as retrying_message
-from kiln.reconcile.unexpected import Unexpected
+from kiln.reconcile.shell import Outcome, Pass, Shell, parse
+from kiln.reconcile.written import WrittenStatus
 from kiln.sources import WeightsIdentity, WeightSource, endpoints, open_source, origin_of
 from kiln.store import EngineStore, open_store
 from kiln.trust.keys import Trust
@@ -131,7 +130,6 @@ class EngineBuildReconciler:
         self.config = config
         self.emit = emit
         self.clock = clock
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._locks_guard = threading.Lock()
         self._identities: dict[tuple[str, str], _Identity] = {}
         self._origins: dict[tuple[str, str, str | None], tuple[dict[str, str], float]] = {}
@@ -149,26 +147,17 @@ class EngineBuildReconciler:
         self._reads: dict[tuple[Any, ...], _Read] = {}
         self._created: dict[tuple[str, str], tuple[ObservedJob, float]] = {}
         """Jobs this process created or joined, until the index shows them."""
-        self.written = WrittenStatus(
-            lambda namespace, name, patch: kube.patch_status(EB_PLURAL, namespace, name, patch))
         self._reread_for: set[tuple[str, str]] = set()
         """Failed Jobs (namespace, name) whose ``WeightsChanged`` made a re-read already."""
-        self.backoff = Backoff()
-        """Failures that may heal, per object: retried after a growing delay."""
-        self._unexpected = Unexpected("EngineBuild", log)
-        """Exceptions it did not expect: a traceback once per object and type."""
-
-    def _lock(self, ref: tuple[str, str]) -> threading.Lock:
-        with self._locks_guard:
-            return self._locks.setdefault(ref, threading.Lock())
+        self.written = WrittenStatus(
+            lambda namespace, name, patch: kube.patch_status(EB_PLURAL, namespace, name, patch))
+        self.shell = Shell("EngineBuild", self.written, emit, log)
+        """The per-object lock, backoff and error policy both reconcilers share."""
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is cached for a deleted object."""
-        self.backoff.succeeded((namespace, name))
+        self.shell.forget(namespace, name)
         self._identities.pop((namespace, name), None)
-        self.written.forget(namespace, name)
-        with self._locks_guard:
-            self._locks.pop((namespace, name), None)
 
     # -- the weights -----------------------------------------------------------------------
 
@@ -424,56 +413,31 @@ class EngineBuildReconciler:
     # -- the loop --------------------------------------------------------------------------
 
     def reconcile(self, body: Mapping[str, Any], world: BuildWorld, *,
-                  job_moved: bool = False) -> Plan | None:
-        """Bring one EngineBuild's Jobs and status in line with what exists. ``job_moved``:
-        called for a change of one of its Jobs; an engine found missing while that Job runs
-        is then not looked for again before it finishes. An error that cannot heal by itself
-        is written as ``Stalled``; one that may (and any unexpected exception) as
-        ``Retrying ...``, tried again after a per-object backoff (``next_try``); both return
-        None. While it backs off, a pass does nothing unless the spec or Secret changed."""
-        meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        with self._lock((namespace, name)):
-            fresh = self.written.overlay(dict(body))
-            eb = EngineBuild.model_validate(fresh)
-            ref = (namespace, name)
-            if self.backoff.last(ref) is not None and self.backoff.waiting(
-                    ref, self._inputs(namespace, eb)) is not None:
-                return None  # backing off; its spec and Secrets are as they were
-            try:
-                result = self._reconcile(namespace, name, str(meta["uid"]), eb, fresh, world,
-                                         job_moved)
-            except KilnError as error:
-                metrics.record_reconcile_error("EngineBuild")
-                if heals(error):
-                    self._retry(fresh, eb, error)
-                    return None
-                self.backoff.succeeded(ref)
-                status, events = stalled(eb, error.reason, error.message)
-                self.written.write(fresh, status.to_dict())
-                for event in events:
-                    self.emit(fresh, event)
-                return None
-            except (urllib3.exceptions.HTTPError, OSError) as error:
-                metrics.record_reconcile_error("EngineBuild")
-                self._retry(fresh, eb, Unavailable(f"{type(error).__name__}: {error}",
-                                                   reason="Unreachable"))
-                return None
-            except Exception as error:  # a bug or an unforeseen failure: never fatal
-                metrics.record_reconcile_error("EngineBuild")
-                self._unexpected.record(namespace, name, error)
-                self._retry(fresh, eb, KilnError(f"{type(error).__name__}: {error}",
-                                                 reason="InternalError"))
-                return None
-            self.backoff.succeeded(ref)
-            return result
+                  job_moved: bool = False) -> Outcome[Plan]:
+        """Bring one EngineBuild's Jobs and status in line with what exists, in the shell
+        (``kiln.reconcile.shell``: its error policy, lock and backoff). ``job_moved``: called
+        for a change of one of its Jobs; an engine found missing while that Job runs is then
+        not looked for again before it finishes."""
+        return self.shell.run(body, Pass(
+            run=lambda fresh: self._pass(fresh, world, job_moved), inputs=self._inputs,
+            retrying=self._retrying, stalled=self._stalled))
 
-    def _inputs(self, namespace: str, eb: EngineBuild) -> tuple[Any, ...]:
+    def next_try(self, namespace: str, name: str) -> float | None:
+        """Seconds until a backing-off object is due again, or None."""
+        return self.shell.next_try(namespace, name)
+
+    def _pass(self, body: dict[str, Any], world: BuildWorld, job_moved: bool) -> Plan:
+        meta = body["metadata"]
+        return self._reconcile(meta["namespace"], meta["name"], str(meta["uid"]),
+                               parse(EngineBuild, body), body, world, job_moved)
+
+    def _inputs(self, body: dict[str, Any]) -> tuple[Any, ...]:
         """What a failed pass depended on besides the world: the spec and the versions of the
         Secrets it references (``credentialsSecret``, the store Secret): a read each, made only
         while the object backs off, so a Secret's update retries at the next resync. (Watching
         Secrets would need list/watch on every Secret of the cluster: kiln reads only the ones
         named, one at a time.)"""
+        namespace, eb = body["metadata"]["namespace"], parse(EngineBuild, body)
         versions = []
         for secret in (eb.spec.model.credentials_secret, self.config.store_secret):
             try:
@@ -482,26 +446,15 @@ class EngineBuildReconciler:
                 versions.append("unreadable")
         return (eb.metadata.get("generation"), eb.spec.model.credentials_secret, *versions)
 
-    def _retry(self, body: dict[str, Any], eb: EngineBuild, error: KilnError) -> None:
-        """Count a failure that may heal and say so: ``Retrying ...`` in ``Reconciling``."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        attempt = self.backoff.failed((namespace, name), self._inputs(namespace, eb),
-                                      spec=eb.metadata.get("generation"))
-        message = retrying_message(error.reason, error.message, attempt)
-        log.warning("reconcile of %s/%s: %s", namespace, name, message)
-        status, events = retrying(eb, error.reason, message)
-        try:
-            self.written.write(body, status.to_dict())
-            for event in events:
-                self.emit(body, event)
-        except Exception as failure:  # the API server itself may be what fails
-            log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
-        self.backoff.wait_from_now((namespace, name))  # a slow write does not eat the delay
+    def _retrying(self, body: dict[str, Any], error: KilnError,
+                  message: str) -> tuple[dict[str, Any], list[Event]]:
+        status, events = retrying(parse(EngineBuild, body), error.reason, message)
+        return status.to_dict(), events
 
-    def next_try(self, namespace: str, name: str) -> float | None:
-        """Seconds until a backing-off object is due again, or None (none due later: a pass
-        that recorded nothing never schedules the next one at once)."""
-        return self.backoff.next_try((namespace, name))
+    def _stalled(self, body: dict[str, Any],
+                 error: KilnError) -> tuple[dict[str, Any], list[Event]]:
+        status, events = stalled(parse(EngineBuild, body), error.reason, error.message)
+        return status.to_dict(), events
 
     def _auto_targets(self, namespace: str, name: str, eb: EngineBuild,
                       world: BuildWorld) -> list[str]:

@@ -11,13 +11,10 @@ only writer of EngineDeployment status (a stall included) and writes nothing els
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
-
-import urllib3
 
 from kiln import ED_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, EngineDeploymentStatus
@@ -26,16 +23,15 @@ from kiln.contract.key import short_key
 from kiln.domain.labels import HASH_ANNOTATION
 from kiln.domain.pods import ObservedPod
 from kiln.domain.pool import GpuNode, pool_products
-from kiln.domain.status import Event, WrittenStatus, set_conditions
+from kiln.domain.status import Event, set_conditions
 from kiln.engine_deployment import render
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.plan import Decision, decide, summarize
 from kiln.engine_deployment.trouble import Trouble, trouble
-from kiln.errors import KilnError, Unavailable, heals
+from kiln.errors import KilnError
 from kiln.kube.client import Kube
-from kiln.reconcile.backoff import Backoff
-from kiln.reconcile.backoff import retrying as retrying_message
-from kiln.reconcile.unexpected import Unexpected
+from kiln.reconcile.shell import Outcome, Pass, Shell, parse
+from kiln.reconcile.written import WrittenStatus
 from kiln.trust.keys import Trust
 
 log = logging.getLogger(__name__)
@@ -66,24 +62,16 @@ class EngineDeploymentReconciler:
         self.config = config
         self.emit = emit
         self.clock = clock or (lambda: datetime.now(UTC).replace(microsecond=0))
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
-        self._guard = threading.Lock()
         self._applied: dict[tuple[str, str, str], tuple[str, float]] = {}
         self.written = WrittenStatus(
             lambda namespace, name, patch: kube.patch_status(ED_PLURAL, namespace, name, patch))
+        self.shell = Shell("EngineDeployment", self.written, emit, log)
+        """The per-object lock, backoff and error policy both reconcilers share."""
         self.trust = Trust.from_config(config)
-        self.backoff = Backoff()
-        self._unexpected = Unexpected("EngineDeployment", log)
-
-    def _lock(self, namespace: str, name: str) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault((namespace, name), threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
-        with self._guard:
-            self._locks.pop((namespace, name), None)
-        self.written.forget(namespace, name)
-        self.backoff.succeeded((namespace, name))
+        """Drop what is kept of a deleted object."""
+        self.shell.forget(namespace, name)
         for kind in ("Service", "PodDisruptionBudget"):
             self._applied.pop((kind, namespace, name), None)
         self._applied.pop(("ConfigMap", namespace, f"{name}-kiln-trust"), None)
@@ -91,88 +79,47 @@ class EngineDeploymentReconciler:
 
     # -- the loop --------------------------------------------------------------------------
 
-    def reconcile(self, body: Mapping[str, Any], world: World) -> Decision:
-        """Bring one EngineDeployment's children and its status in line with what exists; a
-        permanent error is written as ``Stalled``; one that may heal as ``Retrying ...`` (in
-        ``Reconciling``, the attempt and the next try) and raised, tried again after a
-        per-object backoff (``next_try``), or at once when what it read changed (its spec, its
-        EngineBuild, its Deployments, the pool: serving follows its EngineBuild at once). A
-        pass marked by anything else while it backs off (the sweep, a pod) does nothing."""
-        meta = body["metadata"]
-        namespace, name = meta["namespace"], meta["name"]
-        ref = (namespace, name)
-        with self._lock(namespace, name):
-            fresh = self.written.overlay(dict(body))
-            inputs: tuple[Any, ...] = ()
-            try:
-                inputs = _inputs(fresh, world)
-                if self.backoff.waiting(ref, inputs) is not None:
-                    return Decision(pending=("Retrying", "backing off"))
-                decision = self._reconcile(fresh, world)
-            except KilnError as error:
-                if not heals(error):
-                    self.backoff.succeeded(ref)
-                    self._stall(fresh, error)
-                    return Decision(stalled=(error.reason, error.message))
-                failure = error
-            except (urllib3.exceptions.HTTPError, OSError) as error:
-                # The API server did not answer in time (a fenced write's bound) or at all.
-                failure = Unavailable(f"{type(error).__name__}: {error}", reason="Unreachable")
-                failure.__cause__ = error
-            except Exception as error:  # a bug or an unforeseen failure: retried, never a loop
-                self._unexpected.record(namespace, name, error)
-                failure = KilnError(f"{type(error).__name__}: {error}", reason="InternalError")
-                failure.__cause__ = error
-            else:
-                self.backoff.succeeded(ref)
-                return decision
-            self._retry(fresh, failure, inputs)
-            raise failure
+    def reconcile(self, body: Mapping[str, Any], world: World) -> Outcome[Decision]:
+        """Bring one EngineDeployment's children and its status in line with what exists, in
+        the shell (``kiln.reconcile.shell``: its error policy, lock and backoff). A failure
+        that may heal is retried after a per-object backoff, or at once when what it read
+        changed (its spec, its EngineBuild, its Deployments, the pool: serving follows its
+        EngineBuild at once)."""
+        return self.shell.run(body, Pass(
+            run=lambda fresh: self._reconcile(fresh, world),
+            inputs=lambda fresh: _inputs(fresh, world),
+            retrying=self._retrying, stalled=self._stalled))
 
     def next_try(self, namespace: str, name: str) -> float | None:
-        """Seconds until a backing-off object is due again, or None (none due later: a pass
-        that recorded nothing never schedules the next one at once)."""
-        return self.backoff.next_try((namespace, name))
+        """Seconds until a backing-off object is due again, or None."""
+        return self.shell.next_try(namespace, name)
 
-    def _retry(self, body: dict[str, Any], error: KilnError, inputs: tuple[Any, ...]) -> None:
-        """Count a failure that may heal and say so: ``Retrying ...`` in ``Reconciling``, not
-        ``Ready`` (what serves may be stale meanwhile)."""
-        namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-        attempt = self.backoff.failed((namespace, name), inputs,
-                                      spec=body["metadata"].get("generation"))
-        message = retrying_message(error.reason, error.message, attempt)
-        ed = EngineDeployment.model_validate(body)
+    def _retrying(self, body: dict[str, Any], error: KilnError,
+                  message: str) -> tuple[dict[str, Any], list[Event]]:
+        """``Retrying ...`` in ``Reconciling``, not ``Ready`` (what serves may be stale
+        meanwhile); ``observedGeneration`` stays: this spec was not applied."""
+        ed = parse(EngineDeployment, body)
         generation = int(body["metadata"].get("generation") or 0)
         conditions = set_conditions(ed.status.conditions if ed.status else [],
                                     generation=generation, ready=False, reconciling=True,
                                     stalled=False, reason=error.reason, message=message)
-        # observedGeneration stays: this spec was not applied.
-        new = {**(body.get("status") or {}), "conditions": [c.to_dict() for c in conditions]}
-        try:
-            self.written.write(body, new)
-        except Exception as failure:  # the API server itself may be what fails
-            log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
-        self.backoff.wait_from_now((namespace, name))  # a slow write does not eat the delay
+        return {**(body.get("status") or {}),
+                "conditions": [c.to_dict() for c in conditions]}, []
 
-    def _stall(self, body: dict[str, Any], error: KilnError) -> None:
-        ed = EngineDeployment.model_validate(body)
+    def _stalled(self, body: dict[str, Any],
+                 error: KilnError) -> tuple[dict[str, Any], list[Event]]:
+        ed = parse(EngineDeployment, body)
         generation = int(body["metadata"].get("generation") or 0)
-        old = ed.status.conditions if ed.status else []
-        message = f"{error.reason}: {error.message}"
-        conditions = set_conditions(old, generation=generation, ready=False, reconciling=False,
-                                    stalled=True, reason=error.reason, message=message)
-        current = body.get("status") or {}
-        new = {**current, "observedGeneration": generation,
-               "conditions": [c.to_dict() for c in conditions]}
-        try:
-            if self.written.write(body, new):
-                self.emit(body, Event("Warning", error.reason, error.message))
-        except Exception as failure:  # the API server itself may fail: the sweep tries again
-            namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
-            log.warning("could not write the status of %s/%s: %s", namespace, name, failure)
+        conditions = set_conditions(ed.status.conditions if ed.status else [],
+                                    generation=generation, ready=False, reconciling=False,
+                                    stalled=True, reason=error.reason,
+                                    message=f"{error.reason}: {error.message}")
+        return ({**(body.get("status") or {}), "observedGeneration": generation,
+                 "conditions": [c.to_dict() for c in conditions]},
+                [Event("Warning", error.reason, error.message)])
 
     def _reconcile(self, body: dict[str, Any], world: World) -> Decision:
-        ed = EngineDeployment.model_validate(body)
+        ed = parse(EngineDeployment, body)
         namespace, name = body["metadata"]["namespace"], body["metadata"]["name"]
         uid = str(body["metadata"]["uid"])
         ref = ed.spec.engine_build_ref.name

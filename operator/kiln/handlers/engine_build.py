@@ -8,13 +8,11 @@ from collections.abc import Coroutine
 from typing import Any
 
 import kopf
-import urllib3
 
-from kiln import EB_PLURAL, GROUP, VERSION, metrics
+from kiln import EB_PLURAL, GROUP, VERSION
 from kiln.domain.labels import KEY_LABEL
 from kiln.domain.pods import Seen, observe_pod
 from kiln.engine_build.jobs import ObservedJob, observe
-from kiln.errors import KilnError
 from kiln.handlers import context, leadership
 from kiln.handlers.changes import BeyondStatus
 from kiln.handlers.indexes import Indexes, create_failure, is_build_create_failure
@@ -27,22 +25,20 @@ WORKERS = 8
 
 
 def _reconcile(body: dict[str, Any], indexes: Indexes, *, job_moved: bool = False) -> None:
-    """Reconcile (a permanent error is written as Stalled by the reconciler); a transient
-    error is logged and tried again by the next sweep (Kopf does not retry events)."""
-    ref = (body["metadata"]["namespace"], body["metadata"]["name"])
+    """Reconcile in the shell, which maps every error to status and a backoff; this only
+    keeps a worker alive should the shell itself fail."""
     try:
         context.engine_builds().reconcile(body, indexes, job_moved=job_moved)
-    except KilnError as error:
-        metrics.record_reconcile_error("EngineBuild")
-        log.warning("reconcile of %s/%s will be retried: %s: %s", *ref, error.reason,
-                    error.message)
-    except (urllib3.exceptions.HTTPError, OSError) as error:
-        # The API server (or the store) unreachable: not an ApiException, still transient.
-        metrics.record_reconcile_error("EngineBuild")
-        log.warning("reconcile of %s/%s will be retried: unreachable: %s", *ref, error)
-    except Exception:  # the reconciler handles its own; this keeps a worker alive regardless
-        metrics.record_reconcile_error("EngineBuild")
-        log.exception("reconcile of %s/%s failed; it is retried", *ref)
+    except Exception:
+        log.exception("reconcile of %s/%s failed outside its shell",
+                      body["metadata"]["namespace"], body["metadata"]["name"])
+
+
+@leadership.new_term
+def _fresh_reconciler() -> None:
+    """A new term plans from the cluster: the reconciler's caches, backoffs and its memory
+    of its own writes start empty."""
+    context.engine_builds.cache_clear()
 
 
 Ref = tuple[str, str]

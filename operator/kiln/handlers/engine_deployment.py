@@ -11,12 +11,11 @@ from typing import Any
 
 import kopf
 
-from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION, metrics
+from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.domain.labels import ED_LABEL
 from kiln.domain.pods import Seen, observe_pod
 from kiln.domain.pool import GpuNode, gpu_node
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
-from kiln.errors import KilnError
 from kiln.handlers import context, engine_build, leadership
 from kiln.handlers.changes import BeyondStatus
 from kiln.handlers.indexes import Indexes
@@ -31,19 +30,20 @@ def reconciler() -> EngineDeploymentReconciler:
     return EngineDeploymentReconciler(context.kube(), context.config(), context.emit)
 
 
+@leadership.new_term
+def _fresh_reconciler() -> None:
+    """A new term plans from the cluster: the reconciler's caches, backoffs and its memory
+    of its own writes start empty."""
+    reconciler.cache_clear()
+
+
 def _reconcile(body: dict[str, Any], world: Indexes) -> None:
-    """Reconcile (a permanent error is written as Stalled by the reconciler); a transient
-    error is logged and retried by the sweep (Kopf does not retry events)."""
+    """Reconcile in the shell, which maps every error to status and a backoff; this only
+    keeps a worker alive should the shell itself fail."""
     try:
         reconciler().reconcile(body, world)
-    except KilnError as error:
-        log.warning("reconcile of %s/%s will be retried: %s: %s",
-                    body["metadata"]["namespace"], body["metadata"]["name"], error.reason,
-                    error.message)
-    except Exception as error:  # a bug or an unforeseen failure: logged, counted, retried
-        metrics.record_reconcile_error("EngineDeployment")
-        metrics.record_unexpected_error("EngineDeployment", error)
-        log.exception("reconcile of %s/%s failed; the next resync retries it",
+    except Exception:
+        log.exception("reconcile of %s/%s failed outside its shell",
                       body["metadata"]["namespace"], body["metadata"]["name"])
 
 

@@ -31,6 +31,7 @@ _registered: dict[str, Task] = {}
 _running: dict[str, asyncio.Task[None]] = {}
 _checks: list[Callable[[], str | None]] = []
 _lease: dict[str, Any] = {}
+_new_term: list[Callable[[], None]] = []
 
 
 def while_leading(name: str) -> Callable[[Task], Task]:
@@ -39,6 +40,14 @@ def while_leading(name: str) -> Callable[[Task], Task]:
         _registered[name] = fn
         return fn
     return register
+
+
+def new_term(fn: Callable[[], None]) -> Callable[[], None]:
+    """Register what starts afresh when this replica starts leading: per-object caches
+    belong to one term, so a replica that leads again plans from the cluster, not from what
+    it kept of its previous term."""
+    _new_term.append(fn)
+    return fn
 
 
 def health_check(fn: Callable[[], str | None]) -> Callable[[], str | None]:
@@ -50,6 +59,9 @@ def health_check(fn: Callable[[], str | None]) -> Callable[[], str | None]:
 def _start(kwargs: dict[str, Any], term: int | None = None) -> None:
     """Start the tasks of ``term``: each runs (and its threads run) in a fresh context that
     carries the term, so the fence refuses their writes once another term began."""
+    if not _running:
+        for fresh in _new_term:
+            fresh()
     for name, make in _registered.items():
         if name not in _running:
             ctx = contextvars.Context()

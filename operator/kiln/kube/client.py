@@ -252,14 +252,16 @@ class Kube:
         return {k: base64.b64decode(v).decode() for k, v in (secret.get("data") or {}).items()}
 
     def patch_status(self, plural: str, namespace: str, name: str,
-                     status: dict[str, Any]) -> None:
-        """Merge-patch ``status`` of a kiln object (lists are replaced whole)."""
+                     status: dict[str, Any]) -> dict[str, Any] | None:
+        """Merge-patch ``status`` of a kiln object (lists are replaced whole); the object as
+        written (None when it is gone)."""
         try:
-            self.api.request("PATCH", _custom(plural, namespace, name) + "/status",
-                             {"status": status}, content_type=MERGE)
+            answer = self.api.request("PATCH", _custom(plural, namespace, name) + "/status",
+                                      {"status": status}, content_type=MERGE)
+            return answer if isinstance(answer, dict) else None
         except ApiError as error:
             if error.status == 404:
-                return
+                return None
             raise translate(error, f"patch status of {plural} {namespace}/{name}") from error
 
     # -- serving (EngineDeployment): server-side apply of children, EngineBuild reads ---------
