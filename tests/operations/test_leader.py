@@ -107,6 +107,7 @@ def test_a_hot_standby_takes_over_and_a_stale_leader_never_acts(
     replicas = {
         name: Operator(kube, operator_env(
             accounts[name], s3_endpoint, f"s3://{ENGINES}/", POD_NAME=f"replica-{name}",
+            KILN_METRICS_PORT=str(free_port()),
             KILN_LEASE_NAME=lease, KILN_LEASE_NAMESPACE=OPERATOR_NAMESPACE, **LEASE),
             tmp_path / f"kiln-{name}.log",
             args=["-n", namespace, "--leader-elect",
@@ -145,7 +146,8 @@ def test_a_hot_standby_takes_over_and_a_stale_leader_never_acts(
         # The killed one comes back as the standby; the leader is then stopped past its Lease.
         replicas[leader].start()
         leader, standby = standby, leader
-        time.sleep(3)
+        status, answer = eventually(lambda: (h := health(ports[standby]))[0] and h, timeout=30)
+        assert status == 200 and answer["reconciling"]["leading"] is False, answer
         more = [f"c{i}" for i in range(5)]
         for i, name in enumerate(more):  # work in flight as it stops
             create(kube, namespace, engine_build(name, weights, max_batch_size=100 + i))
@@ -158,10 +160,9 @@ def test_a_hot_standby_takes_over_and_a_stale_leader_never_acts(
         resumed_at = time.time()
         stale.process.send_signal(signal.SIGCONT)
         eventually(lambda: not all_ready(kube, namespace, more), timeout=120, interval=1)
-        time.sleep(3)
+        eventually(lambda: "Lost the Lease" in stale.log(), timeout=30)  # it knows, then
         assert writes_by(kube, f"{lease}-{leader}", resumed_at) == []
         assert writes_by(kube, f"{lease}-{standby}", resumed_at)  # the new leader did them
-        assert "Lost the Lease" in stale.log()
 
         # Until it wins again: then it reconciles (and writes) as before.
         replicas[standby].kill(signal.SIGKILL)
@@ -171,6 +172,23 @@ def test_a_hot_standby_takes_over_and_a_stale_leader_never_acts(
         create(kube, namespace, engine_build("d0", weights, max_batch_size=200))
         eventually(lambda: not all_ready(kube, namespace, ["d0"]), timeout=60, interval=1)
         assert writes_by(kube, f"{lease}-{leader}", won_at)
+
+        # It plans from the cluster, not from what it kept of its previous term (the status
+        # it wrote of c0..c4 before it stopped, since finished by the other): over two
+        # rounds of passes it writes nothing but d0's Job, status and Events.
+        done = replicas[leader].passes("EngineBuild")
+        everything = len(names) + len(more) + 1
+        eventually(lambda: replicas[leader].passes("EngineBuild") >= done + 2 * everything,
+                   timeout=60)
+        wrote = writes_by(kube, f"{lease}-{leader}", won_at)
+        others = [w for w in wrote if not (w.endswith(" d0") or w.startswith(
+            ("create jobs ", "create events ", "patch events ")))]
+        assert others == [], "a new term rewrote status of its last one"
+        events = [f"{e.reason} {e.involved_object.name}" for e in client.CoreV1Api(
+            kube.api_client).list_namespaced_event(namespace).items
+            if e.metadata.creation_timestamp.timestamp() >= int(won_at)
+            and e.involved_object.kind == "EngineBuild" and e.involved_object.name != "d0"]
+        assert events == [], "a new term repeated Events of its last one"
     finally:
         for replica in replicas.values():
             replica.stop()
