@@ -107,3 +107,22 @@ def test_marks_from_another_thread_reach_the_workers() -> None:
 
     _run(queue, lambda ref, moved: calls.append((ref, moved)), body)
     assert calls == [("x", True)]
+
+
+def test_what_an_event_marked_runs_before_periodic_work_and_once() -> None:
+    """A resync marking thousands must not delay a new object: events go first; an object
+    marked by both runs once, in the events' lane."""
+    queue: WorkQueue[str] = WorkQueue(1)
+    calls: list[tuple[str, bool]] = []
+    for i in range(5):
+        queue.add(f"p{i}", periodic=True)
+    queue.add("p3", True)  # an event for one already due periodically
+    queue.add("e")
+
+    async def body() -> None:
+        await _settle(queue, calls, 6)
+
+    _run(queue, lambda ref, moved: calls.append((ref, moved)), body)
+    assert [ref for ref, _ in calls[:2]] == ["p3", "e"]
+    assert sorted(calls) == [("e", False), ("p0", False), ("p1", False), ("p2", False),
+                             ("p3", True), ("p4", False)]

@@ -70,7 +70,7 @@ def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
                 _queue.add_later(ref, delay)
 
     for ref, _ in indexes.every_engine_build():
-        _queue.add(ref)
+        _queue.add(ref, periodic=True)
     return _queue.run(work)
 
 
@@ -160,7 +160,7 @@ def sweep(indices: dict[str, Any]) -> None:
     due the pass re-reads the weights identity itself."""
     for ref, body in Indexes(indices).every_engine_build():
         if not body["metadata"].get("deletionTimestamp"):
-            _queue.add_threadsafe((str(ref[0]), ref[1]))
+            _queue.add_threadsafe((str(ref[0]), ref[1]), periodic=True)
 
 
 def _forget(plural: str, key: Key, indices: dict[str, Any]) -> None:

@@ -77,7 +77,7 @@ def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
                 _queue.add_later(ref, delay)
 
     for ed in world.every():
-        _mark(ed)
+        _queue.add((ed["metadata"]["namespace"], ed["metadata"]["name"]), periodic=True)
     return _queue.run(work)
 
 
@@ -186,7 +186,8 @@ async def node_changed(event: kopf.RawEvent, body: kopf.Body, name: str,
 def sweep(indices: dict[str, Any]) -> None:
     """Run by the operator-wide sweep, the safety net: mark every EngineDeployment due."""
     for ed in Indexes(indices).every():
-        _queue.add_threadsafe((ed["metadata"]["namespace"], ed["metadata"]["name"]))
+        _queue.add_threadsafe((ed["metadata"]["namespace"], ed["metadata"]["name"]),
+                              periodic=True)
 
 
 def _forget(plural: str, key: Key, indices: dict[str, Any]) -> None:

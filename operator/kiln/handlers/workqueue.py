@@ -6,6 +6,10 @@ whole parsed body: under a burst of 2,000 EngineBuilds and their Jobs that backl
 of the operator's memory. So the handlers only mark the object due and return; the workers
 reconcile each due object once, from the newest copy in Kopf's index, and never one object in
 two threads at once (marked again while it runs, it runs once more after).
+
+Two lanes: what an event marked goes before what periodic work marked (the sweep, a new
+term's first round, a retry after backoff), so a new object never waits behind a resync of
+thousands; an object marked both ways runs once, in the first lane.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import concurrent.futures
 import contextvars
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -30,30 +35,49 @@ class WorkQueue(Generic[Ref]):
     def __init__(self, workers: int) -> None:
         self.workers = workers
         self._due: dict[Ref, bool] = {}
+        self._lane: dict[Ref, int] = {}
+        """Each due ref's lane: 0 (an event marked it) or 1 (periodic work did)."""
         self._running: set[Ref] = set()
         self._since: dict[Ref, float] = {}
         """When each running reconcile started (monotonic)."""
-        self._ready: asyncio.Queue[Ref] = asyncio.Queue()
+        self._lanes: tuple[deque[Ref], deque[Ref]] = (deque(), deque())
+        """Refs to run, per lane; an entry whose ref ran or moved lanes since is skipped."""
+        self._queued = asyncio.Semaphore(0)
+        """How many entries the lanes hold."""
         self._loop: asyncio.AbstractEventLoop | None = None
 
-    def add(self, ref: Ref, moved: bool = False) -> None:
-        """Mark ``ref`` due (on the event loop's thread)."""
+    def add(self, ref: Ref, moved: bool = False, *, periodic: bool = False) -> None:
+        """Mark ``ref`` due (on the event loop's thread); ``periodic`` work goes after what
+        events marked."""
+        lane = 1 if periodic else 0
         if ref in self._due:
             self._due[ref] |= moved
+            if lane < self._lane[ref]:
+                self._lane[ref] = lane
+                if ref not in self._running:
+                    self._enqueue(ref)
             return
-        self._due[ref] = moved
+        self._due[ref], self._lane[ref] = moved, lane
         if ref not in self._running:
-            self._ready.put_nowait(ref)
+            self._enqueue(ref)
 
-    def add_threadsafe(self, ref: Ref, moved: bool = False) -> None:
+    def _enqueue(self, ref: Ref) -> None:
+        self._lanes[self._lane[ref]].append(ref)
+        self._queued.release()
+
+    def add_threadsafe(self, ref: Ref, moved: bool = False, *, periodic: bool = False) -> None:
         """Mark ``ref`` due from another thread (the sweep's); no-op before ``run()``."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self.add, ref, moved)
+            self._loop.call_soon_threadsafe(
+                lambda: self.add(ref, moved, periodic=periodic))
 
     def add_later(self, ref: Ref, delay: float) -> None:
-        """Mark ``ref`` due in ``delay`` seconds, from any thread (a retry after backoff)."""
+        """Mark ``ref`` due in ``delay`` seconds, from any thread (a retry after backoff:
+        periodic work)."""
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.call_later, delay, self.add, ref, False)
+            loop = self._loop
+            loop.call_soon_threadsafe(
+                lambda: loop.call_later(delay, lambda: self.add(ref, periodic=True)))
 
     def stuck(self, limit: float) -> str | None:
         """A message if a reconcile has run for longer than ``limit`` seconds (a hung call:
@@ -76,12 +100,22 @@ class WorkQueue(Generic[Ref]):
         finally:
             pool.shutdown(wait=False, cancel_futures=True)
 
+    async def _next(self) -> Ref:
+        """The next ref to run: the first lane first; stale entries are dropped."""
+        while True:
+            await self._queued.acquire()
+            lane = 0 if self._lanes[0] else 1
+            ref = self._lanes[lane].popleft()
+            if ref in self._due and ref not in self._running and self._lane[ref] == lane:
+                return ref
+
     async def _worker(self, pool: concurrent.futures.Executor,
                       work: Callable[[Ref, bool], None]) -> None:
         loop = asyncio.get_running_loop()
         while True:
-            ref = await self._ready.get()
+            ref = await self._next()
             moved = self._due.pop(ref)
+            self._lane.pop(ref, None)
             self._running.add(ref)
             self._since[ref] = time.monotonic()
             try:  # in this task's context: the thread's writes carry the leader's term
@@ -93,4 +127,4 @@ class WorkQueue(Generic[Ref]):
                 self._running.discard(ref)
                 self._since.pop(ref, None)
                 if ref in self._due:
-                    self._ready.put_nowait(ref)
+                    self._enqueue(ref)
