@@ -19,5 +19,6 @@ def test_quickstart_runs_to_ready_and_leaves_nothing_running(tmp_path: Path) -> 
     assert "built on h100-" in done.stdout
     assert "built on a100-" in done.stdout
     assert "enginebuild.kiln.dev/tiny-llama" in done.stdout
+    assert "kiln fetch-engine checked every file on 2/2 serving pods" in done.stdout
     left = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True, check=True)
     assert str(state) not in left.stdout, "a process of the quickstart is still running"

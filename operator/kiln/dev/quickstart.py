@@ -28,8 +28,9 @@ from kiln.contract.key import short_key
 from kiln.dev import signing
 from kiln.dev.testbed import checkpoint
 from kiln.dev.testbed.cluster import Cluster, running
-from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
+from kiln.dev.testbed.localproc import INIT_LABEL, LABEL, LocalProcessRunner
 from kiln.dev.testbed.s3 import moto_server
+from kiln.domain.labels import ED_LABEL
 
 ROOT = Path(__file__).resolve().parents[3]
 MANIFESTS = ROOT / "examples" / "quickstart"
@@ -52,6 +53,9 @@ def _operator(cluster: Cluster, endpoint: str, log: Path) -> Iterator[subprocess
            "KILN_REBUILD_SETTLE": "0s",
            "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": endpoint}),
            "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
+           # serving pods' init containers run here: the real kiln fetch-engine verifies
+           # every file of the engine before a pod is Ready
+           "KILN_SERVING_POD_LABELS": json.dumps({INIT_LABEL: "true"}),
            "KILN_SIGNING_KEY_FILE": str(signing.write_key(log.parent / "signing-key.pem"))}
     with log.open("ab") as out:
         process = subprocess.Popen([sys.executable, "-m", "kiln.cli", "run"], env=env,
@@ -90,6 +94,17 @@ def _build_nodes(cluster: Cluster) -> dict[str, str]:
             for p in pods.items}
 
 
+def _verified(cluster: Cluster, owner: str) -> tuple[int, int]:
+    """(serving pods whose init containers, the real ``kiln fetch-engine``, exited 0; all)."""
+    pods = [p for p in client.CoreV1Api(cluster.api_client).list_namespaced_pod(
+        "default", label_selector=f"{ED_LABEL}={owner}").items
+        if p.metadata.deletion_timestamp is None]
+    done = [p for p in pods if p.status.init_container_statuses and all(
+        s.state.terminated is not None and s.state.terminated.exit_code == 0
+        for s in p.status.init_container_statuses)]
+    return len(done), len(pods)
+
+
 def snapshot(cluster: Cluster) -> tuple[list[str], bool]:
     """What to show now, and whether every object is Ready."""
     lines, ready = [], True
@@ -114,6 +129,8 @@ def snapshot(cluster: Cluster) -> tuple[list[str], bool]:
             lines.append(f"  {p.get('gpuProduct', ''):<24} {p.get('mode', ''):<9} "
                          f"{'key ' + key if key else 'no engine yet'}  "
                          f"Deployment {p.get('deployment', '')}")
+        verified, pods = _verified(cluster, ed["metadata"]["name"])
+        lines.append(f"  kiln fetch-engine checked every file on {verified}/{pods} serving pods")
     return lines, ready and bool(builds)
 
 
