@@ -351,7 +351,7 @@ class Bench:
         names = {f"l-{i}" for i in range(count)}
         for i, name in enumerate(sorted(names)):
             self.create_eb(ns, engine_build(name, source, 30000 + i))
-        ok = seen.wait(names, 300)
+        ok = self.built(seen, ns, names, 300)
         # Ready comes with the manifest; idle starts once the Jobs are Complete too.
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and not all(
@@ -394,6 +394,23 @@ class Bench:
                 "idle_seconds": idle, "idle_requests_per_minute": idle_rate,
                 "note": "per_life includes the bench's own create/delete/watch of EngineBuilds "
                         "and every controller's requests (Job, pod, scheduler, kwok)"}
+
+    def built(self, seen: Seen, namespace: str, names: set[str], timeout: float) -> bool:
+        """Wait until every EngineBuild of ``names`` is Ready; stop the bench at once, naming
+        the cause, when one of them failed (every figure after it would be meaningless)."""
+        deadline = time.monotonic() + timeout
+        while not seen.wait(names, min(2.0, max(0.0, deadline - time.monotonic()))):
+            for eb in self.custom.list_namespaced_custom_object(
+                    GROUP, VERSION, namespace, EB)["items"]:
+                status = eb.get("status") or {}
+                if status.get("phase") == "Failed":
+                    why = [c.get("message") for c in status.get("conditions", [])
+                           if c.get("type") == "Ready"] or [status]
+                    raise SystemExit(f"bench: build of {eb['metadata']['name']} failed: "
+                                     f"{why[0]}")
+            if time.monotonic() >= deadline:
+                return False
+        return True
 
     def serve_switches(self, count: int, source: str, batches: list[int]) -> list[float]:
         """6. Engine Ready -> Deployment template updated, ``count`` times."""

@@ -144,8 +144,10 @@ NEEDS: tuple[Need, ...] = tuple([
     *_needs("list watch", "apps", "deployments", scopes=WATCH),
     *_needs("list watch", "", "services", scopes=WATCH),
     *_needs("list watch", "policy", "poddisruptionbudgets", scopes=WATCH),
-    # The trusted public keys the serving pods read, one ConfigMap per EngineDeployment.
+    # The trusted public keys the serving pods read and trtllm-serve's LLM API options, one
+    # ConfigMap each per EngineDeployment, watched like the other children.
     *_needs("get create patch", "", "configmaps"),
+    *_needs("list watch", "", "configmaps", scopes=WATCH),
 ])
 
 GC_NEEDS: tuple[Need, ...] = tuple([
@@ -172,7 +174,6 @@ DENIED: tuple[Need, ...] = tuple([
     *_needs("create delete", "", "pods"),
     Need("create", "", "pods", "exec"),
     *_needs("get patch update delete", "", "nodes", scopes=("cluster",)),
-    *_needs("list watch", "", "configmaps"),
     Need("create", "", "serviceaccounts", "token"),
     *_needs("list watch", "kopf.dev", "clusterkopfpeerings", scopes=("cluster",)),
     *_needs("bind escalate create", "rbac.authorization.k8s.io", "clusterroles",

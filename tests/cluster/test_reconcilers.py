@@ -24,6 +24,8 @@ from kiln.domain.status import Event
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.engine_build.pending import CreateFailure
 from kiln.engine_build.reconciler import EngineBuildReconciler
+from kiln.engine_deployment.children import ObservedChild
+from kiln.engine_deployment.children import observe as observe_child
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
@@ -37,19 +39,23 @@ WRITES = ("create_job", "set_job_owners", "delete_job", "patch_status", "apply",
 
 
 class Recording(Kube):
-    """The real adapter, counting the calls that write."""
+    """The real adapter, counting the calls that write, and every call (each one at least a
+    request)."""
 
     def __init__(self) -> None:
         super().__init__(Client(load_config()))
         self.writes: list[str] = []
+        self.calls: list[str] = []
         self._lock = threading.Lock()
 
     def __getattribute__(self, name: str) -> Any:
         attr = super().__getattribute__(name)
-        if name in WRITES:
+        if not name.startswith("_") and callable(attr) and name in vars(Kube):
             def counted(*args: Any, **kwargs: Any) -> Any:
                 with self._lock:
-                    self.writes.append(name)
+                    self.calls.append(name)
+                    if name in WRITES:
+                        self.writes.append(name)
                 return attr(*args, **kwargs)
             return counted
         return attr
@@ -62,6 +68,7 @@ class ApiWorld:
         self.batch = client.BatchV1Api(kube.api_client)
         self.apps = client.AppsV1Api(kube.api_client)
         self.core = client.CoreV1Api(kube.api_client)
+        self.policy = client.PolicyV1Api(kube.api_client)
         self.custom = client.CustomObjectsApi(kube.api_client)
         self.api = kube.api_client
 
@@ -111,6 +118,16 @@ class ApiWorld:
         items = self.apps.list_namespaced_deployment(
             namespace, label_selector=f"{ED_LABEL}={owner}").items
         return [observe_deployment(self.api.sanitize_for_serialization(d)) for d in items]
+
+    def children(self, namespace: str, owner: str) -> list[ObservedChild]:
+        selector = f"{ED_LABEL}={owner}"
+        found = [("Service", self.core.list_namespaced_service(namespace, label_selector=selector)),
+                 ("PodDisruptionBudget", self.policy.list_namespaced_pod_disruption_budget(
+                     namespace, label_selector=selector)),
+                 ("ConfigMap", self.core.list_namespaced_config_map(
+                     namespace, label_selector=selector))]
+        return [observe_child(kind, self.api.sanitize_for_serialization(item))
+                for kind, listed in found for item in listed.items]
 
 
 def get(custom: Any, namespace: str, plural: str, name: str) -> dict[str, Any]:
@@ -216,12 +233,26 @@ def test_engine_deployment_reconciler_is_a_fixed_point_across_a_restart(
     assert {c["type"]: c["status"] for c in status["conditions"]}["Ready"] == "True"
 
     adapter.writes.clear()
+    adapter.calls.clear()
     first.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
-    assert adapter.writes == [], "a second pass over the same facts writes nothing"
+    assert adapter.calls == [], "a second pass over the same facts makes no request"
 
     restarted = EngineDeploymentReconciler(adapter, OperatorConfig(), emit)
     restarted.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
-    assert adapter.writes == [], "a restarted operator rewrites nothing"
+    assert adapter.calls == [], "a restarted operator makes no request"
+
+    # A child deleted by hand, another edited: the next pass applies those two, no more.
+    world.core.delete_namespaced_config_map("chat-llm-api", namespace)
+    world.policy.patch_namespaced_pod_disruption_budget(
+        "chat", namespace, {"spec": {"maxUnavailable": 0}})
+    restarted.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
+    assert adapter.calls == ["apply", "apply"]
+    assert world.core.read_namespaced_config_map("chat-llm-api", namespace).data
+    assert world.policy.read_namespaced_pod_disruption_budget(
+        "chat", namespace).spec.max_unavailable == 1
+    adapter.calls.clear()
+    restarted.reconcile(get(world.custom, namespace, ED_PLURAL, "chat"), world)
+    assert adapter.calls == [], "repaired: the next pass makes no request"
     assert [e.reason for e in events] == ["ServingEngine"]
 
 

@@ -90,8 +90,19 @@ def test_a_corrupt_engine_stalls_the_rollout_and_the_old_pods_keep_serving(
     assert not ready_for_bad, "Ready was never True for the bad key"
 
 
-def _drop_configmaps(kube: Cluster) -> list[tuple[str, list[dict[str, Any]]]]:
-    """Take configmaps out of every ClusterRole of the release that grants them; what was."""
+def _read_only(rule: dict[str, Any]) -> list[dict[str, Any]]:
+    """``rule`` with the writes of configmaps taken out (their watch stays)."""
+    if "configmaps" not in rule.get("resources", []):
+        return [rule]
+    others = [r for r in rule["resources"] if r != "configmaps"]
+    reads = [v for v in rule["verbs"] if v in ("get", "list", "watch")]
+    return [*([{**rule, "resources": others}] if others else []),
+            *([{**rule, "resources": ["configmaps"], "verbs": reads}] if reads else [])]
+
+
+def _deny_configmap_writes(kube: Cluster) -> list[tuple[str, list[dict[str, Any]]]]:
+    """Take the writes of configmaps out of every ClusterRole of the release that grants
+    them; what was."""
     rbac = client.RbacAuthorizationV1Api(kube.api_client)
     before = []
     for role in rbac.list_cluster_role(label_selector="app.kubernetes.io/instance=kiln").items:
@@ -99,7 +110,7 @@ def _drop_configmaps(kube: Cluster) -> list[tuple[str, list[dict[str, Any]]]]:
         if any("configmaps" in r.get("resources", []) for r in rules):
             before.append((role.metadata.name, rules))
             rbac.patch_cluster_role(role.metadata.name, {"rules": [
-                r for r in rules if "configmaps" not in r.get("resources", [])]})
+                kept for r in rules for kept in _read_only(r)]})
     assert before, "no ClusterRole of the release grants configmaps"
     return before
 
@@ -113,13 +124,13 @@ def _attempt(ed: dict[str, Any]) -> int:
 
 def test_a_denied_write_says_retrying_with_attempts_and_heals_when_allowed_again(
         kube: Cluster, namespace: str, weights: str) -> None:
-    """The operator's rights taken away (an RBAC change gone wrong): the EngineDeployment says
-    ``Retrying AccessDenied`` with its attempt, not a silent log line nor a stale Ready; given
-    back, it serves without an edit."""
+    """The operator's rights to write ConfigMaps taken away (an RBAC change gone wrong): the
+    EngineDeployment says ``Retrying AccessDenied`` with its attempt, not a silent log line
+    nor a stale Ready; given back, it serves without an edit."""
     create(kube, namespace, engine_build("llama", weights, targets=TARGET))
     eventually(lambda: is_ready(get(kube, namespace, EB_PLURAL, "llama")) or None,
                timeout=120)
-    before = _drop_configmaps(kube)
+    before = _deny_configmap_writes(kube)
     rbac = client.RbacAuthorizationV1Api(kube.api_client)
     try:
         create(kube, namespace, engine_deployment("chat", "llama"))

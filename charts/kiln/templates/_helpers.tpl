@@ -101,7 +101,8 @@ rules on cluster-scoped resources always go into a ClusterRole.
   resources: [secrets]
   verbs: [get]
 # Serving: one Deployment per GPU product, one Service, a PodDisruptionBudget, the
-# trtllm-serve LLM API options in a ConfigMap.
+# trtllm-serve LLM API options in a ConfigMap. Each is watched (list, watch; selected by the
+# label kiln.dev/engine-deployment) so that one deleted or edited is repaired at once.
 - apiGroups: [apps]
   resources: [deployments]
   verbs: [get, list, watch, create, patch, update, delete]
@@ -113,10 +114,11 @@ rules on cluster-scoped resources always go into a ClusterRole.
   verbs: [get, list, watch, create, patch, update, delete]
 # ConfigMaps kiln owns: the public keys serving pods verify engines with, and trtllm-serve's
 # LLM API options; one of each per EngineDeployment (created, then applied only while it
-# carries that owner reference).
+# carries that owner reference). list and watch: the watch with that label's selector (RBAC
+# cannot scope by label; the API server sends kiln only those).
 - apiGroups: [""]
   resources: [configmaps]
-  verbs: [get, create, patch, update, delete]
+  verbs: [get, list, watch, create, patch, update, delete]
 {{- end }}
 
 {{- define "kiln.rules.kiln.cluster" -}}

@@ -1,8 +1,9 @@
-"""The EngineDeployment reconciler: gathers facts (pool, EngineBuild, Deployments), plans,
+"""The EngineDeployment reconciler: gathers facts (pool, EngineBuild, children), plans,
 acts.
 
 Level-based: every call recomputes from the object, the GPU nodes, the EngineBuild's status
-and the owned Deployments, so running it twice, or after a crash, changes nothing. Called
+and the owned children as the watches show them (a child missing or edited is applied again;
+one as rendered costs no request), so running it twice, or after a crash, changes nothing. Called
 from the work queue's threads (``kiln.handlers.workqueue``), which never run one object in
 two threads at once; a lock per object also keeps other callers from interleaving. It is the
 only writer of EngineDeployment status (a stall included) and writes nothing else's.
@@ -11,7 +12,6 @@ only writer of EngineDeployment status (a stall included) and writes nothing els
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any, Protocol
@@ -25,6 +25,7 @@ from kiln.domain.pods import ObservedPod
 from kiln.domain.pool import GpuNode, pool_products
 from kiln.domain.status import Event, set_conditions
 from kiln.engine_deployment import render
+from kiln.engine_deployment.children import ObservedChild, drifted
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.plan import Decision, decide, summarize
 from kiln.engine_deployment.trouble import Trouble, trouble
@@ -35,8 +36,6 @@ from kiln.reconcile.written import WrittenStatus
 from kiln.trust.keys import Trust
 
 log = logging.getLogger(__name__)
-REAPPLY_SECONDS = 600.0
-"""Service and PodDisruptionBudget are applied again after this long (or when they change)."""
 EventSink = Callable[[dict[str, Any], Event], None]
 
 
@@ -51,10 +50,12 @@ class World(Protocol):
 
     def serving_pods(self, namespace: str, owner: str) -> list[ObservedPod]: ...
 
+    def children(self, namespace: str, owner: str) -> list[ObservedChild]: ...
+
 
 class EngineDeploymentReconciler:
-    """Holds per-object locks, what was last applied of Services and budgets, and the status
-    this process last wrote."""
+    """Runs in the shell; what exists of the children is read from the watches
+    (``World``), never remembered."""
 
     def __init__(self, kube: Kube, config: OperatorConfig, emit: EventSink,
                  clock: Callable[[], datetime] | None = None) -> None:
@@ -62,7 +63,6 @@ class EngineDeploymentReconciler:
         self.config = config
         self.emit = emit
         self.clock = clock or (lambda: datetime.now(UTC).replace(microsecond=0))
-        self._applied: dict[tuple[str, str, str], tuple[str, float]] = {}
         self.written = WrittenStatus(
             lambda namespace, name, patch: kube.patch_status(ED_PLURAL, namespace, name, patch))
         self.shell = Shell("EngineDeployment", self.written, emit, log)
@@ -72,9 +72,6 @@ class EngineDeploymentReconciler:
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is kept of a deleted object."""
         self.shell.forget(namespace, name)
-        for kind in ("Service", "PodDisruptionBudget"):
-            self._applied.pop((kind, namespace, name), None)
-        self._applied.pop(("ConfigMap", namespace, f"{name}-kiln-trust"), None)
         metrics.forget_engines_served(f"{namespace}/{name}")
 
     # -- the loop --------------------------------------------------------------------------
@@ -139,7 +136,7 @@ class EngineDeploymentReconciler:
                 "KILN_TRITON_IMAGE"))
         hashes: dict[str, str] = {}
         if eb is not None and not decision.stalled and not decision.pending:
-            hashes = self._apply(ed, eb, decision, owned)
+            hashes = self._apply(ed, eb, decision, owned, world.children(namespace, name))
         _count_served(namespace, name, decision, owned, applied=bool(hashes))
         status, events = summarize(ed, decision, owned, hashes)
         if not decision.stalled and not decision.pending:
@@ -151,14 +148,17 @@ class EngineDeploymentReconciler:
         return decision
 
     def _apply(self, ed: EngineDeployment, eb: EngineBuild, decision: Decision,
-               owned: list[ObservedDeployment]) -> dict[str, str]:
-        """Apply Deployments that differ, delete unwanted ones; the rendered hashes."""
+               owned: list[ObservedDeployment],
+               children: list[ObservedChild]) -> dict[str, str]:
+        """Apply Deployments that differ, delete unwanted ones, apply the other children that
+        are missing or drifted; the rendered hashes."""
         namespace = str(ed.metadata["namespace"])
         current = {d.name: d for d in owned}
+        others = {(c.kind, c.name): c for c in children}
         hashes = {}
-        self._apply_cached(render.render_trust(ed, self.trust.bundle))
+        self._apply_child(render.render_trust(ed, self.trust.bundle), others)
         if ed.spec.server.kind == "trtllm-serve":  # what the pods mount, before the pods
-            self._apply_cached(render.render_llm_api_config(ed, eb))
+            self._apply_child(render.render_llm_api_config(ed, eb), others)
         for serve in decision.serves:
             deployment = render.render_deployment(ed, eb, serve, self.config)
             digest = deployment["metadata"]["annotations"][HASH_ANNOTATION]
@@ -179,27 +179,20 @@ class EngineDeploymentReconciler:
             self.kube.delete_deployment(namespace, name, uid=found["metadata"]["uid"],
                                         resource_version=found["metadata"]["resourceVersion"])
         for obj in (render.render_service(ed), render.render_pdb(ed)):
-            self._apply_cached(obj)
+            self._apply_child(obj, others)
         return hashes
 
-    def _apply_cached(self, obj: dict[str, Any]) -> None:
-        """Apply a Service, budget or ConfigMap when it changed, or now and then (someone may
-        have edited it); what this process has not applied yet is read first, and left alone when it
-        already is what kiln renders (a restarted operator writes nothing)."""
-        ref = (obj["kind"], obj["metadata"]["namespace"], obj["metadata"]["name"])
-        digest = obj["metadata"]["annotations"][HASH_ANNOTATION]
-        before = self._applied.get(ref)
-        if before and before[0] == digest and time.monotonic() - before[1] < REAPPLY_SECONDS:
+    def _apply_child(self, obj: dict[str, Any],
+                     seen: Mapping[tuple[str, str], ObservedChild]) -> None:
+        """Apply a Service, budget or ConfigMap that the watch shows missing or different
+        from ``obj`` in kiln's part (``children.drifted``); one as rendered costs no request."""
+        meta = obj["metadata"]
+        found = seen.get((obj["kind"], meta["name"]))
+        if not drifted(obj, found):
             return
-        if before is None:
-            found = (self.kube.read_child(*ref) or {}).get("metadata") or {}
-            ours = {r["uid"] for r in obj["metadata"]["ownerReferences"]}
-            theirs = {r.get("uid") for r in found.get("ownerReferences") or []}
-            if (found.get("annotations") or {}).get(HASH_ANNOTATION) == digest and ours & theirs:
-                self._applied[ref] = (digest, time.monotonic())
-                return
+        log.info("applying %s %s/%s (%s)", obj["kind"], meta["namespace"], meta["name"],
+                 "missing" if found is None else "changed")
         self.kube.apply(obj)
-        self._applied[ref] = (digest, time.monotonic())
 
 
 def _count_served(namespace: str, name: str, decision: Decision,

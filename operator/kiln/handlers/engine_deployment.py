@@ -1,6 +1,7 @@
 """EngineDeployment handlers: a change to an EngineDeployment, its EngineBuild, one of its
-Deployments, or the GPU nodes marks the EngineDeployments concerned due (and the EngineBuilds
-whose auto targets they decide); a work queue reconciles them."""
+children (Deployments, Service, budget, ConfigMaps), or the GPU nodes marks the
+EngineDeployments concerned due (and the EngineBuilds whose auto targets they decide); a work
+queue reconciles them."""
 
 from __future__ import annotations
 
@@ -131,15 +132,44 @@ async def engine_build_for_serving(body: kopf.Body, namespace: str | None, name:
         _mark(ed)
 
 
+def _child_changed(plural: str, event: kopf.RawEvent, body: kopf.Body,
+                   namespace: str | None, kwargs: Mapping[str, Any]) -> None:
+    """One of an EngineDeployment's children had an event: mark its owner due."""
+    meta = body["metadata"]
+    relists.saw(plural, event["type"], meta)
+    owner = Indexes(kwargs).named(str(namespace), (meta.get("labels") or {}).get(ED_LABEL, ""))
+    uids = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
+    if owner is not None and owner["metadata"]["uid"] in uids:
+        _mark(owner)
+
+
 @kopf.on.event("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
 async def serving_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
                                      namespace: str | None, **kwargs: Any) -> None:
     """A serving Deployment moved (rollout progress, readiness): mark its owner due."""
-    relists.saw("deployments", event["type"], body["metadata"])
-    owner = Indexes(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
-    uids = {ref.get("uid") for ref in body["metadata"].get("ownerReferences") or []}
-    if owner is not None and owner["metadata"]["uid"] in uids:
-        _mark(owner)
+    _child_changed("deployments", event, body, namespace, kwargs)
+
+
+@kopf.on.event("v1", "services", labels={ED_LABEL: kopf.PRESENT})
+async def serving_service_changed(event: kopf.RawEvent, body: kopf.Body,
+                                  namespace: str | None, **kwargs: Any) -> None:
+    """A Service of kiln's deleted or edited (or kiln's own write): mark its owner due; the
+    pass compares it with what it renders."""
+    _child_changed("services", event, body, namespace, kwargs)
+
+
+@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={ED_LABEL: kopf.PRESENT})
+async def serving_budget_changed(event: kopf.RawEvent, body: kopf.Body,
+                                 namespace: str | None, **kwargs: Any) -> None:
+    """The same for a PodDisruptionBudget."""
+    _child_changed("poddisruptionbudgets", event, body, namespace, kwargs)
+
+
+@kopf.on.event("v1", "configmaps", labels={ED_LABEL: kopf.PRESENT})
+async def serving_configmap_changed(event: kopf.RawEvent, body: kopf.Body,
+                                    namespace: str | None, **kwargs: Any) -> None:
+    """The same for the trust and LLM API ConfigMaps (new pods cannot start without them)."""
+    _child_changed("configmaps", event, body, namespace, kwargs)
 
 
 _pods_seen = Seen()

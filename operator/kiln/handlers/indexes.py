@@ -2,7 +2,8 @@
 
 Kopf passes its indexes to handlers as keyword arguments; :class:`Indexes` is the one place
 that names them, so the controllers read EngineBuilds, Jobs, EngineDeployments, serving
-Deployments and GPU nodes through one object, never through Kopf's kwargs.
+Deployments and their other children, and GPU nodes through one object, never through Kopf's
+kwargs.
 """
 
 from __future__ import annotations
@@ -19,6 +20,8 @@ from kiln.domain.pods import ObservedPod, observe_pod
 from kiln.domain.pool import GpuNode, gpu_node
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import CreateFailure
+from kiln.engine_deployment.children import ObservedChild
+from kiln.engine_deployment.children import observe as observe_child
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
 
@@ -106,11 +109,41 @@ def serving_deployments(body: kopf.Body, namespace: str | None,
     return {(str(namespace), owner): observe_deployment(dict(body))}
 
 
+def _child(kind: str, body: kopf.Body, namespace: str | None
+           ) -> dict[tuple[str, str], ObservedChild]:
+    """A serving child by (namespace, EngineDeployment name): kiln's part of it only."""
+    owner = body["metadata"]["labels"][ED_LABEL]
+    return {(str(namespace), owner): observe_child(kind, dict(body))}
+
+
+@kopf.index("v1", "services", labels={ED_LABEL: kopf.PRESENT})
+def serving_services(body: kopf.Body, namespace: str | None,
+                     **_: Any) -> dict[tuple[str, str], ObservedChild]:
+    return _child("Service", body, namespace)
+
+
+@kopf.index("policy", "v1", "poddisruptionbudgets", labels={ED_LABEL: kopf.PRESENT})
+def serving_budgets(body: kopf.Body, namespace: str | None,
+                    **_: Any) -> dict[tuple[str, str], ObservedChild]:
+    return _child("PodDisruptionBudget", body, namespace)
+
+
+@kopf.index("v1", "configmaps", labels={ED_LABEL: kopf.PRESENT})
+def serving_configmaps(body: kopf.Body, namespace: str | None,
+                       **_: Any) -> dict[tuple[str, str], ObservedChild]:
+    """The trust and LLM API ConfigMaps."""
+    return _child("ConfigMap", body, namespace)
+
+
 @kopf.index("v1", "nodes")
 def gpu_nodes(body: kopf.Body, **_: Any) -> dict[str, GpuNode]:
     """GPU nodes by ``nvidia.com/gpu.product``."""
     node = gpu_node(dict(body))
     return {node.product: node} if node else {}
+
+
+CHILD_INDEXES = ("serving_services", "serving_budgets", "serving_configmaps")
+"""The indexes of an EngineDeployment's children besides its Deployments."""
 
 
 def _values(index: kopf.Index[Any, Any], key: Any) -> list[Any]:
@@ -131,6 +164,8 @@ class Indexes:
         self._builds: kopf.Index[Any, dict[str, Any]] = kwargs["engine_builds"]
         self._deployments: kopf.Index[Any, dict[str, Any]] = kwargs["engine_deployments"]
         self._serving: kopf.Index[Any, ObservedDeployment] = kwargs["serving_deployments"]
+        self._children: tuple[kopf.Index[Any, ObservedChild], ...] = tuple(
+            kwargs[index] for index in CHILD_INDEXES)
         self._nodes: kopf.Index[str, GpuNode] = kwargs["gpu_nodes"]
         self._build_pods: kopf.Index[Any, ObservedPod] = kwargs["build_pods"]
         self._serving_pods: kopf.Index[Any, ObservedPod] = kwargs["serving_pods"]
@@ -172,6 +207,9 @@ class Indexes:
 
     def deployments(self, namespace: str, owner: str) -> list[ObservedDeployment]:
         return _values(self._serving, (namespace, owner))
+
+    def children(self, namespace: str, owner: str) -> list[ObservedChild]:
+        return [child for index in self._children for child in _values(index, (namespace, owner))]
 
     def referencing(self, namespace: str, build: str) -> list[dict[str, Any]]:
         return _values(self._deployments, ("ref", namespace, build))

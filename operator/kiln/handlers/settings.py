@@ -17,6 +17,10 @@ SERVER_SIDE_LABELS = {
     ("v1", "pods"): "app.kubernetes.io/managed-by=kiln",  # build and serving pods
     ("batch", "jobs"): KEY_LABEL,
     ("apps", "deployments"): ED_LABEL,
+    # An EngineDeployment's other children: its Service, budget, trust and LLM API ConfigMaps.
+    ("v1", "services"): ED_LABEL,
+    ("policy", "poddisruptionbudgets"): ED_LABEL,
+    ("v1", "configmaps"): ED_LABEL,
 }
 """The label selector of each watch of Kubernetes' own kinds (``kiln.domain.labels``)."""
 EVENTS_FIELDS = "involvedObject.kind=Job,reason=FailedCreate"
