@@ -24,6 +24,8 @@ def run(*, namespaces: list[str], liveness: str | None, verbose: bool,
     kopf.configure(verbose=verbose, log_format=kopf.LogFormat.FULL, log_prefix=True)
     for noisy in ("kubernetes", "botocore", "boto3", "s3transfer", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    if not verbose:  # "Handler ... succeeded" per handler and event: 3 lines per event
+        logging.getLogger("kopf.objects").setLevel(logging.WARNING)
     metrics.serve()  # KILN_METRICS_PORT (default 8081; 0: off)
     # Standalone for Kopf: kiln's own Lease (kiln.kube.lease) decides who reconciles, not Kopf's
     # peering, and Kopf itself writes nothing to the objects.
