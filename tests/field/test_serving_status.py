@@ -14,6 +14,7 @@ import pytest
 from kubernetes import client
 
 from chart.argocd import health
+from e2e.support import Operator
 from field.conftest import ENGINES
 from field.support import (
     conditions,
@@ -46,7 +47,8 @@ def flip_a_byte(s3: Any, key: str) -> str:
 
 
 def test_a_corrupt_engine_stalls_the_rollout_and_the_old_pods_keep_serving(
-        kube: Cluster, namespace: str, weights: str, s3_client: Any) -> None:
+        kube: Cluster, namespace: str, weights: str, s3_client: Any,
+        operator: Operator) -> None:
     create(kube, namespace, engine_build("llama", weights, targets=TARGET),
            engine_build("next", weights, targets=TARGET, build={"maxBatchSize": 4}),
            engine_deployment("chat", "llama", gpu="H100-SXM"))
@@ -83,7 +85,7 @@ def test_a_corrupt_engine_stalls_the_rollout_and_the_old_pods_keep_serving(
         serving_old = [p for p in pods if (p.metadata.annotations or {}).get(
             "kiln.dev/engine-key") == old and p.status.phase == "Running"]
         assert serving_old, "the old pod keeps serving"
-        time.sleep(3)
+        operator.resynced(ED_PLURAL)  # and Ready stays False, passed over again
     finally:
         stop.set()
         sampler.join(timeout=5)
