@@ -1,9 +1,18 @@
-"""Fixtures shared by the whole suite: a real S3 endpoint (moto's server), the test bed."""
+"""Fixtures shared by the whole suite: a real S3 endpoint (moto's server), the test bed; the
+order the suite runs in, and how long a control plane lives.
+
+Tiers are the directories under ``tests/``: ``unit`` runs first, then the tiers that need no
+control plane, then the cluster tiers, cheapest first, so a broken unit is seen in a minute.
+Each cluster tier starts its control plane (a ``kube`` fixture: the suite's, or its own) and
+whatever depends on it (its operator, its builders); all of it stops as the run leaves the
+tier, so at most one tier's control plane and operator run at a time.
+"""
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -11,6 +20,77 @@ import pytest
 
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.s3 import moto_server
+
+TESTS = Path(__file__).resolve().parent
+FIRST = ("unit",)
+CLUSTER_TIERS = ("chart", "cluster", "e2e", "field", "faults", "operations")
+"""The tiers that start a control plane, in the order they run (after every other tier)."""
+LAST_IN_TIER = "restarts_apiserver"
+"""The marker of tests that stop their tier's apiserver: they run after the tier's others."""
+
+
+def tier(item: pytest.Item) -> str:
+    """The directory under ``tests/`` that ``item`` is in ("" outside it)."""
+    path = item.path.resolve()
+    return path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
+
+
+def _rank(item: pytest.Item) -> tuple[int, str, bool]:
+    name = tier(item)
+    group = (0 if name in FIRST else
+             2 + CLUSTER_TIERS.index(name) if name in CLUSTER_TIERS else 1)
+    return group, name, item.get_closest_marker(LAST_IN_TIER) is not None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Unit tests first, cluster tiers last; each tier's tests together, in the order they
+    were collected, but for those that restart the apiserver: last in their tier."""
+    items.sort(key=_rank)  # stable: collection order within a rank
+
+
+class ControlPlanes:
+    """Stops each tier's control plane as the run leaves the tier.
+
+    A plugin of its own, not conftest hooks: pytest asks a conftest's hooks only about nodes
+    under its directory, and session fixtures are set up for the session, above it.
+    """
+
+    def __init__(self) -> None:
+        self.running: dict[pytest.FixtureDef[Any], pytest.FixtureRequest] = {}
+
+    def pytest_fixture_setup(self, fixturedef: pytest.FixtureDef[Any],
+                             request: pytest.FixtureRequest) -> None:
+        """Note every control plane started (a tier's ``kube``)."""
+        if fixturedef.argname == "kube":
+            self.running[fixturedef] = request
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_teardown(self, item: pytest.Item,
+                                nextitem: pytest.Item | None) -> Iterator[None]:
+        """Once the test's own fixtures are gone: if the next test is in another tier (or
+        there is none), stop the control planes running, and with each what depends on it
+        (pytest tears a fixture's dependents down first); the next tier starts its own."""
+        try:
+            return (yield)
+        finally:
+            if nextitem is None or tier(nextitem) != tier(item):
+                self.stop()
+
+    def stop(self) -> None:
+        errors = []
+        for fixturedef, request in list(self.running.items()):
+            del self.running[fixturedef]
+            try:
+                fixturedef.finish(request)  # type: ignore[arg-type]  # it is a SubRequest
+            except Exception as error:
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not config.pluginmanager.has_plugin("kiln-control-planes"):
+        config.pluginmanager.register(ControlPlanes(), "kiln-control-planes")
 
 
 @pytest.fixture(scope="session")

@@ -6,15 +6,18 @@ import contextlib
 import signal
 import subprocess
 import sys
+import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import boto3
 from kubernetes import client
+from prometheus_client.parser import text_string_to_metric_families
 
-from kiln import GROUP, VERSION
+from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.dev.testbed.cluster import Cluster, running
+from waiting import eventually
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -48,6 +51,44 @@ class Operator:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """The sum of the samples of ``name`` whose labels include ``labels``, from this
+        process' ``/metrics`` (0 while it does not serve them yet)."""
+        url = f"http://127.0.0.1:{self.env['KILN_METRICS_PORT']}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as answer:
+                text = answer.read().decode()
+        except OSError:
+            return 0.0
+        return sum(sample.value for family in text_string_to_metric_families(text)
+                   for sample in family.samples
+                   if sample.name == name and labels.items() <= sample.labels.items())
+
+    def passes(self, kind: str, result: str | None = None) -> float:
+        """The passes over objects of ``kind`` this process has finished, with ``result``
+        if given (``kiln_reconcile_total``)."""
+        labels = {"kind": kind} if result is None else {"kind": kind, "result": result}
+        return self.metric("kiln_reconcile_total", **labels)
+
+    def resynced(self, plural: str, *, timeout: float = 60) -> None:
+        """Return once this operator has passed over every ``plural`` object of its cluster
+        since the call.
+
+        Each resync round marks every object due, and a quiet object is passed over only
+        then: as many more finished passes as two rounds make means a whole round began
+        after the call and ended. What a test reads after this, the operator has seen, on a
+        slow machine as on a fast one: it proves that something did not happen where a
+        sleep only hoped so.
+        """
+        kind = {EB_PLURAL: "EngineBuild", ED_PLURAL: "EngineDeployment"}[plural]
+        before = self.passes(kind)
+        objects = [o for o in client.CustomObjectsApi(self.kube.api_client)
+                   .list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+                   if not o["metadata"].get("deletionTimestamp")]
+        assert objects, f"no {kind} to pass over"
+        eventually(lambda: self.passes(kind) >= before + 2 * len(objects),
+                   timeout=timeout, interval=0.2)
 
 
 @contextlib.contextmanager

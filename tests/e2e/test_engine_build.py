@@ -204,10 +204,6 @@ def test_bad_input_stalls_with_the_builders_reason_and_is_not_retried(
     assert any(e.reason == "BuildFailed" and "config.json" in e.message for e in events)
 
 
-def test_examples_dir_exists() -> None:
-    assert Path(ROOT / "examples" / "eb-h100-fp8.yaml").is_file()
-
-
 def test_a_transient_failure_is_retried(
         kube: Cluster, namespace: str, weights: str, builders: LocalProcessRunner) -> None:
     body = example("eb-h100-fp8.yaml", weights)

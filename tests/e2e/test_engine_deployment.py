@@ -206,7 +206,8 @@ def test_new_weights_roll_onto_the_new_engine_without_losing_capacity(
             return new["key"] if serving(kube, namespace, "chat", new["key"], 2) else None
 
         new_key = eventually(rolled, timeout=240)
-        time.sleep(1)  # a few more samples after the rollout settled
+        settled = len(sampler.ready)  # a few more samples after the rollout settled
+        eventually(lambda: len(sampler.ready) >= settled + 10, timeout=30)
     assert sampler.ready, "the sampler ran"
     assert min(sampler.ready) >= 2, f"ready replicas dropped to {min(sampler.ready)}"
     assert {old, new_key} <= sampler.keys

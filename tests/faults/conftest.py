@@ -21,7 +21,7 @@ from e2e.support import Operator, cluster_of_its_own, create_buckets
 from faults.support import ENGINES, MODELS, Switch
 from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
-from kiln.dev.testbed.cluster import Cluster
+from kiln.dev.testbed.cluster import Cluster, free_port
 from kiln.dev.testbed.localproc import LABEL, LocalProcessRunner
 
 
@@ -63,7 +63,7 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None, store_proxy: S3Prox
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_REBUILD_SETTLE": "0s",  # the tests' weights are uploaded just before
-        "KILN_METRICS_PORT": "0",
+        "KILN_METRICS_PORT": str(free_port()),  # the tests count its passes
         "KILN_SIGNING_KEY_FILE": str(signing.write_key(
             tmp_path_factory.mktemp("signing") / "key.pem")),
         "KILN_VERIFY_SECONDS": "10",

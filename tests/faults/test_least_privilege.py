@@ -4,16 +4,15 @@ builder image outside the operator's allowed list builds nothing."""
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import pytest
 from kubernetes import client
 
-from e2e.support import get_eb, ready
+from e2e.support import Operator, get_eb, ready
 from faults.support import build_jobs, create, engine_build
 from faults.test_provenance import create_ed, engine_deployment
-from kiln import GROUP, VERSION
+from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.dev.testbed import nodes
 from kiln.dev.testbed.cluster import Cluster
 from kiln.domain.labels import ED_LABEL
@@ -41,6 +40,15 @@ def ed_ready(kube: Cluster, namespace: str, name: str) -> dict[str, Any] | None:
             and status.get("observedGeneration") == ed["metadata"]["generation"]):
         return status
     return None
+
+
+def _rolled_out(deployment: Any) -> Any:
+    """The Deployment once its controller has said its last word on it (nothing to roll)."""
+    progressing = next((c for c in deployment.status.conditions or []
+                        if c.type == "Progressing"), None)
+    done = (deployment.status.observed_generation == deployment.metadata.generation
+            and progressing is not None and progressing.reason == "NewReplicaSetAvailable")
+    return deployment if done else None
 
 
 def test_restricted_namespace_admits_build_and_serving_pods(
@@ -75,7 +83,7 @@ def test_restricted_namespace_admits_build_and_serving_pods(
 
 
 def test_a_users_deployment_of_kilns_name_is_left_alone(
-        kube: Cluster, namespace: str, weights: str) -> None:
+        kube: Cluster, namespace: str, weights: str, operator: Operator) -> None:
     apps = client.AppsV1Api(kube.api_client)
     name = deployment_name("chat", nodes.H100.product)
     labels = {"app": "mine"}
@@ -84,11 +92,9 @@ def test_a_users_deployment_of_kilns_name_is_left_alone(
         "spec": {"replicas": 0, "selector": {"matchLabels": labels},
                  "template": {"metadata": {"labels": labels},
                               "spec": {"containers": [{"name": "app", "image": "busybox"}]}}}})
-    # Once the Deployment controller has written its status, nothing else writes it.
-    eventually(lambda: apps.read_namespaced_deployment(name, namespace).status.observed_generation
-               or None, timeout=30)
-    time.sleep(2)
-    before = apps.read_namespaced_deployment(name, namespace)
+    # Once the Deployment controller has written its last status, nothing else writes it.
+    before = eventually(lambda: _rolled_out(apps.read_namespaced_deployment(name, namespace)),
+                        timeout=30)
     create(kube, namespace, engine_build("llama", weights))
     create_ed(kube, namespace, engine_deployment("chat", "llama"))
     eventually(lambda: ready(kube, namespace, "llama"), timeout=120)
@@ -101,7 +107,7 @@ def test_a_users_deployment_of_kilns_name_is_left_alone(
     assert stall["reason"] == "NameTaken"
     assert f"Deployment {namespace}/{name} exists and is not EngineDeployment chat's" in (
         stall["message"])
-    time.sleep(12)  # a few resyncs: still nothing of it changed
+    operator.resynced(ED_PLURAL)  # passed over again: still nothing of it changed
     after = apps.read_namespaced_deployment(name, namespace)
     assert after.metadata.resource_version == before.metadata.resource_version
     assert after.metadata.owner_references is None
@@ -111,7 +117,7 @@ def test_a_users_deployment_of_kilns_name_is_left_alone(
 
 
 def test_a_builder_image_outside_the_allowed_list_is_stalled_and_builds_nothing(
-        kube: Cluster, namespace: str, weights: str) -> None:
+        kube: Cluster, namespace: str, weights: str, operator: Operator) -> None:
     body = engine_build("llama", weights)
     body["spec"]["toolchain"] = {"image": "registry.evil/builder:1"}
     create(kube, namespace, body)
@@ -124,5 +130,5 @@ def test_a_builder_image_outside_the_allowed_list_is_stalled_and_builds_nothing(
     assert stall["reason"] == "ImageNotAllowed"
     assert "registry.evil/builder:1" in stall["message"]
     assert "kiln-builder, registry.test/kiln/" in stall["message"]
-    time.sleep(6)
+    operator.resynced(EB_PLURAL)
     assert build_jobs(kube, namespace) == []

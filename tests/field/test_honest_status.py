@@ -18,6 +18,7 @@ from kubernetes import client
 
 from builder.faults import S3Proxy
 from chart.argocd import health
+from e2e.support import Operator
 from field.support import conditions, create, engine_build, get, is_ready, patch
 from kiln import EB_PLURAL
 from kiln.dev.testbed import nodes
@@ -253,7 +254,7 @@ def test_a_secret_with_wrong_keys_is_retried_as_access_denied_and_heals_when_cor
 
 
 def test_a_job_the_apiserver_refuses_is_stalled_with_its_message_until_the_spec_changes(
-        kube: Cluster, namespace: str, weights: str) -> None:
+        kube: Cluster, namespace: str, weights: str, operator: Operator) -> None:
     """A toleration key the CRD lets through but the Job's validation refuses (422)."""
     create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}],
                                          job={"tolerations": [{"key": "not a key!",
@@ -263,7 +264,7 @@ def test_a_job_the_apiserver_refuses_is_stalled_with_its_message_until_the_spec_
     assert "tolerations" in message and "Invalid value" in message, message
     assert health(eb)[0] == "Degraded"
     attempts = eb["metadata"]["resourceVersion"]
-    time.sleep(5)  # no retry loop: the status holds still
+    operator.resynced(EB_PLURAL)  # no retry loop: passed over again, the status holds still
     assert build(kube, namespace)["metadata"]["resourceVersion"] == attempts
     patch(kube, namespace, EB_PLURAL, "llama", {"spec": {"job": {"tolerations": [
         {"key": "example.com/ok", "operator": "Exists"}]}}})

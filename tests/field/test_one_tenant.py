@@ -11,6 +11,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import pytest
 from kubernetes import client
@@ -24,9 +25,17 @@ pytestmark = pytest.mark.usefixtures("operator", "builders")
 TARGET = [{"gpu": "H100-SXM"}]
 
 
-@pytest.fixture
-def black_hole() -> Iterator[str]:
+@dataclass(frozen=True)
+class BlackHole:
     """An HTTP endpoint that accepts every connection and never answers."""
+
+    url: str
+    held: list[socket.socket]
+    """The connections it has accepted."""
+
+
+@pytest.fixture
+def black_hole() -> Iterator[BlackHole]:
     server = socket.create_server(("127.0.0.1", 0), backlog=512)
     held: list[socket.socket] = []
     stop = threading.Event()
@@ -39,7 +48,7 @@ def black_hole() -> Iterator[str]:
 
     thread = threading.Thread(target=accept, daemon=True)
     thread.start()
-    yield f"http://127.0.0.1:{server.getsockname()[1]}"
+    yield BlackHole(f"http://127.0.0.1:{server.getsockname()[1]}", held)
     stop.set()
     thread.join(timeout=2)
     for conn in held:
@@ -59,7 +68,7 @@ def other_namespaces(kube: Cluster) -> Iterator[list[str]]:
 
 
 def test_fifty_builds_at_a_hung_endpoint_do_not_delay_another_namespace(
-        kube: Cluster, namespace: str, weights: str, black_hole: str,
+        kube: Cluster, namespace: str, weights: str, black_hole: BlackHole,
         other_namespaces: list[str]) -> None:
     hung, healthy = other_namespaces
     create(kube, namespace, engine_build("warm", weights, targets=TARGET))
@@ -67,11 +76,12 @@ def test_fifty_builds_at_a_hung_endpoint_do_not_delay_another_namespace(
 
     client.CoreV1Api(kube.api_client).create_namespaced_secret(hung, {
         "metadata": {"name": "creds"},
-        "data": {"AWS_ENDPOINT_URL": base64.b64encode(black_hole.encode()).decode()}})
+        "data": {"AWS_ENDPOINT_URL": base64.b64encode(black_hole.url.encode()).decode()}})
     create(kube, hung, *(engine_build(f"hung-{i}", "s3://hung/llama/", targets=TARGET,
                                       model={"credentialsSecret": "creds"})
                          for i in range(50)))
-    time.sleep(4)  # they are all being reconciled, and the first reads hang
+    # They are all being reconciled, and the first read hangs (its answer never comes).
+    eventually(lambda: black_hole.held, timeout=30)
     created = time.monotonic()
     create(kube, healthy, engine_build("twin", weights, targets=TARGET))
     eventually(lambda: is_ready(get(kube, healthy, EB_PLURAL, "twin")) or None, timeout=10)

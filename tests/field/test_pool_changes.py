@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+from e2e.support import Operator
 from field.support import (
     conditions,
     create,
@@ -70,7 +71,7 @@ def serving_everywhere(kube: Cluster, namespace: str) -> bool:
 
 
 def test_a_label_blip_drops_nothing_and_a_lost_pool_drains_after_the_others_are_ready(
-        kube: Cluster, namespace: str, weights: str) -> None:
+        kube: Cluster, namespace: str, weights: str, operator: Operator) -> None:
     create(kube, namespace, engine_build("llama", weights),
            engine_deployment("chat", "llama", gpu="auto", pool={"drainAfter": "20s"}))
     eventually(lambda: serving_everywhere(kube, namespace) or None, timeout=180)
@@ -80,14 +81,14 @@ def test_a_label_blip_drops_nothing_and_a_lost_pool_drains_after_the_others_are_
                 for uid, p in pods.items()}
     l40s_nodes = nodes.L40S.node_names()
 
-    # 1. The product label gone from every L40S node for 10 s, then back.
+    # 1. The product label gone from every L40S node for two resyncs, then back.
     with Watch(kube, namespace) as watch:
         relabel(kube, l40s_nodes, GPU_PRODUCT_LABEL, None)
         try:
             eventually(lambda: watch.missing_seen or None, timeout=8)
             ed = get(kube, namespace, ED_PLURAL, "chat")
             assert conditions(ed)["Reconciling"] == ("True", "ProductMissing")
-            time.sleep(max(0.0, 10 - 1))
+            operator.resynced(ED_PLURAL)  # it has passed over it without the label
         finally:
             relabel(kube, l40s_nodes, GPU_PRODUCT_LABEL, L40S)
         eventually(lambda: serving_everywhere(kube, namespace) or None, timeout=30)

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from e2e.support import Operator
-from field.conftest import ENGINES, MODELS, RESYNC_SECONDS
+from field.conftest import ENGINES, MODELS
 from field.support import (
     create,
     custom,
@@ -64,7 +64,7 @@ def test_a_pin_holds_across_a_restart_and_a_poll_rebuilds_once(
 
     replace_weights(s3_client, namespace)
     restart(operator)
-    time.sleep(RESYNC_SECONDS * 4)
+    operator.resynced(EB_PLURAL)  # the new process has read both, weights changed
     assert keys(kube, namespace, "pinned") == pinned, "a restart changed a pinned key"
     # pollInterval (1m after the last read) re-reads the other one: one new key per target.
     new = eventually(lambda: keys(kube, namespace, "polled") != polled
@@ -104,15 +104,16 @@ def test_auto_targets_follow_what_engine_deployments_need_even_while_away(
     finally:
         operator.start()
     eventually(lambda: auto_targets(kube, namespace, "b") == [] or None, timeout=30)
-    time.sleep(RESYNC_SECONDS * 2)
+    operator.resynced(EB_PLURAL)
     assert job_keys(kube, namespace) <= built, "no Job for a product nobody serves"
     assert keys(kube, namespace, "a") == {} and keys(kube, namespace, "b") == {}
 
 
-def lifecycle(kube: Cluster, namespace: str, sources: tuple[str, str], kill: Any) -> dict[str, Any]:
+def lifecycle(kube: Cluster, namespace: str, sources: tuple[str, str], operator: Operator,
+              kill: Any) -> dict[str, Any]:
     """EngineBuild + EngineDeployment (gpu auto), Ready; the weights changed (the spec moves
     to a new checkpoint, as a GitOps bump does), Ready again; ``kill()`` between the steps.
-    Returns what the cluster ends with."""
+    Returns what the cluster ends with, once ``operator`` has passed over it again."""
     store = f"s3://{ENGINES}/{namespace}/"
     seen: set[str] = set()
     stop = threading.Event()
@@ -138,7 +139,8 @@ def lifecycle(kube: Cluster, namespace: str, sources: tuple[str, str], kill: Any
     kill()
     eventually(lambda: (is_ready(get(kube, namespace, ED_PLURAL, "chat"))
                and is_ready(get(kube, namespace, EB_PLURAL, "llama"))) or None, timeout=180)
-    time.sleep(RESYNC_SECONDS * 2)
+    operator.resynced(EB_PLURAL)
+    operator.resynced(ED_PLURAL)
     stop.set()
     sampler.join(timeout=10)
     ed = get(kube, namespace, ED_PLURAL, "chat")
@@ -182,7 +184,8 @@ def test_a_lifecycle_with_restarts_ends_where_one_without_them_does(
                 restart(operator)
 
         try:
-            results.append(lifecycle(kube, namespace, (sources[0], sources[1]), kill))
+            results.append(lifecycle(kube, namespace, (sources[0], sources[1]), operator,
+                                     kill))
         finally:
             core.delete_namespace(namespace)
     calm, killed = results

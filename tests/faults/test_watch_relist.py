@@ -2,7 +2,7 @@
 restarted (the old resource version is gone: 410, a re-list), and the Job was deleted in
 between. Kopf's indexes keep what the re-list no longer lists; kiln must not trust them.
 
-Named ``zy`` to run just before ``zz``: while its apiserver is down nothing else can run.
+It stops its tier's apiserver (``restarts_apiserver``: it runs after the tier's other tests).
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from waiting import eventually
 RESYNC_SECONDS = 5  # the fault operator's KILN_RESYNC_SECONDS
 
 
+@pytest.mark.restarts_apiserver
 @pytest.mark.timeout(240)
 def test_a_job_deleted_while_the_watch_was_away_is_recreated_within_a_resync(
         kube: Cluster, namespace: str, weights: str, operator: Operator,
