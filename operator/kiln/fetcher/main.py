@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kiln.contract import env as names
-from kiln.contract import provenance, termination
+from kiln.contract import provenance, termination, version_guard
 from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, Manifest
 from kiln.errors import GPUMismatch, IntegrityError, InvalidInput, InvalidTask, NotFound
@@ -137,7 +137,7 @@ def write_repository(repo: Path, files: Mapping[str, str]) -> None:
         path.write_text(text)
 
 
-GUARD = Path(__file__).with_name("version_guard.py")
+GUARD = Path(version_guard.__file__)
 """The version guard the server container runs before the server (standard library only)."""
 
 
