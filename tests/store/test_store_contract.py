@@ -374,3 +374,45 @@ def test_the_used_marker_says_how_often_its_writer_marks(store: EngineStore,
     assert not store.mark_used(KEY, "cluster-a", unless_within=60, every=600.0)
     assert store.mark_used(KEY, "old-operator")
     assert (found := store.last_used(KEY)) is not None and found[1] is None
+
+
+def test_a_damaged_engine_set_aside_keeps_every_byte_and_is_gone_from_engines(
+        store: EngineStore, engine: Path, tmp_path: Path) -> None:
+    import hashlib
+
+    manifest = store.upload(KEY, engine)
+    store.write_envelope(KEY, b'{"signed": true}')
+    before = store.read_manifest_bytes(KEY) or b""
+    assert store.file_sizes(KEY, manifest.upload) == {f.path: f.size for f in manifest.files}
+    corrupt = b"x" + (engine / "rank2.engine").read_bytes()[1:]
+    store_put_raw(store, KEY, manifest.upload, "rank2.engine", corrupt)
+    assert store.file_sha256(KEY, manifest.upload, "rank2.engine") == hashlib.sha256(
+        corrupt).hexdigest()
+    assert store.file_sha256(KEY, manifest.upload, "nothing") is None
+    store.upload(OTHER, engine)
+
+    where = store.set_aside(KEY, before, {"found": "rank2.engine: its sha256 is ..."})
+    assert where == f"{store.uri}damaged/{KEY}/{manifest.upload}/"
+    assert not store.has(KEY) and store.read_envelope(KEY) is None
+    assert stored_files(store, KEY) == []
+    assert store.list_keys() == [OTHER]  # nothing else moved, and it is no engine
+    assert store.collect_garbage(0) == []  # nor garbage: kept until someone deletes it
+    got = tmp_path / "aside"
+    if isinstance(store, S3Store):
+        prefix = f"{store.prefix}damaged/{KEY}/{manifest.upload}/"
+        for obj in store.client.list_objects_v2(Bucket=store.bucket,
+                                                Prefix=prefix)["Contents"]:
+            target = got / obj["Key"][len(prefix):]
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(store.client.get_object(Bucket=store.bucket,
+                                                       Key=obj["Key"])["Body"].read())
+    else:
+        assert isinstance(store, FileStore)
+        got = store.root / "damaged" / KEY / manifest.upload
+    assert (got / "manifest.json").read_bytes() == before
+    assert (got / "provenance.dsse.json").read_bytes() == b'{"signed": true}'
+    assert "rank2.engine" in (got / "finding.json").read_text()
+    assert (got / "files" / "rank2.engine").read_bytes() == corrupt
+    for entry in manifest.files:
+        if entry.path != "rank2.engine":
+            assert (got / "files" / entry.path).read_bytes() == (engine / entry.path).read_bytes()

@@ -16,7 +16,7 @@ from kiln.builder.checkpoint import Checkpoint
 from kiln.builder.commands import CALIBRATION_DIR, DEFAULT_EXAMPLES, Paths
 from kiln.builder.progress import Progress, human, say
 from kiln.contract import env as names
-from kiln.contract import provenance
+from kiln.contract import layout, provenance
 from kiln.contract.key import key_inputs, key_of, short_key
 from kiln.contract.task import BuildTask
 from kiln.errors import InvalidTask, WeightsChanged
@@ -193,7 +193,7 @@ def _inputs(task: BuildTask) -> dict[str, Any]:
 def _summary(task: BuildTask, manifest: Any, seconds: dict[str, float],
              cached: bool) -> dict[str, Any]:
     files = [{"path": f.path, "size": f.size} for f in getattr(manifest, "files", [])]
-    return {"key": task.key, "uri": f"{task.store.rstrip('/')}/engines/{task.key}/",
+    return {"key": task.key, "uri": layout.engine_uri(task.store, task.key),
             "cached": cached, "sizeBytes": getattr(manifest, "total_bytes", None),
             "buildSeconds": getattr(manifest, "build_seconds", None),
             "seconds": {k: round(v, 3) for k, v in seconds.items()},

@@ -1,9 +1,10 @@
 """The engine store's contract, and the parts both backends share.
 
-Layout: ``<store>/engines/<key>/<upload>/<files>`` holds the files of one upload (a random
-id per writer, so two writers of a key never mix their files) and
+Layout (``kiln.contract.layout``): ``<store>/engines/<key>/<upload>/<files>`` holds the files
+of one upload (a random id per writer, so two writers of a key never mix their files) and
 ``<store>/engines/<key>/manifest.json`` commits one upload: it is written last, only if no
-manifest exists yet. No manifest, no engine; uploads no manifest names are garbage.
+manifest exists yet. No manifest, no engine; uploads no manifest names are garbage. An engine
+found damaged is set aside under ``<store>/damaged/<key>/<upload>/``: kept, never served.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
 
+from kiln.contract import layout
 from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
 from kiln.contract.provenance import ENVELOPE
@@ -52,6 +54,14 @@ def engine_files(src: Path) -> list[Path]:
     if not files:
         raise InvalidInput(f"{src} holds no files to store")
     return files
+
+
+def _upload_id(upload: str) -> str:
+    """``upload`` if it names one upload (a directory under the engine's), else
+    ``InvalidInput``."""
+    if not upload or "/" in upload or upload in (".", ".."):
+        raise InvalidInput(f"{upload!r} is not an upload id")
+    return upload
 
 
 def sha256_file(path: Path) -> str:
@@ -143,9 +153,27 @@ class EngineStore(ABC):
         """(upload id, age in seconds of its newest file) under an engine directory."""
 
     @abstractmethod
-    def _uncommit(self, key: str) -> Manifest | None:
+    def _uncommit(self, key: str, expected: bytes | None = None) -> Manifest | None:
         """Delete the manifest, only if it is still the one just read (a manifest committed
-        or replaced meanwhile stays); the manifest removed, or None if none was."""
+        or replaced meanwhile stays), and, given ``expected``, only if it is those bytes; the
+        manifest removed, or None if none was."""
+
+    @abstractmethod
+    def _files(self, key: str, upload: str) -> dict[str, int]:
+        """The files of an upload as stored: relative path -> size."""
+
+    @abstractmethod
+    def _file_sha256(self, key: str, upload: str, path: str) -> str | None:
+        """The sha256 of one stored file, read through (not kept); None if it is missing."""
+
+    @abstractmethod
+    def _put_aside(self, key: str, upload: str, name: str, data: bytes) -> None:
+        """Write a small object under ``damaged/<key>/<upload>/``."""
+
+    @abstractmethod
+    def _move_aside(self, key: str, upload: str) -> None:
+        """Move an upload's files to ``damaged/<key>/<upload>/files/``: each is there before
+        it leaves ``engines/``."""
 
     @abstractmethod
     def _drop(self, key: str, name: str) -> None:
@@ -192,7 +220,7 @@ class EngineStore(ABC):
 
     def engine_uri(self, key: str) -> str:
         """Where engine ``key`` lives (its directory, ending in ``/``)."""
-        return f"{self.uri}engines/{check_key(key)}/"
+        return layout.engine_uri(self.uri, check_key(key))
 
     @staticmethod
     def _parse_manifest(key: str, data: bytes | None) -> Manifest | None:
@@ -305,6 +333,42 @@ class EngineStore(ABC):
         counter.each(self.workers, fetch, manifest.files)
         (dest_dir / MANIFEST).write_bytes(manifest.to_json())
         return manifest
+
+    def file_sizes(self, key: str, upload: str) -> dict[str, int]:
+        """The files of one upload of engine ``key`` as stored: relative path -> size."""
+        return self._files(check_key(key), _upload_id(upload))
+
+    def file_sha256(self, key: str, upload: str, path: str) -> str | None:
+        """The sha256 of one file of an upload, streamed from the store (nothing is kept);
+        None if it is missing."""
+        return self._file_sha256(check_key(key), _upload_id(upload), path)
+
+    def set_aside(self, key: str, manifest: bytes, finding: dict[str, Any]) -> str | None:
+        """Take a damaged engine out of ``engines/``, kept for evidence under ``damaged/<key>/
+        <upload>/`` (never served, never collected): its manifest, provenance and
+        ``finding.json`` are written there first; then the manifest is taken away, only if
+        it is still ``manifest`` (an engine committed meanwhile stays); then the upload's files
+        move to ``files/`` beside them. Where the evidence is, or None when the stored
+        manifest was no longer that one (nothing is taken away then)."""
+        parsed = self._parse_manifest(check_key(key), manifest)
+        if parsed is None:
+            raise InvalidInput(f"the manifest of engine {short_key(key)} to set aside does not "
+                               "parse")
+        upload = _upload_id(parsed.upload)
+        envelope = self.read_envelope(key)
+        self._put_aside(key, upload, MANIFEST, manifest)
+        if envelope is not None:
+            self._put_aside(key, upload, ENVELOPE, envelope)
+        self._put_aside(key, upload, layout.FINDING,
+                        (json.dumps(finding, indent=2, sort_keys=True) + "\n").encode())
+        if self._uncommit(key, manifest) is None:
+            return None
+        self._drop(key, ENVELOPE)
+        self._move_aside(key, upload)
+        log.warning("set engine %s aside in %s (upload %s): %s", short_key(key),
+                    layout.damaged_uri(self.uri, key, upload), upload,
+                    finding.get("message", "damaged"))
+        return layout.damaged_uri(self.uri, key, upload)
 
     def list_keys(self) -> list[str]:
         """Keys of committed engines, sorted."""

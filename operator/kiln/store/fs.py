@@ -10,6 +10,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+from kiln.contract import layout
 from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, USED, FileEntry, Manifest
 from kiln.errors import InvalidInput, NotFound
@@ -39,7 +40,10 @@ class FileStore(EngineStore):
         self.uri = uri or f"file://{root}/"
 
     def _dir(self, key: str) -> Path:
-        return self.root / "engines" / key
+        return self.root / layout.ENGINES / key
+
+    def _aside(self, key: str, upload: str) -> Path:
+        return self.root / layout.DAMAGED / key / upload
 
     def _put_file(self, key: str, upload: str, rel: str, path: Path, count: Count) -> str:
         target = self._dir(key) / upload / rel
@@ -108,7 +112,7 @@ class FileStore(EngineStore):
         staged.replace(path)  # atomic: readers see the old object or the new one
 
     def _keys(self) -> Iterator[str]:
-        engines = self.root / "engines"
+        engines = self.root / layout.ENGINES
         if engines.is_dir():
             yield from sorted(p.name for p in engines.iterdir() if p.is_dir())
 
@@ -119,19 +123,55 @@ class FileStore(EngineStore):
                 times = [p.stat().st_mtime for p in upload.rglob("*")]
                 yield upload.name, now - max([upload.stat().st_mtime, *times])
 
-    def _uncommit(self, key: str) -> Manifest | None:
+    def _uncommit(self, key: str, expected: bytes | None = None) -> Manifest | None:
         # A rename is atomic: what is taken away is exactly the manifest then committed, and
         # its upload is the one removed after.
+        committed = self._dir(key) / MANIFEST
         taken = self._dir(key) / f".{MANIFEST}.deleting.{os.getpid()}.{time.monotonic_ns()}"
         try:
-            os.rename(self._dir(key) / MANIFEST, taken)
+            os.rename(committed, taken)
         except FileNotFoundError:
             return None
         try:
-            return Manifest.model_validate_json(taken.read_bytes())
+            data = taken.read_bytes()
+            if expected is not None and data != expected:
+                with contextlib.suppress(FileExistsError):  # not that one: committed again
+                    os.link(taken, committed)
+                return None
+            return Manifest.model_validate_json(data)
         finally:
             taken.unlink(missing_ok=True)
             _fsync_dir(self._dir(key))
+
+    def _files(self, key: str, upload: str) -> dict[str, int]:
+        base = self._dir(key) / upload
+        return {p.relative_to(base).as_posix(): p.stat().st_size
+                for p in base.rglob("*") if p.is_file()}
+
+    def _file_sha256(self, key: str, upload: str, path: str) -> str | None:
+        digest = hashlib.sha256()
+        try:
+            with (self._dir(key) / upload / path).open("rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            return None
+        return digest.hexdigest()
+
+    def _put_aside(self, key: str, upload: str, name: str, data: bytes) -> None:
+        path = self._aside(key, upload) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        staged = path.with_name(f".{name}.{os.getpid()}.{time.monotonic_ns()}")
+        staged.write_bytes(data)
+        staged.replace(path)
+
+    def _move_aside(self, key: str, upload: str) -> None:
+        source, aside = self._dir(key) / upload, self._aside(key, upload) / layout.FILES
+        for path in sorted(p for p in source.rglob("*") if p.is_file()):
+            target = aside / path.relative_to(source)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, target)  # a rename: there before it is gone from here
+        shutil.rmtree(source, ignore_errors=True)
 
     def _drop(self, key: str, name: str) -> None:
         (self._dir(key) / name).unlink(missing_ok=True)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -11,16 +13,18 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
+from kiln.contract import layout
 from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, USED, FileEntry, Manifest
 from kiln.errors import InvalidInput
 from kiln.s3.client import error_code, translate
 from kiln.s3.transfer import Transfers, read_object
-from kiln.store.base import Count, EngineStore
+from kiln.store.base import CHUNK, Count, EngineStore
 
 log = logging.getLogger(__name__)
 
 _CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "412")
+_MISSING = ("404", "NoSuchKey", "NotFound")
 
 
 class S3Store(EngineStore):
@@ -58,7 +62,10 @@ class S3Store(EngineStore):
                 self._transfers = None
 
     def _key_prefix(self, key: str) -> str:
-        return f"{self.prefix}engines/{key}/"
+        return f"{self.prefix}{layout.ENGINES}{key}/"
+
+    def _aside_prefix(self, key: str, upload: str) -> str:
+        return f"{self.prefix}{layout.DAMAGED}{key}/{upload}/"
 
     def _call(self, what: str, fn: Callable[..., Any], **kwargs: Any) -> Any:
         try:
@@ -129,7 +136,7 @@ class S3Store(EngineStore):
                 yield mpu["Key"], mpu["UploadId"], mpu["Initiated"]
 
     def _keys(self) -> Iterator[str]:
-        base = f"{self.prefix}engines/"
+        base = f"{self.prefix}{layout.ENGINES}"
         seen = set()
         for page in self._pages("list_objects_v2", Prefix=base, Delimiter="/"):
             for common in page.get("CommonPrefixes", []):
@@ -156,14 +163,17 @@ class S3Store(EngineStore):
         for upload, when in newest.items():
             yield upload, (now - when).total_seconds()
 
-    def _uncommit(self, key: str) -> Manifest | None:
+    def _uncommit(self, key: str, expected: bytes | None = None) -> Manifest | None:
         name = self._key_prefix(key) + MANIFEST
         try:
             found = self.client.get_object(Bucket=self.bucket, Key=name)
-            manifest = Manifest.model_validate_json(found["Body"].read())
+            data = found["Body"].read()
             etag = found["ETag"]
+            if expected is not None and data != expected:
+                return None
+            manifest = Manifest.model_validate_json(data)
         except ClientError as error:
-            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(error) in _MISSING:
                 return None
             raise translate(error, f"read the manifest of {short_key(key)} in {self.uri}"
                             ) from error
@@ -190,6 +200,47 @@ class S3Store(EngineStore):
             raise translate(error, f"delete the manifest of {short_key(key)} in {self.uri}"
                             ) from error
         return manifest
+
+    def _files(self, key: str, upload: str) -> dict[str, int]:
+        prefix = f"{self._key_prefix(key)}{upload}/"
+        return {o["Key"][len(prefix):]: int(o["Size"])
+                for page in self._pages("list_objects_v2", Prefix=prefix)
+                for o in page.get("Contents", [])}
+
+    def _file_sha256(self, key: str, upload: str, path: str) -> str | None:
+        what = f"read {path} of {self.engine_uri(key)}"
+        digest = hashlib.sha256()
+        try:
+            found = self.client.get_object(Bucket=self.bucket,
+                                           Key=f"{self._key_prefix(key)}{upload}/{path}")
+            with contextlib.closing(found["Body"]) as body:
+                for chunk in body.iter_chunks(CHUNK):
+                    digest.update(chunk)
+        except ClientError as error:
+            if error_code(error) in _MISSING:
+                return None
+            raise translate(error, what) from error
+        except (BotoCoreError, OSError) as error:
+            raise translate(error, what) from error
+        return digest.hexdigest()
+
+    def _put_aside(self, key: str, upload: str, name: str, data: bytes) -> None:
+        self._call(f"set {name} of {short_key(key)} aside", self.client.put_object,
+                   Bucket=self.bucket, Key=self._aside_prefix(key, upload) + name, Body=data)
+
+    def _move_aside(self, key: str, upload: str) -> None:
+        prefix = f"{self._key_prefix(key)}{upload}/"
+        aside = self._aside_prefix(key, upload) + layout.FILES
+        names = [o["Key"] for page in self._pages("list_objects_v2", Prefix=prefix)
+                 for o in page.get("Contents", [])]
+        for name in names:  # server-side copies (multipart where large), all before deletes
+            self._call(f"set {name} aside", self.client.copy,
+                       CopySource={"Bucket": self.bucket, "Key": name}, Bucket=self.bucket,
+                       Key=aside + name[len(prefix):])
+        for start in range(0, len(names), 1000):
+            self._call("delete what was set aside", self.client.delete_objects,
+                       Bucket=self.bucket, Delete={"Quiet": True, "Objects": [
+                           {"Key": n} for n in names[start:start + 1000]]})
 
     def _drop(self, key: str, name: str) -> None:
         self._call(f"delete {name} of {short_key(key)}", self.client.delete_object,
