@@ -273,3 +273,49 @@ def test_a_retry_counts_its_delay_from_after_the_status_write() -> None:
     assert backoff.next_try("a") is None  # a due time already past schedules nothing...
     backoff.wait_from_now("a")
     assert backoff.next_try("a") == 2.0  # ...so the write's own pass counts from after it
+
+
+def ready(obj: EngineBuild, w: Want, state: str = "Ready") -> EngineBuild:
+    """``obj`` as a pass that found ``w``'s engine wrote it."""
+    status = run(obj, [w], manifests={w.key: manifest(w.key)},
+                 jobs={w.key: job(w.key, "Succeeded")}).status
+    entry = status.engines[0].model_copy(update={"state": state})
+    return eb(targets=[{"gpu": "H100-SXM"}], status=status.model_copy(
+        update={"engines": [entry]}).to_dict())
+
+
+@pytest.mark.parametrize("state", ["Ready", "Cached"])
+def test_an_engine_that_was_ready_and_left_the_store_is_built_again_replacing_its_job(
+        state: str) -> None:
+    (w,) = wants(eb(targets=[{"gpu": "H100-SXM"}]))
+    obj = ready(eb(targets=[{"gpu": "H100-SXM"}]), w, state)
+    done = job(w.key, "Succeeded")
+    why = "EngineDamaged: rank0.engine: its sha256 is a, the manifest says b: set aside"
+    result = run(obj, [w], jobs={w.key: done}, lost={w.key: why})
+    (entry,) = result.status.engines
+    assert (entry.state, entry.message, entry.key) == ("Building", why, w.key)
+    assert result.create == [w] and result.replace == [done]
+    assert result.status.phase == "Building"
+    assert ("Warning", "EngineDamaged") in [(e.type, e.reason) for e in result.events]
+    # The next pass, its new Job running: still Building, still saying why.
+    again = eb(targets=[{"gpu": "H100-SXM"}], status=result.status.to_dict())
+    later = run(again, [w], jobs={w.key: job(w.key, "Active")}, lost={w.key: why})
+    assert later.status.engines[0].message == why and later.replace == []
+    assert "EngineDamaged" not in [e.reason for e in later.events]
+    # Built again: Ready, with the new upload (serving pods roll onto it).
+    rebuilt = manifest(w.key).model_copy(update={"upload": "u2"})
+    final = run(eb(targets=[{"gpu": "H100-SXM"}], status=later.status.to_dict()), [w],
+                manifests={w.key: rebuilt}, jobs={w.key: job(w.key, "Succeeded")})
+    assert (final.status.engines[0].state, final.status.engines[0].upload) == ("Ready", "u2")
+
+
+def test_a_build_that_never_made_its_engine_is_not_built_again_for_ever() -> None:
+    obj = eb(targets=[{"gpu": "H100-SXM"}])
+    (w,) = wants(obj)
+    first = run(obj, [w], jobs={w.key: job(w.key, "Active")})
+    then = eb(targets=[{"gpu": "H100-SXM"}], status=first.status.to_dict())
+    result = run(then, [w], jobs={w.key: job(w.key, "Succeeded")},
+                 lost={w.key: "EngineMissing: gone"})
+    assert result.status.engines[0].state == "Failed"
+    assert result.status.engines[0].message.startswith("ManifestMissing")  # type: ignore[union-attr]
+    assert result.replace == [] and result.create == []

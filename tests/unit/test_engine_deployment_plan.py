@@ -380,3 +380,34 @@ def test_server_args_are_checked_against_trtllm_serve(args: list[str], ok: bool)
     assert (decision.stalled is None) is ok, decision.stalled
     if not ok:
         assert decision.stalled is not None and decision.stalled[0] == "InvalidServerArgs"
+
+
+@pytest.mark.parametrize("fallback", ["previous", "pytorch", "none"])
+def test_an_engine_built_again_under_its_key_keeps_its_pods_then_rolls_onto_the_new_upload(
+        fallback: str) -> None:
+    serving = replace(deployed(H100, KEY_H), engine_upload="u1")
+    building = eb(engine("H100-SXM", H100, KEY_H, "Building",
+                         message="EngineMissing: engine aaaa is no longer in the store"))
+    decision = decide(ed("H100-SXM", fallback), building, POOL, [serving])
+    (serve,) = decision.serves
+    assert (serve.mode, serve.engine_key, serve.engine_upload, serve.rebuilding) == (
+        "engine", KEY_H, "u1", True), "served as it is: nothing rolls"
+    rebuilt = eb(engine("H100-SXM", H100, KEY_H, upload="u2"))
+    (serve,) = decide(ed("H100-SXM", fallback), rebuilt, POOL, [serving]).serves
+    assert (serve.engine_upload, serve.rebuilding) == ("u2", False)
+
+
+def test_a_fetch_that_found_the_engine_gone_waits_while_it_is_built_again() -> None:
+    rolling = replace(deployed(H100, KEY_H), template_hash="t", updated_replicas=1)
+    pod = observe_pod({
+        "metadata": {"name": "llama-h100-x", "annotations": {"kiln.dev/template-hash": "t"}},
+        "status": {"phase": "Pending", "initContainerStatuses": [{
+            "name": "fetch-engine", "state": {"waiting": {"reason": "CrashLoopBackOff"}},
+            "lastState": {"terminated": {"exitCode": 15, "message": json.dumps({
+                "reason": "IntegrityError", "message": "rank0.engine is corrupt",
+                "retryable": True})}}}]}})
+    stuck = trouble("H100-SXM", rolling, [pod], KEY_H)
+    assert stuck is not None and stuck.stalled
+    waiting = trouble("H100-SXM", rolling, [pod], KEY_H, rebuilding=True)
+    assert waiting is not None and not waiting.stalled
+    assert waiting.reason == "IntegrityError" and "building engine" in waiting.message

@@ -6,8 +6,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-import pytest
-
 from kiln.api import EngineBuild, EngineDeployment
 from kiln.config import OperatorConfig
 from kiln.engine_deployment import triton
@@ -21,7 +19,6 @@ from kiln.engine_deployment.render import (
     render_pdb,
     render_service,
     spec_hash,
-    store_of,
 )
 
 KEY = "d" * 64
@@ -194,12 +191,6 @@ def test_service_and_budget_select_every_product() -> None:
                            "selector": {"matchLabels": {"kiln.dev/engine-deployment": "llama"}}}
     assert "team" not in service["metadata"]["labels"]
     assert spec_hash(service) == spec_hash(render_service(ed()))
-
-
-def test_store_of_strips_the_engine_path() -> None:
-    assert store_of(f"s3://b/p/engines/{KEY}/", KEY) == "s3://b/p/"
-    with pytest.raises(ValueError, match="not an engine URI"):
-        store_of("s3://b/p/elsewhere/", KEY)
 
 
 def test_runtime_options_default_from_the_build_and_go_to_a_config_map() -> None:

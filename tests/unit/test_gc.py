@@ -102,9 +102,12 @@ def test_marking_starts_with_the_term_and_follows_reports(
         def deployments(self, ns: str, name: str) -> list[Deployment]:
             return [Deployment(OTHER, uri)]
 
-    class Builds:
+    class Engines:
         def store_uri(self, namespace: str, eb: Any) -> str:
             return uri
+
+    class Builds:
+        engines = Engines()
 
     class Config:
         used_mark_seconds = 4000.0

@@ -472,6 +472,9 @@ class EngineStatus(KilnModel):
     """The engine key (sha256 hex)."""
     uri: str | None = Field(default=None, max_length=2048)
     """Where the engine is: ``<store>/engines/<key>/``."""
+    upload: str | None = Field(default=None, max_length=64)
+    """Which upload of the key the store holds (its manifest's): an engine built again after
+    it went missing or was found damaged has a new one, and serving pods roll onto it."""
     state: EngineState = "Building"
     """``Cached`` (found in the store), ``Building``, ``Ready`` (built now) or ``Failed``."""
     job: str | None = Field(default=None, max_length=253)

@@ -64,18 +64,19 @@ def observe(job: dict[str, Any]) -> ObservedJob:
     owners = tuple(ref["uid"] for ref in meta.get("ownerReferences") or [])
     names = tuple(ref["name"] for ref in meta.get("ownerReferences") or []
                   if ref.get("kind") == "EngineBuild")
+    uid = str(meta.get("uid") or "") or None
     if _condition(job, "Complete") or _condition(job, "SuccessCriteriaMet"):
         return ObservedJob(meta["name"], key, "Succeeded", owners, _seconds(status),
-                           owner_names=names)
+                           owner_names=names, uid=uid)
     failed = _condition(job, "Failed") or _condition(job, "FailureTarget")
     if failed:
         failure = Failure(failed.get("reason") or "JobFailed",
                           failed.get("message") or "the build Job failed")
-        return ObservedJob(meta["name"], key, "Failed", owners, None, failure, names)
+        return ObservedJob(meta["name"], key, "Failed", owners, None, failure, names,
+                           uid=uid)
     return ObservedJob(meta["name"], key, "Active", owners, owner_names=names,
                        template_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
-                       uid=str(meta.get("uid") or "") or None,
-                       ran=bool(status.get("failed") or status.get("succeeded")),
+                       uid=uid, ran=bool(status.get("failed") or status.get("succeeded")),
                        created=timestamp(meta.get("creationTimestamp")))
 
 

@@ -45,7 +45,8 @@ class Plan:
     release: list[ObservedJob] = field(default_factory=list)
     """Jobs this object owns whose key it no longer wants."""
     replace: list[ObservedJob] = field(default_factory=list)
-    """Failed Jobs to delete before creating them again (the spec changed since)."""
+    """Jobs to delete before creating them again: failed ones (the spec changed since), and
+    finished ones whose engine is no longer in the store."""
     events: list[Event] = field(default_factory=list)
 
 
@@ -58,6 +59,7 @@ def _from_manifest(entry: EngineStatus, manifest: Manifest) -> EngineStatus:
         "tensorrt_version": versions.get("tensorrt"),
         "plugins": dict(manifest.built) or None,
         "message": " ".join(manifest.overridden) or None,
+        "upload": manifest.upload or None,
     })
 
 
@@ -75,10 +77,26 @@ def unsupported(build: BuildSpec, target: ResolvedTarget) -> str | None:
     return None if answer.ok else answer.reason
 
 
+LOST = ("EngineMissing", "EngineDamaged")
+"""The reasons an engine that was ready is built again (its message starts with one)."""
+
+
+def _lost(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
+          lost: dict[str, str]) -> str | None:
+    """Why the engine of ``want`` is built again, when status says it was ready and the
+    store no longer has it (deleted, set aside as damaged, or no longer signed); else None.
+    The status is the memory: the pass after this one sees it ``Building``."""
+    if (manifest is not None or prior is None or prior.key != want.key
+            or prior.state not in ("Ready", "Cached")):
+        return None
+    return lost.get(want.key) or (f"EngineMissing: engine {short_key(want.key)} is no longer "
+                                  f"in the store at {want.uri}; building it again")
+
+
 def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
             job: ObservedJob | None, failure: Failure | None,
             retry_failed: bool, uid: str, foreign: bool = False,
-            why_not: str | None = None) -> tuple[EngineStatus, bool]:
+            why_not: str | None = None, lost: str | None = None) -> tuple[EngineStatus, bool]:
     """The status entry of one target, and whether its Job must exist."""
     t = want.target
     entry = EngineStatus(target=t.name, gpu_product=t.gpu_product,
@@ -98,8 +116,14 @@ def _engine(want: Want, prior: EngineStatus | None, manifest: Manifest | None,
         entry = _from_manifest(entry, manifest).model_copy(update={
             "state": state, "job": job.name if job else None})
         return entry, False
+    if lost is not None:
+        return entry.model_copy(update={"state": "Building", "job": job_name(want.key),
+                                        "message": lost}), True
     if job is not None and job.state == "Active":
-        return entry.model_copy(update={"state": "Building", "job": job.name}), True
+        said = (prior.message if same_key and prior is not None and prior.state == "Building"
+                and (prior.message or "").startswith(LOST) else None)
+        return entry.model_copy(update={"state": "Building", "job": job.name,
+                                        "message": said}), True
     if job is not None and job.state == "Succeeded" and foreign:
         # The store holds a manifest this Job did not write (unsigned): build again.
         return entry.model_copy(update={"state": "Building", "job": job.name}), True
@@ -159,11 +183,14 @@ def _events(engines: list[EngineStatus], prior: dict[str, EngineStatus]) -> list
 def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datetime | None,
          source: str, auto_targets: list[str], manifests: dict[str, Manifest | None],
          jobs: dict[str, ObservedJob], failures: dict[str, Failure], uid: str,
-         foreign: frozenset[str] = frozenset(), stuck: dict[str, Stuck] | None = None) -> Plan:
+         foreign: frozenset[str] = frozenset(), stuck: dict[str, Stuck] | None = None,
+         lost: dict[str, str] | None = None) -> Plan:
     """The plan for one EngineBuild; ``jobs``, ``manifests`` (signed ones only) and ``stuck``
     (why a running Job's pod does not run) are keyed by engine key; ``auto_targets`` are what
     its EngineDeployments need now; ``foreign``: keys whose succeeded Job's manifest was
-    replaced by another writer's (built again)."""
+    replaced by another writer's (built again); ``lost``: what to say of an engine that was
+    ready and is no longer in the store (``EngineMissing: ...``, ``EngineDamaged: ...``),
+    by key."""
     old = eb.status or EngineBuildStatus()
     generation = int(eb.metadata.get("generation") or 0)
     # A failed engine is built again only after the spec changed since it was reported.
@@ -173,9 +200,15 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
     engines = []
     for want in wants:
         before = prior.get(want.target.name)
+        why_not = unsupported(eb.spec.build, want.target)
+        gone = None if why_not else _lost(want, before, manifests.get(want.key), lost or {})
         entry, needs_job = _engine(want, before, manifests.get(want.key), jobs.get(want.key),
                                    failures.get(want.key), retry_failed, uid,
-                                   want.key in foreign, unsupported(eb.spec.build, want.target))
+                                   want.key in foreign, why_not, gone)
+        if gone is not None:
+            reason, _, message = gone.partition(": ")
+            result.events.append(Event("Warning", reason, f"engine {short_key(want.key)} for "
+                                       f"{want.target.name}: {message}"))
         why = (stuck or {}).get(want.key)
         if why is not None and entry.state == "Building":
             entry = entry.model_copy(update={"message": f"{why.reason}: {why.message}"})
@@ -183,7 +216,8 @@ def plan(eb: EngineBuild, wants: list[Want], *, identity: str, checked_at: datet
         if needs_job:
             result.create.append(want)
             stale = jobs.get(want.key)
-            if stale is not None and (stale.state == "Failed" or want.key in foreign):
+            if stale is not None and (stale.state == "Failed" or want.key in foreign or (
+                    gone is not None and stale.state == "Succeeded")):
                 result.replace.append(stale)
     wanted = {w.key for w in wants}
     result.release = [j for j in jobs.values() if uid in j.owner_uids and j.key not in wanted]

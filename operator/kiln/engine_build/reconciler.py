@@ -26,7 +26,7 @@ import urllib3
 from kiln import EB_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, parse_duration
 from kiln.config import OperatorConfig
-from kiln.contract import provenance
+from kiln.contract import layout
 from kiln.contract.key import engine_key, short_key
 from kiln.contract.manifest import Manifest
 from kiln.contract.task import BuildTask
@@ -36,27 +36,26 @@ from kiln.domain.pods import ObservedPod
 from kiln.domain.pool import GpuNode, auto_targets, needed_products
 from kiln.domain.status import Event
 from kiln.engine_build import render, signing
+from kiln.engine_build.engines import Engines, Report, Wake, reports
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import CreateFailure, Stuck, stuck
 from kiln.engine_build.plan import Plan, Want, plan, retrying, stalled
 from kiln.engine_build.targets import effective
-from kiln.errors import ImageNotAllowed, KilnError, Unavailable, Untrusted
+from kiln.errors import ImageNotAllowed, KilnError, Unavailable
 from kiln.kube.client import Kube
 from kiln.reconcile.shell import Outcome, Pass, Shell, parse
 from kiln.reconcile.written import WrittenStatus
 from kiln.sources import WeightsIdentity, WeightSource, endpoints, open_source, origin_of
-from kiln.store import EngineStore, open_store
 from kiln.trust.keys import Trust
 
 log = logging.getLogger(__name__)
 CREATED_GRACE_SECONDS = 30.0
 """How long a Job created (or joined) here counts as observed before the index shows it."""
 MAX_SOURCES = 256
-MAX_ABSENT = 100_000
+MAX_CACHED = 100_000
+"""Entries a cache keyed by source or Job holds before it starts afresh."""
 ORIGIN_SECONDS = 300.0
 """How long the origin read from a credentials Secret is kept (a pass reads no Secret)."""
-ABSENT_FRESH_SECONDS = 5.0
-"""How long a manifest found missing while its Job runs counts as missing for any pass."""
 SWAPS = 3
 """Compare-and-swap attempts on a shared Job's owners before the next pass tries again."""
 NEVER_RAN = frozenset({"CreateFailed", "Unschedulable", "ImagePullFailed", "ContainerFailed"})
@@ -79,6 +78,8 @@ class BuildWorld(Protocol):
     def job_pods(self, namespace: str, job: str) -> list[ObservedPod]: ...
 
     def create_failure(self, namespace: str, job: str) -> CreateFailure | None: ...
+
+    def serving_pods(self, namespace: str, owner: str) -> list[ObservedPod]: ...
 
 
 @dataclass
@@ -120,12 +121,13 @@ def _now() -> datetime:
 
 
 class EngineBuildReconciler:
-    """Holds the caches that make reconciles cheap (weights identities, committed engines,
-    open sources and stores) and the status this process last wrote. None of them decides an
-    outcome a restart would decide differently: each is read back from status or re-read."""
+    """Holds the caches that make reconciles cheap (weights identities, open sources; the
+    engines in the store, in ``engines``) and the status this process last wrote. None of
+    them decides an outcome a restart would decide differently: each is read back from status
+    or re-read. ``wake`` marks an EngineBuild due (an engine it asked about was set aside)."""
 
     def __init__(self, kube: Kube, config: OperatorConfig, emit: EventSink,
-                 clock: Callable[[], datetime] = _now) -> None:
+                 clock: Callable[[], datetime] = _now, wake: Wake | None = None) -> None:
         self.kube = kube
         self.config = config
         self.emit = emit
@@ -134,19 +136,17 @@ class EngineBuildReconciler:
         self._identities: dict[tuple[str, str], _Identity] = {}
         self._origins: dict[tuple[str, str, str | None], tuple[dict[str, str], float]] = {}
         """(namespace, source, credentials Secret) -> (origin, when read)."""
-        self._manifests: dict[tuple[str, str], Manifest] = {}
-        """Verified (signed) manifests; verified again after ``config.verify_seconds``."""
-        self._verified_at: dict[tuple[str, str], float] = {}
         self.trust = Trust.from_config(config)
-        self._absent: dict[tuple[str, str, str], tuple[str, float]] = {}
-        """(store, key, namespace) -> (the running Job, when the manifest was found missing)."""
-        """(store, key, namespace) -> the Job that was building when no manifest was there."""
-        self._stores: dict[str, EngineStore] = {}
+        self.engines = Engines(config, self.trust, wake)
+        """Engines in the store: trusted manifests, signing, healing."""
         self._failures: dict[tuple[str, str], Failure | None] = {}
         self._sources: OrderedDict[tuple[Any, ...], WeightSource] = OrderedDict()
         self._reads: dict[tuple[Any, ...], _Read] = {}
         self._created: dict[tuple[str, str], tuple[ObservedJob, float]] = {}
         """Jobs this process created or joined, until the index shows them."""
+        self._replaced: set[str] = set()
+        """Uids of Jobs this process deleted to build their key again: the index may still
+        show one for a moment."""
         self._reread_for: set[tuple[str, str]] = set()
         """Failed Jobs (namespace, name) whose ``WeightsChanged`` made a re-read already."""
         self.written = WrittenStatus(
@@ -177,7 +177,7 @@ class EngineBuildReconciler:
             return cached[0]
         origin = origin_of(source, namespace,
                            self._credentials(namespace, eb) if needs_secret else None)
-        if len(self._origins) >= MAX_ABSENT:
+        if len(self._origins) >= MAX_CACHED:
             self._origins.clear()
         self._origins[ref] = (origin, time.monotonic())
         return origin
@@ -273,113 +273,37 @@ class EngineBuildReconciler:
                 f"builds once the weights have held still for "
                 f"{eb.spec.rebuild.settle or self.config.rebuild_settle}")
 
-    # -- the store -------------------------------------------------------------------------
-
-    def store_uri(self, namespace: str, eb: EngineBuild) -> str:
-        uri = eb.spec.output.store or self.config.default_store
-        if not uri:
-            raise KilnError("no engine store: set spec.output.store, or the operator's "
-                            "default store (KILN_DEFAULT_STORE)", reason="NoStore")
-        if uri.startswith("pvc://") and namespace != self.config.namespace:
-            own = self.config.namespace or "unknown: set KILN_NAMESPACE"
-            raise KilnError(
-                f"the pvc:// store {uri} would be written through the claim of that name in "
-                f"namespace {namespace}, but kiln reads pvc:// stores through the claims "
-                f"mounted in its own namespace ({own}): a different volume. Use an s3:// "
-                "store here, or create EngineBuilds with pvc:// stores in the operator's "
-                "namespace", reason="PvcStoreNamespace")
-        return uri if uri.endswith("/") else uri + "/"
-
-    def _store(self, uri: str) -> EngineStore:
-        if uri not in self._stores:
-            self._stores[uri] = open_store(uri)
-        return self._stores[uri]
-
-    def _manifest(self, uri: str, key: str, namespace: str, job: ObservedJob | None, *,
-                  trust_absent: bool = False) -> Manifest | None:
-        """A committed engine's manifest; found ones are cached (engines are immutable).
-
-        While the key's Job is running, a manifest found missing is, with ``trust_absent``,
-        not looked for again until the Job finishes (it is what writes the manifest): the
-        status changes of a running Job cost no store reads. Without it (the pass its own
-        status write causes, the sweep) it is not looked for again within
-        ``ABSENT_FRESH_SECONDS`` either.
-        """
-        if (uri, key) in self._manifests and not self.verify_due(uri, key):
-            return self._manifests[(uri, key)]
-        self._manifests.pop((uri, key), None)
-        building = job.name if job is not None and job.state == "Active" else None
-        absent = self._absent.get((uri, key, namespace))
-        if (building is not None and absent is not None and absent[0] == building
-                and (trust_absent or time.monotonic() - absent[1] < ABSENT_FRESH_SECONDS)):
-            return None
-        self._absent.pop((uri, key, namespace), None)
-        manifest = self._trusted(uri, key)
-        if manifest is not None:
-            self._manifests[(uri, key)] = manifest
-            self._verified_at[(uri, key)] = time.monotonic()
-        elif building is not None:
-            if len(self._absent) >= MAX_ABSENT:  # Jobs deleted mid-build leave entries
-                self._absent.clear()
-            self._absent[(uri, key, namespace)] = (building, time.monotonic())
-        return manifest
-
-    def verify_due(self, uri: str, key: str) -> bool:
-        """Whether a verified engine's signature is to be read again (it may be replaced)."""
-        at = self._verified_at.get((uri, key))
-        return at is None or time.monotonic() - at >= self.config.verify_seconds
-
-    def _trusted(self, uri: str, key: str) -> Manifest | None:
-        """The stored manifest if a trusted key signed exactly it (an unsigned or foreign one
-        counts as absent); signed again with the current key when only an older one did."""
-        store = self._store(uri)
-        manifest_bytes = store.read_manifest_bytes(key)
-        if manifest_bytes is None:
-            return None
-        envelope = store.read_envelope(key)
-        try:
-            verified = self.trust.verify(key, manifest_bytes, envelope)
-        except Untrusted as why:
-            log.info("engine %s in %s does not count: %s", short_key(key), uri, why.message)
-            return None
-        signer = self.trust.signer
-        if signer is not None and envelope is not None and self.trust.keyid not in verified.keyids:
-            store.write_envelope(key, provenance.add_signature(envelope, signer))
-            log.info("engine %s re-signed with the current key %s", short_key(key),
-                     signer.public_key.keyid[:12])
-        return verified.manifest
+    # -- the engines ---------------------------------------------------------------------
 
     def _sign_built(self, uri: str, want: Want, job: ObservedJob, namespace: str,
                     image: str, eb: EngineBuild, uid: str,
                     identity: str, origin: dict[str, str]) -> tuple[Manifest | None, bool]:
-        """Sign the engine the key's own Job (succeeded) wrote; (manifest, foreign): foreign
-        when the store holds a manifest that Job did not write (build again)."""
+        """Sign what the key's own Job (succeeded) wrote, once the Job is kiln's render of the
+        key (``ForeignJob`` otherwise); (manifest, foreign) as ``Engines.sign_built``."""
         body = self.kube.read_job(namespace, job.name)
-        if body is None:
-            return None, False
+        if body is None or (job.uid is not None and body["metadata"].get("uid") != job.uid):
+            return None, False  # gone, or another Job of its name: the next pass reads it
         _foreign_job(body, self._render(namespace, eb, uid, want, image, identity, origin,
-                                               uri))
-        report = signing.built(body, self.kube.job_pods(namespace, job.name))
-        if isinstance(report, str):
-            log.warning("not signing engine %s: %s", short_key(want.key), report)
-            report = None
-        store = self._store(uri)
-        manifest_bytes = store.read_manifest_bytes(want.key)
-        if report is None:  # found the engine, or said nothing: it wrote no manifest of its own
-            return None, manifest_bytes is not None
-        found = signing.signable(want.key, manifest_bytes, report)
-        if isinstance(found, str):
-            log.warning("not signing engine %s: %s", short_key(want.key), found)
-            return None, manifest_bytes is not None
-        signer = self.trust.signer
-        if signer is None or manifest_bytes is None:
-            return None, False
-        store.write_envelope(want.key, provenance.sign(manifest_bytes, found, report.job, signer))
-        log.info("signed engine %s built by Job %s/%s (uid %s) with key %s", short_key(want.key),
-                 namespace, job.name, report.job.uid, signer.public_key.keyid[:12])
-        self._manifests[(uri, want.key)] = found
-        self._verified_at[(uri, want.key)] = time.monotonic()
-        return found, False
+                                        uri))
+        return self.engines.sign_built(uri, want.key, body,
+                                       self.kube.job_pods(namespace, job.name))
+
+    def _lost(self, uri: str, keys: list[str],
+              said: dict[str, list[Report]]) -> dict[str, str]:
+        """What to say of each engine in ``keys`` that is absent (the plan uses it for those
+        that were ready): set aside as damaged, else missing, and who reported it."""
+        found = {}
+        for key in keys:
+            finding = self.engines.finding(uri, key)
+            where = f"reported by pod {said[key][0].pod} ({said[key][0].reason}); " if (
+                said.get(key)) else ""
+            found[key] = (
+                f"EngineDamaged: {finding.message}; the engine is set aside at "
+                f"{finding.where}; {where}building engine {short_key(key)} again"
+                if finding is not None else
+                f"EngineMissing: engine {short_key(key)} is no longer in {uri} (deleted, or "
+                f"its manifest no longer verifies); {where}building it again")
+        return found
 
     def _failure(self, namespace: str, job: ObservedJob, world: BuildWorld) -> Failure | None:
         """The builder's verdict from a failed Job's pods (the index); kept once found, as
@@ -456,6 +380,15 @@ class EngineBuildReconciler:
         status, events = stalled(parse(EngineBuild, body), error.reason, error.message)
         return status.to_dict(), events
 
+    def _reports(self, namespace: str, name: str, keys: list[str],
+                 world: BuildWorld) -> dict[str, list[Report]]:
+        """What the serving pods of the EngineDeployments that reference this EngineBuild
+        report of its engines (missing, damaged), by key."""
+        pods = [pod for ed in world.referencing(namespace, name)
+                if (ed.get("spec") or {}).get("engineBuildRef", {}).get("name") == name
+                for pod in world.serving_pods(namespace, ed["metadata"]["name"])]
+        return reports(pods, keys)
+
     def _auto_targets(self, namespace: str, name: str, eb: EngineBuild,
                       world: BuildWorld) -> list[str]:
         """The GPU products the EngineDeployments that reference this build now serve on."""
@@ -471,12 +404,12 @@ class EngineBuildReconciler:
             key = engine_key(weights_identity=identity, origin=origin, build=eb.spec.build,
                              builder_image=image, gpu_product=target.gpu_product,
                              compute_capability=target.compute_capability)
-            wants.append(Want(target, key, f"{store}engines/{key}/"))
+            wants.append(Want(target, key, layout.engine_uri(store, key)))
         return wants
 
     def _reconcile(self, namespace: str, name: str, uid: str, eb: EngineBuild,
                    body: dict[str, Any], world: BuildWorld, job_moved: bool) -> Plan:
-        store = self.store_uri(namespace, eb)
+        store = self.engines.store_uri(namespace, eb)
         image = eb.spec.toolchain.image or self.config.builder_image
         _check_image(self.config, image)
         auto = self._auto_targets(namespace, name, eb, world)
@@ -512,8 +445,14 @@ class EngineBuildReconciler:
         for key in self._replace_outdated(namespace, uid, eb, wants, observed, world, image,
                                           accepted.identity, origin, store):
             observed.pop(key)
-        manifests = {w.key: self._manifest(store, w.key, namespace, observed.get(w.key),
-                                           trust_absent=job_moved) for w in wants}
+        said = self._reports(namespace, name, [w.key for w in wants], world)
+        for want in wants:  # what serving pods report is checked before it is read
+            self.engines.heed(store, want.key, said.get(want.key, []), (namespace, name))
+        manifests = {w.key: self.engines.manifest(store, w.key, namespace, observed.get(w.key),
+                                                  trust_absent=job_moved) for w in wants}
+        for key, manifest in manifests.items():
+            if manifest is not None:
+                self.engines.countersign(store, key)
         foreign = set()
         for want in wants:
             job = observed.get(want.key)
@@ -527,18 +466,25 @@ class EngineBuildReconciler:
                       source=source_label(eb), auto_targets=auto, manifests=manifests,
                       jobs={**owned, **observed}, failures=failures, uid=uid,
                       foreign=frozenset(foreign),
-                      stuck=self._stuck(namespace, eb, observed, world))
+                      stuck=self._stuck(namespace, eb, observed, world),
+                      lost=self._lost(store, [k for k, m in manifests.items() if m is None],
+                                      said))
         for job in result.replace:
-            log.info("deleting failed Job %s/%s to build engine %s again", namespace,
-                     job.name, short_key(job.key))
+            self._failures.pop((namespace, job.name), None)
+            self._reread_for.discard((namespace, job.name))
             found = self.kube.read_job(namespace, job.name)
-            if found is not None and not self.kube.delete_job(
+            if found is None or (job.uid is not None and found["metadata"]["uid"] != job.uid):
+                continue  # gone already (another EngineBuild of the key replaced it)
+            log.info("deleting %s Job %s/%s to build engine %s again", job.state.lower(),
+                     namespace, job.name, short_key(job.key))
+            if not self.kube.delete_job(
                     namespace, job.name, uid=found["metadata"]["uid"],
                     resource_version=found["metadata"]["resourceVersion"]):
                 raise Unavailable(f"Job {job.name} changed while replacing it; trying again",
                                   reason="Conflict")
-            self._failures.pop((namespace, job.name), None)
-            self._reread_for.discard((namespace, job.name))
+            if len(self._replaced) >= MAX_CACHED:
+                self._replaced.clear()
+            self._replaced.add(found["metadata"]["uid"])
         replaced = {j.key for j in result.replace}
         for want in result.create:
             seen = observed.get(want.key)
@@ -580,8 +526,11 @@ class EngineBuildReconciler:
         return bool(fresh)
 
     def _job(self, jobs: BuildWorld, namespace: str, key: str) -> ObservedJob | None:
-        """The key's Job from the index, else one created here moments ago (for a while)."""
+        """The key's Job from the index (not one deleted here to build the key again), else
+        one created here moments ago (for a while)."""
         found = jobs.by_key(namespace, key)
+        if found is not None and found.uid in self._replaced:
+            found = None
         if found is not None:
             self._created.pop((namespace, key), None)
             return found

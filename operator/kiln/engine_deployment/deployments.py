@@ -14,6 +14,7 @@ from kiln.domain.labels import (
     MODE_ANNOTATION,
     SERVING_PRODUCT_LABEL,
     TEMPLATE_ANNOTATION,
+    UPLOAD_ANNOTATION,
     URI_ANNOTATION,
 )
 
@@ -42,6 +43,8 @@ class ObservedDeployment:
     """The pod template's digest (``kiln.dev/template-hash``): its pods carry it too."""
     deadline_exceeded: str | None = None
     """The controller's message once the rollout passed ``progressDeadlineSeconds``."""
+    engine_upload: str | None = None
+    """Which upload of ``engine_key`` its pods fetch (``kiln.dev/engine-upload``)."""
 
     @property
     def rolled_out(self) -> bool:
@@ -81,6 +84,7 @@ def observe(obj: dict[str, Any]) -> ObservedDeployment:
         ready_replicas=int(status.get("readyReplicas") or 0),
         available_replicas=int(status.get("availableReplicas") or 0),
         deadline_exceeded=deadline,
+        engine_upload=notes.get(UPLOAD_ANNOTATION) or None,
     )
 
 

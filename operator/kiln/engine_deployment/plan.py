@@ -11,7 +11,7 @@ changed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any, get_args
 
@@ -53,6 +53,11 @@ class Serve:
     engine_key: str | None = None
     """None: the checkpoint itself (fallback ``pytorch``)."""
     engine_uri: str | None = None
+    engine_upload: str | None = None
+    """Which upload of the key (a rebuild of the same key has a new one: a rollout)."""
+    rebuilding: bool = False
+    """The EngineBuild builds this very key again (it went missing or was found damaged in
+    the store): its pods serve it as they are meanwhile."""
 
     @property
     def label(self) -> str:
@@ -126,7 +131,14 @@ def _serve_one(ed: EngineDeployment, eb: EngineBuild, product: str, cc: str,
                  deployment=deployment_name(name, product), mode="engine",
                  backend=eb.spec.build.backend)
     if entry is not None and entry.state in READY_STATES and entry.key and entry.uri:
-        return _with(base, "engine", base.backend, entry.key, entry.uri)
+        return _with(base, "engine", base.backend, entry.key, entry.uri, entry.upload)
+    if (entry is not None and current is not None and current.mode == "engine"
+            and current.engine_key == entry.key and current.engine_uri):
+        # The same key built again (lost from the store, or set aside as damaged): the pods
+        # have it and serve on; nothing rolls until the rebuilt engine is ready.
+        return replace(_with(base, "engine", _backend(current.backend, base.backend),
+                             current.engine_key, current.engine_uri, current.engine_upload),
+                       rebuilding=True)
     if ed.spec.fallback == "pytorch":
         return _with(base, "fallback", "pytorch", None, None)
     if ed.spec.fallback != "previous":
@@ -134,17 +146,18 @@ def _serve_one(ed: EngineDeployment, eb: EngineBuild, product: str, cc: str,
     if entry is not None and entry.previous_key and entry.previous_uri:
         same = current is not None and current.engine_key == entry.previous_key
         backend = _backend(current.backend if same and current else None, base.backend)
-        return _with(base, "fallback", backend, entry.previous_key, entry.previous_uri)
+        upload = current.engine_upload if same and current else None
+        return _with(base, "fallback", backend, entry.previous_key, entry.previous_uri, upload)
     if current is not None and current.engine_key and current.engine_uri:
         return _with(base, "fallback", _backend(current.backend, base.backend),
-                     current.engine_key, current.engine_uri)
+                     current.engine_key, current.engine_uri, current.engine_upload)
     return None
 
 
 def _with(base: Serve, mode: ServingMode, backend: Backend, key: str | None,
-          uri: str | None) -> Serve:
+          uri: str | None, upload: str | None = None) -> Serve:
     return Serve(base.product, base.gpu, base.compute_capability, base.deployment, mode,
-                 backend, key, uri)
+                 backend, key, uri, upload)
 
 
 def decide(ed: EngineDeployment, eb: EngineBuild | None, pool: Mapping[str, str],

@@ -216,7 +216,8 @@ def _with_trouble(ed: EngineDeployment, status: EngineDeploymentStatus, events: 
     loop, the progress deadline, an unschedulable pod), naming the product and the pod."""
     by_name = {d.name: d for d in owned}
     found: list[Trouble] = [t for s in decision.serves if (d := by_name.get(s.deployment))
-                            and (t := trouble(s.label, d, pods, s.engine_key))]
+                            and (t := trouble(s.label, d, pods, s.engine_key,
+                                              rebuilding=s.rebuilding))]
     if not found:
         return status, events
     halted = [t for t in found if t.stalled]

@@ -17,7 +17,7 @@ import yaml
 from kiln.api import Backend, EngineBuild, EngineDeployment
 from kiln.config import OperatorConfig
 from kiln.contract import env as names
-from kiln.contract import exitcodes
+from kiln.contract import exitcodes, layout
 from kiln.contract.manifest import TOKENIZER_SUBDIR
 from kiln.contract.pvc import pvc_mounts
 from kiln.contract.termination import DEFAULT_PATH as TERMINATION_LOG
@@ -31,6 +31,7 @@ from kiln.domain.labels import (
     MODE_ANNOTATION,
     SERVING_PRODUCT_LABEL,
     TEMPLATE_ANNOTATION,
+    UPLOAD_ANNOTATION,
     URI_ANNOTATION,
     managed_by,
 )
@@ -73,15 +74,6 @@ def _meta(ed: EngineDeployment, name: str, labels: dict[str, str]) -> dict[str, 
                                                 ed.metadata["uid"], controller=True)]}
 
 
-def store_of(engine_uri: str, key: str) -> str:
-    """``<store>engines/<key>/`` → ``<store>``."""
-    suffix = f"engines/{key}/"
-    uri = engine_uri if engine_uri.endswith("/") else engine_uri + "/"
-    if not uri.endswith(suffix):
-        raise ValueError(f"{engine_uri!r} is not an engine URI ending in {suffix}")
-    return uri[:-len(suffix)]
-
-
 def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
            config: OperatorConfig, repo: dict[str, str] | None) -> tuple[dict[str, Any], str]:
     """The init container, and the URI whose PVC (if any) it needs."""
@@ -90,7 +82,7 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
                                  *({"name": k, "value": v}
                                    for k, v in sorted(config.serve_env.items()))]
     if serve.engine_key and serve.engine_uri:
-        uri = store_of(serve.engine_uri, serve.engine_key)
+        uri = layout.store_of(serve.engine_uri, serve.engine_key)
         args = ["--store", uri, "--key", serve.engine_key, "--dest", ENGINE_DIR]
         env.append({"name": names.TRUSTED_KEYS, "valueFrom": {"configMapKeyRef": {
             "name": trust_name(ed), "key": TRUSTED_KEYS_FILE, "optional": True}}})
@@ -279,6 +271,8 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
         notes[LLM_API_ANNOTATION] = spec_hash(llm_api_options(ed, eb, serve.backend))
     if serve.engine_key and serve.engine_uri:
         notes |= {KEY_ANNOTATION: serve.engine_key, URI_ANNOTATION: serve.engine_uri}
+    if serve.engine_upload:
+        notes[UPLOAD_ANNOTATION] = serve.engine_upload
     strategy = spec.strategy
     deployment: dict[str, Any] = {
         "apiVersion": "apps/v1",

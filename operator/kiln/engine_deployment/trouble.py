@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from kiln.contract.key import short_key
 from kiln.contract.termination import Failure
 from kiln.domain.labels import KEY_ANNOTATION, TEMPLATE_ANNOTATION
 from kiln.domain.pods import ObservedPod
@@ -26,6 +27,9 @@ class Trouble:
 PERMANENT_IN_SERVING = frozenset({"IntegrityError"})
 """Failures of ``kiln fetch-engine`` that the kubelet's retries repeat, besides the contract's
 ``FailJob`` codes: a damaged stored engine reads the same on every try."""
+HEALED_BY_REBUILD = frozenset({"NotFound", "IntegrityError", "Untrusted"})
+"""What ``kiln fetch-engine`` says of an engine missing or damaged in the store: while the
+EngineBuild builds that key again, the rollout waits for it rather than stalls."""
 
 
 def _will_fail_again(failure: Failure) -> bool:
@@ -47,23 +51,29 @@ def _of(pod: ObservedPod, deployment: ObservedDeployment, key: str | None) -> bo
 
 
 def trouble(product: str, deployment: ObservedDeployment, pods: Iterable[ObservedPod],
-            key: str | None) -> Trouble | None:
-    """What keeps ``deployment`` (serving ``key``) from being rolled out, or None."""
+            key: str | None, *, rebuilding: bool = False) -> Trouble | None:
+    """What keeps ``deployment`` (serving ``key``) from being rolled out, or None;
+    ``rebuilding``: the EngineBuild builds ``key`` again (a fetch that found it missing or
+    damaged waits for that)."""
     if deployment.rolled_out:
         return None
     mine = [p for p in pods if p.active and _of(p, deployment, key)]
     where = f"{product}: Deployment {deployment.name}"
+    then = (f"; the EngineBuild is building engine {short_key(key or '')} again, the pods "
+            "that have it serve on") if rebuilding else ""
     for pod in mine:
         if pod.refusal is not None:
             container, failure = pod.refusal
+            waits = rebuilding and failure.reason in HEALED_BY_REBUILD
             return Trouble(failure.reason, f"{where}: pod {pod.name}: {container} refused: "
-                           f"{failure.message}", stalled=True)
+                           f"{failure.message}{then if waits else ''}", stalled=not waits)
     for pod in mine:
         if pod.init_failure is not None:
             container, failure = pod.init_failure
+            waits = rebuilding and failure.reason in HEALED_BY_REBUILD
             return Trouble(failure.reason, f"{where}: pod {pod.name}: init container "
-                           f"{container} failed: {failure.message}",
-                           stalled=_will_fail_again(failure))
+                           f"{container} failed: {failure.message}{then if waits else ''}",
+                           stalled=not waits and _will_fail_again(failure))
     for pod in mine:
         if pod.pull is not None:
             return Trouble("ImagePullFailed", f"{where}: pod {pod.name} cannot pull image "

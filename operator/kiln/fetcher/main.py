@@ -96,7 +96,8 @@ def fetch_engine(store_uri: str, key: str, dest: Path, env: Mapping[str, str]) -
     manifest_bytes = store.read_manifest_bytes(key)
     if manifest_bytes is None:
         raise NotFound(f"engine {key} is not in {store.uri} (no manifest): was it deleted? "
-                       "kiln builds it again when the EngineBuild needs it")
+                       "This report makes the EngineBuild that wants it look, and build it "
+                       "again")
     trusted = provenance.public_keys(env.get(names.TRUSTED_KEYS) or "")
     verified = provenance.verify(key, manifest_bytes, store.read_envelope(key), trusted)
     manifest = verified.manifest
@@ -110,8 +111,9 @@ def fetch_engine(store_uri: str, key: str, dest: Path, env: Mapping[str, str]) -
     try:
         store.download(key, dest, manifest=manifest)
     except IntegrityError as error:
-        raise IntegrityError(f"engine {key}: {error.message}. The stored engine is damaged: "
-                             f"delete {store.engine_uri(key)} and kiln builds it again") from None
+        raise IntegrityError(f"engine {key}: {error.message}. This report makes the "
+                             "EngineBuild that wants it check the stored engine, set it aside "
+                             "if it is damaged, and build it again") from None
     return (f"engine {short_key(key)}: {len(manifest.files)} file(s), "
             f"{manifest.total_bytes} bytes, every sha256 checked, in {dest}")
 

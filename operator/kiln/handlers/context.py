@@ -87,4 +87,12 @@ async def stop_task(memo: kopf.Memo, name: str) -> None:
 
 @functools.cache
 def engine_builds() -> EngineBuildReconciler:
-    return EngineBuildReconciler(kube(), config(), emit)
+    return EngineBuildReconciler(kube(), config(), emit, wake=_wake)
+
+
+def _wake(namespace: str, name: str) -> None:
+    """Mark an EngineBuild due from a thread of the reconciler's own (an engine it asked
+    about was checked and set aside)."""
+    from kiln.handlers import engine_build  # it imports this module
+
+    engine_build.mark_threadsafe(namespace, name)

@@ -79,9 +79,15 @@ def _mark(namespace: str, name: str, job_moved: bool = False) -> None:
 
 
 def mark(namespace: str, name: str) -> None:
-    """Mark an EngineBuild due (on the event loop): its EngineDeployments or pool changed."""
+    """Mark an EngineBuild due (on the event loop): its EngineDeployments or pool changed, or
+    a serving pod reports its engine missing or damaged."""
     if name:
         _mark(namespace, name)
+
+
+def mark_threadsafe(namespace: str, name: str) -> None:
+    """Mark an EngineBuild due from another thread."""
+    _queue.add_threadsafe((namespace, name))
 
 
 _ebs_seen = BeyondStatus()

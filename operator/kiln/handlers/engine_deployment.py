@@ -16,6 +16,7 @@ from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.domain.labels import ED_LABEL
 from kiln.domain.pods import Seen, observe_pod
 from kiln.domain.pool import GpuNode, gpu_node
+from kiln.engine_build.engines import report_of
 from kiln.engine_deployment.reconciler import EngineDeploymentReconciler
 from kiln.handlers import context, engine_build, leadership
 from kiln.handlers.changes import BeyondStatus
@@ -180,7 +181,8 @@ _pods_seen = Seen()
 async def serving_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
                               uid: str, **kwargs: Any) -> None:
     """A serving pod moved (an init container failed, the server crash-loops, it cannot be
-    scheduled): mark its EngineDeployment due."""
+    scheduled): mark its EngineDeployment due, and its EngineBuild when the pod reports the
+    engine missing or damaged (the EngineBuild checks it)."""
     relists.saw("pods", event["type"], body["metadata"])
     observed = observe_pod(dict(body))
     if not _pods_seen.moved(event["type"], uid, observed):
@@ -188,6 +190,8 @@ async def serving_pod_changed(event: kopf.RawEvent, body: kopf.Body, namespace: 
     owner = Indexes(kwargs).named(str(namespace), body["metadata"]["labels"][ED_LABEL])
     if owner is not None:
         _mark(owner)
+        if report_of(observed) is not None:
+            engine_build.mark(str(namespace), _build_of(owner))
 
 
 _nodes_seen: dict[str, GpuNode | None] = {}

@@ -22,6 +22,7 @@ import kopf
 
 from kiln import EB_PLURAL, GROUP, VERSION, metrics
 from kiln.api import EngineBuild
+from kiln.contract import layout
 from kiln.errors import KilnError
 from kiln.gc import collect
 from kiln.handlers import context, leadership
@@ -87,7 +88,8 @@ def _mark_build(ref: tuple[str, str], body: dict[str, Any], now: float,
     if not keys:
         return
     try:
-        uri = context.engine_builds().store_uri(str(ref[0]), EngineBuild.model_validate(body))
+        uri = context.engine_builds().engines.store_uri(str(ref[0]),
+                                                        EngineBuild.model_validate(body))
     except (KilnError, ValueError):
         return
     stores.add(uri)
@@ -105,9 +107,13 @@ def sweep(indices: dict[str, Any]) -> None:
     for ed in indexes.every():
         meta = ed["metadata"]
         for deployment in indexes.deployments(meta["namespace"], meta["name"]):
-            key, where = deployment.engine_key, deployment.engine_uri or ""
-            if key and where.endswith(f"engines/{key}/"):  # the store: the URI's root
-                _mark(where[:-len(f"engines/{key}/")], key, now)
+            key, where = deployment.engine_key, deployment.engine_uri
+            if key and where:
+                try:
+                    store = layout.store_of(where, key)
+                except ValueError:
+                    continue  # not an engine URI kiln wrote
+                _mark(store, key, now)
     for uri in stores:
         try:
             report = collect.last_report(_store(uri))
