@@ -39,13 +39,14 @@ def eb(name: str) -> EngineBuild:
 def test_a_burst_shares_reads_and_a_later_caller_reads_again() -> None:
     reconciler = EngineBuildReconciler(None, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
     source = SlowSource()
-    reconciler._source = lambda namespace, build: (("s3://models/llama/",), source)  # type: ignore[method-assign]
+    reconciler.weights._source = lambda namespace, build: (("s3://models/llama/",), source)  # type: ignore[method-assign]
     with ThreadPoolExecutor(20) as pool:
-        digests = list(pool.map(lambda i: reconciler._read_identity("ns", eb(f"b{i}")).digest,
+        weights = reconciler.weights
+        digests = list(pool.map(lambda i: weights._read_identity("ns", eb(f"b{i}")).digest,
                                 range(20)))
     # The first caller reads; the 19 that arrived meanwhile share at most one more read.
     assert source.reads <= 2, source.reads
     assert set(digests) <= {"read-1", "read-2"}
     # One arriving after those reads ended is given a read of its own.
-    assert reconciler._read_identity("ns", eb("late")).digest == f"read-{source.reads}"
+    assert reconciler.weights._read_identity("ns", eb("late")).digest == f"read-{source.reads}"
     assert source.reads <= 3 and digests.count(f"read-{source.reads}") == 0

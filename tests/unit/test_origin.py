@@ -125,11 +125,11 @@ def test_the_reconciler_computes_the_origin_from_the_namespace_and_the_secret() 
     kube = Secrets({("a", "creds"): {"AWS_ENDPOINT_URL": "http://evil.example"},
                     ("b", "creds"): {"AWS_ACCESS_KEY_ID": "k"}})
     reconciler = EngineBuildReconciler(kube, OperatorConfig(), lambda body, event: None)  # type: ignore[arg-type]
-    pvc_a = reconciler._origin("a", build("a", "pvc://models/llama", revision="r1"))
-    pvc_b = reconciler._origin("b", build("b", "pvc://models/llama", revision="r1"))
+    pvc_a = reconciler.weights.origin("a", build("a", "pvc://models/llama", revision="r1"))
+    pvc_b = reconciler.weights.origin("b", build("b", "pvc://models/llama", revision="r1"))
     assert pvc_a != pvc_b and kube.reads == 0, "a pvc:// origin needs no Secret"
-    s3_a = reconciler._origin("a", build("a", "s3://models/llama/", "creds"))
-    s3_b = reconciler._origin("b", build("b", "s3://models/llama/", "creds"))
+    s3_a = reconciler.weights.origin("a", build("a", "s3://models/llama/", "creds"))
+    s3_b = reconciler.weights.origin("b", build("b", "s3://models/llama/", "creds"))
     assert s3_a == {"scheme": "s3", "bucket": "models", "prefix": "llama/",
                     "endpoint": "http://evil.example"}
-    assert s3_b == reconciler._origin("c", build("c", "s3://models/llama/"))
+    assert s3_b == reconciler.weights.origin("c", build("c", "s3://models/llama/"))
