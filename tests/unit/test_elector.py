@@ -137,8 +137,9 @@ def test_the_leaders_tasks_and_their_worker_threads_carry_the_term() -> None:
         seen.append(await asyncio.to_thread(lease.TERM.get))
 
     async def scenario() -> None:
-        saved = dict(leadership._registered)
+        saved, terms = dict(leadership._registered), list(leadership._new_term)
         leadership._registered.clear()
+        leadership._new_term.clear()  # the reconcilers are not made here
         leadership._registered["t"] = task
         try:
             leadership._start({}, 7)
@@ -147,6 +148,7 @@ def test_the_leaders_tasks_and_their_worker_threads_carry_the_term() -> None:
             leadership._stop()
             leadership._registered.clear()
             leadership._registered.update(saved)
+            leadership._new_term[:] = terms
 
     asyncio.run(scenario())
     assert seen == [7, 7, 7]

@@ -133,3 +133,33 @@ def test_a_write_to_an_object_of_another_uid_is_not_read_over_it() -> None:
     written = WrittenStatus(lambda ns, name, patch: kube.patch_status("x", ns, name, patch))
     written.write(body("100", {}), {"phase": "Ready"})
     assert written.overlay(body("50", {}, uid="v"))["status"] == {}
+
+
+def test_the_clusters_copy_wins_after_an_etcd_restore_and_two_writes_read_over_a_lag() -> None:
+    kube = Kube()
+    written = WrittenStatus(lambda ns, name, patch: kube.patch_status("x", ns, name, patch))
+    written.write(body("100", {"phase": "Building"}), {"phase": "Ready"})  # -> 101
+    assert written.overlay(body("40", {"phase": "Old"}))["status"] == {"phase": "Old"}, (
+        "a version kiln did not write over (a restore) is the cluster's")
+    written.write(body("100", {"phase": "Building"}), {"phase": "Ready"})  # -> 102
+    lagging = written.overlay(body("100", {"phase": "Building"}))
+    written.write(lagging, {"phase": "Failed"})  # -> 103, the watch still at 100
+    assert written.overlay(body("102", {"phase": "Ready"}))["status"] == {"phase": "Failed"}
+    assert written.overlay(body("103", {"phase": "Failed"}))["status"] == {"phase": "Failed"}
+    assert written.overlay(body("102", {"phase": "Ready"}))["status"] == {"phase": "Ready"}
+
+
+def test_a_rejected_objects_status_is_repaired_and_a_rejected_status_alone_is_rewritten(
+) -> None:
+    kube = Kube()
+    reconciler = EngineBuildReconciler(kube, OperatorConfig(),  # type: ignore[arg-type]
+                                       lambda body, event: None)
+    reconciler.reconcile(UNREADABLE, world=None)  # type: ignore[arg-type]
+    forged = {**UNREADABLE, "metadata": {**UNREADABLE["metadata"], "resourceVersion": "500"}}
+    reconciler.reconcile(forged, world=None)  # type: ignore[arg-type]
+    assert len(kube.statuses) == 2, "a status someone else wrote is stalled again"
+    from kiln.api import EngineBuild
+    from kiln.reconcile.shell import parse
+    odd_status = {**UNREADABLE, "spec": {"model": {"source": "s3://models/llama/"}},
+                  "status": {"phase": "NoSuchPhase"}}
+    assert parse(EngineBuild, odd_status).status is None

@@ -126,3 +126,17 @@ def test_what_an_event_marked_runs_before_periodic_work_and_once() -> None:
     assert [ref for ref, _ in calls[:2]] == ["p3", "e"]
     assert sorted(calls) == [("e", False), ("p0", False), ("p1", False), ("p2", False),
                              ("p3", True), ("p4", False)]
+
+
+def test_a_stream_of_events_never_starves_periodic_work() -> None:
+    queue: WorkQueue[str] = WorkQueue(1)
+    calls: list[tuple[str, bool]] = []
+    queue.add("resync", periodic=True)
+    for i in range(40):
+        queue.add(f"e{i}")
+
+    async def body() -> None:
+        await _settle(queue, calls, 41)
+
+    _run(queue, lambda ref, moved: calls.append((ref, moved)), body)
+    assert [ref for ref, _ in calls].index("resync") < 10

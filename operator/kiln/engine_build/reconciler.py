@@ -316,8 +316,8 @@ class EngineBuildReconciler:
     def _auto_targets(self, namespace: str, name: str, eb: EngineBuild,
                       world: BuildWorld) -> list[str]:
         """The GPU products the EngineDeployments that reference this build now serve on."""
-        serving = [EngineDeployment.model_validate(b) for b in world.referencing(namespace, name)
-                   if not b["metadata"].get("deletionTimestamp")]
+        serving = [ed for b in world.referencing(namespace, name)
+                   if not b["metadata"].get("deletionTimestamp") and (ed := _readable(b))]
         serving = [ed for ed in serving if ed.spec.engine_build_ref.name == name]
         return auto_targets(eb.spec, needed_products(serving, world.gpu_nodes()))
 
@@ -330,6 +330,14 @@ class EngineBuildReconciler:
         for event in events:
             self.emit(body, event)
         return Plan(status=status)
+
+
+def _readable(body: dict[str, Any]) -> EngineDeployment | None:
+    """An EngineDeployment, or None when the operator cannot read it (it says so itself)."""
+    try:
+        return parse(EngineDeployment, body)
+    except KilnError:
+        return None
 
 
 def _record(uid: str, result: Plan) -> None:

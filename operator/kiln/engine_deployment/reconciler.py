@@ -121,7 +121,7 @@ class EngineDeploymentReconciler:
         uid = str(body["metadata"]["uid"])
         ref = ed.spec.engine_build_ref.name
         eb_body = world.engine_build(namespace, ref)
-        eb = EngineBuild.model_validate(eb_body) if eb_body else None
+        eb = parse(EngineBuild, eb_body) if eb_body else None
         owned = [d for d in world.deployments(namespace, name) if uid in d.owner_uids]
         pool = pool_products(world.gpu_nodes(), ed.spec.pool.node_selector)
         try:

@@ -3,8 +3,8 @@
 kiln is the one writer of an EngineBuild's and an EngineDeployment's status; an event that
 only moved it is kiln's own write coming back, and would mark the next pass due after every
 pass (a failing object would retry in a loop instead of backing off). Status written by
-someone else is not looked at either way: kiln plans from what it last wrote
-(``kiln.domain.status.WrittenStatus``).
+someone else marks nothing either: the next resync's pass plans from the cluster's copy and
+repairs it (``kiln.reconcile.written``).
 """
 
 from __future__ import annotations

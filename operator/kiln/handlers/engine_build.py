@@ -39,6 +39,7 @@ def _fresh_reconciler() -> None:
     """A new term plans from the cluster: the reconciler's caches, backoffs and its memory
     of its own writes start empty."""
     context.engine_builds.cache_clear()
+    context.engine_builds()  # made here, on the event loop, before any worker asks for it
 
 
 Ref = tuple[str, str]

@@ -37,6 +37,7 @@ def _fresh_reconciler() -> None:
     """A new term plans from the cluster: the reconciler's caches, backoffs and its memory
     of its own writes start empty."""
     reconciler.cache_clear()
+    reconciler()  # made here, on the event loop, before any worker asks for it
 
 
 def _reconcile(body: dict[str, Any], world: Indexes) -> None:

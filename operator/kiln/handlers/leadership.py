@@ -61,7 +61,10 @@ def _start(kwargs: dict[str, Any], term: int | None = None) -> None:
     carries the term, so the fence refuses their writes once another term began."""
     if not _running:
         for fresh in _new_term:
-            fresh()
+            try:
+                fresh()
+            except Exception:  # made at first use instead; the tasks start regardless
+                log.exception("could not start a new term afresh")
     for name, make in _registered.items():
         if name not in _running:
             ctx = contextvars.Context()

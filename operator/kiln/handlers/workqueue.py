@@ -7,9 +7,10 @@ of the operator's memory. So the handlers only mark the object due and return; t
 reconcile each due object once, from the newest copy in Kopf's index, and never one object in
 two threads at once (marked again while it runs, it runs once more after).
 
-Two lanes: what an event marked goes before what periodic work marked (the sweep, a new
-term's first round, a retry after backoff), so a new object never waits behind a resync of
-thousands; an object marked both ways runs once, in the first lane.
+Two lanes: what an event (or a retry after backoff) marked goes before what periodic work
+marked (the sweep, a new term's first round), so a new object never waits behind a resync of
+thousands; an object marked both ways runs once, in the first lane. Every ``FAIR``-th turn
+goes to periodic work while it waits, so a stream of events never starves a resync.
 """
 
 from __future__ import annotations
@@ -24,6 +25,8 @@ from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
+FAIR = 8
+"""One turn in this many goes to the periodic lane when both lanes wait."""
 
 Ref = TypeVar("Ref", bound=Hashable)
 
@@ -42,6 +45,7 @@ class WorkQueue(Generic[Ref]):
         """When each running reconcile started (monotonic)."""
         self._lanes: tuple[deque[Ref], deque[Ref]] = (deque(), deque())
         """Refs to run, per lane; an entry whose ref ran or moved lanes since is skipped."""
+        self._turns = 0
         self._queued = asyncio.Semaphore(0)
         """How many entries the lanes hold."""
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -73,11 +77,10 @@ class WorkQueue(Generic[Ref]):
 
     def add_later(self, ref: Ref, delay: float) -> None:
         """Mark ``ref`` due in ``delay`` seconds, from any thread (a retry after backoff:
-        periodic work)."""
+        it is due then, in the first lane)."""
         if self._loop is not None:
             loop = self._loop
-            loop.call_soon_threadsafe(
-                lambda: loop.call_later(delay, lambda: self.add(ref, periodic=True)))
+            loop.call_soon_threadsafe(lambda: loop.call_later(delay, self.add, ref))
 
     def stuck(self, limit: float) -> str | None:
         """A message if a reconcile has run for longer than ``limit`` seconds (a hung call:
@@ -104,7 +107,9 @@ class WorkQueue(Generic[Ref]):
         """The next ref to run: the first lane first; stale entries are dropped."""
         while True:
             await self._queued.acquire()
-            lane = 0 if self._lanes[0] else 1
+            self._turns += 1
+            lane = 1 if not self._lanes[0] or (
+                self._lanes[1] and self._turns % FAIR == 0) else 0
             ref = self._lanes[lane].popleft()
             if ref in self._due and ref not in self._running and self._lane[ref] == lane:
                 return ref

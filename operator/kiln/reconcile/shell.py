@@ -6,7 +6,7 @@ per-object lock and backoff.
 - transient (a ``KilnError`` that heals, an API server or store that does not answer):
   ``Retrying <reason>`` with the attempt and the next try, backed off per object;
 - invalid input (a ``KilnError`` that does not heal, an object the operator's model rejects):
-  ``Stalled`` with the message; a rejected object is not parsed again until it changes;
+  ``Stalled`` with the message (a rejection logged once per generation);
 - unexpected (any other exception): ``InternalError``, the traceback logged once per object
   and type, backed off like a transient error.
 """
@@ -41,6 +41,9 @@ def parse(model: type[M], body: Mapping[str, Any]) -> M:
     try:
         return model.model_validate(body)
     except pydantic.ValidationError as error:
+        if all(e["loc"][:1] == ("status",) for e in error.errors()):
+            # A status another version wrote: read without it; the pass writes it anew.
+            return model.model_validate({k: v for k, v in body.items() if k != "status"})
         fields = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}"
                            for e in error.errors()[:5])
         raise InvalidObject(f"the operator cannot read this {model.__name__}: {fields}") from error
@@ -68,28 +71,34 @@ class Pass(Generic[T]):
     """The status (and Events) of an object whose input is invalid (it parses)."""
 
 
+_LOCKS: dict[tuple[str, str, str], threading.Lock] = {}
+"""Per-object locks, process-wide: a pass of the last leadership term that still runs and
+one of the new term never overlap (the shells are made anew each term)."""
+_LOCKS_GUARD = threading.Lock()
+
+
 class Shell:
-    """Per-object locks, backoff and status writes of one kind."""
+    """Backoff, error policy and status writes of one kind, for one leadership term."""
 
     def __init__(self, kind: str, written: WrittenStatus, emit: EventSink,
                  log: logging.Logger) -> None:
         self.kind, self.written, self.emit, self.log = kind, written, emit, log
         self.backoff = Backoff()
         self._unexpected = Unexpected(kind, log)
-        self._locks: dict[tuple[str, str], threading.Lock] = {}
         self._guard = threading.Lock()
         self._rejected: dict[tuple[str, str], tuple[str, Any]] = {}
-        """Objects the model rejected: (uid, generation) they were rejected at."""
+        """Objects the model rejected: (uid, generation) said in the log already."""
 
     def lock(self, ref: tuple[str, str]) -> threading.Lock:
-        with self._guard:
-            return self._locks.setdefault(ref, threading.Lock())
+        with _LOCKS_GUARD:
+            return _LOCKS.setdefault((self.kind, *ref), threading.Lock())
 
     def forget(self, namespace: str, name: str) -> None:
         """Drop what is kept of a deleted object."""
         ref = (namespace, name)
+        with _LOCKS_GUARD:
+            _LOCKS.pop((self.kind, *ref), None)
         with self._guard:
-            self._locks.pop(ref, None)
             self._rejected.pop(ref, None)
         self.backoff.succeeded(ref)
         self.written.forget(namespace, name)
@@ -110,10 +119,8 @@ class Shell:
     def _run(self, ref: tuple[str, str], body: dict[str, Any], step: Pass[T]) -> Outcome[T]:
         meta = body["metadata"]
         generation = meta.get("generation")
-        if self._rejected.get(ref) == (meta.get("uid"), generation):
-            return Outcome("stalled")  # rejected as it is: parsed again once it changes
         last = self.backoff.last(ref)
-        if last is not None:
+        if last is not None and last.spec == generation:  # a new spec is tried at once
             try:
                 inputs = step.inputs(body)
             except Exception:  # an input that cannot be read is as it was
@@ -124,9 +131,10 @@ class Shell:
             value = step.run(body)
         except InvalidObject as error:
             self.backoff.succeeded(ref)
-            self._rejected[ref] = (meta.get("uid"), generation)
-            self.log.warning("%s %s/%s stalled: %s", self.kind, *ref, error.message)
-            self._write(body, *_rejected_status(body, error))
+            if self._rejected.get(ref) != (meta.get("uid"), generation):
+                self._rejected[ref] = (meta.get("uid"), generation)
+                self.log.warning("%s %s/%s stalled: %s", self.kind, *ref, error.message)
+            self._write(body, *_rejected_status(body, error))  # no request when it holds
             return Outcome("stalled", error=error)
         except KilnError as error:
             if heals(error):
