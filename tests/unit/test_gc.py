@@ -117,10 +117,10 @@ def test_marking_starts_with_the_term_and_follows_reports(
     monkeypatch.setattr(usage.context, "engine_builds", Builds)
     monkeypatch.setattr(usage.context, "config", Config)
     monkeypatch.setattr(usage.context, "identity", lambda: "replica-a")
-    monkeypatch.setattr(usage, "_marked", {})
-    for name in ("_marked_keys", "_due", "_warned"):
-        monkeypatch.setattr(usage, name, set())
-    monkeypatch.setattr(usage, "_stores", {uri: store})
+    from kiln.gc.marks import Marks
+    fresh = Marks("replica-a", 4000.0, open_=lambda _: store)
+    monkeypatch.setattr(usage, "marks", lambda: fresh)
+    monkeypatch.setattr(usage, "_due", set())
 
     async def scenario() -> None:
         task = asyncio.create_task(usage.run_forever({}))
@@ -141,10 +141,10 @@ def test_marking_starts_with_the_term_and_follows_reports(
         raise Unavailable("the store said no")
 
     monkeypatch.setattr(store, "mark_used", broken)
-    usage._marked.clear()
-    usage._marked_keys.clear()
+    fresh._marked.clear()
+    fresh.marked_keys.clear()
     before = metrics.USED_MARK_FAILURES.labels(store=uri)._value.get()
-    with caplog.at_level(logging.WARNING, logger=usage.__name__):
+    with caplog.at_level(logging.WARNING, logger="kiln.gc.marks"):
         usage.sweep({})
         usage.sweep({})
     assert metrics.USED_MARK_FAILURES.labels(store=uri)._value.get() == before + 4
