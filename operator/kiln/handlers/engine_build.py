@@ -52,8 +52,7 @@ STUCK_SECONDS = 600.0
 @leadership.health_check
 def stuck() -> str | None:
     """A EngineBuild worker hung in one reconcile for longer than ``STUCK_SECONDS``."""
-    found = _queue.stuck(STUCK_SECONDS)
-    return None if found is None else f"EngineBuild workers: {found}"
+    return _queue.hung("EngineBuild workers", STUCK_SECONDS)
 
 
 @leadership.while_leading("kiln reconcile workers")

@@ -61,8 +61,7 @@ STUCK_SECONDS = 600.0
 @leadership.health_check
 def stuck() -> str | None:
     """An EngineDeployment worker hung in one reconcile for longer than ``STUCK_SECONDS``."""
-    found = _queue.stuck(STUCK_SECONDS)
-    return None if found is None else f"EngineDeployment workers: {found}"
+    return _queue.hung("EngineDeployment workers", STUCK_SECONDS)
 
 
 @leadership.while_leading("kiln serving reconcile workers")
@@ -134,44 +133,23 @@ async def engine_build_for_serving(body: kopf.Body, namespace: str | None, name:
         _mark(ed)
 
 
-def _child_changed(plural: str, event: kopf.RawEvent, body: kopf.Body,
-                   namespace: str | None, kwargs: Mapping[str, Any]) -> None:
-    """One of an EngineDeployment's children had an event: mark its owner due."""
+async def serving_child_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
+                                resource: kopf.Resource, **kwargs: Any) -> None:
+    """One of an EngineDeployment's children had an event (a Deployment's rollout progress,
+    a Service, budget or ConfigMap deleted or edited, or kiln's own write): mark its owner
+    due; the pass compares the child with what it renders."""
     meta = body["metadata"]
-    relists.saw(plural, event["type"], meta)
+    relists.saw(resource.plural, event["type"], meta)
     owner = Indexes(kwargs).named(str(namespace), (meta.get("labels") or {}).get(ED_LABEL, ""))
     uids = {ref.get("uid") for ref in meta.get("ownerReferences") or []}
     if owner is not None and owner["metadata"]["uid"] in uids:
         _mark(owner)
 
 
-@kopf.on.event("apps", "v1", "deployments", labels={ED_LABEL: kopf.PRESENT})
-async def serving_deployment_changed(event: kopf.RawEvent, body: kopf.Body,
-                                     namespace: str | None, **kwargs: Any) -> None:
-    """A serving Deployment moved (rollout progress, readiness): mark its owner due."""
-    _child_changed("deployments", event, body, namespace, kwargs)
-
-
-@kopf.on.event("v1", "services", labels={ED_LABEL: kopf.PRESENT})
-async def serving_service_changed(event: kopf.RawEvent, body: kopf.Body,
-                                  namespace: str | None, **kwargs: Any) -> None:
-    """A Service of kiln's deleted or edited (or kiln's own write): mark its owner due; the
-    pass compares it with what it renders."""
-    _child_changed("services", event, body, namespace, kwargs)
-
-
-@kopf.on.event("policy", "v1", "poddisruptionbudgets", labels={ED_LABEL: kopf.PRESENT})
-async def serving_budget_changed(event: kopf.RawEvent, body: kopf.Body,
-                                 namespace: str | None, **kwargs: Any) -> None:
-    """The same for a PodDisruptionBudget."""
-    _child_changed("poddisruptionbudgets", event, body, namespace, kwargs)
-
-
-@kopf.on.event("v1", "configmaps", labels={ED_LABEL: kopf.PRESENT})
-async def serving_configmap_changed(event: kopf.RawEvent, body: kopf.Body,
-                                    namespace: str | None, **kwargs: Any) -> None:
-    """The same for the trust and LLM API ConfigMaps (new pods cannot start without them)."""
-    _child_changed("configmaps", event, body, namespace, kwargs)
+for _resource in (("apps", "v1", "deployments"), ("v1", "services"),
+                  ("policy", "v1", "poddisruptionbudgets"), ("v1", "configmaps")):
+    kopf.on.event(*_resource, labels={ED_LABEL: kopf.PRESENT},
+                  id=f"serving_{_resource[-1]}_changed")(serving_child_changed)
 
 
 _pods_seen = Seen()

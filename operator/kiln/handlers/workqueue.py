@@ -82,6 +82,11 @@ class WorkQueue(Generic[Ref]):
             loop = self._loop
             loop.call_soon_threadsafe(lambda: loop.call_later(delay, self.add, ref))
 
+    def hung(self, what: str, limit: float) -> str | None:
+        """For the liveness probe: ``what`` hung, if a reconcile ran longer than ``limit``."""
+        found = self.stuck(limit)
+        return None if found is None else f"{what}: {found}"
+
     def stuck(self, limit: float) -> str | None:
         """A message if a reconcile has run for longer than ``limit`` seconds (a hung call:
         that worker is lost), else None."""
