@@ -216,7 +216,8 @@ def _heals_within(kube: Cluster, namespace: str, step: int) -> None:
 
 
 def test_wrong_credentials_are_retried_with_growing_backoff_and_a_fix_heals_at_once(
-        kube: Cluster, namespace: str, weights: str, s3_endpoint: str) -> None:
+        kube: Cluster, namespace: str, weights: str, s3_endpoint: str,
+        operator: Operator) -> None:
     core = client.CoreV1Api(kube.api_client)
 
     def secret(endpoint: str) -> dict[str, Any]:
@@ -226,7 +227,9 @@ def test_wrong_credentials_are_retried_with_growing_backoff_and_a_fix_heals_at_o
     core.create_namespaced_secret(namespace, secret(f"http://127.0.0.1:{free_port()}"))
     create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "H100-SXM"}],
                                          model={"credentialsSecret": "creds"}))
+    retries = operator.passes("EngineBuild", "retry")
     step = _retried_with_growing_delays(kube, namespace, "Unavailable", attempts=4)
+    assert operator.passes("EngineBuild", "retry") > retries, "counted on /metrics"
     core.replace_namespaced_secret("creds", namespace, secret(s3_endpoint))
     _heals_within(kube, namespace, step)
 

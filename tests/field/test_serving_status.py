@@ -132,13 +132,14 @@ def _attempt(ed: dict[str, Any]) -> int:
 
 
 def test_a_denied_write_says_retrying_with_attempts_and_heals_when_allowed_again(
-        kube: Cluster, namespace: str, weights: str) -> None:
+        kube: Cluster, namespace: str, weights: str, operator: Operator) -> None:
     """The operator's rights to write ConfigMaps taken away (an RBAC change gone wrong): the
     EngineDeployment says ``Retrying AccessDenied`` with its attempt, not a silent log line
     nor a stale Ready; given back, it serves without an edit."""
     create(kube, namespace, engine_build("llama", weights, targets=TARGET))
     eventually(lambda: is_ready(get(kube, namespace, EB_PLURAL, "llama")) or None,
                timeout=120)
+    retries = operator.passes("EngineDeployment", "retry")
     before = _deny_configmap_writes(kube)
     rbac = client.RbacAuthorizationV1Api(kube.api_client)
     try:
@@ -152,6 +153,7 @@ def test_a_denied_write_says_retrying_with_attempts_and_heals_when_allowed_again
             return ed if message.startswith("Retrying AccessDenied") and "attempt" in message \
                 else None
         ed = eventually(retrying, timeout=30)
+        assert operator.passes("EngineDeployment", "retry") > retries, "counted on /metrics"
         assert conditions(ed)["Ready"][0] == "False"
         assert conditions(ed)["Reconciling"][0] == "True"
         assert health(ed)[0] == "Progressing"
