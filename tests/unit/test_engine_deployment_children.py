@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from kiln.engine_deployment.children import drifted, observe
+from kiln.engine_deployment.children import drifted, kilns, observe
 from kiln.engine_deployment.render import (
     render_llm_api_config,
     render_pdb,
@@ -103,5 +103,44 @@ def test_every_field_kiln_renders_is_compared(which: str) -> None:
 def test_configmap_data_is_kept_as_digests() -> None:
     rendered = RENDERED["trust"]()
     kept = observe("ConfigMap", as_stored(rendered)).part["data"]
-    assert set(kept) == {*rendered["data"], "extra.yaml"}
+    assert set(kept) == set(rendered["data"])  # not someone's extra key
     assert all(len(v) == 20 and v not in rendered["data"].values() for v in kept.values())
+
+
+@pytest.mark.parametrize("which", ["service", "budget"])
+def test_a_selector_with_anything_added_is_drift(which: str) -> None:
+    """A selector is replaced whole on apply: an extra key routes to nothing, or covers
+    nothing (a review found these went unrepaired)."""
+    rendered = RENDERED[which]()
+    stored = as_stored(rendered)
+    if which == "service":
+        stored["spec"]["selector"]["extra"] = "x"
+    else:
+        stored["spec"]["selector"]["matchExpressions"] = [
+            {"key": "x", "operator": "Exists"}]
+    assert drifted(rendered, observe(rendered["kind"], stored))
+
+
+def test_a_port_made_udp_is_drift() -> None:
+    rendered = RENDERED["service"]()
+    stored = as_stored(rendered)
+    stored["spec"]["ports"][0]["protocol"] = "UDP"
+    assert drifted(rendered, observe("Service", stored))
+
+
+@pytest.mark.parametrize("which", RENDERED)
+def test_only_the_children_kiln_names_under_its_controller_are_kept(which: str) -> None:
+    """What a tenant labels like kiln's costs the operator no memory: another name, or no
+    EngineDeployment controller, is not kiln's; of kiln's ConfigMaps only its keys."""
+    rendered = RENDERED[which]()
+    assert kilns(rendered["kind"], as_stored(rendered))
+    other = as_stored(rendered)
+    other["metadata"]["name"] += "-x"
+    assert not kilns(rendered["kind"], other)
+    orphan = as_stored(rendered)
+    orphan["metadata"]["ownerReferences"] = []
+    assert not kilns(rendered["kind"], orphan)
+    if rendered["kind"] == "ConfigMap":
+        stuffed = as_stored(rendered)
+        stuffed["data"] |= {f"k{i}": "v" for i in range(1000)}
+        assert set(observe("ConfigMap", stuffed).part["data"]) == set(rendered["data"])

@@ -411,3 +411,21 @@ def test_a_fetch_that_found_the_engine_gone_waits_while_it_is_built_again() -> N
     waiting = trouble("H100-SXM", rolling, [pod], KEY_H, rebuilding=True)
     assert waiting is not None and not waiting.stalled
     assert waiting.reason == "IntegrityError" and "building engine" in waiting.message
+
+
+def test_an_upgrade_that_names_uploads_rolls_no_deployment_serving_the_same_key() -> None:
+    """Deployments made before ``status.engines[].upload`` existed carry no upload: naming the
+    upload alone rolls none of them (a review found every serving Deployment rolled); a
+    rebuild's new upload rolls a Deployment that carries one."""
+    product, key = "NVIDIA-H100-80GB-HBM3", "k" * 64
+    build = eb(engine("H100-SXM", product, key, upload="u1"))
+    pool = {product: "9.0"}
+
+    def served(current: ObservedDeployment | None) -> str | None:
+        (serve,) = decide(ed(gpu="H100-SXM"), build, pool,
+                          [current] if current else []).serves
+        return serve.engine_upload
+
+    assert served(None) == "u1"
+    assert served(deployed(product, key)) is None
+    assert served(replace(deployed(product, key), engine_upload="u0")) == "u1"

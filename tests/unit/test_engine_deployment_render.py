@@ -186,7 +186,8 @@ def test_service_and_budget_select_every_product() -> None:
     service, pdb = render_service(ed()), render_pdb(ed())
     assert service["metadata"]["name"] == "llama"
     assert service["spec"]["selector"] == {"kiln.dev/engine-deployment": "llama"}
-    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http"}]
+    assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http",
+                                         "protocol": "TCP"}]
     assert pdb["spec"] == {"maxUnavailable": 1,
                            "selector": {"matchLabels": {"kiln.dev/engine-deployment": "llama"}}}
     assert "team" not in service["metadata"]["labels"]

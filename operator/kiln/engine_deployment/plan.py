@@ -131,7 +131,11 @@ def _serve_one(ed: EngineDeployment, eb: EngineBuild, product: str, cc: str,
                  deployment=deployment_name(name, product), mode="engine",
                  backend=eb.spec.build.backend)
     if entry is not None and entry.state in READY_STATES and entry.key and entry.uri:
-        return _with(base, "engine", base.backend, entry.key, entry.uri, entry.upload)
+        upload = entry.upload
+        if (current is not None and current.engine_key == entry.key
+                and current.engine_upload is None):
+            upload = None  # a Deployment from before uploads were named: no roll for the name
+        return _with(base, "engine", base.backend, entry.key, entry.uri, upload)
     if (entry is not None and current is not None and current.mode == "engine"
             and current.engine_key == entry.key and current.engine_uri):
         # The same key built again (lost from the store, or set aside as damaged): the pods

@@ -312,10 +312,11 @@ def render_service(ed: EngineDeployment) -> dict[str, Any]:
     """One Service over every product's pods."""
     name = str(ed.metadata["name"])
     port = ed.spec.server.port
-    ports = [{"name": "http", "port": port, "targetPort": "http"}]
+    ports = [{"name": "http", "port": port, "targetPort": "http", "protocol": "TCP"}]
     if ed.spec.server.kind == "triton":
-        ports += [{"name": "grpc", "port": port + 1, "targetPort": "grpc"},
-                  {"name": "metrics", "port": port + 2, "targetPort": "metrics"}]
+        ports += [{"name": "grpc", "port": port + 1, "targetPort": "grpc", "protocol": "TCP"},
+                  {"name": "metrics", "port": port + 2, "targetPort": "metrics",
+                   "protocol": "TCP"}]
     return _hashed({"apiVersion": "v1", "kind": "Service",
                     "metadata": _meta(ed, name, selector(name)),
                     "spec": {"type": "ClusterIP", "selector": selector(name), "ports": ports}})

@@ -20,7 +20,7 @@ from kiln.domain.pods import ObservedPod, observe_pod
 from kiln.domain.pool import GpuNode, gpu_node
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import CreateFailure
-from kiln.engine_deployment.children import ObservedChild
+from kiln.engine_deployment.children import ObservedChild, kilns
 from kiln.engine_deployment.children import observe as observe_child
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.deployments import observe as observe_deployment
@@ -111,7 +111,10 @@ def serving_deployments(body: kopf.Body, namespace: str | None,
 
 def _child(kind: str, body: kopf.Body, namespace: str | None
            ) -> dict[tuple[str, str], ObservedChild]:
-    """A serving child by (namespace, EngineDeployment name): kiln's part of it only."""
+    """A serving child by (namespace, EngineDeployment name): kiln's part of it only, and
+    only of the children kiln names, under its controller reference."""
+    if not kilns(kind, dict(body)):
+        return {}
     owner = body["metadata"]["labels"][ED_LABEL]
     return {(str(namespace), owner): observe_child(kind, dict(body))}
 
