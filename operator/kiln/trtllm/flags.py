@@ -61,7 +61,7 @@ def _table(program: str, source: str, rows: str, *, extra: tuple[Flag, ...] = ()
            positionals: tuple[str, ...] = ()) -> Command:
     """Rows are ``name nargs type`` (whitespace separated), one a line."""
     flags = [Flag(n, _NARGS[a], _TYPES[t], source=source)
-             for n, a, t in (line.split() for line in rows.strip().splitlines())]
+             for n, a, t in (line.split() for line in rows.splitlines() if line.strip())]
     return Command(program, (*flags, *extra), positionals, source)
 
 
@@ -276,9 +276,7 @@ else raises NotImplementedError). The default is ``cnn_dailymail`` from the Hub.
 AWQ_MAX_CALIB_SIZE = 32
 """``quantize_and_export`` lowers ``calib_size`` to 32 for AWQ formats."""
 
-QUANTIZE_HF_TO_HF_PY = ("examples/quantization/quantize_hf_to_hf.py"
-                        "@d0973810dd8e2dffee22f8d3bda2a5f988da6346")
-QUANTIZE_HF_TO_HF = _table("quantize_hf_to_hf.py", QUANTIZE_HF_TO_HF_PY, """
+_MODELOPT_FLAGS = """
 --pyt_ckpt_path 1 path
 --device 1 str
 --qformat 1 str
@@ -292,6 +290,12 @@ QUANTIZE_HF_TO_HF = _table("quantize_hf_to_hf.py", QUANTIZE_HF_TO_HF_PY, """
 --auto_quantize_bits 1 float
 --vlm 0 str
 --trust_remote_code 0 str
+"""
+"""The flags both ModelOpt example scripts below declare alike (each table names its source)."""
+
+QUANTIZE_HF_TO_HF_PY = ("examples/quantization/quantize_hf_to_hf.py"
+                        "@d0973810dd8e2dffee22f8d3bda2a5f988da6346")
+QUANTIZE_HF_TO_HF = _table("quantize_hf_to_hf.py", QUANTIZE_HF_TO_HF_PY, _MODELOPT_FLAGS + """
 --compress 0 str
 --verbose 0 str
 --no_verbose 0 str
@@ -310,20 +314,8 @@ QUANTIZE_HF_TO_HF_IGNORES_DATASET = True
 
 QUANTIZE_WITH_MODELOPT_PY = ("examples/quantization/quantize_with_modelopt.py"
                              "@bd102e24caae899b7c4ecf4b0404bd16a93addda")
-QUANTIZE_WITH_MODELOPT = _table("quantize_with_modelopt.py", QUANTIZE_WITH_MODELOPT_PY, """
---pyt_ckpt_path 1 path
---device 1 str
---qformat 1 str
---batch_size 1 int
---calib_size 1 int
---export_path 1 path
---dataset 1 str
---inference_tensor_parallel 1 int
---inference_pipeline_parallel 1 int
---awq_block_size 1 int
---auto_quantize_bits 1 float
---vlm 0 str
---trust_remote_code 0 str
+QUANTIZE_WITH_MODELOPT = _table("quantize_with_modelopt.py", QUANTIZE_WITH_MODELOPT_PY,
+                                _MODELOPT_FLAGS + """
 """, extra=(
     _choice("--sparsity_fmt", ("dense", "sparsegpt"), QUANTIZE_WITH_MODELOPT_PY, "dense"),
     _choice("--disable_kv_cache_quant", ("True", "False", "true", "false"),
