@@ -71,23 +71,26 @@ class Operator:
         labels = {"kind": kind} if result is None else {"kind": kind, "result": result}
         return self.metric("kiln_reconcile_total", **labels)
 
-    def resynced(self, plural: str, *, timeout: float = 60) -> None:
-        """Return once this operator has passed over every ``plural`` object of its cluster
-        since the call.
+    def resynced(self, *plurals: str, timeout: float = 60) -> None:
+        """Return once this operator has passed over every object of its cluster of each of
+        ``plurals`` (``enginebuilds``, ``enginedeployments``) since the call.
 
         Each resync round marks every object due, and a quiet object is passed over only
-        then: as many more finished passes as two rounds make means a whole round began
-        after the call and ended. What a test reads after this, the operator has seen, on a
-        slow machine as on a fast one: it proves that something did not happen where a
+        then: while the objects are quiet (what a test checks this way is: settled, stalled
+        or backing off), as many more finished passes as two rounds make means a whole round
+        began after the call and ended. What a test reads after this, the operator has seen,
+        on a slow machine as on a fast one: it proves that something did not happen where a
         sleep only hoped so.
         """
-        kind = {EB_PLURAL: "EngineBuild", ED_PLURAL: "EngineDeployment"}[plural]
-        before = self.passes(kind)
-        objects = [o for o in client.CustomObjectsApi(self.kube.api_client)
-                   .list_cluster_custom_object(GROUP, VERSION, plural)["items"]
-                   if not o["metadata"].get("deletionTimestamp")]
-        assert objects, f"no {kind} to pass over"
-        eventually(lambda: self.passes(kind) >= before + 2 * len(objects),
+        kinds = {EB_PLURAL: "EngineBuild", ED_PLURAL: "EngineDeployment"}
+        wanted = {}
+        for plural in plurals:
+            objects = [o for o in client.CustomObjectsApi(self.kube.api_client)
+                       .list_cluster_custom_object(GROUP, VERSION, plural)["items"]
+                       if not o["metadata"].get("deletionTimestamp")]
+            assert objects, f"no {plural} to pass over"
+            wanted[kinds[plural]] = self.passes(kinds[plural]) + 2 * len(objects)
+        eventually(lambda: all(self.passes(kind) >= n for kind, n in wanted.items()),
                    timeout=timeout, interval=0.2)
 
 

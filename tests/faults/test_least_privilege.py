@@ -19,7 +19,7 @@ from kiln.domain.labels import ED_LABEL
 from kiln.engine_deployment.deployments import deployment_name
 from waiting import eventually
 
-# The module runs first in the tier: it must start the operator and the builders itself.
+# Each test needs the operator and the builders running, whichever of the tier runs first.
 pytestmark = [pytest.mark.timeout(240), pytest.mark.usefixtures("operator", "builders")]
 
 

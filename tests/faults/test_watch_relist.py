@@ -2,7 +2,8 @@
 restarted (the old resource version is gone: 410, a re-list), and the Job was deleted in
 between. Kopf's indexes keep what the re-list no longer lists; kiln must not trust them.
 
-It stops its tier's apiserver (``restarts_apiserver``: it runs after the tier's other tests).
+It restarts its tier's apiserver (``restarts_apiserver``: it runs after the tier's other
+tests, and before those that keep it down for longer).
 """
 
 from __future__ import annotations
