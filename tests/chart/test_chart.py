@@ -298,10 +298,10 @@ def test_kiln_crds_writes_both_copies(tmp_path: Path, capsys: pytest.CaptureFixt
 
 def test_rendered_crds_are_the_chart_crds() -> None:
     docs = render(include_crds=True)
-    crds = sorted((d for d in docs if d["kind"] == "CustomResourceDefinition"),
-                  key=lambda d: d["metadata"]["name"])
+    rendered = sorted((d for d in docs if d["kind"] == "CustomResourceDefinition"),
+                      key=lambda d: d["metadata"]["name"])
     expected = sorted(crds.crd_manifests(), key=lambda d: d["metadata"]["name"])
-    assert crds == expected
+    assert rendered == expected
 
 
 def test_store_gc_is_an_optional_dry_run_cron_job() -> None:

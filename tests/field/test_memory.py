@@ -9,6 +9,7 @@ import json
 from collections.abc import Iterator
 
 import pytest
+from kubernetes import client
 
 from e2e.support import ROOT, Operator
 from field.support import (
@@ -84,7 +85,17 @@ def test_an_object_the_operator_cannot_read_is_stalled_with_the_field_and_backs_
         unchecked_extra_args: None) -> None:
     body = engine_build("odd", weights, targets=UNSCHEDULABLE,
                         build={"backend": "tensorrt", "extraArgs": ["--no-such-flag"]})
-    create(kube, namespace, body)
+
+    def created() -> bool:  # the API server takes the relaxed schema a moment later
+        try:
+            create(kube, namespace, body)
+        except client.ApiException as error:
+            if error.status != 422:
+                raise
+            return False
+        return True
+
+    eventually(created, timeout=30)
 
     def stalled() -> tuple[str, str] | None:
         found = conditions(get(kube, namespace, EB_PLURAL, "odd")).get("Stalled")

@@ -340,10 +340,10 @@ def _catalogue_section() -> list[str]:
 
 def render() -> str:
     """The whole reference as Markdown (deterministic: same models, same text)."""
-    crds = _crd_schemas()
+    schemas = _crd_schemas()
     sections: dict[type[BaseModel], _Section] = {}
     for model in KINDS:
-        schema = crds[model.__name__]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        schema = schemas[model.__name__]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
         _walk(model.__name__, model, schema, "", sections)
     toc = []
     for model in KINDS:
