@@ -362,7 +362,7 @@ def render() -> str:
         *toc, "",
     ]
     for model in KINDS:
-        lines += _kind_section(model, crds[model.__name__], sections)
+        lines += _kind_section(model, schemas[model.__name__], sections)
     lines += _catalogue_section()
     return HEADER + "\n".join(lines).rstrip("\n") + "\n"
 
