@@ -2,7 +2,7 @@
 shared by two clusters), on a control plane of their own, operators as real processes.
 
 Each test starts its own operators, watching only its own namespace and campaigning for a
-Lease of its own, so the tests can run in parallel; durations are short (30 s tokens, a 4 s
+Lease of its own, so the tests can run in parallel; durations are short (15 s tokens, a 4 s
 Lease) through the settings users have too.
 """
 

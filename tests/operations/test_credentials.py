@@ -1,8 +1,8 @@
 """``kiln run`` with the kubeconfigs of managed clusters: an ``exec`` credential plugin whose
-tokens expire after 30 s (and stop working then), directly and through an HTTPS proxy.
+tokens expire after 15 s (and stop working then), directly and through an HTTPS proxy.
 
 The plugin mints a ServiceAccount token bound to a Secret of its own and says it expires in
-30 s; the test deletes each Secret 30 s after the plugin made it (the token is refused from
+15 s; the test deletes each Secret 15 s after the plugin made it (the token is refused from
 then on) and the first one after 5 s, before its stated expiry, so that a 401 is met and must
 be answered by running the plugin again. The operator (kiln's calls and Kopf's watches) must
 build EngineBuilds to Ready across several tokens, with no 401 reaching a reconcile.
@@ -36,7 +36,7 @@ from operations.support import (
 )
 from waiting import eventually
 
-TTL = 30.0
+TTL = 15.0
 FIRST_REVOKED_AFTER = 5.0
 HIDDEN = "kubernetes.default.svc"
 """A name the apiserver's certificate carries that only the test's proxy resolves."""
@@ -91,7 +91,7 @@ class Revoker(threading.Thread):
 
 @pytest.mark.timeout(240)
 @pytest.mark.parametrize("route", ["direct", "https-proxy"])
-def test_exec_plugin_tokens_that_expire_every_30s(
+def test_exec_plugin_tokens_that_expire_every_15s(
         kube: Cluster, release: tuple[Path, str], namespace: str, weights: str,
         builders: LocalProcessRunner, s3_endpoint: str, tmp_path: Path, route: str) -> None:
     run = os.urandom(4).hex()
@@ -109,13 +109,13 @@ def test_exec_plugin_tokens_that_expire_every_30s(
     with proxy, running(operator):
         revoker.start()
         names = []
-        # New work keeps coming while tokens come and go: one EngineBuild every 12 s, over
-        # two token lifetimes (so the plugin surely runs after the second expiry too).
+        # New work keeps coming while tokens come and go: one EngineBuild every 6 s, over
+        # more than two token lifetimes (so the plugin surely runs after the second expiry).
         for i in range(6):
             names.append(f"b{i}")
             create(kube, namespace, engine_build(f"b{i}", weights, max_batch_size=8 + i))
             eventually(lambda: ready(kube, namespace, names[-1]), timeout=60, interval=0.5)
-            time.sleep(max(0.0, 12.0 * (i + 1) - (time.monotonic() - started)))
+            time.sleep(max(0.0, TTL * 0.4 * (i + 1) - (time.monotonic() - started)))
         eventually(lambda: all(ready(kube, namespace, n) for n in names), timeout=30)
         revoker.stopped.set()
     plugin_runs = runs.read_text().splitlines()
