@@ -25,7 +25,7 @@ TESTS = Path(__file__).resolve().parent
 FIRST = ("unit",)
 CLUSTER_TIERS = ("cluster", "chart", "e2e", "operations", "field", "faults")
 """The tiers that start a control plane, in the order they run (after every other tier):
-the cheapest first (on 2 cores: about 40 s, 2, 3.5, 5, 6.5 and 7 minutes)."""
+the cheapest first (on 2 cores: about 40 s, 2, 3.5, 4, 6.5 and 7 minutes)."""
 LAST_IN_TIER = "restarts_apiserver"
 """The marker of tests that stop their tier's apiserver: they run after the tier's others,
 the longest outage (the marker's ``down``, in seconds) last. For a minute or two after an
