@@ -7,13 +7,13 @@ from __future__ import annotations
 
 import json
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
 from kubernetes import client
+from kubernetes import watch as kwatch
 
 from field.conftest import ENGINES
 from field.support import (
@@ -26,9 +26,10 @@ from field.support import (
     patch,
     serving_pods,
 )
-from kiln import EB_PLURAL, ED_PLURAL
+from kiln import EB_PLURAL, ED_PLURAL, GROUP, VERSION
 from kiln.dev.testbed.cluster import Cluster
 from kiln.dev.testbed.localproc import LocalProcessRunner
+from kiln.domain.labels import ED_LABEL
 from waiting import eventually
 
 pytestmark = pytest.mark.usefixtures("operator")
@@ -39,15 +40,20 @@ HEAL_SECONDS = 240
 
 def ready_pods(kube: Cluster, namespace: str) -> list[str]:
     """Names of the serving pods that are Ready (and not going)."""
-    return [p.metadata.name for p in serving_pods(kube, namespace, "chat")
-            if p.status.phase == "Running" and any(
-                c.type == "Ready" and c.status == "True" for c in p.status.conditions or [])]
+    return [p.metadata.name for p in serving_pods(kube, namespace, "chat") if _ready(p)]
+
+
+def _ready(pod: Any) -> bool:
+    return bool(pod.metadata.deletion_timestamp is None and pod.status.phase == "Running"
+                and any(c.type == "Ready" and c.status == "True"
+                        for c in pod.status.conditions or []))
 
 
 @dataclass
 class Watch:
-    """What the test sees every 0.2 s once started: the fewest Ready serving pods, and each
-    engine message of the EngineBuild's status."""
+    """What the watches show once started, every change of it (no sampling: a dip between two
+    polls would be missed): the fewest Ready serving pods, and each engine message of the
+    EngineBuild's status."""
 
     kube: Cluster
     namespace: str
@@ -56,15 +62,58 @@ class Watch:
     stop: threading.Event = field(default_factory=threading.Event)
 
     def start(self) -> None:
-        threading.Thread(target=self._sample, daemon=True).start()
+        core = client.CoreV1Api(self.kube.api_client)
+        custom = client.CustomObjectsApi(self.kube.api_client)
+        threading.Thread(target=self._follow, daemon=True, args=(
+            core.list_namespaced_pod, {"label_selector": f"{ED_LABEL}=chat"},
+            self._pod)).start()
+        threading.Thread(target=self._follow, daemon=True, args=(
+            lambda namespace, **kw: custom.list_namespaced_custom_object(
+                GROUP, VERSION, namespace, EB_PLURAL, **kw),
+            {"field_selector": "metadata.name=llama"}, self._build)).start()
 
-    def _sample(self) -> None:
+    def _follow(self, list_fn: Any, kwargs: dict[str, Any], seen: Any) -> None:
+        """List, then watch from the listing's version (a list again if it expires): every
+        change reaches ``seen`` once the whole first listing is in."""
+        ready: set[str] = set()
         while not self.stop.is_set():
-            self.fewest = min(self.fewest, len(ready_pods(self.kube, self.namespace)))
-            status = get(self.kube, self.namespace, EB_PLURAL, "llama").get("status") or {}
-            self.messages |= {e["message"] for e in status.get("engines", [])
-                              if e.get("message")}
-            time.sleep(0.2)
+            listed = list_fn(self.namespace, **kwargs)
+            items = listed["items"] if isinstance(listed, dict) else listed.items
+            ready.clear()
+            for item in items:
+                seen({"type": "LISTED", "object": item}, ready)
+            seen({"type": "SYNCED", "object": None}, ready)
+            version = _version(listed)
+            try:
+                while not self.stop.is_set():
+                    for event in kwatch.Watch().stream(list_fn, self.namespace,
+                                                       timeout_seconds=5,
+                                                       resource_version=version, **kwargs):
+                        version = _version(event["object"]) or version
+                        seen(event, ready)
+            except client.ApiException:
+                continue  # expired (410): list again
+
+    def _pod(self, event: dict[str, Any], ready: set[str]) -> None:
+        pod = event["object"]
+        if pod is not None and event["type"] != "DELETED" and _ready(pod):
+            ready.add(pod.metadata.name)
+        elif pod is not None:
+            ready.discard(pod.metadata.name)
+        if event["type"] != "LISTED":  # counted once the whole listing is in
+            self.fewest = min(self.fewest, len(ready))
+
+    def _build(self, event: dict[str, Any], _: set[str]) -> None:
+        status = (event["object"] or {}).get("status") or {}
+        self.messages |= {e["message"] for e in status.get("engines", []) if e.get("message")}
+
+
+def _version(obj: Any) -> str | None:
+    """The resourceVersion of an object or a listing, dict or client model."""
+    meta = obj.get("metadata") if isinstance(obj, dict) else obj.metadata
+    found = meta.get("resourceVersion") if isinstance(meta, dict) else (
+        meta.resource_version if meta is not None else None)
+    return str(found) if found else None
 
 
 @pytest.fixture
