@@ -247,3 +247,47 @@ def test_server_args_win_over_the_defaulted_options() -> None:
     obj = ed(server={"args": ["--max_batch_size=8", "--kv_cache_free_gpu_memory_fraction",
                               "0.5"], "runtime": {"freeGpuMemoryFraction": 0.8}})
     assert llm_api_options(obj, eb(), "tensorrt") == {"max_num_tokens": 8192}
+
+
+SERVE_MERGE = ("tensorrt_llm/llmapi/llm_args.py update_llm_args_with_extra_dict and "
+               "tensorrt_llm/commands/serve.py get_llm_args (1.2 line)", '''
+    kv_cache_config = KvCacheConfig(
+        free_gpu_memory_fraction=free_gpu_memory_fraction)
+    llm_args = {
+        "kv_cache_config": kv_cache_config,
+    }
+    llm_args = llm_args | llm_args_dict
+''')
+"""Upstream text (excerpts, verbatim): the flag's fraction lives in the CLI-built
+``kv_cache_config``; the YAML's mapping replaces it whole (a shallow ``|``)."""
+
+
+def _trtllm_serve_merge(args: list[str], yaml_options: dict[str, Any]) -> dict[str, Any]:
+    """What trtllm-serve ends with: the CLI-built arguments ``|`` the YAML (SERVE_MERGE)."""
+    assert "llm_args = llm_args | llm_args_dict" in SERVE_MERGE[1]
+    fraction = 0.9
+    for i, a in enumerate(args):
+        name, eq, value = a.partition("=")
+        if name in ("--kv_cache_free_gpu_memory_fraction", "--free_gpu_memory_fraction"):
+            fraction = float(value if eq else args[i + 1])
+    cli = {"kv_cache_config": {"free_gpu_memory_fraction": fraction}}
+    return cli | yaml_options
+
+
+def test_a_fraction_given_on_the_command_line_survives_the_shallow_merge() -> None:
+    """``--kv_cache_free_gpu_memory_fraction 0.5`` in server.args, the KV cache dtype (and
+    block reuse) in the YAML: the YAML's kv_cache_config replaces the CLI's whole, so kiln
+    writes the fraction into it."""
+    build = EngineBuild.model_validate({
+        "metadata": {"name": "llama-eb", "namespace": "ns", "uid": "eb-uid"},
+        "spec": {"model": {"source": "s3://models/llama/"},
+                 "build": {"backend": "pytorch", "quantization": {"kvCache": "fp8"}}}})
+    for args in (["--kv_cache_free_gpu_memory_fraction", "0.5"],
+                 ["--kv_cache_free_gpu_memory_fraction=0.5"]):
+        obj = ed(server={"args": args, "runtime": {"freeGpuMemoryFraction": 0.8}})
+        options = llm_api_options(obj, build, "pytorch")
+        merged = _trtllm_serve_merge(args, options)
+        assert merged["kv_cache_config"] == {"dtype": "fp8", "free_gpu_memory_fraction": 0.5}
+        reuse = ed(server={"args": args, "runtime": {"enableBlockReuse": False}})
+        merged = _trtllm_serve_merge(args, llm_api_options(reuse, eb(), "tensorrt"))
+        assert merged["kv_cache_config"]["free_gpu_memory_fraction"] == 0.5

@@ -152,6 +152,16 @@ _CLI_OF = {"max_batch_size": ("max_batch_size",), "max_num_tokens": ("max_num_to
 (``update_llm_args_with_extra_dict``), so kiln leaves them out when the args have them."""
 
 
+def _arg_value(args: list[str], names: tuple[str, ...]) -> str | None:
+    """The last value ``args`` give any of ``names`` (``--name=v`` or ``--name v``)."""
+    found = None
+    for i, arg in enumerate(args):
+        name, eq, value = arg.partition("=")
+        if name[2:] in names and name.startswith("--"):
+            found = value if eq else (args[i + 1] if i + 1 < len(args) else None)
+    return found
+
+
 def llm_api_options(ed: EngineDeployment, eb: EngineBuild, backend: Backend) -> dict[str, Any]:
     """The ``--extra_llm_api_options`` YAML's content (keys of ``kiln.trtllm.llm_api``)."""
     r, build = ed.spec.server.runtime, eb.spec.build
@@ -175,6 +185,14 @@ def llm_api_options(ed: EngineDeployment, eb: EngineBuild, backend: Backend) -> 
         kv["free_gpu_memory_fraction"] = r.free_gpu_memory_fraction
     if r.enable_block_reuse is not None:
         kv["enable_block_reuse"] = r.enable_block_reuse
+    given_fraction = _arg_value(ed.spec.server.args, _CLI_OF["free_gpu_memory_fraction"])
+    if kv and given_fraction is not None:
+        # trtllm-serve merges the YAML shallowly (llm_args | yaml): this kv_cache_config
+        # replaces the one its flag built, so the flag's fraction is carried into it.
+        try:
+            kv["free_gpu_memory_fraction"] = float(given_fraction)
+        except ValueError:
+            pass  # trtllm-serve's own flag parsing refuses it
     if kv:
         options["kv_cache_config"] = kv
     return options
