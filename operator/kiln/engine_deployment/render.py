@@ -8,6 +8,7 @@ tracks by label) and an owner reference.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shlex
 from typing import Any
@@ -189,10 +190,8 @@ def llm_api_options(ed: EngineDeployment, eb: EngineBuild, backend: Backend) -> 
     if kv and given_fraction is not None:
         # trtllm-serve merges the YAML shallowly (llm_args | yaml): this kv_cache_config
         # replaces the one its flag built, so the flag's fraction is carried into it.
-        try:
+        with contextlib.suppress(ValueError):  # else trtllm-serve's flag parsing refuses it
             kv["free_gpu_memory_fraction"] = float(given_fraction)
-        except ValueError:
-            pass  # trtllm-serve's own flag parsing refuses it
     if kv:
         options["kv_cache_config"] = kv
     return options
