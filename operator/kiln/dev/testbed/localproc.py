@@ -7,23 +7,31 @@ as a kubelet would. Pods labelled ``testbed.kiln.dev/local-init`` get their init
 run the same way (a failure is reported as the kubelet's CrashLoopBackOff with the exit code
 and termination message in ``lastState``). emptyDir mounts become temp dirs (paths in env
 and args are mapped); ``KILN_TERMINATION_LOG`` points at a temp file whose content becomes
-the message.
+the message. A serving pod whose engine directory (an emptyDir of its main container) holds
+``standin.json`` gets its server run here too: the stand-in of ``kiln.dev.testbed.standin`` on a
+loopback address of its own (reported as the pod's IP) at the container's port; a server that
+exits is reported as the kubelet's CrashLoopBackOff and started again, until the pod goes.
 """
 
 from __future__ import annotations
 
 import base64
 import contextlib
+import itertools
 import logging
 import os
 import subprocess
+import sys
 import tempfile
 import threading
 import time
+import urllib.request
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
+
+from kiln.dev.testbed import standin
 
 LABEL = "testbed.kiln.dev/local-process"
 INIT_LABEL = "testbed.kiln.dev/local-init"
@@ -32,6 +40,13 @@ every init container exited 0 the runner marks them Running and Ready, as a kube
 CLAIMED = "testbed.kiln.dev/claimed-by"
 TERMINATION_ENV = "KILN_TERMINATION_LOG"
 _MESSAGE_LIMIT = 4096
+_ADDRESSES = itertools.count(1)
+"""Stand-in servers listen on 127.0.<n // 250 + 1>.<n % 250 + 2>: one loopback address each."""
+
+
+def _next_address() -> str:
+    n = next(_ADDRESSES)
+    return f"127.0.{n // 250 + 1}.{n % 250 + 2}"
 
 log = logging.getLogger(__name__)
 
@@ -156,7 +171,8 @@ class LocalProcessRunner:
         worker.start()
 
     def _run_init(self, pod: Any) -> None:
-        """Run the init containers in order; report the pod Running, or the first failure."""
+        """Run the init containers in order; report the pod Running (its stand-in server
+        serving, where its engine asks for one), or the first failure."""
         namespace, name = pod.metadata.namespace, pod.metadata.name
         with tempfile.TemporaryDirectory(prefix=f"pod-{name}-") as scratch:
             for container in pod.spec.init_containers or []:
@@ -165,7 +181,84 @@ class LocalProcessRunner:
                 if code != 0:
                     self._report_init_failed(pod, container, code, message)
                     return
-        self._report_running(pod)
+            engine = self._standin_engine(pod, Path(scratch))
+            if engine is None:
+                self._report_running(pod)
+                return
+            self._serve(pod, engine)
+
+    def _standin_engine(self, pod: Any, root: Path) -> Path | None:
+        """The main container's emptyDir that holds ``standin.json``, if any."""
+        container = pod.spec.containers[0]
+        for local in self._mount_map(pod, container, root).values():
+            if (Path(local) / standin.FILE).is_file():
+                return Path(local)
+        return None
+
+    def _serve(self, pod: Any, engine: Path) -> None:
+        """Run the stand-in for ``pod`` until the pod goes; a server that exits is reported
+        as CrashLoopBackOff and started again after a back-off."""
+        container = pod.spec.containers[0]
+        port = next((p.container_port for p in container.ports or []), 8000)
+        address, restarts = _next_address(), 0
+        argv = [sys.executable, "-m", "kiln.dev.testbed.standin", "--engine", str(engine),
+                "--host", address, "--port", str(port)]
+        log.info("local-process: stand-in server for pod %s/%s on %s:%s", pod.metadata.namespace,
+                 pod.metadata.name, address, port)
+        output = engine.parent / "standin.log"
+        while not self._stop.is_set() and self._present(pod):
+            with output.open("w") as sink:
+                process = subprocess.Popen(argv, env={**os.environ, **self.extra_env},
+                                           stdout=sink, stderr=subprocess.STDOUT, text=True)
+            try:
+                if _healthy(address, port, process):
+                    self._report_running(pod, address, restarts)
+                    while process.poll() is None and not self._stop.is_set():
+                        if not self._present(pod):
+                            return
+                        time.sleep(0.5)
+                if process.poll() is None:
+                    return  # stopped
+                out = output.read_text(errors="replace")
+                restarts += 1
+                self._report_crash(pod, container, process.returncode, out[-_MESSAGE_LIMIT:],
+                                   restarts)
+                time.sleep(1)
+            finally:
+                if process.poll() is None:
+                    process.kill()
+                process.wait()
+
+    def _present(self, pod: Any) -> bool:
+        from kubernetes import client
+
+        try:
+            seen = self._core.read_namespaced_pod(pod.metadata.name, pod.metadata.namespace)
+        except client.ApiException as error:
+            return bool(error.status != 404)
+        return bool(seen.metadata.uid == pod.metadata.uid
+                    and seen.metadata.deletion_timestamp is None)
+
+    def _report_crash(self, pod: Any, container: Any, code: int, message: str,
+                      restarts: int) -> None:
+        now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        status = {
+            "phase": "Running",
+            "containerStatuses": [{
+                "name": container.name, "image": container.image, "ready": False,
+                "started": False, "restartCount": restarts,
+                "state": {"waiting": {"reason": "CrashLoopBackOff", "message": (
+                    f"back-off 10s restarting failed container={container.name}")}},
+                "lastState": {"terminated": {"exitCode": code, "reason": "Error",
+                                             "message": message, "startedAt": now,
+                                             "finishedAt": now}}}],
+            "conditions": [
+                {"type": "ContainersReady", "status": "False", "lastTransitionTime": now},
+                {"type": "Ready", "status": "False", "lastTransitionTime": now}],
+        }
+        with contextlib.suppress(Exception):
+            self._core.patch_namespaced_pod_status(
+                pod.metadata.name, pod.metadata.namespace, {"status": status})
 
     def _run_one(self, pod: Any, container: Any, root: Path) -> tuple[int, str, str]:
         mounts = self._mount_map(pod, container, root)
@@ -183,17 +276,18 @@ class LocalProcessRunner:
             message = output[-_MESSAGE_LIMIT:]
         return code, message[:_MESSAGE_LIMIT], output
 
-    def _report_running(self, pod: Any) -> None:
+    def _report_running(self, pod: Any, address: str = "10.0.0.1", restarts: int = 0) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
         status = {
-            "phase": "Running", "startTime": now, "podIP": "10.0.0.1",
+            "phase": "Running", "startTime": now, "podIP": address,
+            "podIPs": [{"ip": address}],
             "initContainerStatuses": [
                 {"name": c.name, "image": c.image, "ready": True, "restartCount": 0,
                  "state": {"terminated": done}} for c in pod.spec.init_containers or []],
             "containerStatuses": [
                 {"name": c.name, "image": c.image, "ready": True, "started": True,
-                 "restartCount": 0, "state": {"running": {"startedAt": now}}}
+                 "restartCount": restarts, "state": {"running": {"startedAt": now}}}
                 for c in pod.spec.containers],
             "conditions": [{"type": kind, "status": "True", "lastTransitionTime": now}
                            for kind in ("PodScheduled", "Initialized", "ContainersReady",
@@ -335,6 +429,19 @@ class LocalProcessRunner:
                       "spec.nodeName": pod.spec.node_name or ""}
             return fields.get(source.field_ref.field_path)
         return None
+
+
+def _healthy(address: str, port: int, process: subprocess.Popen[str],
+             timeout: float = 30) -> bool:
+    """Whether the server answers ``/health`` (the readiness probe) before it exits."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and process.poll() is None:
+        with contextlib.suppress(OSError), urllib.request.urlopen(
+                f"http://{address}:{port}/health", timeout=1) as reply:
+            if reply.status == 200:
+                return True
+        time.sleep(0.1)
+    return False
 
 
 def _map_paths(value: str, mounts: dict[str, str]) -> str:
