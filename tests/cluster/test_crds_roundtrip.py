@@ -134,8 +134,9 @@ def build_specs(draw: st.DrawFn, targets: list[Target]) -> BuildSpec:
     algo, kv = draw(st.sampled_from(combos))
     tensor = draw(st.sampled_from([1, 2, 4, 8]))
     max_input = draw(st.integers(1, 2**20))
-    attention = draw(st.sampled_from(["auto", "float16", "bfloat16", "float32", "disable"]))
-    paged_kv = attention != "disable" and draw(st.booleans())
+    # In-flight batching (both servers) needs the attention plugin, packed input, paged KV.
+    attention = draw(st.sampled_from(["auto", "float16", "bfloat16", "float32"]))
+    paged_kv = True
     context_fmha = draw(st.booleans())
     gemm: list[str | None] = [None, "auto", "float16", "bfloat16", "float32", "disable"]
     gemm += [algo] if algo in ("fp8", "nvfp4") else []
@@ -166,7 +167,7 @@ def build_specs(draw: st.DrawFn, targets: list[Target]) -> BuildSpec:
             gpt_attention=attention, gemm=draw(st.sampled_from(gemm)), context_fmha=context_fmha,
             paged_kv_cache=paged_kv, paged_context_fmha=paged_context,
             fp8_context_fmha=draw(st.sampled_from(fp8_fmha)),
-            remove_input_padding=draw(st.booleans()), multiple_profiles=draw(st.booleans()),
+            remove_input_padding=True, multiple_profiles=draw(st.booleans()),
             reduce_fusion=draw(st.booleans())),
         extra_args=draw(extra) if backend == "tensorrt" else [],
     )

@@ -226,6 +226,12 @@ class Parallelism(KilnModel):
     """Pipeline-parallel stages."""
 
 
+INFLIGHT_BATCHING = (
+    "both servers run the engine with in-flight batching, which refuses it at start "
+    "(kiln.trtllm.runtime inflight_batching: 'TrtGptModelInflightBatching requires GPT "
+    "attention/Mamba Conv 1d plugin with packed input and paged KV cache.')")
+"""Why the in-flight batching plugins cannot be switched off."""
+DRAFT_EXTERNAL = "--speculative_decoding_mode=draft_tokens_external"
 GemmPlugin = Literal["auto", "float16", "bfloat16", "float32", "fp8", "nvfp4", "disable"]
 
 
@@ -237,20 +243,24 @@ class Plugins(KilnModel):
             "pagedContextFmha needs contextFmha", ".pagedContextFmha"),
         cel("self.pagedKvCache || !self.pagedContextFmha",
             "pagedContextFmha needs pagedKvCache", ".pagedContextFmha"),
-        cel("self.gptAttention != 'disable' || !self.pagedKvCache",
-            "pagedKvCache needs the GPT attention plugin (gptAttention other than disable)",
-            ".pagedKvCache"),
+        cel("self.gptAttention != 'disable'", "gptAttention disable: " + INFLIGHT_BATCHING,
+            ".gptAttention"),
+        cel("self.removeInputPadding", "removeInputPadding false: " + INFLIGHT_BATCHING,
+            ".removeInputPadding"),
+        cel("self.pagedKvCache", "pagedKvCache false: " + INFLIGHT_BATCHING, ".pagedKvCache"),
     ))
 
     gpt_attention: Literal["auto", "float16", "bfloat16", "float32", "disable"] = "auto"
-    """``--gpt_attention_plugin``."""
+    """``--gpt_attention_plugin``; ``disable`` is refused: in-flight batching, which both
+    servers run, needs it."""
     gemm: GemmPlugin | None = None
     """``--gemm_plugin``; ``fp8`` and ``nvfp4`` need the matching quantization. Unset:
     trtllm-build's default (off, except ``nvfp4`` with nvfp4 quantization)."""
     context_fmha: bool = True
     """Fused multi-head attention in the context phase (``--context_fmha``)."""
     paged_kv_cache: bool = True
-    """Paged KV cache (``--kv_cache_type paged``)."""
+    """Paged KV cache (``--kv_cache_type paged``); ``false`` is refused: in-flight batching
+    needs it."""
     paged_context_fmha: bool = True
     """Chunked/paged context attention (``--use_paged_context_fmha``)."""
     fp8_context_fmha: bool | None = None
@@ -260,7 +270,8 @@ class Plugins(KilnModel):
     ``false`` cannot be had with ``kvCache: fp8`` and ``pagedContextFmha`` (trtllm-build turns
     it back on for FP8 paged context FMHA)."""
     remove_input_padding: bool = True
-    """Packed inputs without padding (``--remove_input_padding``)."""
+    """Packed inputs without padding (``--remove_input_padding``); ``false`` is refused:
+    in-flight batching needs it."""
     multiple_profiles: bool = False
     """Several TensorRT optimization profiles (``--multiple_profiles``): faster, slower build."""
     reduce_fusion: bool = False
@@ -306,6 +317,16 @@ class BuildSpec(KilnModel):
             "(trtllm-build turns FP8 context FMHA off otherwise: 'FP8 Paged Context FMHA is "
             "disabled because it must be used together with fp8 KV Cache.'); set kvCache fp8, "
             "pagedContextFmha false, or leave fp8ContextFmha unset", ".plugins.fp8ContextFmha"),
+        cel(f"!self.extraArgs.exists(a, a == {q(DRAFT_EXTERNAL)}) || "
+            "(self.plugins.pagedContextFmha && self.quantization.kvCache != 'int8' && "
+            f"(self.quantization.kvCache != 'fp8' || self.quantization.algo in {FP8_FMHA_CEL}))",
+            f"extraArgs {DRAFT_EXTERNAL} needs plugins.pagedContextFmha true, and a kvCache "
+            "other than int8, or fp8 only with algo fp8, w4a8_awq or nvfp4 (trtllm-build turns "
+            "paged context FMHA off otherwise): without it "
+            "the runtime turns KV cache block reuse off, and a draft_tokens_external target "
+            "model then fails at start (kiln.trtllm.runtime draft_external_needs_reuse: 'KV "
+            "cache block reuse must be enabled for speculative decoding target model')",
+            ".plugins.pagedContextFmha"),
         cel("!has(self.quantization.calibration) || self.backend != 'pytorch'",
             "quantization.calibration cannot be used with backend pytorch: its ModelOpt "
             "HF-export scripts calibrate only on ModelOpt's named Hub datasets "
@@ -544,9 +565,11 @@ class EngineBuild(KilnModel):
 __all__ = [
     "CALIBRATED",
     "COMPUTE_CAPABILITY",
+    "DRAFT_EXTERNAL",
     "EXTRA_ARGS",
     "EXTRA_ARGS_ALLOWED",
     "FP8_FMHA_ALGOS",
+    "INFLIGHT_BATCHING",
     "MAX_GPUS_PER_BUILD",
     "MIN_COMPUTE_CAPABILITY",
     "NAME_SCHEMA",
