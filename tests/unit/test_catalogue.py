@@ -42,10 +42,25 @@ def test_every_test_bed_pool_is_in_the_catalogue_with_its_compute_capability() -
         assert gpu.capability == pool.compute
 
 
-def test_mig_and_shared_products_map_to_the_gpu() -> None:
-    assert by_product("NVIDIA-A100-SXM4-40GB-MIG-1g.5gb") is by_name("A100-40GB")
+def test_shared_products_map_to_the_gpu() -> None:
     assert by_product("NVIDIA-H100-80GB-HBM3-SHARED") is by_name("H100-SXM")
     assert by_product("NVIDIA-GeForce-GTX-1080") is None
+
+
+def test_a_mig_slice_is_a_gpu_of_its_own_never_its_parent() -> None:
+    """GFD's single strategy labels a MIG node ``<product>-MIG-<profile>``: a 1g slice has a
+    seventh of the memory and runs other kernels, so it is its own target."""
+    mig = by_product("NVIDIA-A100-SXM4-40GB-MIG-1g.5gb")
+    assert mig is by_name("A100-40GB-MIG-1g.5gb") and mig is not by_name("A100-40GB")
+    assert (mig.compute_capability, mig.memory_gib, mig.parent) == ("8.0", 5, "A100-40GB")
+    assert by_product("NVIDIA-H100-80GB-HBM3-MIG-3g.40gb-SHARED") is by_name("H100-SXM-MIG-3g.40gb")
+    assert nodes.A100_MIG.product is not None
+    assert by_product(nodes.A100_MIG.product) is by_name("A100-80GB-MIG-1g.10gb")
+    unlisted = by_product("NVIDIA-A100-SXM4-80GB-MIG-1g.10gb+me")
+    assert unlisted is not None and unlisted.name == "A100-80GB-MIG-1g.10gb+me"
+    assert (unlisted.compute_capability, unlisted.memory_gib) == ("8.0", 10)
+    assert by_product("NVIDIA-GeForce-GTX-1080-MIG-1g.5gb") is None
+    assert {m.parent for m in catalogue.MIGS} <= set(catalogue.names())
 
 
 def test_unknown_name_lists_the_known_ones() -> None:

@@ -100,6 +100,17 @@ def test_auto_targets_skip_products_spec_targets_cover_and_dedupe_by_gpu() -> No
     assert auto_targets(eb().spec, {}) == []
 
 
+def test_a_mig_pool_is_its_own_target_and_never_gets_the_whole_gpus_engine() -> None:
+    mig = "NVIDIA-A100-SXM4-80GB-MIG-1g.10gb"
+    pool = {A100: "8.0", mig: "8.0"}
+    assert served_products(ed("A100-80GB"), pool) == {A100: "8.0"}
+    assert served_products(ed("A100-80GB-MIG-1g.10gb"), pool) == {mig: "8.0"}
+    assert auto_targets(eb().spec, pool) == [f"{mig}@8.0", f"{A100}@8.0"]
+    assert auto_targets(eb(targets=[{"gpu": "A100-80GB"}]).spec, pool) == [f"{mig}@8.0"]
+    status = eb(engine("A100-80GB", A100, KEY_A)).status
+    assert engine_for(status, mig) is None
+
+
 def test_engine_for_matches_the_product_then_the_catalogue_gpu() -> None:
     status = eb(engine("A100-80GB", A100, KEY_A), engine("H100-SXM", H100, KEY_H)).status
     assert engine_for(status, H100).key == KEY_H  # type: ignore[union-attr]

@@ -1,7 +1,8 @@
 """The GPU catalogue: names users write, the labels nodes carry, what each GPU can run.
 
 Data, plus three lookups: ``by_name``, ``by_product`` (an ``nvidia.com/gpu.product`` label
-value) and ``supports`` (can a backend run a quantization there, and if not, why).
+value) and ``supports`` (can a backend run a quantization there, and if not, why). A MIG
+profile is a GPU of its own (its memory, its parent's compute capability), never its parent.
 Sources: NVIDIA's CUDA GPU table and TensorRT-LLM's support matrix (reference/trtllm.md §6);
 what ``trtllm-build`` refuses per compute capability comes from :mod:`kiln.trtllm.refusals`.
 """
@@ -41,6 +42,11 @@ class GPU:
     """Memory per GPU."""
     family: str
     """Architecture: ampere, ada-lovelace, hopper or blackwell."""
+    mig_profile: str = ""
+    """For a MIG slice: its profile (``1g.10gb``); GFD names it in the product label's
+    ``-MIG-<profile>`` suffix (single strategy)."""
+    parent: str = ""
+    """For a MIG slice: the catalogue name of the GPU it is cut from."""
 
     @property
     def capability(self) -> Capability:
@@ -87,6 +93,52 @@ GPUS: tuple[GPU, ...] = (
     _gpu("RTX-PRO-6000", "NVIDIA-RTX-PRO-6000-Blackwell-Server-Edition", "12.0", 96,
          "blackwell"),
 )
+
+MIG_SUFFIX = "-MIG-"
+"""GPU Feature Discovery's product label of a MIG slice: ``<GPU>-MIG-<profile>``
+(NVIDIA/k8s-device-plugin internal/lm/resource.go, ``baseLabeler(count, model, "MIG",
+migProfile)``); time-slicing appends ``-SHARED`` after it."""
+
+_MIG_PROFILES: dict[str, str] = {
+    "A100-40GB": "1g.5gb 1g.10gb 2g.10gb 3g.20gb 4g.20gb 7g.40gb",
+    "A100-80GB": "1g.10gb 1g.20gb 2g.20gb 3g.40gb 4g.40gb 7g.80gb",
+    "A30": "1g.6gb 2g.12gb 4g.24gb",
+    "H100-SXM": "1g.10gb 1g.20gb 2g.20gb 3g.40gb 4g.40gb 7g.80gb",
+    "H100-PCIe": "1g.10gb 1g.20gb 2g.20gb 3g.40gb 4g.40gb 7g.80gb",
+    "H100-NVL": "1g.12gb 1g.24gb 2g.24gb 3g.47gb 4g.47gb 7g.94gb",
+    "H200": "1g.18gb 1g.35gb 2g.35gb 3g.71gb 4g.71gb 7g.141gb",
+    "H200-NVL": "1g.18gb 2g.35gb 3g.71gb 4g.71gb 7g.141gb",
+    "GH200": "1g.12gb 1g.24gb 2g.24gb 3g.48gb 4g.48gb 7g.96gb",
+    "GH200-144GB": "1g.18gb 2g.36gb 3g.72gb 4g.72gb 7g.144gb",
+    "B200": "1g.23gb 2g.45gb 3g.90gb 4g.90gb 7g.180gb",
+    "GB200": "1g.23gb 2g.47gb 3g.93gb 4g.93gb 7g.186gb",
+    "B300": "1g.34gb 2g.67gb 3g.135gb 4g.135gb 7g.269gb",
+    "GB300": "1g.35gb 2g.70gb 3g.139gb 4g.139gb 7g.278gb",
+    "RTX-PRO-6000": "1g.24gb 2g.48gb 4g.96gb",
+}
+"""The compute MIG profiles of each MIG-capable GPU, from NVIDIA/mig-parted
+deployments/systemd/config-default.yaml (bd7160f); a profile not listed here (``+me``
+variants, a new GPU's) is still its own GPU to ``by_product``, with no catalogue name."""
+
+
+def _mig_memory(profile: str) -> int:
+    match = re.match(r"[0-9]+g\.([0-9]+)gb", profile)
+    return int(match.group(1)) if match else 0
+
+
+def mig(parent: GPU, profile: str) -> GPU:
+    """The MIG slice ``profile`` of ``parent``: its own products, memory and name."""
+    return GPU(f"{parent.name}{MIG_SUFFIX}{profile}",
+               tuple(f"{p}{MIG_SUFFIX}{profile}" for p in parent.products),
+               parent.compute_capability, _mig_memory(profile), parent.family,
+               mig_profile=profile, parent=parent.name)
+
+
+MIGS: tuple[GPU, ...] = tuple(
+    mig(gpu, profile) for gpu in GPUS for profile in _MIG_PROFILES.get(gpu.name, "").split())
+"""MIG slices as targets of their own (``spec.targets[].gpu``, ``spec.gpu``)."""
+ALL: tuple[GPU, ...] = GPUS + MIGS
+"""Every name kiln accepts: whole GPUs, then MIG slices."""
 
 QUANT_ALGOS: tuple[QuantAlgo, ...] = (
     "none", "fp8", "int8_sq", "int4_awq", "w4a8_awq", "int8_wo", "int4_wo", "nvfp4")
@@ -192,13 +244,13 @@ class Support(NamedTuple):
     reason: str = ""
 
 
-_BY_NAME = {gpu.name: gpu for gpu in GPUS}
-_BY_PRODUCT = {product: gpu for gpu in GPUS for product in gpu.products}
+_BY_NAME = {gpu.name: gpu for gpu in ALL}
+_BY_PRODUCT = {product: gpu for gpu in ALL for product in gpu.products}
 
 
 def names() -> list[str]:
-    """Catalogue names in catalogue order."""
-    return [gpu.name for gpu in GPUS]
+    """Catalogue names in catalogue order (whole GPUs, then MIG slices)."""
+    return [gpu.name for gpu in ALL]
 
 
 def by_name(name: str) -> GPU:
@@ -212,11 +264,18 @@ def by_name(name: str) -> GPU:
 def by_product(product: str) -> GPU | None:
     """The GPU whose ``nvidia.com/gpu.product`` label is ``product``, or None.
 
-    GPU Feature Discovery appends ``-SHARED`` (time-slicing) and ``-MIG-<profile>`` (MIG);
-    those map to the underlying GPU (same compute capability, less memory for MIG).
+    GPU Feature Discovery appends ``-SHARED`` (time-slicing: the same GPU) and
+    ``-MIG-<profile>`` (a MIG slice: a GPU of its own, never its parent; a profile the
+    catalogue does not list is made from the parent, with the profile's memory).
     """
-    base = re.sub(r"(-MIG-.*|-SHARED)$", "", product)
-    return _BY_PRODUCT.get(product) or _BY_PRODUCT.get(base)
+    base = product.removesuffix("-SHARED")
+    if found := _BY_PRODUCT.get(product) or _BY_PRODUCT.get(base):
+        return found
+    whole, _, profile = base.partition(MIG_SUFFIX)
+    parent = _BY_PRODUCT.get(whole)
+    if not profile or parent is None:
+        return None
+    return mig(parent, profile)
 
 
 def available(backend: Backend, algo: QuantAlgo, kv_cache: KvCacheQuant = "none") -> Support:

@@ -314,7 +314,10 @@ def _catalogue_section() -> list[str]:
         "## GPU catalogue", "",
         "The names `spec.targets[].gpu` (EngineBuild) and `spec.gpu` (EngineDeployment) accept, "
         "and the `nvidia.com/gpu.product` labels (from GPU Feature Discovery) each stands for. "
-        "A product label with a `-SHARED` or `-MIG-<profile>` suffix counts as its GPU.", "",
+        "A product label with a `-SHARED` suffix (time-slicing) counts as its GPU; one with a "
+        "`-MIG-<profile>` suffix (MIG, single strategy) is a GPU of its own, never its parent: "
+        "its memory, the parent's compute capability, its own engines (a profile not listed "
+        "below is still its own target for `gpu: auto`).", "",
         "| Name | Compute capability | Memory (GiB) | Family | `nvidia.com/gpu.product` |",
         "|---|---|---|---|---|",
     ]
@@ -322,6 +325,15 @@ def _catalogue_section() -> list[str]:
         products = ", ".join(_code(p) for p in gpu.products)
         lines.append(f"| `{gpu.name}` | {gpu.compute_capability} | {gpu.memory_gib} | "
                      f"{gpu.family} | {products} |")
+    lines += [
+        "", "### MIG slices", "",
+        "Each name is `<GPU>-MIG-<profile>`; its `nvidia.com/gpu.product` labels are the GPU's "
+        "with `-MIG-<profile>` appended.", "",
+        "| GPU | Profiles (memory GiB in the name) |", "|---|---|",
+    ]
+    for gpu in catalogue.GPUS:
+        if profiles := [m.mig_profile for m in catalogue.MIGS if m.parent == gpu.name]:
+            lines.append(f"| `{gpu.name}` | " + ", ".join(_code(p) for p in profiles) + " |")
     lines += [
         "", "### Quantization limits", "",
         "Which quantization runs where; the CEL rules on `spec` and `spec.build` above are "

@@ -145,7 +145,7 @@ def quantization_rules() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
             on_build.append({"rule": f"!({_applies(req, 'self')})", "message": what,
                              "fieldPath": f".quantization.{req.part}"})
             continue
-        bad = [g.name for g in catalogue.GPUS if not req.allows(g.capability)]
+        bad = [g.name for g in catalogue.ALL if not req.allows(g.capability)]
         cc = "double(t.computeCapability)"
         by_cc = (f"!has(t.computeCapability) || "
                  f"!t.computeCapability.matches({q(COMPUTE_CAPABILITY)}) || {_cc_ok(req, cc)}")
@@ -154,11 +154,18 @@ def quantization_rules() -> tuple[list[dict[str, str]], list[dict[str, str]]]:
             "rule": f"!({_applies(req, 'self.build')}) || "
                     f"self.targets.all(t, has(t.gpu) ? {by_name} : ({by_cc}))",
             "message": f"{what}; the targets cannot include "
-                       + (", ".join(bad) + " or " if bad else "")
+                       + (_named(bad) + " or " if bad else "")
                        + "a computeCapability that does not meet this",
             "fieldPath": f".build.quantization.{req.part}",
         })
     return on_spec, on_build
+
+
+def _named(bad: list[str]) -> str:
+    """The whole GPUs among ``bad``, and their MIG slices in one phrase."""
+    whole = [n for n in bad if catalogue.by_name(n).mig_profile == ""]
+    slices = len(whole) < len(bad)
+    return ", ".join(whole) + (" (and their MIG slices)" if slices else "")
 
 
 def plugin_rules() -> list[dict[str, str]]:
@@ -169,9 +176,9 @@ def plugin_rules() -> list[dict[str, str]]:
         if rule.action != "refuse" or rule.plugin is None or rule.sm_min is None:
             continue
         low, high = rule.sm_min, rule.sm_max or 1000
-        bad = [g.name for g in catalogue.GPUS
+        bad = [g.name for g in catalogue.ALL
                if low <= g.capability[0] * 10 + g.capability[1] < high]
-        ccs = sorted({g.compute_capability for g in catalogue.GPUS if g.name in bad}
+        ccs = sorted({g.compute_capability for g in catalogue.ALL if g.name in bad}
                      | {f"{sm // 10}.{sm % 10}" for sm in range(low, min(high, low + 10))})
         flags = "|".join(SM100_PLUGIN_ARGS)
         on = (f"self.build.extraArgs.exists(a, a.matches({q('^--(' + flags + ')=')}) && "
@@ -184,7 +191,7 @@ def plugin_rules() -> list[dict[str, str]]:
             "message": f"extraArgs --{', --'.join(SM100_PLUGIN_ARGS)} (other than disable) are "
                        f"refused by trtllm-build on compute capability {', '.join(ccs)} "
                        f"({rule.effect.split(' (')[0]}); the targets cannot include "
-                       + ", ".join(bad),
+                       + _named(bad),
             "fieldPath": ".build.extraArgs",
         })
     return out

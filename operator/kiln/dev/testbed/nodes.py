@@ -22,6 +22,9 @@ class Pool:
     compute: tuple[int, int] = (0, 0)
     memory_mib: int = 0
     gpus: int = 8
+    mig_profile: str = ""
+    """A MIG pool (GFD's single strategy): ``product`` ends in ``-MIG-<profile>``, ``gpus``
+    counts slices, ``memory_mib`` is a slice's."""
 
     def node_names(self) -> list[str]:
         return [f"{self.name}-{i}" for i in range(self.size)]
@@ -34,6 +37,10 @@ H100 = Pool("h100", product="NVIDIA-H100-80GB-HBM3", family="hopper", compute=(9
 L40S = Pool("l40s", product="NVIDIA-L40S", family="ada-lovelace", compute=(8, 9),
             memory_mib=46068)
 H200 = Pool("h200", product="NVIDIA-H200", family="hopper", compute=(9, 0), memory_mib=143771)
+A100_MIG = Pool("a100-mig", size=1, product="NVIDIA-A100-SXM4-80GB-MIG-1g.10gb", family="ampere",
+                compute=(8, 0), memory_mib=9728, gpus=56, mig_profile="1g.10gb")
+"""Eight A100s cut in seven 1g.10gb slices each; not a default pool (``gpu: auto`` tests
+would gain a product)."""
 CPU = Pool("cpu")
 DEFAULT_POOLS = (A100, H100, L40S, CPU)
 
@@ -59,6 +66,10 @@ def node_manifest(pool: Pool, name: str) -> dict[str, Any]:
             "nvidia.com/gpu.memory": str(pool.memory_mib),
             "nvidia.com/gpu.count": str(pool.gpus),
         }
+        if pool.mig_profile:  # NVIDIA/k8s-device-plugin internal/lm/mig-strategy.go
+            labels |= {"nvidia.com/mig.capable": "true", "nvidia.com/mig.strategy": "single",
+                       "nvidia.com/gpu.slices.gi": "1", "nvidia.com/gpu.slices.ci": "1",
+                       "nvidia.com/gpu.multiprocessors": "14"}
         capacity[GPU_RESOURCE] = str(pool.gpus)
         taints.append({"key": GPU_RESOURCE, "value": "present", "effect": "NoSchedule"})
     return {
