@@ -86,7 +86,8 @@ def _plugin_rule_applies(rule: refusals.Rule, combo: Combo) -> bool:
 
 
 KILN_REFUSES = {"fp8_fmha_needs_fp8_algo", "fp8_fmha_needs_fp8_kv", "fp8_fmha_forced_on",
-                "plugins_sm100", "context_logits_draft"}
+                "plugins_sm100", "context_logits_draft", "gemm_swiglu_needs_fused_mlp",
+                "eagle_checkpoint"}
 """Plugin rules kiln refuses at admission: an explicit fp8ContextFmha trtllm-build would
 silently flip, and PluginConfig.validate's SM 100 refusals. The paged context FMHA overrides are
 reported instead (the engine's plugin_config, in status)."""
@@ -164,7 +165,11 @@ EXTRA = [Combo(g, "tensorrt", "none", "none", extra_args=[f"--{flag}={value}"])
          for value in (("fp8" if "gemm" in flag else "enable"), "disable")] + [
     Combo(g, "tensorrt", "none", "none", extra_args=args) for g in ONE_PER_CC
     for args in (["--gather_context_logits", "--max_draft_len=4"],
-                 ["--max_draft_len=4"], ["--gather_context_logits"])]
+                 ["--max_draft_len=4"], ["--gather_context_logits"],
+                 ["--low_latency_gemm_swiglu_plugin=fp8", "--use_fused_mlp=disable"],
+                 ["--gemm_swiglu_plugin=disable", "--use_fused_mlp=disable"],
+                 ["--speculative_decoding_mode=eagle"],
+                 ["--speculative_decoding_mode=lookahead_decoding"])]
 
 
 def test_the_matrix_covers_the_catalogue() -> None:

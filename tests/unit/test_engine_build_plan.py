@@ -319,3 +319,23 @@ def test_a_build_that_never_made_its_engine_is_not_built_again_for_ever() -> Non
     assert result.status.engines[0].state == "Failed"
     assert result.status.engines[0].message.startswith("ManifestMissing")  # type: ignore[union-attr]
     assert result.replace == [] and result.create == []
+
+
+def test_an_auto_target_a_flag_is_refused_on_fails_unsupported_naming_the_rule() -> None:
+    """extraArgs ``--gemm_swiglu_plugin=fp8``: PluginConfig.validate refuses it on compute
+    capability 10.0 exactly. CEL checks spec.targets; an auto B200 is checked here, before any
+    Job (and GPU time), the H100 one builds."""
+    obj = EngineBuild.model_validate({
+        "metadata": {"name": "llama", "namespace": "ns", "uid": UID, "generation": 1},
+        "spec": {"model": {"source": "s3://models/llama/"}, "targets": [],
+                 "build": {"extraArgs": ["--gemm_swiglu_plugin=fp8"]}}})
+    products = ["NVIDIA-H100-80GB-HBM3", "NVIDIA-B200"]
+    resolved = effective(obj.spec, products)
+    ws = [Want(t, f"k{i}" * 8, f"s3://engines/engines/k{i}/") for i, t in enumerate(resolved)]
+    result = run(obj, ws, auto_targets=products)
+    assert [w.target.name for w in result.create] == ["H100-SXM"]
+    b200 = next(e for e in result.status.engines if e.target == "B200")
+    assert b200.state == "Failed" and b200.job is None
+    assert b200.message is not None and b200.message.startswith("Unsupported: ")
+    assert "plugins_sm100" in b200.message and "extraArgs --gemm_swiglu_plugin=fp8" in \
+        b200.message

@@ -52,6 +52,21 @@ EXCERPTS: dict[str, tuple[str, str]] = {
             "Paged Context FMHA is disabled because it doesn't work with int8 kv cache currently."
         )
 '''),
+    "swiglu": (BUILDER_PY, '''
+def optimize_model_with_config(model: PretrainedModel,
+                               build_config: BuildConfig):
+    gemm_swiglu_plugin = build_config.plugin_config.gemm_swiglu_plugin
+    low_latency_gemm_swiglu_plugin = build_config.plugin_config.low_latency_gemm_swiglu_plugin
+    if gemm_swiglu_plugin or low_latency_gemm_swiglu_plugin:
+        if not build_config.plugin_config.use_fused_mlp:
+            raise RuntimeError(
+                "GemmSwiGLU plugin requires --use_fused_mlp flag")
+'''),
+    "eagle": (BUILDER_PY, '''
+    if build_config.speculative_decoding_mode == SpeculativeDecodingMode.EAGLE:
+        assert hasattr(model.config, 'num_eagle_layers')
+        num_eagle_layers = model.config.num_eagle_layers
+'''),
     "nccl": (BUILDER_PY, '''
     nccl_plugin = model.config.dtype if model.config.mapping.world_size > 1 else None
     network.plugin_config.set_nccl_plugin(nccl_plugin)
@@ -91,6 +106,8 @@ CONDITIONS: dict[str, tuple[str, tuple[str, ...]]] = {
                                     ".has_int8_kv_cache(", "use_paged_context_fmha = False")),
     "context_logits_draft": ("main", ("args.gather_context_logits and args.max_draft_len > 0",
                                       "args.gather_context_logits = True")),
+    "gemm_swiglu_needs_fused_mlp": ("swiglu", ("if gemm_swiglu_plugin or low_latency_gemm_swiglu_plugin:",
+                                               "if not build_config.plugin_config.use_fused_mlp:")),
     "profiles_opt_tokens": ("profiles", ('args.multiple_profiles == "enable" and '
                                          "args.opt_num_tokens is not None",)),
 }
@@ -126,7 +143,7 @@ def test_each_rule_says_what_upstream_says_under_upstreams_condition(rule_id: st
 
 def test_every_upstream_refusal_has_a_rule() -> None:
     """Each ``raise RuntimeError`` message of the excerpts is a ``refuse`` rule's effect."""
-    refused = {r.effect for r in refusals.RULES if r.action == "refuse"}
+    refused = {r.effect.split(" (")[0] for r in refusals.RULES if r.action == "refuse"}
     for name, (_, excerpt) in EXCERPTS.items():
         for message in re.findall(r'RuntimeError\(\s*"([^"]+)"', _text(excerpt)):
             assert message in refused, (name, message)
@@ -148,3 +165,17 @@ def test_flags_build_rewrites_are_not_allow_listed() -> None:
     for name in ("nccl_plugin", "user_buffer", "norm_quant_fusion"):
         assert name not in EXTRA_ARGS
         assert flags.TRTLLM_BUILD.flag(f"--{name}") is not None
+
+
+def test_eagle_needs_what_kilns_conversion_never_writes() -> None:
+    """build() asserts an EAGLE checkpoint (``num_eagle_layers``) after conversion; kiln
+    converts only the TENSORRT_FAMILIES architectures, with their own convert_checkpoint.py."""
+    from kiln.builder.checkpoint import TENSORRT_FAMILIES
+    text = _text(EXCERPTS["eagle"][1])
+    assert "SpeculativeDecodingMode.EAGLE:\nassert hasattr(model.config, 'num_eagle_layers')" \
+        in text
+    rule = RULES["eagle_checkpoint"]
+    assert rule.plugin == "speculative_decoding_mode=eagle" and rule.action == "refuse"
+    assert "num_eagle_layers" in rule.effect
+    assert not any("Eagle" in a for a in TENSORRT_FAMILIES)
+    assert set(TENSORRT_FAMILIES.values()) <= {"llama", "qwen"}

@@ -26,6 +26,7 @@ from kiln.domain.status import Event, set_conditions
 from kiln.engine_build.jobs import ObservedJob, job_name
 from kiln.engine_build.pending import Stuck
 from kiln.engine_build.targets import ResolvedTarget
+from kiln.trtllm import refusals
 
 
 @dataclass(frozen=True)
@@ -64,9 +65,10 @@ def _from_manifest(entry: EngineStatus, manifest: Manifest) -> EngineStatus:
 
 
 def unsupported(build: BuildSpec, target: ResolvedTarget) -> str | None:
-    """Why the catalogue says ``build`` cannot run on ``target``, or None. The CRD's CEL checks
-    ``spec.targets``; auto targets (an EngineDeployment's GPUs, with ``targets: []``) are
-    checked here."""
+    """Why the catalogue, or trtllm-build's refusal of a flag on this compute capability
+    (kiln.trtllm.refusals), says ``build`` cannot run on ``target``, or None. The CRD's CEL
+    checks ``spec.targets``; auto targets (an EngineDeployment's GPUs, with ``targets: []``)
+    are checked here, before any Job."""
     q = build.quantization
     where: catalogue.GPU | str
     try:
@@ -74,7 +76,16 @@ def unsupported(build: BuildSpec, target: ResolvedTarget) -> str | None:
     except KeyError:
         where = target.compute_capability
     answer = catalogue.supports(where, build.backend, q.algo, q.kv_cache)
-    return None if answer.ok else answer.reason
+    if not answer.ok:
+        return answer.reason
+    major, _, minor = target.compute_capability.partition(".")
+    sm = int(major) * 10 + int(minor or 0)
+    for rule in refusals.flag_refusals(build.extra_args, sm):
+        given = [a for a in build.extra_args
+                 if a[2:].partition("=")[0] in rule.plugin_names()]
+        return (f"extraArgs {' '.join(given)}: refused by trtllm-build on compute capability "
+                f"{target.compute_capability} ({rule.id}, {rule.source}): {rule.effect}")
+    return None
 
 
 LOST = ("EngineMissing", "EngineDamaged")

@@ -206,6 +206,12 @@ def _extra_arg_given(condition: str) -> str | None:
             return None
         return f"self.extraArgs.exists(a, a.matches({q('^--' + name + '=[1-9]')}))"
     name, _, value = condition.partition("=")
+    if "|" in name and value:
+        names = name.split("|")
+        if any(n not in EXTRA_ARGS for n in names):
+            return None
+        return "(" + " || ".join(f"self.extraArgs.exists(a, a == {q('--' + n + '=' + value)})"
+                                 for n in names) + ")"
     if name not in EXTRA_ARGS:
         return None
     if value:
@@ -226,7 +232,8 @@ def extra_arg_rules() -> list[dict[str, str]]:
         given = [_extra_arg_given(c) for c in rule.plugin.split(",")]
         if any(g is None for g in given):
             continue
-        flags = " with ".join("--" + c.replace(">", " > ") for c in rule.plugin.split(","))
+        flags = " with ".join("--" + c.replace(">", " > ").replace("|", " or --")
+                              for c in rule.plugin.split(","))
         out.append({"rule": "!(" + " && ".join(g for g in given if g) + ")",
                     "message": f"extraArgs {flags} are refused by trtllm-build ({rule.source}): "
                                f"{rule.effect}",

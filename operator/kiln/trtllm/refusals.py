@@ -44,6 +44,11 @@ class Rule:
     """Flag settings the rule needs, comma-separated (all of them): ``name=value``, ``a|b=value``
     (any of them), ``name`` (given, other than disable) or ``name>N`` (an integer above N)."""
 
+    def plugin_names(self) -> set[str]:
+        """The flags ``plugin`` names."""
+        return {n for c in (self.plugin or "").split(",")
+                for n in c.partition("=")[0].partition(">")[0].split("|")}
+
     def applies(self, algo: KilnAlgo, kv: KilnKv, sm: int) -> bool:
         return ((self.sm_min is None or sm >= self.sm_min)
                 and (self.sm_max is None or sm < self.sm_max)
@@ -117,6 +122,13 @@ RULES: tuple[Rule, ...] = (
     Rule("context_logits_draft", "refuse", "Gather context logits is not support with draft "
          "len > 0. If want to get the accepted tokens' logits from target model, please just "
          "enable gather_generation_logits", BUILD, plugin="gather_context_logits,max_draft_len>0"),
+    Rule("gemm_swiglu_needs_fused_mlp", "refuse", "GemmSwiGLU plugin requires --use_fused_mlp "
+         "flag (optimize_model_with_config, after conversion)", BUILDER,
+         plugin="gemm_swiglu_plugin|low_latency_gemm_swiglu_plugin=fp8,use_fused_mlp=disable"),
+    Rule("eagle_checkpoint", "refuse", "EAGLE needs an EAGLE checkpoint (build() asserts "
+         "hasattr(model.config, 'num_eagle_layers') after conversion; kiln converts Llama, "
+         "Mistral, Mixtral and Qwen2 checkpoints, which have none)", BUILDER,
+         plugin="speculative_decoding_mode=eagle"),
     Rule("profiles_opt_tokens", "refuse", "multiple_profiles is enabled, while opt_num_tokens "
          "is set. They are not supposed to be working in the same time for now.", BUILD,
          plugin="multiple_profiles=enable,opt_num_tokens"),
@@ -158,6 +170,28 @@ CHECKPOINT_ALGO: dict[KilnAlgo, tuple[str, str]] = {
 }
 """Kiln algorithm → checkpoint QuantAlgo and its QuantMode class (mode.py from_quant_algo);
 int8_sq's qformat→algo mapping lives in quantize_by_modelopt.py (not read)."""
+
+
+def _given(condition: str, args: dict[str, str]) -> bool:
+    """One condition of ``Rule.plugin`` against trtllm-build flags given as ``{name: value}``
+    (a switch: empty value)."""
+    if ">" in condition:
+        name, _, low = condition.partition(">")
+        return args.get(name, "0").isdigit() and int(args.get(name) or 0) > int(low)
+    names, _, value = condition.partition("=")
+    return any(args.get(n) == value if value else n in args and args[n] != "disable"
+               for n in names.split("|"))
+
+
+def flag_refusals(extra_args: list[str], sm: int | None) -> list[Rule]:
+    """The ``refuse`` rules whose flag conditions ``extra_args`` (``--name[=value]``) meet, on
+    ``sm`` (None: only those of every compute capability)."""
+    args = {a[2:].partition("=")[0]: a.partition("=")[2] for a in extra_args}
+    return [r for r in RULES if r.action == "refuse" and r.plugin is not None
+            and (sm is not None or (r.sm_min is None and r.sm_max is None))
+            and (sm is None or ((r.sm_min is None or sm >= r.sm_min)
+                                and (r.sm_max is None or sm < r.sm_max)))
+            and all(_given(c, args) for c in r.plugin.split(","))]
 
 
 def refusals(algo: KilnAlgo, kv: KilnKv, sm: int) -> list[Rule]:
