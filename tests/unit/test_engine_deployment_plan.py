@@ -440,3 +440,57 @@ def test_an_upgrade_that_names_uploads_rolls_no_deployment_serving_the_same_key(
     assert served(None) == "u1"
     assert served(deployed(product, key)) is None
     assert served(replace(deployed(product, key), engine_upload="u0")) == "u1"
+
+
+def _build(extra_args: list[str] | None = None, **build: Any) -> dict[str, Any]:
+    return {"backend": "tensorrt", **({"extraArgs": extra_args} if extra_args else {}), **build}
+
+
+def eb_with(build: dict[str, Any], *engines: dict[str, Any]) -> EngineBuild:
+    obj = eb(*engines)
+    return EngineBuild.model_validate({**obj.model_dump(by_alias=True, exclude_none=True),
+                                       "spec": {"model": {"source": "s3://models/llama/"},
+                                                "targets": [], "build": build}})
+
+
+def test_runtime_options_an_engine_cannot_honour_are_warned_in_status() -> None:
+    """trtllm-serve on an engine without paged context FMHA (int8 KV cache: trtllm-build turned
+    it off, the engine's plugins say so): the executor turns block reuse (on by default) and
+    chunked prefill off with a log line only; kiln names both in the product's status and a
+    Warning Event, and still serves."""
+    build = eb_with(_build(quantization={"algo": "int8_sq", "kvCache": "int8"}),
+                    engine("H100-SXM", H100, KEY_H, plugins={"pagedContextFmha": False}))
+    obj = ed(gpu="H100-SXM", server={"runtime": {"enableChunkedPrefill": True}})
+    decision = decide(obj, build, POOL, [])
+    assert [s.product for s in decision.serves] == [H100]
+    status, events = summarize(obj, decision, [], {})
+    (product,) = status.products
+    assert product.message is not None
+    assert "server.runtime.enableChunkedPrefill" in product.message
+    assert "chunked_context_needs_paged_context_fmha" in product.message
+    assert "enableBlockReuse" in product.message and "reuse_needs_paged_context_fmha" in \
+        product.message
+    assert any(e.reason == "RuntimeOptionIgnored" and "enableChunkedPrefill" in e.message
+               for e in events)
+    # Reuse asked off, no chunked prefill: nothing to say.
+    quiet = ed(gpu="H100-SXM", server={"runtime": {"enableBlockReuse": False}})
+    status, events = summarize(quiet, decide(quiet, build, POOL, []), [], {})
+    assert status.products[0].message is None
+    assert not any(e.reason == "RuntimeOptionIgnored" for e in events)
+
+
+def test_context_logits_turn_reuse_off_and_a_draft_target_without_reuse_is_refused() -> None:
+    logits = eb_with(_build(["--gather_context_logits"]), engine("H100-SXM", H100, KEY_H))
+    obj = ed(gpu="H100-SXM")
+    status, _ = summarize(obj, decide(obj, logits, POOL, []), [], {})
+    assert "reuse_with_context_logits" in (status.products[0].message or "")
+    draft = eb_with(_build(["--speculative_decoding_mode=draft_tokens_external",
+                            "--max_draft_len=4"]), engine("H100-SXM", H100, KEY_H))
+    off = ed(gpu="H100-SXM", server={"runtime": {"enableBlockReuse": False}})
+    decision = decide(off, draft, POOL, [])
+    assert decision.stalled is not None
+    reason, message = decision.stalled
+    assert reason == "RuntimeOptionRefused"
+    assert "server.runtime.enableBlockReuse" in message
+    assert "KV cache block reuse must be enabled for speculative decoding target model" in message
+    assert decide(ed(gpu="H100-SXM"), draft, POOL, []).stalled is None

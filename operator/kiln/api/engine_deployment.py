@@ -80,9 +80,13 @@ class Runtime(KilnModel):
     free_gpu_memory_fraction: float | None = Field(default=None, ge=0.01, le=1)
     """``kv_cache_config.free_gpu_memory_fraction``; unset: 0.9."""
     enable_chunked_prefill: bool | None = None
-    """``enable_chunked_prefill``; unset: false."""
+    """``enable_chunked_prefill``; unset: false. A TensorRT engine without paged context FMHA
+    cannot chunk: the runtime turns it off, and kiln says so in ``status.products[].message``."""
     enable_block_reuse: bool | None = None
-    """``kv_cache_config.enable_block_reuse`` (KV cache reuse across requests); unset: true."""
+    """``kv_cache_config.enable_block_reuse`` (KV cache reuse across requests); unset: true.
+    Turned off by the runtime on a TensorRT engine without paged context FMHA or built with
+    ``--gather_context_logits`` (said in status); ``false`` is refused for an engine built
+    with ``--speculative_decoding_mode=draft_tokens_external``, which needs it."""
 
 
 class Server(KilnModel):

@@ -32,6 +32,7 @@ from kiln.domain.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABE
 from kiln.domain.pool import served_products
 from kiln.domain.status import Event, set_conditions
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name
+from kiln.engine_deployment.honoured import unhonoured
 from kiln.trtllm import TRTLLM_VERSION, flags
 
 READY_STATES = ("Ready", "Cached")
@@ -100,6 +101,8 @@ class Decision:
     pending: tuple[str, str] | None = None
     """(reason, message): waiting for something outside (the EngineBuild); Deployments are
     left as they are."""
+    ignored: dict[str, str] = field(default_factory=dict)
+    """Product → the runtime options its engine cannot honour (kiln.trtllm.runtime)."""
 
 
 def engine_for(status: EngineBuildStatus | None, product: str) -> EngineStatus | None:
@@ -182,6 +185,9 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, pool: Mapping[str, str]
             return Decision(stalled=(
                 "InvalidServerArgs", f"server.args: {error}: trtllm-serve {TRTLLM_VERSION} "
                 "would exit at start (flags as recorded in kiln.trtllm.flags)"))
+    refused = [u for u in unhonoured(ed, eb, None) if u.refused]
+    if refused:
+        return Decision(stalled=("RuntimeOptionRefused", "; ".join(u.text() for u in refused)))
     if ed.spec.server.kind == "triton" and eb.spec.build.backend == "pytorch":
         return Decision(stalled=(
             "ServerMismatch", f"server.kind triton serves TensorRT engines, but EngineBuild "
@@ -205,6 +211,10 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, pool: Mapping[str, str]
         if entry is not None and entry.state == "Failed":
             result.failed.append(f"{entry.target}: {entry.message or 'build failed'}")
         serve = _serve_one(ed, eb, product, cc, entry, current.get(product))
+        lost = [u.text() for u in unhonoured(ed, eb, entry)] if serve and serve.engine_key \
+            and serve.backend == "tensorrt" else []
+        if lost:
+            result.ignored[product] = "; ".join(lost)[:1024]
         if serve is not None:
             result.serves.append(serve)
         else:
@@ -368,7 +378,8 @@ def summarize(ed: EngineDeployment, decision: Decision,
         products.append(ProductStatus(
             gpu_product=s.product, gpu=s.gpu, engine_key=s.engine_key, mode=s.mode,
             deployment=s.deployment, ready_replicas=seen.ready_replicas if seen else 0,
-            compute_capability=s.compute_capability))
+            compute_capability=s.compute_capability,
+            message=decision.ignored.get(s.product)))
         if seen is None or seen.spec_hash != hashes.get(s.deployment) or not seen.rolled_out:
             rolling.append(s.deployment)
     missing = {m.deployment: m for m in decision.missing}
@@ -417,6 +428,9 @@ def summarize(ed: EngineDeployment, decision: Decision,
         engine_keys=",".join(short_key(p.engine_key or "-") for p in products) or None,
         **scale_status(str(ed.metadata.get("name", "")), products, kept))
     events = _events(old.products, products, ed.spec.fallback)
+    said = {p.gpu_product: p.message for p in old.products}
+    events += [Event("Warning", "RuntimeOptionIgnored", f"{product}: {text}")
+               for product, text in decision.ignored.items() if said.get(product) != text]
     was_stalled = any(c.type == "Stalled" and c.status == "True" and c.reason == reason
                       for c in old.conditions)
     if stalled and not was_stalled:

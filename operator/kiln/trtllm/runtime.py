@@ -54,27 +54,32 @@ RULES: tuple[RuntimeRule, ...] = (
         "off by fixExecutorConfig: no paged context FMHA)",
         "admission: extraArgs --speculative_decoding_mode=draft_tokens_external needs "
         "plugins.pagedContextFmha, and kvCache other than int8 (fp8 only with an FP8 FMHA "
-        "algorithm): trtllm-build turns paged context FMHA off otherwise"),
+        "algorithm): trtllm-build turns paged context FMHA off otherwise; plan: a trtllm-serve "
+        "EngineDeployment of such an engine with server.runtime.enableBlockReuse false, or "
+        "with --gather_context_logits, is Stalled (RuntimeOptionRefused)"),
     RuntimeRule(
         "reuse_needs_paged_context_fmha", "override",
         "Fixing executorConfig: KV cache reuse disabled because model was not built with paged "
         "context FMHA support", INFLIGHT,
         "block reuse on (the default) and the engine has no paged context FMHA",
-        "not yet: the server's log only"),
+        "status: a trtllm-serve EngineDeployment's products[].message and a Warning Event "
+        "(RuntimeOptionIgnored) name the option; it still serves"),
     RuntimeRule(
         "reuse_with_context_logits", "override",
         "Fixing executorConfig: KV cache reuse disabled because model was built to return "
         "context logits", INFLIGHT,
         "block reuse on (the default) and the engine gathers context logits "
         "(extraArgs --gather_context_logits)",
-        "not yet: the server's log only"),
+        "status: a trtllm-serve EngineDeployment's products[].message and a Warning Event "
+        "(RuntimeOptionIgnored) name the option; it still serves"),
     RuntimeRule(
         "chunked_context_needs_paged_context_fmha", "override",
         "Chunked context is not supported for this configuration and will be disabled.",
         EXECUTOR,
         "enable_chunked_prefill and the engine is RNN-based, has no KV cache or no paged "
         "context FMHA",
-        "not yet: the server's log only"),
+        "status: a trtllm-serve EngineDeployment's products[].message and a Warning Event "
+        "(RuntimeOptionIgnored) name the option; it still serves"),
 )
 """Every runtime check read that a kiln spec can reach."""
 
