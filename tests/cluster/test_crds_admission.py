@@ -339,6 +339,8 @@ CASES = [
     ed("ed-ref-bad-name", {"spec.engineBuildRef.name": "Llama_8B"}, "spec.engineBuildRef.name",
        "should match"),
     ed("ed-gpu-unknown", {"spec.gpu": "V100"}, "spec.gpu", 'Unsupported value: "V100"'),
+    ed("ed-streaming-with-trtllm-serve", {"spec.server": {"streaming": False}},
+       "spec.server.streaming", "streaming chooses Triton's transaction policy"),
     ed("ed-replicas-negative", {"spec.replicas": -1}, "spec.replicas",
        "should be greater than or equal to 0"),
     ed("ed-strategy-both-zero", {"spec.strategy": {"maxSurge": 0, "maxUnavailable": 0}},

@@ -291,3 +291,21 @@ def test_a_fraction_given_on_the_command_line_survives_the_shallow_merge() -> No
         reuse = ed(server={"args": args, "runtime": {"enableBlockReuse": False}})
         merged = _trtllm_serve_merge(args, llm_api_options(reuse, eb(), "tensorrt"))
         assert merged["kv_cache_config"]["free_gpu_memory_fraction"] == 0.5
+
+
+def test_triton_streaming_is_a_choice_decoupled_by_default() -> None:
+    """``server.streaming`` (Triton): true (the default) makes the tensorrt_llm model decoupled,
+    which streaming requests need (docs/model_config.md: decoupled_mode "Must be set to true for
+    requests setting the stream tensor to true"); false serves plain infer/generate calls."""
+    def trtllm_config(server: dict[str, Any]) -> str:
+        dep = render_deployment(ed(server={"kind": "triton", **server}), eb(), engine_serve(),
+                                CONFIG)
+        fetch = dep["spec"]["template"]["spec"]["initContainers"][0]
+        return str(json.loads(env_of(fetch)["KILN_MODEL_REPO_FILES"])[
+            "tensorrt_llm/config.pbtxt"])
+
+    assert "model_transaction_policy { decoupled: true }" in trtllm_config({})
+    assert "model_transaction_policy { decoupled: true }" in trtllm_config({"streaming": True})
+    plain = trtllm_config({"streaming": False})
+    assert "model_transaction_policy { decoupled: false }" in plain
+    assert "decoupled: true" not in plain

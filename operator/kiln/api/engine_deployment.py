@@ -92,8 +92,20 @@ class Runtime(KilnModel):
 class Server(KilnModel):
     """The inference server."""
 
+    model_config = ConfigDict(json_schema_extra=rules(cel(
+        "!has(self.streaming) || self.kind == 'triton'",
+        "streaming chooses Triton's transaction policy; trtllm-serve streams per request "
+        "(\"stream\": true) whatever it is", ".streaming")))
+
     kind: ServerKind = "trtllm-serve"
     """``trtllm-serve`` (OpenAI-compatible, health at ``/health``) or ``triton``."""
+    streaming: bool | None = None
+    """Triton only: ``true`` (unset) makes the ``tensorrt_llm`` model decoupled, which
+    streaming requests need (``generate_stream``, gRPC ``ModelStreamInfer``, the ``stream``
+    input true) and with which Triton refuses plain ``infer``/``generate`` calls; ``false``
+    serves plain calls and refuses streaming ones (the backend's ``decoupled_mode``,
+    docs/model_config.md: "Must be set to true for requests setting the stream tensor to
+    true")."""
     image: str | None = Field(default=None, min_length=1, max_length=512)
     """Server image; unset: the operator's default (it must match the builder's TensorRT-LLM)."""
     port: int = Field(default=8000, ge=1, le=65535)

@@ -242,9 +242,10 @@ def _triton(ed: EngineDeployment, eb: EngineBuild, config: OperatorConfig) -> di
     }
 
 
-def triton_repository(eb: EngineBuild) -> dict[str, str]:
+def triton_repository(ed: EngineDeployment, eb: EngineBuild) -> dict[str, str]:
     return triton.model_repository(engine_dir=ENGINE_DIR, tokenizer_dir=TOKENIZER_DIR,
-                                   max_batch_size=eb.spec.build.max_batch_size)
+                                   max_batch_size=eb.spec.build.max_batch_size,
+                                   decoupled=ed.spec.server.streaming is not False)
 
 
 def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
@@ -254,7 +255,7 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
     spec, p = ed.spec, eb.spec.build.parallelism
     gpus = p.tensor * p.pipeline
     is_triton = spec.server.kind == "triton"
-    repo = triton_repository(eb) if is_triton else None
+    repo = triton_repository(ed, eb) if is_triton else None
     fetch, fetched_from = _fetch(ed, eb, serve, gpus, config, repo)
     overrides = (spec.server.security_context.to_dict() if spec.server.security_context
                  else None)

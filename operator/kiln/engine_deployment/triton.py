@@ -113,7 +113,8 @@ ENSEMBLE_TO_TRT = {"end_id": "_END_ID", "pad_id": "_PAD_ID", "streaming": "strea
 
 
 def model_repository(*, engine_dir: str, tokenizer_dir: str, max_batch_size: int,
-                     instances: int = 1, kv_cache_fraction: str = "0.9") -> dict[str, str]:
+                     instances: int = 1, kv_cache_fraction: str = "0.9",
+                     decoupled: bool = True) -> dict[str, str]:
     """``{path: content}`` of the repository: each model's config.pbtxt and version dir.
 
     Every parameter and tensor the 1.2.x ``model.py`` files read is declared (the tables of
@@ -131,7 +132,7 @@ def model_repository(*, engine_dir: str, tokenizer_dir: str, max_batch_size: int
         [Tensor("output_ids", "INT32", (-1, -1)), Tensor("sequence_length", "INT32", (-1,)),
          Tensor("cum_log_probs", "FP32", (-1,)), Tensor("output_log_probs", "FP32", (-1, -1))],
         "\n".join([
-            "model_transaction_policy { decoupled: true }",
+            f"model_transaction_policy {{ decoupled: {'true' if decoupled else 'false'} }}",
             f"dynamic_batching {{ preferred_batch_size: [ {max_batch_size} ] "
             "max_queue_delay_microseconds: 0 }", cpu,
             _params({"max_beam_width": "1", "FORCE_CPU_ONLY_INPUT_TENSORS": "no",
