@@ -41,7 +41,7 @@ def _run(args: argparse.Namespace) -> int:
 
 
 def _gc(args: argparse.Namespace) -> int:
-    from kiln.config import OperatorConfig
+    from kiln.config import OperatorConfig, per_namespace
     from kiln.errors import InvalidInput
     from kiln.gc import collect
     from kiln.kube.client import Client, Kube, load_config
@@ -51,7 +51,8 @@ def _gc(args: argparse.Namespace) -> int:
     stores = list(args.store or [])
     default = OperatorConfig.from_env().default_store
     for eb in kube.list_custom("enginebuilds"):
-        uri = ((eb.get("spec") or {}).get("output") or {}).get("store") or default
+        uri = ((eb.get("spec") or {}).get("output") or {}).get("store") or per_namespace(
+            default, eb["metadata"]["namespace"])
         if uri and uri not in stores:
             stores.append(uri)
     if not stores:

@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.domain.pod_policy import LEVELS, Level
+
 DEFAULT_BUILDER_IMAGE = "ghcr.io/kiln-dev/kiln-builder:0.1.0-trtllm1.2.1"
 DEFAULT_SERVER_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
 DEFAULT_FETCH_IMAGE = "ghcr.io/kiln-dev/kiln:0.1.0"
@@ -57,6 +59,10 @@ class OperatorConfig:
     store_secret: str | None = None
     """Secret (in each EngineBuild's namespace) with the store's credentials, passed to
     build Jobs by reference (``KILN_STORE_SECRET``)."""
+    serve_store_secret: str | None = None
+    """Secret (in each EngineDeployment's namespace) with read-only store credentials for
+    the serving pods' ``kiln fetch-engine``, which only reads (``KILN_SERVE_STORE_SECRET``;
+    unset: ``KILN_STORE_SECRET``'s)."""
     build_env: dict[str, str] = field(default_factory=dict)
     """Extra plain environment for build pods, e.g. ``AWS_ENDPOINT_URL`` of an S3-compatible
     store (``KILN_BUILD_ENV``, a JSON object)."""
@@ -114,6 +120,13 @@ class OperatorConfig:
         if not self.allowed_builder_images:
             return True
         return any(_image_matches(image, entry) for entry in self.allowed_builder_images)
+    pod_security: Level = "restricted"
+    """The Pod Security level that build and serving pods' security-context overrides must
+    stay within, whatever the namespace enforces (``KILN_POD_SECURITY``: restricted, baseline
+    or privileged; ``kiln.domain.pod_policy``)."""
+    allowed_priority_classes: tuple[str, ...] = ()
+    """Priority classes build Jobs may name (``KILN_ALLOWED_PRIORITY_CLASSES``, a JSON list or
+    comma-separated; ``*``: any); empty: none."""
     leader_election: bool = False
     """Reconcile only while holding a Lease, so that replicas stand by (``KILN_LEADER_ELECTION``;
     the chart sets it)."""
@@ -133,6 +146,7 @@ class OperatorConfig:
             default_store=env.get("KILN_DEFAULT_STORE") or None,
             builder_image=env.get("KILN_BUILDER_IMAGE") or DEFAULT_BUILDER_IMAGE,
             store_secret=env.get("KILN_STORE_SECRET") or None,
+            serve_store_secret=env.get("KILN_SERVE_STORE_SECRET") or None,
             build_env=_json_map(env.get("KILN_BUILD_ENV"), "KILN_BUILD_ENV"),
             build_pod_labels=_pod_labels(env, "KILN_BUILD_POD_LABELS"),
             serving_pod_labels=_pod_labels(env, "KILN_SERVING_POD_LABELS"),
@@ -151,12 +165,26 @@ class OperatorConfig:
             trusted_keys_file=env.get("KILN_TRUSTED_KEYS_FILE") or None,
             verify_seconds=float(env.get("KILN_VERIFY_SECONDS", "600")),
             allowed_builder_images=_list(env.get("KILN_ALLOWED_BUILDER_IMAGES")),
+            pod_security=_level(env.get("KILN_POD_SECURITY") or "restricted"),
+            allowed_priority_classes=_list(env.get("KILN_ALLOWED_PRIORITY_CLASSES")),
             leader_election=(env.get("KILN_LEADER_ELECTION") or "").lower() in ("1", "true"),
             lease_namespace=(env.get("KILN_LEASE_NAMESPACE") or env.get("POD_NAMESPACE")
                              or _pod_namespace() or "default"),
             lease_name=env.get("KILN_LEASE_NAME") or "kiln",
             used_mark_seconds=float(env.get("KILN_USED_MARK_SECONDS", "86400")),
         )
+
+
+def per_namespace(uri: str | None, namespace: str) -> str | None:
+    """A store URI with ``{namespace}`` (``KILN_DEFAULT_STORE``) replaced by ``namespace``."""
+    return uri.replace("{namespace}", namespace) if uri else uri
+
+
+def _level(text: str) -> Level:
+    for level in LEVELS:
+        if text == level:
+            return level
+    raise ValueError(f"KILN_POD_SECURITY: expected one of {', '.join(LEVELS)}, got {text!r}")
 
 
 def _list(text: str | None) -> tuple[str, ...]:

@@ -115,6 +115,10 @@ class NameTaken(KilnError):
 
 class ImageNotAllowed(KilnError):
     """A builder image outside the operator's allowed list."""
+
+
+class PodOverrideNotAllowed(KilnError):
+    """A security-context override or priority class beyond the operator's pod policy."""
 def heals(error: KilnError) -> bool:
     """Whether the controllers retry ``error`` with backoff (``Reconciling``, ``Retrying``)
     rather than stall on it (``Stalled``, looked at again each resync and at once on a

@@ -1,15 +1,17 @@
 """Helpers for the chart tests: the test bed's helm, rendering, the operator's permissions.
 
-``NEEDS`` is what kiln's operator does with the API (the brief of the chart, not the chart
-itself): the RBAC tests check the chart's ServiceAccount against it with
-``kubectl auth can-i``. ``install_rbac`` gives a kubeconfig that acts as that ServiceAccount
-(e.g. to run the operator with exactly the chart's permissions).
+``NEEDS`` is what kiln's operator does with the API (``kiln.kube.rights``, which
+``tests/unit/test_rights.py`` finds in the code): the RBAC tests check the chart's
+ServiceAccount against it with ``kubectl auth can-i``. ``install_rbac`` gives a kubeconfig
+that acts as that ServiceAccount (e.g. to run the operator with exactly the chart's
+permissions); ``serve`` binds it in one more namespace, as an admin does.
 """
 
 from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -22,6 +24,7 @@ import yaml
 
 from kiln.dev.testbed.binaries import Binaries, ensure_built
 from kiln.dev.testbed.cluster import Cluster
+from kiln.kube import rights
 
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "kiln"
@@ -118,37 +121,28 @@ def _needs(verbs: str, group: str, resources: str, subresource: str = "",
 WATCH = ("namespace", "all")
 """list and watch are needed per namespace and, cluster-wide, across all namespaces."""
 
-NEEDS: tuple[Need, ...] = tuple([
-    # Kopf: Events about handled objects; CRD scanning.
-    *_needs("create patch", "", "events"),
-    *_needs("list watch", "", "events", scopes=WATCH),
-    *_needs("list watch", "apiextensions.k8s.io", "customresourcedefinitions",
-            scopes=("cluster",)),
-    # kiln: its own objects and their status.
-    *_needs("get patch", "kiln.dev", "enginebuilds enginedeployments"),
-    *_needs("list watch", "kiln.dev", "enginebuilds enginedeployments", scopes=WATCH),
-    *_needs("get patch update", "kiln.dev", "enginebuilds enginedeployments", "status"),
-    # Build Jobs and their pods.
-    *_needs("get create patch delete", "batch", "jobs"),
-    *_needs("list watch", "batch", "jobs", scopes=WATCH),
-    *_needs("get", "", "pods"),
-    *_needs("list watch", "", "pods", scopes=WATCH),
-    # Credentials: one named Secret at a time.
-    *_needs("get", "", "secrets"),
-    # GPU pool index.
-    *_needs("list watch", "", "nodes", scopes=("cluster",)),
-    # Serving.
-    *_needs("get create patch update delete", "apps", "deployments"),
-    *_needs("get create patch update delete", "", "services"),
-    *_needs("get create patch update delete", "policy", "poddisruptionbudgets"),
-    *_needs("list watch", "apps", "deployments", scopes=WATCH),
-    *_needs("list watch", "", "services", scopes=WATCH),
-    *_needs("list watch", "policy", "poddisruptionbudgets", scopes=WATCH),
-    # The trusted public keys the serving pods read and trtllm-serve's LLM API options, one
-    # ConfigMap each per EngineDeployment, watched like the other children.
-    *_needs("get create patch", "", "configmaps"),
-    *_needs("list watch", "", "configmaps", scopes=WATCH),
-])
+def _from_rights(scope: str, scopes: Sequence[str], named: bool = False) -> tuple[Need, ...]:
+    found: list[Need] = []
+    for right in rights.rights(scope):  # type: ignore[arg-type]
+        if right.named and not named:
+            continue
+        resource, _, sub = right.resource.partition("/")
+        for verb in right.verbs:
+            found += [Need(verb, right.group, resource, sub, s) for s in scopes]
+    return tuple(found)
+
+
+WATCHED: tuple[Need, ...] = _from_rights("watched", WATCH)
+"""Reads kiln needs wherever it watches (``kiln.kube.rights``)."""
+SERVED: tuple[Need, ...] = _from_rights("served", ("namespace",))
+"""Secrets and writes kiln needs in the namespaces it serves, and only there."""
+CLUSTER: tuple[Need, ...] = _from_rights("cluster", ("cluster",))
+"""Cluster-scoped reads (Namespaces only when watching named namespaces: ``NAMED``)."""
+NAMED: tuple[Need, ...] = tuple(n for n in _from_rights("cluster", ("cluster",), named=True)
+                                if n not in CLUSTER)
+NEEDS: tuple[Need, ...] = (*WATCHED, *SERVED, *CLUSTER)
+"""What kiln's operator does with the API, from ``kiln.kube.rights.RIGHTS``."""
+
 
 GC_NEEDS: tuple[Need, ...] = tuple([
     # `kiln gc` reads the references, across all namespaces, and nothing else.
@@ -202,6 +196,72 @@ def granted(kube: Cluster, kubeconfig: Path, needs: Iterable[Need],
 def missing(kube: Cluster, kubeconfig: Path, namespace: str,
             needs: Iterable[Need] = NEEDS) -> set[Need]:
     return {n for n, ok in granted(kube, kubeconfig, needs, namespace).items() if not ok}
+
+
+SYSTEM = ("selfsubjectreviews.authentication.k8s.io",
+          "selfsubjectaccessreviews.authorization.k8s.io",
+          "selfsubjectrulesreviews.authorization.k8s.io",
+          "clustertrustbundles.certificates.k8s.io")
+"""What every authenticated user may do (``system:basic-user``; every ServiceAccount reads
+ClusterTrustBundles, public CA certificates), not the chart's."""
+
+Grant = tuple[str, str, str]
+"""``(resource.group/subresource, resource names, verb)`` as ``kubectl auth can-i --list``
+prints them."""
+
+
+def grants(kube: Cluster, kubeconfig: Path, namespace: str) -> set[Grant]:
+    """Everything the kubeconfig's user may do in ``namespace`` (cluster-wide rules
+    included), from ``kubectl auth can-i --list``: non-resource URLs and ``SYSTEM`` left out."""
+    out = kube.kubectl("auth", "can-i", "--list", "--namespace", namespace,
+                       kubeconfig=kubeconfig).stdout
+    found: set[Grant] = set()
+    for line in out.splitlines()[1:]:
+        match = re.match(r"^(\S+)\s+\[(.*?)\]\s+\[(.*?)\]\s+\[(.*?)\]\s*$", line)
+        if not match or match[1] in SYSTEM:
+            continue
+        resource, _, names, verbs = match.groups()
+        found |= {(resource, names, verb) for verb in verbs.split()}
+    return found
+
+
+def as_grants(needs: Iterable[Need], names: str = "") -> set[Grant]:
+    """``needs`` as ``grants`` prints them (the scope aside)."""
+    found: set[Grant] = set()
+    for need in needs:
+        what = f"{need.resource}.{need.group}" if need.group else need.resource
+        if need.subresource:
+            what += f"/{need.subresource}"
+        found.add((what, names, need.verb))
+    return found
+
+
+def serve(kube: Cluster, namespace: str, release: str, release_namespace: str) -> None:
+    """What an admin does to have a cluster-wide kiln serve ``namespace``: a RoleBinding
+    to the chart's ``<release>-serve`` ClusterRole for its ServiceAccount."""
+    kube.kubectl("create", "rolebinding", f"{release}-serve", "--namespace", namespace,
+                 f"--clusterrole={release}-serve",
+                 f"--serviceaccount={release_namespace}:{release}")
+
+
+def rule_needs(rule: dict[str, Any]) -> set[Need]:
+    """The needs an RBAC rule grants, in a namespace (or the cluster, for cluster-scoped
+    resources); ``resourceNames`` ignored."""
+    cluster = {(n.group, n.resource) for n in (*CLUSTER, *NAMED)}
+    found: set[Need] = set()
+    for group in rule["apiGroups"]:
+        for resource in rule["resources"]:
+            name, _, sub = resource.partition("/")
+            scope = "cluster" if (group, name) in cluster else "namespace"
+            found |= {Need(verb, group, name, sub, scope) for verb in rule["verbs"]}
+    return found
+
+
+OWN_LEASE = (Need("get", "coordination.k8s.io", "leases"),
+             Need("create", "coordination.k8s.io", "leases"),
+             Need("update", "coordination.k8s.io", "leases"))
+OWN_SIGNING = (Need("get", "", "secrets"), Need("create", "", "secrets"))
+"""In the release namespace: the Lease, the signing key's Secret (get by name, create)."""
 
 
 def wait_for(check: Any, timeout: float = 20, what: str = "condition") -> Any:

@@ -194,7 +194,7 @@ def test_rbac_has_no_wildcards_and_secrets_are_read_only() -> None:
 def test_rbac_rules_are_commented_in_sections() -> None:
     text = (CHART / "templates" / "_helpers.tpl").read_text()
     rendered = render_text(show_only=["templates/rbac.yaml"]).stdout
-    assert "--- Framework" in rendered and "--- Application" in rendered
+    assert "--- Watched" in rendered and "--- Served" in rendered and "--- Cluster" in rendered
     lines = text.splitlines()
     for i, line in enumerate(lines):
         if line.startswith("- apiGroups:"):

@@ -1,8 +1,9 @@
 """The chart against the test bed's apiserver: its output applied server-side, a real
 ``helm install``, and RBAC checked with ``kubectl auth can-i`` as the chart's ServiceAccount.
 
-The permissions kiln needs are listed in ``support.NEEDS`` independently of the chart; a
-rule missing from the chart, or one granted that nobody needs, fails here.
+The permissions kiln needs are ``kiln.kube.rights.RIGHTS`` (``support.NEEDS``), which
+``tests/unit/test_rights.py`` finds in the code; a rule missing from the chart, a verb granted
+that kiln never uses, a Secret or a write outside the namespaces it serves, fails here.
 """
 
 from __future__ import annotations
@@ -18,13 +19,17 @@ from kubernetes import client
 from chart import support
 from chart.support import (
     CHART,
+    CLUSTER,
     DENIED,
     GC_NEEDS,
+    NAMED,
     NEEDS,
-    Need,
+    SERVED,
+    WATCHED,
     covers,
     find,
     granted,
+    grants,
     missing,
     render,
 )
@@ -117,41 +122,66 @@ def test_helm_install_and_uninstall(kube: Any, crds: None, namespace: str,
 
 # -- RBAC as the chart's ServiceAccount -------------------------------------------------------
 
-def test_cluster_wide_rbac_grants_what_kiln_needs_and_nothing_else(
-        kube: Any, crds: None, namespace: str, other_namespace: str, release: str,
-        cleanup: list[dict[str, Any]]) -> None:
-    kubeconfig, docs = support.install_rbac(kube, namespace, release)
+def _own(release: str) -> set[support.Grant]:
+    """In the release namespace: its Lease, its signing key's Secret (by name), creating it."""
+    return support.as_grants(support.OWN_LEASE) | {
+        ("secrets", f"{release}-signing", "get"), ("secrets", "", "create")}
+
+
+@pytest.fixture
+def served_namespace(kube: Any) -> Iterator[str]:
+    core = client.CoreV1Api(kube.api_client)
+    name = "served-" + os.urandom(3).hex()
+    core.create_namespace({"metadata": {"name": name}})
+    yield name
+    core.delete_namespace(name, propagation_policy="Background")
+
+
+def test_cluster_wide_rbac_reads_everywhere_and_writes_only_where_it_serves(
+        kube: Any, crds: None, namespace: str, served_namespace: str, other_namespace: str,
+        release: str, cleanup: list[dict[str, Any]]) -> None:
+    """The default install watches every namespace, but reads Secrets and writes only in the
+    namespaces it serves: not in ``kube-system``, not in one nobody bound it in."""
+    kubeconfig, docs = support.install_rbac(kube, namespace, release,
+                                            {"servedNamespaces": [served_namespace]})
     cleanup.extend(docs)
-    support.wait_for(lambda: not missing(kube, kubeconfig, other_namespace), what="RBAC")
-    assert missing(kube, kubeconfig, other_namespace) == set()
-    allowed = {n for n, ok in granted(kube, kubeconfig, DENIED, other_namespace).items() if ok}
-    assert allowed == set(), [str(n) for n in allowed]
+    support.wait_for(lambda: not missing(kube, kubeconfig, served_namespace), what="RBAC")
+    # Exactly what kiln uses, where it serves; reads only (no Secret) anywhere else.
+    reads = support.as_grants((*WATCHED, *CLUSTER))
+    assert grants(kube, kubeconfig, served_namespace) == support.as_grants(NEEDS)
+    assert grants(kube, kubeconfig, other_namespace) == reads
+    assert grants(kube, kubeconfig, "kube-system") == reads
+    assert grants(kube, kubeconfig, namespace) == reads | _own(release)
+    # The same, asked one request at a time.
+    assert missing(kube, kubeconfig, served_namespace) == set()
+    leaked = {n for n, ok in granted(kube, kubeconfig, (*SERVED, *DENIED),
+                                     "kube-system").items() if ok}
+    assert leaked == set(), sorted(map(str, leaked))
     # Cluster-wide, Kopf does not look at Namespaces, so neither may kiln.
-    assert not granted(kube, kubeconfig, [Need("list", "", "namespaces", scope="cluster")],
-                       other_namespace)[Need("list", "", "namespaces", scope="cluster")]
+    assert not any(granted(kube, kubeconfig, NAMED, other_namespace).values())
+    # An admin serves one more namespace with a RoleBinding to the -serve ClusterRole.
+    support.serve(kube, other_namespace, release, namespace)
+    support.wait_for(lambda: not missing(kube, kubeconfig, other_namespace), what="RBAC")
+    assert grants(kube, kubeconfig, other_namespace) == support.as_grants(NEEDS)
 
 
 def test_namespaced_rbac_stays_in_the_watched_namespaces(
-        kube: Any, crds: None, namespace: str, other_namespace: str, release: str,
-        cleanup: list[dict[str, Any]]) -> None:
+        kube: Any, crds: None, namespace: str, served_namespace: str, other_namespace: str,
+        release: str, cleanup: list[dict[str, Any]]) -> None:
     kubeconfig, docs = support.install_rbac(kube, namespace, release,
-                                            {"watchNamespaces": [namespace]})
+                                            {"watchNamespaces": [served_namespace]})
     cleanup.extend(docs)
-    inside = [n for n in NEEDS if n.scope != "all"]
-    support.wait_for(lambda: not missing(kube, kubeconfig, namespace, inside), what="RBAC")
-    kopf_namespaces = [Need("list", "", "namespaces", scope="cluster"),
-                       Need("watch", "", "namespaces", scope="cluster")]
-    assert all(granted(kube, kubeconfig, kopf_namespaces, namespace).values())
-    outside = [n for n in NEEDS if n.scope != "cluster"]
-    leaked = {n for n, ok in granted(kube, kubeconfig, outside, other_namespace).items() if ok}
-    assert leaked == set(), [str(n) for n in leaked]
-    # The release namespace is the watched one here: kiln may create its signing key's Secret
-    # there (and read only that one), nowhere else.
-    create_secret = Need("create", "", "secrets")
-    denied = [n for n in DENIED if n != create_secret]
-    allowed = {n for n, ok in granted(kube, kubeconfig, denied, namespace).items() if ok}
-    assert allowed == set(), [str(n) for n in allowed]
-    assert not granted(kube, kubeconfig, [create_secret], other_namespace)[create_secret]
+    inside = [n for n in (*NEEDS, *NAMED) if n.scope != "all"]
+    support.wait_for(lambda: not missing(kube, kubeconfig, served_namespace, inside),
+                     what="RBAC")
+    cluster = support.as_grants((*CLUSTER, *NAMED))
+    assert grants(kube, kubeconfig, served_namespace) == support.as_grants(inside)
+    assert grants(kube, kubeconfig, other_namespace) == cluster
+    assert grants(kube, kubeconfig, "kube-system") == cluster
+    assert grants(kube, kubeconfig, namespace) == cluster | _own(release)
+    leaked = {n for n, ok in granted(kube, kubeconfig, (*WATCHED, *SERVED, *DENIED),
+                                     "kube-system").items() if ok}
+    assert leaked == set(), sorted(map(str, leaked))
 
 
 def test_the_gc_cron_job_may_only_read_its_references(
@@ -173,40 +203,53 @@ def test_the_gc_cron_job_may_only_read_its_references(
     assert allowed == set(), [str(n) for n in allowed]
 
 
-RULES = ("events", "customresourcedefinitions", "enginebuilds", "enginebuilds/status", "jobs",
-         "pods", "secrets", "nodes", "deployments", "services", "poddisruptionbudgets",
-         "configmaps")
-"""Each rule of the cluster-wide ClusterRole, by its first resource."""
+def _roles(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == "ClusterRole"]
 
 
-def test_every_rule_is_in_the_removal_tests() -> None:
-    role = find(render(show_only=["templates/rbac.yaml"]), "ClusterRole")
-    assert sorted(rule["resources"][0] for rule in role["rules"]) == sorted(RULES)
+def test_every_right_is_a_rule_and_every_rule_a_right() -> None:
+    """The rendered rules are exactly ``kiln.kube.rights.RIGHTS``, in both modes."""
+    for values, served in (({}, "ClusterRole"), ({"watchNamespaces": ["a"]}, "Role")):
+        docs = render(values, show_only=["templates/rbac.yaml"])
+        rules = {(d["metadata"]["name"], d["kind"]): d["rules"] for d in docs
+                 if d["kind"] in ("ClusterRole", "Role")}
+        granted_ = {(d[0], n) for d, rs in rules.items() for rule in rs
+                    for n in support.rule_needs(rule)}
+        expected = {("kiln", n) for n in (*CLUSTER, *(NAMED if values else ()))}
+        if values:
+            expected |= {("kiln", n) for n in (*WATCHED, *SERVED) if n.scope == "namespace"}
+        else:
+            expected |= {("kiln", n) for n in WATCHED if n.scope == "namespace"}
+            expected |= {("kiln-serve", n) for n in SERVED}
+        expected |= {("kiln-leader", n) for n in support.OWN_LEASE}
+        expected |= {("kiln-signing", n) for n in support.OWN_SIGNING}
+        assert granted_ == expected, (served, sorted(map(str, granted_ ^ expected)))
 
 
-@pytest.mark.parametrize("first_resource", RULES)
+@pytest.mark.parametrize("index", range(17))
 def test_removing_a_rule_is_detected(kube: Any, crds: None, namespace: str,
-                                     other_namespace: str, release: str,
-                                     cleanup: list[dict[str, Any]],
-                                     first_resource: str) -> None:
-    """The chart without one of its rules: ``can-i`` fails for exactly what that rule
-    granted (and for something: no rule is superfluous)."""
-    docs = render(release=release, namespace=namespace,
+                                     served_namespace: str, release: str,
+                                     cleanup: list[dict[str, Any]], index: int) -> None:
+    """The chart without one of its ClusterRoles' rules: ``can-i`` fails for exactly what
+    that rule granted (and for something: no rule is superfluous)."""
+    docs = render({"servedNamespaces": [served_namespace]}, release=release,
+                  namespace=namespace,
                   show_only=["templates/serviceaccount.yaml", "templates/rbac.yaml"])
     docs = copy.deepcopy(docs)
-    role = find(docs, "ClusterRole")
-    (removed,) = [r for r in role["rules"] if r["resources"][0] == first_resource]
+    everything = [(role, rule) for role in _roles(docs) for rule in role["rules"]]
+    assert len(everything) == 17, "a rule was added or removed: change the parameters"
+    role, removed = everything[index]
     role["rules"].remove(removed)
     cleanup.extend(docs)
     support.apply(kube, docs)
     kubeconfig = kube.kubeconfig_for_service_account(
         namespace, find(docs, "ServiceAccount")["metadata"]["name"], create=False)
-    lost = {n for n in NEEDS if covers(removed, n)
-            and not any(covers(rule, n) for rule in role["rules"])}
-    assert lost, f"the rule for {first_resource} grants nothing kiln needs"
+    rest = [rule for r in _roles(docs) for rule in r["rules"]]
+    lost = {n for n in NEEDS if covers(removed, n) and not any(covers(r, n) for r in rest)}
+    assert lost, f"the rule {removed} grants nothing kiln needs"
     # A need of each remaining rule, granted, shows the role took effect (RBAC caches); only
     # then does a denial mean the rule is missing rather than the binding not seen yet.
-    controls = {next(n for n in NEEDS if covers(rule, n)) for rule in role["rules"]}
-    support.wait_for(lambda: not missing(kube, kubeconfig, other_namespace, controls),
+    controls = {next(n for n in NEEDS if covers(rule, n)) for rule in rest}
+    support.wait_for(lambda: not missing(kube, kubeconfig, served_namespace, controls),
                      what="the remaining rules to take effect")
-    assert missing(kube, kubeconfig, other_namespace, lost | controls) == lost
+    assert missing(kube, kubeconfig, served_namespace, lost | controls) == lost

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from chart.support import install_rbac
+from chart.support import install_rbac, serve
 from e2e.support import ROOT, Operator
 from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
@@ -44,6 +44,14 @@ def operator_kubeconfig(kube: Cluster, crds: None) -> Path:
     client.CoreV1Api(kube.api_client).create_namespace({"metadata": {"name": "kiln-system"}})
     config, _ = install_rbac(kube, "kiln-system", "kiln")
     return config
+
+
+@pytest.fixture
+def namespace(namespace: str, kube: Cluster) -> str:
+    """The test's namespace, served by the operator: a RoleBinding to the chart's
+    ``kiln-serve`` ClusterRole there, as an admin onboarding a tenant adds it."""
+    serve(kube, namespace, "kiln", "kiln-system")
+    return namespace
 
 
 @pytest.fixture(scope="session")

@@ -132,3 +132,54 @@ def test_a_builder_image_outside_the_allowed_list_is_stalled_and_builds_nothing(
     assert "kiln-builder, registry.test/kiln/" in stall["message"]
     operator.resynced(EB_PLURAL)
     assert build_jobs(kube, namespace) == []
+
+
+def _stalled(kube: Cluster, namespace: str, plural: str, name: str) -> Any:
+    def stalled() -> dict[str, Any] | None:
+        obj = client.CustomObjectsApi(kube.api_client).get_namespaced_custom_object(
+            GROUP, VERSION, namespace, plural, name)
+        found = condition(obj.get("status") or {}, "Stalled")
+        return found if found.get("status") == "True" else None
+    return eventually(stalled, timeout=60)
+
+
+def test_a_root_security_context_override_is_refused_with_the_field_named(
+        kube: Cluster, namespace: str, weights: str, operator: Operator) -> None:
+    """The operator's pod policy (default: what Pod Security ``restricted`` admits) holds
+    in a namespace that enforces no Pod Security: a root or privilege-escalating override is
+    Stalled naming its field, and no Job or serving Deployment is made."""
+    body = engine_build("llama", weights)
+    body["spec"]["job"] = {"securityContext": {"runAsUser": 0, "runAsNonRoot": False}}
+    create(kube, namespace, body)
+    stall = _stalled(kube, namespace, EB_PLURAL, "llama")
+    assert stall["reason"] == "PodOverrideNotAllowed", stall
+    assert "spec.job.securityContext.runAsUser" in stall["message"], stall
+    assert "restricted" in stall["message"], stall
+    operator.resynced(EB_PLURAL)
+    assert build_jobs(kube, namespace) == []
+
+    create(kube, namespace, engine_build("other", weights, max_batch_size=4))
+    ed = engine_deployment("chat", "other")
+    ed["spec"]["server"] = {"securityContext": {
+        "allowPrivilegeEscalation": True, "capabilities": {"add": ["SYS_ADMIN"]}}}
+    create_ed(kube, namespace, ed)
+    stall = _stalled(kube, namespace, ED_PLURAL, "chat")
+    assert stall["reason"] == "PodOverrideNotAllowed", stall
+    assert "spec.server.securityContext.allowPrivilegeEscalation" in stall["message"], stall
+    assert "spec.server.securityContext.capabilities.add" in stall["message"], stall
+    operator.resynced(ED_PLURAL)
+    assert client.AppsV1Api(kube.api_client).list_namespaced_deployment(
+        namespace, label_selector=ED_LABEL).items == []
+
+
+def test_a_priority_class_outside_the_allowed_list_is_refused(
+        kube: Cluster, namespace: str, weights: str, operator: Operator) -> None:
+    body = engine_build("llama", weights)
+    body["spec"]["job"] = {"priorityClassName": "system-node-critical"}
+    create(kube, namespace, body)
+    stall = _stalled(kube, namespace, EB_PLURAL, "llama")
+    assert stall["reason"] == "PodOverrideNotAllowed", stall
+    assert "spec.job.priorityClassName" in stall["message"], stall
+    assert "system-node-critical" in stall["message"], stall
+    operator.resynced(EB_PLURAL)
+    assert build_jobs(kube, namespace) == []

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 from kubernetes import client
 
-from chart.support import install_rbac
+from chart.support import install_rbac, serve
 from e2e.support import Operator, cluster_of_its_own, create_buckets
 from kiln.dev import signing
 from kiln.dev.testbed import checkpoint as checkpoints
@@ -41,6 +41,14 @@ def buckets(s3_endpoint: str) -> None:
     create_buckets(s3_endpoint, ENGINES, MODELS)
 
 
+@pytest.fixture
+def namespace(namespace: str, kube: Cluster) -> str:
+    """The test's namespace, served by the operator: a RoleBinding to the chart's
+    ``kiln-serve`` ClusterRole there, as an admin onboarding a tenant adds it."""
+    serve(kube, namespace, "kiln", "kiln-system")
+    return namespace
+
+
 @pytest.fixture(scope="session")
 def operator(kube: Cluster, s3_endpoint: str, buckets: None,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
@@ -63,6 +71,11 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None,
         "KILN_SIGNING_KEY_FILE": str(signing.write_key(
             tmp_path_factory.mktemp("field-signing") / "key.pem")),
         "KILN_VERIFY_SECONDS": "2",
+        # The namespace's own admission is what test_honest_status shows refusing a root
+        # override and an unknown PriorityClass: the operator's pod policy lets both through
+        # (its default refuses them itself: faults/test_least_privilege.py).
+        "KILN_POD_SECURITY": "baseline",
+        "KILN_ALLOWED_PRIORITY_CLASSES": "*",
     }
     if os.environ.get(BASELINE_ENV):
         env["PYTHONPATH"] = os.environ[BASELINE_ENV]

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import pytest
 from kubernetes import client
 
+from chart.support import serve
 from field.support import conditions, create, engine_build, get, is_ready
 from kiln import EB_PLURAL
 from kiln.dev.testbed.cluster import Cluster
@@ -62,6 +63,7 @@ def other_namespaces(kube: Cluster) -> Iterator[list[str]]:
     names = [f"tenant-{role}-{os.urandom(2).hex()}" for role in ("hung", "healthy")]
     for name in names:
         core.create_namespace({"metadata": {"name": name}})
+        serve(kube, name, "kiln", "kiln-system")
     yield names
     for name in names:
         core.delete_namespace(name, propagation_policy="Background")

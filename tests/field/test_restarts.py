@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from chart.support import serve
 from e2e.support import Operator
 from field.conftest import ENGINES, MODELS
 from field.support import (
@@ -176,6 +177,7 @@ def test_a_lifecycle_with_restarts_ends_where_one_without_them_does(
     for run in ("calm", "killed"):
         namespace = f"field-lifecycle-{run}-{seeds[0] % 10_000}"
         core.create_namespace({"metadata": {"name": namespace}})
+        serve(kube, namespace, "kiln", "kiln-system")
 
         def kill(run: str = run) -> None:
             if run == "killed" and rng.random() < 0.75:

@@ -103,6 +103,17 @@ def test_engine_deployment_is_pinned_annotated_and_fetches_the_engine() -> None:
     assert fetch["resources"]["limits"]["nvidia.com/gpu"] == "2"
 
 
+def test_serving_pods_take_the_read_only_store_credentials_when_set() -> None:
+    """fetch-engine only reads the store: with KILN_SERVE_STORE_SECRET it gets those."""
+    config = OperatorConfig(store_secret="engines-s3", serve_store_secret="engines-s3-read",
+                            fetch_image="kiln:test", server_image="trtllm:1.2.1")
+    dep = render_deployment(ed(), eb(), engine_serve(), config)
+    (fetch,) = dep["spec"]["template"]["spec"]["initContainers"]
+    refs = {e["valueFrom"]["secretKeyRef"]["name"] for e in fetch["env"]
+            if "secretKeyRef" in e.get("valueFrom", {})}
+    assert refs == {"engines-s3-read"}
+
+
 def test_a_new_key_changes_only_the_template_and_the_hash() -> None:
     one = render_deployment(ed(), eb(), engine_serve(), CONFIG)
     other = Serve(**{**engine_serve().__dict__, "engine_key": "e" * 64,

@@ -48,82 +48,103 @@ app.kubernetes.io/part-of: kiln
 {{- end }}
 
 {{/*
-RBAC rules. Least privilege, no wildcards; each rule says who needs it. Rules on namespaced
-resources go into a ClusterRole (whole cluster) or into a Role per watched namespace;
-rules on cluster-scoped resources always go into a ClusterRole.
+RBAC rules: exactly kiln.kube.rights.RIGHTS (tests/chart checks the rendered rules against it;
+docs/security.md lists each with its reason). No wildcards. Three sets:
+- watched: reads (list, watch), in a ClusterRole cluster-wide or a Role per watched namespace;
+- served: Secrets and every write, only in the namespaces kiln serves: a Role per watched
+  namespace, or cluster-wide the ClusterRole <fullname>-serve bound by a RoleBinding in each
+  served namespace (servedNamespaces, or one an admin adds): never a ClusterRoleBinding;
+- cluster: cluster-scoped resources, in a ClusterRole.
 */}}
 
-{{- define "kiln.rules.framework.namespaced" -}}
-# Kopf posts Events about the objects it handles (kopf.event, handler errors). Peering objects
-# (kopf.dev KopfPeering) are not needed: Kopf runs `--standalone`; kiln's Lease elects.
-# kiln watches Events (read-only) for the Job controller's FailedCreate on build Jobs (quota,
-# Pod Security, LimitRange, PriorityClass), which no other object records.
-- apiGroups: [""]
-  resources: [events]
-  verbs: [create, patch, list, watch]
+{{- /* The namespaces kiln serves: where it may read Secrets and write. */}}
+{{- define "kiln.servedNamespaces" -}}
+{{- $served := .Values.watchNamespaces | default .Values.servedNamespaces }}
+{{- toJson (uniq $served) }}
 {{- end }}
 
-{{- define "kiln.rules.framework.cluster" -}}
-# Kopf watches CRDs to notice kiln's CRDs being installed or upgraded (read-only).
-- apiGroups: [apiextensions.k8s.io]
-  resources: [customresourcedefinitions]
-  verbs: [list, watch]
-{{- if .Values.watchNamespaces }}
-# Kopf lists and watches Namespaces when it serves named namespaces. Cluster-wide (-A), it
-# uses cluster-wide endpoints and does not look at Namespaces at all.
-- apiGroups: [""]
-  resources: [namespaces]
-  verbs: [list, watch]
-{{- end }}
-{{- end }}
-
-{{- define "kiln.rules.kiln.namespaced" -}}
-# kiln's own objects: watched by Kopf. patch only lets Kopf take off a finalizer an older kiln
-# (one timer per object) left; kiln never writes a user's spec or metadata.
+{{- define "kiln.rules.watched" -}}
+# kiln's objects, watched and indexed.
 - apiGroups: [kiln.dev]
   resources: [enginebuilds, enginedeployments]
-  verbs: [get, list, watch, patch]
-# Status (observedGeneration, conditions, engines) through the status subresource.
-- apiGroups: [kiln.dev]
-  resources: [enginebuilds/status, enginedeployments/status]
-  verbs: [get, patch, update]
-# Build Jobs: one per engine key, created, re-owned (patch), deleted when no EngineBuild wants it.
+  verbs: [list, watch]
+# Build Jobs (labelled kiln.dev/key), indexed by key.
 - apiGroups: [batch]
   resources: [jobs]
-  verbs: [get, list, watch, create, patch, delete]
-# Build pods: their termination messages carry the builder's result or structured error.
+  verbs: [list, watch]
+# Build pods' termination messages (the builder's report); serving pods' readiness and reports.
 - apiGroups: [""]
   resources: [pods]
-  verbs: [get, list, watch]
-# Source credentials (spec.model.credentialsSecret), to compute the weights identity. Read one
+  verbs: [list, watch]
+# The Job controller's FailedCreate on build Jobs (quota, Pod Security, LimitRange,
+# PriorityClass), which no other object records.
+- apiGroups: [""]
+  resources: [events]
+  verbs: [list, watch]
+# Serving children (labelled kiln.dev/engine-deployment), watched so that one deleted or edited
+# is repaired at once. RBAC cannot hold a watch to a label selector: cluster-wide this reads
+# every ConfigMap (install with watchNamespaces to avoid it).
+- apiGroups: [apps]
+  resources: [deployments]
+  verbs: [list, watch]
+- apiGroups: [""]
+  resources: [services, configmaps]
+  verbs: [list, watch]
+- apiGroups: [policy]
+  resources: [poddisruptionbudgets]
+  verbs: [list, watch]
+{{- end }}
+
+{{- define "kiln.rules.served" -}}
+# Status through the status subresource (observedGeneration, conditions, engines).
+- apiGroups: [kiln.dev]
+  resources: [enginebuilds/status, enginedeployments/status]
+  verbs: [patch]
+# Kopf takes off a finalizer an older kiln (one timer per object) left; kiln never writes a
+# user's spec or metadata.
+- apiGroups: [kiln.dev]
+  resources: [enginebuilds, enginedeployments]
+  verbs: [patch]
+# Build Jobs: one per engine key, read, created, re-owned (patch), deleted when unwanted.
+- apiGroups: [batch]
+  resources: [jobs]
+  verbs: [get, create, patch, delete]
+# Source credentials (spec.model.credentialsSecret), for the weights identity and origin. One
 # named Secret at a time: no list, no watch, never written.
 - apiGroups: [""]
   resources: [secrets]
   verbs: [get]
-# Serving: one Deployment per GPU product, one Service, a PodDisruptionBudget, the
-# trtllm-serve LLM API options in a ConfigMap. Each is watched (list, watch; selected by the
-# label kiln.dev/engine-deployment) so that one deleted or edited is repaired at once.
+# One serving Deployment per GPU product: read, created, applied, deleted when its product goes.
 - apiGroups: [apps]
   resources: [deployments]
-  verbs: [get, list, watch, create, patch, update, delete]
+  verbs: [get, create, patch, delete]
+# The Service, PodDisruptionBudget, trusted-keys and LLM API ConfigMaps of an EngineDeployment:
+# read, created, applied; garbage-collected with it (no delete).
 - apiGroups: [""]
-  resources: [services]
-  verbs: [get, list, watch, create, patch, update, delete]
+  resources: [services, configmaps]
+  verbs: [get, create, patch]
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
-  verbs: [get, list, watch, create, patch, update, delete]
-# ConfigMaps kiln owns: the public keys serving pods verify engines with, and trtllm-serve's
-# LLM API options; one of each per EngineDeployment (created, then applied only while it
-# carries that owner reference). list and watch: the watch with that label's selector (RBAC
-# cannot scope by label; the API server sends kiln only those).
+  verbs: [get, create, patch]
+# Events about the objects kiln handles (Kopf's and kiln's own).
 - apiGroups: [""]
-  resources: [configmaps]
-  verbs: [get, list, watch, create, patch, update, delete]
+  resources: [events]
+  verbs: [create]
 {{- end }}
 
-{{- define "kiln.rules.kiln.cluster" -}}
-# GPU pool index: which GPU products (GPU Feature Discovery labels) the nodes have.
+{{- define "kiln.rules.cluster" -}}
+# The GPU pool index: which GPU products (GPU Feature Discovery labels) the nodes have.
 - apiGroups: [""]
   resources: [nodes]
   verbs: [list, watch]
+# Kopf notices kiln's CRDs being installed or upgraded (read-only).
+- apiGroups: [apiextensions.k8s.io]
+  resources: [customresourcedefinitions]
+  verbs: [list, watch]
+{{- if .Values.watchNamespaces }}
+# Kopf follows the named namespaces it serves. Cluster-wide it does not look at Namespaces.
+- apiGroups: [""]
+  resources: [namespaces]
+  verbs: [list, watch]
+{{- end }}
 {{- end }}

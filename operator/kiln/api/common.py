@@ -129,7 +129,9 @@ class SeccompProfile(KilnModel):
 class SecurityContext(KilnModel):
     """Overrides of the restricted security context kiln gives its pods (non-root UID 10001,
     ``RuntimeDefault`` seccomp, no capabilities, no privilege escalation), for images that need
-    more. Each field set here wins over kiln's; see docs/security.md."""
+    more. Each field set here wins over kiln's, within what the operator's pod policy allows
+    (``KILN_POD_SECURITY``, default: what Pod Security restricted admits; beyond it the object
+    stalls with ``PodOverrideNotAllowed``); see docs/security.md."""
 
     run_as_user: int | None = Field(default=None, ge=0, le=2147483647)
     """UID of the containers (kiln: 10001)."""

@@ -431,7 +431,8 @@ class JobSpec(KilnModel):
     backoff_limit: int = Field(default=2, ge=0, le=10)
     """Retries after transient failures (bad input fails at once)."""
     priority_class_name: Name | None = None
-    """PriorityClass of the build pod."""
+    """PriorityClass of the build pod: one the operator allows (``KILN_ALLOWED_PRIORITY_CLASSES``),
+    else the EngineBuild stalls (``PodOverrideNotAllowed``)."""
     tolerations: list[Toleration] = Field(default_factory=list, max_length=16)
     """Tolerations besides the ``nvidia.com/gpu`` one kiln adds."""
     security_context: SecurityContext | None = None

@@ -26,7 +26,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from kiln.api import EngineBuild
-from kiln.config import OperatorConfig
+from kiln.config import OperatorConfig, per_namespace
 from kiln.contract import provenance
 from kiln.contract.key import short_key
 from kiln.contract.manifest import FileEntry, Manifest
@@ -142,8 +142,9 @@ class Engines:
     # -- where -----------------------------------------------------------------------------
 
     def store_uri(self, namespace: str, eb: EngineBuild) -> str:
-        """The store of ``eb``'s engines (``spec.output.store``, else the operator's)."""
-        uri = eb.spec.output.store or self.config.default_store
+        """The store of ``eb``'s engines (``spec.output.store``, else the operator's, its
+        ``{namespace}`` replaced by ``eb``'s: a prefix per namespace)."""
+        uri = eb.spec.output.store or per_namespace(self.config.default_store, namespace)
         if not uri:
             raise KilnError("no engine store: set spec.output.store, or the operator's "
                             "default store (KILN_DEFAULT_STORE)", reason="NoStore")

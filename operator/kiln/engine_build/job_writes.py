@@ -17,12 +17,13 @@ from kiln.api import EngineBuild
 from kiln.config import OperatorConfig
 from kiln.contract.key import short_key
 from kiln.contract.task import BuildTask
+from kiln.domain import pod_policy
 from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION
 from kiln.engine_build import render, signing
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import Stuck
 from kiln.engine_build.plan import Want
-from kiln.errors import ImageNotAllowed, Unavailable
+from kiln.errors import ImageNotAllowed, PodOverrideNotAllowed, Unavailable
 from kiln.kube.client import Kube
 from kiln.trust.keys import Trust
 
@@ -78,6 +79,20 @@ class JobWrites:
                 f"builder image {image} is not allowed: the operator's allowed builder images "
                 f"(KILN_ALLOWED_BUILDER_IMAGES) are {allowed}")
         return image
+
+    def check_pod_policy(self, eb: EngineBuild) -> None:
+        """``PodOverrideNotAllowed`` (the EngineBuild stalls, no Job is created) for a
+        security-context override or priority class beyond the operator's pod policy."""
+        job = eb.spec.job
+        problems = pod_policy.security_problems(job.security_context, self.config.pod_security,
+                                                "spec.job.securityContext")
+        priority = pod_policy.priority_problem(job.priority_class_name,
+                                               self.config.allowed_priority_classes,
+                                               "spec.job.priorityClassName")
+        if problems or priority:
+            raise PodOverrideNotAllowed(pod_policy.message(
+                [*problems, *([priority] if priority else [])], self.config.pod_security,
+                self.config.allowed_priority_classes))
 
     def job(self, jobs: Jobs, namespace: str, key: str) -> ObservedJob | None:
         """The key's Job from the index (not one deleted here to build the key again), else

@@ -191,6 +191,7 @@ class EngineBuildReconciler:
         keys are computed when a Job of this object saw them change (``WeightsChanged``)."""
         store = self.engines.store_uri(namespace, eb)
         image = self.jobs.image(eb)
+        self.jobs.check_pod_policy(eb)
         auto = self._auto_targets(namespace, name, eb, world)
         owned = {j.key: j for j in world.owned_by(uid)}
         failed = {j.name: f for j in owned.values()

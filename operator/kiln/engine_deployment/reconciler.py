@@ -20,6 +20,7 @@ from kiln import ED_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, EngineDeploymentStatus
 from kiln.config import OperatorConfig
 from kiln.contract.key import short_key
+from kiln.domain import pod_policy
 from kiln.domain.labels import HASH_ANNOTATION
 from kiln.domain.pods import ObservedPod
 from kiln.domain.pool import GpuNode, pool_products
@@ -134,6 +135,12 @@ class EngineDeploymentReconciler:
                 "NoServerImage", "server.kind triton needs server.image (a Triton TensorRT-LLM "
                 "image with the builder's TensorRT-LLM version), or the operator's "
                 "KILN_TRITON_IMAGE"))
+        problems = pod_policy.security_problems(
+            ed.spec.server.security_context, self.config.pod_security,
+            "spec.server.securityContext")
+        if problems and not decision.stalled:
+            decision = Decision(stalled=("PodOverrideNotAllowed", pod_policy.message(
+                problems, self.config.pod_security, self.config.allowed_priority_classes)))
         hashes: dict[str, str] = {}
         if eb is not None and not decision.stalled and not decision.pending:
             hashes = self._apply(ed, eb, decision, owned, world.children(namespace, name))
