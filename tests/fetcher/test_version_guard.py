@@ -134,3 +134,51 @@ def test_the_builder_reads_versions_the_way_the_guard_does(tmp_path: Path,
     assert found["tensorrt"] == "10.13.3.9"
     monkeypatch.syspath_prepend(str(path))
     assert version_guard.installed("tensorrt_llm", ("tensorrt_llm",)) == found["tensorrt_llm"]
+
+
+def fake_driver(root: Path, version: str) -> Path:
+    """A ``nvidia-smi`` on PATH that reports ``version`` as the node's driver."""
+    root.mkdir(parents=True, exist_ok=True)
+    smi = root / "nvidia-smi"
+    smi.write_text(f"#!/bin/sh\necho {version}\necho {version}\n")
+    smi.chmod(0o755)
+    return root
+
+
+def guard_on(tmp: Path, engine: Path, site: Path, driver: str,
+             cuda_here: str | None = None) -> subprocess.CompletedProcess[str]:
+    script = install_guard(tmp / "kiln")
+    env = {"PYTHONPATH": str(site),
+           "PATH": f"{fake_driver(tmp / f'driver-{driver}', driver)}{os.pathsep}"
+                   f"{os.environ['PATH']}", **({"CUDA_VERSION": cuda_here} if cuda_here else {})}
+    return subprocess.run(
+        [sys.executable, "-S", str(script), str(engine), "--exit-code",
+         str(exitcodes.VERSION_MISMATCH), "--termination-log", str(tmp / "termination")],
+        env=env, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_a_node_driver_older_than_the_engines_cuda_major_needs_is_refused(
+        tmp_path: Path) -> None:
+    """TensorRT-LLM 1.2.1 is a CUDA 13 build: CUDA 13.x needs driver >= 580 (NVIDIA's CUDA
+    compatibility guide, kept in version_guard.CUDA_DRIVER_MINIMUM). The builder records the
+    CUDA version; the guard reads the node's driver from nvidia-smi."""
+    from kiln.contract import version_guard
+    assert version_guard.CUDA_DRIVER_MINIMUM[13] == 580
+    assert version_guard.CUDA_DRIVER_MINIMUM[12] == 525
+    site = stand_ins(tmp_path / "site", BUILT["tensorrt_llm"], BUILT["tensorrt"])
+    engine = engine_dir(tmp_path / "engine")
+    manifest = json.loads((engine / "manifest.json").read_text())
+    manifest["versions"]["cuda"] = "13.0.1"
+    (engine / "manifest.json").write_text(json.dumps(manifest))
+    result = guard_on(tmp_path, engine, site, "570.172.08")
+    assert result.returncode == exitcodes.VERSION_MISMATCH, result.stderr
+    failure = parse_failure((tmp_path / "termination").read_text(), result.returncode,
+                            "server")
+    assert ("cuda: engine built for CUDA 13.0.1, which needs an NVIDIA driver >= 580; this "
+            "node's driver is 570.172.08") in failure.message
+    assert guard_on(tmp_path, engine, site, "580.65.06").returncode == 0
+    # An engine from before kiln recorded CUDA: the image's CUDA_VERSION stands in for it.
+    older = engine_dir(tmp_path / "older")
+    assert guard_on(tmp_path, older, site, "570.172.08", "13.0.1").returncode == \
+        exitcodes.VERSION_MISMATCH
+    assert guard_on(tmp_path, older, site, "570.172.08").returncode == 0, "nothing known"

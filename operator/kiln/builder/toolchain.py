@@ -27,6 +27,7 @@ DISTRIBUTIONS = {
     "torch": ("torch",),
     "modelopt": ("nvidia-modelopt", "nvidia_modelopt"),
     "transformers": ("transformers",),
+    version_guard.CUDA: (),
 }
 """Version key in the manifest (the module's name) → Python distributions of the toolchain
 that may carry it."""

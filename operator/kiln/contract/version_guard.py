@@ -1,5 +1,6 @@
 """The serving container's version guard: refuse an engine built with another TensorRT-LLM or
-TensorRT than this image has, before the server loads it (TensorRT's own refusal is opaque).
+TensorRT than this image has, or for a CUDA major this node's driver is too old for, before
+the server loads it (TensorRT's and CUDA's own refusals are opaque).
 
 Runs in the server image, which has no kiln: the standard library only, and every name of the
 operator/pod contract (exit code, termination log) comes on the command line, rendered from
@@ -16,7 +17,9 @@ import argparse
 import contextlib
 import importlib.util
 import json
+import os
 import re
+import subprocess
 import sys
 from importlib import metadata
 from pathlib import Path
@@ -26,6 +29,54 @@ CHECKED = {"tensorrt_llm": ("tensorrt_llm", "tensorrt-llm"),
                         "tensorrt-cu12")}
 """Manifest version key → the module, then distributions that may carry it."""
 _VERSION = re.compile(r"""^__version__\s*[:=][^"']*["']([^"']+)["']""", re.MULTILINE)
+CUDA = "cuda"
+"""Manifest version key of the CUDA toolkit the toolchain was built with (``CUDA_VERSION``,
+which NVIDIA's images set, else ``/usr/local/cuda/version.json``)."""
+CUDA_DRIVER_MINIMUM = {13: 580, 12: 525, 11: 450}
+"""CUDA major → the oldest NVIDIA driver branch that runs it (Linux). NVIDIA, CUDA
+Compatibility, "Minor Version Compatibility", Table 1 (CUDA 13.x >= 580, 12.x >= 525, 11.x >=
+450): docs.nvidia.com/deploy/cuda-compatibility/minor-version-compatibility.html. TensorRT-LLM
+1.2.1 is a CUDA 13 build."""
+CUDA_COMPAT = Path("/usr/local/cuda/compat")
+"""The forward-compatibility libraries (``cuda-compat``) that let some data-center drivers
+older than the minimum run a newer CUDA (same guide, "Forward Compatibility"): an image that
+has them is not refused here."""
+
+
+def cuda_version() -> str | None:
+    """The CUDA toolkit version of this image, if it says."""
+    if os.environ.get("CUDA_VERSION"):
+        return os.environ["CUDA_VERSION"]
+    with contextlib.suppress(OSError, ValueError, AttributeError):
+        found = json.loads(Path("/usr/local/cuda/version.json").read_text())["cuda"]["version"]
+        return str(found)
+    return None
+
+
+def node_driver() -> str | None:
+    """The NVIDIA driver version of this node (``nvidia-smi``, else ``/proc``), if readable."""
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout.split()
+        if out:
+            return out[0]
+    with contextlib.suppress(OSError):
+        match = re.search(r"Kernel Module\s+([0-9.]+)",
+                          Path("/proc/driver/nvidia/version").read_text())
+        if match:
+            return match.group(1)
+    return None
+
+
+def driver_too_old(cuda: str | None, driver: str | None) -> str | None:
+    """``cuda: ...`` when ``driver`` is older than ``cuda``'s major needs, else None."""
+    with contextlib.suppress(ValueError, AttributeError):
+        need = CUDA_DRIVER_MINIMUM.get(int(str(cuda).split(".")[0]))
+        if need is not None and driver and int(driver.split(".")[0]) < need:
+            return (f"cuda: engine built for CUDA {cuda}, which needs an NVIDIA driver >= "
+                    f"{need}; this node's driver is {driver}")
+    return None
 
 
 def installed(module: str, distributions: tuple[str, ...]) -> str | None:
@@ -87,7 +138,8 @@ def normalize(version: str) -> str:
 
 def versions(checked: dict[str, tuple[str, ...]]) -> dict[str, str]:
     """``installed`` for each key (a module name) → its distributions; those found."""
-    found = {key: installed(key, tuple(dists)) for key, dists in checked.items()}
+    found = {key: cuda_version() if key == CUDA else installed(key, tuple(dists))
+             for key, dists in checked.items()}
     return {key: version for key, version in found.items() if version}
 
 
@@ -103,6 +155,9 @@ def mismatches(manifest: dict[str, object]) -> list[str]:
         here = installed(module, (module, *dists))
         if here is None or normalize(here) != normalize(str(built)):
             out.append(f"{key}: engine built with {built}, this image has {here or 'none'}")
+    if not CUDA_COMPAT.is_dir():
+        old_driver = driver_too_old(str(recorded.get(CUDA) or cuda_version()), node_driver())
+        out += [old_driver] if old_driver else []
     return out
 
 
@@ -134,12 +189,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     wrong = mismatches(manifest)
     if not wrong:
-        print("version guard: the engine's TensorRT-LLM and TensorRT match this image",
-              file=sys.stderr)
+        print("version guard: the engine's TensorRT-LLM and TensorRT match this image, and "
+              "the node's driver runs its CUDA", file=sys.stderr)
         return 0
     message = (f"engine {manifest.get('key', '?')} cannot run in this server image: "
                + "; ".join(wrong) + ". Use a server image with the builder image's versions "
-               "(spec.server.image), or rebuild the engine with this image's toolchain")
+               "(spec.server.image), or rebuild the engine with this image's toolchain; a "
+               "driver too old for the CUDA major needs a newer driver on these nodes")
     print(f"version guard: {args.reason}: {message}", file=sys.stderr)
     if args.termination_log is not None:
         body = {"reason": args.reason, "message": message[:3500], "retryable": False,
