@@ -147,6 +147,7 @@ def test_quantized_pytorch_build_needs_an_hf_export_script(bed: Bed, bucket: str
     message = failed(bed.run(bed.task(uri, quantization={"algo": "fp8"}),
                              "--examples", str(examples)),
                      "Unsupported", exitcodes.UNSUPPORTED)
+    assert "hf_ptq.py: KILN_MODELOPT_EXAMPLES is not set" in message
     assert "quantize_hf_to_hf.py is missing" in message
     assert "quantize_with_modelopt.py is missing" in message
 
@@ -164,6 +165,30 @@ def test_quantized_pytorch_build_asks_the_script_then_needs_a_gpu(bed: Bed, buck
     script.write_text("print('--pyt_ckpt_path --export_path --qformat --kv_cache_qformat')\n")
     message = failed(bed.run(bed.task(uri, quantization={"algo": "fp8"}),
                              "--examples", str(examples)),
+                     "GPUUnavailable", exitcodes.GPU_UNAVAILABLE)
+    assert "fp8" in message
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU is here")
+def test_quantized_pytorch_build_takes_modelopts_documented_hf_ptq_first(
+        bed: Bed, bucket: str) -> None:
+    """ModelOpt's examples/llm_ptq/hf_ptq.py under KILN_MODELOPT_EXAMPLES, asked with --help:
+    one lacking a flag kiln passes is named; one that has them is chosen over TensorRT-LLM's
+    scripts (which are absent here), and the build then needs a GPU."""
+    uri = bed.weights(bucket)
+    modelopt = bed.tmp / "modelopt-examples"
+    script = modelopt / "llm_ptq" / "hf_ptq.py"
+    script.parent.mkdir(parents=True)
+    script.write_text("print('--pyt_ckpt_path --export_path --qformat --kv_cache_qformat')\n")
+    task = bed.task(uri, quantization={"algo": "fp8"})
+    message = failed(bed.run(task, "--examples", str(bed.tmp / "none"),
+                             KILN_MODELOPT_EXAMPLES=str(modelopt)),
+                     "Unsupported", exitcodes.UNSUPPORTED)
+    assert "hf_ptq.py lacks --export_fmt" in message
+    script.write_text("print('--pyt_ckpt_path --export_path --qformat --kv_cache_qformat "
+                      "--export_fmt')\n")
+    message = failed(bed.run(task, "--examples", str(bed.tmp / "none"),
+                             KILN_MODELOPT_EXAMPLES=str(modelopt)),
                      "GPUUnavailable", exitcodes.GPU_UNAVAILABLE)
     assert "fp8" in message
 

@@ -118,6 +118,14 @@ def test_weight_only_uses_convert_checkpoint_and_kv_only_uses_quantize() -> None
 
 
 PYTORCH: dict[str, tuple[dict[str, Any], flags.Command, str]] = {
+    "pytorch-fp8-hf-ptq": (
+        {"quantization": {"algo": "fp8"}}, flags.HF_PTQ,
+        "python3 /modelopt/examples/llm_ptq/hf_ptq.py --pyt_ckpt_path /work/weights "
+        "--export_path /work/engine --qformat fp8 --kv_cache_qformat none --export_fmt hf"),
+    "pytorch-nvfp4-kv-fp8-hf-ptq": (
+        {"quantization": {"algo": "nvfp4", "kvCache": "fp8"}}, flags.HF_PTQ,
+        "python3 /modelopt/examples/llm_ptq/hf_ptq.py --pyt_ckpt_path /work/weights "
+        "--export_path /work/engine --qformat nvfp4 --kv_cache_qformat fp8 --export_fmt hf"),
     "pytorch-fp8-hf-to-hf": (
         {"quantization": {"algo": "fp8"}}, flags.QUANTIZE_HF_TO_HF,
         f"python3 {EX}/quantization/quantize_hf_to_hf.py --pyt_ckpt_path /work/weights "
@@ -136,7 +144,8 @@ PYTORCH: dict[str, tuple[dict[str, Any], flags.Command, str]] = {
 def test_pytorch_quantization_exports_a_hugging_face_checkpoint(name: str) -> None:
     raw, script, golden = PYTORCH[name]
     spec = BuildSpec.model_validate({"backend": "pytorch", **raw})
-    cmd = commands.hf_quantize_command(spec, script, PATHS.weights, PATHS.engine)
+    cmd = commands.hf_quantize_command(spec, script, PATHS.weights, PATHS.engine,
+                                       modelopt_examples=Path("/modelopt/examples"))
     assert shlex.join(cmd) == golden
     check_command(cmd, script)
     assert "--tp_size" not in cmd, "the PyTorch backend shards at load time"
@@ -147,7 +156,8 @@ def test_pytorch_never_passes_a_calibration_directory() -> None:
     HF-export scripts get no --dataset: ModelOpt would refuse the path."""
     spec = BuildSpec.model_validate({"backend": "pytorch", "quantization": {"algo": "fp8"}})
     for script in flags.HF_EXPORT_SCRIPTS:
-        cmd = commands.hf_quantize_command(spec, script, PATHS.weights, PATHS.engine)
+        cmd = commands.hf_quantize_command(spec, script, PATHS.weights, PATHS.engine,
+                                           modelopt_examples=Path("/modelopt/examples"))
         assert "--dataset" not in cmd and "--calib_size" not in cmd
     assert flags.MODELOPT_DATASETS_ONLY_NAMED
 

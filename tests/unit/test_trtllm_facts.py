@@ -136,7 +136,13 @@ def test_hf_export_scripts_take_what_kiln_passes() -> None:
     assert hf is not None and hf.default == "fp8" and hf.choices == ("fp8", "nvfp4", "none")
     fmt = flags.QUANTIZE_WITH_MODELOPT.flag("--export_fmt")
     assert fmt is not None and fmt.choices == ("tensorrt_llm", "hf")
-    assert flags.HF_EXPORT_SCRIPTS[0] is flags.QUANTIZE_HF_TO_HF
+    assert flags.HF_EXPORT_SCRIPTS[0] is flags.HF_PTQ, "ModelOpt's documented export first"
+    assert flags.HF_EXPORT_SCRIPTS[1:] == (flags.QUANTIZE_HF_TO_HF, flags.QUANTIZE_WITH_MODELOPT)
+    kv = flags.HF_PTQ.flag("--kv_cache_qformat")
+    assert kv is not None and kv.default == "fp8" and "none" in (kv.choices or ())
+    export = flags.HF_PTQ.flag("--export_fmt")
+    assert export is not None and export.choices == ("tensorrt_llm", "hf")
+    assert flags.HF_PTQ_DIR == "llm_ptq" and flags.HF_PTQ.program == "hf_ptq.py"
 
 
 def test_quantize_has_no_export_format() -> None:

@@ -84,17 +84,31 @@ def quantize_command(spec: BuildSpec, paths: Paths, *, examples: Path = DEFAULT_
                               "--calib_dataset")
 
 
+def hf_script(script: flags.Command, examples: Path, modelopt_examples: Path | None) -> Path:
+    """Where ``script`` is: ModelOpt's ``hf_ptq.py`` under its examples, the others under
+    TensorRT-LLM's ``examples/quantization/``."""
+    if script is flags.HF_PTQ:
+        if modelopt_examples is None:
+            raise Unsupported("hf_ptq.py needs ModelOpt's examples directory "
+                              "(KILN_MODELOPT_EXAMPLES)")
+        return modelopt_examples / flags.HF_PTQ_DIR / script.program
+    return examples / "quantization" / script.program
+
+
 def hf_quantize_command(spec: BuildSpec, script: flags.Command, source: Path, out: Path, *,
-                        examples: Path = DEFAULT_EXAMPLES, python: str = "python3") -> list[str]:
+                        examples: Path = DEFAULT_EXAMPLES, python: str = "python3",
+                        modelopt_examples: Path | None = None) -> list[str]:
     """An HF-export ModelOpt script (``flags.HF_EXPORT_SCRIPTS``): the quantized Hugging Face
     checkpoint the PyTorch backend loads. The KV cache is given explicitly: the scripts'
     defaults quantize it to fp8. No ``--dataset``: ModelOpt takes only its named Hub datasets
     there (``flags.MODELOPT_DATASETS_ONLY_NAMED``), so admission refuses calibration data."""
     q = spec.quantization
-    cmd = [python, str(examples / "quantization" / script.program),
+    cmd = [python, str(hf_script(script, examples, modelopt_examples)),
            "--pyt_ckpt_path", str(source), "--export_path", str(out), "--qformat", q.algo]
     kv_fp8 = q.kv_cache == "fp8"
-    if script is flags.QUANTIZE_HF_TO_HF:
+    if script is flags.HF_PTQ:
+        cmd += ["--kv_cache_qformat", q.kv_cache, "--export_fmt", "hf"]
+    elif script is flags.QUANTIZE_HF_TO_HF:
         cmd += ["--kv_cache_qformat", q.kv_cache]
     elif script is flags.QUANTIZE_WITH_MODELOPT:
         cmd += ["--export_fmt", "hf", "--disable_kv_cache_quant", "False" if kv_fp8 else "True"]

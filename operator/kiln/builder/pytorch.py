@@ -3,8 +3,10 @@
 No compile: the Hugging Face checkpoint is checked (config, architecture, safetensors,
 tokenizer) and laid out as the engine directory. Quantized variants are made with ModelOpt's
 ``export_hf_checkpoint`` through the HF-export script the image has (asked with ``--help``
-before a GPU-hour is spent), which needs a GPU. A KV-cache-only fp8 request is not quantized
-here: the server sets ``kv_cache_config.dtype`` at run time.
+before a GPU-hour is spent): ModelOpt's documented ``hf_ptq.py`` under
+``$KILN_MODELOPT_EXAMPLES`` first, else TensorRT-LLM's own scripts; it needs a GPU. A
+KV-cache-only fp8 request is not quantized here: the server sets ``kv_cache_config.dtype`` at
+run time.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from kiln.builder import commands, toolchain, verify
 from kiln.builder.checkpoint import PYTORCH_ARCHITECTURES, Checkpoint, inspect
 from kiln.builder.commands import Paths
 from kiln.builder.progress import say
+from kiln.contract.env import MODELOPT_EXAMPLES
 from kiln.contract.task import BuildTask
 from kiln.errors import Unsupported
 from kiln.trtllm import flags
@@ -36,6 +39,12 @@ def quantized(task: BuildTask) -> bool:
     return task.build.quantization.algo != "none"
 
 
+def modelopt_examples() -> Path | None:
+    """ModelOpt's examples directory in this image (``$KILN_MODELOPT_EXAMPLES``), if set."""
+    found = os.environ.get(MODELOPT_EXAMPLES)
+    return Path(found) if found else None
+
+
 def entry_point(task: BuildTask, examples: Path, python: str) -> flags.Command:
     """The first HF-export script of ``flags.HF_EXPORT_SCRIPTS`` this image has, with every
     flag kiln passes in its ``--help``; Unsupported naming what is missing otherwise."""
@@ -44,10 +53,15 @@ def entry_point(task: BuildTask, examples: Path, python: str) -> flags.Command:
                           "ModelOpt's HF-export scripts calibrate only on its named Hub "
                           "datasets (SUPPORTED_DATASET_CONFIG), not on a directory")
     why = []
+    modelopt = modelopt_examples()
     for script in flags.HF_EXPORT_SCRIPTS:
-        path = examples / "quantization" / script.program
+        if script is flags.HF_PTQ and modelopt is None:
+            why.append(f"{script.program}: {MODELOPT_EXAMPLES} is not set")
+            continue
+        path = commands.hf_script(script, examples, modelopt)
         cmd = commands.hf_quantize_command(task.build, script, Path("in"), Path("out"),
-                                           examples=examples, python=python)
+                                           examples=examples, python=python,
+                                           modelopt_examples=modelopt)
         if not path.is_file():
             why.append(f"{path} is missing")
             continue
@@ -62,8 +76,9 @@ def entry_point(task: BuildTask, examples: Path, python: str) -> flags.Command:
         return script
     raise Unsupported(f"this builder image cannot quantize {task.build.quantization.algo} for "
                       "the PyTorch backend: no HF-export ModelOpt script takes kiln's flags ("
-                      + "; ".join(why) + "). Use an image with TensorRT-LLM's "
-                      "examples/quantization, or backend tensorrt")
+                      + "; ".join(why) + "). Use an image with ModelOpt's examples "
+                      f"(${MODELOPT_EXAMPLES}) or TensorRT-LLM's examples/quantization, or "
+                      "backend tensorrt")
 
 
 def prepare(task: BuildTask, paths: Paths, *, examples: Path) -> Checkpoint:
@@ -85,7 +100,8 @@ def prepare(task: BuildTask, paths: Paths, *, examples: Path) -> Checkpoint:
                           f"quantization {task.build.quantization.algo} "
                           f"(kv cache {task.build.quantization.kv_cache})")
     toolchain.run(commands.hf_quantize_command(task.build, script, paths.weights, paths.engine,
-                                               examples=examples, python=python),
+                                               examples=examples, python=python,
+                                               modelopt_examples=modelopt_examples()),
                   phase="quantize", cwd=paths.weights.parent)
     for name in [*source.tokenizer, "generation_config.json"]:
         if (paths.weights / name).is_file() and not (paths.engine / name).exists():

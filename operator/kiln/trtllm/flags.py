@@ -342,9 +342,49 @@ MODELOPT_DATASETS_ONLY_NAMED = True
 NotImplementedError(f"dataset {dataset_name} is not supported. ...")`` (MODELOPT_DATASET_UTILS;
 the ModelOpt line TensorRT-LLM 1.2 pins reads datasets the same way): a local directory is
 refused."""
-HF_EXPORT_SCRIPTS = (QUANTIZE_HF_TO_HF, QUANTIZE_WITH_MODELOPT)
+HF_PTQ_PY = ("NVIDIA/TensorRT-Model-Optimizer examples/llm_ptq/hf_ptq.py"
+             "@05ab948420d840fbcaa4b32cb5948d99408ed7a6")
+HF_PTQ_DIR = "llm_ptq"
+"""Its directory under ModelOpt's ``examples/`` (newer ModelOpt moves it to ``hf_ptq/``)."""
+HF_PTQ = _table("hf_ptq.py", HF_PTQ_PY, """
+--pyt_ckpt_path 1 path
+--device 1 str
+--qformat 1 str
+--batch_size 1 int
+--calib_size 1 str
+--export_path 1 path
+--dataset 1 str
+--inference_tensor_parallel 1 int
+--inference_pipeline_parallel 1 int
+--awq_block_size 1 int
+--auto_quantize_bits 1 float
+--trust_remote_code 0 str
+--gpu_max_mem_percentage 1 float
+--use_seq_device_map 0 str
+--verbose 0 str
+--no-verbose 0 str
+--low_memory_mode 0 str
+--attn_implementation 1 str
+--lora 0 str
+""", extra=(
+    _choice("--sparsity_fmt", ("dense", "sparsegpt"), HF_PTQ_PY, "dense"),
+    _choice("--kv_cache_qformat", ("none", "fp8", "nvfp4", "nvfp4_affine"), HF_PTQ_PY, "fp8",
+            "default fp8: kiln always passes it (newer ModelOpt adds fp8_cast)"),
+    _choice("--export_fmt", ("tensorrt_llm", "hf"), HF_PTQ_PY, "hf",
+            "deprecated there ('--export_fmt forced to hf'); ModelOpt's README and TensorRT-LLM's "
+            "quantization docs give --export_fmt hf"),
+))
+"""ModelOpt's documented HF export (``examples/llm_ptq/README.md``: ``python hf_ptq.py
+--pyt_ckpt_path <model> --qformat fp8 --export_fmt hf --export_path <dir>``): the checkpoint
+the PyTorch backend loads (``export_hf_checkpoint``; int8_sq and sparsity would export a
+TensorRT-LLM checkpoint instead, neither allowed with backend pytorch). It lives in ModelOpt's
+repository, not in the pip package or TensorRT-LLM's image: the builder finds it under
+``$KILN_MODELOPT_EXAMPLES``."""
+HF_EXPORT_SCRIPTS = (HF_PTQ, QUANTIZE_HF_TO_HF, QUANTIZE_WITH_MODELOPT)
 """Entry points that write the HF-format ModelOpt checkpoint, in the order the builder tries
-them (each under ``examples/quantization/``)."""
+them: ModelOpt's documented ``hf_ptq.py``, then TensorRT-LLM's own
+``examples/quantization/`` scripts, which no upstream doc references (kept for images without
+ModelOpt's examples)."""
 
 TRTLLM_SERVE = _table("trtllm-serve", SERVE_PY, """
 --tokenizer 1 str
@@ -396,7 +436,7 @@ TRTLLM_SERVE = _table("trtllm-serve", SERVE_PY, """
 ))
 """``trtllm-serve`` (the ``serve`` click command); host defaults to localhost, port 8000."""
 
-COMMANDS = (TRTLLM_BUILD, CONVERT_CHECKPOINT_LLAMA, QUANTIZE, QUANTIZE_HF_TO_HF,
+COMMANDS = (TRTLLM_BUILD, CONVERT_CHECKPOINT_LLAMA, QUANTIZE, HF_PTQ, QUANTIZE_HF_TO_HF,
             QUANTIZE_WITH_MODELOPT, TRTLLM_SERVE)
 _NUMBER = re.compile(r"-[0-9]+(\.[0-9]+)?")
 
