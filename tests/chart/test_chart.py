@@ -225,6 +225,24 @@ def test_named_namespaces_get_roles_and_a_small_cluster_role() -> None:
     assert container(docs)["args"][-2:] == ["--namespace=team-a", "--namespace=team-b"]
 
 
+def test_the_pod_policy_renders_into_an_admission_policy() -> None:
+    policy = find(render(), "ValidatingAdmissionPolicy")
+    text = str(policy["spec"]["validations"])
+    assert "spec.job.securityContext.runAsUser" in text and "restricted" in text
+    assert "spec.server.securityContext.runAsUser" in text
+    baseline = str(find(render({"podPolicy": {"securityLevel": "baseline",
+                                              "priorityClasses": ["batch"]}}),
+                        "ValidatingAdmissionPolicy")["spec"]["validations"])
+    assert "runAsUser" not in baseline and "SYS_CHROOT" in baseline and "['batch']" in baseline
+    for values in ({"podPolicy": {"securityLevel": "privileged", "priorityClasses": ["*"]}},
+                   {"podPolicy": {"admission": False}}):
+        assert not [d for d in render(values) if "Admission" in d["kind"]]
+    env = env_of(render({"podPolicy": {"securityLevel": "baseline",
+                                       "priorityClasses": ["batch"]}}))
+    config = OperatorConfig.from_env(env)
+    assert (config.pod_security, config.allowed_priority_classes) == ("baseline", ("batch",))
+
+
 def test_service_monitor_is_optional() -> None:
     assert not [d for d in render() if d["kind"] == "ServiceMonitor"]
     docs = render(VARIANTS["everything"])

@@ -253,3 +253,51 @@ def test_removing_a_rule_is_detected(kube: Any, crds: None, namespace: str,
     support.wait_for(lambda: not missing(kube, kubeconfig, served_namespace, controls),
                      what="the remaining rules to take effect")
     assert missing(kube, kubeconfig, served_namespace, lost | controls) == lost
+
+
+# -- the pod policy at admission -----------------------------------------------------------
+
+def test_the_pod_policy_refuses_at_admission_with_the_field_named(
+        kube: Any, crds: None, namespace: str, release: str,
+        cleanup: list[dict[str, Any]]) -> None:
+    """The chart's ValidatingAdmissionPolicy (the operator's pod policy in CEL, from
+    podPolicy): a root override or a priority class outside the list is refused by the API
+    server, the field named; what the policy allows is admitted."""
+    docs = render(release=release, namespace=namespace,
+                  show_only=["templates/admission-policy.yaml"])
+    # Bound to this test's namespace only: the suite's other tests share the apiserver.
+    find(docs, "ValidatingAdmissionPolicyBinding")["spec"]["matchResources"] = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": namespace}}}
+    cleanup.extend(docs)
+    support.apply(kube, docs)
+    custom = client.CustomObjectsApi(kube.api_client)
+
+    def refusal(plural: str, spec: dict[str, Any]) -> str | None:
+        kind = "EngineBuild" if plural == "enginebuilds" else "EngineDeployment"
+        body = {"apiVersion": f"{GROUP}/v1alpha1", "kind": kind,
+                "metadata": {"name": "policy"}, "spec": spec}
+        try:
+            custom.create_namespaced_custom_object(GROUP, "v1alpha1", namespace, plural, body,
+                                                   dry_run="All")
+        except client.ApiException as error:
+            if error.status not in (403, 422):
+                raise
+            return str(error.body)
+        return None
+
+    build = {"model": {"source": "s3://models/llama/"}, "targets": [{"gpu": "H100-SXM"}]}
+    root = support.wait_for(lambda: refusal("enginebuilds", {**build, "job": {
+        "securityContext": {"runAsUser": 0, "runAsNonRoot": False}}}),
+        what="the policy to take effect")
+    assert "spec.job.securityContext.runAsUser: 0 (root)" in root, root
+    critical = refusal("enginebuilds", {**build, "job": {
+        "priorityClassName": "system-node-critical"}})
+    assert critical and "spec.job.priorityClassName: system-node-critical" in critical
+    serving = {"engineBuildRef": {"name": "llama"}, "replicas": 1, "gpu": "H100-SXM"}
+    escalating = refusal("enginedeployments", {**serving, "server": {"securityContext": {
+        "allowPrivilegeEscalation": True}}})
+    assert escalating and "spec.server.securityContext.allowPrivilegeEscalation" in escalating
+    assert refusal("enginebuilds", {**build, "job": {"securityContext": {
+        "runAsUser": 1000, "capabilities": {"add": ["NET_BIND_SERVICE"], "drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"}}}}) is None
+    assert refusal("enginedeployments", serving) is None
