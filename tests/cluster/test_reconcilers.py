@@ -313,3 +313,46 @@ def test_a_job_released_while_another_build_joins_it_is_kept_for_the_joiner(
     b_uid = get(world.custom, namespace, EB_PLURAL, "b")["metadata"]["uid"]
     assert kept is not None, "the Job B joined was deleted under it"
     assert kept.owner_uids == (b_uid,)
+
+
+def test_an_auto_target_a_flag_is_refused_on_fails_before_any_job(
+        kube: Cluster, namespace: str, adapter: Recording, weights: str, s3_client: Any,
+        s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``targets: []`` passes every CEL rule; the auto target (a B200 node an
+    EngineDeployment serves on) meets PluginConfig.validate's SM 10.0 refusal of
+    ``--gemm_swiglu_plugin=fp8`` at plan time: its engine is Failed ``Unsupported`` naming the
+    rule and the flag, and no Job (no GPU time) is created for it."""
+    s3_client.create_bucket(Bucket="engines-reconcilers")
+    world = ApiWorld(kube)
+    node = f"b200-{namespace}"[:63]
+    world.core.create_node(client.V1Node(metadata=client.V1ObjectMeta(name=node, labels={
+        "nvidia.com/gpu.product": "NVIDIA-B200", "nvidia.com/gpu.compute.major": "10",
+        "nvidia.com/gpu.compute.minor": "0", "kiln-test/pool": node})))
+    try:
+        world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, EB_PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "EngineBuild",
+            "metadata": {"name": "swiglu"},
+            "spec": {"model": {"source": weights}, "targets": [],
+                     "build": {"extraArgs": ["--gemm_swiglu_plugin=fp8"]},
+                     "rebuild": {"onWeightChange": False}}})
+        world.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, ED_PLURAL, {
+            "apiVersion": f"{GROUP}/{VERSION}", "kind": "EngineDeployment",
+            "metadata": {"name": "swiglu"},
+            "spec": {"engineBuildRef": {"name": "swiglu"}, "gpu": "auto",
+                     "pool": {"nodeSelector": {"kiln-test/pool": node}}}})
+        events, emit = emitted()
+        reconciler = EngineBuildReconciler(adapter, config(s3_endpoint, monkeypatch), emit)
+        plan = reconciler.reconcile(get(world.custom, namespace, EB_PLURAL, "swiglu"),
+                                    world).value
+        assert plan is not None and plan.create == []
+        (b200,) = plan.status.engines
+        assert b200.target == "B200" and b200.state == "Failed" and b200.job is None
+        assert (b200.message or "").startswith("Unsupported: ")
+        assert "extraArgs --gemm_swiglu_plugin=fp8" in (b200.message or "")
+        assert "plugins_sm100" in (b200.message or "")
+        assert "create_job" not in adapter.writes
+        stored = get(world.custom, namespace, EB_PLURAL, "swiglu")["status"]
+        assert stored["phase"] == "Failed"
+        assert any(e.reason == "BuildFailed" and "B200" in e.message for e in events)
+    finally:
+        world.core.delete_node(node)
