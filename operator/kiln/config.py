@@ -81,6 +81,10 @@ class OperatorConfig:
     rebuild_settle: str = "1m"
     """How long weights must hold still before they are built, where an EngineBuild's
     ``spec.rebuild.settle`` is unset (``KILN_REBUILD_SETTLE``)."""
+    build_namespace: str | None = None
+    """The platform's build namespace, one no tenant can touch (``KILN_BUILD_NAMESPACE``):
+    engines whose key names no namespace (shared between namespaces) count only if their Job
+    ran there; unset: every engine is its own namespace's."""
     namespace: str | None = None
     """The operator's own namespace (``KILN_NAMESPACE``, else the in-cluster ServiceAccount's):
     where the claims of ``pvc://`` stores it reads are mounted."""
@@ -154,6 +158,7 @@ class OperatorConfig:
             weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
             resync_seconds=float(env.get("KILN_RESYNC_SECONDS", "30")),
             rebuild_settle=env.get("KILN_REBUILD_SETTLE") or "1m",
+            build_namespace=env.get("KILN_BUILD_NAMESPACE") or None,
             namespace=env.get("KILN_NAMESPACE") or _pod_namespace(),
             server_image=env.get("KILN_SERVER_IMAGE") or DEFAULT_SERVER_IMAGE,
             triton_image=env.get("KILN_TRITON_IMAGE") or None,

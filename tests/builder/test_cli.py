@@ -219,3 +219,15 @@ def test_tensorrt_refuses_an_architecture_it_cannot_convert(bed: Bed, bucket: st
     message = failed(bed.run(bed.task(uri, backend="tensorrt")), "Unsupported",
                      exitcodes.UNSUPPORTED)
     assert "Gemma3ForCausalLM" in message
+
+
+def test_an_endpoint_other_than_the_tasks_is_refused_before_anything_is_read(
+        bed: Bed, bucket: str) -> None:
+    """The operator binds the endpoints by value in the task; a build pod whose environment
+    names another (a credentials Secret edited after the render) builds nothing (issue 24)."""
+    task = bed.task(bed.weights(bucket))
+    task.source.endpoints = {"AWS_ENDPOINT_URL": bed.endpoint + "/", "HF_ENDPOINT": ""}
+    assert bed.run(task).code == exitcodes.OK
+    task.source.endpoints = {"AWS_ENDPOINT_URL": "http://elsewhere.example:9000"}
+    message = failed(bed.run(task), "EndpointMismatch", exitcodes.INVALID_INPUT)
+    assert "AWS_ENDPOINT_URL" in message and "elsewhere.example" in message

@@ -19,7 +19,9 @@ from kiln.contract.termination import parse_failure
 from kiln.fetcher import main as fetch
 from kiln.store import EngineStore, open_store
 
-INPUTS = {"computeCapability": "9.0", "gpuProduct": "NVIDIA-H100-80GB-HBM3"}
+INPUTS = {"computeCapability": "9.0", "gpuProduct": "NVIDIA-H100-80GB-HBM3",
+          "origin": {"namespace": "ns"}}
+"""Namespace ``ns``'s engine (``JOB`` ran there)."""
 KEY = key_of(INPUTS)
 SIGNER = CryptoSigner.generate_ecdsa()
 TRUSTED = provenance.public_pem(SIGNER)
@@ -203,3 +205,45 @@ def test_a_previous_key_counts_while_listed(
     code, _, _ = run(stored, tmp_path / "b", s3_endpoint, "9.0", tmp_path,
                      KILN_TRUSTED_KEYS=new)
     assert code == exitcodes.UNTRUSTED
+
+
+def test_an_engine_counts_only_if_built_in_the_namespace_its_key_names(
+        bucket: str, s3_endpoint: str, tmp_path: Path) -> None:
+    """Issue 24: a signed engine is as trustworthy as the namespace its Job ran in. One whose
+    key names namespace ``ns`` but whose Job ran elsewhere is refused; a shared one (no
+    namespace in its key) counts only if built in the platform's build namespace."""
+    src = tmp_path / "engine"
+    src.mkdir()
+    (src / "rank0.engine").write_bytes(os.urandom(1024))
+    store = open_store(f"s3://{bucket}/kiln/", endpoint_url=s3_endpoint)
+    store.upload(KEY, src, inputs=INPUTS)
+    data = store.read_manifest_bytes(KEY)
+    assert data is not None
+    manifest = Manifest.model_validate_json(data)
+    elsewhere = provenance.JobRef("tenant-b", "kiln-build-x", "uid-2")
+    store.write_envelope(KEY, provenance.sign(data, manifest, elsewhere, SIGNER))
+    code, _, message = run(f"s3://{bucket}/kiln/", tmp_path / "a", s3_endpoint, "9.0",
+                           tmp_path, KILN_BUILD_NAMESPACE="tenant-b")
+    assert (code, message.split(":")[0]) == (exitcodes.UNTRUSTED, "Untrusted"), message
+    assert "namespace ns's engine" in message and "tenant-b" in message
+
+    shared = {k: v for k, v in INPUTS.items() if k != "origin"} | {"origin": {"scheme": "s3"}}
+    key = key_of(shared)
+    store.upload(key, src, inputs=shared)
+    data = store.read_manifest_bytes(key)
+    assert data is not None
+    store.write_envelope(key, provenance.sign(data, Manifest.model_validate_json(data),
+                                              provenance.JobRef("kiln-builds", "j", "u"),
+                                              SIGNER))
+    for builds, wanted in ((None, exitcodes.UNTRUSTED), ("elsewhere", exitcodes.UNTRUSTED),
+                           ("kiln-builds", exitcodes.OK)):
+        env = {"KILN_BUILD_NAMESPACE": builds} if builds else {}
+        done = subprocess.run(
+            [sys.executable, "-m", "kiln.cli", "fetch-engine", "--store",
+             f"s3://{bucket}/kiln/", "--key", key, "--dest", str(tmp_path / f"s-{builds}")],
+            env={**os.environ, "AWS_ENDPOINT_URL": s3_endpoint, "KILN_TRUSTED_KEYS": TRUSTED,
+                 "KILN_GPU_COMPUTE_CAPABILITY": "9.0",
+                 "KILN_NVIDIA_SMI": str(tmp_path / "no-nvidia-smi"),
+                 "KILN_TERMINATION_LOG": str(tmp_path / "t"), **env},
+            capture_output=True, text=True, timeout=120, check=False)
+        assert done.returncode == wanted, (builds, done.stderr)

@@ -23,6 +23,8 @@ from kiln.dev.testbed.cluster import Cluster, free_port
 from kiln.dev.testbed.localproc import INIT_LABEL, LABEL, LocalProcessRunner
 
 ENGINES, MODELS = "field-engines", "field-models"
+BUILDS = "kiln-builds"
+"""The platform's build namespace (``KILN_BUILD_NAMESPACE``): its engines serve every tenant."""
 RESYNC_SECONDS = 2
 BASELINE_ENV = "KILN_FIELD_OPERATOR_PATH"
 """Set to another tree's ``operator/`` to run these tests against that operator: how a field
@@ -53,8 +55,10 @@ def namespace(namespace: str, kube: Cluster) -> str:
 def operator(kube: Cluster, s3_endpoint: str, buckets: None,
              tmp_path_factory: pytest.TempPathFactory) -> Iterator[Operator]:
     """``kiln run`` with exactly the rights the chart gives it, resyncing every 2 s."""
-    client.CoreV1Api(kube.api_client).create_namespace({"metadata": {"name": "kiln-system"}})
+    for name in ("kiln-system", BUILDS):
+        client.CoreV1Api(kube.api_client).create_namespace({"metadata": {"name": name}})
     kubeconfig, _ = install_rbac(kube, "kiln-system", "kiln")
+    serve(kube, BUILDS, "kiln", "kiln-system")
     env = {
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
@@ -76,6 +80,7 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None,
         # (its default refuses them itself: faults/test_least_privilege.py).
         "KILN_POD_SECURITY": "baseline",
         "KILN_ALLOWED_PRIORITY_CLASSES": "*",
+        "KILN_BUILD_NAMESPACE": BUILDS,
     }
     if os.environ.get(BASELINE_ENV):
         env["PYTHONPATH"] = os.environ[BASELINE_ENV]

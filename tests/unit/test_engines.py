@@ -24,7 +24,9 @@ from kiln.engine_build.engines import Engines, Report, reports
 from kiln.store import open_store
 from kiln.trust.keys import Trust
 
-KEY = key_of({"computeCapability": "9.0"})
+INPUTS = {"computeCapability": "9.0", "origin": {"namespace": "ns"}}
+"""Built in namespace ``ns`` (``JOB``'s): it counts there."""
+KEY = key_of(INPUTS)
 JOB = provenance.JobRef("ns", "kiln-build-x", "uid-1")
 
 
@@ -45,7 +47,7 @@ def uri(tmp_path: Path, engines: Engines) -> str:
     (src / "config.json").write_text("{}")
     uri = f"file://{tmp_path / 'store'}/"
     store = open_store(uri)
-    store.upload(KEY, src, inputs={"computeCapability": "9.0"})
+    store.upload(KEY, src, inputs=INPUTS)
     data = store.read_manifest_bytes(KEY)
     assert data is not None and engines.trust.signer is not None
     store.write_envelope(KEY, provenance.sign(data, Manifest.model_validate_json(data), JOB,

@@ -46,9 +46,9 @@ def key(build: dict[str, Any] | BuildSpec | None = None, **changes: str) -> str:
 
 # -- golden values: a change here orphans every stored engine -----------------------------------
 
-GOLDEN_DEFAULT = "ebbfce53c1119ebff37e448f673ce186fe64117c4b83c4d822122b049b7b8c29"
-GOLDEN_PYTORCH = "a08a6ae298f651783cde2f1c7a4e39c3989dacd0b2225134a8b079624fe62f1e"
-GOLDEN_FP8_TP2 = "3e98717736cdb6683586052b8d5c079abfd41c8e3396895ef3a4bd57ad75510f"
+GOLDEN_DEFAULT = "889f3753e1f10aa609a70bee9448331f1e9152e1b706c81395d0190ed7fe4c1f"
+GOLDEN_PYTORCH = "3fe4fed4c746efcd98e518aa9ff7584b92dd2ef3463a77c89234045c71c5c7dd"
+GOLDEN_FP8_TP2 = "5d3a2574a50c48f3ff0fc3da231d0d75ec14fb24de6b623b79cd6e74aa6b0700"
 GOLDEN_DEFAULT_JSON = (
     '{"build":{"backend":"tensorrt","dtype":"auto","extraArgs":[],"maxBatchSize":2048,'
     '"maxInputLen":1024,"maxNumTokens":8192,"maxSeqLen":null,"parallelism":{"pipeline":1,'
@@ -57,13 +57,13 @@ GOLDEN_DEFAULT_JSON = (
     '"pagedKvCache":true,"reduceFusion":false,"removeInputPadding":true},"quantization":'
     '{"algo":"none","calibration":null,"kvCache":"none"}},"builderImage":"kiln-builder:1.2.1",'
     '"computeCapability":"9.0","gpuProduct":"NVIDIA-H100-80GB-HBM3","origin":{"bucket":'
-    '"models","prefix":"llama/","scheme":"s3"},"schema":3,"weights":'
+    '"models","prefix":"llama/","scheme":"s3"},"schema":4,"weights":'
     '"' + "w" * 64 + '"}')
 
 
 def test_golden_keys_are_pinned() -> None:
     """Bump KEY_SCHEMA_VERSION on purpose, never by accident: then update these values."""
-    assert KEY_SCHEMA_VERSION == 3
+    assert KEY_SCHEMA_VERSION == 4
     assert canonical_json(key_inputs(build=BuildSpec(), **BASE)).decode() == GOLDEN_DEFAULT_JSON
     assert key() == GOLDEN_DEFAULT
     assert key({"backend": "pytorch"}) == GOLDEN_PYTORCH

@@ -11,9 +11,10 @@ import pytest
 from kiln.api import BuildSpec, EngineBuild
 from kiln.config import OperatorConfig
 from kiln.contract.key import engine_key, key_inputs
+from kiln.contract.provenance import built_where
 from kiln.engine_build.reconciler import EngineBuildReconciler
 from kiln.errors import InvalidInput
-from kiln.sources import PvcSource, origin_of
+from kiln.sources import PvcSource, origin_of, shared
 
 TARGET: dict[str, Any] = {"builder_image": "kiln-builder:1.2.1",
                           "gpu_product": "NVIDIA-H100-80GB-HBM3", "compute_capability": "9.0"}
@@ -60,25 +61,39 @@ def test_s3_buckets_and_prefixes_get_other_keys() -> None:
     assert key_for("s3://models/llama/", "ns") != key_for("s3://models/llama-copy/", "ns")
 
 
-def test_s3_without_a_tenant_endpoint_shares_across_namespaces() -> None:
-    """The platform's endpoint (operator's and builders' env) is not part of the origin: the
-    same bucket and prefix in two namespaces is the same engine, shared as Cached."""
+def test_a_build_in_a_tenants_namespace_is_that_namespaces_alone() -> None:
+    """The tenant can touch the Job, pods and Secrets of its namespace: an engine built there
+    gets a key no other namespace computes, whatever the source (issue 24)."""
+    for uri in ("s3://models/llama/", "hf://meta-llama/Llama-3-8B@main"):
+        assert key_for(uri, "team-a") != key_for(uri, "team-b")
+        assert key_for(uri, "team-a") == key_for(uri, "team-a")
+    assert origin_of("s3://models/llama", "ns", None) == {
+        "scheme": "s3", "bucket": "models", "prefix": "llama/", "namespace": "ns"}
+
+
+def test_a_build_in_the_platforms_namespace_names_none() -> None:
+    """Built in the platform's build namespace (empty namespace): the engine a tenant's
+    EngineBuild with the platform's credentials may use."""
     uri = "s3://models/llama/"
-    assert key_for(uri, "team-a") == key_for(uri, "team-b")
-    assert key_for(uri, "team-a", {"AWS_ACCESS_KEY_ID": "a", "AWS_SECRET_ACCESS_KEY": "x"}) \
-        == key_for(uri, "team-b", {"AWS_ACCESS_KEY_ID": "b", "AWS_SECRET_ACCESS_KEY": "y"})
-    assert key_for("s3://models/llama", "team-a") == key_for(uri, "team-b")
-    assert origin_of(uri, "ns", None) == {"scheme": "s3", "bucket": "models",
-                                          "prefix": "llama/"}
+    assert origin_of(uri, "", None) == {"scheme": "s3", "bucket": "models", "prefix": "llama/"}
+    assert shared(uri, None) and shared("hf://org/a@main", None)
+    assert not shared(uri, "creds") and not shared("pvc://models/llama", None)
+
+
+def test_the_credentials_secret_is_part_of_the_origin() -> None:
+    uri = "s3://models/llama/"
+    assert origin_of(uri, "ns", None, secret="a") != origin_of(uri, "ns", None, secret="b")
+    assert origin_of(uri, "ns", None, secret="a")["secret"] == "a"
 
 
 def test_hf_with_a_tenant_endpoint_gets_another_key() -> None:
     """A fake hub can claim repo@<the public sha>."""
     uri = "hf://meta-llama/Llama-3-8B@main"
-    assert key_for(uri, "a") == key_for(uri, "b", {"HF_TOKEN": "t"})
-    assert key_for(uri, "a") != key_for(uri, "b", {"HF_ENDPOINT": "http://evil.example"})
+    assert key_for(uri, "a") == key_for(uri, "a", {"HF_TOKEN": "t"})
+    assert key_for(uri, "a") != key_for(uri, "a", {"HF_ENDPOINT": "http://evil.example"})
     assert origin_of(uri, "ns", {"HF_ENDPOINT": "http://hub.example/"}) == {
-        "scheme": "hf", "repo": "meta-llama/Llama-3-8B", "endpoint": "http://hub.example"}
+        "scheme": "hf", "repo": "meta-llama/Llama-3-8B", "endpoint": "http://hub.example",
+        "namespace": "ns"}
     assert origin_of("hf://org/a@v1", "ns", None) == origin_of("hf://org/a@v2", "ns", None)
 
 
@@ -131,5 +146,22 @@ def test_the_reconciler_computes_the_origin_from_the_namespace_and_the_secret() 
     s3_a = reconciler.weights.origin("a", build("a", "s3://models/llama/", "creds"))
     s3_b = reconciler.weights.origin("b", build("b", "s3://models/llama/", "creds"))
     assert s3_a == {"scheme": "s3", "bucket": "models", "prefix": "llama/",
-                    "endpoint": "http://evil.example"}
-    assert s3_b == reconciler.weights.origin("c", build("c", "s3://models/llama/"))
+                    "endpoint": "http://evil.example", "namespace": "a", "secret": "creds"}
+    assert s3_b == {"scheme": "s3", "bucket": "models", "prefix": "llama/", "namespace": "b",
+                    "secret": "creds"}
+    assert reconciler.weights.endpoints("a", build("a", "s3://models/llama/", "creds")) == {
+        "AWS_ENDPOINT_URL": "http://evil.example", "HF_ENDPOINT": ""}
+
+
+def test_an_engine_counts_only_where_its_key_says_it_was_built() -> None:
+    """A signed engine is as trustworthy as the namespace its Job ran in (issue 24): a
+    tenant's engine only if built in that namespace; a shared one only in the platform's build
+    namespace."""
+    tenant = {"origin": origin_of("s3://models/llama/", "team-a", None)}
+    assert built_where(tenant, "team-a", None) is None
+    assert "namespace team-a's" in str(built_where(tenant, "team-b", "kiln-builds"))
+    assert built_where(tenant, "kiln-builds", "kiln-builds") is not None
+    shared = {"origin": origin_of("s3://models/llama/", "", None)}
+    assert built_where(shared, "kiln-builds", "kiln-builds") is None
+    assert "shared" in str(built_where(shared, "team-a", "kiln-builds"))
+    assert "none is configured" in str(built_where(shared, "kiln-builds", None))

@@ -192,6 +192,27 @@ def test_a_pod_without_the_jobs_spec_is_not_its_pod() -> None:
     added = json.loads(json.dumps(real))
     added["spec"]["containers"][0]["env"].append({"name": "LD_PRELOAD", "value": "/x.so"})
     assert signing.built(body, [added]) is None
+    # The whole spec is compared (issue 24): whatever runs the tenant's code, or points the
+    # pod elsewhere, disqualifies it; what the scheduler and admission set does not.
+    hook = {"exec": {"command": ["sh", "-c", "evil"]}}
+    for where, name, value in (
+            ("container", "lifecycle", {"postStart": hook}),
+            ("container", "livenessProbe", hook), ("container", "startupProbe", hook),
+            ("container", "stdin", True), ("container", "tty", True),
+            ("pod", "hostAliases", [{"ip": "10.0.0.9", "hostnames": ["s3.amazonaws.com"]}]),
+            ("pod", "dnsConfig", {"nameservers": ["10.0.0.9"]}),
+            ("pod", "dnsPolicy", "None"), ("pod", "hostname", "x")):
+        changed = json.loads(json.dumps(real))
+        target = changed["spec"]["containers"][0] if where == "container" else changed["spec"]
+        target[name] = value
+        assert signing.built(body, [changed]) is None, name
+    admitted = json.loads(json.dumps(real))
+    admitted["spec"] |= {"priority": 0, "preemptionPolicy": "PreemptLowerPriority",
+                         "tolerations": [{"key": "node.kubernetes.io/not-ready",
+                                          "operator": "Exists", "effect": "NoExecute",
+                                          "tolerationSeconds": 300}]}
+    admitted["spec"]["containers"][0]["resources"] = {"limits": {"cpu": "1"}}
+    assert isinstance(signing.built(body, [admitted]), signing.Built)
     # Two of its own pods reporting different manifests: neither is signed.
     other = _pod(body, {"key": KEY, "cached": False, "manifestSha256": "f" * 64})
     assert "2 different manifests" in str(signing.built(body, [real, other]))
@@ -227,20 +248,59 @@ def _evil(change: str) -> dict[str, Any]:
     elif change == "annotations":
         evil["spec"]["template"]["metadata"]["annotations"] = {
             "container.apparmor.security.beta.kubernetes.io/builder": "unconfined"}
-    elif change == "task":
+    elif change in ("task", "source", "store", "endpoints"):
         task = next(e for e in c["env"] if e["name"] == names.TASK)
         parsed = json.loads(task["value"])
-        parsed["weightsIdentity"] = "other"
+        if change == "task":
+            parsed["weightsIdentity"] = "other"
+        elif change == "source":
+            parsed["source"]["uri"] = "s3://tenant-copy/llama/"
+        elif change == "endpoints":
+            parsed["source"]["endpoints"] = {"AWS_ENDPOINT_URL": "http://tenant.example"}
+        else:
+            parsed["store"] = "s3://tenant-store/"
         task["value"] = json.dumps(parsed)
+    elif change in ("lifecycle", "readinessProbe"):
+        c[change] = {"exec": {"command": ["sh", "-c", "evil"]}} if change != "lifecycle" \
+            else {"postStart": {"exec": {"command": ["sh", "-c", "evil"]}}}
+    elif change == "hostAliases":
+        pod["hostAliases"] = [{"ip": "10.0.0.9", "hostnames": ["s3.amazonaws.com"]}]
     return evil
 
 
 @pytest.mark.parametrize("change", ["env", "path", "mount", "privileged", "hostPID",
                                     "hostNetwork", "serviceAccount", "envFrom", "name",
-                                    "parallelism", "managedBy", "annotations", "task"])
+                                    "parallelism", "managedBy", "annotations", "task",
+                                    "source", "store", "endpoints", "lifecycle",
+                                    "readinessProbe", "hostAliases"])
 def test_a_tenant_authored_job_is_not_kilns(change: str) -> None:
     """The reviewer's forge: a Job of the key's name that adds to kiln's render."""
     assert _problem(_evil(change)) is not None
+
+
+def test_a_job_reading_another_credentials_secret_is_not_kilns() -> None:
+    """The Secret's name is compared (it is part of the key's origin): another Secret may name
+    another endpoint."""
+    spec = EngineBuildSpec.model_validate({"model": {"source": "s3://models/llama/",
+                                                     "credentialsSecret": "creds"},
+                                           "targets": [{"gpu": "H100-SXM"}]})
+    (target,) = effective(spec, [])
+    task = BuildTask.for_build(key=KEY, weights_identity="w", origin=ORIGIN,
+                               source="s3://models/llama/", revision=None, build=spec.build,
+                               gpu_product=target.gpu_product, compute_capability="9.0",
+                               store="s3://engines/", builder_image="builder:1",
+                               credentials_from_env=True)
+    rendered = render_job(namespace="ns", owner_name="llama", owner_uid="u1", spec=spec,
+                          want=Want(target, KEY, f"s3://e/engines/{KEY}/"), image="builder:1",
+                          task_json=task.to_json(), config=OperatorConfig())
+    body = {**json.loads(json.dumps(rendered)),
+            "metadata": {**rendered["metadata"], "uid": "job-uid"}}
+    assert signing.job_problem(body, rendered) is None
+    for entry in body["spec"]["template"]["spec"]["containers"][0]["env"]:
+        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
+        if ref:
+            ref["name"] = "elsewhere"
+    assert "environment" in str(signing.job_problem(body, rendered))
 
 
 def test_what_the_apiserver_and_other_engine_builds_of_the_key_set_is_kilns() -> None:

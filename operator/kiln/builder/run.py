@@ -19,7 +19,7 @@ from kiln.contract import env as names
 from kiln.contract import layout, provenance
 from kiln.contract.key import key_inputs, key_of, short_key
 from kiln.contract.task import BuildTask
-from kiln.errors import InvalidTask, WeightsChanged
+from kiln.errors import InvalidInput, InvalidTask, WeightsChanged
 from kiln.sources import open_source
 from kiln.store import open_store
 
@@ -65,6 +65,7 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
         f"(compute capability {task.target.compute_capability})", phase="start",
         backend=spec.backend, tp=spec.parallelism.tensor, pp=spec.parallelism.pipeline)
     inputs = _inputs(task)
+    _check_endpoints(task, env)
     store = open_store(task.store, credentials=names.store_credentials(env),
                        endpoint_url=names.store_endpoint(env))
     trusted = provenance.public_keys(env.get(names.TRUSTED_KEYS) or "")
@@ -73,7 +74,7 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
         """Whether the stored engine is kiln's (signed): only then does it count."""
         try:
             provenance.verify(key, store.read_manifest_bytes(key), store.read_envelope(key),
-                              trusted)
+                              trusted, env.get(names.BUILD_NAMESPACE) or None)
         except provenance.Untrusted as why:
             say(f"a manifest is in the store but does not count: {why.message}", phase="store")
             return False
@@ -145,6 +146,27 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     # What the operator checks before it signs: the manifest this pod wrote, by digest.
     summary |= {"upload": upload, "manifestSha256": provenance.sha256(manifest.to_json())}
     return summary
+
+
+def _check_endpoints(task: BuildTask, env: Mapping[str, str]) -> None:
+    """Refuse an environment that names another endpoint than the task's (by value, as the
+    operator resolved it): a credentials Secret edited between the render and this pod's
+    start would have the build read from a place no key names."""
+    bound = task.source.endpoints
+    if bound is None:
+        return
+    for name in names.ENDPOINTS:
+        have, want = _url(env.get(name)), _url(bound.get(name))
+        if have != want:
+            raise InvalidInput(
+                f"this build pod's {name} is {have or 'unset'}, but its task was rendered "
+                f"for endpoint {want or 'unset'}: the credentials Secret changed after kiln "
+                "rendered the Job? kiln builds only from the endpoint its task names",
+                reason="EndpointMismatch")
+
+
+def _url(value: str | None) -> str:
+    return (value or "").strip().rstrip("/")
 
 
 def _calibration(task: BuildTask, options: Options, paths: Paths,

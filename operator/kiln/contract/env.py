@@ -33,6 +33,9 @@ MODEL_REPO_FILES = "KILN_MODEL_REPO_FILES"
 """The Triton model repository's files as JSON ``{path: text}``."""
 TRUSTED_KEYS = "KILN_TRUSTED_KEYS"
 """The public keys (a PEM bundle) whose signature makes a stored engine kiln's."""
+BUILD_NAMESPACE = "KILN_BUILD_NAMESPACE"
+"""The platform's build namespace, where shared engines (keys that name no namespace) are
+built; unset: there are none (``kiln.contract.provenance.built_where``)."""
 FETCH_STORE = "KILN_STORE"
 FETCH_KEY = "KILN_ENGINE_KEY"
 FETCH_SOURCE = "KILN_SOURCE"
@@ -48,6 +51,9 @@ ENDPOINT = "AWS_ENDPOINT_URL"
 CREDENTIAL_KEYS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN",
                    "AWS_REGION", ENDPOINT, "HF_TOKEN", "HF_ENDPOINT")
 """The keys read from a credentials Secret (each optional, passed by reference)."""
+ENDPOINTS = (ENDPOINT, "HF_ENDPOINT")
+"""The variables that name where a build reads from: bound in the task by value, and a build
+pod whose environment names another is refused (``BuildTask.source.endpoints``)."""
 STORE_KEYS = tuple(k for k in CREDENTIAL_KEYS if k.startswith("AWS_"))
 """Those of them an engine store (S3) reads."""
 

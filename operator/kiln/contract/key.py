@@ -13,14 +13,16 @@ default filled, dumped as JSON with camelCase names. So:
 - every other change of any input gives another key.
 
 ``weights`` is what the bytes are (the source's content identity); ``origin`` is where they
-come from, as far as the EngineBuild's author controls it (``kiln.sources.origin_of``, computed
-by the operator): for ``s3://`` the bucket, the prefix and the ``AWS_ENDPOINT_URL`` of the
-credentials Secret if it names one; for ``hf://`` the repo and the Secret's ``HF_ENDPOINT``;
-for ``pvc://`` the EngineBuild's namespace, the claim and the path. Without it a tenant could
-have kiln sign an engine under a key another tenant's EngineBuild computes: a PVC of the same
-name in its own namespace, a hub or S3 endpoint of its own answering the same identity. The
-platform's own endpoints (the operator's and builders' environment) are not part of it, so one
-bucket read without a tenant endpoint is one engine across namespaces (shared as Cached).
+come from, as far as the EngineBuild's author controls it, and where they are built
+(``kiln.sources.origin_of``, computed by the operator): the namespace the build Job runs in
+(the EngineBuild's; empty only for a shared build in the platform's build namespace) and the
+credentials Secret's name; for ``s3://`` the bucket, the prefix and the ``AWS_ENDPOINT_URL`` of
+the credentials Secret if it names one; for ``hf://`` the repo and the Secret's
+``HF_ENDPOINT``; for ``pvc://`` the claim and the path. Without it a tenant could have kiln
+sign an engine under a key another tenant's EngineBuild computes: a PVC of the same name in
+its own namespace, a hub or S3 endpoint of its own answering the same identity, or anything it
+does to the build Job and pods of its own namespace. The platform's own endpoints (the
+operator's and builders' environment) are not part of it.
 
 The inputs are recorded in the engine's manifest. Bump ``KEY_SCHEMA_VERSION`` whenever the
 inputs or their normal form change (every stored engine is then rebuilt); the golden keys in
@@ -37,11 +39,14 @@ from typing import Any
 from kiln.api import BuildSpec
 from kiln.errors import InvalidInput
 
-KEY_SCHEMA_VERSION = 3
+KEY_SCHEMA_VERSION = 4
 """2: upstream plugin defaults (gemm, fp8ContextFmha unset), quantization.calibration.
 3: ``origin``, where the weights come from (the namespace of a pvc:// source, the bucket and
 prefix of an s3:// one, a tenant-given endpoint): the weights identity alone let a tenant
-build an engine under another tenant's key."""
+build an engine under another tenant's key.
+4: the origin names the namespace the build runs in for every source, and the credentials
+Secret: an engine built in a tenant's namespace is that namespace's alone (the tenant can
+touch its Job, pods and Secrets)."""
 
 
 def key_inputs(*, weights_identity: str, origin: Mapping[str, str], build: BuildSpec,

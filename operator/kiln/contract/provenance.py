@@ -37,7 +37,8 @@ from kiln.contract.key import key_of, short_key
 from kiln.contract.manifest import MANIFEST, Manifest
 from kiln.errors import InvalidInput, Untrusted
 
-__all__ = ["ENVELOPE", "JobRef", "Untrusted", "Verified", "add_signature", "load_signer",
+__all__ = ["ENVELOPE", "JobRef", "Untrusted", "Verified", "add_signature", "built_where",
+           "load_signer",
            "public_keys", "public_pem", "sha256", "sign", "signed_by", "statement", "verify"]
 
 ENVELOPE = "provenance.dsse.json"
@@ -187,17 +188,41 @@ def signed_by(envelope_bytes: bytes, key: Key) -> bool:
     return True
 
 
+def built_where(inputs: dict[str, Any], job_namespace: str,
+                build_namespace: str | None) -> str | None:
+    """Why an engine of these key ``inputs``, built by a Job in ``job_namespace``, does not
+    count (None if it does). A signed engine is as trustworthy as the namespace its Job ran
+    in: one whose origin names a namespace (a tenant's build) counts only if built there; one
+    whose origin names none (shared) only if built in the platform's build namespace."""
+    origin = inputs.get("origin")
+    own = origin.get("namespace") if isinstance(origin, dict) else None
+    if own:
+        return None if job_namespace == own else (
+            f"it is namespace {own}'s engine, but its Job ran in namespace {job_namespace}")
+    if build_namespace and job_namespace == build_namespace:
+        return None
+    where = build_namespace or "none is configured (KILN_BUILD_NAMESPACE)"
+    return (f"it is a shared engine, built in namespace {job_namespace}, not in the "
+            f"platform's build namespace ({where})")
+
+
 def verify(key: str, manifest_bytes: bytes | None, envelope_bytes: bytes | None,
-           trusted: list[Key]) -> Verified:
-    """The manifest of engine ``key`` if a trusted key signed exactly it; else ``Untrusted``,
-    whatever the store holds (a malformed envelope or manifest included)."""
+           trusted: list[Key], build_namespace: str | None = None) -> Verified:
+    """The manifest of engine ``key`` if a trusted key signed exactly it, after a Job in the
+    namespace its key names built it (``built_where``; ``build_namespace``: the platform's,
+    where shared engines are built); else ``Untrusted``, whatever the store holds (a
+    malformed envelope or manifest included)."""
     try:
-        return _verify(key, manifest_bytes, envelope_bytes, trusted)
+        verified = _verify(key, manifest_bytes, envelope_bytes, trusted)
     except Untrusted:
         raise
     except Exception as error:
         raise Untrusted(f"engine {short_key(key)}: its manifest or {ENVELOPE} does not parse "
                         f"({type(error).__name__})") from error
+    problem = built_where(verified.manifest.inputs, verified.job.namespace, build_namespace)
+    if problem is not None:
+        raise Untrusted(f"engine {short_key(key)} does not count here: {problem}")
+    return verified
 
 
 def _verify(key: str, manifest_bytes: bytes | None, envelope_bytes: bytes | None,

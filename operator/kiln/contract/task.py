@@ -27,6 +27,11 @@ class TaskSource(KilnModel):
     credentials_from_env: bool = False
     """Whether the source's credentials are in the environment (``AWS_*``, ``HF_TOKEN``, from
     ``spec.model.credentialsSecret``) rather than ambient (node role, workload identity)."""
+    endpoints: dict[str, str] | None = Field(default=None, max_length=4)
+    """The endpoints the build reads from, by value (``AWS_ENDPOINT_URL``, ``HF_ENDPOINT``;
+    empty: the library's default), as the operator resolved them when it rendered the Job:
+    the builder refuses an environment that names any other (a Secret edited since). None
+    (a task made by hand): not checked."""
 
 
 class TaskTarget(KilnModel):
@@ -63,12 +68,14 @@ class BuildTask(KilnModel):
     def for_build(cls, *, key: str, weights_identity: str, origin: Mapping[str, str],
                   source: str, revision: str | None, build: BuildSpec, gpu_product: str,
                   compute_capability: str, store: str, builder_image: str,
-                  credentials_from_env: bool = False) -> BuildTask:
+                  credentials_from_env: bool = False,
+                  endpoints: Mapping[str, str] | None = None) -> BuildTask:
         """The task for one target of an EngineBuild."""
         return cls(
             key=key, weights_identity=weights_identity, origin=dict(origin),
             source=TaskSource(uri=source, revision=revision,
-                              credentials_from_env=credentials_from_env),
+                              credentials_from_env=credentials_from_env,
+                              endpoints=None if endpoints is None else dict(endpoints)),
             build=build,
             target=TaskTarget(gpu_product=gpu_product, compute_capability=compute_capability),
             store=store, builder_image=builder_image)

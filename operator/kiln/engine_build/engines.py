@@ -40,6 +40,8 @@ from kiln.trust.keys import Trust
 
 log = logging.getLogger(__name__)
 MAX_ABSENT = 100_000
+SHARED_RECHECK_SECONDS = 30.0
+"""How long the build namespace's engine of a key, found absent, is not looked for again."""
 ABSENT_FRESH_SECONDS = 5.0
 """How long a manifest found missing while its Job runs counts as missing for any pass."""
 REPORTED = frozenset({"NotFound", "IntegrityError", "Untrusted"})
@@ -130,6 +132,8 @@ class Engines:
         self._unsigned: dict[Ref, bytes] = {}
         """Envelopes that verified by a trusted key other than this operator's own, to be
         signed again with it (``countersign``)."""
+        self._shared_absent: dict[Ref, float] = {}
+        """Keys of the build namespace found absent, and when (``shared``)."""
         self._findings: dict[Ref, Finding] = {}
         """Engines a check set aside, until they are found again (the status words it)."""
         self._guard = threading.Lock()
@@ -198,6 +202,21 @@ class Engines:
                 self._absent.clear()
             self._absent[(uri, key, namespace)] = (building, time.monotonic())
         return manifest
+
+    def shared(self, uri: str, key: str, namespace: str) -> bool:
+        """Whether engine ``key`` of the platform's build namespace (a key that names no
+        namespace) is in the store and counts (``provenance.built_where``); one found absent
+        is looked for again after ``SHARED_RECHECK_SECONDS``."""
+        at = self._shared_absent.get((uri, key))
+        if at is not None and time.monotonic() - at < SHARED_RECHECK_SECONDS:
+            return False
+        if self.manifest(uri, key, namespace, None) is not None:
+            self._shared_absent.pop((uri, key), None)
+            return True
+        if len(self._shared_absent) >= MAX_ABSENT:
+            self._shared_absent.clear()
+        self._shared_absent[(uri, key)] = time.monotonic()
+        return False
 
     def verify_due(self, uri: str, key: str) -> bool:
         """Whether a verified engine's signature is to be read again (it may be replaced)."""

@@ -55,6 +55,8 @@ class Build:
     store: str
     identity: str
     origin: dict[str, str]
+    endpoints: dict[str, str] | None = None
+    """The endpoints the build reads from, by value (``BuildTask.source.endpoints``)."""
 
 
 class JobWrites:
@@ -217,7 +219,8 @@ class JobWrites:
             revision=eb.spec.model.revision, build=eb.spec.build,
             gpu_product=want.target.gpu_product,
             compute_capability=want.target.compute_capability, store=build.store,
-            builder_image=build.image, credentials_from_env=bool(eb.spec.model.credentials_secret))
+            builder_image=build.image, credentials_from_env=bool(eb.spec.model.credentials_secret),
+            endpoints=build.endpoints)
         return render.render_job(
             namespace=build.namespace, owner_name=build.name, owner_uid=build.uid, spec=eb.spec,
             want=want, image=build.image, task_json=task.to_json(), config=self.config,

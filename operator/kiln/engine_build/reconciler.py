@@ -201,12 +201,19 @@ class EngineBuildReconciler:
         if weights is None:
             return Settling(auto, settling or "")
         build = Build(namespace, name, uid, eb, image, store, weights.identity,
-                      self.weights.origin(namespace, eb))
-        wants = [Want(t, key, layout.engine_uri(store, key)) for t in effective(eb.spec, auto)
-                 if (key := engine_key(
-                     weights_identity=build.identity, origin=build.origin, build=eb.spec.build,
-                     builder_image=image, gpu_product=t.gpu_product,
-                     compute_capability=t.compute_capability))]
+                      self.weights.origin(namespace, eb), self.weights.endpoints(namespace, eb))
+        shared = self.weights.shared_origin(namespace, eb)
+        wants = []
+        for t in effective(eb.spec, auto):
+            keys = [engine_key(weights_identity=build.identity, origin=origin,
+                               build=eb.spec.build, builder_image=image,
+                               gpu_product=t.gpu_product,
+                               compute_capability=t.compute_capability)
+                    for origin in (build.origin, shared) if origin is not None]
+            # the platform's engine of these weights (build namespace), if it has one
+            key = keys[-1] if len(keys) > 1 and self.engines.shared(
+                store, keys[-1], namespace) else keys[0]
+            wants.append(Want(t, key, layout.engine_uri(store, key)))
         observed = {w.key: j for w in wants if (j := self.jobs.job(world, namespace, w.key))}
         for key in self.jobs.replace_outdated(
                 build, wants, observed, lambda jobs: self._stuck(namespace, eb, jobs, world)):

@@ -56,6 +56,8 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
     ]
     if trusted_keys:
         env.append({"name": names.TRUSTED_KEYS, "value": trusted_keys})
+    if config.build_namespace:
+        env.append({"name": names.BUILD_NAMESPACE, "value": config.build_namespace})
     if spec.model.credentials_secret:
         env += secret_env(spec.model.credentials_secret, names.CREDENTIAL_KEYS)
     if config.store_secret:

@@ -67,15 +67,13 @@ def _extra(found: dict[str, Any], rendered: dict[str, Any], defaults: dict[str, 
 
 def _env_view(env: list[dict[str, Any]]) -> list[Any]:
     """The environment with what may differ between the EngineBuilds of one key blanked: the
-    task (compared apart), the trusted keys (they rotate), the credentials Secret's name."""
+    task (compared apart) and the trusted keys (they rotate). The credentials Secret's name is
+    compared: it is part of the key's origin."""
     view = []
     for original in env:
         entry = json.loads(json.dumps(original))
         if entry.get("name") in (names.TASK, names.TRUSTED_KEYS) and "value" in entry:
             entry["value"] = "*"
-        ref = (entry.get("valueFrom") or {}).get("secretKeyRef")
-        if isinstance(ref, dict) and entry.get("name") in names.CREDENTIAL_KEYS:
-            ref["name"] = "*"
         view.append(entry)
     return view
 
@@ -112,9 +110,10 @@ def _container_problem(found: dict[str, Any], rendered: dict[str, Any]) -> str |
     task, want = _task(found), _task(rendered)
     if task is None or want is None:
         return "its task is not kiln's"
-    same = ("key", "weights_identity", "origin", "build", "target", "builder_image")
-    if any(getattr(task, f) != getattr(want, f) for f in same):
-        return "its task is for another key, weights, origin, build or image"
+    if task != want:
+        differ = sorted(name for name in BuildTask.model_fields
+                        if getattr(task, name) != getattr(want, name))
+        return f"its task is not kiln's ({', '.join(differ)} differ)"
     return None
 
 
@@ -197,9 +196,19 @@ def job_problem(job: dict[str, Any], rendered: dict[str, Any]) -> str | None:
     return pod_spec_problem(template.get("spec") or {}, want_spec["template"]["spec"])
 
 
+_POD_SET_LATER = frozenset({"nodeName", "serviceAccountName", "serviceAccount", "tolerations",
+                            "priority", "preemptionPolicy"})
+"""Pod fields that the scheduler and admission set on a Job's pod and its template lacks
+(binding, the default ServiceAccount, default tolerations, the priority class's value)."""
+
+
 def _own_pod(pod: dict[str, Any], job: dict[str, Any]) -> bool:
     """Whether ``pod`` is the Job's own: its controller-uid label, a controller owner
-    reference to the Job, and a spec that is the Job's template."""
+    reference to the Job, and a spec that is the Job's template, whole: only what the
+    scheduler and admission set may differ (``_POD_SET_LATER``; a container's resources,
+    which a LimitRange may fill in). So a pod a tenant creates with the Job's labels, owner
+    reference and tracking finalizer, but with a lifecycle hook, an exec probe, host aliases,
+    DNS config, stdin or a TTY, ephemeral containers, is not the Job's."""
     meta, uid = pod.get("metadata") or {}, job["metadata"]["uid"]
     labels = meta.get("labels") or {}
     if not any(labels.get(label) == uid for label in CONTROLLER_UID):
@@ -209,24 +218,19 @@ def _own_pod(pod: dict[str, Any], job: dict[str, Any]) -> bool:
         return False
     template = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
     spec = pod.get("spec") or {}
-    if spec.get("ephemeralContainers"):
-        return False
-    for name in ("hostPID", "hostIPC", "hostNetwork", "hostUsers", "shareProcessNamespace",
-                 "runtimeClassName", "initContainers", "volumes", "securityContext",
-                 "automountServiceAccountToken", "restartPolicy"):
-        if spec.get(name) != template.get(name):
-            return False
     if spec.get("serviceAccountName") not in (template.get("serviceAccountName"), "default") \
             or (template.get("serviceAccountName") and spec.get("serviceAccountName")
                 != template.get("serviceAccountName")):
         return False
+    names = (set(spec) | set(template)) - _POD_SET_LATER - {"containers"}
+    if any(spec.get(name) != template.get(name) for name in names):
+        return False
     containers, rendered = spec.get("containers") or [], template.get("containers") or []
     if len(containers) != len(rendered):
         return False
-    fields = ("name", "image", "command", "args", "env", "envFrom", "volumeMounts",
-              "volumeDevices", "workingDir", "securityContext")
-    return all(have.get(f) == want.get(f) for have, want in zip(containers, rendered, strict=True)
-               for f in fields)
+    return all({k: v for k, v in have.items() if k != "resources"}
+               == {k: v for k, v in want.items() if k != "resources"}
+               for have, want in zip(containers, rendered, strict=True))
 
 
 def built(job: dict[str, Any], pods: list[dict[str, Any]]) -> Built | str | None:

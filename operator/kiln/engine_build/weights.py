@@ -20,10 +20,18 @@ from typing import Any
 
 from kiln.api import EngineBuild, parse_duration
 from kiln.config import OperatorConfig
+from kiln.contract.env import ENDPOINTS
 from kiln.contract.key import short_key
 from kiln.contract.termination import Failure
 from kiln.kube.client import Kube
-from kiln.sources import WeightsIdentity, WeightSource, endpoints, open_source, origin_of
+from kiln.sources import (
+    WeightsIdentity,
+    WeightSource,
+    endpoints,
+    open_source,
+    origin_of,
+    shared,
+)
 
 log = logging.getLogger(__name__)
 MAX_SOURCES = 256
@@ -75,8 +83,9 @@ class Weights:
         self.kube, self.config, self.clock = kube, config, clock
         self._locks_guard = threading.Lock()
         self._identities: dict[tuple[str, str], Identity] = {}
-        self._origins: dict[tuple[str, str, str | None], tuple[dict[str, str], float]] = {}
-        """(namespace, source, credentials Secret) -> (origin, when read)."""
+        self._origins: dict[tuple[str, str, str | None],
+                            tuple[dict[str, str], dict[str, str], float]] = {}
+        """(namespace, source, credentials Secret) -> (origin, endpoints, when read)."""
         self._sources: OrderedDict[tuple[Any, ...], WeightSource] = OrderedDict()
         self._reads: dict[tuple[Any, ...], _Read] = {}
         self._reread_for: set[tuple[str, str]] = set()
@@ -116,21 +125,50 @@ class Weights:
         return self.kube.secret_data(namespace, secret) if secret else None
 
     def origin(self, namespace: str, eb: EngineBuild) -> dict[str, str]:
-        """Where the weights come from, an input of the key (``origin_of``): the endpoint in
-        the credentials Secret, read again after ``ORIGIN_SECONDS`` (a pass reads no Secret;
-        a pvc:// source needs none: its origin is the namespace, claim and path)."""
-        source = eb.spec.model.source
-        needs_secret = not source.startswith("pvc://")
-        ref = (namespace, source, eb.spec.model.credentials_secret)
+        """Where the weights come from and where they are built, an input of the key
+        (``origin_of``): this namespace (builds run here, so their engines are this
+        namespace's alone), the credentials Secret's name and the endpoint it names, read
+        again after ``ORIGIN_SECONDS`` (a pass reads no Secret; a pvc:// source needs none:
+        its origin is the namespace, claim and path)."""
+        return self._read_origin(namespace, eb)[0]
+
+    def shared_origin(self, namespace: str, eb: EngineBuild) -> dict[str, str] | None:
+        """The origin of the engine the platform's build namespace (``KILN_BUILD_NAMESPACE``)
+        makes of the same weights, when this EngineBuild, elsewhere, may use one: it reads them
+        with the platform's credentials (no Secret) from a place that is not a claim. None
+        otherwise (no build namespace, this one is it, or a tenant's Secret or claim)."""
+        builds = self.config.build_namespace
+        calibration = eb.spec.build.quantization.calibration
+        if (not builds or namespace == builds
+                or not shared(eb.spec.model.source, eb.spec.model.credentials_secret)
+                or (calibration is not None and calibration.dataset.startswith("pvc://"))):
+            return None
+        return origin_of(eb.spec.model.source, "", None)
+
+    def endpoints(self, namespace: str, eb: EngineBuild) -> dict[str, str]:
+        """The endpoints the build reads from, by value (``BuildTask.source.endpoints``): each
+        of ``ENDPOINTS`` as the credentials Secret names it, else as the builders'
+        environment (``KILN_BUILD_ENV``) does, else empty; read with the origin."""
+        return self._read_origin(namespace, eb)[1]
+
+    def _read_origin(self, namespace: str,
+                     eb: EngineBuild) -> tuple[dict[str, str], dict[str, str]]:
+        source, secret = eb.spec.model.source, eb.spec.model.credentials_secret
+        ref = (namespace, source, secret)
         cached = self._origins.get(ref)
-        if cached is not None and time.monotonic() - cached[1] < ORIGIN_SECONDS:
-            return cached[0]
-        origin = origin_of(source, namespace,
-                           self._credentials(namespace, eb) if needs_secret else None)
+        if cached is not None and time.monotonic() - cached[2] < ORIGIN_SECONDS:
+            return cached[0], cached[1]
+        credentials = self._credentials(namespace, eb) or {}
+        platform = namespace == self.config.build_namespace  # its builds are everyone's
+        origin = origin_of(source, "" if platform else namespace,
+                           None if source.startswith("pvc://") else credentials,
+                           secret=None if platform else secret)
+        bound = {name: (credentials.get(name) or self.config.build_env.get(name) or "")
+                 for name in ENDPOINTS}
         if len(self._origins) >= MAX_CACHED:
             self._origins.clear()
-        self._origins[ref] = (origin, time.monotonic())
-        return origin
+        self._origins[ref] = (origin, bound, time.monotonic())
+        return origin, bound
 
     def identity(self, namespace: str, eb: EngineBuild, *, refresh: bool = False) -> Identity:
         """The weights identity: cached; else the one in status, if it was read from this

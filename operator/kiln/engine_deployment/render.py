@@ -87,6 +87,8 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
         args = ["--store", uri, "--key", serve.engine_key, "--dest", ENGINE_DIR]
         env.append({"name": names.TRUSTED_KEYS, "valueFrom": {"configMapKeyRef": {
             "name": trust_name(ed), "key": TRUSTED_KEYS_FILE, "optional": True}}})
+        if config.build_namespace:
+            env.append({"name": names.BUILD_NAMESPACE, "value": config.build_namespace})
         if secret := config.serve_store_secret or config.store_secret:
             env += secret_env(secret, names.STORE_KEYS, names.STORE_PREFIX)
     else:

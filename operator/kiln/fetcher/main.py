@@ -99,7 +99,8 @@ def fetch_engine(store_uri: str, key: str, dest: Path, env: Mapping[str, str]) -
                        "This report makes the EngineBuild that wants it look, and build it "
                        "again")
     trusted = provenance.public_keys(env.get(names.TRUSTED_KEYS) or "")
-    verified = provenance.verify(key, manifest_bytes, store.read_envelope(key), trusted)
+    verified = provenance.verify(key, manifest_bytes, store.read_envelope(key), trusted,
+                                 env.get(names.BUILD_NAMESPACE) or None)
     manifest = verified.manifest
     print(f"kiln fetch-engine: engine {short_key(key)} is signed by a trusted key "
           f"({', '.join(sorted(k[:12] for k in verified.keyids))}), built by Job "

@@ -16,9 +16,9 @@ exactly the identified weights (S3: every read pinned to the listed ETag; HF: by
 and raises ``kiln.errors.WeightsChanged`` when they changed meanwhile. Other errors:
 ``InvalidInput`` (malformed URI), ``NotFound``, ``AccessDenied``, ``Unavailable``.
 
-``origin_of(uri, namespace, credentials) -> dict[str, str]``: where the weights come from, as
-far as the EngineBuild's author controls it: an input of the engine key next to the identity
-(see ``kiln.contract.key``).
+``origin_of(uri, namespace, credentials, secret=None) -> dict[str, str]``: where the weights
+come from, as far as the EngineBuild's author controls it, and in which namespace they are
+built: an input of the engine key next to the identity (see ``kiln.contract.key``).
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ from kiln.sources.pvc import PvcSource
 from kiln.sources.s3 import S3Source
 
 __all__ = ["HuggingFaceSource", "Progress", "PvcSource", "S3Source", "WeightSource",
-           "WeightsIdentity", "content_digest", "open_source", "origin_of"]
+           "WeightsIdentity", "content_digest", "open_source", "origin_of", "shared"]
 
 
 def open_source(uri: str, *, credentials: Mapping[str, str] | None = None,
@@ -52,16 +52,21 @@ def open_source(uri: str, *, credentials: Mapping[str, str] | None = None,
                        "hf://org/name@revision or pvc://claim/path")
 
 
-def origin_of(uri: str, namespace: str,
-              credentials: Mapping[str, str] | None) -> dict[str, str]:
-    """Where the weights of ``uri`` come from, as the tenant controls it (an input of the key):
+def origin_of(uri: str, namespace: str, credentials: Mapping[str, str] | None,
+              secret: str | None = None) -> dict[str, str]:
+    """Where the weights of ``uri`` come from, as the tenant controls it, and where they are
+    built (an input of the key):
 
+    - ``namespace``: the namespace the build Job runs in, whose tenant can touch it (its
+      Secrets, pods, exec): the EngineBuild's own, so an engine built there is that
+      namespace's alone. Empty for a build in the platform's build namespace
+      (``KILN_BUILD_NAMESPACE``): the engine other namespaces may use;
+    - ``secret``: the credentials Secret's name, when a tenant's build reads one;
     - ``s3://``: the bucket and prefix, and ``AWS_ENDPOINT_URL`` of ``credentials`` (the
       EngineBuild's ``credentialsSecret``) if it names one; the platform's endpoint (the
-      operator's and builders' environment) is not part of it, so the same bucket read through
-      it is the same origin in every namespace;
+      operator's and builders' environment) is not part of it;
     - ``hf://``: the repo, and ``HF_ENDPOINT`` of ``credentials`` if set;
-    - ``pvc://``: ``namespace`` (a claim is the namespace's own), the claim and the path.
+    - ``pvc://``: the claim and the path (a claim is the namespace's own: never shared).
 
     Empty values are left out (a whole bucket or claim has no prefix or path); an endpoint
     loses its trailing ``/``. Raises ``InvalidInput`` for a malformed URI."""
@@ -76,13 +81,19 @@ def origin_of(uri: str, namespace: str,
     elif uri.startswith("pvc://"):
         pvc_path(uri)  # refuses a malformed one
         claim, _, path = uri.removeprefix("pvc://").strip("/").partition("/")
-        if not namespace:
-            raise InvalidInput(f"the origin of {uri} needs the EngineBuild's namespace")
-        found = {"scheme": "pvc", "namespace": namespace, "claim": claim, "path": path}
+        found = {"scheme": "pvc", "claim": claim, "path": path}
     else:
         raise InvalidInput(f"{uri!r} is not a weights URI: use s3://bucket/prefix/, "
                            "hf://org/name@revision or pvc://claim/path")
+    found |= {"namespace": namespace, "secret": secret or ""}
     return {name: value for name, value in found.items() if value}
+
+
+def shared(uri: str, secret: str | None) -> bool:
+    """Whether weights at ``uri`` can be built in the platform's build namespace and shared:
+    read with the platform's credentials (no tenant Secret) from a place that is not a
+    tenant's claim."""
+    return not secret and not uri.startswith("pvc://")
 
 
 def _endpoint(value: str | None) -> str:

@@ -27,6 +27,8 @@ class Trust:
     keys: tuple[Key, ...]
     bundle: str
     """The trusted public keys as a PEM bundle: what build and serving pods get."""
+    build_namespace: str | None = None
+    """Where shared engines are built (``provenance.built_where``)."""
 
     @classmethod
     def from_config(cls, config: OperatorConfig) -> Trust:
@@ -46,7 +48,7 @@ class Trust:
         log.info("signing with key %s; trusting %d public key(s): %s",
                  signer.public_key.keyid[:12] if signer else "none", len(unique),
                  ", ".join(k[:12] for k in sorted(unique)))
-        return cls(signer, tuple(unique.values()), bundle)
+        return cls(signer, tuple(unique.values()), bundle, config.build_namespace)
 
     @property
     def keyid(self) -> str | None:
@@ -55,5 +57,7 @@ class Trust:
 
     def verify(self, key: str, manifest_bytes: bytes | None,
                envelope: bytes | None) -> provenance.Verified:
-        """The engine's manifest if a trusted key signed exactly it, else ``Untrusted``."""
-        return provenance.verify(key, manifest_bytes, envelope, list(self.keys))
+        """The engine's manifest if a trusted key signed exactly it, after a Job of the
+        namespace its key names built it; else ``Untrusted``."""
+        return provenance.verify(key, manifest_bytes, envelope, list(self.keys),
+                                 self.build_namespace)
