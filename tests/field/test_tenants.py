@@ -63,7 +63,8 @@ def _built_in(operator: Operator, s3_endpoint: str, key: str) -> provenance.Veri
     """The provenance of engine ``key`` as the operator signed it."""
     store = open_store(f"s3://{ENGINES}/", endpoint_url=s3_endpoint)
     owner = provenance.public_keys(signing.public_pem(Path(operator.env["KILN_SIGNING_KEY_FILE"])))
-    return provenance.verify(key, store.read_manifest_bytes(key), store.read_envelope(key), owner)
+    return provenance.verify(key, store.read_manifest_bytes(key), store.read_envelope(key), owner,
+                             BUILDS)
 
 
 def _victim_builds_its_own(kube: Cluster, victim: str, weights: str, operator: Operator,
