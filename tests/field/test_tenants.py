@@ -24,6 +24,7 @@ import boto3
 import pytest
 from kubernetes import client
 
+from chart.support import serve
 from e2e.support import Operator
 from field.conftest import BUILDS, MODELS
 from field.support import create, custom, engine_build, get
@@ -47,6 +48,7 @@ def victim(kube: Cluster) -> Iterator[str]:
     core = client.CoreV1Api(kube.api_client)
     name = f"victim-{os.urandom(3).hex()}"
     core.create_namespace({"metadata": {"name": name}})
+    serve(kube, name, "kiln", "kiln-system")
     yield name
     core.delete_namespace(name, propagation_policy="Background")
 

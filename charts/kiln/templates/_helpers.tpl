@@ -60,6 +60,7 @@ docs/security.md lists each with its reason). No wildcards. Three sets:
 {{- /* The namespaces kiln serves: where it may read Secrets and write. */}}
 {{- define "kiln.servedNamespaces" -}}
 {{- $served := .Values.watchNamespaces | default .Values.servedNamespaces }}
+{{- with .Values.builder.buildNamespace }}{{ $served = append $served . }}{{ end }}
 {{- toJson (uniq $served) }}
 {{- end }}
 
