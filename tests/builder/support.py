@@ -60,14 +60,19 @@ class Bed:
         spec = BuildSpec.model_validate({"backend": "pytorch", **build})
         identity = identity or self.identity(uri)
         origin = origin_of(uri, "ns", None)
+        data = spec.quantization.calibration
+        calibration = None if data is None else {
+            "identity": open_source(data.dataset, endpoint_url=self.endpoint,
+                                    hf_repo_type="dataset").identity().digest,
+            "origin": origin_of(data.dataset, "ns", None)}
         key = engine_key(weights_identity=identity, origin=origin, build=spec,
                          builder_image=IMAGE,
-                         gpu_product=gpu[0], compute_capability=gpu[1])
+                         gpu_product=gpu[0], compute_capability=gpu[1], calibration=calibration)
         return BuildTask.for_build(
             key=key, weights_identity=identity, origin=origin, source=uri, revision=None,
             build=spec,
             gpu_product=gpu[0], compute_capability=gpu[1],
-            store=f"s3://{self.store_bucket}/", builder_image=IMAGE)
+            store=f"s3://{self.store_bucket}/", builder_image=IMAGE, calibration=calibration)
 
     def run(self, task: BuildTask | str, *args: str, **env: str) -> Run:
         termination = self.tmp / "termination-log"

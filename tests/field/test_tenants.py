@@ -27,7 +27,7 @@ from kubernetes import client
 from chart.support import serve
 from e2e.support import Operator
 from field.conftest import BUILDS, MODELS
-from field.support import create, custom, engine_build, get
+from field.support import UNSCHEDULABLE, create, custom, engine_build, get, keys
 from kiln import EB_PLURAL, GROUP, VERSION
 from kiln.contract import provenance
 from kiln.contract.env import TASK
@@ -258,3 +258,28 @@ def test_the_platforms_build_namespace_serves_every_tenant_and_a_tenants_build_o
     assert own["state"] == "Ready" and own["key"] != built["key"], own
     assert _built_in(operator, s3_endpoint, own["key"]).job.namespace == namespace
     custom(kube).delete_namespaced_custom_object(GROUP, VERSION, BUILDS, EB_PLURAL, platform)
+
+
+def test_calibration_data_is_a_key_input_by_identity_and_namespace(
+        kube: Cluster, namespace: str, victim: str, weights: str, s3_client: Any) -> None:
+    """The calibration data is resolved to an identity (here, the listing of its prefix) and an
+    origin: data replaced under the same URI, or the same URI read in another namespace, is
+    another key, so a tenant's own calibration data never stands in for anyone's. (The builds
+    stay pending: no node matches the target; the keys are the operator's.)"""
+    prefix = f"{namespace}/calib/"
+    s3_client.put_object(Bucket=MODELS, Key=prefix + "train.jsonl", Body=b'{"text": "a"}\n')
+    spec = {"targets": UNSCHEDULABLE, "build": {
+        "backend": "tensorrt", "quantization": {
+            "algo": "fp8", "kvCache": "fp8",
+            "calibration": {"dataset": f"s3://{MODELS}/{prefix}", "samples": 1}}}}
+    create(kube, namespace, engine_build("first", weights, **spec))
+    first = eventually(lambda: next(iter(keys(kube, namespace, "first").values()), None),
+                       timeout=60)
+    s3_client.put_object(Bucket=MODELS, Key=prefix + "train.jsonl", Body=b'{"text": "b"}\n')
+    create(kube, namespace, engine_build("second", weights, **spec))
+    second = eventually(lambda: next(iter(keys(kube, namespace, "second").values()), None),
+                        timeout=60)
+    create(kube, victim, engine_build("first", weights, **spec))
+    elsewhere = eventually(lambda: next(iter(keys(kube, victim, "first").values()), None),
+                           timeout=60)
+    assert len({first, second, elsewhere}) == 3, (first, second, elsewhere)

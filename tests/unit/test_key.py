@@ -41,14 +41,22 @@ Path = tuple[str, ...]
 
 def key(build: dict[str, Any] | BuildSpec | None = None, **changes: str) -> str:
     spec = build if isinstance(build, BuildSpec) else BuildSpec.model_validate(build or {})
-    return engine_key(build=spec, **(BASE | changes))
+    return engine_key(build=spec, calibration=calibration_of(spec), **(BASE | changes))
+
+
+def calibration_of(spec: BuildSpec) -> dict[str, Any] | None:
+    """What the operator resolves a spec's calibration data to (here: a stand-in identity and
+    origin named after the dataset's URI)."""
+    data = spec.quantization.calibration
+    return None if data is None else {"identity": data.dataset,
+                                      "origin": {"dataset": data.dataset}}
 
 
 # -- golden values: a change here orphans every stored engine -----------------------------------
 
-GOLDEN_DEFAULT = "889f3753e1f10aa609a70bee9448331f1e9152e1b706c81395d0190ed7fe4c1f"
-GOLDEN_PYTORCH = "3fe4fed4c746efcd98e518aa9ff7584b92dd2ef3463a77c89234045c71c5c7dd"
-GOLDEN_FP8_TP2 = "5d3a2574a50c48f3ff0fc3da231d0d75ec14fb24de6b623b79cd6e74aa6b0700"
+GOLDEN_DEFAULT = "a2a8ce062306cd64c05555f8679f78bf403d01545511c03b12427dba342d8e0c"
+GOLDEN_PYTORCH = "710c983da81396df73022a6931f4723a811512d7cc75ccacf9f3f6701c1e7bc5"
+GOLDEN_FP8_TP2 = "2b3badc2a5791670abff4e686415655490fc2546d11719b59eabbfdabb033fdb"
 GOLDEN_DEFAULT_JSON = (
     '{"build":{"backend":"tensorrt","dtype":"auto","extraArgs":[],"maxBatchSize":2048,'
     '"maxInputLen":1024,"maxNumTokens":8192,"maxSeqLen":null,"parallelism":{"pipeline":1,'
@@ -57,13 +65,13 @@ GOLDEN_DEFAULT_JSON = (
     '"pagedKvCache":true,"reduceFusion":false,"removeInputPadding":true},"quantization":'
     '{"algo":"none","calibration":null,"kvCache":"none"}},"builderImage":"kiln-builder:1.2.1",'
     '"computeCapability":"9.0","gpuProduct":"NVIDIA-H100-80GB-HBM3","origin":{"bucket":'
-    '"models","prefix":"llama/","scheme":"s3"},"schema":4,"weights":'
+    '"models","prefix":"llama/","scheme":"s3"},"schema":5,"weights":'
     '"' + "w" * 64 + '"}')
 
 
 def test_golden_keys_are_pinned() -> None:
     """Bump KEY_SCHEMA_VERSION on purpose, never by accident: then update these values."""
-    assert KEY_SCHEMA_VERSION == 4
+    assert KEY_SCHEMA_VERSION == 5
     assert canonical_json(key_inputs(build=BuildSpec(), **BASE)).decode() == GOLDEN_DEFAULT_JSON
     assert key() == GOLDEN_DEFAULT
     assert key({"backend": "pytorch"}) == GOLDEN_PYTORCH
@@ -258,7 +266,8 @@ def test_inputs_read_back_from_json_give_the_key(spec: dict[str, Any]) -> None:
     """A manifest records the inputs as JSON; they hash back to the engine's key."""
     import json
 
-    inputs = key_inputs(build=BuildSpec.model_validate(spec), **BASE)
+    build = BuildSpec.model_validate(spec)
+    inputs = key_inputs(build=build, calibration=calibration_of(build), **BASE)
     assert key_of(json.loads(json.dumps(inputs, indent=2))) == key(spec)
 
 
@@ -269,3 +278,24 @@ def test_empty_inputs_are_refused() -> None:
         engine_key(build=BuildSpec(), **(BASE | {"origin": {}}))
     with pytest.raises(InvalidInput, match="non-empty strings"):
         engine_key(build=BuildSpec(), **(BASE | {"origin": {"scheme": ""}}))
+
+
+
+def test_calibration_data_is_bound_by_identity_and_origin() -> None:
+    """Issue 24: not only the dataset's URI: its identity (a changed dataset is another key)
+    and its origin (another namespace's claim of that name is another key)."""
+    spec = BuildSpec.model_validate({"quantization": {
+        "algo": "fp8", "kvCache": "fp8", "calibration": {"dataset": "pvc://calib/data"}}})
+    data: dict[str, Any] = {"identity": "c" * 64, "origin": {
+        "scheme": "pvc", "namespace": "a", "claim": "calib", "path": "data"}}
+
+    def calibrated(build: BuildSpec, calibration: dict[str, Any] | None) -> str:
+        return engine_key(build=build, calibration=calibration, **BASE)
+
+    base = calibrated(spec, data)
+    assert base != calibrated(spec, {**data, "identity": "d" * 64})
+    assert base != calibrated(spec, {**data, "origin": {**data["origin"], "namespace": "b"}})
+    with pytest.raises(InvalidInput, match="calibration"):
+        calibrated(spec, None)
+    with pytest.raises(InvalidInput, match="names none"):
+        calibrated(BuildSpec(), data)

@@ -184,6 +184,11 @@ def _calibration(task: BuildTask, options: Options, paths: Paths,
     progress = Progress("calibration", None, interval=options.progress_interval)
     identity = source.download(dest, progress=progress.update)
     progress.finish()
+    if task.calibration is not None and identity.digest != task.calibration.identity:
+        raise WeightsChanged(f"the calibration data at {calibration.dataset} is now "
+                             f"{identity.digest[:19]}, the task was made for "
+                             f"{task.calibration.identity[:19]}; the operator builds the new "
+                             "data under a new key")
     say(f"calibration data {calibration.dataset} ({short_key(identity.digest)}) in {dest}",
         phase="calibration")
     return str(dest)
@@ -205,7 +210,9 @@ def _inputs(task: BuildTask) -> dict[str, Any]:
     inputs = key_inputs(weights_identity=task.weights_identity, origin=task.origin,
                         build=task.build,
                         builder_image=task.builder_image, gpu_product=task.target.gpu_product,
-                        compute_capability=task.target.compute_capability)
+                        compute_capability=task.target.compute_capability,
+                        calibration=None if task.calibration is None
+                        else task.calibration.model_dump())
     if key_of(inputs) != task.key:
         raise InvalidTask(f"the task's key {short_key(task.key)} is not the key of its inputs: an "
                           "operator and builder of different releases? align them")

@@ -39,20 +39,24 @@ from typing import Any
 from kiln.api import BuildSpec
 from kiln.errors import InvalidInput
 
-KEY_SCHEMA_VERSION = 4
+KEY_SCHEMA_VERSION = 5
 """2: upstream plugin defaults (gemm, fp8ContextFmha unset), quantization.calibration.
 3: ``origin``, where the weights come from (the namespace of a pvc:// source, the bucket and
 prefix of an s3:// one, a tenant-given endpoint): the weights identity alone let a tenant
 build an engine under another tenant's key.
 4: the origin names the namespace the build runs in for every source, and the credentials
 Secret: an engine built in a tenant's namespace is that namespace's alone (the tenant can
-touch its Job, pods and Secrets)."""
+touch its Job, pods and Secrets).
+5: ``calibration``, the identity and origin of the calibration data (not only its URI): a
+dataset that changed, or another namespace's of the same name, gave the same key."""
 
 
 def key_inputs(*, weights_identity: str, origin: Mapping[str, str], build: BuildSpec,
-               builder_image: str, gpu_product: str,
-               compute_capability: str) -> dict[str, Any]:
-    """The canonical inputs of a key (also recorded in the engine's manifest)."""
+               builder_image: str, gpu_product: str, compute_capability: str,
+               calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The canonical inputs of a key (also recorded in the engine's manifest).
+    ``calibration``: ``{identity, origin}`` of ``build.quantization.calibration``'s data, which
+    a build that names one needs."""
     named = {"weights_identity": weights_identity, "origin": origin,
              "builder_image": builder_image,
              "gpu_product": gpu_product, "compute_capability": compute_capability}
@@ -62,7 +66,8 @@ def key_inputs(*, weights_identity: str, origin: Mapping[str, str], build: Build
     if not all(isinstance(k, str) and isinstance(v, str) and v for k, v in origin.items()):
         raise InvalidInput(f"an engine key's origin maps names to non-empty strings: {origin!r}")
     normalized = BuildSpec.model_validate(build.model_dump(by_alias=True))
-    return {
+    calibrated = _calibration(build, calibration)
+    return calibrated | {
         "schema": KEY_SCHEMA_VERSION,
         "weights": weights_identity,
         "origin": dict(origin),
@@ -71,6 +76,24 @@ def key_inputs(*, weights_identity: str, origin: Mapping[str, str], build: Build
         "gpuProduct": gpu_product,
         "computeCapability": compute_capability,
     }
+
+
+def _calibration(build: BuildSpec,
+                 calibration: Mapping[str, Any] | None) -> dict[str, Any]:
+    """``{"calibration": {identity, origin}}`` for a build that calibrates on data of its own;
+    ``{}`` for one that does not."""
+    if build.quantization.calibration is None:
+        if calibration is not None:
+            raise InvalidInput("calibration data given for a build that names none")
+        return {}
+    identity = (calibration or {}).get("identity")
+    origin = (calibration or {}).get("origin")
+    if not isinstance(identity, str) or not identity or not isinstance(origin, Mapping) \
+            or not origin or not all(isinstance(k, str) and isinstance(v, str) and v
+                                     for k, v in origin.items()):
+        raise InvalidInput("an engine key of a build with calibration data needs the data's "
+                           f"identity and origin; got {calibration!r}")
+    return {"calibration": {"identity": identity, "origin": dict(origin)}}
 
 
 def canonical_json(value: Any) -> bytes:
@@ -84,11 +107,12 @@ def key_of(inputs: Mapping[str, Any]) -> str:
 
 
 def engine_key(*, weights_identity: str, origin: Mapping[str, str], build: BuildSpec,
-               builder_image: str, gpu_product: str, compute_capability: str) -> str:
+               builder_image: str, gpu_product: str, compute_capability: str,
+               calibration: Mapping[str, Any] | None = None) -> str:
     """The engine key (64 lowercase hex characters)."""
     return key_of(key_inputs(weights_identity=weights_identity, origin=origin, build=build,
                              builder_image=builder_image, gpu_product=gpu_product,
-                             compute_capability=compute_capability))
+                             compute_capability=compute_capability, calibration=calibration))
 
 
 def short_key(key: str) -> str:

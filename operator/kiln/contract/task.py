@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -32,6 +32,15 @@ class TaskSource(KilnModel):
     empty: the library's default), as the operator resolved them when it rendered the Job:
     the builder refuses an environment that names any other (a Secret edited since). None
     (a task made by hand): not checked."""
+
+
+class TaskCalibration(KilnModel):
+    """What the calibration data is and where it comes from (inputs of the key)."""
+
+    identity: str = Field(min_length=1, max_length=1024)
+    """Its identity digest, as the operator read it; the builder refuses other data."""
+    origin: dict[str, str] = Field(min_length=1, max_length=8)
+    """Where it comes from (``kiln.sources.origin_of``)."""
 
 
 class TaskTarget(KilnModel):
@@ -63,13 +72,16 @@ class BuildTask(KilnModel):
     """``s3://bucket/prefix/`` or ``pvc://claim/path``."""
     builder_image: str = Field(min_length=1, max_length=512)
     """The image reference the key was computed with (recorded in the manifest)."""
+    calibration: TaskCalibration | None = None
+    """The calibration data's identity and origin, for a build that names some."""
 
     @classmethod
     def for_build(cls, *, key: str, weights_identity: str, origin: Mapping[str, str],
                   source: str, revision: str | None, build: BuildSpec, gpu_product: str,
                   compute_capability: str, store: str, builder_image: str,
                   credentials_from_env: bool = False,
-                  endpoints: Mapping[str, str] | None = None) -> BuildTask:
+                  endpoints: Mapping[str, str] | None = None,
+                  calibration: Mapping[str, Any] | None = None) -> BuildTask:
         """The task for one target of an EngineBuild."""
         return cls(
             key=key, weights_identity=weights_identity, origin=dict(origin),
@@ -78,7 +90,9 @@ class BuildTask(KilnModel):
                               endpoints=None if endpoints is None else dict(endpoints)),
             build=build,
             target=TaskTarget(gpu_product=gpu_product, compute_capability=compute_capability),
-            store=store, builder_image=builder_image)
+            store=store, builder_image=builder_image,
+            calibration=None if calibration is None else TaskCalibration.model_validate(
+                dict(calibration)))
 
     def to_json(self) -> str:
         """Compact JSON (camelCase), for the ``KILN_TASK`` environment variable."""

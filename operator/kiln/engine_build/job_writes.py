@@ -57,6 +57,8 @@ class Build:
     origin: dict[str, str]
     endpoints: dict[str, str] | None = None
     """The endpoints the build reads from, by value (``BuildTask.source.endpoints``)."""
+    calibration: dict[str, Any] | None = None
+    """The calibration data's identity and origin (``BuildTask.calibration``)."""
 
 
 class JobWrites:
@@ -220,7 +222,7 @@ class JobWrites:
             gpu_product=want.target.gpu_product,
             compute_capability=want.target.compute_capability, store=build.store,
             builder_image=build.image, credentials_from_env=bool(eb.spec.model.credentials_secret),
-            endpoints=build.endpoints)
+            endpoints=build.endpoints, calibration=build.calibration)
         return render.render_job(
             namespace=build.namespace, owner_name=build.name, owner_uid=build.uid, spec=eb.spec,
             want=want, image=build.image, task_json=task.to_json(), config=self.config,

@@ -201,15 +201,19 @@ class EngineBuildReconciler:
         if weights is None:
             return Settling(auto, settling or "")
         build = Build(namespace, name, uid, eb, image, store, weights.identity,
-                      self.weights.origin(namespace, eb), self.weights.endpoints(namespace, eb))
+                      self.weights.origin(namespace, eb), self.weights.endpoints(namespace, eb),
+                      self.weights.calibration(namespace, eb, weights.read_at))
         shared = self.weights.shared_origin(namespace, eb)
+        common = None if shared is None else self.weights.calibration(
+            namespace, eb, weights.read_at, shared=True)
         wants = []
         for t in effective(eb.spec, auto):
             keys = [engine_key(weights_identity=build.identity, origin=origin,
                                build=eb.spec.build, builder_image=image,
                                gpu_product=t.gpu_product,
-                               compute_capability=t.compute_capability)
-                    for origin in (build.origin, shared) if origin is not None]
+                               compute_capability=t.compute_capability, calibration=calibration)
+                    for origin, calibration in ((build.origin, build.calibration),
+                                                (shared, common)) if origin is not None]
             # the platform's engine of these weights (build namespace), if it has one
             key = keys[-1] if len(keys) > 1 and self.engines.shared(
                 store, keys[-1], namespace) else keys[0]

@@ -30,8 +30,8 @@ from kiln.sources import (
     endpoints,
     open_source,
     origin_of,
-    shared,
 )
+from kiln.sources import shared as shared_source
 
 log = logging.getLogger(__name__)
 MAX_SOURCES = 256
@@ -86,6 +86,10 @@ class Weights:
         self._origins: dict[tuple[str, str, str | None],
                             tuple[dict[str, str], dict[str, str], float]] = {}
         """(namespace, source, credentials Secret) -> (origin, endpoints, when read)."""
+        self._calibrations: dict[tuple[str, str, str, str],
+                                 tuple[float, str, dict[str, str], dict[str, str]]] = {}
+        """(namespace, name, dataset, Secret) -> (the weights' read_at it was read with, its
+        identity, its origin, its origin in the build namespace)."""
         self._sources: OrderedDict[tuple[Any, ...], WeightSource] = OrderedDict()
         self._reads: dict[tuple[Any, ...], _Read] = {}
         self._reread_for: set[tuple[str, str]] = set()
@@ -140,10 +144,40 @@ class Weights:
         builds = self.config.build_namespace
         calibration = eb.spec.build.quantization.calibration
         if (not builds or namespace == builds
-                or not shared(eb.spec.model.source, eb.spec.model.credentials_secret)
+                or not shared_source(eb.spec.model.source, eb.spec.model.credentials_secret)
                 or (calibration is not None and calibration.dataset.startswith("pvc://"))):
             return None
         return origin_of(eb.spec.model.source, "", None)
+
+    def calibration(self, namespace: str, eb: EngineBuild, read_at: float, *,
+                    shared: bool = False) -> dict[str, Any] | None:
+        """``{identity, origin}`` of the calibration data, an input of the key: its identity
+        read without downloading it (with the model's credentials), and where it comes from as
+        ``origin`` has it for the weights (``shared``: as the build namespace's engine of it
+        has it). Read again when the weights were (``read_at``, when their identity was last
+        read). None for a build without calibration data."""
+        calibration = eb.spec.build.quantization.calibration
+        if calibration is None:
+            return None
+        dataset, secret = calibration.dataset, eb.spec.model.credentials_secret
+        ref = (namespace, str(eb.metadata["name"]), dataset, secret or "")
+        cached = self._calibrations.get(ref)
+        if cached is None or cached[0] != read_at:
+            credentials = None if dataset.startswith("pvc://") else self._credentials(
+                namespace, eb)
+            source = open_source(dataset, credentials=credentials, hf_repo_type="dataset")
+            endpoint = endpoints.endpoint_of(dataset, credentials)
+            with endpoints.slot(endpoint, f"read the identity of calibration data {dataset}"):
+                identity = source.identity().digest
+            platform = namespace == self.config.build_namespace
+            own = origin_of(dataset, "" if platform else namespace, credentials,
+                            secret=None if platform else secret)
+            common = own if platform or not shared_source(dataset, secret) else origin_of(
+                dataset, "", None)
+            if len(self._calibrations) >= MAX_CACHED:
+                self._calibrations.clear()
+            cached = self._calibrations[ref] = (read_at, identity, own, common)
+        return {"identity": cached[1], "origin": cached[3] if shared else cached[2]}
 
     def endpoints(self, namespace: str, eb: EngineBuild) -> dict[str, str]:
         """The endpoints the build reads from, by value (``BuildTask.source.endpoints``): each
