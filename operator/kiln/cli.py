@@ -102,6 +102,14 @@ def _cluster_down(args: argparse.Namespace) -> int:
     return cluster.stop_running(Path(args.state_dir) if args.state_dir else None)
 
 
+def _gate(args: argparse.Namespace) -> int:
+    from kiln.gate import main as gate
+
+    return gate.run(canary=args.canary, stable=args.stable, tokenizer=args.tokenizer,
+                    requests=args.requests, concurrency=args.concurrency,
+                    input_tokens=args.input_tokens, output_tokens=args.output_tokens)
+
+
 def _fetch_engine(args: argparse.Namespace) -> int:
     from kiln.fetcher import main as fetcher
 
@@ -179,6 +187,17 @@ def build_parser() -> argparse.ArgumentParser:
                            help=f"{text} (${name}" + (f", default {default})" if default
                                                      else ")"))
     fetch.set_defaults(func=_fetch_engine)
+
+    gate_cmd = sub.add_parser(
+        "gate", help="the rollout gate Job: golden prompts and AIPerf against a canary and "
+        "the key serving now; the figures go to the termination log")
+    gate_cmd.add_argument("--canary", required=True, help="the canary's URL (http://ip:port)")
+    gate_cmd.add_argument("--stable", required=True, help="the current key's URL")
+    gate_cmd.add_argument("--tokenizer", required=True, help="AIPerf's --tokenizer")
+    for option, count in (("--requests", 64), ("--concurrency", 4), ("--input-tokens", 128),
+                          ("--output-tokens", 64)):
+        gate_cmd.add_argument(option, type=int, default=count, help=f"default {count}")
+    gate_cmd.set_defaults(func=_gate)
 
     quick = sub.add_parser("quickstart", help="kiln's whole job on a local cluster with fake "
                            "GPU pools, shown live (needs a source checkout)")

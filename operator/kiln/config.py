@@ -89,6 +89,9 @@ class OperatorConfig:
     """The operator's own namespace (``KILN_NAMESPACE``, else the in-cluster ServiceAccount's):
     where the claims of ``pvc://`` stores it reads are mounted."""
     server_image: str = DEFAULT_SERVER_IMAGE
+    gate_image: str | None = None
+    """The rollout gate Job's image (``kiln gate`` with AIPerf): ``KILN_GATE_IMAGE``, else the
+    builder image (kiln is in it)."""
     """Serving image when ``spec.server.image`` is unset, for ``trtllm-serve``
     (``KILN_SERVER_IMAGE``); it must have the builder's TensorRT-LLM."""
     triton_image: str | None = None
@@ -161,6 +164,7 @@ class OperatorConfig:
             build_namespace=env.get("KILN_BUILD_NAMESPACE") or None,
             namespace=env.get("KILN_NAMESPACE") or _pod_namespace(),
             server_image=env.get("KILN_SERVER_IMAGE") or DEFAULT_SERVER_IMAGE,
+            gate_image=env.get("KILN_GATE_IMAGE") or None,
             triton_image=env.get("KILN_TRITON_IMAGE") or None,
             triton_models_dir=env.get("KILN_TRITON_MODELS_DIR") or DEFAULT_TRITON_MODELS_DIR,
             fetch_image=env.get("KILN_FETCH_IMAGE") or DEFAULT_FETCH_IMAGE,

@@ -204,6 +204,28 @@ def set_engines_served(owner: str, modes: Mapping[str, int]) -> None:
         _publish_served()
 
 
+GATE_FIGURES = Gauge(
+    "kiln_gate_figure", "What a rollout gate measured of a key: ttft_p50_ms, ttft_p99_ms, "
+    "itl_ms, throughput (output tokens/s), error_rate, golden_mismatches; track is canary "
+    "(the new key) or stable (the key serving beside it).",
+    ["engine_deployment", "gpu_product", "key", "track", "figure"], registry=REGISTRY)
+GATE_FIGURE_NAMES = ("ttft_p50_ms", "ttft_p99_ms", "itl_ms", "throughput", "error_rate")
+
+
+def set_gate_figures(owner: str, product: str, key: str,
+                     tracks: Mapping[str, Mapping[str, float | None]],
+                     golden_mismatches: int | None) -> None:
+    """A gate's figures of ``key`` (its first 12 characters label it) on ``product``."""
+    labels = {"engine_deployment": owner, "gpu_product": product, "key": key[:12]}
+    for track, figures in tracks.items():
+        for figure, value in figures.items():
+            if value is not None:
+                GATE_FIGURES.labels(**labels, track=track, figure=figure).set(value)
+    if golden_mismatches is not None:
+        GATE_FIGURES.labels(**labels, track="canary", figure="golden_mismatches").set(
+            golden_mismatches)
+
+
 def set_store(store: str, *, engines: int, size: int, reclaimed: int) -> None:
     """A store's figures from the last GC's report."""
     STORE_ENGINES.labels(store=store).set(engines)

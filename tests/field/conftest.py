@@ -17,7 +17,9 @@ from kubernetes import client
 
 from chart.support import install_rbac, serve
 from e2e.support import Operator, cluster_of_its_own, create_buckets
+from kiln.contract.gate import AIPERF
 from kiln.dev import signing
+from kiln.dev.testbed import aiperf
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.dev.testbed.cluster import Cluster, free_port
 from kiln.dev.testbed.localproc import INIT_LABEL, LABEL, LocalProcessRunner
@@ -92,7 +94,8 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None,
 
 @pytest.fixture(scope="session")
 def builders(kube: Cluster, s3_endpoint: str) -> Iterator[LocalProcessRunner]:
-    runner = LocalProcessRunner(kube.api_client, extra_env={"AWS_ENDPOINT_URL": s3_endpoint})
+    runner = LocalProcessRunner(kube.api_client, extra_env={
+        "AWS_ENDPOINT_URL": s3_endpoint, AIPERF: str(aiperf.ensure())})
     with runner:
         yield runner
 

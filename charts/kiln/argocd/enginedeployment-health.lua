@@ -2,7 +2,9 @@
 -- resource.customizations.health.kiln.dev_EngineDeployment). Uses no Lua library beyond the base.
 --   Healthy      Ready=True for the current generation
 --   Progressing  no status yet, status of an older generation, Reconciling=True, not Ready yet
---   Degraded     Stalled=True (for the current generation); phase Failed, should the kind
+--                (a new key's canary Progressing, Analyzing or Promoting sets Reconciling)
+--   Degraded     Stalled=True (for the current generation: a new key Rejected by the gate or
+--                RolledBack, while the current key serves on); phase Failed, should the kind
 --                ever get a phase like EngineBuild's
 local hs = {status = "Progressing", message = "Waiting for kiln to reconcile the EngineDeployment"}
 if obj.status == nil then

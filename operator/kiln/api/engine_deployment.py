@@ -22,6 +22,7 @@ from kiln.api.common import (
     q,
     rules,
 )
+from kiln.api.rollout import Rollout, RolloutStatus
 
 ServerKind = Literal["trtllm-serve", "triton"]
 Fallback = Literal["pytorch", "previous", "none"]
@@ -162,6 +163,10 @@ class EngineDeploymentSpec(KilnModel):
     PyTorch backend, ``previous`` keeps the last engine, ``none`` serves nothing."""
     strategy: Strategy = Field(default_factory=Strategy)
     """Rolling update limits (default 1 / 0: never lose capacity)."""
+    rollout: Rollout | None = None
+    """Promote only what is proven: a new engine key serves a canary beside the current key,
+    a benchmark gate compares them, and the key takes the rest only if it holds every
+    threshold; unset, a new key rolls onto every replica as soon as it is ready."""
 
 
 class ProductStatus(KilnModel):
@@ -212,6 +217,14 @@ class EngineDeploymentStatus(KilnModel):
     product served (by name), as ``spec.replicas`` counts pods per product."""
     selector: str | None = Field(default=None, max_length=512)
     """The label selector of those pods: what an HPA reads pod metrics from."""
+    rollouts: list[RolloutStatus] = Field(
+        default_factory=list, max_length=32, json_schema_extra={
+            "x-kubernetes-list-type": "map",
+            "x-kubernetes-list-map-keys": ["gpuProduct", "canaryKey"]})
+    """Each new key's canary and gate per GPU product, the latest last; a key ``Rejected`` or
+    ``RolledBack`` here is not tried again on that product."""
+    canary: str | None = Field(default=None, max_length=512)
+    """The rollouts under way or refused, as ``phase key`` (for ``kubectl get``)."""
 
 
 class EngineDeployment(KilnModel):

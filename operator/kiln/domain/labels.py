@@ -17,6 +17,8 @@ ED_LABEL = "kiln.dev/engine-deployment"
 """On serving Deployments and pods: the EngineDeployment's name."""
 SERVING_PRODUCT_LABEL = "kiln.dev/gpu-product"
 """On serving Deployments and pods: the ``nvidia.com/gpu.product`` they serve on."""
+TRACK_LABEL = "kiln.dev/track"
+"""On a canary's Deployment and pods: ``canary`` (a new engine key beside the current one)."""
 URI_ANNOTATION = "kiln.dev/engine-uri"
 UPLOAD_ANNOTATION = "kiln.dev/engine-upload"
 """On serving pod templates: which upload of the key the pods fetch; an engine built again

@@ -50,6 +50,8 @@ class ObservedPod:
     it in ``lastState``), not merely a server's exit code that happens to match."""
     ready: bool = False
     annotations: tuple[tuple[str, str], ...] = ()
+    ip: str | None = None
+    """``status.podIP``."""
 
     @property
     def active(self) -> bool:
@@ -165,7 +167,7 @@ def observe_pod(pod: dict[str, Any]) -> ObservedPod:
         node=spec.get("nodeName"), unschedulable=unschedulable, needs=_needs(spec), pull=pull,
         init_failure=init_failure, crash=crash, failure=failure, refusal=_refusal(status),
         ready=ready,
-        annotations=notes)
+        annotations=notes, ip=status.get("podIP") or None)
 
 
 class Seen:

@@ -14,6 +14,7 @@ from kiln.domain.labels import (
     MODE_ANNOTATION,
     SERVING_PRODUCT_LABEL,
     TEMPLATE_ANNOTATION,
+    TRACK_LABEL,
     UPLOAD_ANNOTATION,
     URI_ANNOTATION,
 )
@@ -45,6 +46,8 @@ class ObservedDeployment:
     """The controller's message once the rollout passed ``progressDeadlineSeconds``."""
     engine_upload: str | None = None
     """Which upload of ``engine_key`` its pods fetch (``kiln.dev/engine-upload``)."""
+    canary: bool = False
+    """A canary's Deployment (``kiln.dev/track: canary``), beside the product's own."""
 
     @property
     def rolled_out(self) -> bool:
@@ -85,6 +88,7 @@ def observe(obj: dict[str, Any]) -> ObservedDeployment:
         available_replicas=int(status.get("availableReplicas") or 0),
         deadline_exceeded=deadline,
         engine_upload=notes.get(UPLOAD_ANNOTATION) or None,
+        canary=(meta.get("labels") or {}).get(TRACK_LABEL) == "canary",
     )
 
 

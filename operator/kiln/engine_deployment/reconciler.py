@@ -19,15 +19,18 @@ from typing import Any, Protocol
 from kiln import ED_PLURAL, metrics
 from kiln.api import EngineBuild, EngineDeployment, EngineDeploymentStatus
 from kiln.config import OperatorConfig
+from kiln.contract.gate import parse_report
 from kiln.contract.key import short_key
+from kiln.contract.termination import parse_failure
 from kiln.domain import pod_policy
 from kiln.domain.labels import HASH_ANNOTATION
 from kiln.domain.pods import ObservedPod
 from kiln.domain.pool import GpuNode, pool_products
 from kiln.domain.status import Event, set_conditions
-from kiln.engine_deployment import render
+from kiln.engine_deployment import canary, render
 from kiln.engine_deployment.children import ObservedChild, drifted
 from kiln.engine_deployment.deployments import ObservedDeployment
+from kiln.engine_deployment.gate_job import render_gate_job
 from kiln.engine_deployment.plan import Decision, decide, summarize
 from kiln.engine_deployment.trouble import Trouble, trouble
 from kiln.errors import KilnError
@@ -123,7 +126,9 @@ class EngineDeploymentReconciler:
         ref = ed.spec.engine_build_ref.name
         eb_body = world.engine_build(namespace, ref)
         eb = parse(EngineBuild, eb_body) if eb_body else None
-        owned = [d for d in world.deployments(namespace, name) if uid in d.owner_uids]
+        mine = [d for d in world.deployments(namespace, name) if uid in d.owner_uids]
+        owned = [d for d in mine if not d.canary]
+        canaries = [d for d in mine if d.canary]
         pool = pool_products(world.gpu_nodes(), ed.spec.pool.node_selector)
         try:
             decision = decide(ed, eb, pool, owned, self.clock())
@@ -142,13 +147,24 @@ class EngineDeploymentReconciler:
             decision = Decision(stalled=("PodOverrideNotAllowed", pod_policy.message(
                 problems, self.config.pod_security, self.config.allowed_priority_classes)))
         hashes: dict[str, str] = {}
+        steered: canary.Steered | None = None
+        if eb is not None and not decision.stalled and not decision.pending and (
+                ed.spec.rollout is not None or canaries):
+            steered = canary.steer(ed, decision, owned, canaries,
+                                   world.serving_pods(namespace, name),
+                                   self._gate_runs(ed, decision, owned), self.clock())
+            decision = steered.decision
         if eb is not None and not decision.stalled and not decision.pending:
             hashes = self._apply(ed, eb, decision, owned, world.children(namespace, name))
+            if steered is not None:
+                self._apply_canaries(ed, eb, steered, canaries)
         _count_served(namespace, name, decision, owned, applied=bool(hashes))
         status, events = summarize(ed, decision, owned, hashes)
         if not decision.stalled and not decision.pending:
             status, events = _with_trouble(ed, status, events, decision, owned,
                                            world.serving_pods(namespace, name))
+        if steered is not None:
+            status, events = _with_rollouts(ed, status, events, steered)
         self.written.write(body, status.to_dict())
         for event in events:
             self.emit(body, event)
@@ -188,6 +204,50 @@ class EngineDeploymentReconciler:
         for obj in (render.render_service(ed), render.render_pdb(ed)):
             self._apply_child(obj, others)
         return hashes
+
+    def _gate_runs(self, ed: EngineDeployment, decision: Decision,
+                   owned: list[ObservedDeployment]) -> dict[str, canary.GateRun]:
+        """The gate Jobs of the products' new keys as they are now (read only while a key
+        waits for its gate), with the report of a finished one."""
+        namespace, name = str(ed.metadata["namespace"]), str(ed.metadata["name"])
+        current = {d.name: d.engine_key for d in owned}
+        runs: dict[str, canary.GateRun] = {}
+        for serve in decision.serves:
+            if not serve.engine_key or current.get(serve.deployment) in (None,
+                                                                         serve.engine_key):
+                continue
+            job_name = canary.gate_job_name(name, serve.product, serve.engine_key)
+            job = self.kube.read_job(namespace, job_name)
+            if job is not None:
+                runs[job_name] = _gate_run(job, self.kube.job_pods(namespace, job_name)
+                                           if _finished(job) else [])
+        return runs
+
+    def _apply_canaries(self, ed: EngineDeployment, eb: EngineBuild, steered: canary.Steered,
+                        seen: list[ObservedDeployment]) -> None:
+        """Apply the canary Deployments that differ, delete the unwanted ones, create the gate
+        Jobs that are due."""
+        namespace = str(ed.metadata["namespace"])
+        by_name = {d.name: d for d in seen}
+        for want in steered.canaries:
+            main = render.render_deployment(ed, eb, want.serve, self.config)
+            obj = canary.render_canary(main, want.serve.deployment, want.replicas)
+            found = by_name.get(want.serve.deployment)
+            if found is None or found.spec_hash != obj["metadata"]["annotations"][
+                    HASH_ANNOTATION]:
+                log.info("applying canary Deployment %s/%s (engine %s)", namespace,
+                         want.serve.deployment, short_key(want.serve.engine_key or ""))
+                self.kube.apply(obj)
+        for name in steered.delete:
+            found_obj = self.kube.read_child("Deployment", namespace, name)
+            if found_obj is None:
+                continue
+            log.info("deleting canary Deployment %s/%s", namespace, name)
+            self.kube.delete_deployment(namespace, name, uid=found_obj["metadata"]["uid"])
+        for gate in steered.gates:
+            log.info("creating gate Job %s/%s (engine %s on %s)", namespace, gate.name,
+                     short_key(gate.key), gate.product)
+            self.kube.create_job(render_gate_job(ed, eb, gate, self.config))
 
     def _apply_child(self, obj: dict[str, Any],
                      seen: Mapping[tuple[str, str], ObservedChild]) -> None:
@@ -238,6 +298,67 @@ def _with_trouble(ed: EngineDeployment, status: EngineDeploymentStatus, events: 
     if was != first.reason:
         events = [*events, Event("Warning", first.reason, first.message)]
     return status.model_copy(update={"conditions": conditions}), events
+
+
+def _finished(job: dict[str, Any]) -> bool:
+    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
+               for c in (job.get("status") or {}).get("conditions") or [])
+
+
+def _gate_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> canary.GateRun:
+    """A gate Job as observed: the report (or the failure) in its pod's termination
+    message."""
+    name = str(job["metadata"]["name"])
+    if not _finished(job):
+        return canary.GateRun(name, finished=False, succeeded=False)
+    succeeded = any(c.get("type") == "Complete" and c.get("status") == "True"
+                    for c in (job.get("status") or {}).get("conditions") or [])
+    failed = next((str(c.get("message") or c.get("reason") or "") for c in
+                   (job.get("status") or {}).get("conditions") or []
+                   if c.get("type") == "Failed" and c.get("status") == "True"), "")
+    for pod in pods:
+        for s in (pod.get("status") or {}).get("containerStatuses") or []:
+            done = (s.get("state") or {}).get("terminated") or {}
+            text = str(done.get("message") or "")
+            report = parse_report(text)
+            if report is not None:
+                return canary.GateRun(name, True, succeeded, report)
+            if text:
+                failed = parse_failure(text, int(done.get("exitCode") or 0), "gate").message
+    return canary.GateRun(name, True, succeeded, None, failed)
+
+
+def _with_rollouts(ed: EngineDeployment, status: EngineDeploymentStatus, events: list[Event],
+                   steered: canary.Steered) -> tuple[EngineDeploymentStatus, list[Event]]:
+    """The status with the rollouts of record, the ``kubectl get`` summary, and the
+    conditions a canary under way (Reconciling) or a refused key (Stalled) sets."""
+    live = [r for r in steered.rollouts if r.phase in canary.UNDER_WAY]
+    refused = [r for r in steered.rollouts if r.phase in canary.REFUSED
+               and any(s.product == r.gpu_product and s.engine_key == r.stable_key
+                       for s in steered.decision.serves)]
+    shown = live or refused
+    summary = ",".join(f"{r.phase} {short_key(r.canary_key)}" for r in shown) or None
+    update: dict[str, Any] = {"rollouts": steered.rollouts, "canary": summary}
+    for r in steered.rollouts:
+        if r.canary is None or r.stable is None:
+            continue
+        metrics.set_gate_figures(
+            f"{ed.metadata['namespace']}/{ed.metadata['name']}", r.gpu_product, r.canary_key,
+            {track: {f: getattr(figures, f) for f in metrics.GATE_FIGURE_NAMES}
+             for track, figures in (("canary", r.canary), ("stable", r.stable))},
+            r.golden_mismatches)
+    ready = next((c for c in status.conditions if c.type == "Ready"), None)
+    if shown and ready is not None and ready.status == "True":
+        first = shown[0]
+        conditions = set_conditions(
+            status.conditions, generation=int(ed.metadata.get("generation") or 0),
+            ready=False, reconciling=bool(live), stalled=not live,
+            reason=first.phase if live else "Rejected" if first.phase == "Rejected"
+            else "RolledBack",
+            message="; ".join(f"{r.gpu_product}: {r.phase} engine {short_key(r.canary_key)}"
+                              f": {r.message}" for r in shown))
+        update["conditions"] = conditions
+    return status.model_copy(update=update), [*events, *steered.events]
 
 
 def _inputs(body: Mapping[str, Any], world: World) -> tuple[Any, ...]:

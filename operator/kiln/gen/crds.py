@@ -336,6 +336,9 @@ def engine_deployment_crd() -> dict[str, Any]:
         _column("Replicas", ".status.replicas", "integer"),
         _column("Available", ".status.readyReplicas", "integer"),
         _column("Key", ".status.engineKeys", description="Engine keys served (short)"),
+        _column("Canary", ".status.canary",
+                description="New keys' canaries: phase and key (Progressing, Analyzing, "
+                "Promoting, Rejected, RolledBack)"),
         _column("Ready", f"{_READY}.status"),
         _column("Age", ".metadata.creationTimestamp", "date"),
         _column("GPUs", ".status.gpus", priority=1),

@@ -130,6 +130,7 @@ class StandIn:
         tokens = self.behaviour.tokens(prompt, limit)
         ident, created = f"cmpl-{self.served}", int(time.time())
         kind = "chat.completion" if chat else "text_completion"
+        chunk_kind = "chat.completion.chunk" if chat else "text_completion"
         usage = {"prompt_tokens": len(prompt.split()), "completion_tokens": len(tokens),
                  "total_tokens": len(prompt.split()) + len(tokens)}
         if not body.get("stream"):
@@ -154,10 +155,10 @@ class StandIn:
                                                            else {})},
                  "finish_reason": "length" if last else None} if chat else
                 {"index": 0, "text": text, "finish_reason": "length" if last else None})
-            await _chunk(writer, {"id": ident, "object": f"{kind}.chunk", "created": created,
+            await _chunk(writer, {"id": ident, "object": chunk_kind, "created": created,
                                   "model": self.model, "choices": [delta]})
         if (body.get("stream_options") or {}).get("include_usage"):
-            await _chunk(writer, {"id": ident, "object": f"{kind}.chunk", "created": created,
+            await _chunk(writer, {"id": ident, "object": chunk_kind, "created": created,
                                   "model": self.model, "choices": [], "usage": usage})
         writer.write(_framed(b"data: [DONE]\n\n") + b"0\r\n\r\n")
         await writer.drain()

@@ -1,0 +1,1 @@
+"""``kiln gate``: the rollout gate Job's program (AIPerf against both keys, golden prompts)."""
