@@ -37,8 +37,9 @@ from waiting import eventually
 pytestmark = pytest.mark.usefixtures("operator", "builders")
 TARGET = [{"gpu": "H100-SXM"}]
 MAIN, CANARY = "chat-h100-80gb-hbm3", "chat-h100-80gb-hbm3-canary"
-STABLE = {"ttftMs": 300, "itlMs": 20}
-"""How the key serving now behaves."""
+STABLE = {"ttftMs": 600, "itlMs": 40}
+"""How the key serving now behaves: slow enough that a starved machine (two shared cores,
+AIPerf's own processes) stretches both keys' delays by less than the thresholds' margins."""
 
 
 def _weights(s3: Any, root: Path, namespace: str, name: str,
@@ -171,10 +172,10 @@ def test_a_slower_engine_is_rejected_by_the_gate_and_the_old_key_keeps_serving(
         kube: Cluster, namespace: str, s3_client: Any, tmp_path: Path,
         operator: Operator) -> None:
     tokenizer = checkpoints.write(tmp_path / "tokenizer")
-    old, new = _new_key(kube, namespace, s3_client, tmp_path, {"ttftMs": 1500, "itlMs": 20},
+    old, new = _new_key(kube, namespace, s3_client, tmp_path, {"ttftMs": 2000, "itlMs": 40},
                         _gate(tokenizer, maxTtftP99Ratio=1.5))
     capacity = Capacity(kube, namespace)
-    started = time.monotonic()
+    started = time.monotonic()  # the gate's share of a rollout's time, for the record
     try:
         record = eventually(lambda: _rollout(kube, namespace, new, "Rejected", "Promoting"),
                             timeout=480)
@@ -195,8 +196,10 @@ def test_a_faster_engine_is_promoted_by_the_gate(
     tokenizer = checkpoints.write(tmp_path / "tokenizer")
     old, new = _new_key(kube, namespace, s3_client, tmp_path, {"ttftMs": 30, "itlMs": 2},
                         _gate(tokenizer, maxTtftP99Ratio=1.5, minThroughputRatio=0.8))
+    started = time.monotonic()
     record = eventually(lambda: _rollout(kube, namespace, new, "Rejected", "Promoted"),
                         timeout=480)
+    print(f"promoted after the gate in {time.monotonic() - started:.0f} s")
     assert record["phase"] == "Promoted" and record["stableKey"] == old, record
     assert record["canary"]["throughput"] > record["stable"]["throughput"]
     _serving(kube, namespace, new)
