@@ -17,11 +17,17 @@ Figures:
 4. API requests per EngineBuild life (created, built by the real kiln-builder, Ready,
    idle, deleted) by verb and resource, from the apiserver's ``apiserver_request_total``;
    and requests while idle.
+3. Operator RSS: idle, with ``--m`` others and their Jobs at rest, at the end.
 5. Cache hit: an EngineBuild whose engine is in the store -> Ready (p50/p99).
 6. An engine Ready -> the serving Deployment's pod template names it (p50/p99): an
    EngineDeployment serves an EngineBuild whose spec is switched between engines already in
    the store; timed from the watch seeing the EngineBuild's engine Ready to the watch seeing
    the Deployment's template annotated with its key.
+7. SIGTERM -> the operator has exited, with every object of the run still there.
+
+``--profile DIR``: py-spy (on PATH) samples the operator while figure 1 is timed and during
+the burst, and dumps its threads once at rest among the ``--m`` others; DIR gets each
+profile's collapsed stacks and the run's summary its top frames by share of samples.
 """
 
 from __future__ import annotations
@@ -270,10 +276,20 @@ class Bench:
             [sys.executable, "-m", "kiln.cli", "run"], env=env, stdout=log.open("ab"),
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
-    def stop_operator(self) -> None:
-        if self.operator is not None and self.operator.poll() is None:
-            self.operator.send_signal(signal.SIGTERM)
-            self.operator.wait(timeout=30)
+    def stop_operator(self) -> float | None:
+        """SIGTERM the operator; seconds until it exited (None: it was not running, or it
+        was killed after 60 s)."""
+        if self.operator is None or self.operator.poll() is not None:
+            return None
+        started = time.monotonic()
+        self.operator.send_signal(signal.SIGTERM)
+        try:
+            self.operator.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.operator.kill()
+            self.operator.wait()
+            return None
+        return time.monotonic() - started
 
     def operator_rss_mib(self) -> float:
         assert self.operator is not None
@@ -460,6 +476,79 @@ class Bench:
         return latencies
 
 
+class Profiler:
+    """py-spy on the operator (``--profile``): collapsed stacks of a phase, a dump at a
+    moment, and the top frames of each recording."""
+
+    def __init__(self, out: Path | None, pid: Callable[[], int]) -> None:
+        self.out = out
+        self.pid = pid
+        self.summaries: dict[str, dict[str, Any]] = {}
+
+    @contextlib.contextmanager
+    def record(self, name: str) -> Any:
+        if self.out is None:
+            yield
+            return
+        path = self.out / f"{name}.txt"
+        # --idle: a thread waiting on the store or the API server is what the figure costs
+        spy = subprocess.Popen(
+            ["py-spy", "record", "--pid", str(self.pid()), "--format", "raw", "--rate", "50",
+             "--nonblocking", "--idle", "--output", str(path)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            yield
+        finally:
+            spy.send_signal(signal.SIGINT)
+            try:
+                spy.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                spy.kill()
+            if path.exists():
+                self.summaries[name] = top_frames(path.read_text())
+
+    def dump(self, name: str) -> None:
+        if self.out is not None:
+            done = subprocess.run(["py-spy", "dump", "--pid", str(self.pid())],
+                                  capture_output=True, text=True, check=False)
+            (self.out / f"{name}.txt").write_text(done.stdout + done.stderr)
+
+
+IDLE_LEAVES = ("wait (threading.py", "select (selectors.py", "get (queue.py",
+               "_worker (concurrent/futures/thread.py", "sleep (")
+"""Leaves of a thread with nothing to do (a worker waiting for work, the event loop)."""
+
+
+def top_frames(collapsed: str, count: int = 15) -> dict[str, Any]:
+    """Shares of samples: each frame's inclusive share (kiln's, Kopf's and the clients'
+    frames, a frame counted once per stack), and the leaves' of the threads that were not
+    idle, by function and file (line numbers dropped)."""
+    total = idle = 0
+    inclusive: collections.Counter[str] = collections.Counter()
+    leaves: collections.Counter[str] = collections.Counter()
+    for line in collapsed.splitlines():
+        stack, _, n = line.rpartition(" ")
+        if not stack or not n.isdigit():
+            continue
+        samples = int(n)
+        frames = [re.sub(r":\d+\)$", ")", f) for f in stack.split(";")]
+        total += samples
+        if frames[-1].startswith(IDLE_LEAVES):
+            idle += samples
+        else:
+            leaves[frames[-1]] += samples
+        for frame in set(frames):
+            if any(part in frame for part in ("kiln/", "kopf/", "botocore/", "kubernetes/",
+                                              "urllib3/")):
+                inclusive[frame] += samples
+
+    def shares(counter: collections.Counter[str]) -> list[tuple[str, float]]:
+        return [(f, round(100 * v / max(total, 1), 1)) for f, v in counter.most_common(count)]
+
+    return {"samples": total, "idle_pct": round(100 * idle / max(total, 1), 1),
+            "inclusive_pct": shares(inclusive), "busy_leaf_pct": shares(leaves)}
+
+
 def plot(result: dict[str, Any], path: Path) -> bool:
     try:
         import matplotlib
@@ -503,6 +592,8 @@ def main() -> None:
     parser.add_argument("--idle", type=float, default=30.0)
     parser.add_argument("--hits", type=int, default=30)
     parser.add_argument("--tag", default="", help="suffix for the output files")
+    parser.add_argument("--profile", type=Path, default=None,
+                        help="py-spy the operator during figures 1 and 2; write here")
     args = parser.parse_args()
 
     result: dict[str, Any] = {"params": vars(args), "cpus": os.cpu_count(),
@@ -534,6 +625,9 @@ def main() -> None:
                   for n in bench.core.list_namespace().items):
             time.sleep(0.5)
         bench.start_operator(Path(tmp) / "kiln.log")
+        if args.profile is not None:
+            args.profile.mkdir(parents=True, exist_ok=True)
+        spy = Profiler(args.profile, lambda: bench.operator.pid if bench.operator else 0)
         time.sleep(10)  # started and listed (nothing to do yet)
         rss = {"idle": bench.operator_rss_mib()}
         runner = LocalProcessRunner(kube.api_client, extra_env={"AWS_ENDPOINT_URL": endpoint})
@@ -550,17 +644,24 @@ def main() -> None:
             def at_rest() -> None:
                 time.sleep(10)
                 rss[f"{args.m} others and their Jobs"] = bench.operator_rss_mib()
+                spy.dump(f"dump-at-rest-{args.m}")
+                timed.enter_context(spy.record(f"create-to-job-{args.m}"))
 
-            latencies, settle = bench.latency(args.n, args.m, source, at_rest)
+            timed = contextlib.ExitStack()  # the profile of figure 1: its timed part only
+            with timed:
+                latencies, settle = bench.latency(args.n, args.m, source, at_rest)
             result["create_to_job"] = summary(latencies) | {
                 "others": args.m, "others_settled_s": settle,
                 "samples_ms": [t * 1e3 for t in latencies]}
-            result["burst"] = {"count": args.burst,
-                               "per_second": bench.burst(args.burst, source)}
+            with spy.record(f"burst-{args.burst}"):
+                rate = bench.burst(args.burst, source)
+            result["burst"] = {"count": args.burst, "per_second": rate}
             rss["end"] = bench.operator_rss_mib()
             result["operator_rss_mib"] = rss
         finally:
-            bench.stop_operator()
+            result["sigterm_exit_s"] = bench.stop_operator()
+            result["profile"] = spy.summaries
+            result["loadavg_end"] = os.getloadavg()
             log = (Path(tmp) / "kiln.log").read_text(errors="replace")
             lines = log.splitlines()
             errors = [i for i, line in enumerate(lines) if "[ERROR" in line]
@@ -596,8 +697,18 @@ def main() -> None:
         f"6. engine Ready -> Deployment template ({sw['n']}): p50 {sw['p50_ms']:.1f} ms "
         f"(x{sw['p50_ms'] / floor_p50:.1f} floor), p99 {sw['p99_ms']:.1f} ms "
         f"(x{sw['p99_ms'] / floor_p99:.1f} floor); goal p99 < 1 s",
+        "7. SIGTERM -> exited: " + (f"{result['sigterm_exit_s']:.1f} s"
+                                   if result["sigterm_exit_s"] is not None else "killed at 60 s")
+        + f" ({args.m + args.n + args.burst + args.life + args.hits + 1} EngineBuilds); "
+        "goal <= 5 s",
+        f"load average (1, 5, 15 min): start {result['loadavg']}, "
+        f"end {result['loadavg_end']} on {result['cpus']} cores",
         f"operator log errors: {result['operator_log_errors']}",
     ]
+    for name, top in result["profile"].items():
+        lines.append(f"profile {name}: {top['samples']} samples, idle {top['idle_pct']}%")
+        lines += [f"   incl {pct_:5.1f}% {frame}" for frame, pct_ in top["inclusive_pct"]]
+        lines += [f"   leaf {pct_:5.1f}% {frame}" for frame, pct_ in top["busy_leaf_pct"]]
     print("\n".join(lines))
     result["summary"] = lines
     OUT.mkdir(exist_ok=True)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import types
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from kiln.domain.labels import KEY_ANNOTATION
 from kiln.domain.pods import ObservedPod
 from kiln.engine_build import engines as module
 from kiln.engine_build.engines import Engines, Report, reports
+from kiln.engine_build.jobs import ObservedJob
 from kiln.store import open_store
 from kiln.trust.keys import Trust
 
@@ -198,3 +200,58 @@ def test_a_pods_report_makes_the_next_read_look_at_the_store(engines: Engines,
     engines.heed(uri, KEY, [Report("chat-1", "NotFound", "no manifest")], ("ns", "llama"))
     assert engines.manifest(uri, KEY, "ns", None) is None
     engines.join()
+
+
+class CountingStore:
+    """A store that counts the reads of each key's manifest, and hides the keys of
+    ``hidden`` (not committed yet)."""
+
+    def __init__(self, uri: str) -> None:
+        self.inner = open_store(uri)
+        self.reads: list[str] = []
+        self.hidden: set[str] = set()
+
+    def read_manifest_bytes(self, key: str) -> bytes | None:
+        self.reads.append(key)
+        return None if key in self.hidden else self.inner.read_manifest_bytes(key)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self.inner, name)
+
+
+def test_a_missing_manifest_is_read_once_while_its_job_runs_and_again_when_it_ends(
+        engines: Engines, uri: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Passes over a running build (every resync, for each of thousands) read nothing: the
+    Job's end says when a manifest may be there. A key committed for one namespace's Job is
+    taken by every namespace's next pass."""
+    store = CountingStore(uri)
+    monkeypatch.setattr(engines, "store", lambda _uri: store)
+    clock = types.SimpleNamespace(now=1000.0)
+    monkeypatch.setattr(module, "time", types.SimpleNamespace(monotonic=lambda: clock.now))
+    other = key_of({"computeCapability": "8.0"})
+    running = ObservedJob(f"kiln-build-{other[:12]}", other, "Active", ("uid-1",))
+    for _ in range(5):  # a resync apart
+        assert engines.manifest(uri, other, "ns", running) is None
+        assert engines.manifest(uri, other, "ns2", running) is None
+        clock.now += 30
+    assert store.reads == [other, other], "once per namespace, not once per pass"
+    clock.now += engines.config.verify_seconds
+    assert engines.manifest(uri, other, "ns", running) is None
+    assert store.reads == [other] * 3, "looked for again after verify_seconds"
+    done = ObservedJob(running.name, other, "Failed", ("uid-1",))
+    assert engines.manifest(uri, other, "ns", done) is None
+    assert store.reads == [other] * 4, "the Job ended: read again"
+    replaced = ObservedJob("kiln-build-new", other, "Active", ("uid-1",))
+    assert engines.manifest(uri, other, "ns", replaced) is None
+    assert store.reads == [other] * 5, "another Job: read again"
+
+    store.hidden.add(KEY)
+    building = ObservedJob(f"kiln-build-{KEY[:12]}", KEY, "Active", ("uid-2",))
+    assert engines.manifest(uri, KEY, "ns", building) is None
+    assert engines.manifest(uri, KEY, "ns2", building) is None
+    store.hidden.clear()  # ns's Job commits it
+    succeeded = ObservedJob(building.name, KEY, "Succeeded", ("uid-2",))
+    assert engines.manifest(uri, KEY, "ns", succeeded) is not None
+    reads = len(store.reads)
+    assert engines.manifest(uri, KEY, "ns2", building) is not None
+    assert len(store.reads) == reads, "found once: no namespace reads it again"

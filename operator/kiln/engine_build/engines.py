@@ -2,6 +2,9 @@
 key's own Job built, and a store that heals.
 
 A manifest counts only if a trusted key signed exactly it (``kiln.contract.provenance``).
+One found missing while the key's Job runs is not looked for again until that Job ends (it
+writes the manifest), this operator commits the key for another namespace's Job, or
+``KILN_VERIFY_SECONDS`` pass: a resync over thousands of running builds reads nothing.
 Found ones are cached and verified again every ``KILN_VERIFY_SECONDS``, or at once when a
 serving pod reports its engine missing or damaged. A re-verification that passes also lists
 the engine's files, off the reconcile (a file deleted or cut short is damage); a pod's
@@ -42,8 +45,6 @@ log = logging.getLogger(__name__)
 MAX_ABSENT = 100_000
 SHARED_RECHECK_SECONDS = 30.0
 """How long the build namespace's engine of a key, found absent, is not looked for again."""
-ABSENT_FRESH_SECONDS = 5.0
-"""How long a manifest found missing while its Job runs counts as missing for any pass."""
 REPORTED = frozenset({"NotFound", "IntegrityError", "Untrusted"})
 """What ``kiln fetch-engine`` says of an engine missing or damaged in the store."""
 REPORT_SECONDS = 30.0
@@ -127,8 +128,9 @@ class Engines:
         self._manifests: dict[Ref, Manifest] = {}
         """Verified (signed) manifests; verified again after ``config.verify_seconds``."""
         self._verified_at: dict[Ref, float] = {}
-        self._absent: dict[tuple[str, str, str], tuple[str, float]] = {}
-        """(store, key, namespace) -> (the running Job, when the manifest was found missing)."""
+        self._absent: dict[Ref, dict[str, tuple[str, float]]] = {}
+        """(store, key) -> namespace -> (its running Job, when the manifest was found missing
+        while that Job ran)."""
         self._unsigned: dict[Ref, bytes] = {}
         """Envelopes that verified by a trusted key other than this operator's own, to be
         signed again with it (``countersign``)."""
@@ -169,15 +171,14 @@ class Engines:
 
     # -- trusted manifests -----------------------------------------------------------------
 
-    def manifest(self, uri: str, key: str, namespace: str, job: ObservedJob | None, *,
-                 trust_absent: bool = False) -> Manifest | None:
+    def manifest(self, uri: str, key: str, namespace: str,
+                 job: ObservedJob | None) -> Manifest | None:
         """A committed engine's signed manifest, or None; found ones are cached.
 
-        While the key's Job is running, a manifest found missing is, with ``trust_absent``,
-        not looked for again until the Job finishes (it is what writes the manifest): the
-        status changes of a running Job cost no store reads. Without it (the pass its own
-        status write causes, the sweep) it is not looked for again within
-        ``ABSENT_FRESH_SECONDS`` either.
+        While the key's Job in ``namespace`` runs, a manifest found missing is not looked for
+        again until that Job is no longer running (the Job is what writes it), until this
+        operator signs the key for a Job elsewhere (``sign_built``), or for
+        ``verify_seconds``: the passes over a running build read nothing from the store.
         """
         ref = (uri, key)
         cached = self._manifests.get(ref)
@@ -185,22 +186,22 @@ class Engines:
             return cached
         self._manifests.pop(ref, None)
         building = job.name if job is not None and job.state == "Active" else None
-        absent = self._absent.get((uri, key, namespace))
+        absent = self._absent.get(ref, {}).pop(namespace, None)
         if (building is not None and absent is not None and absent[0] == building
-                and (trust_absent or time.monotonic() - absent[1] < ABSENT_FRESH_SECONDS)):
+                and time.monotonic() - absent[1] < self.config.verify_seconds):
+            self._absent[ref][namespace] = absent
             return None
-        self._absent.pop((uri, key, namespace), None)
         manifest = self._trusted(uri, key)
         if manifest is not None:
-            self._manifests[ref] = manifest
-            self._verified_at[ref] = time.monotonic()
-            self._findings.pop(ref, None)
+            self._found(ref, manifest)
             if cached is not None:  # verified again: its files too, off this thread
                 self._check_later(uri, key, None, None)
         elif building is not None:
             if len(self._absent) >= MAX_ABSENT:  # Jobs deleted mid-build leave entries
                 self._absent.clear()
-            self._absent[(uri, key, namespace)] = (building, time.monotonic())
+            self._absent.setdefault(ref, {})[namespace] = (building, time.monotonic())
+        if not self._absent.get(ref, True):
+            del self._absent[ref]
         return manifest
 
     def shared(self, uri: str, key: str, namespace: str) -> bool:
@@ -217,6 +218,13 @@ class Engines:
             self._shared_absent.clear()
         self._shared_absent[(uri, key)] = time.monotonic()
         return False
+
+    def _found(self, ref: Ref, manifest: Manifest) -> None:
+        """A manifest read and verified, or signed: every namespace's pass takes it."""
+        self._manifests[ref] = manifest
+        self._verified_at[ref] = time.monotonic()
+        self._findings.pop(ref, None)
+        self._absent.pop(ref, None)
 
     def verify_due(self, uri: str, key: str) -> bool:
         """Whether a verified engine's signature is to be read again (it may be replaced)."""
@@ -278,8 +286,7 @@ class Engines:
         log.info("signed engine %s built by Job %s/%s (uid %s) with key %s", short_key(key),
                  meta["namespace"], meta["name"], report.job.uid,
                  signer.public_key.keyid[:12])
-        self._manifests[(uri, key)] = found
-        self._verified_at[(uri, key)] = time.monotonic()
+        self._found((uri, key), found)
         return found, False
 
     # -- healing ---------------------------------------------------------------------------

@@ -124,24 +124,21 @@ class EngineBuildReconciler:
         self.shell.forget(namespace, name)
         self.weights.forget(namespace, name)
 
-    def reconcile(self, body: Mapping[str, Any], world: BuildWorld, *,
-                  job_moved: bool = False) -> Outcome[Plan]:
+    def reconcile(self, body: Mapping[str, Any], world: BuildWorld) -> Outcome[Plan]:
         """Bring one EngineBuild's Jobs and status in line with what exists, in the shell
-        (``kiln.reconcile.shell``: its error policy, lock and backoff). ``job_moved``: called
-        for a change of one of its Jobs; an engine found missing while that Job runs is then
-        not looked for again before it finishes."""
+        (``kiln.reconcile.shell``: its error policy, lock and backoff)."""
         return self.shell.run(body, Pass(
-            run=lambda fresh: self._pass(fresh, world, job_moved), inputs=self._inputs,
+            run=lambda fresh: self._pass(fresh, world), inputs=self._inputs,
             retrying=self._retrying, stalled=self._stalled))
 
     def next_try(self, namespace: str, name: str) -> float | None:
         """Seconds until a backing-off object is due again, or None."""
         return self.shell.next_try(namespace, name)
 
-    def _pass(self, body: dict[str, Any], world: BuildWorld, job_moved: bool) -> Plan:
+    def _pass(self, body: dict[str, Any], world: BuildWorld) -> Plan:
         meta = body["metadata"]
         return self._reconcile(meta["namespace"], meta["name"], str(meta["uid"]),
-                               parse(EngineBuild, body), body, world, job_moved)
+                               parse(EngineBuild, body), body, world)
 
     def _inputs(self, body: dict[str, Any]) -> tuple[Any, ...]:
         """What a failed pass depended on besides the world: the spec and the versions of the
@@ -169,8 +166,8 @@ class EngineBuildReconciler:
         return status.to_dict(), events
 
     def _reconcile(self, namespace: str, name: str, uid: str, eb: EngineBuild,
-                   body: dict[str, Any], world: BuildWorld, job_moved: bool) -> Plan:
-        facts = self._facts(namespace, name, uid, eb, world, job_moved)
+                   body: dict[str, Any], world: BuildWorld) -> Plan:
+        facts = self._facts(namespace, name, uid, eb, world)
         if isinstance(facts, Settling):
             return self._settle(body, eb, facts.auto, facts.why)
         result = plan(eb, facts.wants, identity=facts.weights.identity,
@@ -185,8 +182,8 @@ class EngineBuildReconciler:
         _record(uid, result)
         return result
 
-    def _facts(self, namespace: str, name: str, uid: str, eb: EngineBuild, world: BuildWorld,
-               job_moved: bool) -> Facts | Settling:
+    def _facts(self, namespace: str, name: str, uid: str, eb: EngineBuild,
+               world: BuildWorld) -> Facts | Settling:
         """Everything the plan needs, each read once. The weights are read again before the
         keys are computed when a Job of this object saw them change (``WeightsChanged``)."""
         store = self.engines.store_uri(namespace, eb)
@@ -227,8 +224,8 @@ class EngineBuildReconciler:
         said = self._reports(namespace, name, [w.key for w in wants], world)
         for want in wants:  # what serving pods report is checked before it is read
             self.engines.heed(store, want.key, said.get(want.key, []), (namespace, name))
-        manifests = {w.key: self.engines.manifest(store, w.key, namespace, observed.get(w.key),
-                                                  trust_absent=job_moved) for w in wants}
+        manifests = {w.key: self.engines.manifest(store, w.key, namespace, observed.get(w.key))
+                     for w in wants}
         for key, manifest in manifests.items():
             if manifest is not None:
                 self.engines.countersign(store, key)

@@ -24,11 +24,11 @@ WORKERS = 8
 """Reconciles at once: each mostly waits on the API server or the store."""
 
 
-def _reconcile(body: dict[str, Any], indexes: Indexes, *, job_moved: bool = False) -> None:
+def _reconcile(body: dict[str, Any], indexes: Indexes) -> None:
     """Reconcile in the shell, which maps every error to status and a backoff; this only
     keeps a worker alive should the shell itself fail."""
     try:
-        context.engine_builds().reconcile(body, indexes, job_moved=job_moved)
+        context.engine_builds().reconcile(body, indexes)
     except Exception:
         log.exception("reconcile of %s/%s failed outside its shell",
                       body["metadata"]["namespace"], body["metadata"]["name"])
@@ -61,10 +61,10 @@ def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
     once (changes it saw while standing by are marked already)."""
     indexes = Indexes(kwargs)
 
-    def work(ref: Ref, job_moved: bool) -> None:
+    def work(ref: Ref, _moved: bool) -> None:
         body = indexes.engine_build(*ref)
         if body is not None and not body["metadata"].get("deletionTimestamp"):
-            _reconcile(body, indexes, job_moved=job_moved)
+            _reconcile(body, indexes)
             delay = context.engine_builds().next_try(*ref)
             if delay is not None:
                 _queue.add_later(ref, delay)
@@ -74,8 +74,8 @@ def run_queue(kwargs: dict[str, Any]) -> Coroutine[Any, Any, None]:
     return _queue.run(work)
 
 
-def _mark(namespace: str, name: str, job_moved: bool = False) -> None:
-    _queue.add((namespace, name), job_moved)
+def _mark(namespace: str, name: str) -> None:
+    _queue.add((namespace, name))
 
 
 def mark(namespace: str, name: str) -> None:
@@ -127,7 +127,7 @@ async def build_job_changed(event: kopf.RawEvent, body: kopf.Body, namespace: st
         _jobs_seen[uid] = observed
     for ref in body["metadata"].get("ownerReferences") or []:
         if ref.get("kind") == "EngineBuild":
-            _mark(str(namespace), ref["name"], job_moved=True)
+            _mark(str(namespace), ref["name"])
 
 
 _pods_seen = Seen()
@@ -137,7 +137,7 @@ _pods_seen = Seen()
 def _mark_job_owners(indexes: Indexes, namespace: str, job: str) -> None:
     found = indexes.job_named(namespace, job)
     for owner in found.owner_names if found else ():
-        _mark(namespace, owner, job_moved=True)
+        _mark(namespace, owner)
 
 
 @kopf.on.event("v1", "pods", labels={KEY_LABEL: kopf.PRESENT})
