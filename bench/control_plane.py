@@ -595,6 +595,9 @@ def main() -> None:
     parser.add_argument("--profile", type=Path, default=None,
                         help="py-spy the operator during figures 1 and 2; write here")
     args = parser.parse_args()
+    # Started in the background, the bench (and so py-spy, which stops on SIGINT) would
+    # ignore SIGINT: Ctrl-C or kill -INT stops it and its test bed cleanly.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
     result: dict[str, Any] = {"params": vars(args), "cpus": os.cpu_count(),
                               "loadavg": os.getloadavg()}
