@@ -267,6 +267,7 @@ class Bench:
                "AWS_ENDPOINT_URL": self.s3_endpoint, "KILN_DEFAULT_STORE": "s3://engines/",
                "KILN_BUILDER_IMAGE": "kiln-builder:bench",
                "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": self.s3_endpoint}),
+               "KILN_WARMUP_RUNTIME": "none",  # the control plane is measured, not builds
                "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
                "KILN_METRICS_PORT": "0",
                # the bench's checkpoint is uploaded whole just before: no upload to wait out

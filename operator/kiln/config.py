@@ -9,6 +9,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kiln.contract.warmup import WarmupRuntime
+from kiln.domain.aot import TRTLLM_SERVE
 from kiln.domain.pod_policy import LEVELS, Level
 
 DEFAULT_BUILDER_IMAGE = "ghcr.io/kiln-dev/kiln-builder:0.1.0-trtllm1.2.1"
@@ -142,6 +144,10 @@ class OperatorConfig:
     own)."""
     lease_name: str = "kiln"
     """The Lease's name (``KILN_LEASE_NAME``): one per operator installation."""
+    warmup_runtime: WarmupRuntime | None = field(default_factory=lambda: TRTLLM_SERVE)
+    """The server build Jobs warm up to make a ``backend: pytorch`` engine's artifact set
+    (``KILN_WARMUP_RUNTIME``: ``none``, or a JSON ``kiln.contract.warmup.WarmupRuntime``;
+    default: trtllm-serve, kiln.trtllm.aot)."""
     used_mark_seconds: float = 86400.0
     """How often an engine in use is marked used in the store, at most (``KILN_USED_MARK_SECONDS``;
     ``kiln gc`` keeps what was marked within its retention)."""
@@ -181,6 +187,7 @@ class OperatorConfig:
                              or _pod_namespace() or "default"),
             lease_name=env.get("KILN_LEASE_NAME") or "kiln",
             used_mark_seconds=float(env.get("KILN_USED_MARK_SECONDS", "86400")),
+            warmup_runtime=_warmup_runtime(env.get("KILN_WARMUP_RUNTIME")),
         )
 
 
@@ -194,6 +201,16 @@ def _level(text: str) -> Level:
         if text == level:
             return level
     raise ValueError(f"KILN_POD_SECURITY: expected one of {', '.join(LEVELS)}, got {text!r}")
+
+
+def _warmup_runtime(text: str | None) -> WarmupRuntime | None:
+    """``KILN_WARMUP_RUNTIME``: unset is trtllm-serve, ``none`` is none, else JSON."""
+    text = (text or "").strip()
+    if not text:
+        return TRTLLM_SERVE
+    if text.lower() == "none":
+        return None
+    return WarmupRuntime.model_validate_json(text)
 
 
 def _list(text: str | None) -> tuple[str, ...]:

@@ -56,6 +56,12 @@ BUILD_SECONDS = Histogram(
     buckets=(30, 60, 120, 300, 600, 900, 1200, 1800, 2700, 3600, 5400, 7200, 10800, 14400,
              21600),
     registry=REGISTRY)
+SERVING_START_SECONDS = Histogram(
+    "kiln_serving_start_seconds", "Serving pods' server start (container start to Ready), by "
+    "GPU product and whether the engine's artifact set was placed.",
+    ["gpu_product", "artifacts"],
+    buckets=(1, 2, 5, 10, 20, 30, 60, 90, 120, 180, 300, 600, 900, 1800),
+    registry=REGISTRY)
 CACHE_HITS = Counter(
     "kiln_engine_cache_hits", "Engine keys found committed in the store (no build).",
     registry=REGISTRY)
@@ -150,6 +156,12 @@ def record_build_succeeded(seconds: float | None = None, *, once: str | None = N
     BUILDS_SUCCEEDED.inc()
     if seconds is not None and seconds >= 0:
         BUILD_SECONDS.observe(seconds)
+
+
+def record_serving_start(product: str, artifacts: str, seconds: float, *, once: str) -> None:
+    """A serving pod's measured start, counted once per pod (``once``: its uid or name)."""
+    if _once.first("serving-start", once):
+        SERVING_START_SECONDS.labels(gpu_product=product, artifacts=artifacts).observe(seconds)
 
 
 def record_build_failed(reason: str | None, seconds: float | None = None, *,

@@ -111,6 +111,33 @@ def test_server_side_apply_keeps_others_fields(kube: Cluster, namespace: str) ->
     assert core.read_namespaced_service("s", namespace).spec.selector == {"app": "c"}
 
 
+def test_what_kiln_stops_rendering_is_removed(kube: Cluster, namespace: str) -> None:
+    """A serving pod template that loses an init container and its volume (an artifact set no
+    longer placed): the apply removes them, also from an object kiln created."""
+    api = _admin(kube)
+    apps = client.AppsV1Api(kube.api_client)
+    owner = client.CoreV1Api(kube.api_client).create_namespaced_config_map(
+        namespace, {"metadata": {"name": "owner"}})
+    ref = {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner",
+           "uid": owner.metadata.uid, "controller": True}
+
+    def deployment(*inits: str) -> dict[str, Any]:
+        labels = {"app": "d"}
+        return {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "d", "namespace": namespace, "ownerReferences": [ref]},
+                "spec": {"replicas": 0, "selector": {"matchLabels": labels}, "template": {
+                    "metadata": {"labels": labels},
+                    "spec": {"initContainers": [{"name": n, "image": "x"} for n in inits],
+                             "containers": [{"name": "server", "image": "x"}],
+                             "volumes": [{"name": n, "emptyDir": {}} for n in inits]}}}}
+
+    api.apply(deployment("fetch-engine", "place-artifacts"))
+    api.apply(deployment("fetch-engine"))
+    pod = apps.read_namespaced_deployment("d", namespace).spec.template.spec
+    assert [c.name for c in pod.init_containers] == ["fetch-engine"]
+    assert [v.name for v in pod.volumes] == ["fetch-engine"]
+
+
 def test_apply_never_adopts_someone_elses_object(kube: Cluster, namespace: str) -> None:
     core = client.CoreV1Api(kube.api_client)
     owner = core.create_namespaced_config_map(namespace, {"metadata": {"name": "owner"}})

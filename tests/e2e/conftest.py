@@ -67,6 +67,7 @@ def operator_env(kube: Cluster, s3_endpoint: str, engines_bucket: str,
         "KILN_DEFAULT_STORE": f"s3://{engines_bucket}/",
         "KILN_BUILDER_IMAGE": "kiln-builder:test",
         "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": s3_endpoint}),
+        "KILN_WARMUP_RUNTIME": "none",  # artifact sets are the field tier's (test_artifacts)
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_RESYNC_SECONDS": "2",

@@ -130,7 +130,7 @@ def test_h100_deployment_lands_on_h100_nodes_and_serves_the_engine(
     running = eventually(lambda: serving(kube, namespace, "chat", key, 2), timeout=30)
     assert {p.spec.node_name for p in running} <= set(nodes.H100.node_names())
     for pod in running:
-        (fetch,) = pod.spec.init_containers
+        fetch = next(c for c in pod.spec.init_containers if c.name == "fetch-engine")
         assert fetch.args[fetch.args.index("--key") + 1] == key
         server = pod.spec.containers[0]
         assert "version_guard.py" in server.command[2], "the version guard runs first"

@@ -60,6 +60,7 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None, store_proxy: S3Prox
         "KILN_DEFAULT_STORE": f"s3://{ENGINES}/",
         "KILN_BUILDER_IMAGE": "kiln-builder:test",
         "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": store_proxy.url}),
+        "KILN_WARMUP_RUNTIME": "none",  # artifact sets are the field tier's (test_artifacts)
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_REBUILD_SETTLE": "0s",  # the tests' weights are uploaded just before

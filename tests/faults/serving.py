@@ -60,7 +60,8 @@ def fetch(kube: Cluster, deployment: Any, dest: Path) -> Fetched:
     """Run the Deployment's ``fetch-engine`` init container here; its exit code and the
     termination message's reason and message."""
     namespace = deployment.metadata.namespace
-    (init,) = deployment.spec.template.spec.init_containers
+    init = next(c for c in deployment.spec.template.spec.init_containers
+                if c.name == "fetch-engine")
     env = {k: v for k, v in os.environ.items() if not k.startswith("KILN_")}
     for var in init.env or []:
         value = _value(kube, namespace, var)

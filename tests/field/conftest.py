@@ -19,7 +19,7 @@ from chart.support import install_rbac, serve
 from e2e.support import Operator, cluster_of_its_own, create_buckets
 from kiln.contract.gate import AIPERF
 from kiln.dev import signing
-from kiln.dev.testbed import aiperf
+from kiln.dev.testbed import aiperf, warmup_runtime
 from kiln.dev.testbed import checkpoint as checkpoints
 from kiln.dev.testbed.cluster import Cluster, free_port
 from kiln.dev.testbed.localproc import INIT_LABEL, LABEL, LocalProcessRunner
@@ -68,6 +68,8 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None,
         "KILN_DEFAULT_STORE": f"s3://{ENGINES}/",
         "KILN_BUILDER_IMAGE": "kiln-builder:field",
         "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": s3_endpoint}),
+        # backend pytorch builds warm the stand-in runtime up: artifact sets (test_artifacts)
+        "KILN_WARMUP_RUNTIME": warmup_runtime.runtime().model_dump_json(),
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_SERVING_POD_LABELS": json.dumps({INIT_LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": str(RESYNC_SECONDS),

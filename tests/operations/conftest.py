@@ -87,6 +87,7 @@ def operator_env(kubeconfig: Path, s3_endpoint: str, store: str, **extra: str
         "KILN_DEFAULT_STORE": store,
         "KILN_BUILDER_IMAGE": "kiln-builder:test",
         "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": s3_endpoint}),
+        "KILN_WARMUP_RUNTIME": "none",  # artifact sets are the field tier's (test_artifacts)
         "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
         "KILN_WEIGHTS_CHECK_SECONDS": "2",
         "KILN_RESYNC_SECONDS": "2",

@@ -212,9 +212,10 @@ def test_runtime_options_default_from_the_build_and_go_to_a_config_map() -> None
                  "build": {"backend": "pytorch", "maxBatchSize": 32, "maxNumTokens": 4096,
                            "maxSeqLen": 8192, "quantization": {"kvCache": "fp8"}}}})
     plain = ed()
+    shaping = {"attn_backend": "TRTLLM", "enable_autotuner": True}  # the artifact set's
     assert llm_api_options(plain, build, "pytorch") == {
         "max_batch_size": 32, "max_num_tokens": 4096, "max_seq_len": 8192,
-        "kv_cache_config": {"dtype": "fp8"}}
+        "kv_cache_config": {"dtype": "fp8"}, **shaping}
     assert llm_api_options(plain, build, "tensorrt") == {
         "max_batch_size": 32, "max_num_tokens": 4096, "max_seq_len": 8192}
     tuned = ed(server={"runtime": {"maxBatchSize": 8, "kvCacheDtype": "auto",
@@ -222,7 +223,7 @@ def test_runtime_options_default_from_the_build_and_go_to_a_config_map() -> None
                                    "enableBlockReuse": False}})
     assert llm_api_options(tuned, build, "pytorch") == {
         "max_batch_size": 8, "max_num_tokens": 4096, "max_seq_len": 8192,
-        "enable_chunked_prefill": True,
+        "enable_chunked_prefill": True, **shaping,
         "kv_cache_config": {"dtype": "auto", "free_gpu_memory_fraction": 0.8,
                             "enable_block_reuse": False}}
     config = render_llm_api_config(tuned, build)

@@ -19,8 +19,9 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
-from kiln.api import BuildSpec, Calibration
+from kiln.api import BuildSpec, Calibration, TorchCompile, WarmupShape
 from kiln.contract.key import (
+    COMPILED_KEY_SCHEMA_VERSION,
     KEY_SCHEMA_VERSION,
     canonical_json,
     engine_key,
@@ -55,7 +56,10 @@ def calibration_of(spec: BuildSpec) -> dict[str, Any] | None:
 # -- golden values: a change here orphans every stored engine -----------------------------------
 
 GOLDEN_DEFAULT = "a2a8ce062306cd64c05555f8679f78bf403d01545511c03b12427dba342d8e0c"
-GOLDEN_PYTORCH = "710c983da81396df73022a6931f4723a811512d7cc75ccacf9f3f6701c1e7bc5"
+GOLDEN_PYTORCH = "8ca1d7fd2d8b330cb7dbb97894cec921876d9f494cf6fca917fdd642134d51e8"
+GOLDEN_PYTORCH_TRTLLM_SERVE = "9f49e158e2de123f04047c9e2222dae36dd042101ef2eb01c21ddcf92d2e45ec"
+"""With the production warm-up (kiln.domain.aot.TRTLLM_SERVE): an edit of kiln.trtllm.aot
+re-keys every pytorch engine, on purpose only."""
 GOLDEN_FP8_TP2 = "2b3badc2a5791670abff4e686415655490fc2546d11719b59eabbfdabb033fdb"
 GOLDEN_DEFAULT_JSON = (
     '{"build":{"backend":"tensorrt","dtype":"auto","extraArgs":[],"maxBatchSize":2048,'
@@ -71,10 +75,14 @@ GOLDEN_DEFAULT_JSON = (
 
 def test_golden_keys_are_pinned() -> None:
     """Bump KEY_SCHEMA_VERSION on purpose, never by accident: then update these values."""
-    assert KEY_SCHEMA_VERSION == 5
+    assert (KEY_SCHEMA_VERSION, COMPILED_KEY_SCHEMA_VERSION) == (6, 5)
     assert canonical_json(key_inputs(build=BuildSpec(), **BASE)).decode() == GOLDEN_DEFAULT_JSON
     assert key() == GOLDEN_DEFAULT
     assert key({"backend": "pytorch"}) == GOLDEN_PYTORCH
+    from kiln.domain.aot import TRTLLM_SERVE, warmup_for
+    pytorch = BuildSpec(backend="pytorch")
+    assert engine_key(build=pytorch, warmup=warmup_for(pytorch, TRTLLM_SERVE),
+                      **BASE) == GOLDEN_PYTORCH_TRTLLM_SERVE
     assert key({"quantization": {"algo": "fp8", "kvCache": "fp8"},
                 "parallelism": {"tensor": 2}}) == GOLDEN_FP8_TP2
 
@@ -113,8 +121,18 @@ def _strategy(field: FieldInfo) -> st.SearchStrategy[Any]:
         strategy = st.booleans()
     elif annotation is int:
         strategy = st.integers(*_bounds(field))
+    elif typing.get_origin(annotation) is list and field.alias == "warmup":
+        assert typing.get_args(annotation) == (WarmupShape,)
+        strategy = st.lists(st.fixed_dictionaries({
+            "promptTokens": st.integers(1, 4096), "outputTokens": st.integers(1, 64),
+            "concurrency": st.integers(1, 8)}), min_size=1, max_size=3)
+    elif typing.get_origin(annotation) is list and field.alias == "cudaGraphBatchSizes":
+        strategy = st.lists(st.integers(1, 512), min_size=1, max_size=6, unique=True).map(sorted)
     elif typing.get_origin(annotation) is list:
         strategy = st.lists(st.sampled_from(EXTRA_ARGS), max_size=4)
+    elif annotation is TorchCompile:
+        strategy = st.fixed_dictionaries({"inductor": st.booleans(),
+                                          "piecewiseCudaGraph": st.booleans()})
     elif annotation is Calibration:
         strategy = st.fixed_dictionaries({
             "dataset": st.sampled_from(["s3://calib/cnn/", "pvc://data/calib",
@@ -222,6 +240,10 @@ def test_defaults_written_out_or_left_out_give_the_same_key(
 @given(specs(), st.sampled_from(sorted(LEAVES)), st.data())
 def test_every_build_field_change_alters_the_key(
         spec: dict[str, Any], path: Path, data: st.DataObject) -> None:
+    if path[0] == "aot":  # ahead-of-time artifacts are made for backend pytorch only
+        spec = put(spec, ("backend",), "pytorch")
+        if path != ("aot", "enabled"):
+            spec = put(spec, ("aot", "enabled"), True)
     current = get(BuildSpec.model_validate(spec).model_dump(by_alias=True), path)
     value = data.draw(LEAVES[path], label=".".join(path))
     assume(value != current)
@@ -257,7 +279,8 @@ def test_inputs_are_recorded_in_camel_case() -> None:
                            "gpuProduct", "computeCapability"}
     assert inputs["origin"] == BASE["origin"]
     assert inputs["build"]["maxBatchSize"] == 2048
-    assert inputs["schema"] == KEY_SCHEMA_VERSION
+    assert inputs["schema"] == COMPILED_KEY_SCHEMA_VERSION  # backend tensorrt: as before
+    assert set(key_inputs(build=BuildSpec(backend="pytorch"), **BASE)) == {*inputs, "warmup"}
 
 
 @settings(max_examples=100, deadline=None)
@@ -299,3 +322,37 @@ def test_calibration_data_is_bound_by_identity_and_origin() -> None:
         calibrated(spec, None)
     with pytest.raises(InvalidInput, match="names none"):
         calibrated(BuildSpec(), data)
+
+
+def test_aot_is_no_input_of_a_compiled_engine() -> None:
+    """backend tensorrt compiles; nothing is warmed up, so aot does not split its keys."""
+    aot = {"cudaGraphBatchSizes": [1, 8], "attentionBackend": "FLASHINFER"}
+    assert key({"aot": aot}) == key()
+    assert key({"backend": "pytorch", "aot": aot}) != key({"backend": "pytorch"})
+
+
+def test_kernel_shaping_serving_options_are_key_inputs_through_the_warmup() -> None:
+    """The warm-up's server options are the serving pods' kernel-shaping ones: another one is
+    another artifact set, so another key; the runtime's command and caches count too."""
+    from kiln.domain.aot import TRTLLM_SERVE, warmup_for
+
+    def with_warmup(spec: dict[str, Any]) -> str:
+        build = BuildSpec.model_validate({"backend": "pytorch", **spec})
+        return engine_key(build=build, warmup=warmup_for(build, TRTLLM_SERVE), **BASE)
+
+    base = with_warmup({})
+    assert base != key({"backend": "pytorch"})  # a set made, or none: not the same engine
+    assert with_warmup({"maxNumTokens": 4096}) != base
+    assert with_warmup({"aot": {"torchCompile": {"inductor": True}}}) != base
+    assert with_warmup({"quantization": {"kvCache": "fp8"}}) != base
+    other = TRTLLM_SERVE.model_copy(update={"runtime": "trtllm-serve-1.3"})
+    build = BuildSpec(backend="pytorch")
+    assert engine_key(build=build, warmup=warmup_for(build, other), **BASE) != base
+
+
+def test_cuda_graph_sizes_are_a_set_and_a_disabled_aot_is_one_input() -> None:
+    pytorch: dict[str, Any] = {"backend": "pytorch"}
+    assert key(pytorch | {"aot": {"cudaGraphBatchSizes": [8, 1, 8]}}) == key(
+        pytorch | {"aot": {"cudaGraphBatchSizes": [1, 8]}})
+    assert key(pytorch | {"aot": {"enabled": False, "attentionBackend": "FLASHINFER"}}) == key(
+        pytorch | {"aot": {"enabled": False}})

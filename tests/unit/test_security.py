@@ -73,7 +73,7 @@ def test_serving_pods_are_restricted_and_read_the_trust_config_map() -> None:
     assert pod["automountServiceAccountToken"] is False
     assert pod["containers"][0]["securityContext"] == RESTRICTED_CONTAINER
     assert pod["initContainers"][0]["securityContext"] == KILN_CONTAINER
-    (init,) = pod["initContainers"]
+    init = next(c for c in pod["initContainers"] if c["name"] == "fetch-engine")
     ref = next(e for e in init["env"] if e["name"] == names.TRUSTED_KEYS)
     assert ref["valueFrom"]["configMapKeyRef"] == {
         "name": "llama-kiln-trust", "key": "trusted-keys.pem", "optional": True}
@@ -97,7 +97,7 @@ def test_server_overrides_never_reach_the_fetch_container() -> None:
     spec = render_deployment(server, eb(), engine_serve(), OperatorConfig())["spec"]["template"][
         "spec"]
     assert spec["securityContext"]["seccompProfile"] == {"type": "Unconfined"}
-    (fetch,) = spec["initContainers"]
+    fetch = next(c for c in spec["initContainers"] if c["name"] == "fetch-engine")
     assert fetch["securityContext"] == KILN_CONTAINER
     assert spec["containers"][0]["securityContext"]["capabilities"]["add"] == ["SYS_ADMIN"]
 

@@ -84,7 +84,7 @@ def _keys(options: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-TYPES = {"int": int, "float": float, "bool": bool, "str": str}
+TYPES = {"int": int, "float": float, "bool": bool, "str": str, "list": list}
 
 
 @pytest.mark.parametrize("backend", ["pytorch", "tensorrt"])

@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field
+from pydantic import AfterValidator, ConfigDict, Field, field_validator
 
 from kiln.api.common import (
     API_VERSION,
@@ -278,6 +278,61 @@ class Plugins(KilnModel):
     """Fuse all-reduce with the following norm (``--reduce_fusion``)."""
 
 
+class WarmupShape(KilnModel):
+    """Requests of one shape sent while warming up."""
+
+    prompt_tokens: int = Field(default=128, ge=1, le=1048576)
+    """Prompt length, in tokens (about)."""
+    output_tokens: int = Field(default=8, ge=1, le=4096)
+    """Tokens generated per request."""
+    concurrency: int = Field(default=1, ge=1, le=1024)
+    """Requests sent at once, so batched kernels are tuned and compiled too."""
+
+
+class TorchCompile(KilnModel):
+    """torch.compile in the PyTorch backend (the LLM API's ``torch_compile_config``)."""
+
+    inductor: bool = False
+    """``enable_inductor``: compile with Inductor (Triton kernels, kept in the artifact set)."""
+    piecewise_cuda_graph: bool = False
+    """``enable_piecewise_cuda_graph``."""
+
+
+class Aot(KilnModel):
+    """Ahead-of-time artifacts for backend ``pytorch``: the build Job starts the server with
+    these options on the target GPU, warms it up, and keeps its kernel tuning and compiler
+    caches as files of the engine, so serving pods start warm. Every field shapes kernels, so
+    every field is part of the engine key; the serving pods get the same options."""
+
+    model_config = ConfigDict(json_schema_extra=rules(
+        cel("!has(self.cudaGraphBatchSizes) || self.cudaGraphBatchSizes.all(b, b >= 1)",
+            "cudaGraphBatchSizes must be positive", ".cudaGraphBatchSizes"),
+    ))
+
+    enabled: bool = True
+    """Make the artifact set (ignored by backend ``tensorrt``, whose engine is compiled)."""
+    cuda_graph_batch_sizes: list[Annotated[int, Field(ge=1, le=65536)]] | None = Field(
+        default=None, max_length=64)
+    """``cuda_graph_config.batch_sizes``; unset: the runtime's own list."""
+    cuda_graph_padding: bool = False
+    """``cuda_graph_config.enable_padding``: round batches up to a captured size."""
+    torch_compile: TorchCompile | None = None
+    """Unset: no torch.compile (the runtime's default)."""
+    attention_backend: Literal["TRTLLM", "FLASHINFER"] = "TRTLLM"
+    """``attn_backend``."""
+    autotuner: bool = True
+    """``enable_autotuner``: tune kernels at start (the tuning is what the set keeps)."""
+    warmup: list[WarmupShape] = Field(default_factory=lambda: [WarmupShape()], min_length=1,
+                                      max_length=16)
+    """The shapes to warm up with: tuning and compilation follow what the server sees."""
+
+    @field_validator("cuda_graph_batch_sizes")
+    @classmethod
+    def _a_set(cls, sizes: list[int] | None) -> list[int] | None:
+        """Order and repeats carry no meaning: one normal form, one key."""
+        return sorted(set(sizes)) if sizes is not None else None
+
+
 FP8_FMHA_ALGOS = ("fp8", "w4a8_awq", "nvfp4")
 """Algorithms trtllm-build keeps FP8 context FMHA for (kiln.trtllm.refusals)."""
 CALIBRATED = ("fp8", "int8_sq", "int4_awq", "w4a8_awq", "nvfp4")
@@ -363,6 +418,9 @@ class BuildSpec(KilnModel):
     extra_args: list[ExtraArg] = Field(default_factory=list, max_length=32)
     """More trtllm-build flags, each ``--flag`` or ``--flag=value``, from an allow-list (no
     flag that names a path or that a field above sets)."""
+    aot: Aot = Field(default_factory=Aot)
+    """Ahead-of-time kernel tuning and compilation for backend ``pytorch`` (an artifact set
+    per engine, checked against the node and image before it is loaded)."""
 
 
 class Toolchain(KilnModel):
@@ -481,6 +539,19 @@ class Weights(KilnModel):
     the pin)."""
 
 
+class Startup(KilnModel):
+    """What the engine's artifact set saves, as the build Job measured it on the target GPU."""
+
+    runtime: str | None = Field(default=None, max_length=64)
+    """The server the set was made with."""
+    cold_seconds: float | None = Field(default=None, ge=0)
+    """Server start to its first token, with no artifacts."""
+    warm_seconds: float | None = Field(default=None, ge=0)
+    """The same, with the set placed as a serving pod places it."""
+    artifact_bytes: int | None = Field(default=None, ge=0)
+    """Size of the artifact set."""
+
+
 class EngineStatus(KilnModel):
     """One engine: one target's build."""
 
@@ -521,6 +592,8 @@ class EngineStatus(KilnModel):
     keeps using until the new one is ready."""
     previous_uri: str | None = Field(default=None, max_length=2048)
     """Where ``previousKey`` is stored."""
+    startup: Startup | None = None
+    """For an engine with an artifact set (backend ``pytorch``): its cold and warm start."""
 
 
 class EngineBuildStatus(KilnModel):

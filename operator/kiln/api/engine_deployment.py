@@ -190,6 +190,16 @@ class ProductStatus(KilnModel):
     """When this product left the pool (``ProductMissing``); unset while it is in the pool."""
     message: str | None = Field(default=None, max_length=1024)
     """Why this product is not (or no longer) served as it should be."""
+    artifacts: Literal["Placed", "Stale", "Mismatch", "None"] | None = None
+    """The engine's ahead-of-time artifact set on these pods: ``Placed`` (made for this GPU,
+    driver and server image, and loaded), ``Stale`` (made for another; the server starts
+    without it), ``Mismatch`` (``server.runtime`` differs from the build's kernel-shaping
+    options; not placed), ``None`` (the engine has none)."""
+    artifacts_message: str | None = Field(default=None, max_length=1024)
+    """What the serving pods' check said of the set."""
+    start_seconds: float | None = Field(default=None, ge=0)
+    """Measured server start of this product's ready pods (container start to Ready, the
+    slowest of them)."""
 
 
 class EngineDeploymentStatus(KilnModel):
@@ -212,6 +222,9 @@ class EngineDeploymentStatus(KilnModel):
     engine_keys: str | None = Field(default=None, max_length=512)
     """The first 12 characters of each engine key served, comma-separated (for ``kubectl
     get``)."""
+    startup: str | None = Field(default=None, max_length=512)
+    """Per GPU served: the measured server start and the artifact set's state (for ``kubectl
+    get -o wide``)."""
     scale_replicas: int | None = Field(default=None, ge=0)
     """What the ``/scale`` subresource reports as current replicas: the pods of the first GPU
     product served (by name), as ``spec.replicas`` counts pods per product."""

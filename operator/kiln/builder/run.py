@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kiln.builder import disk, pytorch, tensorrt, toolchain, verify
+from kiln.builder import aot, disk, pytorch, tensorrt, toolchain, verify
 from kiln.builder.checkpoint import Checkpoint
 from kiln.builder.commands import CALIBRATION_DIR, DEFAULT_EXAMPLES, Paths
 from kiln.builder.progress import Progress, human, say
@@ -129,6 +129,11 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
         phase="verify", step="done")
     if options.smoke:
         _smoke(task, paths, versions)
+    artifacts = None
+    if task.warmup is not None:
+        step = time.monotonic()
+        artifacts = aot.capture(task.warmup, paths.engine, paths.engine, options.workdir, env)
+        seconds["warmup"] = time.monotonic() - step
 
     build_seconds = time.monotonic() - started
     progress = Progress("upload", _dir_bytes(paths.engine), interval=options.progress_interval)
@@ -136,7 +141,8 @@ def build(task: BuildTask, options: Options) -> dict[str, Any]:
     manifest = store.upload(task.key, paths.engine, inputs=inputs,
                             versions=versions, build_seconds=build_seconds,
                             progress=progress.update, keep=signed, upload_id=upload,
-                            built=built, overridden=verify.overridden(spec, built))
+                            built=built, overridden=verify.overridden(spec, built),
+                            artifacts=artifacts)
     seconds["upload"] = progress.finish()
     seconds["total"] = time.monotonic() - started
     if manifest.upload != upload:  # a signed engine was committed meanwhile: that one counts
@@ -212,7 +218,8 @@ def _inputs(task: BuildTask) -> dict[str, Any]:
                         builder_image=task.builder_image, gpu_product=task.target.gpu_product,
                         compute_capability=task.target.compute_capability,
                         calibration=None if task.calibration is None
-                        else task.calibration.model_dump())
+                        else task.calibration.model_dump(),
+                        warmup=task.warmup)
     if key_of(inputs) != task.key:
         raise InvalidTask(f"the task's key {short_key(task.key)} is not the key of its inputs: an "
                           "operator and builder of different releases? align them")

@@ -1,7 +1,7 @@
 """The engine key: one sha256 over everything that shapes an engine.
 
 ``key = sha256(canonical JSON of {schema, weights, origin, build, builderImage, gpuProduct,
-computeCapability})``, canonical JSON being ``json.dumps(sort_keys=True,
+computeCapability[, calibration][, warmup]})``, canonical JSON being ``json.dumps(sort_keys=True,
 separators=(",", ":"))``. Normal form of ``build``: the ``BuildSpec`` validated again with every
 default filled, dumped as JSON with camelCase names. So:
 
@@ -37,9 +37,13 @@ from collections.abc import Mapping
 from typing import Any
 
 from kiln.api import BuildSpec
+from kiln.contract.warmup import Warmup
 from kiln.errors import InvalidInput
 
-KEY_SCHEMA_VERSION = 5
+KEY_SCHEMA_VERSION = 6
+COMPILED_KEY_SCHEMA_VERSION = 5
+"""A compiled engine's (backend tensorrt) inputs are what schema 5 had: nothing of 6 shapes
+it, so its keys, and the engines stored under them, stay."""
 """2: upstream plugin defaults (gemm, fp8ContextFmha unset), quantization.calibration.
 3: ``origin``, where the weights come from (the namespace of a pvc:// source, the bucket and
 prefix of an s3:// one, a tenant-given endpoint): the weights identity alone let a tenant
@@ -48,15 +52,19 @@ build an engine under another tenant's key.
 Secret: an engine built in a tenant's namespace is that namespace's alone (the tenant can
 touch its Job, pods and Secrets).
 5: ``calibration``, the identity and origin of the calibration data (not only its URI): a
-dataset that changed, or another namespace's of the same name, gave the same key."""
+dataset that changed, or another namespace's of the same name, gave the same key.
+6 (backend pytorch): ``build.aot`` (``{"enabled": false}`` alone when disabled) and
+``warmup``, the server run that makes the artifact set, options and command included."""
 
 
 def key_inputs(*, weights_identity: str, origin: Mapping[str, str], build: BuildSpec,
                builder_image: str, gpu_product: str, compute_capability: str,
-               calibration: Mapping[str, Any] | None = None) -> dict[str, Any]:
+               calibration: Mapping[str, Any] | None = None,
+               warmup: Warmup | None = None) -> dict[str, Any]:
     """The canonical inputs of a key (also recorded in the engine's manifest).
     ``calibration``: ``{identity, origin}`` of ``build.quantization.calibration``'s data, which
-    a build that names one needs."""
+    a build that names one needs; ``warmup``: the run that makes a pytorch engine's artifact
+    set."""
     named = {"weights_identity": weights_identity, "origin": origin,
              "builder_image": builder_image,
              "gpu_product": gpu_product, "compute_capability": compute_capability}
@@ -67,15 +75,23 @@ def key_inputs(*, weights_identity: str, origin: Mapping[str, str], build: Build
         raise InvalidInput(f"an engine key's origin maps names to non-empty strings: {origin!r}")
     normalized = BuildSpec.model_validate(build.model_dump(by_alias=True))
     calibrated = _calibration(build, calibration)
-    return calibrated | {
+    spec = normalized.model_dump(mode="json", by_alias=True)
+    inputs = calibrated | {
         "schema": KEY_SCHEMA_VERSION,
         "weights": weights_identity,
         "origin": dict(origin),
-        "build": normalized.model_dump(mode="json", by_alias=True),
+        "build": spec,
         "builderImage": builder_image,
         "gpuProduct": gpu_product,
         "computeCapability": compute_capability,
     }
+    if normalized.backend != "pytorch":  # compiled: nothing warmed up, schema 5's inputs
+        del spec["aot"]
+        return inputs | {"schema": COMPILED_KEY_SCHEMA_VERSION}
+    if not normalized.aot.enabled:
+        spec["aot"] = {"enabled": False}
+    return inputs | {"warmup": warmup.model_dump(
+        mode="json", by_alias=True, exclude={"start_timeout_seconds"}) if warmup else None}
 
 
 def _calibration(build: BuildSpec,
@@ -108,11 +124,13 @@ def key_of(inputs: Mapping[str, Any]) -> str:
 
 def engine_key(*, weights_identity: str, origin: Mapping[str, str], build: BuildSpec,
                builder_image: str, gpu_product: str, compute_capability: str,
-               calibration: Mapping[str, Any] | None = None) -> str:
+               calibration: Mapping[str, Any] | None = None,
+               warmup: Warmup | None = None) -> str:
     """The engine key (64 lowercase hex characters)."""
     return key_of(key_inputs(weights_identity=weights_identity, origin=origin, build=build,
                              builder_image=builder_image, gpu_product=gpu_product,
-                             compute_capability=compute_capability, calibration=calibration))
+                             compute_capability=compute_capability, calibration=calibration,
+                             warmup=warmup))
 
 
 def short_key(key: str) -> str:

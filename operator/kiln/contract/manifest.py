@@ -8,6 +8,7 @@ from typing import Any
 from pydantic import Field
 
 from kiln.api import KilnModel
+from kiln.contract.warmup import ArtifactReport
 
 MANIFEST = "manifest.json"
 USED = "last-used"
@@ -49,6 +50,9 @@ class Manifest(KilnModel):
     ``build_config.plugin_config``); empty for a PyTorch-backend checkpoint."""
     overridden: list[str] = Field(default_factory=list)
     """What trtllm-build changed from the spec, one sentence each."""
+    artifacts: ArtifactReport | None = None
+    """The artifact set under ``artifacts/`` (``kiln.contract.warmup``): what it was made with
+    and on, and the cold and warm start it measured; None: the engine has none."""
     created_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
 
     def to_json(self) -> bytes:

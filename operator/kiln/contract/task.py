@@ -15,6 +15,7 @@ from pydantic import Field
 
 from kiln.api import BuildSpec, KilnModel
 from kiln.contract.env import TASK
+from kiln.contract.warmup import Warmup
 
 
 class TaskSource(KilnModel):
@@ -74,6 +75,9 @@ class BuildTask(KilnModel):
     """The image reference the key was computed with (recorded in the manifest)."""
     calibration: TaskCalibration | None = None
     """The calibration data's identity and origin, for a build that names some."""
+    warmup: Warmup | None = None
+    """The warm-up whose caches become the engine's artifact set (backend pytorch); None:
+    no set. Part of the key."""
 
     @classmethod
     def for_build(cls, *, key: str, weights_identity: str, origin: Mapping[str, str],
@@ -81,7 +85,8 @@ class BuildTask(KilnModel):
                   compute_capability: str, store: str, builder_image: str,
                   credentials_from_env: bool = False,
                   endpoints: Mapping[str, str] | None = None,
-                  calibration: Mapping[str, Any] | None = None) -> BuildTask:
+                  calibration: Mapping[str, Any] | None = None,
+                  warmup: Warmup | None = None) -> BuildTask:
         """The task for one target of an EngineBuild."""
         return cls(
             key=key, weights_identity=weights_identity, origin=dict(origin),
@@ -90,7 +95,7 @@ class BuildTask(KilnModel):
                               endpoints=None if endpoints is None else dict(endpoints)),
             build=build,
             target=TaskTarget(gpu_product=gpu_product, compute_capability=compute_capability),
-            store=store, builder_image=builder_image,
+            store=store, builder_image=builder_image, warmup=warmup,
             calibration=None if calibration is None else TaskCalibration.model_validate(
                 dict(calibration)))
 

@@ -1,6 +1,9 @@
 """The serving container's version guard: refuse an engine built with another TensorRT-LLM or
 TensorRT than this image has, or for a CUDA major this node's driver is too old for, before
-the server loads it (TensorRT's and CUDA's own refusals are opaque).
+the server loads it (TensorRT's and CUDA's own refusals are opaque); and, run as the
+``place-artifacts`` init container, place an engine's artifact set only when this node's GPU
+and driver and this image's versions are those it was made with (``--place-artifacts``;
+kiln.contract.warmup).
 
 Runs in the server image, which has no kiln: the standard library only, and every name of the
 operator/pod contract (exit code, termination log) comes on the command line, rendered from
@@ -19,6 +22,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from importlib import metadata
@@ -161,6 +165,144 @@ def mismatches(manifest: dict[str, object]) -> list[str]:
     return out
 
 
+_CUDA = re.compile(r"""^cuda\s*(?::[^=]*)?=\s*["']([^"']+)["']""", re.MULTILINE)
+
+
+def cuda_runtime() -> str | None:
+    """The CUDA runtime torch was built with (``torch/version.py``'s ``cuda``), unimported."""
+    try:
+        spec = importlib.util.find_spec("torch")
+    except (ImportError, ValueError):
+        return None
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(folder) / "version.py"
+        match = _CUDA.search(path.read_text(errors="replace")) if path.is_file() else None
+        if match:
+            return match.group(1)
+    return None
+
+
+def gpu_facts(nvidia_smi: str | None) -> dict[str, str] | None:
+    """The first GPU's name, compute capability and driver, as ``nvidia-smi`` tells them."""
+    binary = shutil.which(nvidia_smi or "nvidia-smi")
+    if binary is None:
+        return None
+    try:
+        out = subprocess.run([binary, "--query-gpu=name,compute_cap,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=60, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    for line in out.splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) == 3 and all(parts):
+            return {"gpu_name": parts[0], "compute_capability": parts[1],
+                    "driver_version": parts[2]}
+    return None
+
+
+ABSENT = "none"
+
+
+def artifact_versions(versioned: dict[str, list[str]]) -> dict[str, str]:
+    """This image's version of each package a set depends on (``none`` where it has none),
+    and of the CUDA runtime torch was built with."""
+    found = versions({k: tuple(v) for k, v in versioned.items()})
+    return {**{k: found.get(k, ABSENT) for k in versioned}, "cuda": cuda_runtime() or ABSENT}
+
+
+def artifact_problems(report: dict[str, object], gpu: dict[str, str] | None,
+                      here: dict[str, str]) -> list[str]:
+    """Why a set made as ``report`` (``artifacts/report.json``, camelCase) says must not be
+    loaded here; empty: it may."""
+    if gpu is None:
+        return ["this node's GPU is unknown (nvidia-smi did not answer)"]
+    out = [f"{what}: made on {report.get(made)!s}, this node has {gpu.get(here)}"
+           for what, made, here in (("GPU", "gpuName", "gpu_name"),
+                                    ("compute capability", "computeCapability",
+                                     "compute_capability"),
+                                    ("driver", "driverVersion", "driver_version"))
+           if str(report.get(made) or "") != gpu.get(here)]
+    made = report.get("versions")
+    made = made if isinstance(made, dict) else {}
+    versioned = report.get("versioned")
+    for name in sorted({*made, *(versioned if isinstance(versioned, dict) else {}), "cuda"}):
+        if name not in made:  # fail closed: what a set does not say it was made with
+            out.append(f"{name}: the set does not record its version")
+        elif normalize(str(here.get(name) or ABSENT)) != normalize(str(made[name])):
+            out.append(f"{name}: made with {made[name]}, this image has "
+                       f"{here.get(name) or ABSENT}")
+    return out
+
+
+def _empty(dest: Path) -> None:
+    """Nothing in ``dest`` (a restarted pod's volume may hold an earlier placement)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for path in dest.iterdir():
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _copy(source: Path, dest: Path) -> int:
+    """Regular files only, writable by any user (the server may run as another one and
+    writes its caches on)."""
+    copied = 0
+    for path in sorted(source.rglob("*")) if source.is_dir() else []:
+        if path.is_symlink() or not path.is_file():
+            continue
+        target = dest / path.relative_to(source)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(path, target)
+        target.chmod(0o666)
+        copied += 1
+    for folder in [dest, *(p for p in dest.rglob("*") if p.is_dir())]:
+        folder.chmod(0o777)
+    return copied
+
+
+def place_artifacts(engine: Path, dest: Path, nvidia_smi: str | None) -> tuple[str, str]:
+    """Copy the engine's artifact set to ``dest`` when it was made for this node and image;
+    else leave ``dest`` empty. Returns the state (``Placed``, ``Stale`` or ``None``) and a
+    sentence; never raises (a set is an optimisation: the server starts without it)."""
+    try:
+        _empty(dest)
+        report_path = engine / "artifacts" / "report.json"
+        if not report_path.is_file():
+            return "None", "the engine has no artifact set"
+        report = json.loads(report_path.read_text())
+        if not isinstance(report, dict):
+            raise ValueError("report.json is not an object")
+        versioned = report.get("versioned")
+        problems = artifact_problems(report, gpu_facts(nvidia_smi), artifact_versions(
+            versioned if isinstance(versioned, dict) else {}))
+        if problems:
+            return "Stale", ("artifact set not loaded, the server starts without it: "
+                             + "; ".join(problems))
+        copied = _copy(engine / "artifacts" / "cache", dest)
+    except (OSError, ValueError, TypeError, AttributeError) as error:
+        with contextlib.suppress(OSError):
+            _empty(dest)
+        return "Stale", f"artifact set not loaded, the server starts without it: {error}"
+    return "Placed", (f"artifact set of {report.get('runtime')} placed ({copied} file(s)), made "
+                      f"on {report.get('gpuName')} with driver {report.get('driverVersion')}")
+
+
+def _place(args: argparse.Namespace) -> int:
+    log = os.environ.get(args.termination_log_from) if args.termination_log_from else None
+    if log:
+        args.termination_log = Path(log)
+    binary = os.environ.get(args.nvidia_smi_from) if args.nvidia_smi_from else None
+    state, message = place_artifacts(args.engine, args.place_artifacts, binary)
+    print(f"artifacts: {state}: {message}", file=sys.stderr)
+    if args.termination_log is not None:
+        body = {"artifacts": state, "message": message[:3500]}
+        with contextlib.suppress(OSError):
+            args.termination_log.write_text(json.dumps(body, sort_keys=True))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="version_guard", description=__doc__)
     p.add_argument("engine", type=Path, nargs="?",
@@ -168,10 +310,25 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--exit-code", type=int)
     p.add_argument("--reason", default="VersionMismatch")
     p.add_argument("--termination-log", type=Path, default=None)
+    p.add_argument("--print-artifact-versions", metavar="JSON", default=None,
+                   help="print this image's versions of {module: [distributions]} and of "
+                        "the CUDA runtime, as an artifact set records them, and exit")
     p.add_argument("--print-versions", metavar="JSON", default=None,
                    help="print the versions of {module: [distributions]} as JSON and exit "
                         "(the builder records them this way)")
+    p.add_argument("--place-artifacts", metavar="DIR", type=Path, default=None,
+                   help="copy the engine's artifact set to DIR when it was made for this node's "
+                        "GPU and driver and this image's versions; always exits 0")
+    p.add_argument("--termination-log-from", metavar="VAR", default=None,
+                   help="an environment variable that may name the termination log instead")
+    p.add_argument("--nvidia-smi-from", metavar="VAR", default=None,
+                   help="an environment variable that may name the nvidia-smi to ask")
     args = p.parse_args(argv)
+    if args.place_artifacts is not None and args.engine is not None:
+        return _place(args)
+    if args.print_artifact_versions is not None:
+        print(json.dumps(artifact_versions(json.loads(args.print_artifact_versions))))
+        return 0
     if args.print_versions is not None:
         print(json.dumps(versions(json.loads(args.print_versions))))
         return 0

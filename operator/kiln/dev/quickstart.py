@@ -26,7 +26,7 @@ from kubernetes import client
 from kiln import GROUP, VERSION
 from kiln.contract.key import short_key
 from kiln.dev import signing
-from kiln.dev.testbed import checkpoint
+from kiln.dev.testbed import checkpoint, warmup_runtime
 from kiln.dev.testbed.cluster import Cluster, running
 from kiln.dev.testbed.localproc import INIT_LABEL, LABEL, LocalProcessRunner
 from kiln.dev.testbed.s3 import moto_server
@@ -52,6 +52,8 @@ def _operator(cluster: Cluster, endpoint: str, log: Path) -> Iterator[subprocess
            # the quickstart uploaded the checkpoint itself, whole, a moment ago
            "KILN_REBUILD_SETTLE": "0s",
            "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": endpoint}),
+           # the test bed's stand-in runtime makes each engine's artifact set
+           "KILN_WARMUP_RUNTIME": warmup_runtime.runtime().model_dump_json(),
            "KILN_BUILD_POD_LABELS": json.dumps({LABEL: "true"}),
            # serving pods' init containers run here: the real kiln fetch-engine verifies
            # every file of the engine before a pod is Ready

@@ -5,6 +5,7 @@ it."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -52,6 +53,11 @@ class ObservedPod:
     annotations: tuple[tuple[str, str], ...] = ()
     ip: str | None = None
     """``status.podIP``."""
+    artifacts: tuple[str, str] | None = None
+    """(state, sentence) of the ``place-artifacts`` init container: ``Placed``, ``Stale`` or
+    ``None`` (kiln.contract.version_guard.place_artifacts)."""
+    start_seconds: float | None = None
+    """The server's start: its container start to the pod's Ready."""
 
     @property
     def active(self) -> bool:
@@ -123,6 +129,36 @@ def _refusal(status: dict[str, Any]) -> tuple[str, Failure] | None:
     return None
 
 
+PLACE_ARTIFACTS = "place-artifacts"
+"""The serving pods' init container that checks and places an artifact set."""
+
+
+def _artifacts(status: dict[str, Any]) -> tuple[str, str] | None:
+    for entry in status.get("initContainerStatuses") or []:
+        done = (entry.get("state") or {}).get("terminated") or {}
+        if entry.get("name") != PLACE_ARTIFACTS or int(done.get("exitCode") or 0) != 0:
+            continue
+        try:
+            said = json.loads(str(done.get("message") or ""))
+        except ValueError:
+            return None
+        if isinstance(said, dict) and isinstance(said.get("artifacts"), str):
+            return str(said["artifacts"]), str(said.get("message") or "")
+    return None
+
+
+def _start_seconds(status: dict[str, Any]) -> float | None:
+    ready = next((timestamp(c.get("lastTransitionTime"))
+                  for c in status.get("conditions") or []
+                  if c.get("type") == "Ready" and c.get("status") == "True"), None)
+    started = next((timestamp(((s.get("state") or {}).get("running") or {}).get("startedAt"))
+                    for s in status.get("containerStatuses") or []
+                    if s.get("name") == "server"), None)
+    if ready is None or started is None:
+        return None
+    return max(0.0, (ready - started).total_seconds())
+
+
 def observe_pod(pod: dict[str, Any]) -> ObservedPod:
     """Summarize a pod."""
     meta = pod.get("metadata") or {}
@@ -167,7 +203,9 @@ def observe_pod(pod: dict[str, Any]) -> ObservedPod:
         node=spec.get("nodeName"), unschedulable=unschedulable, needs=_needs(spec), pull=pull,
         init_failure=init_failure, crash=crash, failure=failure, refusal=_refusal(status),
         ready=ready,
-        annotations=notes, ip=status.get("podIP") or None)
+        annotations=notes, ip=status.get("podIP") or None,
+        artifacts=_artifacts(status),
+        start_seconds=_start_seconds(status) if ready else None)
 
 
 class Seen:

@@ -13,7 +13,8 @@ from kiln.api import Condition
 def set_conditions(old: list[Condition], *, generation: int, ready: bool, reconciling: bool,
                    stalled: bool, reason: str, message: str,
                    now: datetime | None = None) -> list[Condition]:
-    """The three conditions; ``lastTransitionTime`` moves only when a status flips."""
+    """The three conditions, and any other type ``old`` has (``ArtifactsStale``: its own
+    writer decides it) as it was; ``lastTransitionTime`` moves only when a status flips."""
     previous = {c.type: c for c in old}
     stamp = now or datetime.now(UTC).replace(microsecond=0)
     wanted = (("Ready", ready), ("Reconciling", reconciling), ("Stalled", stalled))
@@ -28,7 +29,7 @@ def set_conditions(old: list[Condition], *, generation: int, ready: bool, reconc
             last_transition_time=(stamp if before is None or before.status != status
                                   else before.last_transition_time),
         ))
-    return conditions
+    return conditions + [c for c in old if c.type not in {k for k, _ in wanted}]
 
 
 @dataclass(frozen=True)

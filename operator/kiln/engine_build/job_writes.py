@@ -18,6 +18,7 @@ from kiln.config import OperatorConfig
 from kiln.contract.key import short_key
 from kiln.contract.task import BuildTask
 from kiln.domain import pod_policy
+from kiln.domain.aot import warmup_for
 from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION
 from kiln.engine_build import render, signing
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
@@ -222,7 +223,8 @@ class JobWrites:
             gpu_product=want.target.gpu_product,
             compute_capability=want.target.compute_capability, store=build.store,
             builder_image=build.image, credentials_from_env=bool(eb.spec.model.credentials_secret),
-            endpoints=build.endpoints, calibration=build.calibration)
+            endpoints=build.endpoints, calibration=build.calibration,
+            warmup=warmup_for(eb.spec.build, self.config.warmup_runtime))
         return render.render_job(
             namespace=build.namespace, owner_name=build.name, owner_uid=build.uid, spec=eb.spec,
             want=want, image=build.image, task_json=task.to_json(), config=self.config,

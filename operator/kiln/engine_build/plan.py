@@ -16,6 +16,7 @@ from kiln.api import (
     EngineBuildStatus,
     EngineState,
     EngineStatus,
+    Startup,
     Weights,
 )
 from kiln.contract.key import short_key
@@ -61,6 +62,11 @@ def _from_manifest(entry: EngineStatus, manifest: Manifest) -> EngineStatus:
         "plugins": dict(manifest.built) or None,
         "message": " ".join(manifest.overridden) or None,
         "upload": manifest.upload or None,
+        "startup": Startup(runtime=manifest.artifacts.runtime,
+                           cold_seconds=manifest.artifacts.cold_seconds,
+                           warm_seconds=manifest.artifacts.warm_seconds,
+                           artifact_bytes=manifest.artifacts.bytes)
+        if manifest.artifacts else None,
     })
 
 

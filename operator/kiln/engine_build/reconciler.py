@@ -26,6 +26,7 @@ from kiln.contract import layout
 from kiln.contract.key import engine_key, short_key
 from kiln.contract.manifest import Manifest
 from kiln.contract.termination import Failure
+from kiln.domain.aot import warmup_for
 from kiln.domain.pods import ObservedPod
 from kiln.domain.pool import GpuNode, auto_targets, needed_products
 from kiln.domain.status import Event
@@ -203,12 +204,14 @@ class EngineBuildReconciler:
         shared = self.weights.shared_origin(namespace, eb)
         common = None if shared is None else self.weights.calibration(
             namespace, eb, weights.read_at, shared=True)
+        warmup = warmup_for(eb.spec.build, self.config.warmup_runtime)
         wants = []
         for t in effective(eb.spec, auto):
             keys = [engine_key(weights_identity=build.identity, origin=origin,
                                build=eb.spec.build, builder_image=image,
                                gpu_product=t.gpu_product,
-                               compute_capability=t.compute_capability, calibration=calibration)
+                               compute_capability=t.compute_capability, calibration=calibration,
+                               warmup=warmup)
                     for origin, calibration in ((build.origin, build.calibration),
                                                 (shared, common)) if origin is not None]
             # the platform's engine of these weights (build namespace), if it has one

@@ -341,7 +341,9 @@ def _memory(prior: ProductStatus | None) -> dict[str, object]:
     if prior is None:
         return {}
     return {"compute_capability": prior.compute_capability,
-            "missing_since": prior.missing_since, "message": prior.message}
+            "missing_since": prior.missing_since, "message": prior.message,
+            "artifacts": prior.artifacts, "artifacts_message": prior.artifacts_message,
+            "start_seconds": prior.start_seconds}
 
 
 def scale_status(name: str, products: list[ProductStatus],

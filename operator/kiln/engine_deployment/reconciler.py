@@ -17,13 +17,13 @@ from datetime import UTC, datetime
 from typing import Any, Protocol
 
 from kiln import ED_PLURAL, metrics
-from kiln.api import EngineBuild, EngineDeployment, EngineDeploymentStatus
+from kiln.api import Condition, EngineBuild, EngineDeployment, EngineDeploymentStatus
 from kiln.config import OperatorConfig
 from kiln.contract.gate import parse_report
 from kiln.contract.key import short_key
 from kiln.contract.termination import parse_failure
-from kiln.domain import pod_policy
-from kiln.domain.labels import HASH_ANNOTATION
+from kiln.domain import aot, pod_policy
+from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION
 from kiln.domain.pods import ObservedPod
 from kiln.domain.pool import GpuNode, pool_products
 from kiln.domain.status import Event, set_conditions
@@ -41,6 +41,9 @@ from kiln.trust.keys import Trust
 
 log = logging.getLogger(__name__)
 EventSink = Callable[[dict[str, Any], Event], None]
+ARTIFACTS_STALE = "ArtifactsStale"
+"""A condition: some serving pods found their engine's artifact set made for another GPU,
+driver or server image, and serve without it."""
 
 
 class World(Protocol):
@@ -161,8 +164,12 @@ class EngineDeploymentReconciler:
         _count_served(namespace, name, decision, owned, applied=bool(hashes))
         status, events = summarize(ed, decision, owned, hashes)
         if not decision.stalled and not decision.pending:
-            status, events = _with_trouble(ed, status, events, decision, owned,
-                                           world.serving_pods(namespace, name))
+            pods = world.serving_pods(namespace, name)
+            status, events = _with_trouble(ed, status, events, decision, owned, pods)
+            if eb is not None:
+                status = _with_startup(ed, eb, status, pods,
+                                       aot.warmup_for(eb.spec.build, self.config.warmup_runtime)
+                                       is not None)
         if steered is not None:
             status, events = _with_rollouts(ed, status, events, steered)
         self.written.write(body, status.to_dict())
@@ -359,6 +366,54 @@ def _with_rollouts(ed: EngineDeployment, status: EngineDeploymentStatus, events:
                               f": {r.message}" for r in shown))
         update["conditions"] = conditions
     return status.model_copy(update=update), [*events, *steered.events]
+
+
+def _with_startup(ed: EngineDeployment, eb: EngineBuild, status: EngineDeploymentStatus,
+                  pods: list[ObservedPod], sets: bool) -> EngineDeploymentStatus:
+    """Each product's measured start and artifact set, from its ready pods of the key it
+    serves; ``ArtifactsStale`` while any serving pod found its set made for another GPU,
+    driver or image (it serves without it)."""
+    products, said = [], []
+    off = aot.mismatched(ed.spec.server, eb.spec.build) if sets else []
+    for p in status.products:
+        mine = sorted((pod for pod in pods if pod.ready and p.engine_key
+                       and dict(pod.annotations).get(KEY_ANNOTATION) == p.engine_key),
+                      key=lambda pod: pod.name)
+        verdicts = [pod.artifacts for pod in mine if pod.artifacts]
+        stale = next((v for v in verdicts if v[0] == "Stale"), None)
+        state, message = stale or (verdicts[0] if verdicts else (None, None))
+        if state is None and off and p.engine_key:
+            state, message = "Mismatch", ("artifact set not placed: " + "; ".join(off))
+        starts = [pod.start_seconds for pod in mine if pod.start_seconds is not None]
+        for pod in mine:
+            if pod.start_seconds is not None:
+                metrics.record_serving_start(p.gpu_product, (pod.artifacts or ("None",))[0],
+                                             pod.start_seconds, once=pod.name)
+        products.append(p.model_copy(update={
+            "artifacts": state, "artifacts_message": (message or None) and message[:1024],
+            "start_seconds": round(max(starts), 3) if starts else None}))
+        if state or starts:
+            said.append(f"{p.gpu or p.gpu_product} "
+                        + (f"{max(starts):.0f}s" if starts else "-")
+                        + (f" ({state})" if state else ""))
+    stale_ones = [f"{p.gpu or p.gpu_product}: {p.artifacts_message}" for p in products
+                  if p.artifacts == "Stale"]
+    generation = int(ed.metadata.get("generation") or 0)
+    others = [c for c in status.conditions if c.type != ARTIFACTS_STALE]
+    condition = Condition(
+        type=ARTIFACTS_STALE, status="True" if stale_ones else "False",
+        reason=ARTIFACTS_STALE if stale_ones else "ArtifactsValid",
+        message="; ".join(stale_ones)[:4096] if stale_ones else "every artifact set served "
+        "was made for its nodes' GPU and driver and the server image (or none is served)",
+        observed_generation=generation,
+        last_transition_time=next(
+            (c.last_transition_time for c in (ed.status.conditions if ed.status else [])
+             if c.type == ARTIFACTS_STALE
+             and c.status == ("True" if stale_ones else "False")),
+            datetime.now(UTC)))
+    return status.model_copy(update={"products": products,
+                                     "conditions": [*others, condition],
+                                     "startup": ", ".join(said)[:512] or None})
 
 
 def _inputs(body: Mapping[str, Any], world: World) -> tuple[Any, ...]:

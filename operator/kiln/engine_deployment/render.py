@@ -22,6 +22,8 @@ from kiln.contract import exitcodes, layout
 from kiln.contract.manifest import TOKENIZER_SUBDIR
 from kiln.contract.pvc import pvc_mounts
 from kiln.contract.termination import DEFAULT_PATH as TERMINATION_LOG
+from kiln.contract.warmup import PLACED_DIR
+from kiln.domain import aot
 from kiln.domain.labels import (
     BACKEND_ANNOTATION,
     ED_LABEL,
@@ -36,6 +38,7 @@ from kiln.domain.labels import (
     URI_ANNOTATION,
     managed_by,
 )
+from kiln.domain.pods import PLACE_ARTIFACTS
 from kiln.domain.podspec import (
     container_security,
     gpu_resources,
@@ -196,7 +199,57 @@ def llm_api_options(ed: EngineDeployment, eb: EngineBuild, backend: Backend) -> 
             kv["free_gpu_memory_fraction"] = float(given_fraction)
     if kv:
         options["kv_cache_config"] = kv
+    if backend == "pytorch" and build.backend == "pytorch" and build.aot.enabled:
+        # the kernel-shaping options the artifact set was made with; the spec's own win (and
+        # then the set is not placed: kiln.domain.aot.mismatched)
+        shaping = {k: v for k, v in aot.shaping_options(build).items() if free(k)}
+        options = {**shaping, **options,
+                   **({"kv_cache_config": {**shaping["kv_cache_config"], **kv}}
+                      if "kv_cache_config" in shaping else {})}
     return options
+
+
+def artifacts_placed(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
+                     config: OperatorConfig) -> bool:
+    """Whether this product's pods check and place the engine's artifact set: a ``pytorch``
+    engine made with one, served with the options it was made for."""
+    build = eb.spec.build
+    return (serve.engine_key is not None and serve.backend == "pytorch"
+            and aot.warmup_for(build, config.warmup_runtime) is not None
+            and ed.spec.server.kind == "trtllm-serve"
+            and not aot.mismatched(ed.spec.server, build))
+
+
+def _place(image: str, gpus: int) -> dict[str, Any]:
+    """The init container that checks the artifact set against this node's GPU and driver and
+    this server image's versions, and places it only when they match (in the server image:
+    the versions are the image's; kiln.contract.version_guard)."""
+    return {
+        "name": PLACE_ARTIFACTS,
+        "image": image,
+        "command": ["python3", f"{GUARD_DIR}/version_guard.py", ENGINE_DIR,
+                    "--place-artifacts", PLACED_DIR, "--nvidia-smi-from", names.NVIDIA_SMI,
+                    "--termination-log", TERMINATION_LOG,
+                    "--termination-log-from", names.TERMINATION_LOG],
+        "resources": gpu_resources(None, gpus),
+        "volumeMounts": [{"name": "engine", "mountPath": ENGINE_DIR, "readOnly": True},
+                         {"name": "kiln-guard", "mountPath": GUARD_DIR, "readOnly": True},
+                         {"name": "kiln-artifacts", "mountPath": PLACED_DIR}],
+        "terminationMessagePolicy": "FallbackToLogsOnError",
+        "securityContext": kiln_container_security(),
+    }
+
+
+def artifact_env(eb: EngineBuild, config: OperatorConfig) -> list[dict[str, Any]]:
+    """The server's cache variables, pointing at the placed set (empty when it was not
+    placed: the runtime then tunes and compiles as it would without kiln)."""
+    runtime = config.warmup_runtime
+    if runtime is None:
+        return []
+    env = {c.name: f"{PLACED_DIR}/{c.path}" for c in runtime.cache}
+    if runtime.cache_root_env:
+        env[runtime.cache_root_env] = PLACED_DIR
+    return [{"name": k, "value": v} for k, v in sorted(env.items())]
 
 
 def llm_api_name(ed: EngineDeployment) -> str:
@@ -259,12 +312,13 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
     is_triton = spec.server.kind == "triton"
     repo = triton_repository(ed, eb) if is_triton else None
     fetch, fetched_from = _fetch(ed, eb, serve, gpus, config, repo)
+    placed = artifacts_placed(ed, eb, serve, config)
     overrides = (spec.server.security_context.to_dict() if spec.server.security_context
                  else None)
+    image = spec.server.image or (config.triton_image if is_triton else config.server_image)
     server: dict[str, Any] = {
         "name": "server",
-        "image": spec.server.image or (config.triton_image if is_triton
-                                       else config.server_image),
+        "image": image,
         **(_triton(ed, eb, config) if is_triton else _trtllm_serve(ed, eb, serve)),
         **_probes(*HEALTH[spec.server.kind]),
         "resources": gpu_resources(spec.server.resources.to_dict()
@@ -277,6 +331,9 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
                          *([] if is_triton else
                            [{"name": "llm-api", "mountPath": LLM_API_DIR, "readOnly": True}])],
     }
+    if placed:
+        server["env"] = [*server.get("env", []), *artifact_env(eb, config)]
+        server["volumeMounts"].append({"name": "kiln-artifacts", "mountPath": PLACED_DIR})
     volumes: list[dict[str, Any]] = [{"name": "engine", "emptyDir": {}},
                                      {"name": "shm", "emptyDir": {"medium": "Memory"}},
                                      {"name": "kiln-guard", "emptyDir": {}}]
@@ -284,6 +341,8 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
         volumes.append({"name": "llm-api", "configMap": {"name": llm_api_name(ed)}})
     if repo is not None:
         volumes.append({"name": "model-repo", "emptyDir": {}})
+    if placed:
+        volumes.append({"name": "kiln-artifacts", "emptyDir": {}})
     volumes += pvc_mounts({fetched_from: False})[1]
     labels = selector(name, serve.product)
     notes: dict[str, str] = {MODE_ANNOTATION: serve.mode, BACKEND_ANNOTATION: serve.backend}
@@ -312,7 +371,7 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
                     "nodeSelector": {**(spec.pool.node_selector or {}),
                                      GPU_PRODUCT_LABEL: serve.product},
                     "tolerations": gpu_tolerations(),
-                    "initContainers": [fetch],
+                    "initContainers": [fetch, *([_place(str(image), gpus)] if placed else [])],
                     "containers": [server],
                     "volumes": volumes,
                     "terminationGracePeriodSeconds": 60,

@@ -343,6 +343,8 @@ def engine_deployment_crd() -> dict[str, Any]:
         _column("Age", ".metadata.creationTimestamp", "date"),
         _column("GPUs", ".status.gpus", priority=1),
         _column("Fallback", ".spec.fallback", priority=1),
+        _column("Startup", ".status.startup", priority=1,
+                description="Measured server start per GPU, and the artifact set's state"),
         _column("Message", f"{_READY}.message", priority=1),
     ]
     root = _root(EngineDeployment, engine_deployment.NAME_SCHEMA, spec,

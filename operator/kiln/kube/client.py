@@ -278,8 +278,14 @@ class Kube:
         for _ in range(3):  # created or replaced by someone else since the read: again
             existing = self._read(f"{path}/{name}", f"read {kind} {namespace}/{name}")
             if existing is None:
+                # Created by an apply too, so that kiln's apply owns every field it rendered
+                # and a field it stops rendering (an init container, a volume) is removed: a
+                # POST would leave them owned by an "Update" of kiln, which no apply removes.
+                # Not forced: an object of that name created meanwhile by someone else
+                # conflicts (409) and is read again, then refused as NameTaken.
                 try:
-                    self.api.request("POST", path, obj, query={"fieldManager": manager})
+                    self.api.request("PATCH", f"{path}/{name}", obj,
+                                     query={"fieldManager": manager}, content_type=APPLY)
                     return
                 except ApiError as error:
                     if error.status == 409:

@@ -26,6 +26,7 @@ from kiln.contract import layout
 from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
 from kiln.contract.provenance import ENVELOPE
+from kiln.contract.warmup import ArtifactReport
 from kiln.errors import IntegrityError, InvalidInput, NotFound, Unavailable
 
 log = logging.getLogger(__name__)
@@ -256,7 +257,8 @@ class EngineStore(ABC):
                progress: Progress | None = None,
                keep: Callable[[str], bool] | None = None,
                upload_id: str | None = None, built: dict[str, bool] | None = None,
-               overridden: list[str] | None = None) -> Manifest:
+               overridden: list[str] | None = None,
+               artifacts: ArtifactReport | None = None) -> Manifest:
         """Store ``src_dir`` as engine ``key``: files in parallel, hashed while read, the
         manifest last.
 
@@ -289,7 +291,7 @@ class EngineStore(ABC):
             files=[FileEntry(path=r, size=s, sha256=d)
                    for r, s, d in zip(rels, sizes, digests, strict=True)],
             total_bytes=sum(sizes), build_seconds=build_seconds, built=built or {},
-            overridden=overridden or [])
+            overridden=overridden or [], artifacts=artifacts)
         if replace:
             log.info("replacing the unsigned manifest of engine %s in %s with upload %s",
                      short_key(key), self.uri, upload)

@@ -16,7 +16,7 @@ FORBIDS_UNKNOWN_KEYS = True
 """``BaseLlmArgs.model_config = {"extra": "forbid"}`` (same file)."""
 
 Backend = Literal["pytorch", "tensorrt"]
-OptionType = Literal["int", "float", "bool", "str"]
+OptionType = Literal["int", "float", "bool", "str", "list"]
 BOTH: tuple[Backend, ...] = ("pytorch", "tensorrt")
 
 
@@ -52,6 +52,16 @@ OPTIONS: tuple[Option, ...] = (
     Option("kv_cache_config.enable_block_reuse", "bool", "true"),
     Option("kv_cache_config.max_tokens", "int", None),
     Option("kv_cache_config.tokens_per_block", "int", "32"),
+    Option("attn_backend", "str", "TRTLLM", ("pytorch",), note="kiln.trtllm.aot"),
+    Option("enable_autotuner", "bool", "true", ("pytorch",), note="kiln.trtllm.aot"),
+    Option("cuda_graph_config.batch_sizes", "list", None, ("pytorch",),
+           source="tensorrt_llm/llmapi/llm_args.py@index-id:1520735490"),
+    Option("cuda_graph_config.enable_padding", "bool", "false", ("pytorch",),
+           source="tensorrt_llm/llmapi/llm_args.py@index-id:1520735490"),
+    Option("torch_compile_config.enable_inductor", "bool", "false", ("pytorch",),
+           source="tensorrt_llm/llmapi/llm_args.py@index-id:1520735490"),
+    Option("torch_compile_config.enable_piecewise_cuda_graph", "bool", "false", ("pytorch",),
+           source="tensorrt_llm/llmapi/llm_args.py@index-id:1520735490"),
 )
 
 

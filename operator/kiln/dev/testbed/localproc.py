@@ -31,7 +31,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from kiln.dev.testbed import standin
+from kiln.dev.testbed import gpu, standin
 
 LABEL = "testbed.kiln.dev/local-process"
 INIT_LABEL = "testbed.kiln.dev/local-init"
@@ -85,6 +85,7 @@ class LocalProcessRunner:
         self._running.set()
         self._kills = 0
         self._kills_lock = threading.Lock()
+        self._init_messages: dict[tuple[str, str], dict[str, str]] = {}
 
     def pause(self) -> None:
         """Leave new pods alone (they stay Running) until ``resume``."""
@@ -178,6 +179,7 @@ class LocalProcessRunner:
             for container in pod.spec.init_containers or []:
                 code, message, output = self._run_one(pod, container, Path(scratch))
                 self.finished.append(Finished(namespace, name, code, message, output))
+                self._init_messages.setdefault((namespace, name), {})[container.name] = message
                 if code != 0:
                     self._report_init_failed(pod, container, code, message)
                     return
@@ -264,6 +266,7 @@ class LocalProcessRunner:
         mounts = self._mount_map(pod, container, root)
         termination = root / f"termination-log-{container.name}"
         env = {**os.environ, **self.extra_env,
+               **self._gpu_env(pod),
                **{k: _map_paths(v, mounts) for k, v in self._env(pod, container).items()},
                TERMINATION_ENV: str(termination)}
         argv = [_map_paths(a, mounts) for a in [*(container.command or []),
@@ -279,12 +282,15 @@ class LocalProcessRunner:
     def _report_running(self, pod: Any, address: str = "10.0.0.1", restarts: int = 0) -> None:
         now = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         done = {"exitCode": 0, "reason": "Completed", "startedAt": now, "finishedAt": now}
+        # as a kubelet does, the init containers' termination messages stay in the status
+        messages = self._init_messages.get((pod.metadata.namespace, pod.metadata.name), {})
         status = {
             "phase": "Running", "startTime": now, "podIP": address,
             "podIPs": [{"ip": address}],
             "initContainerStatuses": [
                 {"name": c.name, "image": c.image, "ready": True, "restartCount": 0,
-                 "state": {"terminated": done}} for c in pod.spec.init_containers or []],
+                 "state": {"terminated": {**done, **({"message": said} if (said := messages.get(
+                     c.name)) else {})}}} for c in pod.spec.init_containers or []],
             "containerStatuses": [
                 {"name": c.name, "image": c.image, "ready": True, "started": True,
                  "restartCount": restarts, "state": {"running": {"startedAt": now}}}
@@ -333,6 +339,7 @@ class LocalProcessRunner:
             # Only the pod's own values are mapped: this process's (PYTHONPATH under /work,
             # say) are the host's paths, not the pod's.
             env = {**os.environ, **self.extra_env,
+                   **self._gpu_env(pod),
                    **{k: _map_paths(v, mounts) for k, v in self._env(pod, container).items()},
                    TERMINATION_ENV: str(termination)}
             argv = [_map_paths(a, mounts) for a in [*(container.command or []),
@@ -395,6 +402,17 @@ class LocalProcessRunner:
                 local.mkdir(parents=True, exist_ok=True)
                 mapping[mount.mount_path.rstrip("/")] = str(local)
         return mapping
+
+    def _gpu_env(self, pod: Any) -> dict[str, str]:
+        """The fake nvidia-smi of the pod's node (kiln.dev.testbed.gpu)."""
+        from kubernetes import client
+
+        if not pod.spec.node_name:
+            return {}
+        try:
+            return gpu.env_for(self._core.read_node(pod.spec.node_name))
+        except client.ApiException:
+            return {}
 
     def _env(self, pod: Any, container: Any) -> dict[str, str]:
         env: dict[str, str] = {}
