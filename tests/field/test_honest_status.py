@@ -75,12 +75,10 @@ def l4_node(kube: Cluster) -> Iterator[Any]:
 
 def test_unschedulable_is_said_then_stalled_then_heals_when_a_node_comes(
         kube: Cluster, namespace: str, weights: str, l4_node: Any) -> None:
-    created = time.monotonic()
     create(kube, namespace, engine_build("llama", weights, targets=[{"gpu": "L4"}],
                                          job={"pendingTimeout": "20s"}))
     eb = build_when(kube, namespace, lambda o: conditions(o).get("Reconciling") == (
         "True", "Unschedulable"), timeout=10)
-    assert time.monotonic() - created < 10
     message = ready_condition(eb)["message"]
     assert "0/" in message and "nodes are available" in message, message  # the scheduler's
     assert "nvidia.com/gpu.product in (NVIDIA-L4)" in message and "1 nvidia.com/gpu" in message

@@ -9,7 +9,6 @@ import contextlib
 import os
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -84,10 +83,8 @@ def test_fifty_builds_at_a_hung_endpoint_do_not_delay_another_namespace(
                          for i in range(50)))
     # They are all being reconciled, and the first read hangs (its answer never comes).
     eventually(lambda: black_hole.held, timeout=30)
-    created = time.monotonic()
     create(kube, healthy, engine_build("twin", weights, targets=TARGET))
     eventually(lambda: is_ready(get(kube, healthy, EB_PLURAL, "twin")) or None, timeout=10)
-    assert time.monotonic() - created < 10
     # The hung ones say so, and back off: Reconciling, not Stalled.
     some = get(kube, hung, EB_PLURAL, "hung-7")
     assert conditions(some).get("Reconciling", ("",))[0] == "True", some.get("status")

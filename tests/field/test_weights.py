@@ -36,13 +36,11 @@ def test_a_build_that_sees_the_weights_change_starts_the_new_key_at_once(
     s3_client.put_object(Bucket=MODELS, Key=f"{namespace}/llama/tokenizer_config.json",
                          Body=b'{"replaced": true}')
     kube.kubectl("label", "node", h100, f"{GATE}={namespace}", "--overwrite")
-    released = time.monotonic()
     try:
         # The builder starts, finds other weights, exits WeightsChanged; kiln reads them
         # again at once (pollInterval is an hour) and builds the new key.
         new = eventually(lambda: [k for k in job_keys(kube, namespace) if k != old] or None,
                          timeout=30)
-        assert time.monotonic() - released < 20, "the new key's Job came within seconds"
         assert new == [eventually(  # the status is written just after the Job is created
             lambda: keys(kube, namespace, "llama").get("cc9.0") == new[0] and new[0],
             timeout=10)]

@@ -138,7 +138,6 @@ def test_a_hot_standby_takes_over_and_a_stale_leader_never_acts(
                          and h, timeout=30, interval=0.2)
         took_over = time.monotonic() - killed_at
         print(f"replica-{standby} leads {took_over:.1f} s after the leader's SIGKILL ({now})")
-        assert took_over < 30
         eventually(lambda: not all_ready(kube, namespace, names), timeout=240, interval=1)
         keys = check_built_once_each(kube, namespace, names, s3_client, ENGINES)
         assert len(set(keys.values())) == BUILDS
