@@ -113,7 +113,7 @@ def _gate(args: argparse.Namespace) -> int:
 def _fetch_engine(args: argparse.Namespace) -> int:
     from kiln.fetcher import main as fetcher
 
-    return fetcher.run(store=args.store, key=args.key, source=args.source,
+    return fetcher.run(store=args.store, key=args.key, upload=args.upload, source=args.source,
                      revision=args.revision, dest=Path(args.dest),
                      model_repo=Path(args.model_repo) if args.model_repo else None,
                      guard_dir=Path(args.guard_dir) if args.guard_dir else None)
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
         ("--store", names.FETCH_STORE, None,
          "the engine store, s3://bucket/prefix/ or pvc://claim/path"),
         ("--key", names.FETCH_KEY, None, "the engine key"),
+        ("--upload", names.FETCH_UPLOAD, None, "the upload of the key to accept (the one the "
+         "operator verified); a manifest naming another is refused"),
         ("--source", names.FETCH_SOURCE, None, "instead of an engine: the checkpoint's URI"),
         ("--revision", names.FETCH_REVISION, None, "a pvc:// source's revision"),
         ("--dest", names.FETCH_DEST, "/engine", "directory to fill"),

@@ -7,7 +7,21 @@ exit code of each, for the programs in kiln's pods, is in :mod:`kiln.contract.ex
 
 from __future__ import annotations
 
+import re
 from typing import Any
+
+QUOTED = 240
+"""Characters of a remote server's own words (an error body, a message) a status quotes."""
+_MARKUP = re.compile(r"<[^>]{0,200}>")
+_UNPRINTABLE = re.compile(r"[^\x20-\x7e]+")
+
+
+def quoted(text: object, limit: int = QUOTED) -> str:
+    """What a server a tenant may control said, fit for a status message: markup dropped,
+    control characters and runs of space as one space, at most ``limit`` characters."""
+    plain = _UNPRINTABLE.sub(" ", _MARKUP.sub(" ", str(text)))
+    plain = " ".join(plain.split())
+    return plain if len(plain) <= limit else plain[:limit - 3] + "..."
 
 
 class KilnError(Exception):
@@ -107,6 +121,13 @@ class VerifyFailed(KilnError):
 
 class Untrusted(KilnError):
     """An engine's manifest is unsigned, signed by no trusted key, or not what was signed."""
+
+
+class TooLarge(Untrusted):
+    """An object larger than kiln ever writes there (a manifest, an envelope, a report): it
+    is not kiln's, and is refused from its size alone, before its bytes are read."""
+
+    reason = "Untrusted"
 
 
 class NameTaken(KilnError):

@@ -56,9 +56,11 @@ def _value(kube: Cluster, namespace: str, var: Any) -> str | None:
     return None
 
 
-def fetch(kube: Cluster, deployment: Any, dest: Path) -> Fetched:
+def fetch(kube: Cluster, deployment: Any, dest: Path,
+          overrides: dict[str, str] | None = None) -> Fetched:
     """Run the Deployment's ``fetch-engine`` init container here; its exit code and the
-    termination message's reason and message."""
+    termination message's reason and message. ``overrides``: environment set over the
+    container's (another store endpoint: a recording proxy)."""
     namespace = deployment.metadata.namespace
     init = next(c for c in deployment.spec.template.spec.init_containers
                 if c.name == "fetch-engine")
@@ -67,6 +69,7 @@ def fetch(kube: Cluster, deployment: Any, dest: Path) -> Fetched:
         value = _value(kube, namespace, var)
         if value is not None:
             env[var.name] = value
+    env.update(overrides or {})
     termination = dest.with_name(dest.name + ".termination")
     env["KILN_TERMINATION_LOG"] = str(termination)
     env["KILN_NVIDIA_SMI"] = str(dest.with_name("no-nvidia-smi"))

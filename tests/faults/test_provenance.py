@@ -203,17 +203,21 @@ def test_a_rotated_key_keeps_old_engines_serving_until_re_signed(
                    or None, timeout=60)
         done = fetch(kube, deployment, tmp_path / "during")
         assert done.code == exitcodes.OK, done.log
-        # The operator re-signs what it serves with the new key (the old signature stays).
-        eventually(lambda: provenance.signed_by(store.read_envelope(key_a) or b"", new_key)
-                   or None, timeout=60)
+        # The operator verifies what the old key signed and never countersigns it: it signs
+        # only what its own Jobs built.
+        operator.resynced("enginebuilds")
         assert provenance.signed_by(store.read_envelope(key_a) or b"", old_key)
+        assert not provenance.signed_by(store.read_envelope(key_a) or b"", new_key)
         assert not provenance.signed_by(store.read_envelope(key_b) or b"", new_key)
 
-        # Step 2: the old public key removed. The re-signed engine serves as it is.
+        # Step 2: the old public key removed. The engine "a" serves counts as absent until the
+        # operator signs the same manifest again from the kiln Job that built it.
         _restart(operator, KILN_TRUSTED_KEYS_FILE=None)
         eventually(lambda: (len(provenance.public_keys(_trust(kube, namespace, "chat"))) == 1
                    and old_pem.strip() not in _trust(kube, namespace, "chat")) or None,
                    timeout=60)
+        eventually(lambda: provenance.signed_by(store.read_envelope(key_a) or b"", new_key)
+                   or None, timeout=60)
         done = fetch(kube, deployment, tmp_path / "after")
         assert done.code == exitcodes.OK, done.log
         assert engine(kube, namespace, "a") is not None

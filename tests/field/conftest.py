@@ -31,6 +31,9 @@ RESYNC_SECONDS = 2
 BASELINE_ENV = "KILN_FIELD_OPERATOR_PATH"
 """Set to another tree's ``operator/`` to run these tests against that operator: how a field
 test is watched failing before the fix it proves."""
+OPERATOR_KEY_ID, OPERATOR_HF_TOKEN = "AKIAKILNOPERATOROWN", "hf_kiln_operator_own_token"
+"""The operator's own store key id and hub token (its environment): a tenant's server never
+sees either."""
 
 
 @pytest.fixture(scope="session")
@@ -65,6 +68,9 @@ def operator(kube: Cluster, s3_endpoint: str, buckets: None,
         **os.environ,
         "KUBECONFIG": str(kubeconfig),
         "AWS_ENDPOINT_URL": s3_endpoint,
+        "AWS_ACCESS_KEY_ID": OPERATOR_KEY_ID,
+        "AWS_SECRET_ACCESS_KEY": "operator-own-secret",
+        "HF_TOKEN": OPERATOR_HF_TOKEN,
         "KILN_DEFAULT_STORE": f"s3://{ENGINES}/",
         "KILN_BUILDER_IMAGE": "kiln-builder:field",
         "KILN_BUILD_ENV": json.dumps({"AWS_ENDPOINT_URL": s3_endpoint}),

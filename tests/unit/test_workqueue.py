@@ -140,3 +140,45 @@ def test_a_stream_of_events_never_starves_periodic_work() -> None:
 
     _run(queue, lambda ref, moved: calls.append((ref, moved)), body)
     assert [ref for ref, _ in calls].index("resync") < 10
+
+
+def test_one_namespace_holds_at_most_half_the_workers_and_the_rest_run_meanwhile() -> None:
+    queue: WorkQueue[str] = WorkQueue(4, group=lambda ref: ref.partition("/")[0])
+    release = threading.Event()
+    lock = threading.Lock()
+    running: dict[str, int] = {}
+    most: dict[str, int] = {}
+    done: list[str] = []
+
+    def work(ref: str, _moved: bool) -> None:
+        owner = ref.partition("/")[0]
+        with lock:
+            running[owner] = running.get(owner, 0) + 1
+            most[owner] = max(most.get(owner, 0), running[owner])
+        if owner == "hung":
+            release.wait(10)  # an endpoint of the tenant's choosing that does not answer
+        with lock:
+            running[owner] -= 1
+            done.append(ref)
+
+    async def body() -> None:
+        for i in range(20):
+            queue.add(f"hung/{i}")
+        await asyncio.sleep(0.1)
+        for i in range(6):
+            queue.add(f"other/{i}")
+        for _ in range(500):  # the other namespace finishes while every hung one waits
+            if sum(r.startswith("other/") for r in done) == 6:
+                break
+            await asyncio.sleep(0.01)
+        release.set()
+        for _ in range(1000):
+            if len(done) == 26:
+                return
+            await asyncio.sleep(0.01)
+
+    _run(queue, work, body)
+    assert sum(r.startswith("other/") for r in done) == 6
+    assert sorted(done) == sorted([f"hung/{i}" for i in range(20)]
+                                  + [f"other/{i}" for i in range(6)])
+    assert most["hung"] == 2  # ceil(4 / 2)

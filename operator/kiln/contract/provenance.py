@@ -35,10 +35,9 @@ from securesystemslib.signer import CryptoSigner, Key, SSlibKey
 
 from kiln.contract.key import key_of, short_key
 from kiln.contract.manifest import MANIFEST, Manifest
-from kiln.errors import InvalidInput, Untrusted
+from kiln.errors import InvalidInput, Untrusted, quoted
 
-__all__ = ["ENVELOPE", "JobRef", "Untrusted", "Verified", "add_signature", "built_where",
-           "load_signer",
+__all__ = ["ENVELOPE", "JobRef", "Untrusted", "Verified", "built_where", "load_signer",
            "public_keys", "public_pem", "sha256", "sign", "signed_by", "statement", "verify"]
 
 ENVELOPE = "provenance.dsse.json"
@@ -156,14 +155,6 @@ def _load(envelope_bytes: bytes) -> Envelope:
         raise ValueError(f"{type(error).__name__}: {error}") from error
 
 
-def add_signature(envelope_bytes: bytes, signer: CryptoSigner) -> bytes:
-    """The envelope with a signature by ``signer`` added (a rotated key signs what the old one
-    signed, after it verified)."""
-    envelope = _load(envelope_bytes)
-    envelope.sign(signer)
-    return json.dumps(envelope.to_dict(), indent=2).encode()
-
-
 def _envelope(envelope_bytes: bytes | None, key: str) -> Envelope:
     if envelope_bytes is None:
         raise Untrusted(f"engine {short_key(key)} is unsigned: no {ENVELOPE} beside its "
@@ -257,7 +248,9 @@ def _verify(key: str, manifest_bytes: bytes | None, envelope_bytes: bytes | None
     try:
         manifest = Manifest.model_validate_json(manifest_bytes)
     except ValueError as error:
-        raise Untrusted(f"the manifest of engine {short_key(key)} does not parse") from error
+        said = " ".join(line.strip() for line in str(error).splitlines()[1:3])
+        raise Untrusted(f"the manifest of engine {short_key(key)} does not parse: "
+                        f"{quoted(said, 400)}") from error
     if manifest.key != key or key_of(manifest.inputs) != key:
         raise Untrusted(f"the signed manifest of engine {short_key(key)} names another key or "
                         "inputs that do not hash to it")

@@ -131,9 +131,6 @@ class Engines:
         self._absent: dict[Ref, dict[str, tuple[str, float]]] = {}
         """(store, key) -> namespace -> (its running Job, when the manifest was found missing
         while that Job ran)."""
-        self._unsigned: dict[Ref, bytes] = {}
-        """Envelopes that verified by a trusted key other than this operator's own, to be
-        signed again with it (``countersign``)."""
         self._shared_absent: dict[Ref, float] = {}
         """Keys of the build namespace found absent, and when (``shared``)."""
         self._findings: dict[Ref, Finding] = {}
@@ -233,33 +230,19 @@ class Engines:
 
     def _trusted(self, uri: str, key: str) -> Manifest | None:
         """The stored manifest if a trusted key signed exactly it (an unsigned or foreign one
-        counts as absent). Reads only: one signed by a trusted key other than this
-        operator's own is noted for ``countersign``."""
+        counts as absent). Reads only: one another trusted key signed counts, and is never
+        signed by this operator's key too (kiln signs only what its own Jobs built)."""
         store = self.store(uri)
-        manifest_bytes = store.read_manifest_bytes(key)
-        if manifest_bytes is None:
-            return None
-        envelope = store.read_envelope(key)
-        try:
+        try:  # a manifest or envelope too large to be kiln's is Untrusted, unread
+            manifest_bytes = store.read_manifest_bytes(key)
+            if manifest_bytes is None:
+                return None
+            envelope = store.read_envelope(key)
             verified = self.trust.verify(key, manifest_bytes, envelope)
         except Untrusted as why:
             log.info("engine %s in %s does not count: %s", short_key(key), uri, why.message)
             return None
-        if (self.trust.signer is not None and envelope is not None
-                and self.trust.keyid not in verified.keyids):
-            self._unsigned[(uri, key)] = envelope
         return verified.manifest
-
-    def countersign(self, uri: str, key: str) -> None:
-        """Sign an engine that only another trusted key signed (a rotation's previous key)
-        with this operator's own too: the step after a read that noted one."""
-        envelope = self._unsigned.pop((uri, key), None)
-        signer = self.trust.signer
-        if envelope is None or signer is None:
-            return
-        self.store(uri).write_envelope(key, provenance.add_signature(envelope, signer))
-        log.info("engine %s re-signed with the current key %s", short_key(key),
-                 signer.public_key.keyid[:12])
 
     def sign_built(self, uri: str, key: str, job: dict[str, Any],
                    pods: list[dict[str, Any]]) -> tuple[Manifest | None, bool]:
@@ -271,7 +254,11 @@ class Engines:
             log.warning("not signing engine %s: %s", short_key(key), report)
             report = None
         store = self.store(uri)
-        manifest_bytes = store.read_manifest_bytes(key)
+        try:
+            manifest_bytes = store.read_manifest_bytes(key)
+        except Untrusted as why:  # too large to be what the Job wrote: build again
+            log.warning("not signing engine %s: %s", short_key(key), why.message)
+            return None, True
         if report is None:  # found the engine, or said nothing: it wrote no manifest of its own
             return None, manifest_bytes is not None
         found = signing.signable(key, manifest_bytes, report)
@@ -366,10 +353,10 @@ class Engines:
         and the file an ``IntegrityError`` report names, by sha256); set it aside if one is
         damaged. Whether it was set aside."""
         store = self.store(uri)
-        manifest_bytes = store.read_manifest_bytes(key)
-        if manifest_bytes is None:
-            return False  # absent already: the reconciler builds it
         try:
+            manifest_bytes = store.read_manifest_bytes(key)
+            if manifest_bytes is None:
+                return False  # absent already: the reconciler builds it
             manifest = self.trust.verify(key, manifest_bytes, store.read_envelope(key)).manifest
         except Untrusted:
             return False  # counts as absent already

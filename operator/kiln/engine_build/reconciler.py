@@ -229,9 +229,6 @@ class EngineBuildReconciler:
             self.engines.heed(store, want.key, said.get(want.key, []), (namespace, name))
         manifests = {w.key: self.engines.manifest(store, w.key, namespace, observed.get(w.key))
                      for w in wants}
-        for key, manifest in manifests.items():
-            if manifest is not None:
-                self.engines.countersign(store, key)
         foreign = set()
         for want in wants:
             job = observed.get(want.key)

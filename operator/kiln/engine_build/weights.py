@@ -23,6 +23,7 @@ from kiln.config import OperatorConfig
 from kiln.contract.env import ENDPOINTS
 from kiln.contract.key import short_key
 from kiln.contract.termination import Failure
+from kiln.errors import InvalidInput
 from kiln.kube.client import Kube
 from kiln.sources import (
     WeightsIdentity,
@@ -30,6 +31,7 @@ from kiln.sources import (
     endpoints,
     open_source,
     origin_of,
+    tenant_endpoint,
 )
 from kiln.sources import shared as shared_source
 
@@ -37,6 +39,9 @@ log = logging.getLogger(__name__)
 MAX_SOURCES = 256
 MAX_CACHED = 100_000
 """Entries a cache keyed by source or Job holds before it starts afresh."""
+REFUSED_SECONDS = 300.0
+"""How long a source refused as invalid input (too many objects) is not read again, unless
+its URI or credentials change."""
 ORIGIN_SECONDS = 300.0
 """How long the origin read from a credentials Secret is kept (a pass reads no Secret)."""
 
@@ -62,6 +67,10 @@ class _Read:
     lock: threading.Lock
     started: float = float("-inf")
     found: WeightsIdentity | None = None
+    refused: tuple[str, str, float] | None = None
+    """The source's last answer when it was invalid input (more objects than kiln reads): its
+    message, reason and when; given again for ``REFUSED_SECONDS`` rather than read again
+    each resync."""
 
 
 def _fingerprint(eb: EngineBuild) -> tuple[str, ...]:
@@ -244,20 +253,30 @@ class Weights:
                 self._reads.clear()
             read = self._reads.setdefault(ref, _Read(threading.Lock()))
         model = eb.spec.model
-        endpoint = endpoints.endpoint_of(model.source, dict(ref[2]) if len(ref) > 2 else None)
+        credentials = dict(ref[2]) if len(ref) > 2 else None
+        endpoint = endpoints.endpoint_of(model.source, credentials)
+        tenant = tenant_endpoint(model.source, credentials) is not None
         # A slot first: callers waiting for one hanging read must not hold every worker.
-        with (endpoints.slot(endpoint, f"read the weights identity of {model.source}"),
+        with (endpoints.slot(endpoint, f"read the weights identity of {model.source}",
+                             tenant=tenant),
               read.lock):
             if read.started >= arrived and read.found is not None:
                 return read.found
             started = time.monotonic()
-            found = source.identity()
-            read.started, read.found = started, found
+            if read.refused is not None and started - read.refused[2] < REFUSED_SECONDS:
+                raise InvalidInput(read.refused[0], reason=read.refused[1])
+            try:
+                found = source.identity()
+            except InvalidInput as error:
+                read.refused = (error.message, error.reason, started)
+                raise
+            read.started, read.found, read.refused = started, found, None
             return found
 
     def _source(self, namespace: str, eb: EngineBuild) -> tuple[tuple[Any, ...], WeightSource]:
         """An open source per (URI, revision, credentials), reused: opening one builds an S3
-        client, which costs more CPU than the listing an identity read makes."""
+        client, which costs more CPU than the listing an identity read makes. An endpoint the
+        tenant's Secret names gets the tenant's credentials only, never the operator's."""
         model = eb.spec.model
         credentials = self._credentials(namespace, eb)
         ref = (model.source, model.revision or "", tuple(sorted((credentials or {}).items())))
@@ -266,7 +285,8 @@ class Weights:
             if found is not None:
                 self._sources.move_to_end(ref)
                 return ref, found
-        source = open_source(model.source, credentials=credentials, revision=model.revision)
+        source = open_source(model.source, credentials=credentials, revision=model.revision,
+                             ambient=tenant_endpoint(model.source, credentials) is None)
         with self._locks_guard:
             self._sources[ref] = source
             while len(self._sources) > MAX_SOURCES:

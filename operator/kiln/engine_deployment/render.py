@@ -88,6 +88,8 @@ def _fetch(ed: EngineDeployment, eb: EngineBuild, serve: Serve, gpus: int,
     if serve.engine_key and serve.engine_uri:
         uri = layout.store_of(serve.engine_uri, serve.engine_key)
         args = ["--store", uri, "--key", serve.engine_key, "--dest", ENGINE_DIR]
+        if serve.engine_upload:  # the upload the operator verified: no other is fetched
+            args += ["--upload", serve.engine_upload]
         env.append({"name": names.TRUSTED_KEYS, "valueFrom": {"configMapKeyRef": {
             "name": trust_name(ed), "key": TRUSTED_KEYS_FILE, "optional": True}}})
         if config.build_namespace:

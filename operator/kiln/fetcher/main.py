@@ -22,7 +22,14 @@ from kiln.contract import env as names
 from kiln.contract import provenance, termination, version_guard
 from kiln.contract.key import short_key
 from kiln.contract.manifest import MANIFEST, Manifest
-from kiln.errors import GPUMismatch, IntegrityError, InvalidInput, InvalidTask, NotFound
+from kiln.errors import (
+    GPUMismatch,
+    IntegrityError,
+    InvalidInput,
+    InvalidTask,
+    NotFound,
+    Untrusted,
+)
 from kiln.store import open_store
 from kiln.store.base import sha256_file
 
@@ -89,8 +96,10 @@ def _present(dest: Path, manifest: Manifest) -> bool:
                for f in manifest.files)
 
 
-def fetch_engine(store_uri: str, key: str, dest: Path, env: Mapping[str, str]) -> str:
-    """Check the GPU, then download engine ``key``; returns what was done."""
+def fetch_engine(store_uri: str, key: str, dest: Path, env: Mapping[str, str],
+                 upload: str | None = None) -> str:
+    """Check the GPU, then download engine ``key`` (its ``upload``, when given: the one the
+    operator verified); returns what was done."""
     store = open_store(store_uri, credentials=names.store_credentials(env),
                        endpoint_url=names.store_endpoint(env))
     manifest_bytes = store.read_manifest_bytes(key)
@@ -102,6 +111,11 @@ def fetch_engine(store_uri: str, key: str, dest: Path, env: Mapping[str, str]) -
     verified = provenance.verify(key, manifest_bytes, store.read_envelope(key), trusted,
                                  env.get(names.BUILD_NAMESPACE) or None)
     manifest = verified.manifest
+    if upload and manifest.upload != upload:
+        raise Untrusted(f"engine {short_key(key)}: the store holds upload {manifest.upload!r}, "
+                        f"but this Deployment pins upload {upload!r}, the one the operator "
+                        "verified: another signed upload of the key (an older one restored?) "
+                        "is refused")
     print(f"kiln fetch-engine: engine {short_key(key)} is signed by a trusted key "
           f"({', '.join(sorted(k[:12] for k in verified.keyids))}), built by Job "
           f"{verified.job.namespace}/{verified.job.name}", file=sys.stderr)
@@ -154,12 +168,12 @@ def install_guard(directory: Path) -> Path:
 
 def run(*, store: str | None, key: str | None, source: str | None, revision: str | None,
         dest: Path, model_repo: Path | None, env: Mapping[str, str] | None = None,
-        guard_dir: Path | None = None) -> int:
+        guard_dir: Path | None = None, upload: str | None = None) -> int:
     """The command: engine (``store`` + ``key``) or checkpoint (``source``) into ``dest``."""
     env = dict(os.environ) if env is None else env
     try:
         if store and key:
-            done = fetch_engine(store, key, dest, env)
+            done = fetch_engine(store, key, dest, env, upload)
         elif source:
             done = fetch_checkpoint(source, revision, dest, env)
         else:

@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 MIN_RETENTION_ENV = "KILN_GC_MIN_RETENTION"
 DEFAULT_MIN_RETENTION = "1h"
 REPORT = "gc-report.json"
+MAX_REPORT = 1 << 20
+"""The largest report read back (bytes): anyone with the store's credentials can write one."""
 """Under the store's ``cache/``: what the last applied run found and reclaimed."""
 
 
@@ -159,5 +161,5 @@ def collect(store: EngineStore, keep: Iterable[str], *, retention: float, apply:
 
 def last_report(store: EngineStore) -> dict[str, Any] | None:
     """The last applied run's report, for the operator's metrics."""
-    data = store.get_blob(REPORT)
+    data = store.get_blob(REPORT, MAX_REPORT)
     return None if data is None else dict(json.loads(data))

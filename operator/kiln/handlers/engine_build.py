@@ -43,7 +43,12 @@ def _fresh_reconciler() -> None:
 
 
 Ref = tuple[str, str]
-_queue: WorkQueue[Ref] = WorkQueue(WORKERS)
+def _namespace(ref: tuple[str, str]) -> str:
+    """Whose share of the workers a reconcile takes: its namespace's (a tenant's)."""
+    return ref[0]
+
+
+_queue: WorkQueue[Ref] = WorkQueue(WORKERS, group=_namespace)
 """EngineBuilds due for a reconcile: the handlers below only mark them (see ``workqueue``)."""
 STUCK_SECONDS = 600.0
 """A reconcile running longer than this is hung: the liveness probe fails."""

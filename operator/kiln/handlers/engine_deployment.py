@@ -51,7 +51,14 @@ def _reconcile(body: dict[str, Any], world: Indexes) -> None:
 
 
 WORKERS = 4
-_queue: WorkQueue[tuple[str, str]] = WorkQueue(WORKERS)
+
+
+def _namespace(ref: tuple[str, str]) -> str:
+    """Whose share of the workers a reconcile takes: its namespace's (a tenant's)."""
+    return ref[0]
+
+
+_queue: WorkQueue[tuple[str, str]] = WorkQueue(WORKERS, group=_namespace)
 """EngineDeployments due for a reconcile (see ``workqueue``): a GPU node's change marks them
 all, and returns; each then runs once, however many events marked it."""
 STUCK_SECONDS = 600.0

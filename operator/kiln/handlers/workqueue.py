@@ -11,6 +11,12 @@ Two lanes: what an event (or a retry after backoff) marked goes before what peri
 marked (the sweep, a new term's first round), so a new object never waits behind a resync of
 thousands; an object marked both ways runs once, in the first lane. Every ``FAIR``-th turn
 goes to periodic work while it waits, so a stream of events never starves a resync.
+
+Shared fairly between tenants: objects of one group (a namespace) hold at most ``share``
+workers at once (half of them, rounded up), so one tenant whose reconciles wait on a slow
+endpoint of its own choosing leaves the other half to everyone else. What comes up while its
+group is at its share waits aside, still due, and goes back in line as one of the group's
+reconciles ends: decided by what runs now, nothing counted over time.
 """
 
 from __future__ import annotations
@@ -19,8 +25,9 @@ import asyncio
 import concurrent.futures
 import contextvars
 import logging
+import math
 import time
-from collections import deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
@@ -35,8 +42,17 @@ class WorkQueue(Generic[Ref]):
     """``add(ref, moved)`` marks ``ref`` due; ``run(work)`` calls ``work(ref, moved)`` in a
     thread for each due ref, ``moved`` being true if any mark since the last call said so."""
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int,
+                 group: Callable[[Ref], Hashable] | None = None) -> None:
         self.workers = workers
+        self.group = group
+        """Whose a ref is (its namespace); None: one group, no share."""
+        self.share = math.ceil(workers / 2) if group is not None else workers
+        """Workers one group may hold at once."""
+        self._busy: Counter[Hashable] = Counter()
+        """Workers each group holds now."""
+        self._aside: defaultdict[Hashable, deque[Ref]] = defaultdict(deque)
+        """Due refs of a group at its share, in the order they came up."""
         self._due: dict[Ref, bool] = {}
         self._lane: dict[Ref, int] = {}
         """Each due ref's lane: 0 (an event marked it) or 1 (periodic work did)."""
@@ -117,7 +133,28 @@ class WorkQueue(Generic[Ref]):
                 self._lanes[1] and self._turns % FAIR == 0) else 0
             ref = self._lanes[lane].popleft()
             if ref in self._due and ref not in self._running and self._lane[ref] == lane:
+                owner = self._group_of(ref)
+                if self._busy[owner] >= self.share:
+                    self._aside[owner].append(ref)  # back in line when one of its ends
+                    continue
                 return ref
+
+    def _group_of(self, ref: Ref) -> Hashable:
+        return None if self.group is None else self.group(ref)
+
+    def _ended(self, owner: Hashable) -> None:
+        """One of ``owner``'s reconciles ended: its first ref set aside goes back in line."""
+        self._busy[owner] -= 1
+        if self._busy[owner] <= 0:
+            del self._busy[owner]
+        waiting = self._aside.get(owner)
+        while waiting:
+            ref = waiting.popleft()
+            if ref in self._due and ref not in self._running:
+                self._enqueue(ref)
+                break
+        if not waiting:
+            self._aside.pop(owner, None)
 
     async def _worker(self, pool: concurrent.futures.Executor,
                       work: Callable[[Ref, bool], None]) -> None:
@@ -127,6 +164,8 @@ class WorkQueue(Generic[Ref]):
             moved = self._due.pop(ref)
             self._lane.pop(ref, None)
             self._running.add(ref)
+            owner = self._group_of(ref)
+            self._busy[owner] += 1
             self._since[ref] = time.monotonic()
             try:  # in this task's context: the thread's writes carry the leader's term
                 await loop.run_in_executor(pool, contextvars.copy_context().run, work, ref,
@@ -136,5 +175,6 @@ class WorkQueue(Generic[Ref]):
             finally:
                 self._running.discard(ref)
                 self._since.pop(ref, None)
+                self._ended(owner)
                 if ref in self._due:
                     self._enqueue(ref)

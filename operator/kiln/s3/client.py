@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from typing import Any
 
 import boto3
+from botocore import UNSIGNED
 from botocore.config import Config
 from botocore.exceptions import (
     ClientError,
@@ -18,7 +19,7 @@ from botocore.exceptions import (
     ReadTimeoutError,
 )
 
-from kiln.errors import AccessDenied, InvalidInput, KilnError, NotFound, Unavailable
+from kiln.errors import AccessDenied, InvalidInput, KilnError, NotFound, Unavailable, quoted
 
 _URI = re.compile(r"^s3://([a-z0-9][a-z0-9.-]{1,61}[a-z0-9])/((?:[^/\s]+/)*)$")
 _DENIED = {"AccessDenied", "InvalidAccessKeyId", "SignatureDoesNotMatch", "ExpiredToken",
@@ -44,17 +45,20 @@ def parse_uri(uri: str) -> tuple[str, str]:
 
 
 def client(credentials: Mapping[str, str] | None = None,
-           endpoint_url: str | None = None) -> Any:
+           endpoint_url: str | None = None, *, ambient: bool = True) -> Any:
     """A boto3 S3 client; ``credentials`` may carry AWS_* keys (from a Secret).
 
-    Without them boto3's own chain applies (environment, web identity, instance profile);
+    Without them boto3's own chain applies (environment, web identity, instance profile),
+    unless ``ambient`` is false: then requests go unsigned (an endpoint a tenant chose never
+    sees the operator's own key id);
     the endpoint is ``endpoint_url``, else ``AWS_ENDPOINT_URL`` from ``credentials``, else
     boto3's (which honours ``AWS_ENDPOINT_URL`` in the environment). Clients are shared (they
     are thread-safe) and made from one session: a client of its own session costs ~13 MiB.
     """
     creds = dict(credentials or {})
+    unsigned = not ambient and not creds.get("AWS_ACCESS_KEY_ID")
     return _client(tuple(sorted(creds.items())), endpoint_url or creds.get("AWS_ENDPOINT_URL"),
-                   os.environ.get("AWS_ENDPOINT_URL"))
+                   os.environ.get("AWS_ENDPOINT_URL"), unsigned)
 
 
 _session_lock = threading.Lock()
@@ -67,7 +71,7 @@ def _session() -> boto3.session.Session:
 
 @functools.lru_cache(maxsize=32)
 def _client(creds: tuple[tuple[str, str], ...], endpoint_url: str | None,
-            env_endpoint: str | None) -> Any:
+            env_endpoint: str | None, unsigned: bool = False) -> Any:
     """One client per credentials and endpoint (``env_endpoint`` only keys the cache)."""
     given = dict(creds)
     # No SigV4 hash of request bodies (boto3 skips it over HTTPS already): every upload
@@ -77,7 +81,8 @@ def _client(creds: tuple[tuple[str, str], ...], endpoint_url: str | None,
     # (connect or read timeout) x attempts, not minutes (the controllers back off after).
     config = Config(retries={"max_attempts": ATTEMPTS, "mode": "standard"},
                     max_pool_connections=POOL_CONNECTIONS, connect_timeout=CONNECT_TIMEOUT,
-                    read_timeout=READ_TIMEOUT, s3={"payload_signing_enabled": False})
+                    read_timeout=READ_TIMEOUT, s3={"payload_signing_enabled": False},
+                    **({"signature_version": UNSIGNED} if unsigned else {}))
     with _session_lock:  # a boto3 session is not thread-safe
         return _session().client(
             "s3", endpoint_url=endpoint_url, config=config,
@@ -99,7 +104,8 @@ def translate(error: Exception, what: str) -> KilnError:
     if isinstance(error, ClientError):
         code = error_code(error)
         status = error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
-        detail = error.response.get("Error", {}).get("Message") or code
+        code = quoted(code, 64)
+        detail = quoted(error.response.get("Error", {}).get("Message") or code)
         if code in _MISSING:
             return NotFound(f"{what}: {detail} ({code})")
         if code in _DENIED:
@@ -112,5 +118,5 @@ def translate(error: Exception, what: str) -> KilnError:
         return AccessDenied(f"{what}: no S3 credentials found (set credentialsSecret, or "
                             "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY)")
     if isinstance(error, EndpointConnectionError | ReadTimeoutError | ConnectionError):
-        return Unavailable(f"{what}: {error}")
-    return Unavailable(f"{what}: {type(error).__name__}: {error}")
+        return Unavailable(f"{what}: {quoted(error)}")
+    return Unavailable(f"{what}: {type(error).__name__}: {quoted(error)}")

@@ -21,7 +21,7 @@ from typing import Any
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from kiln.errors import NotFound, Unavailable, WeightsChanged
+from kiln.errors import NotFound, TooLarge, Unavailable, WeightsChanged
 from kiln.s3.client import error_code, translate
 
 log = logging.getLogger(__name__)
@@ -270,8 +270,13 @@ def stream(client: Any, bucket: str, key: str, start: int, end: int | None, size
             offset += len(data)
 
 
-def read_object(client: Any, bucket: str, key: str, *, what: str) -> bytes | None:
-    """A small object's bytes (resuming a broken read), or None when it does not exist."""
+def read_object(client: Any, bucket: str, key: str, *, what: str,
+                limit: int | None = None) -> bytes | None:
+    """A small object's bytes (resuming a broken read), or None when it does not exist. With
+    ``limit``: one GET of at most ``limit + 1`` bytes (a range), whose answer's size is
+    checked before its body is read; a larger object is ``TooLarge``, unread."""
+    if limit is not None:
+        return _read_limited(client, bucket, key, what, limit)
     parts: list[bytes] = []
     try:
         stream(client, bucket, key, 0, None, None, lambda _o, data: parts.append(data), what,
@@ -282,3 +287,31 @@ def read_object(client: Any, bucket: str, key: str, *, what: str) -> bytes | Non
             return None
         raise
     return b"".join(parts)
+
+
+def _read_limited(client: Any, bucket: str, key: str, what: str, limit: int) -> bytes | None:
+    try:
+        try:
+            response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit}")
+        except ClientError as error:
+            if error_code(error) != "InvalidRange":
+                raise
+            response = client.get_object(Bucket=bucket, Key=key)  # empty: no byte 0
+        total = str(response.get("ContentRange", "")).rpartition("/")[2]
+        size = int(total) if total.isdigit() else int(response.get("ContentLength") or 0)
+        body = response["Body"]
+        if size > limit:
+            body.close()  # not one byte of it read
+            raise TooLarge(f"{what}: the object is {size} bytes, more than kiln ever writes "
+                           f"there ({limit}): not read")
+        with body:
+            data: bytes = body.read(limit + 1)
+    except ClientError as error:
+        if error_code(error) in ("NoSuchKey", "404"):
+            return None
+        raise translate(error, what) from error
+    except (BotoCoreError, OSError) as error:
+        raise translate(error, what) from error
+    if len(data) > limit:
+        raise TooLarge(f"{what}: the object is more than {limit} bytes: not read further")
+    return data

@@ -34,18 +34,23 @@ from kiln.sources.pvc import PvcSource
 from kiln.sources.s3 import S3Source
 
 __all__ = ["HuggingFaceSource", "Progress", "PvcSource", "S3Source", "WeightSource",
-           "WeightsIdentity", "content_digest", "open_source", "origin_of", "shared"]
+           "WeightsIdentity", "content_digest", "open_source", "origin_of", "shared",
+           "tenant_endpoint"]
 
 
 def open_source(uri: str, *, credentials: Mapping[str, str] | None = None,
                 revision: str | None = None, endpoint_url: str | None = None,
-                hf_repo_type: RepoType = "model") -> WeightSource:
+                hf_repo_type: RepoType = "model", ambient: bool = True) -> WeightSource:
     """The source at ``uri``; ``credentials`` are the keys of ``credentialsSecret``;
-    ``hf_repo_type`` says whether an ``hf://`` URI names a model or a dataset repository."""
+    ``hf_repo_type`` says whether an ``hf://`` URI names a model or a dataset repository;
+    ``ambient`` false: credentials the mapping lacks are not taken from the environment
+    (boto3's chain, ``HF_TOKEN``): requests go unsigned, without a token."""
     if uri.startswith("s3://"):
-        return S3Source(uri, credentials=credentials, endpoint_url=endpoint_url)
+        return S3Source(uri, credentials=credentials, endpoint_url=endpoint_url,
+                        ambient=ambient)
     if uri.startswith("hf://"):
-        return HuggingFaceSource(uri, credentials=credentials, repo_type=hf_repo_type)
+        return HuggingFaceSource(uri, credentials=credentials, repo_type=hf_repo_type,
+                                 ambient=ambient)
     if uri.startswith("pvc://"):
         return PvcSource(uri, revision=revision)
     raise InvalidInput(f"{uri!r} is not a weights URI: use s3://bucket/prefix/, "
@@ -94,6 +99,16 @@ def shared(uri: str, secret: str | None) -> bool:
     read with the platform's credentials (no tenant Secret) from a place that is not a
     tenant's claim."""
     return not secret and not uri.startswith("pvc://")
+
+
+def tenant_endpoint(uri: str, credentials: Mapping[str, str] | None) -> str | None:
+    """The endpoint the tenant's credentials name for ``uri`` (``AWS_ENDPOINT_URL`` for
+    ``s3://``, ``HF_ENDPOINT`` for ``hf://``), or None: the platform's. The operator reads a
+    tenant's endpoint with the tenant's credentials only, never its own."""
+    creds = credentials or {}
+    name = ("AWS_ENDPOINT_URL" if uri.startswith("s3://")
+            else "HF_ENDPOINT" if uri.startswith("hf://") else "")
+    return (_endpoint(creds.get(name)) or None) if name else None
 
 
 def _endpoint(value: str | None) -> str:

@@ -3,7 +3,12 @@ EngineBuilds pointing at an endpoint that hangs hold a few reconcile workers, no
 A call waits for a slot while the endpoint still answers (a burst of reads, or a few slow
 listings, queue up); once every slot is held and no call has finished for ``HUNG_SECONDS``,
 the endpoint counts as hanging and a call that finds no slot fails at once as
-``EndpointBusy`` and backs off."""
+``EndpointBusy`` and backs off.
+
+Calls to endpoints a tenant named (in its credentials Secret) share one more budget,
+``TENANT_IN_FLIGHT`` across all of them: tenants with many endpoints, or many tenants with
+slow ones, hold at most that many reconcile workers together; the rest serve everyone else.
+Each such call is bounded as a whole besides (the sources' deadlines)."""
 
 from __future__ import annotations
 
@@ -15,6 +20,9 @@ from urllib.parse import urlsplit
 
 IN_FLIGHT = 4
 """Calls at once per endpoint."""
+TENANT_IN_FLIGHT = 3
+"""Calls at once to all the endpoints tenants named together: fewer than half the
+EngineBuild reconcile workers (8)."""
 HUNG_SECONDS = 5.0
 """An endpoint whose slots are all held and that finished no call for this long hangs."""
 WAIT_SECONDS = 30.0
@@ -23,8 +31,9 @@ _POLL_SECONDS = 0.25
 
 
 class _Endpoint:
-    def __init__(self) -> None:
-        self.slots = threading.BoundedSemaphore(IN_FLIGHT)
+    def __init__(self, capacity: int = IN_FLIGHT) -> None:
+        self.capacity = capacity
+        self.slots = threading.BoundedSemaphore(capacity)
         self.started: dict[int, float] = {}
         """When each call in flight began (by a token of its own)."""
         self.finished = 0.0
@@ -33,11 +42,13 @@ class _Endpoint:
     def hanging(self, now: float) -> bool:
         """Every slot is held, by calls older than ``HUNG_SECONDS``, and none finished since."""
         held = list(self.started.values())
-        return (len(held) >= IN_FLIGHT and now - self.finished > HUNG_SECONDS
+        return (len(held) >= self.capacity and now - self.finished > HUNG_SECONDS
                 and all(now - t > HUNG_SECONDS for t in held))
 
 
 _endpoints: dict[str, _Endpoint] = {}
+_tenants = _Endpoint(TENANT_IN_FLIGHT)
+"""The budget the calls to every tenant-named endpoint share."""
 _guard = threading.Lock()
 _tokens = iter(range(1 << 62))
 
@@ -63,21 +74,32 @@ def endpoint_of(uri: str, credentials: Mapping[str, str] | None) -> str:
 
 
 @contextlib.contextmanager
-def slot(endpoint: str, what: str) -> Iterator[None]:
-    """Hold one of the endpoint's slots for the call; ``Unavailable`` (``EndpointBusy``) when
-    none is free and the calls holding them hang (or after ``WAIT_SECONDS``)."""
-    from kiln.errors import Unavailable
-
+def slot(endpoint: str, what: str, *, tenant: bool = False) -> Iterator[None]:
+    """Hold one of the endpoint's slots for the call (and, for an endpoint a tenant named,
+    one of ``TENANT_IN_FLIGHT`` shared by all of them); ``Unavailable`` (``EndpointBusy``)
+    when none is free and the calls holding them hang (or after ``WAIT_SECONDS``)."""
     with _guard:
         state = _endpoints.setdefault(endpoint, _Endpoint())
+    with _hold(state, endpoint, what):
+        if not tenant:
+            yield
+            return
+        with _hold(_tenants, "endpoints tenants named", what):
+            yield
+
+
+@contextlib.contextmanager
+def _hold(state: _Endpoint, endpoint: str, what: str) -> Iterator[None]:
+    from kiln.errors import Unavailable
+
     deadline = time.monotonic() + WAIT_SECONDS
     while not state.slots.acquire(timeout=_POLL_SECONDS):
         now = time.monotonic()
         with _guard:
             hanging = state.hanging(now)
         if hanging or now >= deadline:
-            raise Unavailable(f"{what}: {IN_FLIGHT} calls to {endpoint} are in flight and "
-                              f"have not answered for more than {HUNG_SECONDS:g}s",
+            raise Unavailable(f"{what}: {state.capacity} calls to {endpoint} are in flight "
+                              f"and have not answered for more than {HUNG_SECONDS:g}s",
                               reason="EndpointBusy")
     with _guard:
         token = next(_tokens)

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import os
 import re
 import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
+from urllib.parse import quote
 
-from kiln.errors import AccessDenied, InvalidInput, KilnError, NotFound, Unavailable
+import urllib3
+
+from kiln.errors import AccessDenied, InvalidInput, KilnError, NotFound, Unavailable, quoted
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
 
 log = logging.getLogger(__name__)
@@ -30,18 +36,27 @@ def hf_repo(uri: str) -> str:
                            "hf://org/name@revision")
     return match.group(1)
 
-HUB_TIMEOUT = 20.0
-"""Seconds a model-info request may take: a hub that hangs holds a reconcile no longer."""
+HUB_SECONDS = 30.0
+"""The longest a model-info call may take, the whole call (connect, headers, every byte of
+the body): a hub that hangs or drips holds a reconcile no longer."""
+HUB_READ_SECONDS = 10.0
+"""Seconds without a byte from the hub."""
+HUB_MAX_BYTES = 16 << 20
+"""The largest model-info answer read (a repository of thousands of files is a few MiB)."""
+DEFAULT_HUB = "https://huggingface.co"
+
 
 class HuggingFaceSource:
     """``hf://org/name@revision`` (revision: a branch, tag or commit; default ``main``).
 
-    The token is ``HF_TOKEN`` from the credentials (else the environment); the hub is
-    ``HF_ENDPOINT`` from the credentials, else the environment, else huggingface.co.
+    The token is ``HF_TOKEN`` from the credentials, else (``ambient``) the environment's; the
+    hub is ``HF_ENDPOINT`` from the credentials, else the environment, else huggingface.co.
+    The operator opens a tenant's source with ``ambient`` false where the tenant names the
+    hub: its own token never goes there.
     """
 
     def __init__(self, uri: str, *, credentials: Mapping[str, str] | None = None,
-                 repo_type: RepoType = "model") -> None:
+                 repo_type: RepoType = "model", ambient: bool = True) -> None:
         match = _URI.match(uri)
         if match is None:
             raise InvalidInput(f"{uri!r} is not a Hugging Face URI such as "
@@ -51,7 +66,8 @@ class HuggingFaceSource:
         """``model`` for weights, ``dataset`` for calibration data."""
         self.repo, self.revision = match.group(1), match.group(2) or "main"
         creds = dict(credentials or {})
-        self.token = creds.get("HF_TOKEN") or os.environ.get("HF_TOKEN") or None
+        self.token = creds.get("HF_TOKEN") or (
+            os.environ.get("HF_TOKEN") if ambient else None) or None
         self.endpoint = creds.get("HF_ENDPOINT") or os.environ.get("HF_ENDPOINT") or None
 
     def _hub_error(self, error: Exception, what: str) -> KilnError:
@@ -76,23 +92,79 @@ class HuggingFaceSource:
             return AccessDenied(f"{self.uri}: the hub refused the token ({status}); check "
                                 "HF_TOKEN in the credentials Secret")
         if isinstance(error, HfHubHTTPError) and 400 <= status < 500 and status != 429:
-            return InvalidInput(f"{self.uri}: {what}: {error}")
-        return Unavailable(f"{self.uri}: {what}: {type(error).__name__}: {error}")
+            return InvalidInput(f"{self.uri}: {what}: {quoted(error)}")
+        return Unavailable(f"{self.uri}: {what}: {type(error).__name__}: {quoted(error)}")
+
+    def _answer_error(self, status: int, code: str, body: bytes) -> KilnError:
+        """The hub's error answer (its ``X-Error-Code``, as huggingface_hub reads it)."""
+        if code == "RevisionNotFound":
+            return NotFound(f"{self.uri}: revision {self.revision!r} does not exist in "
+                            f"{self.repo}")
+        if code == "GatedRepo":
+            return AccessDenied(f"{self.uri}: the repository is gated; put an HF_TOKEN with "
+                                "access in the credentials Secret")
+        if code == "RepoNotFound" or status == 404:
+            hint = "check the token" if self.token else "set HF_TOKEN if it is private"
+            return NotFound(f"{self.uri}: repository {self.repo} not found ({hint})")
+        said = quoted(body.decode(errors="replace"))
+        if status in (401, 403):
+            return AccessDenied(f"{self.uri}: the hub refused the token ({status}); check "
+                                "HF_TOKEN in the credentials Secret")
+        if 400 <= status < 500 and status != 429:
+            return InvalidInput(f"{self.uri}: reading the model info: {status} {said}")
+        return Unavailable(f"{self.uri}: reading the model info: {status} {said}")
+
+    def _info_url(self) -> str:
+        kind = "datasets" if self.repo_type == "dataset" else "models"
+        return (f"{(self.endpoint or DEFAULT_HUB).rstrip('/')}/api/{kind}/{self.repo}"
+                f"/revision/{quote(self.revision, safe='')}")
 
     def _sha(self) -> str:
-        from huggingface_hub import HfApi
-
-        api = HfApi(endpoint=self.endpoint, token=self.token or False)
+        """The commit sha of the revision: one model-info request, bounded as a whole
+        (``HUB_SECONDS``, ``HUB_MAX_BYTES``), however the hub sends its answer."""
+        headers = {"Accept": "application/json", "User-Agent": "kiln"}
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        deadline = time.monotonic() + HUB_SECONDS
+        late = Unavailable(f"{self.uri}: the hub did not answer within {HUB_SECONDS:g}s",
+                           reason="SourceTooSlow")
         try:
-            info = (api.dataset_info(self.repo, revision=self.revision, timeout=HUB_TIMEOUT)
-                    if self.repo_type == "dataset"
-                    else api.model_info(self.repo, revision=self.revision, timeout=HUB_TIMEOUT))
-        except Exception as error:  # the hub's errors, and httpx's for connections
-            raise self._hub_error(error, "reading the model info") from error
-        sha = getattr(info, "sha", None)
-        if not sha:
+            answer = _pool().request(
+                "GET", self._info_url(), headers=headers, preload_content=False,
+                redirect=False, retries=False,
+                timeout=urllib3.Timeout(connect=min(HUB_READ_SECONDS, HUB_SECONDS),
+                                        read=HUB_READ_SECONDS))
+        except urllib3.exceptions.HTTPError as error:
+            raise Unavailable(f"{self.uri}: reading the model info: "
+                              f"{type(error).__name__}: {quoted(error)}") from error
+        body = bytearray()
+        try:
+            while chunk := answer.read1(64 << 10):  # what has arrived: a drip is seen
+                body += chunk
+                if len(body) > HUB_MAX_BYTES:
+                    raise Unavailable(f"{self.uri}: the hub's model info is larger than "
+                                      f"{HUB_MAX_BYTES >> 20} MiB: not read further",
+                                      reason="SourceTooLarge")
+                if time.monotonic() > deadline:
+                    raise late
+        except urllib3.exceptions.HTTPError as error:
+            if time.monotonic() > deadline:
+                raise late from error
+            raise Unavailable(f"{self.uri}: reading the model info: "
+                              f"{type(error).__name__}: {quoted(error)}") from error
+        finally:
+            answer.release_conn()
+            answer.close()
+        if answer.status != 200:
+            raise self._answer_error(answer.status, answer.headers.get("X-Error-Code", ""),
+                                     bytes(body[:4096]))
+        try:
+            sha = json.loads(body).get("sha")
+        except (ValueError, AttributeError) as error:
+            raise Unavailable(f"{self.uri}: the hub's model info is not JSON") from error
+        if not isinstance(sha, str) or not re.fullmatch(r"[0-9a-f]{40}", sha):
             raise Unavailable(f"{self.uri}: the hub returned no commit sha")
-        return str(sha)
+        return sha
 
     def identity(self) -> WeightsIdentity:
         """sha256 over (repo, commit sha); one model-info request, nothing downloaded."""
@@ -118,6 +190,12 @@ class HuggingFaceSource:
             size = sum(p.stat().st_size for p in dest_dir.rglob("*") if p.is_file())
             progress(size, size)
         return identity
+
+
+@functools.cache
+def _pool() -> urllib3.PoolManager:
+    """One connection pool for every hub (thread-safe)."""
+    return urllib3.PoolManager(num_pools=32, maxsize=8)
 
 
 def _drop_hub_metadata(dest_dir: Path) -> None:

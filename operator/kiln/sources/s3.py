@@ -14,13 +14,19 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from kiln.errors import NotFound, WeightsChanged
+from kiln.errors import InvalidInput, NotFound, Unavailable, WeightsChanged
 from kiln.s3 import client as s3client
 from kiln.s3.transfer import Transfers
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
 
 FILES_AT_ONCE = 4
 ABANDONED_SECONDS = 86_400.0
+MAX_OBJECTS = 5_000
+"""Objects a weights prefix may hold (a checkpoint has hundreds at most): a listing that goes
+on is cut off here, at about five pages, whatever the endpoint says."""
+LIST_SECONDS = 60.0
+"""The longest one listing may take, all its pages together (each request is bounded by the
+client's timeouts as well)."""
 log = logging.getLogger(__name__)
 
 
@@ -28,17 +34,28 @@ class S3Source:
     """``s3://bucket/prefix/``: every object under the prefix (not ending in ``/``)."""
 
     def __init__(self, uri: str, *, credentials: Mapping[str, str] | None = None,
-                 endpoint_url: str | None = None) -> None:
+                 endpoint_url: str | None = None, ambient: bool = True) -> None:
         self.uri = uri if uri.endswith("/") else uri + "/"
         self.bucket, self.prefix = s3client.parse_uri(self.uri)
-        self.client = s3client.client(credentials, endpoint_url)
+        self.client = s3client.client(credentials, endpoint_url, ambient=ambient)
 
     def _listing(self, modified: list[float] | None = None) -> list[dict[str, Any]]:
-        """(name, size, ETag) of every object; their write times go to ``modified``."""
-        objects = []
+        """(name, size, ETag) of every object; their write times go to ``modified``. More
+        than ``MAX_OBJECTS`` is ``InvalidInput``; a listing still going after
+        ``LIST_SECONDS`` is ``Unavailable``."""
+        objects: list[dict[str, Any]] = []
+        deadline = time.monotonic() + LIST_SECONDS
         try:
             for page in self.client.get_paginator("list_objects_v2").paginate(
                     Bucket=self.bucket, Prefix=self.prefix):
+                if len(objects) + len(page.get("Contents", [])) > MAX_OBJECTS:
+                    raise InvalidInput(f"more than {MAX_OBJECTS} objects under {self.uri}: "
+                                       f"kiln reads at most {MAX_OBJECTS} (a checkpoint holds "
+                                       "hundreds); point the source at the model's own prefix")
+                if time.monotonic() > deadline:
+                    raise Unavailable(f"the listing of {self.uri} did not answer within "
+                                      f"{LIST_SECONDS:g}s ({len(objects)} objects so far)",
+                                      reason="SourceTooSlow")
                 for o in page.get("Contents", []):
                     if o["Key"].endswith("/"):
                         continue

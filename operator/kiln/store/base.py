@@ -24,10 +24,10 @@ from typing import Any, TypeVar
 
 from kiln.contract import layout
 from kiln.contract.key import short_key
-from kiln.contract.manifest import MANIFEST, FileEntry, Manifest
-from kiln.contract.provenance import ENVELOPE
+from kiln.contract.manifest import MANIFEST, MAX_MANIFEST, FileEntry, Manifest, relative_path
+from kiln.contract.provenance import ENVELOPE, MAX_ENVELOPE
 from kiln.contract.warmup import ArtifactReport
-from kiln.errors import IntegrityError, InvalidInput, NotFound, Unavailable
+from kiln.errors import IntegrityError, InvalidInput, NotFound, TooLarge, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +63,21 @@ def _upload_id(upload: str) -> str:
     if not upload or "/" in upload or upload in (".", ".."):
         raise InvalidInput(f"{upload!r} is not an upload id")
     return upload
+
+
+def _inside(root: Path, rel: str) -> Path:
+    """Where file ``rel`` of an engine goes under ``root`` (resolved): ``IntegrityError`` if
+    that is anywhere else (a ``..``, an absolute path, a link on the way)."""
+    refused = IntegrityError(f"the manifest names {rel[:200]!r}, which is not a file inside "
+                             f"{root}: refused, nothing written there")
+    try:
+        relative_path(rel)
+    except ValueError:
+        raise refused from None
+    target = root / rel
+    if target.is_symlink() or not target.parent.resolve().is_relative_to(root):
+        raise refused
+    return target
 
 
 def sha256_file(path: Path) -> str:
@@ -138,8 +153,9 @@ class EngineStore(ABC):
         """The committed engine's manifest, or None: no manifest, no engine."""
 
     @abstractmethod
-    def _get_object(self, key: str, name: str) -> bytes | None:
-        """A small object beside the manifest (``manifest.json`` itself, the provenance)."""
+    def _get_object(self, key: str, name: str, limit: int) -> bytes | None:
+        """A small object beside the manifest (``manifest.json`` itself, the provenance);
+        ``TooLarge``, unread, above ``limit`` bytes."""
 
     @abstractmethod
     def _put_object(self, key: str, name: str, data: bytes) -> None:
@@ -200,8 +216,9 @@ class EngineStore(ABC):
         """``last-used``: seconds since it was written, and what it says; or None."""
 
     @abstractmethod
-    def get_blob(self, name: str) -> bytes | None:
-        """A small object under ``<root>/cache/`` (e.g. a TensorRT timing cache), or None."""
+    def get_blob(self, name: str, limit: int | None = None) -> bytes | None:
+        """A small object under ``<root>/cache/`` (e.g. a TensorRT timing cache), or None;
+        with ``limit``, ``TooLarge`` (unread) above that many bytes."""
 
     @abstractmethod
     def put_blob(self, name: str, data: bytes) -> None:
@@ -241,12 +258,26 @@ class EngineStore(ABC):
         return self.read_manifest(check_key(key)) is not None
 
     def read_manifest_bytes(self, key: str) -> bytes | None:
-        """The committed manifest exactly as stored (what a signature covers), or None."""
-        return self._get_object(check_key(key), MANIFEST)
+        """The committed manifest exactly as stored (what a signature covers), or None;
+        ``TooLarge`` (an ``Untrusted``), unread, above ``MAX_MANIFEST`` bytes."""
+        return self._get_object(check_key(key), MANIFEST, MAX_MANIFEST)
 
     def read_envelope(self, key: str) -> bytes | None:
-        """The engine's signed provenance (a DSSE envelope), or None."""
-        return self._get_object(check_key(key), ENVELOPE)
+        """The engine's signed provenance (a DSSE envelope), or None; ``TooLarge``, unread,
+        above ``MAX_ENVELOPE`` bytes."""
+        return self._get_object(check_key(key), ENVELOPE, MAX_ENVELOPE)
+
+    def _manifest_there(self, key: str) -> bool:
+        """Whether any manifest is stored for ``key`` (kiln's or not, too large included)."""
+        try:
+            return self.read_manifest_bytes(key) is not None
+        except TooLarge:
+            return True
+
+    @staticmethod
+    def _too_large(key: str, error: TooLarge) -> None:
+        log.warning("the manifest of engine %s counts as absent: %s", short_key(key),
+                    error.message)
 
     def write_envelope(self, key: str, data: bytes) -> None:
         """Write (replace) the engine's signed provenance."""
@@ -275,7 +306,7 @@ class EngineStore(ABC):
             log.info("engine %s is already in %s", short_key(key), self.uri)
             return existing
         # An unparsable manifest counts as absent, and is replaced like an unsigned one.
-        replace = existing is not None or self.read_manifest_bytes(key) is not None
+        replace = existing is not None or self._manifest_there(key)
         files = engine_files(src_dir)
         sizes = [p.stat().st_size for p in files]
         counter = _Counter(sum(sizes), progress)
@@ -305,7 +336,7 @@ class EngineStore(ABC):
                 log.info("engine %s was committed by another writer first (upload %s)",
                          short_key(key), winner.upload)
                 return winner
-            if winner is not None or self.read_manifest_bytes(key) is not None:
+            if winner is not None or self._manifest_there(key):
                 self._put_object(key, MANIFEST, manifest.to_json())
                 return manifest
         raise Unavailable(f"engine {short_key(key)} could not be committed to {self.uri}: its "
@@ -321,9 +352,10 @@ class EngineStore(ABC):
             raise NotFound(f"engine {key} is not in {self.uri} (no manifest)")
         counter = _Counter(manifest.total_bytes, progress)
         dest_dir.mkdir(parents=True, exist_ok=True)
+        root = dest_dir.resolve()
 
         def fetch(entry: FileEntry) -> None:
-            target = dest_dir / entry.path
+            target = _inside(root, entry.path)
             target.parent.mkdir(parents=True, exist_ok=True)
             actual = self._get_file(key, manifest.upload, entry, target, counter)
             if actual != entry.sha256:

@@ -12,8 +12,8 @@ from pathlib import Path
 
 from kiln.contract import layout
 from kiln.contract.key import short_key
-from kiln.contract.manifest import MANIFEST, USED, FileEntry, Manifest
-from kiln.errors import InvalidInput, NotFound
+from kiln.contract.manifest import MANIFEST, MAX_MANIFEST, USED, FileEntry, Manifest
+from kiln.errors import InvalidInput, NotFound, TooLarge
 from kiln.store.base import CHUNK, Count, EngineStore
 
 
@@ -93,16 +93,14 @@ class FileStore(EngineStore):
 
     def read_manifest(self, key: str) -> Manifest | None:
         try:
-            data = (self._dir(key) / MANIFEST).read_bytes()
-        except FileNotFoundError:
+            data = _read(self._dir(key) / MANIFEST, MAX_MANIFEST)
+        except TooLarge as error:
+            self._too_large(key, error)
             return None
         return self._parse_manifest(key, data)
 
-    def _get_object(self, key: str, name: str) -> bytes | None:
-        try:
-            return (self._dir(key) / name).read_bytes()
-        except FileNotFoundError:
-            return None
+    def _get_object(self, key: str, name: str, limit: int) -> bytes | None:
+        return _read(self._dir(key) / name, limit)
 
     def _put_object(self, key: str, name: str, data: bytes) -> None:
         path = self._dir(key) / name
@@ -215,11 +213,8 @@ class FileStore(EngineStore):
             raise InvalidInput(f"{name!r} is not a blob name (relative, no '..')")
         return self.root / "cache" / name
 
-    def get_blob(self, name: str) -> bytes | None:
-        try:
-            return self._blob(name).read_bytes()
-        except FileNotFoundError:
-            return None
+    def get_blob(self, name: str, limit: int | None = None) -> bytes | None:
+        return _read(self._blob(name), limit)
 
     def put_blob(self, name: str, data: bytes) -> None:
         path = self._blob(name)
@@ -227,3 +222,20 @@ class FileStore(EngineStore):
         staged = path.with_name(f".{path.name}.{os.getpid()}.{time.monotonic_ns()}")
         staged.write_bytes(data)
         staged.replace(path)  # atomic: readers see the old blob or the new one
+
+
+def _read(path: Path, limit: int | None) -> bytes | None:
+    """The file's bytes, or None when it does not exist; ``TooLarge`` (unread) above
+    ``limit``."""
+    try:
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if limit is not None and size > limit:
+                raise TooLarge(f"{path} is {size} bytes, more than kiln ever writes there "
+                               f"({limit}): not read")
+            data = file.read() if limit is None else file.read(limit + 1)
+    except FileNotFoundError:
+        return None
+    if limit is not None and len(data) > limit:
+        raise TooLarge(f"{path} is more than {limit} bytes: not read further")
+    return data

@@ -15,8 +15,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from kiln.contract import layout
 from kiln.contract.key import short_key
-from kiln.contract.manifest import MANIFEST, USED, FileEntry, Manifest
-from kiln.errors import InvalidInput
+from kiln.contract.manifest import MANIFEST, MAX_MANIFEST, USED, FileEntry, Manifest
+from kiln.errors import InvalidInput, TooLarge
 from kiln.s3.client import error_code, translate
 from kiln.s3.transfer import Transfers, read_object
 from kiln.store.base import CHUNK, Count, EngineStore
@@ -25,6 +25,8 @@ log = logging.getLogger(__name__)
 
 _CONFLICT = ("PreconditionFailed", "ConditionalRequestConflict", "412")
 _MISSING = ("404", "NoSuchKey", "NotFound")
+USED_BYTES = 4096
+"""Of a ``last-used`` marker, what is read (kiln writes a few dozen bytes)."""
 
 
 class S3Store(EngineStore):
@@ -73,9 +75,11 @@ class S3Store(EngineStore):
         except (ClientError, BotoCoreError, OSError) as error:
             raise translate(error, f"{what} in {self.uri}") from error
 
-    def _get(self, name: str, what: str) -> bytes | None:
-        """A small object's bytes, or None when it does not exist."""
-        return read_object(self.client, self.bucket, name, what=f"{what} in {self.uri}")
+    def _get(self, name: str, what: str, limit: int | None = None) -> bytes | None:
+        """A small object's bytes, or None when it does not exist; ``TooLarge`` (unread)
+        above ``limit``."""
+        return read_object(self.client, self.bucket, name, what=f"{what} in {self.uri}",
+                           limit=limit)
 
     def _put_file(self, key: str, upload: str, rel: str, path: Path, count: Count) -> str:
         return self.transfers.upload(path, self.bucket, f"{self._key_prefix(key)}{upload}/{rel}",
@@ -111,11 +115,17 @@ class S3Store(EngineStore):
         return True
 
     def read_manifest(self, key: str) -> Manifest | None:
-        data = self._get(self._key_prefix(key) + MANIFEST, f"read the manifest of {short_key(key)}")
+        try:
+            data = self._get(self._key_prefix(key) + MANIFEST,
+                             f"read the manifest of {short_key(key)}", MAX_MANIFEST)
+        except TooLarge as error:
+            self._too_large(key, error)
+            return None
         return self._parse_manifest(key, data)
 
-    def _get_object(self, key: str, name: str) -> bytes | None:
-        return self._get(self._key_prefix(key) + name, f"read {name} of {short_key(key)}")
+    def _get_object(self, key: str, name: str, limit: int) -> bytes | None:
+        return self._get(self._key_prefix(key) + name, f"read {name} of {short_key(key)}",
+                         limit)
 
     def _put_object(self, key: str, name: str, data: bytes) -> None:
         self._call(f"write {name} of {short_key(key)}", self.client.put_object,
@@ -166,8 +176,13 @@ class S3Store(EngineStore):
     def _uncommit(self, key: str, expected: bytes | None = None) -> Manifest | None:
         name = self._key_prefix(key) + MANIFEST
         try:
-            found = self.client.get_object(Bucket=self.bucket, Key=name)
-            data = found["Body"].read()
+            found = self.client.get_object(Bucket=self.bucket, Key=name,
+                                           Range=f"bytes=0-{MAX_MANIFEST}")
+            total = str(found.get("ContentRange", "")).rpartition("/")[2]
+            if total.isdigit() and int(total) > MAX_MANIFEST:
+                found["Body"].close()  # not kiln's: it is not set aside, nor read
+                return None
+            data = found["Body"].read(MAX_MANIFEST + 1)
             etag = found["ETag"]
             if expected is not None and data != expected:
                 return None
@@ -280,10 +295,12 @@ class S3Store(EngineStore):
     def _used(self, key: str) -> tuple[float, bytes] | None:
         what = f"read when {short_key(key)} was used in {self.uri}"
         try:
-            found = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix(key) + USED)
-            data: bytes = found["Body"].read()
+            found = self.client.get_object(Bucket=self.bucket, Key=self._key_prefix(key) + USED,
+                                           Range=f"bytes=0-{USED_BYTES - 1}")
+            with contextlib.closing(found["Body"]) as body:
+                data: bytes = body.read(USED_BYTES)
         except ClientError as error:
-            if error_code(error) in ("404", "NoSuchKey", "NotFound"):
+            if error_code(error) in ("404", "NoSuchKey", "NotFound", "InvalidRange"):
                 return None
             raise translate(error, what) from error
         except (BotoCoreError, OSError) as error:
@@ -300,8 +317,8 @@ class S3Store(EngineStore):
             raise InvalidInput(f"{name!r} is not a blob name (relative, no '..')")
         return f"{self.prefix}cache/{name}"
 
-    def get_blob(self, name: str) -> bytes | None:
-        return self._get(self._blob_name(name), f"read cache/{name}")
+    def get_blob(self, name: str, limit: int | None = None) -> bytes | None:
+        return self._get(self._blob_name(name), f"read cache/{name}", limit)
 
     def put_blob(self, name: str, data: bytes) -> None:
         self._call(f"write cache/{name}", self.client.put_object, Bucket=self.bucket,
