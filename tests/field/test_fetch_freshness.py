@@ -95,6 +95,7 @@ def test_a_signed_manifest_naming_a_path_outside_the_engine_writes_nothing_there
         provenance.sign(evil_bytes, unchecked, job, signer))
 
     dest = tmp_path / "pod" / "engine"
+    dest.parent.mkdir()
     refused = fetch(kube, deployment, dest)
     assert not (dest.parent / "escaped.txt").exists(), refused.log
     assert refused.code != 0 and refused.reason in ("Untrusted", "IntegrityError"), refused

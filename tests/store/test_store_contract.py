@@ -17,8 +17,8 @@ from typing import Any
 
 import pytest
 
-from kiln.contract.manifest import MANIFEST
-from kiln.errors import IntegrityError, NotFound
+from kiln.contract.manifest import MANIFEST, MAX_MANIFEST
+from kiln.errors import IntegrityError, NotFound, TooLarge
 from kiln.s3.transfer import MIB, Transfers
 from kiln.store import EngineStore, open_store
 from kiln.store.fs import FileStore
@@ -416,3 +416,29 @@ def test_a_damaged_engine_set_aside_keeps_every_byte_and_is_gone_from_engines(
     for entry in manifest.files:
         if entry.path != "rank2.engine":
             assert (got / "files" / entry.path).read_bytes() == (engine / entry.path).read_bytes()
+
+
+def test_a_manifest_too_large_to_be_kilns_is_refused_unread_and_replaced(
+        store: EngineStore, engine: Path) -> None:
+    store.upload(KEY, engine)
+    store._put_object(KEY, MANIFEST, b"{" + b" " * (MAX_MANIFEST + 1) + b"}")
+    with pytest.raises(TooLarge, match=f"{MAX_MANIFEST + 3} bytes"):
+        store.read_manifest_bytes(KEY)
+    assert store.read_manifest(KEY) is None and not store.has(KEY)
+    replaced = store.upload(KEY, engine)  # counts as absent: a build's upload replaces it
+    assert store.read_manifest(KEY) == replaced
+    store.put_blob("gc-report.json", b"x" * 100)
+    with pytest.raises(TooLarge):
+        store.get_blob("gc-report.json", 99)
+    assert store.get_blob("gc-report.json", 100) == b"x" * 100
+
+
+def test_a_download_writes_nothing_outside_its_destination(
+        store: EngineStore, engine: Path, tmp_path: Path) -> None:
+    manifest = store.upload(KEY, engine)
+    dest = tmp_path / "out" / "engine"
+    dest.mkdir(parents=True)
+    (dest / "sub").symlink_to(tmp_path)  # a link on the way out
+    with pytest.raises(IntegrityError, match=r"sub/tokenizer\.json"):
+        store.download(KEY, dest, manifest=manifest)
+    assert not (tmp_path / "tokenizer.json").exists()

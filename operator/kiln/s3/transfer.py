@@ -9,6 +9,7 @@ held at once, and ranges stream through 1 MiB buffers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
@@ -290,6 +291,7 @@ def read_object(client: Any, bucket: str, key: str, *, what: str,
 
 
 def _read_limited(client: Any, bucket: str, key: str, what: str, limit: int) -> bytes | None:
+    parts: list[bytes] = []
     try:
         try:
             response = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{limit}")
@@ -304,14 +306,20 @@ def _read_limited(client: Any, bucket: str, key: str, what: str, limit: int) -> 
             body.close()  # not one byte of it read
             raise TooLarge(f"{what}: the object is {size} bytes, more than kiln ever writes "
                            f"there ({limit}): not read")
-        with body:
-            data: bytes = body.read(limit + 1)
+        got = 0
+        with contextlib.suppress(BotoCoreError, OSError), body:  # a break: resumed below
+            while got < size and (chunk := body.read(min(STREAM_CHUNK, size - got))):
+                parts.append(chunk)
+                got += len(chunk)
+        if got < size:
+            stream(client, bucket, key, got, None, size, lambda _o, data: parts.append(data),
+                   what, response.get("ETag"))
     except ClientError as error:
         if error_code(error) in ("NoSuchKey", "404"):
             return None
         raise translate(error, what) from error
     except (BotoCoreError, OSError) as error:
         raise translate(error, what) from error
-    if len(data) > limit:
-        raise TooLarge(f"{what}: the object is more than {limit} bytes: not read further")
-    return data
+    except _SizeDiffers as error:
+        raise Unavailable(f"{what}: the object changed while it was being read") from error
+    return b"".join(parts)
