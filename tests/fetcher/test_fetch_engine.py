@@ -169,6 +169,19 @@ def test_an_unsigned_engine_is_refused_before_anything_is_downloaded(
     assert not (dest / "rank0.engine").exists()
 
 
+def test_only_the_pinned_upload_is_fetched(
+        stored: str, s3_endpoint: str, tmp_path: Path) -> None:
+    store = open_store(stored, endpoint_url=s3_endpoint)
+    upload = (store.read_manifest(KEY) or Manifest(key=KEY)).upload
+    code, _, message = run(stored, tmp_path / "other", s3_endpoint, "9.0", tmp_path,
+                           "--upload", "an-older-upload")
+    assert code == exitcodes.UNTRUSTED and "pins upload 'an-older-upload'" in message
+    assert not (tmp_path / "other" / "rank0.engine").exists()
+    code, _, message = run(stored, tmp_path / "pinned", s3_endpoint, "9.0", tmp_path,
+                           "--upload", upload)
+    assert code == exitcodes.OK, message
+
+
 def test_an_engine_signed_by_an_untrusted_key_is_refused(
         stored: str, s3_endpoint: str, tmp_path: Path) -> None:
     other = provenance.public_pem(CryptoSigner.generate_ecdsa())
