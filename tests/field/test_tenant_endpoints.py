@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 from kubernetes import client
 
+from chart.support import serve
 from e2e.support import Operator
 from field.conftest import OPERATOR_HF_TOKEN, OPERATOR_KEY_ID
 from field.support import UNSCHEDULABLE, create, engine_build, get, is_ready
@@ -53,6 +54,7 @@ def tenants(kube: Cluster) -> Iterator[list[str]]:
     names = [f"tenant-{role}-{os.urandom(2).hex()}" for role in ("endless", "drip", "other")]
     for name in names:
         core.create_namespace({"metadata": {"name": name}})
+        serve(kube, name, "kiln", "kiln-system")
     yield names
     for name in names:
         core.delete_namespace(name, propagation_policy="Background")
