@@ -191,6 +191,20 @@ def test_a_slower_engine_is_rejected_by_the_gate_and_the_old_key_keeps_serving(
     assert f'key="{new[:12]}"' in exported and 'figure="ttft_p99_ms"' in exported
 
 
+def test_a_faster_engine_is_promoted_by_the_gate(
+        kube: Cluster, namespace: str, s3_client: Any, tmp_path: Path) -> None:
+    tokenizer = checkpoints.write(tmp_path / "tokenizer")
+    old, new = _new_key(kube, namespace, s3_client, tmp_path, {"ttftMs": 30, "itlMs": 2},
+                        _gate(tokenizer, maxTtftP99Ratio=1.5, minThroughputRatio=0.8))
+    started = time.monotonic()
+    record = eventually(lambda: _rollout(kube, namespace, new, "Rejected", "Promoted"),
+                        timeout=480)
+    print(f"promoted after the gate in {time.monotonic() - started:.0f} s")
+    assert record["phase"] == "Promoted" and record["stableKey"] == old, record
+    assert record["canary"]["throughput"] > record["stable"]["throughput"]
+    _serving(kube, namespace, new)
+
+
 def test_a_wrong_answering_engine_is_rejected_by_the_golden_check(
         kube: Cluster, namespace: str, s3_client: Any, tmp_path: Path) -> None:
     tokenizer = checkpoints.write(tmp_path / "tokenizer")
