@@ -386,6 +386,18 @@ def test_the_bases_are_accepted(kube: Any, crd_namespace: str) -> None:
         assert create(kube, crd_namespace, copy.deepcopy(base))["metadata"]["name"] == "base"
 
 
+def test_plugins_a_pytorch_build_ignores_are_not_refused(kube: Any,
+                                                         crd_namespace: str) -> None:
+    """The in-flight batching refusals are about compiled engines: the PyTorch backend
+    ignores ``plugins`` (a shared base may carry them)."""
+    body = copy.deepcopy(EB_BASE)
+    body["metadata"]["name"] = "pytorch-plugins"
+    body["spec"]["build"] = {"backend": "pytorch", "plugins": {
+        "gptAttention": "disable", "removeInputPadding": False, "pagedKvCache": False,
+        "pagedContextFmha": False}}
+    assert create(kube, crd_namespace, body)["metadata"]["name"] == "pytorch-plugins"
+
+
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_invalid_manifest_is_refused(kube: Any, crd_namespace: str, case: Case) -> None:
     errors = refusal(lambda: create(kube, crd_namespace, case.manifest()))

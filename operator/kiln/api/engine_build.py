@@ -243,11 +243,6 @@ class Plugins(KilnModel):
             "pagedContextFmha needs contextFmha", ".pagedContextFmha"),
         cel("self.pagedKvCache || !self.pagedContextFmha",
             "pagedContextFmha needs pagedKvCache", ".pagedContextFmha"),
-        cel("self.gptAttention != 'disable'", "gptAttention disable: " + INFLIGHT_BATCHING,
-            ".gptAttention"),
-        cel("self.removeInputPadding", "removeInputPadding false: " + INFLIGHT_BATCHING,
-            ".removeInputPadding"),
-        cel("self.pagedKvCache", "pagedKvCache false: " + INFLIGHT_BATCHING, ".pagedKvCache"),
     ))
 
     gpt_attention: Literal["auto", "float16", "bfloat16", "float32", "disable"] = "auto"
@@ -345,6 +340,13 @@ class BuildSpec(KilnModel):
     """What to build: backend, precision, parallelism and the engine's limits."""
 
     model_config = ConfigDict(json_schema_extra=rules(
+        # the engine's plugins (backend tensorrt; the pytorch backend ignores them)
+        cel("self.backend != 'tensorrt' || self.plugins.gptAttention != 'disable'",
+            "gptAttention disable: " + INFLIGHT_BATCHING, ".plugins.gptAttention"),
+        cel("self.backend != 'tensorrt' || self.plugins.removeInputPadding",
+            "removeInputPadding false: " + INFLIGHT_BATCHING, ".plugins.removeInputPadding"),
+        cel("self.backend != 'tensorrt' || self.plugins.pagedKvCache",
+            "pagedKvCache false: " + INFLIGHT_BATCHING, ".plugins.pagedKvCache"),
         cel("!has(self.maxSeqLen) || self.maxSeqLen >= self.maxInputLen",
             "maxSeqLen must be at least maxInputLen", ".maxSeqLen"),
         cel("self.backend != 'pytorch' || size(self.extraArgs) == 0",
