@@ -72,6 +72,9 @@ class OperatorConfig:
     """Extra labels for build pods, e.g. for cost allocation (``KILN_BUILD_POD_LABELS``)."""
     serving_pod_labels: dict[str, str] = field(default_factory=dict)
     """Extra labels for serving pods (``KILN_SERVING_POD_LABELS``)."""
+    build_queue: str | None = None
+    """Kueue LocalQueue of build Jobs whose ``spec.job.queueName`` is unset
+    (``KILN_BUILD_QUEUE``); unset: such Jobs bypass Kueue."""
     job_ttl_seconds: int = 3600
     """``ttlSecondsAfterFinished`` of build Jobs (``KILN_JOB_TTL_SECONDS``)."""
     weights_check_seconds: float = 30.0
@@ -163,6 +166,7 @@ class OperatorConfig:
             build_env=_json_map(env.get("KILN_BUILD_ENV"), "KILN_BUILD_ENV"),
             build_pod_labels=_pod_labels(env, "KILN_BUILD_POD_LABELS"),
             serving_pod_labels=_pod_labels(env, "KILN_SERVING_POD_LABELS"),
+            build_queue=env.get("KILN_BUILD_QUEUE") or None,
             job_ttl_seconds=int(env.get("KILN_JOB_TTL_SECONDS", "3600")),
             weights_check_seconds=float(env.get("KILN_WEIGHTS_CHECK_SECONDS", "30")),
             resync_seconds=float(env.get("KILN_RESYNC_SECONDS", "30")),

@@ -174,7 +174,23 @@ DENIED: tuple[Need, ...] = tuple([
 ])
 
 
+def _review(kubeconfig: Path, need: Need, namespace: str) -> bool:
+    """A SelfSubjectAccessReview: ``kubectl auth can-i`` answers no for a type the server does
+    not serve (Kueue's, where Kueue is not installed), whatever RBAC says."""
+    from kubernetes import client, config
+
+    api = config.new_client_from_config(str(kubeconfig))
+    attributes = {"verb": need.verb, "group": need.group, "resource": need.resource,
+                  "subresource": need.subresource or None,
+                  "namespace": namespace if need.scope == "namespace" else None}
+    review = client.AuthorizationV1Api(api).create_self_subject_access_review(
+        {"spec": {"resourceAttributes": attributes}})
+    return bool(review.status.allowed)
+
+
 def can_i(kube: Cluster, kubeconfig: Path, need: Need, namespace: str) -> bool:
+    if need.group == "kueue.x-k8s.io":
+        return _review(kubeconfig, need, namespace)
     result = kube.kubectl(*need.can_i_args(namespace), check=False, kubeconfig=kubeconfig)
     answer = result.stdout.strip()
     if answer not in ("yes", "no"):

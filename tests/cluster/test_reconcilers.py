@@ -23,6 +23,7 @@ from kiln.domain.pool import GpuNode, gpu_node
 from kiln.domain.status import Event
 from kiln.engine_build.jobs import ObservedJob, observe
 from kiln.engine_build.pending import CreateFailure
+from kiln.engine_build.queued import ObservedWorkload
 from kiln.engine_build.reconciler import EngineBuildReconciler
 from kiln.engine_deployment.children import ObservedChild
 from kiln.engine_deployment.children import observe as observe_child
@@ -101,6 +102,9 @@ class ApiWorld:
         items = self.core.list_namespaced_pod(namespace, label_selector=f"job-name={job}").items
         pods = [observe_pod(self.api.sanitize_for_serialization(p)) for p in items]
         return [p for p in pods if p.owner == job]
+
+    def workload(self, namespace: str, job: str) -> ObservedWorkload | None:
+        return None
 
     def create_failure(self, namespace: str, job: str) -> CreateFailure | None:
         items = self.core.list_namespaced_event(

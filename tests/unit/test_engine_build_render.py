@@ -153,3 +153,26 @@ def test_the_job_carries_its_pod_templates_digest_and_a_job_fix_changes_it() -> 
     fixed = s.model_copy(update={"job": s.job.model_copy(update={"priority_class_name": None})})
     assert digest(s) == digest(s)
     assert digest(fixed) != digest(s)
+
+
+def test_a_queued_build_job_joins_its_kueue_queue_suspended_with_its_priority() -> None:
+    """Kueue's plain-Job contract: the ``kueue.x-k8s.io/queue-name`` label and ``suspend``;
+    the Workload's priority from ``kueue.x-k8s.io/priority-class`` or the pod's class."""
+    plain = render()
+    assert "suspend" not in plain["spec"]
+    assert not any(k.startswith("kueue.x-k8s.io/") for k in plain["metadata"]["labels"])
+    default = render(OperatorConfig(build_queue="gpu-builds"))
+    assert default["spec"]["suspend"] is True
+    assert default["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "gpu-builds"
+    assert default["spec"]["template"]["spec"]["priorityClassName"] == "gpu-batch"
+    s = spec()
+    s = s.model_copy(update={"job": s.job.model_copy(update={
+        "queue_name": "team-a", "workload_priority_class": "builds-low"})})
+    (target,) = effective(s, [])
+    job = render_job(namespace="ns", owner_name="llama", owner_uid="u1", spec=s,
+                     want=Want(target, KEY, f"s3://e/engines/{KEY}/"), image="builder:1",
+                     task_json="{}", config=OperatorConfig(build_queue="gpu-builds"))
+    assert job["spec"]["suspend"] is True
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] == "team-a"
+    assert job["metadata"]["labels"]["kueue.x-k8s.io/priority-class"] == "builds-low"
+    assert "kueue.x-k8s.io/queue-name" not in job["spec"]["template"]["metadata"]["labels"]

@@ -12,6 +12,7 @@ import pytest
 
 from kiln.domain.pods import observe_pod
 from kiln.engine_build.pending import CreateFailure, stuck
+from kiln.engine_build.queued import ObservedWorkload, observe_workload
 from kiln.engine_deployment.deployments import ObservedDeployment
 from kiln.engine_deployment.trouble import trouble
 from kiln.reconcile.backoff import Backoff, retrying
@@ -238,3 +239,42 @@ def test_not_started_stalls_after_the_timeout_and_a_container_not_made_at_once()
         "ContainerFailed", False)  # the runtime's own error may pass: Reconciling
     later = stuck("kiln-build-abc", [observe_pod(runtime)], None, NOW + timeout, timeout)
     assert later is not None and later.stalled and "pendingTimeout" in later.message
+
+
+def workload(conditions: list[dict[str, str]]) -> ObservedWorkload:
+    found = observe_workload({
+        "metadata": {"name": "job-kiln-build-abc-1a2b3", "creationTimestamp": NOW.isoformat(),
+                     "ownerReferences": [{"kind": "Job", "name": "kiln-build-abc"}]},
+        "status": {"conditions": conditions}})
+    assert found is not None
+    return found
+
+
+def test_a_job_kueue_holds_says_queued_with_kueues_reason_then_stalls_after_the_timeout() -> None:
+    """The QuotaReserved condition of a Workload Kueue's scheduler could not fit (its own
+    words, sigs.k8s.io/kueue pkg/scheduler/flavorassigner)."""
+    held = workload([{"type": "QuotaReserved", "status": "False", "reason": "Pending",
+                      "message": "couldn't assign flavors to pod set main: insufficient unused "
+                                 "quota for nvidia.com/gpu in flavor h100, 1 more needed"}])
+    created = NOW - timedelta(minutes=5)
+    early = stuck("kiln-build-abc", [], None, NOW, timedelta(minutes=30), created,
+                  queue="gpu-builds", workload=held)
+    assert early is not None and early.reason == "Queued" and early.waiting
+    assert early.message == (
+        "Job kiln-build-abc waits in Kueue (LocalQueue gpu-builds): Pending: couldn't assign "
+        "flavors to pod set main: insufficient unused quota for nvidia.com/gpu in flavor h100, "
+        "1 more needed")
+    late = stuck("kiln-build-abc", [], None, NOW, timedelta(minutes=1), created,
+                 queue="gpu-builds", workload=held)
+    assert late is not None and late.stalled and "pendingTimeout (1m)" in late.message
+    none_yet = stuck("kiln-build-abc", [], None, NOW, timedelta(minutes=30), created,
+                     queue="gpu-builds")
+    assert none_yet is not None and "no Workload" in none_yet.message
+    admitted = workload([{"type": "QuotaReserved", "status": "True", "reason": "QuotaReserved"},
+                         {"type": "Admitted", "status": "True", "reason": "Admitted"}])
+    assert admitted.admitted
+    moving = stuck("kiln-build-abc", [], None, NOW, timedelta(minutes=30), created,
+                   queue="gpu-builds", workload=admitted)
+    assert moving is not None and "Kueue" not in moving.message  # the Job controller's turn
+    assert observe_workload({"metadata": {"ownerReferences": [
+        {"kind": "Job", "name": "training"}]}}) is None

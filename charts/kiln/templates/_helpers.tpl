@@ -94,6 +94,11 @@ docs/security.md lists each with its reason). No wildcards. Three sets:
 - apiGroups: [policy]
   resources: [poddisruptionbudgets]
   verbs: [list, watch]
+# Kueue's Workloads of queued build Jobs: why Kueue holds one (quota, priority, flavor). Where
+# Kueue is not installed, nothing is watched.
+- apiGroups: [kueue.x-k8s.io]
+  resources: [workloads]
+  verbs: [list, watch]
 {{- end }}
 
 {{- define "kiln.rules.served" -}}

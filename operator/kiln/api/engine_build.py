@@ -499,8 +499,16 @@ class JobSpec(KilnModel):
     """Overrides of the build pod's restricted security context, for builder images that
     need more (docs/security.md)."""
     pending_timeout: Grace = "30m"
-    """How long the build pod may stay unschedulable (an autoscaler may add a node) before
-    the EngineBuild is ``Stalled``; it builds by itself when a node comes later."""
+    """How long the build pod may stay unschedulable (an autoscaler may add a node), or the
+    Job queued in Kueue, before the EngineBuild is ``Stalled``; it builds by itself when a
+    node comes (or Kueue admits it) later."""
+    queue_name: Name | None = None
+    """Kueue LocalQueue the build Job joins (label ``kueue.x-k8s.io/queue-name``): the Job is
+    created suspended and runs when Kueue admits it. Unset: the operator's default
+    (``KILN_BUILD_QUEUE``), if any."""
+    workload_priority_class: Name | None = None
+    """Kueue WorkloadPriorityClass of the build (label ``kueue.x-k8s.io/priority-class``);
+    unset, Kueue takes ``priorityClassName``'s priority."""
 
 
 class EngineBuildSpec(KilnModel):

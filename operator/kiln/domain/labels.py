@@ -7,6 +7,11 @@ GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
 CC_MAJOR_LABEL = "nvidia.com/gpu.compute.major"
 CC_MINOR_LABEL = "nvidia.com/gpu.compute.minor"
 
+QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+"""Kueue: the LocalQueue a Job joins (sigs.k8s.io/kueue pkg/controller/constants: QueueLabel)."""
+WORKLOAD_PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"
+"""Kueue: the WorkloadPriorityClass of a Job's Workload (``WorkloadPriorityClassLabel``)."""
+
 KEY_LABEL = "kiln.dev/engine-key"
 """On build Jobs and pods: the first 63 characters of the engine key (see :func:`key_label`)."""
 KEY_ANNOTATION = "kiln.dev/engine-key"

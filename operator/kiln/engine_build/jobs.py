@@ -7,7 +7,7 @@ from datetime import datetime
 from typing import Any, Literal
 
 from kiln.contract.termination import Failure, parse_failure
-from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION
+from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION, QUEUE_LABEL
 from kiln.domain.pods import timestamp
 
 JobState = Literal["Active", "Succeeded", "Failed"]
@@ -39,6 +39,10 @@ class ObservedJob:
     ran: bool = False
     """A pod of it has run to an end (``status.failed``/``succeeded``): it did start."""
     created: datetime | None = None
+    queue: str | None = None
+    """The Kueue LocalQueue it joined (``kueue.x-k8s.io/queue-name``), if any."""
+    suspended: bool = False
+    """``spec.suspend``: Kueue holds it until it admits its Workload."""
 
 
 def _condition(job: dict[str, Any], kind: str) -> dict[str, Any] | None:
@@ -77,7 +81,9 @@ def observe(job: dict[str, Any]) -> ObservedJob:
     return ObservedJob(meta["name"], key, "Active", owners, owner_names=names,
                        template_hash=(meta.get("annotations") or {}).get(HASH_ANNOTATION),
                        uid=uid, ran=bool(status.get("failed") or status.get("succeeded")),
-                       created=timestamp(meta.get("creationTimestamp")))
+                       created=timestamp(meta.get("creationTimestamp")),
+                       queue=(meta.get("labels") or {}).get(QUEUE_LABEL),
+                       suspended=bool((job.get("spec") or {}).get("suspend")))
 
 
 def failure_from_pod(pod: dict[str, Any]) -> Failure | None:

@@ -1,6 +1,7 @@
 """Why a build Job's pod does not run: unschedulable, refused at creation (quota, Pod
-Security, LimitRange, PriorityClass), its image cannot be pulled, or (for longer than
-``WAITING_AFTER``) it has no pod yet or its pod is still starting. Pure."""
+Security, LimitRange, PriorityClass), its image cannot be pulled, Kueue holds it (quota,
+priority, flavor: Kueue's own reason), or (for longer than ``WAITING_AFTER``) it has no pod
+yet or its pod is still starting. Pure."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from kiln.domain.pods import ObservedPod
+from kiln.engine_build.queued import ObservedWorkload
 
 
 @dataclass(frozen=True)
@@ -45,9 +47,11 @@ starts at once costs no status write for each step of its start."""
 
 def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
           now: datetime, pending_timeout: timedelta,
-          job_created: datetime | None = None) -> Stuck | None:
+          job_created: datetime | None = None, queue: str | None = None,
+          workload: ObservedWorkload | None = None) -> Stuck | None:
     """Why Job ``job`` (active, created at ``job_created``) does not build, or None while its
-    pod runs, or starts since less than ``WAITING_AFTER``."""
+    pod runs, or starts since less than ``WAITING_AFTER``. ``queue``: the Kueue LocalQueue the
+    Job joined; ``workload``: what Kueue says of it (None: no Workload seen yet)."""
     mine = [p for p in pods if p.owner == job]
     active = sorted((p for p in mine if p.active), key=lambda p: p.created or now)
     newest = max((p.created for p in mine if p.created), default=None)
@@ -58,6 +62,9 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
         if mine or job_created is None or now - job_created < WAITING_AFTER:
             return None
         late = now - job_created >= pending_timeout
+        if queue is not None and (workload is None or not workload.admitted):
+            return Stuck("Queued", f"{_kueue(job, queue, workload)}"
+                         f"{_late(late, pending_timeout)}", stalled=late)
         return Stuck("Queued", f"Job {job}, created {_at(job_created)}, has no pod (the Job "
                      f"controller makes it; its Events say why not){_late(late, pending_timeout)}",
                      stalled=late)
@@ -88,6 +95,14 @@ def stuck(job: str, pods: Iterable[ObservedPod], created: CreateFailure | None,
         return Stuck("Pending", f"pod {pod.name} ({where}) has not started since "
                      f"{_at(pod.created)}{_late(late, pending_timeout)}", stalled=late)
     return None
+
+
+def _kueue(job: str, queue: str, workload: ObservedWorkload | None) -> str:
+    if workload is None:
+        return (f"Job {job} waits for Kueue (LocalQueue {queue}), which has made no Workload "
+                "for it yet (is Kueue running, managing batch/job?)")
+    why = ": ".join(part for part in (workload.reason, workload.message) if part)
+    return f"Job {job} waits in Kueue (LocalQueue {queue}): {why or 'not admitted yet'}"
 
 
 def _late(late: bool, timeout: timedelta) -> str:

@@ -35,6 +35,7 @@ from kiln.engine_build.job_writes import Build, JobWrites
 from kiln.engine_build.jobs import ObservedJob
 from kiln.engine_build.pending import CreateFailure, Stuck, stuck
 from kiln.engine_build.plan import Plan, Want, plan, retrying, stalled
+from kiln.engine_build.queued import ObservedWorkload
 from kiln.engine_build.targets import effective
 from kiln.engine_build.weights import Identity, Weights, source_label
 from kiln.errors import KilnError
@@ -62,6 +63,8 @@ class BuildWorld(Protocol):
     def job_pods(self, namespace: str, job: str) -> list[ObservedPod]: ...
 
     def create_failure(self, namespace: str, job: str) -> CreateFailure | None: ...
+
+    def workload(self, namespace: str, job: str) -> ObservedWorkload | None: ...
 
     def serving_pods(self, namespace: str, owner: str) -> list[ObservedPod]: ...
 
@@ -308,7 +311,8 @@ class EngineBuildReconciler:
                                                                                    job.uid)):
                 created = None  # about an earlier Job of this name (Events outlive Jobs)
             why = stuck(job.name, world.job_pods(namespace, job.name), created, self.clock(),
-                        timeout, job.created)
+                        timeout, job.created, queue=job.queue if job.suspended else None,
+                        workload=world.workload(namespace, job.name))
             if why is not None:
                 found[key] = why
         return found

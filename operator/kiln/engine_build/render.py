@@ -14,7 +14,9 @@ from kiln.domain.labels import (
     HASH_ANNOTATION,
     KEY_ANNOTATION,
     KEY_LABEL,
+    QUEUE_LABEL,
     TARGET_ANNOTATION,
+    WORKLOAD_PRIORITY_LABEL,
     key_label,
     managed_by,
 )
@@ -49,6 +51,10 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
     ``trusted_keys``: the public keys (PEM) whose signature makes a stored engine count."""
     gpus = spec.build.parallelism.tensor * spec.build.parallelism.pipeline
     labels = {**managed_by("build"), KEY_LABEL: key_label(want.key)}
+    queue = spec.job.queue_name or config.build_queue
+    queued = {QUEUE_LABEL: queue} if queue else {}
+    if queue and spec.job.workload_priority_class:
+        queued[WORKLOAD_PRIORITY_LABEL] = spec.job.workload_priority_class
     env: list[dict[str, Any]] = [
         {"name": names.TASK, "value": task_json},
         {"name": names.WORKDIR, "value": WORKDIR},
@@ -98,12 +104,13 @@ def render_job(*, namespace: str, owner_name: str, owner_uid: str, spec: EngineB
         "metadata": {
             "name": job_name(want.key),
             "namespace": namespace,
-            "labels": labels,
+            "labels": {**labels, **queued},
             "annotations": {KEY_ANNOTATION: want.key, TARGET_ANNOTATION: want.target.name,
                             HASH_ANNOTATION: job_spec_hash(spec)},
             "ownerReferences": [build_owner(owner_name, owner_uid)],
         },
         "spec": {
+            **({"suspend": True} if queue else {}),  # Kueue starts it once admitted
             "backoffLimit": spec.job.backoff_limit,
             "activeDeadlineSeconds": spec.job.active_deadline_seconds,
             "ttlSecondsAfterFinished": config.job_ttl_seconds,

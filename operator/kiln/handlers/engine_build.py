@@ -13,9 +13,18 @@ from kiln import EB_PLURAL, GROUP, VERSION
 from kiln.domain.labels import KEY_LABEL
 from kiln.domain.pods import Seen, observe_pod
 from kiln.engine_build.jobs import ObservedJob, observe
+from kiln.engine_build.queued import GROUP as KUEUE_GROUP
+from kiln.engine_build.queued import PLURAL as WORKLOADS
+from kiln.engine_build.queued import VERSION as KUEUE_VERSION
+from kiln.engine_build.queued import ObservedWorkload, observe_workload
 from kiln.handlers import context, leadership
 from kiln.handlers.changes import BeyondStatus
-from kiln.handlers.indexes import Indexes, create_failure, is_build_create_failure
+from kiln.handlers.indexes import (
+    Indexes,
+    create_failure,
+    is_build_create_failure,
+    is_build_workload,
+)
 from kiln.handlers.relists import Key, relists
 from kiln.handlers.workqueue import WorkQueue
 
@@ -162,6 +171,26 @@ async def build_create_failed(body: kopf.Body, namespace: str | None, **kwargs: 
     """The Job controller could not create a build pod (quota, admission): mark the Job's
     EngineBuilds due."""
     _mark_job_owners(Indexes(kwargs), str(namespace), create_failure(body).job)
+
+
+_workloads_seen: dict[str, ObservedWorkload] = {}
+"""What each build Job's Workload (by uid) last told: Kueue's other writes mark nothing."""
+
+
+@kopf.on.event(KUEUE_GROUP, KUEUE_VERSION, WORKLOADS, when=is_build_workload)
+async def build_workload_changed(event: kopf.RawEvent, body: kopf.Body, namespace: str | None,
+                                 uid: str, **kwargs: Any) -> None:
+    """Kueue admitted a build Job's Workload, or tells why not: mark its EngineBuilds due."""
+    observed = observe_workload(dict(body))
+    if observed is None:
+        return
+    if event["type"] == "DELETED":
+        _workloads_seen.pop(uid, None)
+    elif _workloads_seen.get(uid) == observed:
+        return
+    else:
+        _workloads_seen[uid] = observed
+    _mark_job_owners(Indexes(kwargs), str(namespace), observed.job)
 
 
 def sweep(indices: dict[str, Any]) -> None:

@@ -20,6 +20,10 @@ from kiln.domain.pods import ObservedPod, observe_pod
 from kiln.domain.pool import GpuNode, gpu_node
 from kiln.engine_build.jobs import ObservedJob, job_name, observe
 from kiln.engine_build.pending import CreateFailure
+from kiln.engine_build.queued import GROUP as KUEUE_GROUP
+from kiln.engine_build.queued import PLURAL as WORKLOADS
+from kiln.engine_build.queued import VERSION as KUEUE_VERSION
+from kiln.engine_build.queued import ObservedWorkload, job_of, observe_workload
 from kiln.engine_deployment.children import ObservedChild, kilns
 from kiln.engine_deployment.children import observe as observe_child
 from kiln.engine_deployment.deployments import ObservedDeployment
@@ -75,6 +79,19 @@ def create_failure(body: Mapping[str, Any]) -> CreateFailure:
     involved = body["involvedObject"]
     return CreateFailure(str(involved["name"]), str(body.get("message") or ""), last,
                          str(involved.get("uid") or "") or None)
+
+
+def is_build_workload(body: Mapping[str, Any], **_: Any) -> bool:
+    """A Kueue Workload of a build Job (where Kueue is installed; else Kopf serves nothing)."""
+    return job_of(dict(body)) is not None
+
+
+@kopf.index(KUEUE_GROUP, KUEUE_VERSION, WORKLOADS, when=is_build_workload)
+def build_workloads(body: kopf.Body, namespace: str | None,
+                    **_: Any) -> dict[tuple[str, str], ObservedWorkload]:
+    """Kueue's Workloads of build Jobs (summarized) by (namespace, Job name)."""
+    workload = observe_workload(dict(body))
+    return {(str(namespace), workload.job): workload} if workload else {}
 
 
 @kopf.index("v1", "events", when=is_build_create_failure)
@@ -173,6 +190,7 @@ class Indexes:
         self._build_pods: kopf.Index[Any, ObservedPod] = kwargs["build_pods"]
         self._serving_pods: kopf.Index[Any, ObservedPod] = kwargs["serving_pods"]
         self._create_failures: kopf.Index[Any, CreateFailure] = kwargs["build_create_failures"]
+        self._workloads: kopf.Index[Any, ObservedWorkload] = kwargs["build_workloads"]
 
     # -- build Jobs (JobLookup) ----------------------------------------------------------------
     def by_key(self, namespace: str, key: str) -> ObservedJob | None:
@@ -195,6 +213,10 @@ class Indexes:
 
     def serving_pods(self, namespace: str, owner: str) -> list[ObservedPod]:
         return _values(self._serving_pods, (namespace, owner))
+
+    def workload(self, namespace: str, job: str) -> ObservedWorkload | None:
+        found: ObservedWorkload | None = _last(self._workloads, (namespace, job))
+        return found
 
     # -- EngineBuilds ----------------------------------------------------------------------------
     def engine_build(self, namespace: str, name: str) -> dict[str, Any] | None:

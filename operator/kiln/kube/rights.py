@@ -66,6 +66,9 @@ RIGHTS: tuple[Right, ...] = (
     Right("", "configmaps", ("list", "watch"), "watched",
           _CHILDREN + "; RBAC cannot hold a watch to its label selector, so cluster-wide "
           "this reads every ConfigMap"),
+    Right("kueue.x-k8s.io", "workloads", ("list", "watch"), "watched",
+          "Kueue's Workloads of queued build Jobs: why Kueue holds one (quota, priority, "
+          "flavor); where Kueue is not installed, nothing is watched"),
     # -- Secrets and writes, where it serves --------------------------------------------------
     Right("kiln.dev", "enginebuilds/status", ("patch",), "served",
           "observedGeneration, conditions, engines: through the status subresource"),
