@@ -26,7 +26,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
         "store": {"uri": "s3://engines/prod/", "credentialsSecret": "engine-store",
                   "pvcClaims": ["engines"]},
         "builder": {"env": {"AWS_ENDPOINT_URL": "http://minio:9000"},
-                    "podLabels": {"team": "ml"}},
+                    "podLabels": {"team": "ml"}, "queue": "gpu-builds"},
         "server": {"tritonImage": "nvcr.io/nvidia/tritonserver:25.10-trtllm-python-py3",
                    "tritonModelsDir": "/opt/models", "env": {"AWS_REGION": "us-east-2"}},
         "metrics": {"serviceMonitor": {"enabled": True, "labels": {"release": "prom"}}},
@@ -111,6 +111,7 @@ def test_values_reach_the_operator_config() -> None:
     assert config.build_env == {"AWS_ENDPOINT_URL": "http://minio:9000"}
     assert config.build_pod_labels == {"team": "ml"}
     assert config.job_ttl_seconds == 3600
+    assert config.build_queue == "gpu-builds"
     assert config.weights_check_seconds == 30
     assert config.rebuild_settle == "1m"
     assert {"name": "KILN_NAMESPACE", "valueFrom": {"fieldRef": {
