@@ -600,7 +600,8 @@ def main() -> None:
     # ignore SIGINT: Ctrl-C or kill -INT stops it and its test bed cleanly.
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
-    result: dict[str, Any] = {"params": vars(args), "cpus": os.cpu_count(),
+    result: dict[str, Any] = {"params": {k: str(v) if isinstance(v, Path) else v
+                                         for k, v in vars(args).items()}, "cpus": os.cpu_count(),
                               "loadavg": os.getloadavg()}
     with tempfile.TemporaryDirectory(prefix="kiln-bench-") as tmp, moto_server() as endpoint, \
             running(Path(tmp) / "cluster") as kube:
