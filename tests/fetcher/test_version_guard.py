@@ -182,3 +182,27 @@ def test_a_node_driver_older_than_the_engines_cuda_major_needs_is_refused(
     assert guard_on(tmp_path, older, site, "570.172.08", "13.0.1").returncode == \
         exitcodes.VERSION_MISMATCH
     assert guard_on(tmp_path, older, site, "570.172.08").returncode == 0, "nothing known"
+
+
+def test_the_driver_api_decides_where_it_loads_compat_libraries_included() -> None:
+    """Review of issue 27: an image with /usr/local/cuda/compat was never checked. Where
+    libcuda loads, its own answer decides: the supported CUDA version (forward compatibility
+    included) and cuInit's refusal of a compatibility setup that cannot work."""
+    from kiln.contract import version_guard as g
+    assert g.driver_cannot_run("13.0.1", (0, 13000)) is None
+    assert g.driver_cannot_run("13.0.1", (0, 12080)) == (
+        "cuda: engine built for CUDA 13.0.1; this node's driver supports CUDA 12.8 at most")
+    assert "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE" in str(
+        g.driver_cannot_run("13.0.1", (804, 13000)))
+    assert g.driver_cannot_run("12.8", (0, 13000)) is None
+
+
+def test_the_compat_directory_no_longer_hides_a_driver_that_cannot(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from kiln.contract import version_guard as g
+    monkeypatch.setattr(g, "driver_cuda", lambda: (804, 13000))
+    monkeypatch.setattr(g, "installed", lambda module, dists: None)
+    found = g.mismatches({"versions": {"cuda": "13.0.1"}})
+    assert any("cannot run this image's CUDA 13.0.1" in f for f in found), found
+    monkeypatch.setattr(g, "driver_cuda", lambda: (0, 13000))
+    assert g.mismatches({"versions": {"cuda": "13.0.1"}}) == []

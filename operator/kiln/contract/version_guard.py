@@ -43,8 +43,44 @@ Compatibility, "Minor Version Compatibility", Table 1 (CUDA 13.x >= 580, 12.x >=
 1.2.1 is a CUDA 13 build."""
 CUDA_COMPAT = Path("/usr/local/cuda/compat")
 """The forward-compatibility libraries (``cuda-compat``) that let some data-center drivers
-older than the minimum run a newer CUDA (same guide, "Forward Compatibility"): an image that
-has them is not refused here."""
+older than the minimum run a newer CUDA (same guide, "Forward Compatibility"). Having them is
+not proof they work (data-center GPUs and some driver branches only): the driver API, when it
+loads, says (``driver_cuda``); only without it does the directory stand in."""
+CUDA_INIT_REFUSALS = {803: "CUDA_ERROR_SYSTEM_DRIVER_MISMATCH",
+                      804: "CUDA_ERROR_COMPAT_NOT_SUPPORTED_ON_DEVICE"}
+"""``cuInit`` errors of a forward-compatibility setup that cannot run (CUDA driver API,
+``CUresult``)."""
+
+
+def driver_cuda() -> tuple[int, int] | None:
+    """``(cuInit's result, cuDriverGetVersion)`` of the libcuda this process loads (the
+    compatibility libraries included, e.g. ``13000`` for CUDA 13.0), or None without one."""
+    import ctypes
+
+    try:
+        lib = ctypes.CDLL("libcuda.so.1")
+    except OSError:
+        return None
+    version = ctypes.c_int(0)
+    init = int(lib.cuInit(0))
+    if int(lib.cuDriverGetVersion(ctypes.byref(version))) != 0:
+        return None
+    return init, int(version.value)
+
+
+def driver_cannot_run(cuda: str | None, probe: tuple[int, int]) -> str | None:
+    """``cuda: ...`` when the loaded driver cannot run ``cuda``'s major, else None."""
+    init, supported = probe
+    if init in CUDA_INIT_REFUSALS:
+        return (f"cuda: this node's driver cannot run this image's CUDA {cuda} "
+                f"(cuInit: {CUDA_INIT_REFUSALS[init]}: forward compatibility does not work "
+                "on this GPU or driver branch)")
+    with contextlib.suppress(ValueError, AttributeError):
+        major = int(str(cuda).split(".")[0])
+        if supported // 1000 < major:
+            return (f"cuda: engine built for CUDA {cuda}; this node's driver supports CUDA "
+                    f"{supported // 1000}.{supported % 1000 // 10} at most")
+    return None
 
 
 def cuda_version() -> str | None:
@@ -159,8 +195,13 @@ def mismatches(manifest: dict[str, object]) -> list[str]:
         here = installed(module, (module, *dists))
         if here is None or normalize(here) != normalize(str(built)):
             out.append(f"{key}: engine built with {built}, this image has {here or 'none'}")
-    if not CUDA_COMPAT.is_dir():
-        old_driver = driver_too_old(str(recorded.get(CUDA) or cuda_version()), node_driver())
+    cuda = recorded.get(CUDA) or cuda_version()
+    probe = driver_cuda() if cuda else None
+    if probe is not None:  # the driver API of this image on this node: compat libs included
+        refused = driver_cannot_run(str(cuda), probe)
+        out += [refused] if refused else []
+    elif not CUDA_COMPAT.is_dir():
+        old_driver = driver_too_old(str(cuda), node_driver())
         out += [old_driver] if old_driver else []
     return out
 
