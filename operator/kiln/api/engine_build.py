@@ -6,7 +6,7 @@ import re
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, ConfigDict, Field
 
 from kiln.api.common import (
     API_VERSION,
@@ -320,12 +320,6 @@ class Aot(KilnModel):
     warmup: list[WarmupShape] = Field(default_factory=lambda: [WarmupShape()], min_length=1,
                                       max_length=16)
     """The shapes to warm up with: tuning and compilation follow what the server sees."""
-
-    @field_validator("cuda_graph_batch_sizes")
-    @classmethod
-    def _a_set(cls, sizes: list[int] | None) -> list[int] | None:
-        """Order and repeats carry no meaning: one normal form, one key."""
-        return sorted(set(sizes)) if sizes is not None else None
 
 
 FP8_FMHA_ALGOS = ("fp8", "w4a8_awq", "nvfp4")

@@ -90,6 +90,8 @@ def key_inputs(*, weights_identity: str, origin: Mapping[str, str], build: Build
         return inputs | {"schema": COMPILED_KEY_SCHEMA_VERSION}
     if not normalized.aot.enabled:
         spec["aot"] = {"enabled": False}
+    elif normalized.aot.cuda_graph_batch_sizes is not None:  # a set: order, repeats no meaning
+        spec["aot"]["cudaGraphBatchSizes"] = sorted(set(normalized.aot.cuda_graph_batch_sizes))
     return inputs | {"warmup": warmup.model_dump(
         mode="json", by_alias=True, exclude={"start_timeout_seconds"}) if warmup else None}
 
