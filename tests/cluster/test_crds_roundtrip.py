@@ -54,6 +54,7 @@ from kiln.api import (
 )
 from kiln.api.engine_build import CALIBRATED, FP8_FMHA_ALGOS
 from kiln.domain import catalogue
+from kiln.trtllm import refusals
 
 ROOT = Path(__file__).parents[2]
 CAPABILITIES = ["8.0", "8.6", "8.9", "9.0", "10.0", "10.3", "12.0", "12.1"]
@@ -143,9 +144,9 @@ def build_specs(draw: st.DrawFn, targets: list[Target]) -> BuildSpec:
     forms = [f"--{name}" if values == () else
              f"--{name}=4" if values is None else f"--{name}={values[-1]}"
              for name, values in EXTRA_ARGS.items()]  # values[-1]: disable where it exists
+    # The CRD refuses what trtllm-build refuses on every GPU (EAGLE, context logits with drafts).
     extra = st.lists(st.sampled_from(forms), max_size=4).filter(
-        lambda args: not ("--gather_context_logits" in args
-                          and any(a.startswith("--max_draft_len=") for a in args)))
+        lambda args: not refusals.flag_refusals(args, None))
     paged_context = context_fmha and paged_kv and draw(st.booleans())
     fp8_fmha = [None, *([True] if algo in FP8_FMHA_ALGOS and (kv == "fp8" or not paged_context)
                         else []),
