@@ -106,11 +106,6 @@ def runs(builders: LocalProcessRunner, namespace: str) -> int:
     return sum(f.namespace == namespace and f.exit_code == 0 for f in builders.finished)
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "known regression of 2026-12-07 (closing note, stop 24): after the squatted manifest is "
-    "refused and the key built again, the engine does not become Ready within the wait; "
-    "seen with issue 24's pinning and no-countersign together with built_where; not yet "
-    "understood. The refusals this test proves (never Cached, never served) still hold"))
 def test_a_squatted_key_is_never_cached_nor_served(
         kube: Cluster, namespace: str, weights: str, operator: Operator,
         builders: LocalProcessRunner, s3_endpoint: str, s3_client: Any, tmp_path: Path) -> None:
@@ -146,7 +141,13 @@ def test_a_squatted_key_is_never_cached_nor_served(
     eventually(lambda: runs(builders, namespace) == 2 or None, timeout=120)
     again = eventually(lambda: engine(kube, namespace, "victim"), timeout=60)
     assert again["key"] == key
-    done = eventually(lambda: (f if (f := fetch(kube, deployment, tmp_path / "third")).code
+    # The rebuilt key is a new upload: the Deployment rolls onto it (its pods pin it), and
+    # the old pod template, which pinned the first upload, fetches nothing.
+    rolled = eventually(lambda: d if (d := serving_deployment(kube, namespace, "chat"))
+                        and _pin(d) not in (None, _pin(deployment)) else None, timeout=60)
+    stale = fetch(kube, deployment, tmp_path / "stale")
+    assert (stale.code, stale.reason) == (exitcodes.UNTRUSTED, "Untrusted"), stale.log
+    done = eventually(lambda: (f if (f := fetch(kube, rolled, tmp_path / "third")).code
                                == exitcodes.OK else None), timeout=30)
     assert "signed by a trusted key" in done.log
     assert "Cached" not in states.stop()
@@ -158,9 +159,17 @@ def test_a_squatted_key_is_never_cached_nor_served(
     data = bytearray(s3_client.get_object(Bucket=ENGINES, Key=name)["Body"].read())
     data[100] ^= 0xFF
     s3_client.put_object(Bucket=ENGINES, Key=name, Body=bytes(data))
-    broken = fetch(kube, deployment, tmp_path / "fourth")
+    broken = fetch(kube, rolled, tmp_path / "fourth")
     assert (broken.code, broken.reason) == (exitcodes.INTEGRITY, "IntegrityError"), broken.log
     assert "model.safetensors" in broken.message
+
+
+def _pin(deployment: Any) -> str | None:
+    """The upload the Deployment's ``fetch-engine`` pins (``--upload``)."""
+    init = next(c for c in deployment.spec.template.spec.init_containers
+                if c.name == "fetch-engine")
+    args = list(init.args)
+    return args[args.index("--upload") + 1] if "--upload" in args else None
 
 
 def _restart(operator: Operator, **env: str | None) -> None:
