@@ -170,6 +170,8 @@ def test_unknown_family_is_unsupported() -> None:
 
 def test_timing_cache_blob_is_per_product_and_tensorrt_version() -> None:
     assert commands.timing_cache_blob("NVIDIA H100 80GB HBM3", "10.14.1.48") == (
-        "timing-cache/NVIDIA-H100-80GB-HBM3/tensorrt-10.14.1.48.cache")
+        "timing-cache/platform/NVIDIA-H100-80GB-HBM3/tensorrt-10.14.1.48.cache")
+    assert commands.timing_cache_blob("NVIDIA H100 80GB HBM3", "10.14.1.48", "team-a") == (
+        "timing-cache/namespace/team-a/NVIDIA-H100-80GB-HBM3/tensorrt-10.14.1.48.cache")
     assert (commands.timing_cache_blob("NVIDIA-A100-SXM4-80GB", "10.14.1")
             != commands.timing_cache_blob("NVIDIA-A100-SXM4-80GB", "10.13.3"))

@@ -177,8 +177,12 @@ def build_command(spec: BuildSpec, paths: Paths, *, timing_cache_exists: bool,
     return cmd
 
 
-def timing_cache_blob(gpu_product: str, tensorrt_version: str) -> str:
-    """Store blob name of the timing cache for one GPU product and TensorRT version."""
+def timing_cache_blob(gpu_product: str, tensorrt_version: str, namespace: str = "") -> str:
+    """Store blob name of the timing cache for one GPU product and TensorRT version, of the
+    builds that run in ``namespace`` (empty: the platform's build namespace): a tenant's
+    build, whose pod the tenant can exec into, never writes tactics another tenant's build
+    reads (issue 24)."""
     def slug(text: str) -> str:
         return re.sub(r"[^A-Za-z0-9._-]+", "-", text).strip("-") or "unknown"
-    return f"timing-cache/{slug(gpu_product)}/tensorrt-{slug(tensorrt_version)}.cache"
+    where = f"namespace/{slug(namespace)}" if namespace else "platform"
+    return f"timing-cache/{where}/{slug(gpu_product)}/tensorrt-{slug(tensorrt_version)}.cache"

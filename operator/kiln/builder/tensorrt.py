@@ -25,6 +25,13 @@ class Blobs(Protocol):
     def put_blob(self, name: str, data: bytes) -> Any: ...
 
 
+def timing_cache_blob(task: BuildTask, tensorrt_version: str) -> str:
+    """The timing cache this build reads and writes: that of builds in the namespace its key
+    names (``origin``'s ``namespace``; none: the platform's build namespace)."""
+    return commands.timing_cache_blob(task.target.gpu_product, tensorrt_version,
+                                      task.origin.get("namespace", ""))
+
+
 def load_timing_cache(store: Blobs, blob: str | None, path: Path) -> bytes | None:
     if blob is None:
         return None
@@ -71,7 +78,7 @@ def build(task: BuildTask, paths: Paths, store: Blobs, versions: dict[str, str],
                                               calib_dataset=calib_dataset),
                   phase=step, cwd=paths.weights.parent)
     trt = versions.get("tensorrt")
-    blob = commands.timing_cache_blob(task.target.gpu_product, trt) if trt else None
+    blob = timing_cache_blob(task, trt) if trt else None
     before = load_timing_cache(store, blob, paths.timing_cache)
     workers = min(commands.world_size(spec), len(gpus))
     toolchain.run(commands.build_command(spec, paths, timing_cache_exists=before is not None,
