@@ -17,6 +17,7 @@ DEFAULT_BUILDER_IMAGE = "ghcr.io/kiln-dev/kiln-builder:0.1.0-trtllm1.2.1"
 DEFAULT_SERVER_IMAGE = "nvcr.io/nvidia/tensorrt-llm/release:1.2.1"
 DEFAULT_FETCH_IMAGE = "ghcr.io/kiln-dev/kiln:0.1.0"
 DEFAULT_TRITON_MODELS_DIR = "/app/all_models/inflight_batcher_llm"
+DEFAULT_TRITON_LLMAPI_DIR = "/app/all_models/llmapi/tensorrt_llm"
 SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
 
 
@@ -105,6 +106,9 @@ class OperatorConfig:
     triton_models_dir: str = DEFAULT_TRITON_MODELS_DIR
     """Where the Triton image keeps the inflight-batcher models whose ``model.py`` the
     preprocessing and postprocessing models use (``KILN_TRITON_MODELS_DIR``)."""
+    triton_llmapi_dir: str = DEFAULT_TRITON_LLMAPI_DIR
+    """Where the Triton image keeps the LLM-API model (``all_models/llmapi/tensorrt_llm``, beside
+    the inflight-batcher models) that serves ``pytorch`` engines (``KILN_TRITON_LLMAPI_DIR``)."""
     fetch_image: str = DEFAULT_FETCH_IMAGE
     """Image of the serving pods' ``kiln fetch-engine`` init container: kiln's own
     (``KILN_FETCH_IMAGE``)."""
@@ -177,6 +181,7 @@ class OperatorConfig:
             gate_image=env.get("KILN_GATE_IMAGE") or None,
             triton_image=env.get("KILN_TRITON_IMAGE") or None,
             triton_models_dir=env.get("KILN_TRITON_MODELS_DIR") or DEFAULT_TRITON_MODELS_DIR,
+            triton_llmapi_dir=env.get("KILN_TRITON_LLMAPI_DIR") or DEFAULT_TRITON_LLMAPI_DIR,
             fetch_image=env.get("KILN_FETCH_IMAGE") or DEFAULT_FETCH_IMAGE,
             serve_env=_json_map(env.get("KILN_SERVE_ENV") or env.get("KILN_BUILD_ENV"),
                                 "KILN_SERVE_ENV"),

@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import yaml
+
 from kiln.api import EngineBuild, EngineDeployment
 from kiln.config import OperatorConfig
 from kiln.engine_deployment import triton
@@ -178,6 +180,48 @@ def test_triton_gets_a_model_repository_and_its_ports() -> None:
     assert [p["containerPort"] for p in server["ports"]] == [8000, 8001, 8002]
     service = render_service(obj)
     assert [p["name"] for p in service["spec"]["ports"]] == ["http", "grpc", "metrics"]
+
+
+def test_triton_serves_a_pytorch_engine_through_the_llm_api_model() -> None:
+    """After 1.2.x the LLM-API model is Triton's only TensorRT-LLM model: kiln writes its
+    model.yaml (the LLM options trtllm-serve's YAML would carry, and the triton_config its
+    model.py indexes), copies the rest from the image, and places the artifact set as for
+    trtllm-serve (the same runtime reads the same caches)."""
+    build = EngineBuild.model_validate({**eb(tp=2).model_dump(by_alias=True), "spec": {
+        **eb(tp=2).spec.model_dump(by_alias=True, exclude_none=True),
+        "build": {"backend": "pytorch", "parallelism": {"tensor": 2, "pipeline": 1},
+                  "maxBatchSize": 64, "maxNumTokens": 4096}}})
+    serve = Serve(**{**engine_serve().__dict__, "backend": "pytorch"})
+    obj = ed(server={"kind": "triton", "image": "tritonserver:trtllm", "streaming": False,
+                     "runtime": {"freeGpuMemoryFraction": 0.8}})
+    pod = render_deployment(obj, build, serve, CONFIG)["spec"]["template"]["spec"]
+    fetch, server = pod["initContainers"][0], pod["containers"][0]
+    files = json.loads(env_of(fetch)["KILN_MODEL_REPO_FILES"])
+    assert set(files) == {"tensorrt_llm/1/model.yaml"}
+    config = yaml.safe_load(files["tensorrt_llm/1/model.yaml"])
+    assert config["model"] == "/engine" and config["backend"] == "pytorch"
+    assert (config["tensor_parallel_size"], config["pipeline_parallel_size"]) == (2, 1)
+    assert config["triton_config"] == {"max_batch_size": 0, "decoupled": False}
+    assert config["max_num_tokens"] == 4096
+    assert config["kv_cache_config"]["free_gpu_memory_fraction"] == 0.8
+    options = llm_api_options(obj, build, "pytorch")
+    assert {k: v for k, v in config.items() if k in options} == options
+    script = server["command"][2]
+    for name in ("config.pbtxt", "1/model.py", "1/helpers.py"):
+        assert f'cp "$KILN_TRITON_LLMAPI/{name}" /model-repo/tensorrt_llm/{name}' in script
+    assert "model_transaction_policy { decoupled: false }" in script
+    assert env_of(server)["KILN_TRITON_LLMAPI"] == CONFIG.triton_llmapi_dir
+    assert server["args"].count("tritonserver") == 2
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-engine", "place-artifacts"]
+    assert "TLLM_AUTOTUNER_CACHE_PATH" in env_of(server)
+
+
+def test_triton_serves_the_checkpoint_fallback_too() -> None:
+    obj = ed(server={"kind": "triton", "image": "tritonserver:trtllm"}, fallback="pytorch")
+    pod = render_deployment(obj, eb(), checkpoint_serve(), CONFIG)["spec"]["template"]["spec"]
+    files = json.loads(env_of(pod["initContainers"][0])["KILN_MODEL_REPO_FILES"])
+    assert yaml.safe_load(files["tensorrt_llm/1/model.yaml"])["triton_config"]["decoupled"]
+    assert [c["name"] for c in pod["initContainers"]] == ["fetch-engine"]
 
 
 def test_triton_ensemble_wires_every_step_to_a_declared_tensor() -> None:

@@ -7,6 +7,7 @@ import re
 from typing import Any
 
 import pytest
+import yaml
 
 from kiln.api import EXTRA_ARGS, BuildSpec, EngineBuild, EngineDeployment
 from kiln.api.engine_build import EXTRA_ARG_VALUE
@@ -106,6 +107,34 @@ def test_llm_api_options_use_only_recorded_keys(backend: str) -> None:
         option = llm_api.option(key)
         assert option is not None, f"{key} is not an LLM API option (extra='forbid')"
         assert backend in option.backends, key
+        assert isinstance(value, TYPES[option.type]), key
+
+
+def test_the_llm_api_model_yaml_carries_only_llm_arguments_and_its_triton_keys() -> None:
+    """Triton's LLM-API model passes every key of model.yaml but ``triton_config`` to
+    ``LLM(**args)`` (extra='forbid'): each must be an LLM argument; ``triton_config`` must
+    have the keys model.py indexes."""
+    obj = EngineDeployment.model_validate({
+        "metadata": {"name": "d", "namespace": "ns", "uid": "u"},
+        "spec": {"engineBuildRef": {"name": "b"}, "server": {
+            "kind": "triton", "runtime": {"freeGpuMemoryFraction": 0.85,
+                                          "enableBlockReuse": True}}}})
+    build = EngineBuild.model_validate({
+        "metadata": {"name": "b", "namespace": "ns", "uid": "u"},
+        "spec": {"model": {"source": "s3://models/llama/"},
+                 "build": {"backend": "pytorch", "maxSeqLen": 4096}}})
+    serve = type(engine_serve())(**{**engine_serve().__dict__, "backend": "pytorch"})
+    (text,) = render.triton_repository(obj, build, serve).values()
+    config = yaml.safe_load(text)
+    triton_config = config.pop("triton_config")
+    assert set(facts.LLMAPI_TRITON_KEYS) <= set(triton_config)
+    upstream_keys = {"model", "backend"}  # model.yaml@0ebb153 sets them
+    written = _keys({k: v for k, v in config.items() if k not in upstream_keys})
+    assert "tensor_parallel_size" in written and "kv_cache_config.enable_block_reuse" in written
+    for key, value in written.items():
+        option = llm_api.option(key)
+        assert option is not None, f"{key} is not an LLM API option (extra='forbid')"
+        assert "pytorch" in option.backends, key
         assert isinstance(value, TYPES[option.type]), key
 
 

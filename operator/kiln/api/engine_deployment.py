@@ -143,11 +143,6 @@ class Strategy(KilnModel):
 class EngineDeploymentSpec(KilnModel):
     """Where and how to serve an EngineBuild's engines."""
 
-    model_config = ConfigDict(json_schema_extra=rules(cel(
-        "self.fallback != 'pytorch' || self.server.kind == 'trtllm-serve'",
-        "fallback pytorch serves the checkpoint with trtllm-serve; server.kind triton cannot",
-        ".fallback")))
-
     engine_build_ref: EngineBuildRef
     """The EngineBuild whose engines to serve."""
     replicas: int = Field(default=1, ge=0, le=1000)
@@ -160,7 +155,8 @@ class EngineDeploymentSpec(KilnModel):
     """The inference server."""
     fallback: Fallback = "previous"
     """While no engine is ready for a GPU product: ``pytorch`` serves the checkpoint with the
-    PyTorch backend, ``previous`` keeps the last engine, ``none`` serves nothing."""
+    PyTorch backend (trtllm-serve, or Triton's LLM-API model), ``previous`` keeps the last
+    engine, ``none`` serves nothing."""
     strategy: Strategy = Field(default_factory=Strategy)
     """Rolling update limits (default 1 / 0: never lose capacity)."""
     rollout: Rollout | None = None

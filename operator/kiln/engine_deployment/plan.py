@@ -188,10 +188,6 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, pool: Mapping[str, str]
     refused = [u for u in unhonoured(ed, eb, None) if u.refused]
     if refused:
         return Decision(stalled=("RuntimeOptionRefused", "; ".join(u.text() for u in refused)))
-    if ed.spec.server.kind == "triton" and eb.spec.build.backend == "pytorch":
-        return Decision(stalled=(
-            "ServerMismatch", f"server.kind triton serves TensorRT engines, but EngineBuild "
-            f"{ref} uses backend pytorch: use server.kind trtllm-serve"))
     products = served_products(ed, pool)
     current = {d.product: d for d in owned}
     result = Decision(pool=dict(pool))

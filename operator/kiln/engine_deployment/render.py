@@ -214,11 +214,11 @@ def llm_api_options(ed: EngineDeployment, eb: EngineBuild, backend: Backend) -> 
 def artifacts_placed(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
                      config: OperatorConfig) -> bool:
     """Whether this product's pods check and place the engine's artifact set: a ``pytorch``
-    engine made with one, served with the options it was made for."""
+    engine made with one, served with the options it was made for (by trtllm-serve or by
+    Triton's LLM-API model: the same runtime, the same caches)."""
     build = eb.spec.build
     return (serve.engine_key is not None and serve.backend == "pytorch"
             and aot.warmup_for(build, config.warmup_runtime) is not None
-            and ed.spec.server.kind == "trtllm-serve"
             and not aot.mismatched(ed.spec.server, build))
 
 
@@ -282,27 +282,44 @@ def _trtllm_serve(ed: EngineDeployment, eb: EngineBuild, serve: Serve) -> dict[s
     }
 
 
-def _triton(ed: EngineDeployment, eb: EngineBuild, config: OperatorConfig) -> dict[str, Any]:
+def _triton(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
+            config: OperatorConfig) -> dict[str, Any]:
     port = ed.spec.server.port
     p = eb.spec.build.parallelism
     launch = triton.launch_command(repo=REPO_DIR, world_size=p.tensor * p.pipeline,
                                    http_port=port, grpc_port=port + 1, metrics_port=port + 2)
-    copy = " && ".join(f'cp "$KILN_TRITON_MODELS/{m}/1/model.py" {REPO_DIR}/{m}/1/'
-                       for m in triton.PYTHON_MODELS)
+    if serve.backend == "pytorch":
+        source = ("KILN_TRITON_LLMAPI", config.triton_llmapi_dir)
+        copy = triton.llmapi_assembly(repo=REPO_DIR, source=f"${source[0]}",
+                                      decoupled=ed.spec.server.streaming is not False)
+    else:
+        source = ("KILN_TRITON_MODELS", config.triton_models_dir)
+        copy = " && ".join(f'cp "$KILN_TRITON_MODELS/{m}/1/model.py" {REPO_DIR}/{m}/1/'
+                           for m in triton.PYTHON_MODELS)
     return {
         "command": _guarded(copy),
         "args": [*launch, *ed.spec.server.args],
-        "env": [{"name": "KILN_TRITON_MODELS", "value": config.triton_models_dir}],
+        "env": [{"name": source[0], "value": source[1]}],
         "ports": [{"name": "http", "containerPort": port},
                   {"name": "grpc", "containerPort": port + 1},
                   {"name": "metrics", "containerPort": port + 2}],
     }
 
 
-def triton_repository(ed: EngineDeployment, eb: EngineBuild) -> dict[str, str]:
+def triton_repository(ed: EngineDeployment, eb: EngineBuild, serve: Serve) -> dict[str, str]:
+    """The files kiln writes into the model repository: the LLM-API model's ``model.yaml``
+    for ``pytorch`` (an engine or the checkpoint), the inflight-batcher configs for
+    ``tensorrt``."""
+    decoupled = ed.spec.server.streaming is not False
+    if serve.backend == "pytorch":
+        p = eb.spec.build.parallelism
+        return triton.llmapi_repository(model_dir=ENGINE_DIR, tensor=p.tensor,
+                                        pipeline=p.pipeline,
+                                        options=llm_api_options(ed, eb, "pytorch"),
+                                        decoupled=decoupled)
     return triton.model_repository(engine_dir=ENGINE_DIR, tokenizer_dir=TOKENIZER_DIR,
                                    max_batch_size=eb.spec.build.max_batch_size,
-                                   decoupled=ed.spec.server.streaming is not False)
+                                   decoupled=decoupled)
 
 
 def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
@@ -312,7 +329,7 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
     spec, p = ed.spec, eb.spec.build.parallelism
     gpus = p.tensor * p.pipeline
     is_triton = spec.server.kind == "triton"
-    repo = triton_repository(ed, eb) if is_triton else None
+    repo = triton_repository(ed, eb, serve) if is_triton else None
     fetch, fetched_from = _fetch(ed, eb, serve, gpus, config, repo)
     placed = artifacts_placed(ed, eb, serve, config)
     overrides = (spec.server.security_context.to_dict() if spec.server.security_context
@@ -321,7 +338,7 @@ def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
     server: dict[str, Any] = {
         "name": "server",
         "image": image,
-        **(_triton(ed, eb, config) if is_triton else _trtllm_serve(ed, eb, serve)),
+        **(_triton(ed, eb, serve, config) if is_triton else _trtllm_serve(ed, eb, serve)),
         **_probes(*HEALTH[spec.server.kind]),
         "resources": gpu_resources(spec.server.resources.to_dict()
                                    if spec.server.resources else None, gpus),

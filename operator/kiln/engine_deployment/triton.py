@@ -1,16 +1,25 @@
-"""The Triton model repository for one engine (TensorRT-LLM's inflight-batcher layout).
+"""The Triton model repository for one engine.
 
-Four models (NVIDIA/TensorRT-LLM ``triton_backend/all_models/inflight_batcher_llm``):
-``preprocessing`` (tokenizer, Python), ``tensorrt_llm`` (the C++ ``tensorrtllm`` backend
-over the engine), ``postprocessing`` (detokenizer, Python) and ``ensemble`` chaining them
-(``text_input`` → ``text_output``).
+A ``pytorch`` engine (or a checkpoint served as the fallback) is one Python model,
+``tensorrt_llm``, TensorRT-LLM's LLM-API model (``triton_backend/all_models/llmapi``): kiln
+writes its ``model.yaml`` and the server container copies the rest from the Triton image
+(:func:`llmapi_repository`, :func:`llmapi_assembly`).
+
+A ``tensorrt`` engine uses the inflight-batcher layout (1.2.x and older): four models
+(``triton_backend/all_models/inflight_batcher_llm``): ``preprocessing`` (tokenizer, Python),
+``tensorrt_llm`` (the C++ ``tensorrtllm`` backend over the engine), ``postprocessing``
+(detokenizer, Python) and ``ensemble`` chaining them (``text_input`` → ``text_output``).
 Pure: returns ``{relative path: content}``; the init container writes the files and the
 server container adds the Python models' ``model.py`` from the Triton image.
 """
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
+from typing import Any
+
+import yaml
 
 from kiln.trtllm import triton as facts
 
@@ -206,3 +215,28 @@ def launch_command(*, repo: str, world_size: int, http_port: int, grpc_port: int
             command.append(":")
         command += ["-n", "1", *server(rank)]
     return command
+
+
+def llmapi_repository(*, model_dir: str, tensor: int, pipeline: int, options: dict[str, Any],
+                      decoupled: bool) -> dict[str, str]:
+    """``{path: content}``: the LLM-API model's ``model.yaml``, with the same LLM options
+    trtllm-serve's YAML would carry (``options``) and the ``triton_config`` its model.py
+    indexes."""
+    config: dict[str, Any] = {
+        **options, "model": model_dir, "backend": "pytorch",
+        "tensor_parallel_size": tensor, "pipeline_parallel_size": pipeline,
+        "triton_config": {"max_batch_size": facts.LLMAPI_MAX_BATCH_SIZE,
+                          "decoupled": decoupled}}
+    return {f"{facts.LLMAPI_MODEL}/{facts.LLMAPI_CONFIG}": yaml.safe_dump(config,
+                                                                          sort_keys=True)}
+
+
+def llmapi_assembly(*, repo: str, source: str, decoupled: bool) -> str:
+    """Shell steps that complete the repository from the image's copy of the model
+    (``source``: its ``tensorrt_llm`` directory): its files as they are, and the transaction
+    policy that auto-complete would have read from model.yaml (off under
+    ``--disable-auto-complete-config``)."""
+    model = f"{repo}/{facts.LLMAPI_MODEL}"
+    copies = [f'cp "{source}/{f}" {shlex.quote(f"{model}/{f}")}' for f in facts.LLMAPI_FILES]
+    policy = f"model_transaction_policy {{ decoupled: {'true' if decoupled else 'false'} }}"
+    return " && ".join([*copies, f"echo {shlex.quote(policy)} >> {model}/config.pbtxt"])

@@ -189,3 +189,39 @@ TENSORRT_LLM_BLS = Model(
     (), (), (), f"{BLS_PY} (its config.pbtxt was not read: tensors not recorded)")
 
 MODELS = (PREPROCESSING, POSTPROCESSING, TENSORRT_LLM, ENSEMBLE, TENSORRT_LLM_BLS)
+
+
+# -- the LLM-API model: Triton for the PyTorch backend ------------------------------------------
+_LLMAPI = "triton_backend/all_models/llmapi/tensorrt_llm"
+LLMAPI_PY = f"{_LLMAPI}/1/model.py@b35ac1b64368513d215c57d2ed01d62d910df8da"
+LLMAPI_YAML = f"{_LLMAPI}/1/model.yaml@0ebb1536ac12bbe27201185de960df3ab00bcecc"
+LLMAPI_CFG = f"{_LLMAPI}/config.pbtxt@0a71057313ec0626527e164a8fc0205c5822e2f5"
+LLMAPI_DOCS = "triton-inference-server/tensorrtllm_backend:docs/llmapi.md"
+LLMAPI_LAUNCH = ("triton_backend/scripts/launch_triton_server.py"
+                 "@0a2e2c1f1268b34586393794045691b666ba28be")
+"""Where the facts below were read. After 1.2.x this is the only Triton model left: the C++
+inflight batcher and its model templates were removed (PR #15907; ``all_models/llmapi``
+stays)."""
+LLMAPI_MODEL = "tensorrt_llm"
+"""The model's name (``name: "tensorrt_llm"`` in its config.pbtxt; requests go to
+``/v2/models/tensorrt_llm/generate``, llmapi.md)."""
+LLMAPI_FILES = ("config.pbtxt", "1/model.py", "1/helpers.py")
+"""The files of the upstream model directory the image carries and kiln copies as they are:
+``config.pbtxt`` (``backend: "python"``, inputs ``text_input``, ``streaming``,
+``sampling_param_*``; output ``text_output``), ``model.py`` and the ``helpers`` it imports."""
+LLMAPI_CONFIG = "1/model.yaml"
+"""The LLM arguments model.py reads (``LLM_CONFIG_PATH``, default ``model.yaml`` in the model
+directory): every key but ``triton_config`` goes through ``update_llm_args_with_extra_dict``
+into ``LLM(**args)``; the upstream file sets ``model``, ``backend: "pytorch"``,
+``tensor_parallel_size`` and ``pipeline_parallel_size``."""
+LLMAPI_TRITON_KEYS = ("max_batch_size", "decoupled")
+"""``triton_config`` keys model.py indexes directly (``auto_complete_config``;
+``initialize`` reads ``decoupled``): a model.yaml without them fails to load."""
+LLMAPI_MAX_BATCH_SIZE = 0
+"""model.yaml: "The current implementation does not support batching" (Triton's batching;
+the LLM batches in flight)."""
+LLMAPI_TRANSACTION_POLICY_IN_YAML = True
+"""config.pbtxt leaves ``max_batch_size`` and ``model_transaction_policy`` to model.yaml, set
+by ``auto_complete_config``; ``launch_triton_server.py`` passes
+``--disable-auto-complete-config``, under which kiln writes the transaction policy into the
+config itself, with the same value as ``triton_config.decoupled``."""
