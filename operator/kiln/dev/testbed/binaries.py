@@ -20,6 +20,12 @@ import kiln
 MULTICALL = "kiln-testbed"
 MULTICALL_NAMES = ("etcd", "kube-apiserver", "kube-controller-manager", "kube-scheduler", "kubectl")
 TOOLS = {"kwok": "sigs.k8s.io/kwok/cmd/kwok", "helm": "helm.sh/helm/v3/cmd/helm"}
+KUEUE_MODULE = "sigs.k8s.io/kueue"
+KUEUE_CRDS = "config/components/crd/bases"
+"""Kueue's CRDs, as its Go module ships them (next to its manager's sources)."""
+ON_DEMAND = ("kueue",)
+"""Modules built only when a test asks (``ensure_kueue``), into a cache of their own: the
+other binaries' cache key leaves them out."""
 
 
 @dataclass(frozen=True)
@@ -47,11 +53,14 @@ def cache_root() -> Path:
 
 
 def inputs_hash(src: Path) -> str:
-    """Hash of everything the build depends on: Go sources, go.mod/go.sum, Go version."""
+    """Hash of everything the build depends on: Go sources, go.mod/go.sum, Go version (of
+    ``src`` less the ``ON_DEMAND`` modules, when ``src`` is the whole ``testbed/``)."""
     digest = hashlib.sha256()
     go_version = subprocess.run(["go", "version"], capture_output=True, text=True, check=True)
     digest.update(go_version.stdout.encode())
-    for path in sorted(p for p in src.rglob("*") if p.is_file()):
+    skipped = tuple(src / name for name in ON_DEMAND)
+    for path in sorted(p for p in src.rglob("*")
+                       if p.is_file() and not any(p.is_relative_to(s) for s in skipped)):
         digest.update(str(path.relative_to(src)).encode() + b"\0")
         digest.update(path.read_bytes() + b"\0")
     return digest.hexdigest()[:16]
@@ -108,3 +117,32 @@ def ensure_built(*, verbose: bool = False) -> Binaries:
         shutil.rmtree(target, ignore_errors=True)
         staging.rename(target)
     return Binaries(target)
+
+
+def ensure_kueue(*, verbose: bool = False) -> Path:
+    """Kueue's manager and its CRDs (``kueue``, ``crds/``), built from the pinned module on
+    first use into a cache of their own."""
+    src = source_dir() / "kueue"
+    root = cache_root() / "testbed-kueue"
+    target = root / inputs_hash(src)
+    if (target / ".complete").is_file():
+        return target
+    root.mkdir(parents=True, exist_ok=True)
+    with (root / ".lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if (target / ".complete").is_file():
+            return target
+        staging = root / f".staging-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        _go(["build", "-ldflags=-s -w", "-o", str(staging / "kueue"), f"{KUEUE_MODULE}/cmd/kueue"],
+            src, verbose)
+        module = subprocess.run(["go", "list", "-m", "-f", "{{.Dir}}", KUEUE_MODULE], cwd=src,
+                                capture_output=True, text=True, check=True).stdout.strip()
+        (staging / "crds").mkdir()
+        for crd in sorted((Path(module) / KUEUE_CRDS).glob("*.yaml")):
+            shutil.copyfile(crd, staging / "crds" / crd.name)  # the module cache is read-only
+        (staging / ".complete").touch()
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+    return target

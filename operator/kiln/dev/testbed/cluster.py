@@ -99,18 +99,23 @@ class Cluster:
 
     # -- processes -------------------------------------------------------------------------
 
-    def _spawn(self, name: str, args: list[str]) -> subprocess.Popen[bytes]:
+    def _spawn(self, name: str, args: list[str],
+               binary_path: Path | None = None) -> subprocess.Popen[bytes]:
         log_dir = self.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
         log = self._logs.get(name) or (log_dir / f"{name}.log").open("ab")
         self._logs[name] = log
-        binary = str(self.binaries[args[0]])
+        binary = str(binary_path or self.binaries[args[0]])
         process = subprocess.Popen(
             [binary, *args[1:]], stdout=log, stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent,  # noqa: PLW1509
         )
         self.processes[name] = process
         return process
+
+    def spawn(self, name: str, binary: Path, args: list[str]) -> subprocess.Popen[bytes]:
+        """Run a further component (logged, stopped with the others) from ``binary``."""
+        return self._spawn(name, [binary.name, *args], binary)
 
     def log_path(self, name: str) -> Path:
         return self.state_dir / "logs" / f"{name}.log"
