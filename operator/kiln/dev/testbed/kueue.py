@@ -72,6 +72,8 @@ def start(cluster: Cluster, *, timeout: float = 120, verbose: bool = False) -> N
                     str(manifests))
     core = client.CoreV1Api(cluster.api_client)
     core.create_namespace({"metadata": {"name": NAMESPACE}})
+    # Kueue's manifests ship this Secret empty; its certificate rotator fills it.
+    core.create_namespaced_secret(NAMESPACE, {"metadata": {"name": SECRET}})
     config = state / "config.yaml"
     config.write_text(yaml.safe_dump(_config(cert_dir, webhook_port, health_port)))
     process = cluster.spawn("kueue", built / "kueue", [
