@@ -327,6 +327,87 @@ def test_what_the_apiserver_and_other_engine_builds_of_the_key_set_is_kilns() ->
     assert _problem(root) is None
 
 
+def _admitted(**admission: Any) -> dict[str, Any]:
+    """A queued build Job as Kueue v0.17 leaves it once admitted (queued.ADMISSION_*): not
+    suspended, its template labelled with the PodSet and queues, annotated with the Workload,
+    the flavor's node labels and tolerations merged in, a topology gate."""
+    body = job(queueName="builds")
+    body["metadata"]["uid"] = "job-uid"
+    spec = body["spec"]
+    template = spec["template"]
+    spec["suspend"] = False
+    template["metadata"]["labels"] |= {"kueue.x-k8s.io/podset": "main",
+                                       "kueue.x-k8s.io/local-queue-name": "builds",
+                                       "kueue.x-k8s.io/cluster-queue-name": "gpus"}
+    template["metadata"]["annotations"] = {"kueue.x-k8s.io/workload": "job-kiln-build-1",
+                                           "kueue.x-k8s.io/podset-unconstrained-topology": "true"}
+    pod = template["spec"]
+    pod["nodeSelector"] = {**pod.get("nodeSelector", {}), "cloud.example/pool": "h100"}
+    pod["tolerations"] = [*pod.get("tolerations", []),
+                          {"key": "reserved", "operator": "Exists", "effect": "NoSchedule"}]
+    pod["schedulingGates"] = [{"name": "kueue.x-k8s.io/topology"}]
+    for path, value in admission.items():  # what differs from Kueue's: "labels.x": "y"
+        if path == "gates":
+            pod["schedulingGates"] = value
+        else:
+            field, name = path.split(".", 1)
+            template["metadata"][field][name] = value
+    return body
+
+
+def test_kueues_admission_of_a_queued_job_is_kilns() -> None:
+    """Kueue unsuspends an admitted Job and merges its PodSet's admission into the template:
+    kiln still signs what it builds."""
+    assert signing.job_problem(_admitted(), job(queueName="builds")) is None
+    body = _admitted()  # the apiserver's defaults on top
+    body["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"] = "IfNotPresent"
+    assert signing.job_problem(body, job(queueName="builds")) is None
+
+
+@pytest.mark.parametrize(("admission", "why"), [
+    ({"labels.kueue.x-k8s.io/podset": "workers"}, "labels"),
+    ({"labels.kueue.x-k8s.io/local-queue-name": "other"}, "labels"),
+    ({"labels.team": "a"}, "labels"),
+    ({"annotations.kueue.x-k8s.io/podset-unconstrained-topology": "false"}, "annotations"),
+    ({"annotations.container.apparmor.security.beta.kubernetes.io/builder": "unconfined"},
+     "annotations"),
+    ({"gates": [{"name": "kueue.x-k8s.io/topology"}, {"name": "other"}]}, "schedulingGates"),
+])
+def test_only_what_kueue_writes_on_admission_is_allowed(admission: dict[str, Any],
+                                                        why: str) -> None:
+    assert why in str(signing.job_problem(_admitted(**admission), job(queueName="builds")))
+
+
+def test_kueues_admission_labels_on_a_job_kiln_did_not_queue_are_not_kilns() -> None:
+    assert "labels" in str(signing.job_problem(_admitted(), job()))
+
+
+@pytest.mark.parametrize("change", ["image", "readinessProbe", "hostAliases", "env", "mount",
+                                    "annotations", "parallelism"])
+def test_a_tenants_changes_to_an_admitted_job_are_not_kilns(change: str) -> None:
+    """Kueue's admission opens nothing else: an exec probe, a host alias, another image on
+    an admitted Job are still a tenant's."""
+    body, rendered = _admitted(), job(queueName="builds")
+    if change == "image":
+        body["spec"]["template"]["spec"]["containers"][0]["image"] = "tenant/builder:1"
+    else:
+        evil = _evil(change)
+        if change == "annotations":
+            body["spec"]["template"]["metadata"]["annotations"] |= evil["spec"]["template"][
+                "metadata"]["annotations"]
+        elif change == "parallelism":
+            body["spec"]["parallelism"] = 2
+        else:
+            body["spec"]["template"]["spec"]["containers"] = evil["spec"]["template"]["spec"][
+                "containers"]
+            body["spec"]["template"]["spec"]["volumes"] = evil["spec"]["template"]["spec"][
+                "volumes"]
+            if change == "hostAliases":
+                body["spec"]["template"]["spec"]["hostAliases"] = evil["spec"]["template"][
+                    "spec"]["hostAliases"]
+    assert signing.job_problem(body, rendered) is not None
+
+
 def test_only_the_manifest_the_job_wrote_is_signable() -> None:
     inputs = {"schema": 1, "gpuProduct": "X"}
     key = key_of(inputs)

@@ -17,6 +17,45 @@ from kiln.domain.pods import timestamp
 GROUP, VERSION, PLURAL = "kueue.x-k8s.io", "v1beta2", "workloads"
 ADMITTED, QUOTA_RESERVED = "Admitted", "QuotaReserved"
 
+# What Kueue writes into a plain Job's pod template when it admits the Job (v0.17): it
+# unsuspends the Job and merges the admission's PodSetInfo into the template (its labels and
+# annotations, the flavors' node labels as nodeSelector and their tolerations, scheduling gates;
+# sigs.k8s.io/kueue pkg/controller/jobs/job/job_controller.go RunWithPodSetsInfo,
+# pkg/podset/podset.go Merge). The PodSetInfo is built in pkg/controller/jobframework/
+# reconciler.go getPodSetsInfoFromStatus and pkg/podset/podset.go FromAssignment. Values: a
+# str is the one value Kueue writes, None any (a name kiln cannot know before admission).
+PODSET = "main"
+"""A plain Job's one PodSet (apis/kueue/v1beta2/constants.go DefaultPodSetName)."""
+ADMISSION_LABELS: dict[str, str | None] = {
+    "kueue.x-k8s.io/podset": PODSET,  # pkg/constants/constants.go PodSetLabel, always
+    # feature AssignQueueLabelsForPods (beta, on from v0.17): ClusterQueueLabel, LocalQueueLabel
+    "kueue.x-k8s.io/cluster-queue-name": None,
+}
+LOCAL_QUEUE_LABEL = "kueue.x-k8s.io/local-queue-name"
+"""Set to the Workload's queue: the Job's ``kueue.x-k8s.io/queue-name``."""
+ADMISSION_ANNOTATIONS: dict[str, str | None] = {
+    # feature TopologyAwareScheduling (beta, on from v0.14): WorkloadAnnotation, always; and
+    # PodSetUnconstrainedTopologyAnnotation with a topology assignment but no request
+    # (apis/kueue/v1beta2/topology_types.go)
+    "kueue.x-k8s.io/workload": None,
+    "kueue.x-k8s.io/podset-unconstrained-topology": "true",
+    # feature ElasticJobsViaWorkloadSlices (alpha): WorkloadSliceNameAnnotation
+    "kueue.x-k8s.io/workload-slice-name": None,
+    # the ProvisioningRequest admission check's PodSetUpdate (pkg/controller/admissionchecks/
+    # provisioning/controller.go; names from k8s.io/autoscaler cluster-autoscaler/apis
+    # provisioningrequest/autoscaling.x-k8s.io/v1 types.go)
+    "autoscaling.x-k8s.io/consume-provisioning-request": None,
+    "autoscaling.x-k8s.io/provisioning-class-name": None,
+}
+ADMISSION_GATES = ({"name": "kueue.x-k8s.io/topology"},)
+"""The scheduling gate of a topology assignment (topology_types.go TopologySchedulingGate);
+Kueue's ungater lifts it from the pods, not from the template."""
+
+
+def admission_labels(queue: str) -> dict[str, str | None]:
+    """The pod-template labels Kueue adds when it admits a Job of LocalQueue ``queue``."""
+    return {**ADMISSION_LABELS, LOCAL_QUEUE_LABEL: queue}
+
 
 @dataclass(frozen=True)
 class ObservedWorkload:

@@ -22,8 +22,9 @@ from kiln.contract import provenance
 from kiln.contract.key import key_of, short_key
 from kiln.contract.manifest import Manifest
 from kiln.contract.task import BuildTask
-from kiln.domain.labels import KEY_ANNOTATION
+from kiln.domain.labels import KEY_ANNOTATION, QUEUE_LABEL
 from kiln.domain.podspec import container_security, pod_security
+from kiln.engine_build import queued
 from kiln.engine_build.jobs import BUILDER, job_name
 
 CONTROLLER_UID = ("batch.kubernetes.io/controller-uid", "controller-uid")
@@ -185,21 +186,52 @@ def job_problem(job: dict[str, Any], rendered: dict[str, Any]) -> str | None:
         return "its selector is not the Job controller's own"
     template = spec.get("template") or {}
     template_meta = template.get("metadata") or {}
-    allowed = {**want_spec["template"]["metadata"].get("labels", {}),
+    admission = _KueueAdmission((want_meta.get("labels") or {}).get(QUEUE_LABEL))
+    allowed = {**admission.labels,
+               **want_spec["template"]["metadata"].get("labels", {}),
                **{label: uid for label in CONTROLLER_UID},
                **{label: meta.get("name") for label in _JOB_NAME_LABELS}}
-    labels = template_meta.get("labels") or {}
-    if any(allowed.get(k, _ANY) != v for k, v in labels.items()):
+    if not _within(template_meta.get("labels") or {}, allowed):
         return "its pods get labels kiln does not give them"
-    if template_meta.get("annotations"):
+    if not _within(template_meta.get("annotations") or {}, admission.annotations):
         return "its pods get annotations kiln does not give them"
-    return pod_spec_problem(template.get("spec") or {}, want_spec["template"]["spec"])
+    pod = dict(template.get("spec") or {})
+    if admission.gates and pod.get("schedulingGates") == admission.gates:
+        del pod["schedulingGates"]
+    return pod_spec_problem(pod, want_spec["template"]["spec"])
+
+
+@dataclass(frozen=True)
+class _KueueAdmission:
+    """What Kueue may have written into the pod template of a Job of LocalQueue ``queue``
+    when it admitted it (``queued.ADMISSION_*``); nothing for a Job kiln did not queue. Its
+    node selector and tolerations (the flavor's) are scheduling, which may differ anyway."""
+
+    queue: str | None
+
+    @property
+    def labels(self) -> dict[str, str | None]:
+        return queued.admission_labels(self.queue) if self.queue else {}
+
+    @property
+    def annotations(self) -> dict[str, str | None]:
+        return dict(queued.ADMISSION_ANNOTATIONS) if self.queue else {}
+
+    @property
+    def gates(self) -> list[dict[str, str]]:
+        return list(queued.ADMISSION_GATES) if self.queue else []
+
+
+def _within(found: dict[str, Any], allowed: dict[str, Any]) -> bool:
+    """Whether every entry of ``found`` is allowed: its key is, with that value (None: any)."""
+    return all(k in allowed and allowed[k] in (None, v) for k, v in found.items())
 
 
 _POD_SET_LATER = frozenset({"nodeName", "serviceAccountName", "serviceAccount", "tolerations",
-                            "priority", "preemptionPolicy"})
+                            "priority", "preemptionPolicy", "schedulingGates"})
 """Pod fields that the scheduler and admission set on a Job's pod and its template lacks
-(binding, the default ServiceAccount, default tolerations, the priority class's value)."""
+(binding, the default ServiceAccount, default tolerations, the priority class's value), or
+that differ from it later (Kueue's topology ungater lifts the template's scheduling gate)."""
 
 
 def _own_pod(pod: dict[str, Any], job: dict[str, Any]) -> bool:
