@@ -87,6 +87,8 @@ def _testbed_build(args: argparse.Namespace) -> int:
     from kiln.dev.testbed import binaries
 
     print(binaries.ensure_built(verbose=True))
+    if args.kueue:
+        print(binaries.ensure_kueue(verbose=True))
     return 0
 
 
@@ -216,6 +218,9 @@ def build_parser() -> argparse.ArgumentParser:
     testbed = dev_sub.add_parser("testbed", help="the test bed's binaries")
     testbed_sub = testbed.add_subparsers(dest="testbed_command", required=True)
     build = testbed_sub.add_parser("build", help="build (or find cached) test-bed binaries")
+    build.add_argument("--kueue", action="store_true",
+                       help="also Kueue's manager and CRDs (the Kueue field tests'; a cache "
+                            "of their own)")
     build.set_defaults(func=_testbed_build)
     cluster = dev_sub.add_parser("cluster", help="start or stop the local cluster")
     cluster_sub = cluster.add_subparsers(dest="cluster_command", required=True)

@@ -19,7 +19,9 @@ from kiln.dev.testbed.cluster import Cluster
 from kiln.domain.labels import GPU_PRODUCT_LABEL, QUEUE_LABEL
 from waiting import eventually
 
-pytestmark = pytest.mark.usefixtures("operator", "builders")
+# Bounded: Kueue's manager is built before the suite (``kiln dev testbed build --kueue``);
+# a test here starts it (module fixture) and waits on builds of the stand-in builder.
+pytestmark = [pytest.mark.usefixtures("operator", "builders"), pytest.mark.timeout(360)]
 QUEUE, FLAVOR, GPU = "builds", "h100", "nvidia.com/gpu"
 
 
