@@ -13,6 +13,7 @@ import base64
 import os
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from kubernetes import client
@@ -33,6 +34,12 @@ MEMORY_LIMIT_MIB = 256
 stays within what it asks for, well under its 1 GiB limit."""
 MESSAGE_LIMIT = 1024
 """A condition message that quotes a tenant's server says so briefly."""
+
+
+def calibrating(dataset: str) -> dict[str, Any]:
+    """A build that calibrates on ``dataset``."""
+    return {"backend": "tensorrt", "quantization": {
+        "algo": "fp8", "kvCache": "fp8", "calibration": {"dataset": dataset, "samples": 1}}}
 
 
 @pytest.fixture
@@ -126,17 +133,32 @@ def test_the_operators_credentials_never_reach_a_tenants_server(
            engine_build("repo", "hf://acme/llama", targets=UNSCHEDULABLE,
                         model={"credentialsSecret": "hub"}),
            engine_build("noisy", "hf://noisy/llama", targets=UNSCHEDULABLE,
-                        model={"credentialsSecret": "hub"}))
+                        model={"credentialsSecret": "hub"}),
+           # calibration data on the tenant's endpoints: read (its identity is a key input)
+           # with the model's credentials Secret, as the weights are
+           engine_build("hub-calib", "hf://acme/llama", targets=UNSCHEDULABLE,
+                        model={"credentialsSecret": "hub"}, build=calibrating("hf://acme/calib")),
+           engine_build("s3-calib", "s3://tenant/llama/", targets=UNSCHEDULABLE,
+                        model={"credentialsSecret": "s3"},
+                        build=calibrating("s3://tenant/calib/")))
+
+    def calibrated(name: str) -> bool:
+        """The calibration data's identity was read: the EngineBuild has a key."""
+        status = get(kube, namespace, EB_PLURAL, name).get("status") or {}
+        return any(e.get("key") for e in status.get("engines") or [])
 
     def identity(name: str) -> str:
         status = get(kube, namespace, EB_PLURAL, name).get("status") or {}
         return str((status.get("weights") or {}).get("identity") or "")
 
     eventually(lambda: identity("bucket") and identity("repo"), timeout=60)
+    eventually(lambda: calibrated("hub-calib") and calibrated("s3-calib"), timeout=60)
     eventually(lambda: "Reconciling" in said(kube, namespace, "noisy"), timeout=60)
 
     seen = endpoint.credentials_seen()
     assert endpoint.requests, "the tenant's server was asked"
+    assert any("/api/datasets/acme/calib" in r.path for r in endpoint.requests)
+    assert any(r.path.startswith("/tenant?") and "calib" in r.path for r in endpoint.requests)
     assert not [c for c in seen if OPERATOR_KEY_ID in c or OPERATOR_HF_TOKEN in c], seen
     for _, _, message in said(kube, namespace, "noisy").values():
         assert len(message) <= MESSAGE_LIMIT and "<script>" not in message, message

@@ -174,7 +174,8 @@ class Weights:
         if cached is None or cached[0] != read_at:
             credentials = None if dataset.startswith("pvc://") else self._credentials(
                 namespace, eb)
-            source = open_source(dataset, credentials=credentials, hf_repo_type="dataset")
+            source = open_source(dataset, credentials=credentials, hf_repo_type="dataset",
+                                 ambient=tenant_endpoint(dataset, credentials) is None)
             endpoint = endpoints.endpoint_of(dataset, credentials)
             with endpoints.slot(endpoint, f"read the identity of calibration data {dataset}"):
                 identity = source.identity().digest

@@ -44,7 +44,10 @@ def open_source(uri: str, *, credentials: Mapping[str, str] | None = None,
     """The source at ``uri``; ``credentials`` are the keys of ``credentialsSecret``;
     ``hf_repo_type`` says whether an ``hf://`` URI names a model or a dataset repository;
     ``ambient`` false: credentials the mapping lacks are not taken from the environment
-    (boto3's chain, ``HF_TOKEN``): requests go unsigned, without a token."""
+    (boto3's chain, ``HF_TOKEN``): requests go unsigned, without a token. An endpoint the
+    ``credentials`` name (``tenant_endpoint``) never gets the environment's credentials,
+    whatever ``ambient`` says: only the ones given travel there."""
+    ambient = ambient and tenant_endpoint(uri, credentials) is None
     if uri.startswith("s3://"):
         return S3Source(uri, credentials=credentials, endpoint_url=endpoint_url,
                         ambient=ambient)
