@@ -25,18 +25,23 @@ class Pool:
     mig_profile: str = ""
     """A MIG pool (GFD's single strategy): ``product`` ends in ``-MIG-<profile>``, ``gpus``
     counts slices, ``memory_mib`` is a slice's."""
+    product_name: str = ""
+    architecture: str = ""
+    """As NVML (and NVIDIA's DRA driver, ``kiln.domain.dra``) name them; ``product`` is
+    GFD's label of ``product_name``."""
 
     def node_names(self) -> list[str]:
         return [f"{self.name}-{i}" for i in range(self.size)]
 
 
 A100 = Pool("a100", product="NVIDIA-A100-SXM4-80GB", family="ampere", compute=(8, 0),
-            memory_mib=81920)
+            memory_mib=81920, product_name="NVIDIA A100-SXM4-80GB", architecture="Ampere")
 H100 = Pool("h100", product="NVIDIA-H100-80GB-HBM3", family="hopper", compute=(9, 0),
-            memory_mib=81559)
+            memory_mib=81559, product_name="NVIDIA H100 80GB HBM3", architecture="Hopper")
 L40S = Pool("l40s", product="NVIDIA-L40S", family="ada-lovelace", compute=(8, 9),
-            memory_mib=46068)
-H200 = Pool("h200", product="NVIDIA-H200", family="hopper", compute=(9, 0), memory_mib=143771)
+            memory_mib=46068, product_name="NVIDIA L40S", architecture="Ada Lovelace")
+H200 = Pool("h200", product="NVIDIA-H200", family="hopper", compute=(9, 0), memory_mib=143771,
+            product_name="NVIDIA H200", architecture="Hopper")
 A100_MIG = Pool("a100-mig", size=1, product="NVIDIA-A100-SXM4-80GB-MIG-1g.10gb", family="ampere",
                 compute=(8, 0), memory_mib=9728, gpus=56, mig_profile="1g.10gb")
 """Eight A100s cut in seven 1g.10gb slices each; not a default pool (``gpu: auto`` tests
