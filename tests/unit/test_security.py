@@ -453,3 +453,11 @@ def test_extra_pod_labels_may_not_set_kilns_own(label: str,
         "KILN_SERVING_POD_LABELS": json.dumps({label: "x"})})
     assert config.build_pod_labels == {"team": "a"} and config.serving_pod_labels == {}
     assert f"KILN_BUILD_POD_LABELS: ignoring {label}" in caplog.text
+
+
+def test_a_job_without_a_uid_allows_no_controller_uid_label() -> None:
+    """What kiln expects but cannot know (no uid) allows nothing, unlike Kueue's any-value
+    labels."""
+    body = job(queueName="builds")
+    body["spec"]["template"]["metadata"]["labels"]["controller-uid"] = "forged"
+    assert "labels" in str(signing.job_problem(body, job(queueName="builds")))

@@ -210,21 +210,28 @@ class _KueueAdmission:
     queue: str | None
 
     @property
-    def labels(self) -> dict[str, str | None]:
-        return queued.admission_labels(self.queue) if self.queue else {}
+    def labels(self) -> dict[str, Any]:
+        return _wildcards(queued.admission_labels(self.queue)) if self.queue else {}
 
     @property
-    def annotations(self) -> dict[str, str | None]:
-        return dict(queued.ADMISSION_ANNOTATIONS) if self.queue else {}
+    def annotations(self) -> dict[str, Any]:
+        return _wildcards(queued.ADMISSION_ANNOTATIONS) if self.queue else {}
 
     @property
     def gates(self) -> list[dict[str, str]]:
         return list(queued.ADMISSION_GATES) if self.queue else []
 
 
+def _wildcards(values: dict[str, str | None]) -> dict[str, Any]:
+    """Kueue's values with None (any) as ``_ANY``."""
+    return {k: _ANY if v is None else v for k, v in values.items()}
+
+
 def _within(found: dict[str, Any], allowed: dict[str, Any]) -> bool:
-    """Whether every entry of ``found`` is allowed: its key is, with that value (None: any)."""
-    return all(k in allowed and allowed[k] in (None, v) for k, v in found.items())
+    """Whether every entry of ``found`` is allowed: its key is, with that value (or any, where
+    ``_ANY``); a value kiln expects but lacks (None) allows nothing."""
+    return all(k in allowed and allowed[k] is not None and (allowed[k] is _ANY or allowed[k] == v)
+               for k, v in found.items())
 
 
 _POD_SET_LATER = frozenset({"nodeName", "serviceAccountName", "serviceAccount", "tolerations",
