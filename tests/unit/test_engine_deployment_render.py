@@ -4,6 +4,9 @@ the Triton model repository."""
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -184,44 +187,64 @@ def test_triton_gets_a_model_repository_and_its_ports() -> None:
 
 def test_triton_serves_a_pytorch_engine_through_the_llm_api_model() -> None:
     """After 1.2.x the LLM-API model is Triton's only TensorRT-LLM model: kiln writes its
-    model.yaml (the LLM options trtllm-serve's YAML would carry, and the triton_config its
-    model.py indexes), copies the rest from the image, and places the artifact set as for
+    arguments (the LLM options trtllm-serve's YAML would carry, and the triton_config its
+    model.py indexes) where LLM_CONFIG_PATH points, copies the image's model directory whole,
+    runs one tritonserver (the LLM API starts its workers), and places the artifact set as for
     trtllm-serve (the same runtime reads the same caches)."""
     build = EngineBuild.model_validate({**eb(tp=2).model_dump(by_alias=True), "spec": {
         **eb(tp=2).spec.model_dump(by_alias=True, exclude_none=True),
         "build": {"backend": "pytorch", "parallelism": {"tensor": 2, "pipeline": 1},
                   "maxBatchSize": 64, "maxNumTokens": 4096}}})
     serve = Serve(**{**engine_serve().__dict__, "backend": "pytorch"})
-    obj = ed(server={"kind": "triton", "image": "tritonserver:trtllm", "streaming": False,
+    obj = ed(server={"kind": "triton", "image": "tritonserver:trtllm",
                      "runtime": {"freeGpuMemoryFraction": 0.8}})
     pod = render_deployment(obj, build, serve, CONFIG)["spec"]["template"]["spec"]
     fetch, server = pod["initContainers"][0], pod["containers"][0]
     files = json.loads(env_of(fetch)["KILN_MODEL_REPO_FILES"])
-    assert set(files) == {"tensorrt_llm/1/model.yaml"}
-    config = yaml.safe_load(files["tensorrt_llm/1/model.yaml"])
+    assert set(files) == {"tensorrt_llm/1/kiln-model.yaml"}
+    assert env_of(server)["LLM_CONFIG_PATH"] == "/model-repo/tensorrt_llm/1/kiln-model.yaml"
+    config = yaml.safe_load(files["tensorrt_llm/1/kiln-model.yaml"])
     assert config["model"] == "/engine" and config["backend"] == "pytorch"
     assert (config["tensor_parallel_size"], config["pipeline_parallel_size"]) == (2, 1)
-    assert config["triton_config"] == {"max_batch_size": 0, "decoupled": False}
+    assert config["triton_config"] == {"max_batch_size": 0, "decoupled": False}, \
+        "the LLM-API model's own default: plain generate calls work"
     assert config["max_num_tokens"] == 4096
     assert config["kv_cache_config"]["free_gpu_memory_fraction"] == 0.8
     options = llm_api_options(obj, build, "pytorch")
     assert {k: v for k, v in config.items() if k in options} == options
     script = server["command"][2]
-    for name in ("config.pbtxt", "1/model.py", "1/helpers.py"):
-        assert f'cp "$KILN_TRITON_LLMAPI/{name}" /model-repo/tensorrt_llm/{name}' in script
+    assert 'cp -rL "$KILN_TRITON_LLMAPI/." /model-repo/tensorrt_llm/' in script
     assert "model_transaction_policy { decoupled: false }" in script
     assert env_of(server)["KILN_TRITON_LLMAPI"] == CONFIG.triton_llmapi_dir
-    assert server["args"].count("tritonserver") == 2
+    assert server["args"].count("tritonserver") == 1 and "mpirun" not in server["args"]
     assert [c["name"] for c in pod["initContainers"]] == ["fetch-engine", "place-artifacts"]
     assert "TLLM_AUTOTUNER_CACHE_PATH" in env_of(server)
+    streaming = ed(server={"kind": "triton", "streaming": True})
+    pod = render_deployment(streaming, build, serve, CONFIG)["spec"]["template"]["spec"]
+    assert "decoupled: true" in pod["containers"][0]["command"][2]
 
 
-def test_triton_serves_the_checkpoint_fallback_too() -> None:
-    obj = ed(server={"kind": "triton", "image": "tritonserver:trtllm"}, fallback="pytorch")
-    pod = render_deployment(obj, eb(), checkpoint_serve(), CONFIG)["spec"]["template"]["spec"]
-    files = json.loads(env_of(pod["initContainers"][0])["KILN_MODEL_REPO_FILES"])
-    assert yaml.safe_load(files["tensorrt_llm/1/model.yaml"])["triton_config"]["decoupled"]
-    assert [c["name"] for c in pod["initContainers"]] == ["fetch-engine"]
+def test_the_llm_api_assembly_keeps_a_policy_the_image_already_sets(tmp_path: Path) -> None:
+    """The copied config.pbtxt gets the transaction policy once: appended when the image's
+    leaves it to model.yaml (upstream's comments it out), left alone when it sets one (a
+    second would not parse); the copy runs again at every container start."""
+    source, repo = tmp_path / "image", tmp_path / "repo"
+    (source / "1").mkdir(parents=True)
+    (source / "1" / "model.py").write_text("# upstream\n")
+    (source / "1" / "helpers.py").write_text("# upstream\n")
+    (repo / "tensorrt_llm" / "1").mkdir(parents=True)
+    (repo / "tensorrt_llm" / "1" / "kiln-model.yaml").write_text("model: /engine\n")
+    script = triton.llmapi_assembly(repo=str(repo), source=str(source), decoupled=True)
+    for upstream in ('name: "tensorrt_llm"\n# model_transaction_policy {\n',
+                     'name: "tensorrt_llm"\nmodel_transaction_policy { decoupled: false }\n'):
+        (source / "config.pbtxt").write_text(upstream)
+        for _ in range(2):
+            subprocess.run(["/bin/sh", "-c", f"set -e; {script}"], check=True)
+        config = (repo / "tensorrt_llm" / "config.pbtxt").read_text()
+        assert len(re.findall(r"^model_transaction_policy", config, re.M)) == 1
+        assert (repo / "tensorrt_llm" / "1" / "helpers.py").exists()
+        assert (repo / "tensorrt_llm" / "1" / "kiln-model.yaml").read_text() == \
+            "model: /engine\n"
 
 
 def test_triton_ensemble_wires_every_step_to_a_declared_tensor() -> None:

@@ -101,12 +101,13 @@ class Server(KilnModel):
     kind: ServerKind = "trtllm-serve"
     """``trtllm-serve`` (OpenAI-compatible, health at ``/health``) or ``triton``."""
     streaming: bool | None = None
-    """Triton only: ``true`` (unset) makes the ``tensorrt_llm`` model decoupled, which
-    streaming requests need (``generate_stream``, gRPC ``ModelStreamInfer``, the ``stream``
-    input true) and with which Triton refuses plain ``infer``/``generate`` calls; ``false``
-    serves plain calls and refuses streaming ones (the backend's ``decoupled_mode``,
-    docs/model_config.md: "Must be set to true for requests setting the stream tensor to
-    true")."""
+    """Triton only: ``true`` makes the ``tensorrt_llm`` model decoupled, which streaming
+    requests need (``generate_stream``, gRPC ``ModelStreamInfer``) and with which Triton
+    refuses plain ``infer``/``generate`` calls; ``false`` serves plain calls and refuses
+    streaming ones. Unset: ``true`` for ``tensorrt`` engines (the inflight batcher's
+    ``decoupled_mode``, docs/model_config.md: "Must be set to true for requests setting the
+    stream tensor to true"), ``false`` for ``pytorch`` engines (the LLM-API model's own
+    default, ``triton_config.decoupled: False``)."""
     image: str | None = Field(default=None, min_length=1, max_length=512)
     """Server image; unset: the operator's default (it must match the builder's TensorRT-LLM)."""
     port: int = Field(default=8000, ge=1, le=65535)
@@ -143,6 +144,13 @@ class Strategy(KilnModel):
 class EngineDeploymentSpec(KilnModel):
     """Where and how to serve an EngineBuild's engines."""
 
+    model_config = ConfigDict(json_schema_extra=rules(cel(
+        "self.fallback != 'pytorch' || self.server.kind == 'trtllm-serve'",
+        "fallback pytorch serves the checkpoint with trtllm-serve; under server.kind triton "
+        "the checkpoint (Triton's LLM-API model) and a tensorrt engine (the inflight batcher) "
+        "take different requests, so clients would break when the engine arrives",
+        ".fallback")))
+
     engine_build_ref: EngineBuildRef
     """The EngineBuild whose engines to serve."""
     replicas: int = Field(default=1, ge=0, le=1000)
@@ -155,8 +163,8 @@ class EngineDeploymentSpec(KilnModel):
     """The inference server."""
     fallback: Fallback = "previous"
     """While no engine is ready for a GPU product: ``pytorch`` serves the checkpoint with the
-    PyTorch backend (trtllm-serve, or Triton's LLM-API model), ``previous`` keeps the last
-    engine, ``none`` serves nothing."""
+    PyTorch backend (trtllm-serve only), ``previous`` keeps the last engine, ``none`` serves
+    nothing."""
     strategy: Strategy = Field(default_factory=Strategy)
     """Rolling update limits (default 1 / 0: never lose capacity)."""
     rollout: Rollout | None = None

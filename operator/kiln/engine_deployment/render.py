@@ -51,6 +51,7 @@ from kiln.domain.podspec import (
 )
 from kiln.engine_deployment import triton
 from kiln.engine_deployment.plan import Serve
+from kiln.trtllm import triton as facts
 
 ENGINE_DIR = "/engine"
 TOKENIZER_DIR = f"{ENGINE_DIR}/{TOKENIZER_SUBDIR}"
@@ -286,40 +287,49 @@ def _triton(ed: EngineDeployment, eb: EngineBuild, serve: Serve,
             config: OperatorConfig) -> dict[str, Any]:
     port = ed.spec.server.port
     p = eb.spec.build.parallelism
-    launch = triton.launch_command(repo=REPO_DIR, world_size=p.tensor * p.pipeline,
-                                   http_port=port, grpc_port=port + 1, metrics_port=port + 2)
-    if serve.backend == "pytorch":
-        source = ("KILN_TRITON_LLMAPI", config.triton_llmapi_dir)
-        copy = triton.llmapi_assembly(repo=REPO_DIR, source=f"${source[0]}",
-                                      decoupled=ed.spec.server.streaming is not False)
+    env: list[dict[str, Any]]
+    if serve.backend == "pytorch":  # the LLM-API model starts its own workers
+        world_size = facts.LLMAPI_WORLD_SIZE
+        copy = triton.llmapi_assembly(repo=REPO_DIR, source="$KILN_TRITON_LLMAPI",
+                                      decoupled=decoupled(ed, serve))
+        env = [{"name": "KILN_TRITON_LLMAPI", "value": config.triton_llmapi_dir},
+               {"name": facts.LLMAPI_CONFIG_ENV, "value": triton.llmapi_config_path(REPO_DIR)}]
     else:
-        source = ("KILN_TRITON_MODELS", config.triton_models_dir)
+        world_size = p.tensor * p.pipeline
         copy = " && ".join(f'cp "$KILN_TRITON_MODELS/{m}/1/model.py" {REPO_DIR}/{m}/1/'
                            for m in triton.PYTHON_MODELS)
+        env = [{"name": "KILN_TRITON_MODELS", "value": config.triton_models_dir}]
+    launch = triton.launch_command(repo=REPO_DIR, world_size=world_size,
+                                   http_port=port, grpc_port=port + 1, metrics_port=port + 2)
     return {
         "command": _guarded(copy),
         "args": [*launch, *ed.spec.server.args],
-        "env": [{"name": source[0], "value": source[1]}],
+        "env": env,
         "ports": [{"name": "http", "containerPort": port},
                   {"name": "grpc", "containerPort": port + 1},
                   {"name": "metrics", "containerPort": port + 2}],
     }
 
 
+def decoupled(ed: EngineDeployment, serve: Serve) -> bool:
+    """Triton's transaction policy: ``server.streaming``, else each model's default."""
+    if ed.spec.server.streaming is not None:
+        return ed.spec.server.streaming
+    return facts.LLMAPI_DECOUPLED_DEFAULT if serve.backend == "pytorch" else True
+
+
 def triton_repository(ed: EngineDeployment, eb: EngineBuild, serve: Serve) -> dict[str, str]:
-    """The files kiln writes into the model repository: the LLM-API model's ``model.yaml``
-    for ``pytorch`` (an engine or the checkpoint), the inflight-batcher configs for
-    ``tensorrt``."""
-    decoupled = ed.spec.server.streaming is not False
+    """The files kiln writes into the model repository: the LLM-API model's arguments for a
+    ``pytorch`` engine, the inflight-batcher configs for ``tensorrt``."""
     if serve.backend == "pytorch":
         p = eb.spec.build.parallelism
         return triton.llmapi_repository(model_dir=ENGINE_DIR, tensor=p.tensor,
                                         pipeline=p.pipeline,
                                         options=llm_api_options(ed, eb, "pytorch"),
-                                        decoupled=decoupled)
+                                        decoupled=decoupled(ed, serve))
     return triton.model_repository(engine_dir=ENGINE_DIR, tokenizer_dir=TOKENIZER_DIR,
                                    max_batch_size=eb.spec.build.max_batch_size,
-                                   decoupled=decoupled)
+                                   decoupled=decoupled(ed, serve))
 
 
 def render_deployment(ed: EngineDeployment, eb: EngineBuild, serve: Serve,

@@ -217,26 +217,36 @@ def launch_command(*, repo: str, world_size: int, http_port: int, grpc_port: int
     return command
 
 
+LLMAPI_CONFIG = "kiln-model.yaml"
+"""kiln's model.yaml, in the model's version directory beside the image's own (which it
+replaces through ``LLM_CONFIG_PATH``)."""
+
+
 def llmapi_repository(*, model_dir: str, tensor: int, pipeline: int, options: dict[str, Any],
                       decoupled: bool) -> dict[str, str]:
-    """``{path: content}``: the LLM-API model's ``model.yaml``, with the same LLM options
-    trtllm-serve's YAML would carry (``options``) and the ``triton_config`` its model.py
-    indexes."""
+    """``{path: content}``: the LLM-API model's arguments, with the LLM options trtllm-serve's
+    YAML would carry (``options``) and the ``triton_config`` its model.py indexes."""
     config: dict[str, Any] = {
         **options, "model": model_dir, "backend": "pytorch",
         "tensor_parallel_size": tensor, "pipeline_parallel_size": pipeline,
         "triton_config": {"max_batch_size": facts.LLMAPI_MAX_BATCH_SIZE,
                           "decoupled": decoupled}}
-    return {f"{facts.LLMAPI_MODEL}/{facts.LLMAPI_CONFIG}": yaml.safe_dump(config,
-                                                                          sort_keys=True)}
+    return {f"{facts.LLMAPI_MODEL}/1/{LLMAPI_CONFIG}": yaml.safe_dump(config, sort_keys=True)}
+
+
+def llmapi_config_path(repo: str) -> str:
+    """The absolute path ``LLM_CONFIG_PATH`` names."""
+    return f"{repo}/{facts.LLMAPI_MODEL}/1/{LLMAPI_CONFIG}"
 
 
 def llmapi_assembly(*, repo: str, source: str, decoupled: bool) -> str:
     """Shell steps that complete the repository from the image's copy of the model
-    (``source``: its ``tensorrt_llm`` directory): its files as they are, and the transaction
-    policy that auto-complete would have read from model.yaml (off under
-    ``--disable-auto-complete-config``)."""
-    model = f"{repo}/{facts.LLMAPI_MODEL}"
-    copies = [f'cp "{source}/{f}" {shlex.quote(f"{model}/{f}")}' for f in facts.LLMAPI_FILES]
+    (``source``: its ``tensorrt_llm`` directory, copied whole), and give it the transaction
+    policy auto-complete would have read from model.yaml (off under
+    ``--disable-auto-complete-config``) unless the image's config already sets one."""
+    model = shlex.quote(f"{repo}/{facts.LLMAPI_MODEL}")
     policy = f"model_transaction_policy {{ decoupled: {'true' if decoupled else 'false'} }}"
-    return " && ".join([*copies, f"echo {shlex.quote(policy)} >> {model}/config.pbtxt"])
+    return " && ".join([
+        f'cp -rL "{source}/." {model}/',
+        f"{{ grep -q '^[[:space:]]*model_transaction_policy' {model}/config.pbtxt "
+        f"|| echo {shlex.quote(policy)} >> {model}/config.pbtxt; }}"])

@@ -86,7 +86,8 @@ the set was made with: given in ``server.args``, the set is not placed."""
 SERVE_COMMAND = ("trtllm-serve", "{model}", "--backend", "pytorch", "--host", "127.0.0.1",
                  "--port", "{port}", "--tp_size", "{tp}", "--pp_size", "{pp}",
                  "--extra_llm_api_options", "{options}")
-"""The warm-up runs the server exactly as the serving pod does (kiln.trtllm.flags.SERVE_PY)."""
+"""The warm-up runs the server exactly as a trtllm-serve pod does (kiln.trtllm.flags.SERVE_PY);
+Triton's LLM-API model gets the same LLM options, not trtllm-serve's own scheduler ones."""
 HEALTH_PATH = "/health"
 COMPLETIONS_PATH = "/v1/completions"
 """trtllm-serve's OpenAI-compatible routes (``tensorrt_llm/serve/openai_server.py``)."""

@@ -205,15 +205,23 @@ stays)."""
 LLMAPI_MODEL = "tensorrt_llm"
 """The model's name (``name: "tensorrt_llm"`` in its config.pbtxt; requests go to
 ``/v2/models/tensorrt_llm/generate``, llmapi.md)."""
-LLMAPI_FILES = ("config.pbtxt", "1/model.py", "1/helpers.py")
-"""The files of the upstream model directory the image carries and kiln copies as they are:
-``config.pbtxt`` (``backend: "python"``, inputs ``text_input``, ``streaming``,
-``sampling_param_*``; output ``text_output``), ``model.py`` and the ``helpers`` it imports."""
-LLMAPI_CONFIG = "1/model.yaml"
-"""The LLM arguments model.py reads (``LLM_CONFIG_PATH``, default ``model.yaml`` in the model
-directory): every key but ``triton_config`` goes through ``update_llm_args_with_extra_dict``
-into ``LLM(**args)``; the upstream file sets ``model``, ``backend: "pytorch"``,
-``tensor_parallel_size`` and ``pipeline_parallel_size``."""
+LLMAPI_CONFIG_ENV = "LLM_CONFIG_PATH"
+"""Where model.py reads the LLM arguments: ``os.path.join(pb_utils.get_model_dir(),
+os.environ.get('LLM_CONFIG_PATH', 'model.yaml'))`` (an absolute path is taken as it is).
+Every key but ``triton_config`` goes through ``update_llm_args_with_extra_dict`` into
+``LLM(**args)``; upstream's model.yaml sets ``model``, ``backend: "pytorch"``,
+``tensor_parallel_size`` and ``pipeline_parallel_size``. kiln copies the image's whole model
+directory (config.pbtxt, model.py and what it imports, whatever the image's version has) and
+points this variable at a file of its own."""
+LLMAPI_WORLD_SIZE = 1
+"""One tritonserver for any parallelism: "The LLM API launches its own worker processes, so no
+extra --world_size argument is needed" (triton-inference-server/server
+docs/getting_started/llm.md, Multi-GPU models); llmapi.md launches with the default world
+size and sets the parallelism in model.yaml."""
+LLMAPI_DECOUPLED_DEFAULT = False
+"""model.yaml's ``triton_config.decoupled``; a decoupled model cannot serve the plain HTTP
+``generate`` endpoint (llm.md), and 1.2.x's model.py answers a streaming request with one
+response anyway."""
 LLMAPI_TRITON_KEYS = ("max_batch_size", "decoupled")
 """``triton_config`` keys model.py indexes directly (``auto_complete_config``;
 ``initialize`` reads ``decoupled``): a model.yaml without them fails to load."""
