@@ -3,6 +3,9 @@ recording every request it gets (headers included) and misbehaving by name.
 
 - ``s3://endless/...``: a listing that never ends (1,000 objects a page, always truncated);
 - ``hf://drip/...``: model info whose body comes one byte at a time, forever;
+- ``hf://dripheaders/...``: model info whose *headers* come one byte a second, forever;
+- ``s3://slowpage/...``: a listing page whose body comes one byte a second, forever;
+- ``s3://huge/...``: one listing page of ``HUGE_PAGE`` bytes (its ``Content-Length`` says so);
 - ``hf://noisy/...`` and ``s3://noisy/...``: a 500 with a large body of markup;
 - anything else: a small, well-formed answer (one object; a commit sha).
 """
@@ -19,6 +22,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
 DRIP_SECONDS = 0.2
+SLOW_SECONDS = 1.0
+"""One byte a second: headers and listing pages that drip."""
+HUGE_PAGE = 384 << 20
+"""A listing page larger than the operator's memory request."""
 NOISE = b"<html><script>alert('tenant')</script>" + b"X" * 200_000 + b"</html>"
 
 
@@ -89,13 +96,55 @@ def _handler(endpoint: TenantEndpoint) -> type[BaseHTTPRequestHandler]:
         def _drip(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(1 << 30))
+            self.send_header("Content-Length", str(1 << 20))  # under kiln's cap: read
             self.end_headers()
             with contextlib.suppress(OSError):
                 while not endpoint.stop.wait(DRIP_SECONDS):
                     self.wfile.write(b" ")
                     self.wfile.flush()
                     self._count("drip", 1)
+
+        def _drip_headers(self) -> None:
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nX-Pad: "
+            with contextlib.suppress(OSError):
+                self.wfile.write(head)
+                self.wfile.flush()
+                while not endpoint.stop.wait(SLOW_SECONDS):
+                    self.wfile.write(b"x")
+                    self.wfile.flush()
+                    self._count("dripheaders", 1)
+
+        def _slow_page(self, bucket: str, prefix: str) -> None:
+            body = _listing(bucket, prefix, 0, False)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                for byte in body:
+                    if endpoint.stop.wait(SLOW_SECONDS):
+                        return
+                    self.wfile.write(bytes([byte]))
+                    self.wfile.flush()
+                    self._count("slowpage", 1)
+
+        def _huge_page(self, bucket: str, prefix: str) -> None:
+            page = _listing(bucket, prefix, 0, False)
+            head, tail = page[:38], page[38:]  # the XML declaration, then the document
+            block = b" " * (1 << 20)
+            self.send_response(200)
+            self.send_header("Content-Type", "application/xml")
+            self.send_header("Content-Length", str(HUGE_PAGE))
+            self.end_headers()
+            with contextlib.suppress(OSError):
+                self.wfile.write(head)
+                left = HUGE_PAGE - len(head) - len(tail)
+                while left > 0 and not endpoint.stop.is_set():
+                    piece = block[:min(left, len(block))]
+                    self.wfile.write(piece)
+                    left -= len(piece)
+                    self._count("huge", len(piece))
+                self.wfile.write(tail)
 
         def do_GET(self) -> None:
             endpoint.requests.append(Request(self.command, self.path, dict(self.headers)))
@@ -106,6 +155,8 @@ def _handler(endpoint: TenantEndpoint) -> type[BaseHTTPRequestHandler]:
                 org = segments[2] if len(segments) > 2 else ""
                 if org == "drip":
                     self._drip()
+                elif org == "dripheaders":
+                    self._drip_headers()
                 elif org == "noisy":
                     self._send(500, NOISE, "text/html")
                 else:
@@ -122,6 +173,10 @@ def _handler(endpoint: TenantEndpoint) -> type[BaseHTTPRequestHandler]:
                 return
             if bucket == "noisy":
                 self._send(500, NOISE, "text/html")
+                return
+            if query.get("list-type") == ["2"] and bucket in ("slowpage", "huge"):
+                prefix = (query.get("prefix") or [""])[0]
+                (self._slow_page if bucket == "slowpage" else self._huge_page)(bucket, prefix)
                 return
             if query.get("list-type") == ["2"]:
                 endless = bucket == "endless"

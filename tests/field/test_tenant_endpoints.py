@@ -21,8 +21,8 @@ from kubernetes import client
 from chart.support import serve
 from e2e.support import Operator
 from field.conftest import OPERATOR_HF_TOKEN, OPERATOR_KEY_ID
-from field.support import UNSCHEDULABLE, create, engine_build, get, is_ready
-from field.tenant_endpoint import TenantEndpoint, tenant_endpoint
+from field.support import UNSCHEDULABLE, create, engine_build, get, is_ready, jobs
+from field.tenant_endpoint import HUGE_PAGE, TenantEndpoint, tenant_endpoint
 from kiln import EB_PLURAL
 from kiln.dev.testbed.cluster import Cluster
 from waiting import eventually
@@ -104,9 +104,10 @@ def test_an_endless_listing_and_a_dripping_hub_leave_other_tenants_on_time(
                                       targets=TARGET) for i in range(6)))
     eventually(lambda: endpoint.served.get("endless") or hub.served.get("drip"), timeout=30)
 
-    # Another tenant's build of the same weights is Cached and Ready meanwhile.
+    # Another tenant's build of the same weights gets its Job meanwhile (its own: keys name
+    # the namespace a build runs in).
     create(kube, other, engine_build("twin", weights, targets=TARGET))
-    eventually(lambda: is_ready(get(kube, other, EB_PLURAL, "twin")) or None, timeout=20)
+    eventually(lambda: jobs(kube, other) or None, timeout=60)
 
     # Each bad source says which limit it hit, and the operator's memory stays bounded.
     def limited(ns: str, prefix: str, words: str) -> dict[str, tuple[str, str, str]] | None:
@@ -162,3 +163,80 @@ def test_the_operators_credentials_never_reach_a_tenants_server(
     assert not [c for c in seen if OPERATOR_KEY_ID in c or OPERATOR_HF_TOKEN in c], seen
     for _, _, message in said(kube, namespace, "noisy").values():
         assert len(message) <= MESSAGE_LIMIT and "<script>" not in message, message
+
+
+def limited(kube: Cluster, namespace: str, name: str,
+            words: str) -> dict[str, tuple[str, str, str]] | None:
+    """The EngineBuild's conditions once one of their messages says ``words``."""
+    found = said(kube, namespace, name)
+    return found if any(words in message for _, _, message in found.values()) else None
+
+
+def test_headers_or_a_page_that_drip_are_cut_off_and_other_tenants_stay_on_time(
+        kube: Cluster, weights: str, operator: Operator,
+        endpoint: TenantEndpoint, tenants: list[str]) -> None:
+    """A hub that drips its headers and a listing page that drips its body, one byte a second
+    each (every read answers within its timeout): each call ends at its deadline and says so;
+    another tenant's build gets its Job meanwhile; the operator is the same process."""
+    _, drip, other = tenants
+    assert operator.process is not None
+    pid = operator.process.pid
+
+    secret(kube, drip, "creds", {"AWS_ENDPOINT_URL": endpoint.url, "HF_ENDPOINT": endpoint.url})
+    model = {"credentialsSecret": "creds"}
+    create(kube, drip, engine_build("headers", "hf://dripheaders/m", model=model, targets=TARGET),
+           engine_build("page", "s3://slowpage/m/", model=model, targets=TARGET))
+    eventually(lambda: endpoint.served.get("dripheaders") and endpoint.served.get("slowpage"),
+               timeout=60)
+
+    create(kube, other, engine_build("twin", weights, targets=TARGET))
+    eventually(lambda: jobs(kube, other) or None, timeout=60)
+
+    for name in ("headers", "page"):
+        slow = eventually(lambda n=name: limited(kube, drip, n, "did not answer within"),
+                          timeout=150)
+        assert slow["Reconciling"][:2] == ("True", "SourceTooSlow"), slow  # retried
+    assert operator.process.poll() is None and operator.process.pid == pid
+
+
+def test_an_oversized_listing_page_is_refused_unread(
+        kube: Cluster, operator: Operator, endpoint: TenantEndpoint,
+        tenants: list[str]) -> None:
+    """One listing page larger than the operator's memory request: the build is refused with
+    its reason, and the operator's memory stays under that request while it is."""
+    tenant = tenants[0]
+    secret(kube, tenant, "creds", {"AWS_ENDPOINT_URL": endpoint.url})
+    create(kube, tenant, engine_build("huge", "s3://huge/m/", model={"credentialsSecret": "creds"},
+                                      targets=TARGET))
+
+    def refused() -> dict[str, tuple[str, str, str]] | None:
+        assert rss_mib(operator) < MEMORY_LIMIT_MIB
+        return limited(kube, tenant, "huge", "larger than")
+
+    found = eventually(refused, timeout=120)
+    assert found["Stalled"][:2] == ("True", "SourceTooLarge"), found  # the tenant's input
+    assert endpoint.served.get("huge", 0) < HUGE_PAGE // 2, endpoint.served
+
+
+def test_one_tenants_dripping_endpoints_leave_another_tenants_endpoint_its_share(
+        kube: Cluster, endpoint: TenantEndpoint, hub: TenantEndpoint,
+        tenants: list[str]) -> None:
+    """Tenant A's builds read from hubs of its own that drip their headers; tenant B's build
+    reads from an endpoint of its own that answers: B's build gets its Job meanwhile."""
+    a, _, b = tenants
+    with tenant_endpoint() as third, tenant_endpoint() as own:
+        hubs = [endpoint, hub, third]
+        for i, server in enumerate(hubs):
+            secret(kube, a, f"hub-{i}", {"HF_ENDPOINT": server.url})
+        create(kube, a, *(engine_build(f"drip-{i}", f"hf://dripheaders/m{i}", targets=TARGET,
+                                       model={"credentialsSecret": f"hub-{i % len(hubs)}"})
+                          for i in range(6)))
+        # A's calls are dripping on at least two of its hubs (its share, once it has one).
+        eventually(lambda: sum(1 for s in hubs if s.served.get("dripheaders")) >= 2,
+                   timeout=60)
+
+        secret(kube, b, "own", {"HF_ENDPOINT": own.url})
+        create(kube, b, engine_build("mine", "hf://acme/llama", targets=TARGET,
+                                     model={"credentialsSecret": "own"}))
+        eventually(lambda: jobs(kube, b) or None, timeout=120)
+        assert own.requests, "B's endpoint was read"

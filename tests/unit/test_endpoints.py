@@ -74,3 +74,31 @@ def test_tenants_of_a_shared_endpoint_do_not_share_slots_and_one_server_is_one()
         endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "https://x:443"})
     assert endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "10.0.0.1:9000"}) != \
         endpoints.endpoint_of("s3://a/", {"AWS_ENDPOINT_URL": "10.0.0.2:9000"})
+
+
+def test_one_namespace_holds_its_share_of_tenant_slots_and_another_goes_on(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 24: tenant A's calls to endpoints it named hang; A's next call is refused at
+    once, tenant B's call to an endpoint of its own goes on."""
+    monkeypatch.setattr(endpoints, "HUNG_SECONDS", 0.3)
+    release = threading.Event()
+
+    def hang(i: int) -> None:
+        with endpoints.slot(f"http://a-{i}:80", "read", tenant="tenant-a"):
+            release.wait(10)
+
+    holders = [threading.Thread(target=hang, args=(i,)) for i in range(endpoints.TENANT_SHARE)]
+    for t in holders:
+        t.start()
+    time.sleep(0.1)
+    try:
+        with pytest.raises(Unavailable) as busy, endpoints.slot(
+                "http://a-9:80", "read", tenant="tenant-a"):
+            pass
+        assert busy.value.reason == "EndpointBusy"
+        with endpoints.slot("http://b:80", "read", tenant="tenant-b"):
+            pass
+    finally:
+        release.set()
+        for t in holders:
+            t.join()

@@ -177,7 +177,9 @@ class Weights:
             source = open_source(dataset, credentials=credentials, hf_repo_type="dataset",
                                  ambient=tenant_endpoint(dataset, credentials) is None)
             endpoint = endpoints.endpoint_of(dataset, credentials)
-            with endpoints.slot(endpoint, f"read the identity of calibration data {dataset}"):
+            tenant = None if tenant_endpoint(dataset, credentials) is None else namespace
+            with endpoints.slot(endpoint, f"read the identity of calibration data {dataset}",
+                                tenant=tenant):
                 identity = source.identity().digest
             platform = namespace == self.config.build_namespace
             own = origin_of(dataset, "" if platform else namespace, credentials,
@@ -256,7 +258,7 @@ class Weights:
         model = eb.spec.model
         credentials = dict(ref[2]) if len(ref) > 2 else None
         endpoint = endpoints.endpoint_of(model.source, credentials)
-        tenant = tenant_endpoint(model.source, credentials) is not None
+        tenant = None if tenant_endpoint(model.source, credentials) is None else namespace
         # A slot first: callers waiting for one hanging read must not hold every worker.
         with (endpoints.slot(endpoint, f"read the weights identity of {model.source}",
                              tenant=tenant),

@@ -5,10 +5,13 @@ listings, queue up); once every slot is held and no call has finished for ``HUNG
 the endpoint counts as hanging and a call that finds no slot fails at once as
 ``EndpointBusy`` and backs off.
 
-Calls to endpoints a tenant named (in its credentials Secret) share one more budget,
-``TENANT_IN_FLIGHT`` across all of them: tenants with many endpoints, or many tenants with
-slow ones, hold at most that many reconcile workers together; the rest serve everyone else.
-Each such call is bounded as a whole besides (the sources' deadlines)."""
+Calls to endpoints a tenant named (in its credentials Secret) take two more budgets first,
+waiting for them briefly (``TENANT_WAIT_SECONDS``): their namespace's, ``TENANT_SHARE`` (one
+tenant with many slow endpoints holds that many workers and no more: another tenant's calls
+go on), and ``TENANT_IN_FLIGHT`` across all of them (many tenants with slow endpoints leave
+the platform's endpoints the rest of the workers). Each
+such call is bounded as a whole besides: ``TENANT_SECONDS`` for every request it makes
+together, ``TENANT_MAX_BYTES`` per answer (``bounded``)."""
 
 from __future__ import annotations
 
@@ -20,13 +23,25 @@ from urllib.parse import urlsplit
 
 IN_FLIGHT = 4
 """Calls at once per endpoint."""
-TENANT_IN_FLIGHT = 3
-"""Calls at once to all the endpoints tenants named together: fewer than half the
-EngineBuild reconcile workers (8)."""
+TENANT_SHARE = 2
+"""Calls at once to endpoints one namespace named: a quarter of the EngineBuild reconcile
+workers (8)."""
+TENANT_IN_FLIGHT = 6
+"""Calls at once to all the endpoints tenants named together: the platform's endpoints keep
+2 of the 8 EngineBuild reconcile workers."""
+TENANT_SECONDS = 30.0
+"""The longest one call to an endpoint a tenant named may take, all its requests together
+(connect, headers, every byte of every page)."""
+TENANT_MAX_BYTES = 8 << 20
+"""The largest answer of an endpoint a tenant named that is read (a listing page of 1,000
+keys is well under 1 MiB; a hub's model info a few MiB)."""
 HUNG_SECONDS = 5.0
 """An endpoint whose slots are all held and that finished no call for this long hangs."""
 WAIT_SECONDS = 30.0
 """The longest a call waits for a slot of an endpoint whose calls still answer."""
+TENANT_WAIT_SECONDS = 2.0
+"""The longest a call waits for its namespace's share (or the tenants' budget): the worker
+waiting is one more the tenant holds, so it backs off (``EndpointBusy``) instead."""
 _POLL_SECONDS = 0.25
 
 
@@ -49,6 +64,8 @@ class _Endpoint:
 _endpoints: dict[str, _Endpoint] = {}
 _tenants = _Endpoint(TENANT_IN_FLIGHT)
 """The budget the calls to every tenant-named endpoint share."""
+_namespaces: dict[str, _Endpoint] = {}
+"""Each namespace's share of it."""
 _guard = threading.Lock()
 _tokens = iter(range(1 << 62))
 
@@ -74,33 +91,44 @@ def endpoint_of(uri: str, credentials: Mapping[str, str] | None) -> str:
 
 
 @contextlib.contextmanager
-def slot(endpoint: str, what: str, *, tenant: bool = False) -> Iterator[None]:
-    """Hold one of the endpoint's slots for the call (and, for an endpoint a tenant named,
-    one of ``TENANT_IN_FLIGHT`` shared by all of them); ``Unavailable`` (``EndpointBusy``)
-    when none is free and the calls holding them hang (or after ``WAIT_SECONDS``)."""
+def slot(endpoint: str, what: str, *, tenant: str | None = None) -> Iterator[None]:
+    """Hold one of the endpoint's slots for the call; for an endpoint the namespace
+    ``tenant`` named, one of that namespace's ``TENANT_SHARE`` and one of ``TENANT_IN_FLIGHT``
+    besides, and every request inside is bounded (``TENANT_SECONDS``, ``TENANT_MAX_BYTES``).
+    ``Unavailable`` (``EndpointBusy``) when no slot is free and the calls holding them hang
+    (or after ``WAIT_SECONDS``)."""
+    from kiln.sources import bounded
+
     with _guard:
         state = _endpoints.setdefault(endpoint, _Endpoint())
-    with _hold(state, endpoint, what):
-        if not tenant:
+        share = None if tenant is None else _namespaces.setdefault(
+            tenant, _Endpoint(TENANT_SHARE))
+    if share is None:
+        with _hold(state, endpoint, what):
             yield
-            return
-        with _hold(_tenants, "endpoints tenants named", what):
-            yield
+        return
+    # The tenant's budgets first, waiting briefly: a worker waiting for one is a worker held.
+    with (_hold(share, f"endpoints namespace {tenant} named", what, wait=TENANT_WAIT_SECONDS),
+          _hold(_tenants, "endpoints tenants named", what, wait=TENANT_WAIT_SECONDS),
+          _hold(state, endpoint, what),
+          bounded.within(TENANT_SECONDS, TENANT_MAX_BYTES, what)):
+        yield
 
 
 @contextlib.contextmanager
-def _hold(state: _Endpoint, endpoint: str, what: str) -> Iterator[None]:
+def _hold(state: _Endpoint, endpoint: str, what: str,
+          wait: float = WAIT_SECONDS) -> Iterator[None]:
     from kiln.errors import Unavailable
 
-    deadline = time.monotonic() + WAIT_SECONDS
+    deadline = time.monotonic() + wait
     while not state.slots.acquire(timeout=_POLL_SECONDS):
         now = time.monotonic()
         with _guard:
             hanging = state.hanging(now)
         if hanging or now >= deadline:
-            raise Unavailable(f"{what}: {state.capacity} calls to {endpoint} are in flight "
-                              f"and have not answered for more than {HUNG_SECONDS:g}s",
-                              reason="EndpointBusy")
+            raise Unavailable(f"{what}: {state.capacity} calls to {endpoint} are in flight"
+                              + (f" and have not answered for more than {HUNG_SECONDS:g}s"
+                                 if hanging else ""), reason="EndpointBusy")
     with _guard:
         token = next(_tokens)
         state.started[token] = time.monotonic()

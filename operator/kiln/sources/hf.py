@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
 import re
 import shutil
-import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 from urllib.parse import quote
 
-import urllib3
-
 from kiln.errors import AccessDenied, InvalidInput, KilnError, NotFound, Unavailable, quoted
+from kiln.sources import bounded
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
 
 log = logging.getLogger(__name__)
@@ -121,43 +118,18 @@ class HuggingFaceSource:
 
     def _sha(self) -> str:
         """The commit sha of the revision: one model-info request, bounded as a whole
-        (``HUB_SECONDS``, ``HUB_MAX_BYTES``), however the hub sends its answer."""
+        (``HUB_SECONDS``, ``HUB_MAX_BYTES``, tighter inside tighter ``bounded.within``),
+        however slowly the hub sends its headers or body."""
         headers = {"Accept": "application/json", "User-Agent": "kiln"}
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
-        deadline = time.monotonic() + HUB_SECONDS
-        late = Unavailable(f"{self.uri}: the hub did not answer within {HUB_SECONDS:g}s",
-                           reason="SourceTooSlow")
-        try:
-            answer = _pool().request(
-                "GET", self._info_url(), headers=headers, preload_content=False,
-                redirect=False, retries=False,
-                timeout=urllib3.Timeout(connect=min(HUB_READ_SECONDS, HUB_SECONDS),
-                                        read=HUB_READ_SECONDS))
-        except urllib3.exceptions.HTTPError as error:
-            raise Unavailable(f"{self.uri}: reading the model info: "
-                              f"{type(error).__name__}: {quoted(error)}") from error
-        body = bytearray()
-        try:
-            while chunk := answer.read1(64 << 10):  # what has arrived: a drip is seen
-                body += chunk
-                if len(body) > HUB_MAX_BYTES:
-                    raise Unavailable(f"{self.uri}: the hub's model info is larger than "
-                                      f"{HUB_MAX_BYTES >> 20} MiB: not read further",
-                                      reason="SourceTooLarge")
-                if time.monotonic() > deadline:
-                    raise late
-        except urllib3.exceptions.HTTPError as error:
-            if time.monotonic() > deadline:
-                raise late from error
-            raise Unavailable(f"{self.uri}: reading the model info: "
-                              f"{type(error).__name__}: {quoted(error)}") from error
-        finally:
-            answer.release_conn()
-            answer.close()
-        if answer.status != 200:
-            raise self._answer_error(answer.status, answer.headers.get("X-Error-Code", ""),
-                                     bytes(body[:4096]))
+        with bounded.within(HUB_SECONDS, HUB_MAX_BYTES,
+                            f"{self.uri}: reading the model info") as limits:
+            status, answered, body = bounded.exchange("GET", self._info_url(), headers,
+                                                      limits=limits,
+                                                      read_timeout=HUB_READ_SECONDS)
+        if status != 200:
+            raise self._answer_error(status, answered.get("X-Error-Code", ""), body[:4096])
         try:
             sha = json.loads(body).get("sha")
         except (ValueError, AttributeError) as error:
@@ -190,12 +162,6 @@ class HuggingFaceSource:
             size = sum(p.stat().st_size for p in dest_dir.rglob("*") if p.is_file())
             progress(size, size)
         return identity
-
-
-@functools.cache
-def _pool() -> urllib3.PoolManager:
-    """One connection pool for every hub (thread-safe)."""
-    return urllib3.PoolManager(num_pools=32, maxsize=8)
 
 
 def _drop_hub_metadata(dest_dir: Path) -> None:

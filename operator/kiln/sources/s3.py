@@ -17,6 +17,7 @@ from typing import Any
 from kiln.errors import InvalidInput, NotFound, Unavailable, WeightsChanged
 from kiln.s3 import client as s3client
 from kiln.s3.transfer import Transfers
+from kiln.sources import bounded
 from kiln.sources.base import Progress, WeightsIdentity, digest_of
 
 FILES_AT_ONCE = 4
@@ -38,6 +39,7 @@ class S3Source:
         self.uri = uri if uri.endswith("/") else uri + "/"
         self.bucket, self.prefix = s3client.parse_uri(self.uri)
         self.client = s3client.client(credentials, endpoint_url, ambient=ambient)
+        bounded.bound_botocore(self.client)  # a caller may bound its calls (``within``)
 
     def _listing(self, modified: list[float] | None = None) -> list[dict[str, Any]]:
         """(name, size, ETag) of every object; their write times go to ``modified``. More
