@@ -5,7 +5,13 @@ Tiers are the directories under ``tests/``: ``unit`` runs first, then the tiers 
 control plane, then the cluster tiers, cheapest first, so a broken unit is seen in a minute.
 Each cluster tier starts its control plane (a ``kube`` fixture: the suite's, or its own) and
 whatever depends on it (its operator, its builders); all of it stops as the run leaves the
-tier, so at most one tier's control plane and operator run at a time.
+tier, so one process runs at most one tier's control plane and operator at a time.
+
+Run by pytest-xdist (``./dev test``: ``-n`` workers), each cluster tier is one unit of work
+(``TierScheduling``), run whole by one worker in the order above (its session fixtures once,
+the tests that restart its apiserver last); the tiers mostly wait on their apiservers, so
+several run at once even on 2 cores, the longest first: unit tests, then the cluster tiers
+from the longest, then the tiers without a control plane filling the gaps.
 """
 
 from __future__ import annotations
@@ -25,7 +31,8 @@ TESTS = Path(__file__).resolve().parent
 FIRST = ("unit",)
 CLUSTER_TIERS = ("cluster", "chart", "e2e", "operations", "field", "faults")
 """The tiers that start a control plane, in the order they run (after every other tier):
-the cheapest first (on 2 cores: about 40 s, 2, 3.5, 4, 6.5 and 7 minutes)."""
+the cheapest first (on 2 cores: about 40 s, 2, 3.5, 4, 6.5 and 7 minutes). Under xdist the
+reverse, right after ``unit``: the longest tier starts first, the other tiers fill the gaps."""
 LAST_IN_TIER = "restarts_apiserver"
 """The marker of tests that stop their tier's apiserver: they run after the tier's others,
 the longest outage (the marker's ``down``, in seconds) last. For a minute or two after an
@@ -40,19 +47,43 @@ def tier(item: pytest.Item) -> str:
     return path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
 
 
-def _rank(item: pytest.Item) -> tuple[int, str, float]:
+def _rank(item: pytest.Item, distributed: bool) -> tuple[int, str, float]:
     name = tier(item)
-    group = (0 if name in FIRST else
-             2 + CLUSTER_TIERS.index(name) if name in CLUSTER_TIERS else 1)
+    if name in FIRST:
+        group = 0
+    elif name in CLUSTER_TIERS:
+        index = CLUSTER_TIERS.index(name)
+        group = 1 + (len(CLUSTER_TIERS) - index if distributed else 1 + index)
+    else:
+        group = 1 + len(CLUSTER_TIERS) + 1 if distributed else 1
     outage = item.get_closest_marker(LAST_IN_TIER)
     return group, name, -1.0 if outage is None else float(outage.kwargs.get("down", 0.0))
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """Unit tests first, cluster tiers last; each tier's tests together, in the order they
-    were collected, but for those that restart the apiserver: last in their tier, the
-    longest outage last."""
-    items.sort(key=_rank)  # stable: collection order within a rank
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Unit tests first, cluster tiers last (under xdist: right after unit, the longest
+    first); each tier's tests together, in the order they were collected, but for those that
+    restart the apiserver: last in their tier, the longest outage last."""
+    distributed = hasattr(config, "workerinput")  # set on xdist's workers only
+    items.sort(key=lambda item: _rank(item, distributed))  # stable: collection order in a rank
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
+    """Under xdist: each cluster tier one unit of work, every other test one of its own."""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class TierScheduling(LoadScopeScheduling):
+        """A worker takes a cluster tier whole, in the order collected, and runs nothing else
+        meanwhile: one control plane and operator per tier, stopped as it leaves the tier.
+        (xdist's own ``loadgroup`` marks no longer reach pytest 9's node ids.)"""
+
+        def _split_scope(self, nodeid: str) -> str:
+            path = (config.rootpath / nodeid.split("::", maxsplit=1)[0]).resolve()
+            name = path.relative_to(TESTS).parts[0] if path.is_relative_to(TESTS) else ""
+            return f"tier:{name}" if name in CLUSTER_TIERS else nodeid
+
+    return TierScheduling(config, log)
 
 
 class ControlPlanes:
