@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from kubernetes import client
+from kubernetes import client, watch
 
 from chart.argocd import health
 from e2e.support import Operator
@@ -57,17 +57,22 @@ def _gate(tokenizer: Path, **thresholds: Any) -> dict[str, Any]:
 
 
 def _new_key(kube: Cluster, namespace: str, s3: Any, root: Path, behaviour: dict[str, Any],
-             rollout: dict[str, Any]) -> tuple[str, str]:
+             rollout: dict[str, Any], watched: list[Capacity] | None = None,
+             **new: Any) -> tuple[str, str]:
     """An EngineDeployment serving a stand-in that behaves as ``STABLE`` on two replicas, then
-    moved to an EngineBuild whose engine behaves as ``behaviour``: (old key, new key)."""
+    moved to an EngineBuild whose engine behaves as ``behaviour`` (and whose spec has
+    ``new``): (old key, new key). ``watched`` gets a ``Capacity`` started before the move."""
     create(kube, namespace,
            engine_build("old", _weights(s3, root, namespace, "old", STABLE), targets=TARGET),
-           engine_build("new", _weights(s3, root, namespace, "new", behaviour), targets=TARGET),
+           engine_build("new", _weights(s3, root, namespace, "new", behaviour), targets=TARGET,
+                        **new),
            engine_deployment("chat", "old", gpu="H100-SXM", replicas=2, rollout=rollout))
     eventually(lambda: is_ready(get(kube, namespace, ED_PLURAL, "chat")) or None, timeout=240)
     eventually(lambda: is_ready(get(kube, namespace, EB_PLURAL, "new")) or None, timeout=180)
     old = next(iter(keys(kube, namespace, "old").values()))
     new = next(iter(keys(kube, namespace, "new").values()))
+    if watched is not None:
+        watched.append(Capacity(kube, namespace))
     patch(kube, namespace, ED_PLURAL, "chat", {"spec": {"engineBuildRef": {"name": "new"}}})
     return old, new
 
@@ -105,27 +110,56 @@ def _served(kube: Cluster, namespace: str) -> tuple[str | None, int, bool]:
 
 
 class Capacity:
-    """Samples the product's Deployment while the test waits for something else: the least
-    ready replicas seen, and which keys it served."""
+    """Watches the product's Deployment while the test waits for something else: the least
+    ready replicas seen, which keys it served, and which pod templates it had (every
+    version the apiserver shows, not samples)."""
 
     def __init__(self, kube: Cluster, namespace: str) -> None:
-        self.least, self.keys = 1 << 30, set[str]()
+        self.least, self.keys, self.templates = 1 << 30, set[str](), set[str]()
         self._stop = threading.Event()
+        self._started = threading.Event()
         self._thread = threading.Thread(target=self._watch, args=(kube, namespace),
                                         daemon=True)
         self._thread.start()
+        self._started.wait(timeout=30)
 
     def _watch(self, kube: Cluster, namespace: str) -> None:
+        apps = client.AppsV1Api(kube.api_client)
+        version = None
         while not self._stop.is_set():
-            key, ready, _ = _served(kube, namespace)
-            self.least = min(self.least, ready)
-            if key:
-                self.keys.add(key)
-            time.sleep(0.2)
+            if version is None:
+                listed = apps.list_namespaced_deployment(
+                    namespace, field_selector=f"metadata.name={MAIN}")
+                for d in listed.items:
+                    self._see(d)
+                version = listed.metadata.resource_version
+                self._started.set()
+            stream = watch.Watch()
+            try:
+                for event in stream.stream(apps.list_namespaced_deployment, namespace,
+                                           field_selector=f"metadata.name={MAIN}",
+                                           resource_version=version, timeout_seconds=5):
+                    self._see(event["object"])
+                    version = event["object"].metadata.resource_version
+                    if self._stop.is_set():
+                        break
+            except client.ApiException as error:
+                if error.status != 410:
+                    raise
+                version = None  # expired: list again
+            finally:
+                stream.stop()
+
+    def _see(self, d: Any) -> None:
+        notes = d.spec.template.metadata.annotations or {}
+        self.least = min(self.least, d.status.ready_replicas or 0)
+        if notes.get("kiln.dev/engine-key"):
+            self.keys.add(notes["kiln.dev/engine-key"])
+        self.templates.add(notes.get("kiln.dev/template-hash") or "")
 
     def stop(self) -> None:
         self._stop.set()
-        self._thread.join(timeout=5)
+        self._thread.join(timeout=10)
 
 
 def _metrics(operator: Operator) -> str:
@@ -173,8 +207,9 @@ def test_a_slower_engine_is_rejected_by_the_gate_and_the_old_key_keeps_serving(
         operator: Operator) -> None:
     tokenizer = checkpoints.write(tmp_path / "tokenizer")
     old, new = _new_key(kube, namespace, s3_client, tmp_path, {"ttftMs": 2000, "itlMs": 40},
-                        _gate(tokenizer, maxTtftP99Ratio=1.5))
-    capacity = Capacity(kube, namespace)
+                        _gate(tokenizer, maxTtftP99Ratio=1.5), watched := [],
+                        build={"maxBatchSize": 4})  # the new key's render differs too
+    capacity = watched[0]
     started = time.monotonic()  # the gate's share of a rollout's time, for the record
     try:
         record = eventually(lambda: _rollout(kube, namespace, new, "Rejected", "Promoting"),
@@ -187,6 +222,7 @@ def test_a_slower_engine_is_rejected_by_the_gate_and_the_old_key_keeps_serving(
     assert record["canary"]["ttftP99Ms"] > 1.5 * record["stable"]["ttftP99Ms"]
     assert record["goldenMismatches"] == 0
     assert capacity.least == 2 and capacity.keys == {old}, "the old key kept every replica"
+    assert len(capacity.templates) == 1, "the old key's pods kept their own render (no roll)"
     exported = _metrics(operator)
     assert f'key="{new[:12]}"' in exported and 'figure="ttft_p99_ms"' in exported
 

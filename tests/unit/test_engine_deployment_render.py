@@ -267,7 +267,9 @@ def test_service_and_budget_select_every_product() -> None:
     assert service["spec"]["ports"] == [{"name": "http", "port": 8000, "targetPort": "http",
                                          "protocol": "TCP"}]
     assert pdb["spec"] == {"maxUnavailable": 1,
-                           "selector": {"matchLabels": {"kiln.dev/engine-deployment": "llama"}}}
+                           "selector": {"matchLabels": {"kiln.dev/engine-deployment": "llama"},
+                                        "matchExpressions": [{"key": "kiln.dev/track",
+                                                              "operator": "DoesNotExist"}]}}
     assert "team" not in service["metadata"]["labels"]
     assert spec_hash(service) == spec_hash(render_service(ed()))
 

@@ -13,12 +13,14 @@ from pydantic import Field
 from kiln.api.common import Grace, KilnModel
 
 RolloutPhase = Literal["Progressing", "Analyzing", "Promoting", "Promoted", "RolledBack",
-                       "Rejected"]
+                       "Rejected", "Aborted"]
 """``Progressing``: the canary's pods are starting; ``Analyzing``: they are Ready and the gate
 runs (or the analysis time passes); ``Promoting``: the key rolls onto the rest;
 ``Promoted``: it serves every replica; ``RolledBack``: the canary's pods failed and were
-removed; ``Rejected``: the gate (or a person) refused the key. Both of the last keep the
-current key serving, and kiln does not try that key again."""
+removed; ``Rejected``: the gate (or a person) refused the key. Both of these keep the
+current key serving, and kiln does not try that key again. ``Aborted``: the rollout ended
+undecided (another key superseded it, its GPU product left, ``spec.rollout`` was removed); the
+key may be tried again."""
 
 PROMOTE_ANNOTATION = "kiln.dev/promote"
 """On the EngineDeployment: an engine key (or its first 12 characters) a person promotes
@@ -43,9 +45,19 @@ class Gate(KilnModel):
     """``false``: promote once the canary has been Ready for ``analysis``."""
     max_ttft_p99_ratio: float = Field(default=1.2, ge=0.01, le=100)
     """The canary's time-to-first-token p99 may be at most this times the current key's."""
+    ttft_p99_floor_ms: float = Field(default=25, ge=0, le=600000)
+    """A TTFT p99 increase of at most this many milliseconds is never a regression, whatever
+    the ratio (one run's p99 of few requests is noisy; a few ms on a fast key are jitter)."""
     min_throughput_ratio: float = Field(default=0.9, ge=0, le=100)
     """The canary's output throughput (tokens/s) must be at least this times the current
     key's."""
+    throughput_floor: float = Field(default=5, ge=0, le=1e9)
+    """A throughput drop of at most this many tokens/s is never a regression, whatever the
+    ratio."""
+    retries: int = Field(default=2, ge=0, le=10)
+    """Gate Jobs run again after one that failed for the infrastructure (evicted, its node
+    lost, its image not pulled, killed, or the endpoints not answering); past these the
+    rollout waits in ``Analyzing`` (``GateUnavailable``) for a person to promote or reject."""
     max_error_rate: float = Field(default=0.01, ge=0, le=1)
     """The share of the canary's requests that may fail."""
     golden_tolerance: float = Field(default=0.0, ge=0, le=1)
@@ -66,8 +78,8 @@ class Gate(KilnModel):
     """The gate image (kiln with AIPerf in its own environment); default the operator's
     ``KILN_GATE_IMAGE``."""
     timeout: Grace = "15m"
-    """How long the gate Job may run (its ``activeDeadlineSeconds``); past it the key is
-    rejected."""
+    """How long the gate Job may run (its ``activeDeadlineSeconds``); past it the run counts
+    as an infrastructure failure (retried up to ``retries``)."""
 
 
 class Rollout(KilnModel):
@@ -115,6 +127,8 @@ class RolloutStatus(KilnModel):
     """When every canary pod was first seen Ready (the analysis time counts from here)."""
     gate_job: str | None = Field(default=None, max_length=63)
     """The gate's Job."""
+    gate_attempts: int | None = Field(default=None, ge=0, le=100)
+    """Gate Jobs that failed for the infrastructure and were run again."""
     canary: GateFigures | None = None
     """The gate's figures of the new key."""
     stable: GateFigures | None = None

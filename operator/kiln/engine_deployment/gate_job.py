@@ -9,18 +9,15 @@ from kiln.api import EngineBuild, EngineDeployment, parse_duration
 from kiln.config import OperatorConfig
 from kiln.contract import env as names
 from kiln.contract.termination import DEFAULT_PATH as TERMINATION_LOG
-from kiln.domain.labels import ED_LABEL, GPU_PRODUCT_LABEL, KEY_ANNOTATION
+from kiln.domain.labels import GPU_PRODUCT_LABEL, KEY_ANNOTATION
 from kiln.domain.podspec import (
     container_security,
     gpu_tolerations,
     owner_reference,
     pod_security,
 )
-from kiln.engine_deployment.canary import GateWanted
+from kiln.engine_deployment.canary import GATE_LABEL, PRODUCT_ANNOTATION, GateWanted
 from kiln.engine_deployment.render import MANAGED_BY
-
-GATE_LABEL = "kiln.dev/gate"
-"""On a gate Job and its pod: the GPU product it measures on."""
 
 
 def tokenizer(ed: EngineDeployment, eb: EngineBuild) -> str:
@@ -40,14 +37,14 @@ def render_gate_job(ed: EngineDeployment, eb: EngineBuild, want: GateWanted,
     assert ed.spec.rollout is not None
     gate = ed.spec.rollout.gate
     name = str(ed.metadata["name"])
-    labels = {ED_LABEL: name}
+    labels = {GATE_LABEL: name}  # not ED_LABEL: no Service, budget or HPA selects it
     args = ["gate", "--canary", want.canary_url, "--stable", want.stable_url,
             "--tokenizer", tokenizer(ed, eb), "--requests", str(gate.requests),
             "--concurrency", str(gate.concurrency), "--input-tokens", str(gate.input_tokens),
             "--output-tokens", str(gate.output_tokens)]
     job_meta = {"name": want.name, "namespace": ed.metadata["namespace"],
-                "labels": {**MANAGED_BY, **labels, GATE_LABEL: "true"},
-                "annotations": {KEY_ANNOTATION: want.key},
+                "labels": {**MANAGED_BY, **labels},
+                "annotations": {KEY_ANNOTATION: want.key, PRODUCT_ANNOTATION: want.product},
                 "ownerReferences": [owner_reference("EngineDeployment", name,
                                                     ed.metadata["uid"], controller=True)]}
     return {
@@ -59,8 +56,7 @@ def render_gate_job(ed: EngineDeployment, eb: EngineBuild, want: GateWanted,
             "activeDeadlineSeconds": max(60, int(parse_duration(gate.timeout).total_seconds())),
             "ttlSecondsAfterFinished": config.job_ttl_seconds,
             "template": {
-                "metadata": {"labels": {**config.build_pod_labels, **MANAGED_BY, **labels,
-                                        GATE_LABEL: "true"}},
+                "metadata": {"labels": {**config.build_pod_labels, **MANAGED_BY, **labels}},
                 "spec": {
                     "restartPolicy": "Never",
                     "nodeSelector": {**(ed.spec.pool.node_selector or {}),

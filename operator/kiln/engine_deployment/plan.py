@@ -28,7 +28,7 @@ from kiln.api import (
 )
 from kiln.contract.key import short_key
 from kiln.domain import catalogue
-from kiln.domain.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
+from kiln.domain.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL, TRACK_LABEL
 from kiln.domain.pool import served_products
 from kiln.domain.status import Event, set_conditions
 from kiln.engine_deployment.deployments import ObservedDeployment, deployment_name
@@ -103,6 +103,8 @@ class Decision:
     left as they are."""
     ignored: dict[str, str] = field(default_factory=dict)
     """Product → the runtime options its engine cannot honour (kiln.trtllm.runtime)."""
+    held: dict[str, str] = field(default_factory=dict)
+    """Kept Deployments held back from a new key (a canary, or a refused key), and why."""
 
 
 def engine_for(status: EngineBuildStatus | None, product: str) -> EngineStatus | None:
@@ -188,6 +190,13 @@ def decide(ed: EngineDeployment, eb: EngineBuild | None, pool: Mapping[str, str]
     refused = [u for u in unhonoured(ed, eb, None) if u.refused]
     if refused:
         return Decision(stalled=("RuntimeOptionRefused", "; ".join(u.text() for u in refused)))
+    if (ed.spec.server.kind == "triton" and ed.spec.rollout is not None
+            and ed.spec.rollout.gate.enabled):
+        return Decision(stalled=(
+            "GateUnsupported", "spec.rollout.gate measures OpenAI-compatible endpoints "
+            "(/v1/completions), which server.kind triton does not serve: set "
+            "spec.rollout.gate.enabled false (a canary promoted after the analysis time) or "
+            "use server.kind trtllm-serve"))
     products = served_products(ed, pool)
     current = {d.product: d for d in owned}
     result = Decision(pool=dict(pool))
@@ -351,8 +360,9 @@ def scale_status(name: str, products: list[ProductStatus],
         seen = running.get(product.deployment or "")
         if seen is not None:
             return {"scale_replicas": seen.status_replicas,
-                    "selector": f"{ED_LABEL}={name},{SERVING_PRODUCT_LABEL}={product.gpu_product}"}
-    return {"scale_replicas": 0, "selector": f"{ED_LABEL}={name}"}
+                    "selector": f"{ED_LABEL}={name},{SERVING_PRODUCT_LABEL}="
+                                f"{product.gpu_product},!{TRACK_LABEL}"}
+    return {"scale_replicas": 0, "selector": f"{ED_LABEL}={name},!{TRACK_LABEL}"}
 
 
 def summarize(ed: EngineDeployment, decision: Decision,
@@ -395,8 +405,8 @@ def summarize(ed: EngineDeployment, decision: Decision,
             compute_capability=gone.compute_capability if gone else (
                 prior.compute_capability if prior else None),
             missing_since=gone.since if gone else None,
-            message=gone.message if gone else "waiting for the EngineBuild's engine for this "
-            "product; the Deployment serves as it is meanwhile"))
+            message=gone.message if gone else decision.held.get(name) or "waiting for the "
+            "EngineBuild's engine for this product; the Deployment serves as it is meanwhile"))
         if not gone and not d.rolled_out:
             rolling.append(d.name)
     for product in decision.waiting:
@@ -424,6 +434,7 @@ def summarize(ed: EngineDeployment, decision: Decision,
         ready_replicas=sum(d.ready_replicas for d in kept), products=products,
         gpus=",".join(p.gpu or p.gpu_product for p in products) or None,
         engine_keys=",".join(short_key(p.engine_key or "-") for p in products) or None,
+        rollouts=old.rollouts, canary=old.canary,  # of record, until the rollouts' own pass
         **scale_status(str(ed.metadata.get("name", "")), products, kept))
     events = _events(old.products, products, ed.spec.fallback)
     said = {p.gpu_product: p.message for p in old.products}

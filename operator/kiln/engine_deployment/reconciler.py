@@ -19,9 +19,7 @@ from typing import Any, Protocol
 from kiln import ED_PLURAL, metrics
 from kiln.api import Condition, EngineBuild, EngineDeployment, EngineDeploymentStatus
 from kiln.config import OperatorConfig
-from kiln.contract.gate import parse_report
 from kiln.contract.key import short_key
-from kiln.contract.termination import parse_failure
 from kiln.domain import aot, pod_policy
 from kiln.domain.labels import HASH_ANNOTATION, KEY_ANNOTATION
 from kiln.domain.pods import ObservedPod
@@ -151,11 +149,13 @@ class EngineDeploymentReconciler:
                 problems, self.config.pod_security, self.config.allowed_priority_classes)))
         hashes: dict[str, str] = {}
         steered: canary.Steered | None = None
+        under_way = any(r.phase in canary.UNDER_WAY for r in (ed.status.rollouts
+                                                               if ed.status else []))
         if eb is not None and not decision.stalled and not decision.pending and (
-                ed.spec.rollout is not None or canaries):
+                ed.spec.rollout is not None or canaries or under_way):
             steered = canary.steer(ed, decision, owned, canaries,
-                                   world.serving_pods(namespace, name),
-                                   self._gate_runs(ed, decision, owned), self.clock())
+                                   world.serving_pods(namespace, name), self._gate_runs(ed),
+                                   self.clock())
             decision = steered.decision
         if eb is not None and not decision.stalled and not decision.pending:
             hashes = self._apply(ed, eb, decision, owned, world.children(namespace, name))
@@ -212,22 +212,26 @@ class EngineDeploymentReconciler:
             self._apply_child(obj, others)
         return hashes
 
-    def _gate_runs(self, ed: EngineDeployment, decision: Decision,
-                   owned: list[ObservedDeployment]) -> dict[str, canary.GateRun]:
-        """The gate Jobs of the products' new keys as they are now (read only while a key
-        waits for its gate), with the report of a finished one."""
+    def _gate_runs(self, ed: EngineDeployment) -> dict[str, canary.GateRun]:
+        """The gate Jobs of the rollouts being analysed as they are now (read only then; a
+        Job is this rollout's by its owner and annotations, never by its name alone), with
+        the report of a finished one."""
         namespace, name = str(ed.metadata["namespace"]), str(ed.metadata["name"])
-        current = {d.name: d.engine_key for d in owned}
+        uid = str(ed.metadata["uid"])
         runs: dict[str, canary.GateRun] = {}
-        for serve in decision.serves:
-            if not serve.engine_key or current.get(serve.deployment) in (None,
-                                                                         serve.engine_key):
+        for record in ed.status.rollouts if ed.status else []:
+            if record.phase != "Analyzing":
                 continue
-            job_name = canary.gate_job_name(name, serve.product, serve.engine_key)
+            job_name = canary.gate_job_name(name, record.gpu_product, record.canary_key,
+                                            record.gate_attempts or 0)
             job = self.kube.read_job(namespace, job_name)
-            if job is not None:
-                runs[job_name] = _gate_run(job, self.kube.job_pods(namespace, job_name)
-                                           if _finished(job) else [])
+            if job is None:
+                continue
+            if not canary.is_gate_of(job, uid, record.gpu_product, record.canary_key):
+                runs[job_name] = canary.GateRun(job_name, False, False, foreign=True)
+                continue
+            runs[job_name] = canary.observe_gate(
+                job, self.kube.job_pods(namespace, job_name) if canary.finished(job) else [])
         return runs
 
     def _apply_canaries(self, ed: EngineDeployment, eb: EngineBuild, steered: canary.Steered,
@@ -307,42 +311,13 @@ def _with_trouble(ed: EngineDeployment, status: EngineDeploymentStatus, events: 
     return status.model_copy(update={"conditions": conditions}), events
 
 
-def _finished(job: dict[str, Any]) -> bool:
-    return any(c.get("type") in ("Complete", "Failed") and c.get("status") == "True"
-               for c in (job.get("status") or {}).get("conditions") or [])
-
-
-def _gate_run(job: dict[str, Any], pods: list[dict[str, Any]]) -> canary.GateRun:
-    """A gate Job as observed: the report (or the failure) in its pod's termination
-    message."""
-    name = str(job["metadata"]["name"])
-    if not _finished(job):
-        return canary.GateRun(name, finished=False, succeeded=False)
-    succeeded = any(c.get("type") == "Complete" and c.get("status") == "True"
-                    for c in (job.get("status") or {}).get("conditions") or [])
-    failed = next((str(c.get("message") or c.get("reason") or "") for c in
-                   (job.get("status") or {}).get("conditions") or []
-                   if c.get("type") == "Failed" and c.get("status") == "True"), "")
-    for pod in pods:
-        for s in (pod.get("status") or {}).get("containerStatuses") or []:
-            done = (s.get("state") or {}).get("terminated") or {}
-            text = str(done.get("message") or "")
-            report = parse_report(text)
-            if report is not None:
-                return canary.GateRun(name, True, succeeded, report)
-            if text:
-                failed = parse_failure(text, int(done.get("exitCode") or 0), "gate").message
-    return canary.GateRun(name, True, succeeded, None, failed)
-
-
 def _with_rollouts(ed: EngineDeployment, status: EngineDeploymentStatus, events: list[Event],
                    steered: canary.Steered) -> tuple[EngineDeploymentStatus, list[Event]]:
     """The status with the rollouts of record, the ``kubectl get`` summary, and the
     conditions a canary under way (Reconciling) or a refused key (Stalled) sets."""
     live = [r for r in steered.rollouts if r.phase in canary.UNDER_WAY]
     refused = [r for r in steered.rollouts if r.phase in canary.REFUSED
-               and any(s.product == r.gpu_product and s.engine_key == r.stable_key
-                       for s in steered.decision.serves)]
+               and steered.holding.get(r.gpu_product) == r.canary_key]
     shown = live or refused
     summary = ",".join(f"{r.phase} {short_key(r.canary_key)}" for r in shown) or None
     update: dict[str, Any] = {"rollouts": steered.rollouts, "canary": summary}

@@ -34,6 +34,7 @@ from kiln.domain.labels import (
     MODE_ANNOTATION,
     SERVING_PRODUCT_LABEL,
     TEMPLATE_ANNOTATION,
+    TRACK_LABEL,
     UPLOAD_ANNOTATION,
     URI_ANNOTATION,
     managed_by,
@@ -431,11 +432,15 @@ def render_service(ed: EngineDeployment) -> dict[str, Any]:
 
 
 def render_pdb(ed: EngineDeployment) -> dict[str, Any]:
-    """Voluntary disruptions (drains) take one serving pod at a time."""
+    """Voluntary disruptions (drains) take one serving pod at a time (of the products' own
+    Deployments: a canary's pods are not counted, nor budgeted)."""
     name = str(ed.metadata["name"])
     return _hashed({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget",
                     "metadata": _meta(ed, name, selector(name)),
-                    "spec": {"maxUnavailable": 1, "selector": {"matchLabels": selector(name)}}})
+                    "spec": {"maxUnavailable": 1, "selector": {
+                        "matchLabels": selector(name),
+                        "matchExpressions": [{"key": TRACK_LABEL, "operator": "DoesNotExist"}],
+                    }}})
 
 
 def _hashed(obj: dict[str, Any]) -> dict[str, Any]:
