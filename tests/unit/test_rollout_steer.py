@@ -4,7 +4,8 @@ gate Job's failure is read."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Any
 
 from kiln.api import EngineDeployment, RolloutStatus
@@ -239,4 +240,16 @@ def test_a_triton_server_with_the_gate_is_refused_at_once() -> None:
     triton = ed().model_copy(deep=True)
     triton.spec.server.kind = "triton"
     assert decide(triton, eb, {}, [], NOW).stalled[0] == "GateUnsupported"  # type: ignore[index]
-    _ = timedelta
+
+
+def test_a_canary_without_room_says_why() -> None:
+    """Issue: at exact quota headroom the canary's pods were never created and the rollout
+    waited in Progressing, saying nothing."""
+    blocked = replace(deployment(CANARY, NEW, ready=False, replicas=1),
+                      replica_failure='pods "x" is forbidden: exceeded quota: gpus')
+    out = steer(ed([record("Progressing")]), Decision(serves=[serve()]), [deployment()],
+                [blocked], [], {}, NOW)
+    r = out.rollouts[0]
+    assert (r.phase, r.reason) == ("Progressing", "CanaryBlocked")
+    assert "exceeded quota" in (r.message or "") and out.decision.kept == [MAIN]
+    assert [e.reason for e in out.events] == ["CanaryBlocked"]

@@ -455,6 +455,13 @@ def _canary(ed: EngineDeployment, serve: Serve, record: RolloutStatus,
                       f"rolled back: {stuck.reason}: {stuck.message}"))
         out.canaries.pop()
         return
+    if not seen.rolled_out and seen.replica_failure:
+        _record(out, record, "Progressing", "CanaryBlocked", f"canary {name}'s pods cannot be "
+                f"created: {seen.replica_failure}; the canary (and then the gate Job) needs "
+                f"room beside every pod of {stable}: free quota, or promote or reject the key "
+                "by hand", Event("Warning", "CanaryBlocked", f"{label}: canary of engine "
+                                 f"{short_key(key)} cannot start: {seen.replica_failure}"))
+        return
     if not seen.rolled_out:
         why = f": {stuck.message}" if stuck is not None else ""
         _record(out, record, "Progressing", "CanaryStarting", f"waiting for canary {name} "

@@ -48,6 +48,9 @@ class ObservedDeployment:
     """Which upload of ``engine_key`` its pods fetch (``kiln.dev/engine-upload``)."""
     canary: bool = False
     """A canary's Deployment (``kiln.dev/track: canary``), beside the product's own."""
+    replica_failure: str | None = None
+    """The controller's message while it cannot create pods (``ReplicaFailure``: a quota
+    exceeded, an admission refusal)."""
 
     @property
     def rolled_out(self) -> bool:
@@ -89,6 +92,10 @@ def observe(obj: dict[str, Any]) -> ObservedDeployment:
         deadline_exceeded=deadline,
         engine_upload=notes.get(UPLOAD_ANNOTATION) or None,
         canary=(meta.get("labels") or {}).get(TRACK_LABEL) == "canary",
+        replica_failure=next((str(c.get("message") or c.get("reason") or "")
+                              for c in status.get("conditions") or []
+                              if c.get("type") == "ReplicaFailure"
+                              and c.get("status") == "True"), None),
     )
 
 
