@@ -17,6 +17,7 @@ from the longest, then the tiers without a control plane filling the gaps.
 from __future__ import annotations
 
 import os
+import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -127,6 +128,9 @@ class ControlPlanes:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    # One fault seed per run, chosen before xdist starts its workers (they inherit the
+    # environment), so every worker collects the same parametrized test.
+    os.environ.setdefault("KILN_FAULT_SEED", str(random.randrange(1 << 30)))
     if not config.pluginmanager.has_plugin("kiln-control-planes"):
         config.pluginmanager.register(ControlPlanes(), "kiln-control-planes")
 
