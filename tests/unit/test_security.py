@@ -379,7 +379,9 @@ def test_only_what_kueue_writes_on_admission_is_allowed(admission: dict[str, Any
 
 
 def test_kueues_admission_labels_on_a_job_kiln_did_not_queue_are_not_kilns() -> None:
-    assert "labels" in str(signing.job_problem(_admitted(), job()))
+    body = _admitted()
+    del body["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]  # its queue is kiln's: none
+    assert "labels" in str(signing.job_problem(body, job()))
 
 
 @pytest.mark.parametrize("change", ["image", "readinessProbe", "hostAliases", "env", "mount",
@@ -461,3 +463,15 @@ def test_a_job_without_a_uid_allows_no_controller_uid_label() -> None:
     body = job(queueName="builds")
     body["spec"]["template"]["metadata"]["labels"]["controller-uid"] = "forged"
     assert "labels" in str(signing.job_problem(body, job(queueName="builds")))
+
+
+def test_a_job_that_left_its_queue_is_not_kilns() -> None:
+    """The key's Job without its queue label (a tenant's, created first) runs outside the
+    ClusterQueue's quota: not kiln's. Nor is one a tenant put in a queue kiln did not name."""
+    unqueued = _admitted()
+    del unqueued["metadata"]["labels"]["kueue.x-k8s.io/queue-name"]
+    assert "queue" in str(signing.job_problem(unqueued, job(queueName="builds")))
+    other = _admitted()
+    other["metadata"]["labels"]["kueue.x-k8s.io/queue-name"] = "tenant-queue"
+    assert "queue" in str(signing.job_problem(other, job(queueName="builds")))
+    assert signing.job_problem(_admitted(), job(queueName="builds")) is None

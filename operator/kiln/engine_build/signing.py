@@ -169,6 +169,9 @@ def job_problem(job: dict[str, Any], rendered: dict[str, Any]) -> str | None:
         return "it is not annotated with the key"
     if meta.get("name") != job_name(key):
         return f"it is not named {job_name(key)}"
+    queue = (want_meta.get("labels") or {}).get(QUEUE_LABEL)
+    if (meta.get("labels") or {}).get(QUEUE_LABEL) != queue:
+        return f"its queue is not kiln's ({queue or 'none'})"
     spec, want_spec = job.get("spec") or {}, rendered["spec"]
     if not isinstance(spec, dict):
         return "it has no spec"

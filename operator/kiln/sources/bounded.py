@@ -86,13 +86,16 @@ def exchange(method: str, url: str, headers: dict[str, str], body: bytes | None 
     if left <= 0:
         raise limits.late()
     timeout = min(read_timeout, left)
+    host = parts.hostname or ""
+    sock = _connect(host, parts.port or (443 if parts.scheme == "https" else 80), limits,
+                    timeout)
     conn: urllib3.connection.HTTPConnection
     if parts.scheme == "https":
-        conn = urllib3.connection.HTTPSConnection(parts.hostname or "", parts.port,
-                                                  timeout=timeout, ca_certs=ca_certs)
+        conn = urllib3.connection.HTTPSConnection(host, parts.port, timeout=timeout,
+                                                  ca_certs=ca_certs)
     else:
-        conn = urllib3.connection.HTTPConnection(parts.hostname or "", parts.port,
-                                                 timeout=timeout)
+        conn = urllib3.connection.HTTPConnection(host, parts.port, timeout=timeout)
+    setattr(conn, "_new_conn", lambda: sock)  # noqa: B010 - urllib3 (TLS too) uses this socket
     expired = threading.Event()
 
     def cut() -> None:
@@ -136,6 +139,50 @@ def exchange(method: str, url: str, headers: dict[str, str], body: bytes | None 
     finally:
         timer.cancel()
         conn.close()
+        sock.close()
+
+
+def _connect(host: str, port: int, limits: Limits, timeout: float) -> socket.socket:
+    """A TCP connection to an address ``host`` resolves to, within the deadline: the
+    name is resolved on a thread of its own (``getaddrinfo`` takes no timeout), and its
+    addresses are tried in order only while time is left, so neither a resolver that never
+    answers nor many addresses that drop SYNs (urllib3 would give each the per-read timeout)
+    stretch the call."""
+    found: list[tuple[Any, ...]] = []
+    failed: list[OSError] = []
+
+    def resolve() -> None:
+        try:
+            found.extend(socket.getaddrinfo(host, port, type=socket.SOCK_STREAM))
+        except OSError as error:
+            failed.append(error)
+
+    resolver = threading.Thread(target=resolve, daemon=True, name="kiln-resolve")
+    resolver.start()
+    resolver.join(max(0.0, limits.deadline - time.monotonic()))
+    if resolver.is_alive():
+        raise limits.late()
+    if not found:
+        reason = quoted(failed[0]) if failed else "no address"
+        raise Unavailable(f"{limits.what}: cannot resolve {host!r}: {reason}")
+    last: OSError | None = None
+    for family, kind, proto, _, address in found:  # in order, as urllib3 would, in time left
+        left = limits.deadline - time.monotonic()
+        if left <= 0:
+            break
+        sock = socket.socket(family, kind, proto)
+        sock.settimeout(min(timeout, left))
+        try:
+            sock.connect(address)
+        except OSError as error:
+            sock.close()
+            last = error
+            continue
+        sock.settimeout(timeout)
+        return sock
+    if last is None or time.monotonic() >= limits.deadline or isinstance(last, TimeoutError):
+        raise limits.late() from last
+    raise Unavailable(f"{limits.what}: {type(last).__name__}: {quoted(last)}") from last
 
 
 class _Raw:
