@@ -144,8 +144,10 @@ def test_checkpoint_and_model_repository(
     s3_client.put_object(Bucket=bucket, Key="llama/config.json", Body=b"{}")
     s3_client.put_object(Bucket=bucket, Key="llama/model.safetensors", Body=b"weights")
     files = {"tensorrt_llm/config.pbtxt": 'name: "tensorrt_llm"\n', "ensemble/1/.keep": ""}
-    env = {"AWS_ENDPOINT_URL": s3_endpoint, "KILN_MODEL_REPO_FILES": json.dumps(files),
-           "KILN_TERMINATION_LOG": str(tmp_path / "t")}
+    # the tenant's Secret names its endpoint and its keys: nothing ambient goes there
+    env = {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "tenant",
+           "AWS_SECRET_ACCESS_KEY": "tenant-secret",
+           "KILN_MODEL_REPO_FILES": json.dumps(files), "KILN_TERMINATION_LOG": str(tmp_path / "t")}
     code = fetch.run(store=None, key=None, source=f"s3://{bucket}/llama/", revision=None,
                      dest=tmp_path / "ckpt", model_repo=tmp_path / "repo", env=env)
     assert code == exitcodes.OK

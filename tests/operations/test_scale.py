@@ -13,7 +13,7 @@ from kubernetes import client
 from e2e.support import ROOT, Operator
 from kiln import GROUP, VERSION
 from kiln.dev.testbed.cluster import Cluster
-from kiln.domain.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL
+from kiln.domain.labels import ED_LABEL, GPU_PRODUCT_LABEL, SERVING_PRODUCT_LABEL, TRACK_LABEL
 from operations.conftest import operator_env
 from operations.support import ENGINES, running
 from waiting import eventually
@@ -62,7 +62,9 @@ def test_kubectl_scale_and_an_hpa_read_and_write_scale(
         seen = eventually(lambda: (s := scale())["status"].get("replicas") == 3 and s,
                           timeout=30)
         assert seen["spec"]["replicas"] == 3
-        assert seen["status"]["selector"] == f"{ED_LABEL}=x,{SERVING_PRODUCT_LABEL}={first}"
+        # the product's own pods: a canary's (kiln.dev/track) are not the HPA's to count
+        assert seen["status"]["selector"] == \
+            f"{ED_LABEL}=x,{SERVING_PRODUCT_LABEL}={first},!{TRACK_LABEL}"
 
         # The example HPA, pointed at this EngineDeployment: the controller reads /scale.
         hpa = yaml.safe_load((ROOT / "examples" / "hpa-llama-3-1-8b.yaml").read_text())

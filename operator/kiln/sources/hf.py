@@ -147,8 +147,12 @@ class HuggingFaceSource:
     def download(self, dest_dir: Path, *, progress: Progress | None = None) -> WeightsIdentity:
         """Fetch the commit the revision points at now (by its sha, so a branch moving
         meanwhile cannot mix two commits)."""
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import constants, snapshot_download
 
+        # No call kiln did not ask for: huggingface_hub 2.5 fetches
+        # ``{HF_ENDPOINT}/api/agent-harnesses`` to write its User-Agent unless telemetry is off
+        # (utils/_headers.py ``build_hf_headers``; _detect_agent.py ``_fetch_registry``).
+        constants.HF_HUB_DISABLE_TELEMETRY = True
         identity = self.identity()
         sha = identity.details["sha"]
         try:
