@@ -26,7 +26,7 @@ KILLS = int(os.environ.get("KILN_FAULT_KILLS", "3"))
 SEED = int(os.environ.get("KILN_FAULT_SEED", str(random.randrange(1 << 30))))
 
 
-@pytest.mark.timeout(300)
+@pytest.mark.timeout(600)
 @pytest.mark.parametrize(("builds", "kills", "seed"), [(BUILDS, KILLS, SEED)])
 def test_operator_sigkilled_during_builds(
         kube: Cluster, namespace: str, weights: str, operator: Operator,
@@ -57,7 +57,9 @@ def test_operator_sigkilled_during_builds(
     assert len(killed_at) == kills
     print(f"seed {seed}: {builds} builds, SIGKILLs at {killed_at} s")
 
-    eventually(lambda: not all_ready(kube, namespace, names), timeout=200, interval=1)
+    # 100 local builders share 2 cores with another tier under ./dev test's workers: the
+    # property is that all end Ready, not how soon (speed lives in the bench)
+    eventually(lambda: not all_ready(kube, namespace, names), timeout=480, interval=1)
     keys = check_built_once_each(kube, namespace, names, s3_client, ENGINES)
     assert len(set(keys.values())) == builds
     # Exactly one build per key: each Job ran one pod, and it succeeded.
