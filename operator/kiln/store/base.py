@@ -302,11 +302,14 @@ class EngineStore(ABC):
         """
         check_key(key)
         existing = self.read_manifest(key)
+        there = existing is not None or self._manifest_there(key)
+        if existing is None and there:  # another writer may have committed between the calls
+            existing = self.read_manifest(key)
         if existing is not None and (keep is None or keep(key)):
             log.info("engine %s is already in %s", short_key(key), self.uri)
             return existing
         # An unparsable manifest counts as absent, and is replaced like an unsigned one.
-        replace = existing is not None or self._manifest_there(key)
+        replace = there
         files = engine_files(src_dir)
         sizes = [p.stat().st_size for p in files]
         counter = _Counter(sum(sizes), progress)
