@@ -82,15 +82,17 @@ def test_one_namespace_holds_its_share_of_tenant_slots_and_another_goes_on(
     once, tenant B's call to an endpoint of its own goes on."""
     monkeypatch.setattr(endpoints, "HUNG_SECONDS", 0.3)
     release = threading.Event()
+    held = [threading.Event() for _ in range(endpoints.TENANT_SHARE)]
 
     def hang(i: int) -> None:
         with endpoints.slot(f"http://a-{i}:80", "read", tenant="tenant-a"):
+            held[i].set()
             release.wait(10)
 
     holders = [threading.Thread(target=hang, args=(i,)) for i in range(endpoints.TENANT_SHARE)]
     for t in holders:
         t.start()
-    time.sleep(0.1)
+    assert all(h.wait(10) for h in held), "tenant A's calls did not take their slots"
     try:
         with pytest.raises(Unavailable) as busy, endpoints.slot(
                 "http://a-9:80", "read", tenant="tenant-a"):
